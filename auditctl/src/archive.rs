@@ -1,0 +1,467 @@
+//! Reading the chain back from the archive: S3 (`s3://bucket[/prefix]`) or a local folder with
+//! the same layout (see `schemas::segment` for names, manifests and the container format).
+//!
+//! Per partition, segments are read one at a time in seq order. Each segment object is checked
+//! against its manifest (size and SHA-256: a replaced or altered object is a finding), its
+//! metadata against its name and records, and its records are fed to the chain verifier, which
+//! recomputes every hash. Checkpoints come from the archive's `checkpoints/` objects
+//! (`CheckpointJson`: hashes in hex, signature in base64).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::ObjectStore;
+use schemas::checkpoint::{CheckpointJson, SignedCheckpoint};
+use schemas::segment::{
+    self, parse_key, read_segment, verify_segment_digest, Manifest, ObjectKind, SegmentKey,
+    CHECKPOINTS_DIR,
+};
+use schemas::verify::{Finding, FindingKind};
+use schemas::{ChainedEvent, Checkpoint};
+
+use crate::cli::ArchiveArgs;
+use crate::collect::{finding, Collector};
+use crate::error::Error;
+
+#[derive(Debug, Clone)]
+pub struct ArchiveStore {
+    store: Arc<dyn ObjectStore>,
+    /// Key prefix inside the bucket (empty for none), without surrounding slashes.
+    prefix: String,
+    describe: String,
+}
+
+/// A segment as listed: its object and its manifest, either of which may be missing.
+#[derive(Debug, Clone)]
+struct Listed {
+    key: SegmentKey,
+    segment: bool,
+    manifest: bool,
+}
+
+impl ArchiveStore {
+    pub fn open(args: &ArchiveArgs) -> Result<Self, Error> {
+        let url = args.archive_url.as_deref().ok_or_else(|| {
+            Error::Usage(
+                "the archive source needs --archive-url (s3://bucket[/prefix] or a local folder)"
+                    .into(),
+            )
+        })?;
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Usage(format!(
+                    "--archive-url {url:?} names no bucket"
+                )));
+            }
+            let mut b = AmazonS3Builder::new()
+                .with_bucket_name(bucket)
+                .with_region(&args.s3_region)
+                .with_virtual_hosted_style_request(false);
+            if let Some(ep) = &args.s3_endpoint {
+                b = b
+                    .with_endpoint(ep)
+                    .with_allow_http(ep.starts_with("http://"));
+            }
+            if let Some(k) = &args.s3_access_key_id {
+                b = b.with_access_key_id(k);
+            }
+            if let Some(s) = &args.s3_secret_access_key {
+                b = b.with_secret_access_key(s.expose());
+            }
+            let store = b
+                .build()
+                .map_err(|e| Error::Usage(format!("S3 configuration: {e}")))?;
+            let prefix = prefix.trim_matches('/').to_owned();
+            let describe = format!(
+                "s3://{bucket}/{prefix} at {}",
+                args.s3_endpoint
+                    .as_deref()
+                    .unwrap_or("the AWS default endpoint")
+            );
+            Ok(Self {
+                store: Arc::new(store),
+                prefix,
+                describe,
+            })
+        } else {
+            let path = url.strip_prefix("file://").unwrap_or(url);
+            if !std::path::Path::new(path).is_dir() {
+                return Err(Error::Usage(format!(
+                    "--archive-url {url:?}: no such folder"
+                )));
+            }
+            let store = LocalFileSystem::new_with_prefix(path)
+                .map_err(|e| Error::Usage(format!("--archive-url {url:?}: {e}")))?;
+            Ok(Self {
+                store: Arc::new(store),
+                prefix: String::new(),
+                describe: format!("folder {path}"),
+            })
+        }
+    }
+
+    /// A store and prefix given directly (tests, embedding).
+    pub fn from_store(store: Arc<dyn ObjectStore>, prefix: &str, describe: &str) -> Self {
+        Self {
+            store,
+            prefix: prefix.trim_matches('/').to_owned(),
+            describe: describe.to_owned(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    fn abs(&self, key: &str) -> ObjPath {
+        if self.prefix.is_empty() {
+            ObjPath::from(key)
+        } else {
+            ObjPath::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    fn rel<'a>(&self, loc: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            Some(loc)
+        } else {
+            loc.strip_prefix(self.prefix.as_str())?.strip_prefix('/')
+        }
+    }
+
+    /// Keys (relative to the archive root) of every object under `dir` (relative, e.g.
+    /// `chain=3/`).
+    async fn list(&self, dir: &str) -> Result<Vec<String>, Error> {
+        let dir = dir.trim_end_matches('/');
+        let p = if dir.is_empty() && self.prefix.is_empty() {
+            None
+        } else {
+            Some(self.abs(dir))
+        };
+        let metas: Vec<object_store::ObjectMeta> =
+            match self.store.list(p.as_ref()).try_collect().await {
+                Ok(v) => v,
+                Err(object_store::Error::NotFound { .. }) => Vec::new(),
+                Err(e) => return Err(Error::os(format!("listing {dir}/ in {}", self.describe))(e)),
+            };
+        Ok(metas
+            .iter()
+            .filter_map(|m| self.rel(m.location.as_ref()).map(str::to_owned))
+            .collect())
+    }
+
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, Error> {
+        let doing = || format!("reading {key} from {}", self.describe);
+        self.store
+            .get(&self.abs(key))
+            .await
+            .map_err(Error::os(doing()))?
+            .bytes()
+            .await
+            .map_err(Error::os(doing()))
+    }
+
+    /// Segments per partition (only `partitions` if not empty), sorted by seq range.
+    async fn segments(
+        &self,
+        partitions: &BTreeSet<u32>,
+    ) -> Result<BTreeMap<i32, Vec<Listed>>, Error> {
+        let mut keys = Vec::new();
+        if partitions.is_empty() {
+            keys = self.list("").await?;
+        } else {
+            for p in partitions {
+                let p = i32::try_from(*p)
+                    .map_err(|_| Error::Usage(format!("--partition {p} is out of range")))?;
+                keys.extend(self.list(&segment::partition_prefix(p)).await?);
+            }
+        }
+        let mut found: BTreeMap<SegmentKey, Listed> = BTreeMap::new();
+        for k in keys {
+            if let Some((key, kind)) = parse_key(&k) {
+                let e = found.entry(key.clone()).or_insert(Listed {
+                    key,
+                    segment: false,
+                    manifest: false,
+                });
+                match kind {
+                    ObjectKind::Segment => e.segment = true,
+                    ObjectKind::Manifest => e.manifest = true,
+                }
+            }
+        }
+        let mut out: BTreeMap<i32, Vec<Listed>> = BTreeMap::new();
+        for (k, l) in found {
+            out.entry(k.partition).or_default().push(l);
+        }
+        for v in out.values_mut() {
+            // Dates sort by day, seqs within a day; across days seq order is what matters.
+            v.sort_by_key(|l| (l.key.first_seq, l.key.last_seq));
+        }
+        Ok(out)
+    }
+
+    /// Every stored checkpoint of these partitions (all if empty), plus findings for
+    /// checkpoint objects that cannot be read.
+    pub async fn checkpoints(
+        &self,
+        partitions: &BTreeSet<u32>,
+    ) -> Result<(Vec<Checkpoint>, Vec<Finding>), Error> {
+        let mut keys = Vec::new();
+        if partitions.is_empty() {
+            keys = self.list(CHECKPOINTS_DIR).await?;
+        } else {
+            for p in partitions {
+                let p = i32::try_from(*p)
+                    .map_err(|_| Error::Usage(format!("--partition {p} is out of range")))?;
+                keys.extend(self.list(&segment::checkpoint_prefix(p)).await?);
+            }
+        }
+        keys.sort();
+        let mut cps = Vec::new();
+        let mut bad = Vec::new();
+        for k in keys {
+            let Some(partition) = checkpoint_partition(&k) else {
+                continue;
+            };
+            let bytes = self.get(&k).await?;
+            let parsed = serde_json::from_slice::<CheckpointJson>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|j| SignedCheckpoint::try_from(&j).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(s) => {
+                    let cp = Checkpoint::from(&s);
+                    if segment::checkpoint_key(cp.partition, cp.seq, &cp.key_id) != k {
+                        bad.push(finding(
+                            partition,
+                            cp.seq,
+                            FindingKind::MalformedCheckpoint,
+                            None,
+                            format!(
+                                "checkpoint object {k} holds the checkpoint of partition {} seq {} key {:?}",
+                                cp.partition, cp.seq, cp.key_id
+                            ),
+                        ));
+                    }
+                    cps.push(cp);
+                }
+                Err(e) => bad.push(finding(
+                    partition,
+                    0,
+                    FindingKind::MalformedCheckpoint,
+                    None,
+                    format!("checkpoint object {k} cannot be read: {e}"),
+                )),
+            }
+        }
+        Ok((cps, bad))
+    }
+
+    /// Read one listed segment: its manifest and records, with findings about the objects.
+    async fn read_listed(
+        &self,
+        l: &Listed,
+        findings: &mut Vec<Finding>,
+    ) -> Result<Option<Vec<ChainedEvent>>, Error> {
+        let k = &l.key;
+        let (p, first) = (k.partition, k.first_seq);
+        let mut f = |kind, detail: String| findings.push(finding(p, first, kind, None, detail));
+        if !l.segment {
+            f(
+                FindingKind::MissingSeq,
+                format!(
+                    "segment object {} is missing (its manifest covers seq {}..={})",
+                    k.object_key(),
+                    k.first_seq,
+                    k.last_seq
+                ),
+            );
+            return Ok(None);
+        }
+        let bytes = self.get(&k.object_key()).await?;
+        if l.manifest {
+            let raw = self.get(&k.manifest_key()).await?;
+            match Manifest::from_json(&raw) {
+                Ok(m) => {
+                    if m.object_key != k.object_key()
+                        || m.partition != k.partition
+                        || m.first_seq != k.first_seq
+                        || m.last_seq != k.last_seq
+                    {
+                        f(
+                            FindingKind::MalformedRecord,
+                            format!(
+                                "manifest {} describes {} (partition {} seq {}..={})",
+                                k.manifest_key(),
+                                m.object_key,
+                                m.partition,
+                                m.first_seq,
+                                m.last_seq
+                            ),
+                        );
+                    }
+                    if let Err(e) = verify_segment_digest(&m, &bytes) {
+                        f(
+                            FindingKind::ModifiedEvent,
+                            format!("segment object replaced or altered after it was written: {e}"),
+                        );
+                    }
+                }
+                Err(e) => f(
+                    FindingKind::MalformedRecord,
+                    format!("manifest {} cannot be read: {e}", k.manifest_key()),
+                ),
+            }
+        } else {
+            f(
+                FindingKind::MalformedRecord,
+                format!(
+                    "segment {} has no manifest: its digest cannot be checked",
+                    k.object_key()
+                ),
+            );
+        }
+        let (meta, events) = match read_segment(&bytes) {
+            Ok(x) => x,
+            Err(e) => {
+                f(
+                    FindingKind::MalformedRecord,
+                    format!("segment {} cannot be read: {e}", k.object_key()),
+                );
+                return Ok(None);
+            }
+        };
+        match meta.key() {
+            Ok(mk) if mk == *k => {}
+            Ok(mk) => f(
+                FindingKind::MalformedRecord,
+                format!("segment {} says it is {}", k.object_key(), mk.object_key()),
+            ),
+            Err(e) => f(
+                FindingKind::MalformedRecord,
+                format!("segment {} metadata: {e}", k.object_key()),
+            ),
+        }
+        if let Err(e) = meta.check_events(&events) {
+            f(
+                FindingKind::MalformedRecord,
+                format!(
+                    "segment {} records disagree with its metadata: {e}",
+                    k.object_key()
+                ),
+            );
+        }
+        Ok(Some(events))
+    }
+
+    /// Feed every record of these partitions (all if empty) to the collector, segment by
+    /// segment in seq order.
+    pub async fn stream_into(
+        &self,
+        partitions: &BTreeSet<u32>,
+        c: &mut Collector,
+    ) -> Result<(), Error> {
+        let segs = self.segments(partitions).await?;
+        for listed in segs.values() {
+            for l in listed {
+                let mut findings = Vec::new();
+                let events = self.read_listed(l, &mut findings).await?;
+                for f in findings {
+                    c.add_finding(f);
+                }
+                for ev in events.iter().flatten() {
+                    c.push_chained(ev);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the event is: scans the segments (the archive has no index by event id).
+    pub async fn locate(&self, id: &str, partition: Option<u32>) -> Result<Vec<(i32, i64)>, Error> {
+        let parts: BTreeSet<u32> = partition.into_iter().collect();
+        let segs = self.segments(&parts).await?;
+        let mut out = Vec::new();
+        for l in segs.values().flatten().filter(|l| l.segment) {
+            let bytes = self.get(&l.key.object_key()).await?;
+            let (_, events) = read_segment(&bytes).map_err(|e| {
+                Error::Integrity(format!(
+                    "segment {} cannot be read: {e}",
+                    l.key.object_key()
+                ))
+            })?;
+            out.extend(
+                events
+                    .iter()
+                    .filter(|e| e.event.event_id == id)
+                    .map(|e| (e.chain_partition, e.seq)),
+            );
+            if !out.is_empty() {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The records of `partition` with seq in `first ..= last`, from segments whose objects
+    /// match their manifests.
+    pub async fn range(
+        &self,
+        partition: u32,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<ChainedEvent>, Error> {
+        let segs = self.segments(&[partition].into_iter().collect()).await?;
+        let mut out = Vec::new();
+        let p = i32::try_from(partition).unwrap_or(i32::MAX);
+        for l in segs.get(&p).into_iter().flatten() {
+            if l.key.last_seq < first || l.key.first_seq > last {
+                continue;
+            }
+            let mut findings = Vec::new();
+            let events = self.read_listed(l, &mut findings).await?;
+            if let Some(f) = findings.first() {
+                return Err(Error::Integrity(format!(
+                    "partition {} seq {}: {}; run `auditctl verify --source archive`",
+                    f.partition, f.seq, f.detail
+                )));
+            }
+            out.extend(
+                events
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.seq >= first && e.seq <= last),
+            );
+        }
+        out.sort_by_key(|e| e.seq);
+        Ok(out)
+    }
+}
+
+/// The partition of a `checkpoints/chain=<p>/….json` key.
+fn checkpoint_partition(key: &str) -> Option<i32> {
+    let rest = key.strip_prefix(CHECKPOINTS_DIR)?.strip_prefix("/chain=")?;
+    let (p, file) = rest.split_once('/')?;
+    if !file.ends_with(segment::CHECKPOINT_SUFFIX) || file.contains('/') {
+        return None;
+    }
+    p.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_keys_name_their_partition() {
+        let k = segment::checkpoint_key(7, 42, "k1");
+        assert_eq!(checkpoint_partition(&k), Some(7));
+        assert_eq!(checkpoint_partition("checkpoints/chain=7/x.txt"), None);
+        assert_eq!(checkpoint_partition("chain=7/date=2024-01-01/x.json"), None);
+    }
+}

@@ -1,0 +1,252 @@
+//! Command-line interface (clap derive). Every option can also come from the environment; the
+//! connection options use the same variable names as `deploy/local/env.sh`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+EXIT CODES:
+  0  verified: no integrity finding (or: key generated, proof written, proof checks)
+  1  tampering / integrity finding (or: the proof does not check)
+  2  usage or configuration error (bad flag, unreadable key set, unknown event id)
+  3  the store (ClickHouse, the archive) or a local file could not be read or written";
+
+/// Verify the audit hash chain, manage checkpoint keys, prove and check event inclusion.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "auditctl", version, after_long_help = EXIT_CODES, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Recompute and check the hash chain(s) in ClickHouse and/or the archive.
+    #[command(after_help = EXIT_CODES)]
+    Verify(VerifyArgs),
+    /// Generate an Ed25519 checkpoint signing key and add (rotate) it in a key set.
+    #[command(after_help = EXIT_CODES)]
+    Keygen(KeygenArgs),
+    /// Produce an inclusion proof of one event against a signed checkpoint.
+    #[command(after_help = EXIT_CODES)]
+    Prove(ProveArgs),
+    /// Check an inclusion proof offline, with only the public key set.
+    #[command(after_help = EXIT_CODES)]
+    CheckProof(CheckProofArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    Clickhouse,
+    Archive,
+    Both,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SingleSource {
+    Clickhouse,
+    Archive,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    /// Where to read the chain from.
+    #[arg(
+        long,
+        value_enum,
+        env = "AUDITCTL_SOURCE",
+        default_value = "clickhouse"
+    )]
+    pub source: SourceKind,
+    /// Only these partitions (repeatable; comma-separated in the env var). Default: every
+    /// partition found in the store (rows or checkpoints).
+    #[arg(long = "partition", env = "AUDITCTL_PARTITIONS", value_delimiter = ',')]
+    pub partitions: Vec<u32>,
+    /// Print the report as JSON instead of the human summary.
+    #[arg(long, env = "AUDITCTL_JSON")]
+    pub json: bool,
+    /// Public key set (JSON) to check checkpoint signatures. Without it, checkpoints are not
+    /// checked, so truncation of the tail cannot be detected (a warning says so).
+    #[arg(long, env = "AUDIT_KEYSET")]
+    pub keys: Option<PathBuf>,
+    /// Only accept checkpoints of this chain id.
+    #[arg(long, env = "AUDIT_CHAIN_ID")]
+    pub chain_id: Option<String>,
+    /// Findings kept per partition (the rest are counted).
+    #[arg(long, env = "AUDITCTL_MAX_FINDINGS", default_value_t = 1000)]
+    pub max_findings: usize,
+    /// ClickHouse is read per partition in windows of this many seqs (bounds the server-side
+    /// sort; 18.16 cannot read in key order without sorting).
+    #[arg(long, env = "AUDITCTL_WINDOW", default_value_t = 100_000)]
+    pub window: i64,
+    /// No progress indicator on stderr.
+    #[arg(long, env = "AUDITCTL_QUIET")]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeygenArgs {
+    /// Id of the new key (what checkpoints name in `key_id`).
+    #[arg(long, env = "AUDITCTL_KEY_ID")]
+    pub key_id: String,
+    /// Where to write the private key (PKCS#8 DER, mode 0600). Never overwritten.
+    #[arg(long, env = "AUDITCTL_KEY_OUT")]
+    pub out: PathBuf,
+    /// Key set (JSON) to add the public key to; created if missing. Keys already in it are
+    /// kept; keys still active are retired at the new key's --not-before (rotation).
+    #[arg(long, env = "AUDIT_KEYSET")]
+    pub keyset: Option<PathBuf>,
+    /// When the new key becomes valid: RFC 3339 (`2025-01-01T00:00:00Z`), microseconds since
+    /// the Unix epoch, or `now`.
+    #[arg(long, env = "AUDITCTL_NOT_BEFORE", default_value = "now")]
+    pub not_before: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProveArgs {
+    /// The event's `event_id`.
+    pub event_id: String,
+    /// Where to read the event and its checkpoint range from.
+    #[arg(
+        long,
+        value_enum,
+        env = "AUDITCTL_SOURCE",
+        default_value = "clickhouse"
+    )]
+    pub source: SingleSource,
+    /// Write the proof here instead of stdout.
+    #[arg(long, env = "AUDITCTL_PROOF_OUT")]
+    pub out: Option<PathBuf>,
+    /// Only use checkpoints that verify with this key set (recommended).
+    #[arg(long, env = "AUDIT_KEYSET")]
+    pub keys: Option<PathBuf>,
+    /// Only search this partition.
+    #[arg(long, env = "AUDITCTL_PARTITION")]
+    pub partition: Option<u32>,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckProofArgs {
+    /// The proof file written by `auditctl prove`.
+    pub proof: PathBuf,
+    /// Public key set (JSON).
+    #[arg(long, env = "AUDIT_KEYSET")]
+    pub keys: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ClickHouseArgs {
+    /// ClickHouse HTTP endpoint.
+    #[arg(long, env = "CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    pub clickhouse_url: String,
+    #[arg(long, env = "CLICKHOUSE_DATABASE", default_value = "audit")]
+    pub clickhouse_database: String,
+    #[arg(long, env = "CLICKHOUSE_USER", default_value = "default")]
+    pub clickhouse_user: String,
+    /// Never printed (not in --help, not in errors or debug output).
+    #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    pub clickhouse_password: Option<Secret>,
+    /// Table of chained events.
+    #[arg(long, env = "AUDITCTL_EVENTS_TABLE", default_value = "audit_events")]
+    pub events_table: String,
+    /// Table of signed checkpoints.
+    #[arg(
+        long,
+        env = "AUDITCTL_CHECKPOINTS_TABLE",
+        default_value = "audit_checkpoints"
+    )]
+    pub checkpoints_table: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ArchiveArgs {
+    /// The archive: `s3://bucket[/prefix]`, or a local folder with the same layout.
+    #[arg(long, env = "AUDIT_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
+    /// S3 endpoint (path-style addressing; http allowed), e.g. http://127.0.0.1:8333.
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    #[arg(long, env = "S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// Never printed (not in --help, not in errors or debug output).
+    #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
+}
+
+/// A secret string: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_help_lists_exit_codes() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("EXIT CODES"));
+        assert!(help.contains("3  the store"));
+        for sub in ["verify", "keygen", "prove", "check-proof"] {
+            let mut cmd = Cli::command();
+            let sub = cmd.find_subcommand_mut(sub).expect("subcommand");
+            assert!(sub.render_help().to_string().contains("EXIT CODES"));
+        }
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let cli = Cli::parse_from([
+            "auditctl",
+            "verify",
+            "--clickhouse-password",
+            "hunter2",
+            "--s3-secret-access-key",
+            "s3cret",
+        ]);
+        let dbg = format!("{cli:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+    }
+}

@@ -1,0 +1,260 @@
+//! Reading the chain back from ClickHouse: `audit_events` rows (see `schemas::flat::AuditRow`)
+//! streamed in (chain_partition, seq) order, and `audit_checkpoints`.
+//!
+//! The server here is 18.16, which lacks `RowBinaryWithNamesAndTypes`: the client runs with
+//! validation off, i.e. plain `RowBinary` with the column list from `AuditRow::COLUMNS`, which
+//! is the struct's field order (one definition shared with the sink).
+
+use clickhouse::Client;
+use schemas::flat::{AuditRow, CheckpointRow};
+use schemas::verify::FindingKind;
+use schemas::Checkpoint;
+use serde::Deserialize;
+
+use crate::cli::ClickHouseArgs;
+use crate::collect::{finding, Collector};
+use crate::error::Error;
+
+#[derive(Debug, Clone)]
+pub struct ClickHouseStore {
+    client: Client,
+    url: String,
+    database: String,
+    events: String,
+    checkpoints: String,
+}
+
+/// Table names are interpolated into SQL: only plain identifiers are accepted.
+fn identifier(what: &str, s: &str) -> Result<String, Error> {
+    let ok = !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !s.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(Error::Usage(format!(
+            "{what} {s:?} is not a plain identifier"
+        )))
+    }
+}
+
+fn in_list(partitions: &[u32]) -> String {
+    if partitions.is_empty() {
+        String::new()
+    } else {
+        let list: Vec<String> = partitions.iter().map(u32::to_string).collect();
+        format!(" WHERE chain_partition IN ({})", list.join(", "))
+    }
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct SeqRange {
+    chain_partition: i32,
+    lo: i64,
+    hi: i64,
+}
+
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct Located {
+    chain_partition: i32,
+    seq: i64,
+}
+
+impl ClickHouseStore {
+    pub fn new(args: &ClickHouseArgs) -> Result<Self, Error> {
+        let database = identifier("--clickhouse-database", &args.clickhouse_database)?;
+        let events = identifier("--events-table", &args.events_table)?;
+        let checkpoints = identifier("--checkpoints-table", &args.checkpoints_table)?;
+        if !(args.clickhouse_url.starts_with("http://")
+            || args.clickhouse_url.starts_with("https://"))
+        {
+            return Err(Error::Usage(format!(
+                "--clickhouse-url {:?} must be an http:// or https:// URL",
+                args.clickhouse_url
+            )));
+        }
+        let mut client = Client::default()
+            .with_url(&args.clickhouse_url)
+            .with_database(&database)
+            .with_user(&args.clickhouse_user)
+            // ClickHouse 18.16 has no RowBinaryWithNamesAndTypes (see design.md).
+            .with_validation(false);
+        if let Some(pw) = &args.clickhouse_password {
+            client = client.with_password(pw.expose());
+        }
+        Ok(Self {
+            client,
+            url: args.clickhouse_url.clone(),
+            database,
+            events,
+            checkpoints,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!("{} database {}", self.url, self.database)
+    }
+
+    /// Every checkpoint row of these partitions (all if empty). Rows that cannot be read back
+    /// into a checkpoint become findings in `collector_findings`.
+    pub async fn checkpoints(
+        &self,
+        partitions: &[u32],
+    ) -> Result<(Vec<Checkpoint>, Vec<schemas::verify::Finding>), Error> {
+        let sql = format!(
+            "{}{} ORDER BY chain_partition, seq",
+            CheckpointRow::select_sql(&self.checkpoints),
+            in_list(partitions)
+        );
+        let rows: Vec<CheckpointRow> =
+            self.client
+                .query(&sql)
+                .fetch_all()
+                .await
+                .map_err(Error::ch(format!(
+                    "reading {}.{}",
+                    self.database, self.checkpoints
+                )))?;
+        let mut cps = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
+        for row in rows {
+            match row.to_checkpoint() {
+                Ok(cp) => cps.push(cp),
+                Err(e) => bad.push(finding(
+                    row.chain_partition,
+                    row.seq,
+                    FindingKind::MalformedCheckpoint,
+                    None,
+                    format!("checkpoint row (key {:?}) unreadable: {e}", row.key_id),
+                )),
+            }
+        }
+        Ok((cps, bad))
+    }
+
+    /// Stream every event row of these partitions (all if empty) into the collector, in
+    /// (chain_partition, seq) order.
+    ///
+    /// Read per partition in windows of `window` seqs: ClickHouse 18.16 cannot read a
+    /// MergeTree in key order without sorting, so one `ORDER BY` over the whole table would
+    /// sort it all in server memory. Windows keep each sort small; records are still fed in
+    /// order, and nothing is skipped (the windows tile min..=max of each partition).
+    pub async fn stream_into(
+        &self,
+        partitions: &[u32],
+        window: i64,
+        c: &mut Collector,
+    ) -> Result<(), Error> {
+        let window = window.max(1);
+        let sql = format!(
+            "SELECT chain_partition, min(seq) AS lo, max(seq) AS hi FROM {}{} GROUP BY chain_partition ORDER BY chain_partition",
+            self.events,
+            in_list(partitions)
+        );
+        let ranges: Vec<SeqRange> =
+            self.client
+                .query(&sql)
+                .fetch_all()
+                .await
+                .map_err(Error::ch(format!(
+                    "reading the seq ranges of {}.{}",
+                    self.database, self.events
+                )))?;
+        for r in ranges {
+            let mut lo = r.lo;
+            loop {
+                let hi = lo.saturating_add(window - 1).min(r.hi);
+                let sql = format!(
+                    "{} WHERE chain_partition = {} AND seq >= {lo} AND seq <= {hi} ORDER BY seq",
+                    AuditRow::select_sql(&self.events),
+                    r.chain_partition
+                );
+                let doing = || {
+                    format!(
+                        "reading partition {} seq {lo}..={hi} of {}.{}",
+                        r.chain_partition, self.database, self.events
+                    )
+                };
+                let mut cursor = self
+                    .client
+                    .query(&sql)
+                    .fetch::<AuditRow>()
+                    .map_err(Error::ch(doing()))?;
+                while let Some(row) = cursor.next().await.map_err(Error::ch(doing()))? {
+                    push_row(c, &row);
+                }
+                if hi >= r.hi {
+                    break;
+                }
+                lo = hi + 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the event with this id is stored: (partition, seq) of each copy.
+    pub async fn locate(
+        &self,
+        event_id: &str,
+        partition: Option<u32>,
+    ) -> Result<Vec<(i32, i64)>, Error> {
+        let filter = partition.map_or_else(String::new, |p| format!(" AND chain_partition = {p}"));
+        let sql = format!(
+            "SELECT chain_partition, seq FROM {} WHERE event_id = ?{filter} ORDER BY chain_partition, seq",
+            self.events
+        );
+        let rows: Vec<Located> = self
+            .client
+            .query(&sql)
+            .bind(event_id)
+            .fetch_all()
+            .await
+            .map_err(Error::ch(format!("looking up event {event_id:?}")))?;
+        let mut out: Vec<(i32, i64)> = rows
+            .into_iter()
+            .map(|r| (r.chain_partition, r.seq))
+            .collect();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Rows of `partition` with `first ..= last`, in seq order.
+    pub async fn range(
+        &self,
+        partition: u32,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<AuditRow>, Error> {
+        let sql = format!(
+            "{} WHERE chain_partition = {partition} AND seq >= {first} AND seq <= {last} ORDER BY seq",
+            AuditRow::select_sql(&self.events)
+        );
+        self.client
+            .query(&sql)
+            .fetch_all()
+            .await
+            .map_err(Error::ch(format!(
+                "reading partition {partition} seq {first}..={last} of {}.{}",
+                self.database, self.events
+            )))
+    }
+}
+
+/// Rebuild the chained event from its row and feed it; an unreadable row is a finding.
+pub fn push_row(c: &mut Collector, row: &AuditRow) {
+    match row.to_chained() {
+        Ok(ev) => c.push_chained(&ev),
+        Err(e) => {
+            let prev = hex::decode(&row.prev_hash).unwrap_or_default();
+            let hash = hex::decode(&row.hash).unwrap_or_default();
+            c.push_unreadable(
+                row.chain_partition,
+                row.seq,
+                &prev,
+                &hash,
+                &row.event_id,
+                format!("row cannot be read back into an event: {e}"),
+            );
+        }
+    }
+}

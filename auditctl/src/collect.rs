@@ -1,0 +1,269 @@
+//! Feeding stored records into `schemas::verify`, whatever the store: one
+//! [`PartitionVerifier`] per partition, plus findings the verifier cannot make itself because
+//! they happen before a record exists (an unreadable row, a segment object whose digest does not
+//! match its manifest, a malformed checkpoint row).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use schemas::checkpoint::KeySet;
+use schemas::verify::{
+    Finding, FindingKind, OwnedRecord, PartitionReport, PartitionVerifier, Report, StoredRecord,
+    VerifyOptions,
+};
+use schemas::{ChainedEvent, Checkpoint};
+
+/// Settings shared by every partition of one verification run.
+#[derive(Debug, Clone)]
+pub struct CollectOptions {
+    pub keys: KeySet,
+    /// `false` when no key set was given: checkpoints are then not fed to the verifier.
+    pub check_checkpoints: bool,
+    pub chain_id: Option<String>,
+    pub max_findings: usize,
+    /// Only these partitions (empty = all).
+    pub partitions: BTreeSet<u32>,
+    /// Keep (partition, seq, stored hash) of every record for the cross-store check.
+    pub keep_hashes: bool,
+    pub progress: bool,
+    /// Label of the store in the progress line.
+    pub label: &'static str,
+}
+
+/// One stored (partition, seq) and the hash the store holds for it.
+pub type StoredHash = (i32, i64, Vec<u8>);
+
+#[derive(Debug)]
+pub struct Collector {
+    opts: CollectOptions,
+    checkpoints: BTreeMap<u32, Vec<Checkpoint>>,
+    verifiers: BTreeMap<u32, PartitionVerifier>,
+    /// Findings from outside the verifier, by partition; listed before the verifier's own
+    /// findings at the same seq (they say why the record looks the way it does).
+    extra: BTreeMap<i32, Vec<Finding>>,
+    hashes: Vec<StoredHash>,
+    events: u64,
+    progress: ProgressBar,
+}
+
+/// A finding made outside the verifier.
+pub fn finding(
+    partition: i32,
+    seq: i64,
+    kind: FindingKind,
+    event_id: Option<&str>,
+    detail: String,
+) -> Finding {
+    Finding {
+        partition,
+        seq,
+        kind,
+        severity: kind.severity(),
+        event_id: event_id.filter(|s| !s.is_empty()).map(str::to_owned),
+        detail,
+    }
+}
+
+impl Collector {
+    pub fn new(opts: CollectOptions, checkpoints: Vec<Checkpoint>) -> Self {
+        let mut by_partition: BTreeMap<u32, Vec<Checkpoint>> = BTreeMap::new();
+        let mut extra: BTreeMap<i32, Vec<Finding>> = BTreeMap::new();
+        if opts.check_checkpoints {
+            for cp in checkpoints {
+                match u32::try_from(cp.partition) {
+                    Ok(p) => by_partition.entry(p).or_default().push(cp),
+                    Err(_) => extra.entry(cp.partition).or_default().push(finding(
+                        cp.partition,
+                        cp.seq,
+                        FindingKind::MalformedCheckpoint,
+                        None,
+                        format!("checkpoint with negative partition {}", cp.partition),
+                    )),
+                }
+            }
+        }
+        let progress = if opts.progress {
+            let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            pb.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {human_pos} records ({per_sec})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            pb.set_message(format!("verifying {}", opts.label));
+            pb
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut c = Self {
+            opts,
+            checkpoints: by_partition,
+            verifiers: BTreeMap::new(),
+            extra,
+            hashes: Vec::new(),
+            events: 0,
+            progress,
+        };
+        // Partitions that have checkpoints but no records at all must still be reported
+        // (everything was deleted: a truncated tail).
+        let with_cps: Vec<u32> = c.checkpoints.keys().copied().collect();
+        for p in with_cps {
+            if c.wanted(p) {
+                c.verifier(p);
+            }
+        }
+        c
+    }
+
+    fn wanted(&self, partition: u32) -> bool {
+        self.opts.partitions.is_empty() || self.opts.partitions.contains(&partition)
+    }
+
+    fn verifier(&mut self, partition: u32) -> &mut PartitionVerifier {
+        let opts = VerifyOptions {
+            chain_id: self.opts.chain_id.clone(),
+            max_findings: self.opts.max_findings,
+            ..VerifyOptions::default()
+        };
+        let keys = &self.opts.keys;
+        let cps = self
+            .checkpoints
+            .get(&partition)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        self.verifiers
+            .entry(partition)
+            .or_insert_with(|| PartitionVerifier::new(partition, keys, cps, opts))
+    }
+
+    /// Record a finding about `partition` that the verifier cannot see.
+    pub fn add_finding(&mut self, f: Finding) {
+        if let Ok(p) = u32::try_from(f.partition) {
+            if !self.wanted(p) {
+                return;
+            }
+            // Make sure the partition is reported even if no record of it is ever pushed.
+            self.verifier(p);
+        }
+        self.extra.entry(f.partition).or_default().push(f);
+    }
+
+    /// Feed one stored record (in store order).
+    pub fn push(&mut self, partition: i32, r: &StoredRecord<'_>) {
+        let Ok(p) = u32::try_from(partition) else {
+            self.add_finding(finding(
+                partition,
+                r.seq,
+                FindingKind::MalformedRecord,
+                Some(r.event_id),
+                format!("record with negative partition {partition}"),
+            ));
+            return;
+        };
+        if !self.wanted(p) {
+            return;
+        }
+        self.events += 1;
+        if self.events % 1024 == 0 {
+            self.progress.set_position(self.events);
+        }
+        if self.opts.keep_hashes {
+            self.hashes.push((partition, r.seq, r.hash.to_vec()));
+        }
+        self.verifier(p).push(r);
+    }
+
+    /// Feed a record rebuilt from the store. `rebuilt` is the `ChainedEvent` (or why it could
+    /// not be rebuilt, with the stored chain fields that could still be read).
+    pub fn push_chained(&mut self, c: &ChainedEvent) {
+        match OwnedRecord::from_chained(c) {
+            Ok(rec) => self.push(c.chain_partition, &rec.as_stored()),
+            Err(e) => self.push_unreadable(
+                c.chain_partition,
+                c.seq,
+                &c.prev_hash,
+                &c.hash,
+                &c.event.event_id,
+                format!("cannot re-encode the event: {e}"),
+            ),
+        }
+    }
+
+    /// A record whose event cannot be rebuilt: reported as malformed, and fed to the verifier
+    /// with no content so that the chain around it is still judged.
+    pub fn push_unreadable(
+        &mut self,
+        partition: i32,
+        seq: i64,
+        prev_hash: &[u8],
+        hash: &[u8],
+        event_id: &str,
+        why: String,
+    ) {
+        self.add_finding(finding(
+            partition,
+            seq,
+            FindingKind::MalformedRecord,
+            Some(event_id),
+            why,
+        ));
+        let r = StoredRecord {
+            seq,
+            prev_hash,
+            hash,
+            canonical: &[],
+            event_id,
+            copy: None,
+        };
+        self.push(partition, &r);
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Judge the last records and build the report (partitions in ascending order).
+    pub fn finish(self) -> (Report, Vec<StoredHash>) {
+        self.progress.finish_and_clear();
+        let mut extra = self.extra;
+        let mut parts: Vec<PartitionReport> = Vec::new();
+        for (p, v) in self.verifiers {
+            let mut rep = v.finish();
+            if let Some(mut ex) = extra.remove(&(p as i32)) {
+                merge(&mut rep, &mut ex);
+            }
+            parts.push(rep);
+        }
+        // Partitions that exist only through findings (negative partition numbers).
+        for (p, mut ex) in extra {
+            let mut rep = PartitionReport {
+                partition: p,
+                first_seq: None,
+                last_seq: None,
+                events: 0,
+                head_seq: 0,
+                head: hex::encode([0u8; 32]),
+                sealed_through: None,
+                findings: Vec::new(),
+                findings_dropped: 0,
+                ok: true,
+            };
+            merge(&mut rep, &mut ex);
+            parts.push(rep);
+        }
+        parts.sort_by_key(|r| r.partition);
+        (Report::new(parts), self.hashes)
+    }
+}
+
+fn merge(rep: &mut PartitionReport, extra: &mut Vec<Finding>) {
+    if extra
+        .iter()
+        .any(|f| f.severity == schemas::verify::Severity::Error)
+    {
+        rep.ok = false;
+    }
+    let mut all = std::mem::take(extra);
+    all.append(&mut rep.findings);
+    // Stable: at equal seq, the outside finding (the cause) comes first.
+    all.sort_by_key(|f| f.seq);
+    rep.findings = all;
+}

@@ -1,0 +1,67 @@
+//! `auditctl`: the operator's tool for the audit chain.
+//!
+//! - `verify`: recompute the hash chain from what ClickHouse and/or the archive store, check
+//!   checkpoints, and report tampering (exit 1) — see `schemas::verify` for what is detected.
+//! - `keygen`: a new Ed25519 checkpoint signing key and key-set rotation.
+//! - `prove` / `check-proof`: an offline-checkable inclusion proof of one event.
+//!
+//! Exit codes: 0 verified, 1 integrity finding, 2 usage/config error, 3 store or file I/O.
+//! The logic lives here so that tests call [`run`] in-process; `main.rs` only maps the result
+//! to an exit code.
+
+pub mod archive;
+pub mod cli;
+pub mod clickhouse;
+pub mod collect;
+pub mod error;
+pub mod keygen;
+pub mod prove;
+pub mod verify;
+
+use std::io::Write;
+
+pub use cli::{Cli, Command};
+pub use error::{Error, EXIT_FINDINGS, EXIT_IO, EXIT_OK, EXIT_USAGE};
+
+/// How a command that ran to the end came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Verified / done: exit 0.
+    Ok,
+    /// Integrity findings, or a proof that does not check: exit 1.
+    Findings,
+}
+
+impl Outcome {
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Ok => EXIT_OK,
+            Outcome::Findings => EXIT_FINDINGS,
+        }
+    }
+}
+
+/// Run one command, writing its result (report, proof, key info) to `out`. Diagnostics and the
+/// progress indicator go to stderr.
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
+    match cli.command {
+        Command::Verify(a) => verify::run(&a, out).await,
+        Command::Keygen(a) => {
+            let res = keygen::keygen(&a)?;
+            let json = serde_json::to_string_pretty(&res)
+                .map_err(|e| Error::Usage(format!("serializing keygen output: {e}")))?;
+            writeln!(out, "{json}").map_err(Error::file("writing output to", "<stdout>"))?;
+            Ok(Outcome::Ok)
+        }
+        Command::Prove(a) => prove::prove(&a, out).await,
+        Command::CheckProof(a) => prove::check(&a, out),
+    }
+}
+
+/// Exit code of a finished [`run`].
+pub fn exit_code(res: &Result<Outcome, Error>) -> u8 {
+    match res {
+        Ok(o) => o.exit_code(),
+        Err(e) => e.exit_code(),
+    }
+}

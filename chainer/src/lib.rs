@@ -1,0 +1,239 @@
+//! The chainer: reads `<prefix>enriched`, keeps one hash chain per partition, and writes each
+//! event exactly once into `<prefix>chained` (same partition number), with signed checkpoints
+//! on `<prefix>checkpoints`. See `shared/design.md`, "The chain".
+//!
+//! - [`partition`]: the pure per-partition state machine (seq, head, dedup window, resume point).
+//! - [`recovery`]: rebuilding that state from the tail of the chained and checkpoints topics.
+//! - [`checkpoints`]: Merkle ranges over acknowledged link hashes, signed with Ed25519.
+//! - [`acks`]: in-order acknowledgement → offsets to store and links to checkpoint.
+//! - [`worker`]: the thin Kafka loop.
+
+pub mod acks;
+pub mod checkpoints;
+pub mod error;
+pub mod metrics;
+pub mod partition;
+pub mod recovery;
+pub mod worker;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use schemas::checkpoint::SigningKey;
+use serde::{Deserialize, Serialize};
+use worker_runtime::config::{CommonArgs, WorkerConfig};
+use worker_runtime::health::{self, Readiness};
+use worker_runtime::kafka::admin::partition_count;
+use worker_runtime::kafka::consumer::{subscribe, ConsumerSettings};
+use worker_runtime::kafka::{KafkaArgs, Producer};
+use worker_runtime::shutdown::TaskSet;
+use worker_runtime::Shutdown;
+
+pub use error::Error;
+
+use checkpoints::Signer;
+use worker::{Settings, Worker};
+
+#[derive(Debug, Clone, clap::Parser, Serialize, Deserialize)]
+#[command(
+    name = "chainer",
+    about = "Hash-chains audit.enriched into audit.chained, exactly once, with signed checkpoints"
+)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group of the chainer on the enriched topic.
+    #[arg(long, env = "AUDIT_CHAINER_GROUP_ID", default_value = "audit-chainer")]
+    pub group_id: String,
+    /// Kafka client id (the producer gets `<client-id>-producer`).
+    #[arg(long, env = "AUDIT_CHAINER_CLIENT_ID", default_value = "audit-chainer")]
+    pub client_id: String,
+    /// Dedup window W: an event whose id is among the last W chained records of its partition
+    /// is dropped. Defined on the log, so every instance decides the same; 0 disables dedup.
+    /// Recovery reads the last W records of the chained partition (~65 MB of memory per
+    /// partition at the default).
+    #[arg(long, env = "AUDIT_CHAINER_DEDUP_WINDOW", default_value_t = 1_000_000)]
+    pub dedup_window: usize,
+    /// Input records whose output is not yet acknowledged by the broker, at most.
+    #[arg(long, env = "AUDIT_CHAINER_MAX_IN_FLIGHT", default_value_t = 10_000)]
+    pub max_in_flight: usize,
+    /// Checkpoint a partition every N chained events (0: only by time).
+    #[arg(
+        long,
+        env = "AUDIT_CHAINER_CHECKPOINT_EVERY_EVENTS",
+        default_value_t = 1000
+    )]
+    pub checkpoint_every_events: u64,
+    /// …or T seconds after its previous checkpoint, if events were chained since (0: only by count).
+    #[arg(
+        long,
+        env = "AUDIT_CHAINER_CHECKPOINT_INTERVAL_SECS",
+        default_value_t = 10
+    )]
+    pub checkpoint_interval_secs: u64,
+    /// File holding the Ed25519 checkpoint signing key (PKCS#8 as DER, base64 or PEM).
+    /// Without a key (file or env), checkpoints are disabled.
+    #[arg(long, env = "AUDIT_CHAINER_CHECKPOINT_KEY_FILE", default_value = "")]
+    pub checkpoint_key_file: String,
+    /// Name of an environment variable holding the signing key as base64 PKCS#8 (alternative
+    /// to the file; the key itself never goes on the command line).
+    #[arg(long, env = "AUDIT_CHAINER_CHECKPOINT_KEY_ENV", default_value = "")]
+    pub checkpoint_key_env: String,
+    /// Id of the signing key in the public key set (required with a key).
+    #[arg(long, env = "AUDIT_CHAINER_CHECKPOINT_KEY_ID", default_value = "")]
+    pub checkpoint_key_id: String,
+    /// Chain id signed into checkpoints; empty = the chained topic's name.
+    #[arg(long, env = "AUDIT_CHAINER_CHAIN_ID", default_value = "")]
+    pub chain_id: String,
+    /// How many trailing records of the checkpoints partition recovery reads to find a
+    /// partition's last checkpoint.
+    #[arg(
+        long,
+        env = "AUDIT_CHAINER_CHECKPOINT_SCAN_RECORDS",
+        default_value_t = 10_000
+    )]
+    pub checkpoint_scan_records: i64,
+    /// Recovery scans fail if no record arrives for this long (seconds).
+    #[arg(
+        long,
+        env = "AUDIT_CHAINER_SCAN_IDLE_TIMEOUT_SECS",
+        default_value_t = 30
+    )]
+    pub scan_idle_timeout_secs: u64,
+}
+
+impl WorkerConfig for Config {
+    fn config_file(&self) -> Option<&Path> {
+        self.common.config.as_deref()
+    }
+}
+
+impl Config {
+    /// The chain id checkpoints are signed with.
+    pub fn effective_chain_id(&self) -> String {
+        if self.chain_id.is_empty() {
+            self.kafka.topics().chained
+        } else {
+            self.chain_id.clone()
+        }
+    }
+}
+
+/// Loads the signing key, or `None` (checkpoints disabled, with a warning).
+pub fn load_signer(config: &Config) -> Result<Option<Signer>, Error> {
+    let file = config.checkpoint_key_file.trim();
+    let var = config.checkpoint_key_env.trim();
+    let key_id = config.checkpoint_key_id.trim();
+    let key = match (file.is_empty(), var.is_empty()) {
+        (true, true) => {
+            tracing::warn!(
+                "no checkpoint signing key configured (--checkpoint-key-file or --checkpoint-key-env): \
+                 checkpoints are DISABLED; events are still chained, but truncation of the chain's \
+                 tail cannot be detected"
+            );
+            return Ok(None);
+        }
+        (false, false) => {
+            return Err(Error::Config(
+                "set --checkpoint-key-file or --checkpoint-key-env, not both".into(),
+            ))
+        }
+        _ if key_id.is_empty() => {
+            return Err(Error::Config("--checkpoint-key-id is required with a signing key".into()))
+        }
+        (false, true) => SigningKey::from_pkcs8_file(key_id, Path::new(file)),
+        (true, false) => SigningKey::from_env(key_id, var),
+    }
+    .map_err(Error::SigningKey)?;
+    if config.checkpoint_every_events == 0 && config.checkpoint_interval_secs == 0 {
+        return Err(Error::Config(
+            "--checkpoint-every-events and --checkpoint-interval-secs are both 0".into(),
+        ));
+    }
+    let chain_id = config.effective_chain_id();
+    tracing::info!(key_id, public_key = %hex::encode(key.public_key()), %chain_id,
+        every_events = config.checkpoint_every_events, interval_secs = config.checkpoint_interval_secs,
+        "checkpoints enabled");
+    Ok(Some(Signer {
+        key,
+        chain_id,
+        every_events: config.checkpoint_every_events,
+        interval: Duration::from_secs(config.checkpoint_interval_secs),
+    }))
+}
+
+/// Runs the chainer until `shutdown` fires (then drains in-flight deliveries, stores and commits
+/// offsets) or a fatal error (a delivery the broker refused, a chain that cannot be resumed
+/// safely). Another `run` on the same topics continues each chain from its durable tail.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let signer = load_signer(&config)?.map(Arc::new);
+    let topics = config.kafka.topics();
+
+    let enriched_partitions = partition_count(&config.kafka, &topics.enriched).await?;
+    let chained_partitions = partition_count(&config.kafka, &topics.chained).await?;
+    if chained_partitions < enriched_partitions {
+        return Err(Error::TooFewChainedPartitions {
+            enriched: topics.enriched.clone(),
+            enriched_partitions,
+            chained: topics.chained.clone(),
+            chained_partitions,
+        });
+    }
+    // Fail at startup, not at the first bad record, if the dead-letter topic is missing.
+    partition_count(&config.kafka, &topics.rejected).await?;
+    let checkpoint_partitions = match signer {
+        Some(_) => partition_count(&config.kafka, &topics.checkpoints).await?,
+        None => 1,
+    };
+
+    // A delivery failure that would leave a gap in a partition's output must stop the producer
+    // rather than let later links land after a missing one.
+    let mut producer_args = config.kafka.clone();
+    producer_args
+        .properties
+        .push("enable.gapless.guarantee=true".into());
+    let producer = Producer::new(&producer_args, &format!("{}-producer", config.client_id))?;
+    let (consumer, rebalance) = subscribe(
+        &config.kafka,
+        &ConsumerSettings::new(
+            &config.group_id,
+            &config.client_id,
+            vec![topics.enriched.clone()],
+        ),
+    )?;
+
+    let drain = Duration::from_secs(config.common.shutdown_timeout_secs);
+    let settings = Settings {
+        window: config.dedup_window,
+        max_in_flight: config.max_in_flight.max(1),
+        scan_idle_timeout: Duration::from_secs(config.scan_idle_timeout_secs.max(1)),
+        checkpoint_scan_records: config.checkpoint_scan_records.max(1),
+        // Leave the task set some of its own bound to see us finish.
+        drain_timeout: drain.mul_f32(0.8),
+    };
+    let worker = Worker::new(
+        config.kafka.clone(),
+        consumer,
+        rebalance,
+        producer,
+        signer,
+        checkpoint_partitions,
+        settings,
+    );
+
+    // A child token: a failing task stops this run without cancelling the caller's token
+    // (tests run several workers on one token).
+    let shutdown = shutdown.child();
+    let ready = Readiness::default();
+    let mut tasks = TaskSet::new(shutdown.clone());
+    let addr = config.common.health_addr.clone();
+    let (r, s) = (ready.clone(), shutdown.clone());
+    tasks.spawn("health", async move { health::serve(&addr, r, s).await });
+    tasks.spawn("chain", worker.run(ready, shutdown));
+    tasks.join(drain).await?;
+    Ok(())
+}

@@ -1,0 +1,649 @@
+//! The Kafka loop around [`PartitionChain`]: consume, recover on every new assignment epoch,
+//! produce in order, store input offsets and publish checkpoints only behind acknowledgements.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rdkafka::consumer::Consumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use rdkafka::Offset;
+use schemas::framing::encode_single_object_checkpoint;
+use worker_runtime::health::Readiness;
+use worker_runtime::kafka::consumer::{commit_stored, store_next_offset};
+use worker_runtime::kafka::dlq::dead_letter;
+use worker_runtime::kafka::pipeline::is_fatal;
+use worker_runtime::kafka::producer::await_delivery;
+use worker_runtime::kafka::Topics;
+use worker_runtime::kafka::{AuditConsumer, InputRecord, KafkaArgs, Producer, RebalanceState};
+use worker_runtime::{RuntimeError, Shutdown};
+
+use crate::acks::AckQueue;
+use crate::checkpoints::{range_start, CheckpointRange, Signer};
+use crate::error::Error;
+use crate::metrics as m;
+use crate::partition::{Decision, Input, PartitionChain, Resume};
+use crate::recovery::{scan_chained, scan_checkpoints, CheckpointFinder, TailReader};
+
+pub const STAGE: &str = "chainer";
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub window: usize,
+    pub max_in_flight: usize,
+    pub scan_idle_timeout: Duration,
+    pub checkpoint_scan_records: i64,
+    pub drain_timeout: Duration,
+}
+
+/// One assigned partition.
+#[derive(Debug)]
+struct Slot {
+    epoch: u64,
+    chain: PartitionChain,
+    acks: AckQueue,
+    range: Option<CheckpointRange>,
+    last_checkpoint: Instant,
+}
+
+enum Completion {
+    Input {
+        partition: i32,
+        epoch: u64,
+        offset: i64,
+        result: Result<(), RuntimeError>,
+    },
+    Checkpoint {
+        partition: i32,
+        seq: u64,
+        result: Result<(), RuntimeError>,
+    },
+}
+
+/// What the loop only reads (kept apart from the in-flight set, which is not `Sync`, so that
+/// recovery can borrow it across awaits).
+struct Ctx {
+    kafka: KafkaArgs,
+    topics: Topics,
+    consumer: Arc<AuditConsumer>,
+    rebalance: Arc<RebalanceState>,
+    producer: Producer,
+    signer: Option<Arc<Signer>>,
+    checkpoint_partitions: i32,
+    settings: Settings,
+}
+
+pub struct Worker {
+    ctx: Ctx,
+    slots: HashMap<i32, Slot>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Completion>>,
+    /// Set after a fatal error: no more checkpoints (offsets of acknowledged work are still
+    /// stored while draining, which is always safe).
+    failed: bool,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("topics", &self.ctx.topics)
+            .field("partitions", &self.slots.keys().collect::<Vec<_>>())
+            .field("in_flight", &self.in_flight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kafka: KafkaArgs,
+        consumer: Arc<AuditConsumer>,
+        rebalance: Arc<RebalanceState>,
+        producer: Producer,
+        signer: Option<Arc<Signer>>,
+        checkpoint_partitions: i32,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            ctx: Ctx {
+                topics: kafka.topics(),
+                kafka,
+                consumer,
+                rebalance,
+                producer,
+                signer,
+                checkpoint_partitions,
+                settings,
+            },
+            slots: HashMap::new(),
+            in_flight: FuturesUnordered::new(),
+            failed: false,
+        }
+    }
+
+    /// Runs until shutdown (then drains, checkpoints and commits) or a fatal error.
+    pub async fn run(mut self, ready: Readiness, shutdown: Shutdown) -> Result<(), Error> {
+        let consumer = self.ctx.consumer.clone();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        ready.set(true);
+        let result: Result<(), Error> = loop {
+            tokio::select! {
+                biased;
+                Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if let Err(e) = self.complete(done).await { break Err(e); }
+                }
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = tick.tick() => {
+                    if let Err(e) = self.timed_checkpoints().await { break Err(e); }
+                }
+                msg = consumer.recv(), if self.in_flight.len() < self.ctx.settings.max_in_flight => {
+                    let input = match msg {
+                        Ok(m) => InputRecord::from_message(&m),
+                        Err(e) if is_fatal(&e) => break Err(RuntimeError::kafka("consuming", e).into()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = self.handle(input).await { break Err(e); }
+                }
+            }
+        };
+        ready.set(false);
+        if result.is_err() {
+            self.failed = true;
+        }
+        self.finish().await;
+        result
+    }
+
+    /// Drains what is in flight (storing offsets of what got acknowledged), publishes a last
+    /// checkpoint per partition after a clean stop, and commits.
+    async fn finish(&mut self) {
+        let timeout = self.ctx.settings.drain_timeout;
+        let drain = async {
+            self.drain_logged().await;
+            if !self.failed && self.ctx.signer.is_some() {
+                let parts: Vec<i32> = self.slots.keys().copied().collect();
+                for p in parts {
+                    if self.is_current(p) {
+                        if let Err(e) = self.publish_checkpoint(p).await {
+                            tracing::warn!(partition = p, error = %e, "final checkpoint not published");
+                        }
+                    }
+                }
+                self.drain_logged().await;
+            }
+        };
+        if tokio::time::timeout(timeout, drain).await.is_err() {
+            tracing::warn!(
+                "drain timed out; unacknowledged inputs will be re-read and re-chained identically"
+            );
+        }
+        commit_stored(&self.ctx.consumer).await;
+    }
+
+    async fn drain_logged(&mut self) {
+        while let Some(done) = self.in_flight.next().await {
+            if let Err(e) = self.complete(done).await {
+                tracing::warn!(error = %e, "delivery failed while draining; its input is not committed");
+                self.failed = true;
+            }
+        }
+    }
+
+    /// Waits for every in-flight delivery; any failure is fatal.
+    async fn drain(&mut self) -> Result<(), Error> {
+        while let Some(done) = self.in_flight.next().await {
+            self.complete(done).await?;
+        }
+        Ok(())
+    }
+
+    fn is_current(&self, p: i32) -> bool {
+        let epoch = self.ctx.rebalance.epoch(&self.ctx.topics.enriched, p);
+        self.slots.get(&p).is_some_and(|s| Some(s.epoch) == epoch)
+    }
+
+    async fn handle(&mut self, input: InputRecord) -> Result<(), Error> {
+        let p = input.partition;
+        let Some(epoch) = self.ctx.rebalance.epoch(&input.topic, p) else {
+            return Ok(()); // revoked since fetched: its new owner reads it again
+        };
+        if self.slots.get(&p).map(|s| s.epoch) != Some(epoch) {
+            // New assignment: let our own writes land first so the tail we read includes them,
+            // then rebuild the partition from durable state (even if we had state for it).
+            self.drain().await?;
+            let enriched = self.ctx.topics.enriched.clone();
+            self.slots
+                .retain(|q, s| self.ctx.rebalance.epoch(&enriched, *q) == Some(s.epoch));
+            let slot = self.ctx.recover(p, epoch).await?;
+            self.slots.insert(p, slot);
+        }
+        let Some(slot) = self.slots.get_mut(&p) else {
+            return Ok(());
+        };
+        let offset = input.offset;
+        let decision = slot
+            .chain
+            .process(Input {
+                offset,
+                payload: input.payload.as_deref(),
+            })
+            .map_err(|source| Error::Chain {
+                partition: p,
+                source,
+            })?;
+        let label = p.to_string();
+        match decision {
+            Decision::Chain(c) => {
+                let delivery = send(
+                    &self.ctx.producer,
+                    &self.ctx.topics.chained,
+                    p,
+                    input.key.as_deref(),
+                    &c.payload,
+                    input.timestamp_ms,
+                )
+                .await?;
+                slot.acks.push(offset, Some((c.seq, c.hash)), false);
+                metrics::counter!(m::CHAINED, "partition" => label).increment(1);
+                let topic = self.ctx.topics.chained.clone();
+                self.in_flight.push(Box::pin(async move {
+                    let result = await_delivery(delivery, &topic).await.map(|_| ());
+                    Completion::Input {
+                        partition: p,
+                        epoch,
+                        offset,
+                        result,
+                    }
+                }));
+            }
+            Decision::DeadLetter { code, message } => {
+                tracing::error!(partition = p, offset, code, %message,
+                    "undecodable record on the enriched topic; dead-lettering it (not chained)");
+                let rec = dead_letter(&self.ctx.topics.rejected, &input, STAGE, code, &message);
+                let delivery = self.ctx.producer.enqueue(&rec).await?;
+                slot.acks.push(offset, None, false);
+                metrics::counter!(m::DEAD_LETTERED, "partition" => label).increment(1);
+                let topic = self.ctx.topics.rejected.clone();
+                self.in_flight.push(Box::pin(async move {
+                    let result = await_delivery(delivery, &topic).await.map(|_| ());
+                    Completion::Input {
+                        partition: p,
+                        epoch,
+                        offset,
+                        result,
+                    }
+                }));
+            }
+            Decision::Duplicate { event_id } => {
+                tracing::debug!(partition = p, offset, %event_id, "duplicate event dropped");
+                metrics::counter!(m::DUPLICATES, "partition" => label).increment(1);
+                slot.acks.push(offset, None, true);
+                self.release(p).await?;
+            }
+            Decision::Skip => {
+                metrics::counter!(m::SKIPPED, "partition" => label).increment(1);
+                slot.acks.push(offset, None, true);
+                self.release(p).await?;
+            }
+            Decision::Seek { to } => {
+                tracing::warn!(
+                    partition = p,
+                    offset,
+                    to,
+                    "input offset is ahead of the chain (committed offset ran ahead); seeking back"
+                );
+                metrics::counter!(m::SEEKS, "partition" => label).increment(1);
+                self.ctx.seek(p, epoch, to).await?;
+            }
+            Decision::Discard => {}
+        }
+        Ok(())
+    }
+
+    async fn complete(&mut self, done: Completion) -> Result<(), Error> {
+        match done {
+            Completion::Input {
+                partition,
+                epoch,
+                offset,
+                result,
+            } => {
+                result.map_err(|source| Error::Delivery {
+                    what: format!(
+                        "the output of {}/{partition}@{offset}",
+                        self.ctx.topics.enriched
+                    ),
+                    source: Box::new(source),
+                })?;
+                match self.slots.get_mut(&partition) {
+                    Some(slot) if slot.epoch == epoch => slot.acks.ack(offset),
+                    _ => return Ok(()), // from an earlier assignment
+                }
+                self.release(partition).await
+            }
+            Completion::Checkpoint {
+                partition,
+                seq,
+                result,
+            } => {
+                result.map_err(|source| Error::Delivery {
+                    what: format!("the checkpoint of partition {partition} at seq {seq}"),
+                    source: Box::new(source),
+                })?;
+                metrics::counter!(m::CHECKPOINTS, "partition" => partition.to_string())
+                    .increment(1);
+                tracing::debug!(partition, seq, "checkpoint published");
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores the offset of the acknowledged prefix and feeds its links to the checkpoint range.
+    async fn release(&mut self, p: i32) -> Result<(), Error> {
+        let Some(slot) = self.slots.get_mut(&p) else {
+            return Ok(());
+        };
+        let released = slot.acks.release();
+        if let Some(next) = released.next_offset {
+            store_next_offset(&self.ctx.consumer, &self.ctx.topics.enriched, p, next);
+        }
+        if let Some(&(seq, _)) = released.links.last() {
+            metrics::gauge!(m::HEAD_SEQ, "partition" => p.to_string()).set(seq as f64);
+        }
+        let every = self.ctx.signer.as_ref().map_or(0, |s| s.every_events);
+        for (seq, hash) in released.links {
+            let full = match self.slots.get_mut(&p).and_then(|s| s.range.as_mut()) {
+                Some(range) => {
+                    range.push(seq, hash);
+                    every > 0 && range.len() >= every
+                }
+                None => break,
+            };
+            if full {
+                // Exactly N leaves per count-triggered checkpoint.
+                self.publish_checkpoint(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn timed_checkpoints(&mut self) -> Result<(), Error> {
+        let Some(interval) = self.ctx.signer.as_ref().map(|s| s.interval) else {
+            return Ok(());
+        };
+        if interval.is_zero() {
+            return Ok(());
+        }
+        let due: Vec<i32> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.last_checkpoint.elapsed() >= interval
+                    && s.range.as_ref().is_some_and(|r| !r.is_empty())
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            if self.is_current(p) {
+                self.publish_checkpoint(p).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_checkpoint(&mut self, p: i32) -> Result<(), Error> {
+        if self.failed {
+            return Ok(());
+        }
+        let (Some(signer), Some(slot)) = (self.ctx.signer.clone(), self.slots.get_mut(&p)) else {
+            return Ok(());
+        };
+        let Some(range) = slot.range.as_mut() else {
+            return Ok(());
+        };
+        let Some(fields) = range.take(&signer.chain_id, now_us()) else {
+            return Ok(());
+        };
+        slot.last_checkpoint = Instant::now();
+        let seq = fields.seq;
+        let cp = signer.sign(&fields).map_err(|source| Error::Sign {
+            partition: p,
+            seq,
+            source,
+        })?;
+        let payload =
+            encode_single_object_checkpoint(&cp).map_err(|source| Error::EncodeCheckpoint {
+                partition: p,
+                source,
+            })?;
+        let key = p.to_string();
+        let cp_partition = checkpoint_partition(p, self.ctx.checkpoint_partitions);
+        let delivery = send(
+            &self.ctx.producer,
+            &self.ctx.topics.checkpoints,
+            cp_partition,
+            Some(key.as_bytes()),
+            &payload,
+            None,
+        )
+        .await?;
+        tracing::info!(
+            partition = p,
+            first_seq = fields.first_seq,
+            seq,
+            "checkpoint signed"
+        );
+        let topic = self.ctx.topics.checkpoints.clone();
+        self.in_flight.push(Box::pin(async move {
+            let result = await_delivery(delivery, &topic).await.map(|_| ());
+            Completion::Checkpoint {
+                partition: p,
+                seq,
+                result,
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Ctx {
+    async fn seek(&self, p: i32, epoch: u64, to: i64) -> Result<(), Error> {
+        let consumer = self.consumer.clone();
+        let topic = self.topics.enriched.clone();
+        let t = topic.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            consumer.seek(&t, p, Offset::Offset(to), SEEK_TIMEOUT)
+        })
+        .await
+        .map_err(|e| RuntimeError::Task {
+            task: "seek".into(),
+            message: e.to_string(),
+        })?;
+        match res {
+            Ok(()) => Ok(()),
+            // Revoked meanwhile: the next owner recovers the partition itself.
+            Err(_) if self.rebalance.epoch(&topic, p) != Some(epoch) => Ok(()),
+            Err(source) => Err(Error::Seek {
+                topic,
+                partition: p,
+                offset: to,
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    /// Rebuilds partition `p` from the tail of `chained`/p (and of the checkpoints topic).
+    async fn recover(&self, p: i32, epoch: u64) -> Result<Slot, Error> {
+        let started = Instant::now();
+        let s = &self.settings;
+        let keep_hashes = self.signer.as_ref().map_or(0, |sg| {
+            (sg.every_events as usize)
+                .saturating_add(s.max_in_flight)
+                .saturating_add(16)
+        });
+        let scan_len = s.window.max(keep_hashes).max(1) as i64;
+        let reader = TailReader::new(p, s.window, keep_hashes);
+        let (tail, marks) = scan_chained(
+            &self.kafka,
+            &self.topics.chained,
+            p,
+            reader,
+            scan_len,
+            s.scan_idle_timeout,
+        )
+        .await?;
+        let recovery_err = |detail: String| Error::Recovery {
+            topic: self.topics.chained.clone(),
+            partition: p,
+            detail,
+        };
+        if tail.anomalies > 0 {
+            tracing::error!(partition = p, anomalies = tail.anomalies,
+                "the chained tail has repeated, missing or unlinked records; `auditctl verify` will report them");
+        }
+        let head = tail.chain_head(p).map_err(|source| Error::Chain {
+            partition: p,
+            source,
+        })?;
+        let expected = match tail.head {
+            Some(h) => h.source_offset + 1,
+            None if marks.low > 0 => {
+                return Err(recovery_err(format!(
+                "the partition holds no record but its log starts at offset {}: its records were \
+                     deleted (retention?); refusing to restart the chain at genesis",
+                marks.low
+            )))
+            }
+            // Nothing chained yet: everything still in the input must be chained.
+            None => self.enriched_low_watermark(p).await?,
+        };
+        let range = match &self.signer {
+            None => None,
+            Some(signer) => {
+                let finder = scan_checkpoints(
+                    &self.kafka,
+                    &self.topics.checkpoints,
+                    checkpoint_partition(p, self.checkpoint_partitions),
+                    CheckpointFinder::new(&signer.chain_id, p),
+                    s.checkpoint_scan_records,
+                    s.scan_idle_timeout,
+                )
+                .await?;
+                let start =
+                    range_start(head.seq, &tail.hashes, finder.latest()).map_err(recovery_err)?;
+                if let Some((from, to)) = start.uncovered {
+                    tracing::warn!(partition = p, from, to,
+                        "link hashes since the last checkpoint are older than the scanned tail; \
+                         seqs {from}..={to} stay chained but no checkpoint's Merkle root covers them");
+                }
+                let mut range = CheckpointRange::starting_at(head.partition, start.first_seq);
+                for (seq, hash) in start.preload {
+                    range.push(seq, hash);
+                }
+                Some(range)
+            }
+        };
+        tracing::info!(
+            partition = p,
+            epoch,
+            seq = head.seq,
+            head = %hex::encode(head.head),
+            next_offset = expected,
+            window = tail.dedup.len(),
+            scanned = tail.records,
+            checkpoint_range_from = range.as_ref().map(|r| r.first_seq()),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "partition recovered from the chained tail"
+        );
+        metrics::counter!(m::RECOVERIES, "partition" => p.to_string()).increment(1);
+        metrics::gauge!(m::HEAD_SEQ, "partition" => p.to_string()).set(head.seq as f64);
+        let chain = PartitionChain::new(
+            p,
+            self.topics.enriched.clone(),
+            Resume {
+                head,
+                dedup: tail.dedup,
+                expected,
+            },
+        );
+        Ok(Slot {
+            epoch,
+            chain,
+            acks: AckQueue::default(),
+            range,
+            last_checkpoint: Instant::now(),
+        })
+    }
+
+    async fn enriched_low_watermark(&self, p: i32) -> Result<i64, Error> {
+        let consumer = self.consumer.clone();
+        let topic = self.topics.enriched.clone();
+        let (low, _) = tokio::task::spawn_blocking(move || {
+            consumer
+                .fetch_watermarks(&topic, p, Duration::from_secs(10))
+                .map_err(|e| RuntimeError::kafka(format!("fetching watermarks of {topic}/{p}"), e))
+        })
+        .await
+        .map_err(|e| RuntimeError::Task {
+            task: "watermarks".into(),
+            message: e.to_string(),
+        })??;
+        Ok(low.max(0))
+    }
+}
+
+/// Checkpoints of chain partition `p` go to one fixed partition of the checkpoints topic, so
+/// recovery reads exactly one partition's tail.
+pub fn checkpoint_partition(p: i32, checkpoint_partitions: i32) -> i32 {
+    p.rem_euclid(checkpoint_partitions.max(1))
+}
+
+/// Enqueues a record to an explicit partition. The record timestamp is the input's, so a
+/// chained record is byte-identical whichever instance writes it (value, key *and* timestamp).
+async fn send(
+    producer: &Producer,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    timestamp_ms: Option<i64>,
+) -> Result<DeliveryFuture, Error> {
+    loop {
+        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
+            .partition(partition)
+            .payload(payload);
+        if let Some(k) = key {
+            fr = fr.key(k);
+        }
+        if let Some(ts) = timestamp_ms {
+            fr = fr.timestamp(ts);
+        }
+        match producer.inner().send_result(fr) {
+            Ok(d) => return Ok(d),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => {
+                return Err(RuntimeError::kafka(
+                    format!("enqueueing a record for {topic}/{partition}"),
+                    e,
+                )
+                .into())
+            }
+        }
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,212 @@
+//! The pure parts without a broker: applying context records, lookups, the processor.
+
+use std::sync::Arc;
+
+use schemas::framing::{self, CatalogIdResolver};
+use schemas::testing::sample_event;
+use schemas::AuditEvent;
+use worker_runtime::kafka::dlq::{HEADER_REASON_CODE, HEADER_STAGE};
+use worker_runtime::kafka::{InputRecord, OutputRecord};
+
+use crate::{Applied, ContextCaches, ContextKind, EnrichProcessor};
+
+const USER: &[u8] = br#"{"userId":"user-123","name":"Ada","email":"ada@example.com","roles":["dev","admin"],"teamId":"team-9"}"#;
+const TEAM_456: &[u8] =
+    br#"{"teamId":"team-456","name":"Platform","tenantId":"acme","costCenter":"CC-1"}"#;
+const TEAM_9: &[u8] = br#"{"teamId":"team-9","name":"Nine","tenantId":"nine-corp"}"#;
+
+fn caches() -> ContextCaches {
+    ContextCaches::new(1 << 20, 1 << 20)
+}
+
+async fn loaded() -> ContextCaches {
+    let c = caches();
+    assert_eq!(
+        c.apply(ContextKind::Users, Some(b"user-123"), Some(USER))
+            .await,
+        Applied::Upserted
+    );
+    assert_eq!(
+        c.apply(ContextKind::Teams, Some(b"team-456"), Some(TEAM_456))
+            .await,
+        Applied::Upserted
+    );
+    assert_eq!(
+        c.apply(ContextKind::Teams, Some(b"team-9"), Some(TEAM_9))
+            .await,
+        Applied::Upserted
+    );
+    c
+}
+
+#[tokio::test]
+async fn upsert_tombstone_and_invalid_records() {
+    let c = loaded().await;
+    assert_eq!(
+        c.user("user-123").await.map(|u| u.name.clone()).as_deref(),
+        Some("Ada")
+    );
+    // A newer record replaces the old one.
+    let renamed = br#"{"userId":"user-123","name":"Ada L.","email":"ada@example.com"}"#;
+    assert_eq!(
+        c.apply(ContextKind::Users, Some(b"user-123"), Some(renamed))
+            .await,
+        Applied::Upserted
+    );
+    assert_eq!(
+        c.user("user-123").await.map(|u| u.name.clone()).as_deref(),
+        Some("Ada L.")
+    );
+    // Tombstone removes.
+    assert_eq!(
+        c.apply(ContextKind::Teams, Some(b"team-9"), None).await,
+        Applied::Deleted
+    );
+    assert!(c.team("team-9").await.is_none());
+    assert!(c.team("team-456").await.is_some(), "other keys untouched");
+    // Unparsable: skipped, and the key's stale entry removed (as after compaction).
+    assert_eq!(
+        c.apply(ContextKind::Users, Some(b"user-123"), Some(b"{not json"))
+            .await,
+        Applied::Invalid
+    );
+    assert!(c.user("user-123").await.is_none());
+    // Key/record mismatch and missing or non-UTF-8 keys are invalid too, never a crash.
+    assert_eq!(
+        c.apply(ContextKind::Teams, Some(b"team-x"), Some(TEAM_456))
+            .await,
+        Applied::Invalid
+    );
+    assert_eq!(
+        c.apply(ContextKind::Teams, None, Some(TEAM_456)).await,
+        Applied::Invalid
+    );
+    assert_eq!(
+        c.apply(ContextKind::Teams, Some(&[0xff]), None).await,
+        Applied::Invalid
+    );
+    c.sync().await;
+    assert_eq!(c.entry_counts(), (0, 1));
+}
+
+#[tokio::test]
+async fn team_comes_from_the_event_else_from_the_user() {
+    let c = loaded().await;
+    // The sample event names team-456: that one wins over the user's team-9.
+    let mut e = sample_event();
+    c.enrich(&mut e).await;
+    assert_eq!(e.actor.name.as_deref(), Some("Ada"));
+    assert_eq!(e.actor.roles, ["admin", "dev"]);
+    assert_eq!(e.tenant.team_name.as_deref(), Some("Platform"));
+    assert_eq!(e.tenant.tenant_id.as_deref(), Some("acme"));
+    assert!(
+        e.tenant.enrichment.enriched
+            && e.tenant.enrichment.user_found
+            && e.tenant.enrichment.team_found
+    );
+
+    // No team on the event: the user's team is used.
+    let mut e = sample_event();
+    e.tenant.team_id = None;
+    c.enrich(&mut e).await;
+    assert_eq!(e.tenant.team_id.as_deref(), Some("team-9"));
+    assert_eq!(e.tenant.team_name.as_deref(), Some("Nine"));
+    assert_eq!(e.tenant.tenant_id.as_deref(), Some("nine-corp"));
+    assert!(e.tenant.enrichment.team_found);
+
+    // Unknown user and team: enriched (flags say nothing was found), nothing else changes.
+    let mut e = sample_event();
+    e.actor.id = "someone-else".into();
+    e.tenant.team_id = Some("team-unknown".into());
+    let before = e.clone();
+    c.enrich(&mut e).await;
+    assert!(e.tenant.enrichment.enriched);
+    assert!(!e.tenant.enrichment.user_found && !e.tenant.enrichment.team_found);
+    assert_eq!(e.actor, before.actor);
+}
+
+#[tokio::test]
+async fn the_cache_is_bounded_by_bytes() {
+    let c = ContextCaches::new(4096, 4096);
+    for i in 0..200 {
+        let id = format!("user-{i}");
+        let v = format!(r#"{{"userId":"{id}","name":"N{i}","email":"u{i}@example.com"}}"#);
+        c.apply(ContextKind::Users, Some(id.as_bytes()), Some(v.as_bytes()))
+            .await;
+    }
+    c.sync().await;
+    let (users, _) = c.entry_counts();
+    assert!(users > 0 && users < 40, "{users} entries in 4 KiB");
+}
+
+fn processor(c: ContextCaches) -> EnrichProcessor {
+    EnrichProcessor::new(
+        c,
+        "t.enriched",
+        "t.rejected",
+        Arc::new(CatalogIdResolver::new().expect("resolver")),
+    )
+}
+
+fn input(payload: Option<Vec<u8>>) -> InputRecord {
+    InputRecord {
+        topic: "t.validated".into(),
+        partition: 5,
+        offset: 7,
+        key: Some(b"team-456".to_vec()),
+        payload,
+        headers: vec![("traceparent".into(), b"00-abc-def-01".to_vec())],
+        timestamp_ms: Some(1),
+    }
+}
+
+fn header<'a>(out: &'a OutputRecord, name: &str) -> Option<&'a [u8]> {
+    out.headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn decode(out: &OutputRecord) -> AuditEvent {
+    framing::decode_event(out.payload.as_deref().expect("payload"), None).expect("decodable")
+}
+
+#[tokio::test]
+async fn enriched_event_keeps_key_and_partition() {
+    let p = processor(loaded().await);
+    let bytes = framing::encode_single_object_event(&sample_event()).expect("encode");
+    let out = p.handle(&input(Some(bytes))).await;
+    assert_eq!(out.topic, "t.enriched");
+    assert_eq!(out.partition, Some(5));
+    assert_eq!(out.key.as_deref(), Some(&b"team-456"[..]));
+    assert_eq!(header(&out, "traceparent"), Some(&b"00-abc-def-01"[..]));
+    let e = decode(&out);
+    assert_eq!(e.actor.email.as_deref(), Some("ada@example.com"));
+    assert_eq!(e.tenant.team_name.as_deref(), Some("Platform"));
+    // Deterministic: the same input with the same context gives the same bytes.
+    let bytes = framing::encode_single_object_event(&sample_event()).expect("encode");
+    assert_eq!(p.handle(&input(Some(bytes))).await.payload, out.payload);
+
+    // Confluent framing is decoded too; the output is single-object.
+    let bytes = framing::encode_confluent_event(&sample_event(), 1).expect("encode");
+    let out2 = p.handle(&input(Some(bytes))).await;
+    assert_eq!(out2.topic, "t.enriched");
+    assert_eq!(out2.payload, out.payload);
+}
+
+#[tokio::test]
+async fn undecodable_input_is_dead_lettered() {
+    let p = processor(caches());
+    for payload in [
+        None,
+        Some(b"{\"json\": true}".to_vec()),
+        Some(vec![0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+    ] {
+        let out = p.handle(&input(payload.clone())).await;
+        assert_eq!(out.topic, "t.rejected");
+        assert_eq!(out.payload, payload, "original bytes");
+        assert_eq!(out.key.as_deref(), Some(&b"team-456"[..]));
+        assert_eq!(header(&out, HEADER_REASON_CODE), Some(&b"undecodable"[..]));
+        assert_eq!(header(&out, HEADER_STAGE), Some(&b"enrich"[..]));
+    }
+}

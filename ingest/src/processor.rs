@@ -1,0 +1,145 @@
+//! The Kafka front door: one raw record in, one record out (validated event or dead letter).
+//!
+//! The output is a pure function of the input record (its bytes, key, headers, timestamp and
+//! position), so a redelivered record produces byte-identical output.
+
+use std::sync::Arc;
+
+use schemas::framing::{self, SchemaIdResolver};
+use schemas::json::JsonLimits;
+use schemas::{AuditEvent, Ingress, IngressChannel};
+use worker_runtime::kafka::dlq::dead_letter;
+use worker_runtime::kafka::pipeline::Processor;
+use worker_runtime::kafka::{InputRecord, OutputRecord};
+use worker_runtime::RuntimeError;
+
+use crate::validate::{codes, derived_event_id, validate_raw, Rejection, ValidationContext};
+
+/// The stage name in DLQ headers, logs and metrics.
+pub const STAGE: &str = "ingest";
+
+/// W3C trace-context headers copied from the raw record to the validated one, so the event's
+/// journey through the pipeline joins the producer's trace.
+pub const PROPAGATED_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
+/// Validates raw records into `validated`, dead-letters the rest into `rejected`.
+pub struct IngestProcessor {
+    validated_topic: String,
+    rejected_topic: String,
+    limits: JsonLimits,
+    resolver: Arc<dyn SchemaIdResolver>,
+}
+
+impl std::fmt::Debug for IngestProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestProcessor")
+            .field("validated_topic", &self.validated_topic)
+            .field("rejected_topic", &self.rejected_topic)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IngestProcessor {
+    pub fn new(
+        validated_topic: impl Into<String>,
+        rejected_topic: impl Into<String>,
+        limits: JsonLimits,
+        resolver: Arc<dyn SchemaIdResolver>,
+    ) -> Self {
+        IngestProcessor {
+            validated_topic: validated_topic.into(),
+            rejected_topic: rejected_topic.into(),
+            limits,
+            resolver,
+        }
+    }
+
+    /// The one output record for `input`.
+    pub fn handle(&self, input: &InputRecord) -> OutputRecord {
+        match self.accept(input) {
+            Ok(out) => {
+                metrics::counter!("audit_ingest_accepted_total", "channel" => "kafka").increment(1);
+                out
+            }
+            Err(r) => {
+                metrics::counter!("audit_ingest_rejected_total", "channel" => "kafka", "code" => r.code)
+                    .increment(1);
+                tracing::debug!(
+                    topic = %input.topic, partition = input.partition, offset = input.offset,
+                    code = r.code, reason = %r.describe(), "record rejected"
+                );
+                dead_letter(&self.rejected_topic, input, STAGE, r.code, &r.describe())
+            }
+        }
+    }
+
+    fn accept(&self, input: &InputRecord) -> Result<OutputRecord, Rejection> {
+        let Some(bytes) = input.payload.as_deref() else {
+            return Err(Rejection::new(
+                codes::EMPTY_PAYLOAD,
+                "",
+                "null record value (tombstone)",
+            ));
+        };
+        let ctx = ValidationContext {
+            receive_time_us: receive_time_us(input),
+            ingress: Ingress {
+                channel: IngressChannel::Kafka,
+                topic: Some(input.topic.clone()),
+                partition: Some(input.partition),
+                offset: Some(input.offset),
+                format: String::new(), // set by validate_raw from the detected framing
+            },
+            derived_event_id: derived_event_id(&input.topic, input.partition, input.offset),
+            limits: self.limits.clone(),
+            resolver: self.resolver.as_ref(),
+        };
+        let event = validate_raw(bytes, &ctx)?;
+        let payload = framing::encode_single_object_event(&event)?;
+        let mut out = OutputRecord::new(
+            &self.validated_topic,
+            Some(partition_key(&event).as_bytes().to_vec()),
+            payload,
+        );
+        for name in PROPAGATED_HEADERS {
+            if let Some(v) = input.header(name) {
+                out = out.with_header(name, v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Processor for IngestProcessor {
+    async fn process(&self, input: &InputRecord) -> Result<Vec<OutputRecord>, RuntimeError> {
+        Ok(vec![self.handle(input)])
+    }
+}
+
+/// The key of `audit.validated` (design doc): tenant id, else team id, else event id, so all
+/// events of a tenant stay in one partition (one chain, in order).
+pub fn partition_key(event: &AuditEvent) -> &str {
+    fn non_empty(s: &Option<String>) -> Option<&str> {
+        s.as_deref().filter(|s| !s.is_empty())
+    }
+    non_empty(&event.tenant.tenant_id)
+        .or_else(|| non_empty(&event.tenant.team_id))
+        .unwrap_or(&event.event_id)
+}
+
+/// The record's timestamp (create or log-append time), so that a redelivery gets the same
+/// receive time; the wall clock only for a record without one.
+fn receive_time_us(input: &InputRecord) -> i64 {
+    match input.timestamp_ms {
+        Some(ms) if ms >= 0 => ms.saturating_mul(1000),
+        _ => now_us(),
+    }
+}
+
+fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

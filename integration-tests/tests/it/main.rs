@@ -1,0 +1,7 @@
+//! End-to-end tests of the audit pipeline against the real local stack (tansu on SQLite,
+//! ClickHouse, SeaweedFS), started by `deploy/local/stack.sh up` (the README's test command
+//! does that first). One test binary; every test has its own topics, consumer groups,
+//! ClickHouse database and archive prefix, and waits on conditions with deadlines.
+
+mod e2e;
+mod harness;

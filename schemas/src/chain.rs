@@ -1,0 +1,448 @@
+//! The per-partition hash chain: the link rule, the chainer's running head, and the dedup window.
+//!
+//! The rule (see `shared/design.md`, "The chain"), byte for byte:
+//!
+//! ```text
+//! hash = SHA-256( "audit-chain/v1"          14 ASCII bytes, no length prefix, no terminator
+//!               ‖ partition                 u32, big-endian
+//!               ‖ seq                       u64, big-endian (1-based)
+//!               ‖ prev_hash                 32 bytes (all zero for seq 1)
+//!               ‖ canonical(event) )        the event's Avro binary encoding, to the end
+//! ```
+//!
+//! Every field before the event has a fixed width, so the concatenation is unambiguous even
+//! though the event bytes are not length-prefixed. Everything here takes the canonical bytes as
+//! `&[u8]`, so it does not depend on how they were produced; [`link_hash_event`] and
+//! [`ChainHead::next_event`] are the thin wrappers over `avro::canonical_bytes`.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// A SHA-256 output.
+pub type Hash32 = [u8; 32];
+
+/// `prev_hash` of seq 1.
+pub const GENESIS: Hash32 = [0u8; 32];
+
+/// Domain tag hashed first in every link, so a link hash can never be confused with a hash of
+/// anything else this system (or another one) computes over similar bytes.
+pub const CHAIN_DOMAIN: &[u8] = b"audit-chain/v1";
+
+/// Default dedup window: the last 1 M chained records of a partition (design.md).
+pub const DEFAULT_DEDUP_WINDOW: usize = 1_000_000;
+
+/// Errors of the chain's conversions between wire values and chain values.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ChainError {
+    #[error("partition {0} is negative")]
+    NegativePartition(i32),
+    #[error("seq {0} is out of range (must be 1 ..= i64::MAX)")]
+    SeqOutOfRange(i128),
+    #[error("{field} must be 32 bytes, got {len}")]
+    BadHashLength { field: &'static str, len: usize },
+}
+
+/// The link hash of the record at (`partition`, `seq`) whose predecessor's hash is `prev`.
+///
+/// This is the verifier's inner loop: the 58-byte header is assembled on the stack and the
+/// event bytes are streamed into SHA-256 after it, never copied into a joint buffer.
+#[inline]
+pub fn link_hash(partition: u32, seq: u64, prev: &Hash32, canonical: &[u8]) -> Hash32 {
+    let mut header = [0u8; 58];
+    header[..14].copy_from_slice(CHAIN_DOMAIN);
+    header[14..18].copy_from_slice(&partition.to_be_bytes());
+    header[18..26].copy_from_slice(&seq.to_be_bytes());
+    header[26..].copy_from_slice(prev);
+    let mut h = Sha256::new();
+    h.update(header);
+    h.update(canonical);
+    h.finalize().into()
+}
+
+/// [`link_hash`] of an event, encoding it canonically (current canonical version).
+pub fn link_hash_event(
+    partition: u32,
+    seq: u64,
+    prev: &Hash32,
+    event: &crate::event::AuditEvent,
+) -> Result<Hash32, crate::SchemaError> {
+    Ok(link_hash(
+        partition,
+        seq,
+        prev,
+        &crate::avro::canonical_bytes(event)?,
+    ))
+}
+
+/// Wire partition (Avro `int`) → chain partition. Negative partitions do not exist in Kafka; one
+/// in stored data is corruption, not something to wrap around.
+pub fn partition_u32(partition: i32) -> Result<u32, ChainError> {
+    u32::try_from(partition).map_err(|_| ChainError::NegativePartition(partition))
+}
+
+/// Wire seq (Avro `long`) → chain seq. Seq 0 is "nothing chained yet", never a record's seq.
+pub fn seq_u64(seq: i64) -> Result<u64, ChainError> {
+    if seq >= 1 {
+        Ok(seq as u64)
+    } else {
+        Err(ChainError::SeqOutOfRange(seq.into()))
+    }
+}
+
+/// Chain seq → wire seq. Fails only past `i64::MAX`, which no chain reaches.
+pub fn seq_i64(seq: u64) -> Result<i64, ChainError> {
+    i64::try_from(seq).map_err(|_| ChainError::SeqOutOfRange(seq.into()))
+}
+
+/// A stored hash field (`Vec<u8>` on the wire) → `Hash32`.
+pub fn hash32(field: &'static str, bytes: &[u8]) -> Result<Hash32, ChainError> {
+    bytes.try_into().map_err(|_| ChainError::BadHashLength {
+        field,
+        len: bytes.len(),
+    })
+}
+
+/// One new link, as the chainer writes it into `ChainedEvent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub seq: u64,
+    pub prev_hash: Hash32,
+    pub hash: Hash32,
+}
+
+/// The chainer's running state for one partition: the last assigned seq and its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub partition: u32,
+    /// Last assigned seq; 0 while the chain is empty.
+    pub seq: u64,
+    /// Hash of `seq`; [`GENESIS`] while the chain is empty.
+    pub head: Hash32,
+}
+
+impl ChainHead {
+    /// An empty chain: the next record gets seq 1 and links to [`GENESIS`].
+    pub fn genesis(partition: u32) -> Self {
+        Self {
+            partition,
+            seq: 0,
+            head: GENESIS,
+        }
+    }
+
+    /// Resume after the record (`seq`, `head`) found at the tail of `audit.chained`.
+    ///
+    /// Bounded to `i64::MAX - 1` so that the next seq still fits the wire's `long`; a stored seq
+    /// outside that range is corruption and must stop the chainer rather than wrap.
+    pub fn resume(partition: u32, seq: u64, head: Hash32) -> Result<Self, ChainError> {
+        if seq >= i64::MAX as u64 {
+            return Err(ChainError::SeqOutOfRange(seq.into()));
+        }
+        Ok(Self {
+            partition,
+            seq,
+            head,
+        })
+    }
+
+    /// Chain one event (its canonical bytes) and advance the head.
+    pub fn next(&mut self, canonical: &[u8]) -> Link {
+        // Saturating: reaching u64::MAX would take 2^63 records after `resume`'s bound; it keeps
+        // the function panic-free without an error path every caller would have to carry.
+        let seq = self.seq.saturating_add(1);
+        let prev_hash = self.head;
+        let hash = link_hash(self.partition, seq, &prev_hash, canonical);
+        self.seq = seq;
+        self.head = hash;
+        Link {
+            seq,
+            prev_hash,
+            hash,
+        }
+    }
+
+    /// [`ChainHead::next`] for an event, encoding it canonically into `buf` (reused between
+    /// calls so the chainer allocates nothing per event). The head only advances on success.
+    pub fn next_event(
+        &mut self,
+        event: &crate::event::AuditEvent,
+        buf: &mut Vec<u8>,
+    ) -> Result<Link, crate::SchemaError> {
+        buf.clear();
+        crate::avro::canonical_bytes_into(event, buf)?;
+        Ok(self.next(buf))
+    }
+}
+
+/// 128-bit digest of an event id: the first 16 bytes of SHA-256(id).
+///
+/// Why 128 bits, and why a cryptographic hash: a collision makes the chainer drop a *different*
+/// event as a duplicate, i.e. silently lose an audit record.
+/// - Accidental: with W ids in the window and N lookups over the system's life, the chance of
+///   any false hit is about N·W / 2^128; for W = 2^20 and N = 2^40 that is 2^-68. A 64-bit
+///   digest would give 2^-4 — not acceptable, hence 128.
+/// - Adversarial: a producer who can choose ids could at best collide with ids it also chose
+///   (birthday bound 2^64 work), i.e. drop its own event, which it could simply not send. Making
+///   someone else's event drop needs a second preimage of a truncated SHA-256: 2^128 work. A fast
+///   non-cryptographic 128-bit hash (or unkeyed SipHash) would not give that guarantee, and a
+///   secret key would break "every instance makes the same decision" unless it were shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdDigest(u64, u64);
+
+impl IdDigest {
+    pub fn of(event_id: &str) -> Self {
+        let d = Sha256::digest(event_id.as_bytes());
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&d[0..8]);
+        b.copy_from_slice(&d[8..16]);
+        Self(u64::from_le_bytes(a), u64::from_le_bytes(b))
+    }
+}
+
+impl Hash for IdDigest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Already uniformly distributed: hand the table 64 of its bits instead of re-hashing.
+        state.write_u64(self.0 ^ self.1.rotate_left(29));
+    }
+}
+
+/// Pass-through hasher for [`IdDigest`] keys (see its `Hash` impl).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than `IdDigest` is hashed; stay correct anyway.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// The ids of the last `capacity` chained records of one partition.
+///
+/// Defined on the log, never on time, so every chainer instance that reads the same log makes
+/// the same keep/drop decision. Memory: a ring of 16-byte digests plus a map digest → position
+/// (about 60–70 bytes per id with table overhead, so ~65 MB at the 1 M default; size W to the
+/// memory budget times the partitions an instance may own).
+///
+/// The map holds each digest's *latest* log position, so an id that legitimately occurs twice in
+/// the window (e.g. replayed from a log written before dedup existed) stays present until its
+/// last occurrence leaves: evicting position `i` removes the digest only if its latest position
+/// is `i`. That keeps insert/contains/evict O(1) without per-id counters.
+#[derive(Clone)]
+pub struct DedupWindow {
+    capacity: usize,
+    ring: VecDeque<IdDigest>,
+    latest: HashMap<IdDigest, u64, BuildHasherDefault<DigestHasher>>,
+    /// Log position of `ring[0]`.
+    front_pos: u64,
+}
+
+impl std::fmt::Debug for DedupWindow {
+    // A million digests are no use in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DedupWindow")
+            .field("capacity", &self.capacity)
+            .field("len", &self.ring.len())
+            .finish()
+    }
+}
+
+impl Default for DedupWindow {
+    fn default() -> Self {
+        Self::new(DEFAULT_DEDUP_WINDOW)
+    }
+}
+
+impl DedupWindow {
+    /// A window over the last `capacity` records; 0 disables dedup (nothing is ever "seen").
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            ring: VecDeque::new(),
+            latest: HashMap::default(),
+            front_pos: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    /// Whether `event_id` is among the last `capacity` chained records.
+    pub fn contains(&self, event_id: &str) -> bool {
+        self.capacity > 0 && self.latest.contains_key(&IdDigest::of(event_id))
+    }
+
+    /// Record that `event_id` was chained (appended to the log), evicting the oldest if full.
+    pub fn insert(&mut self, event_id: &str) {
+        self.insert_digest(IdDigest::of(event_id));
+    }
+
+    /// The chainer's one call per event: `true` if the id is new (chain it; it is now recorded),
+    /// `false` if it is a duplicate inside the window (drop it; nothing changes).
+    pub fn check_and_insert(&mut self, event_id: &str) -> bool {
+        if self.capacity == 0 {
+            return true;
+        }
+        let d = IdDigest::of(event_id);
+        if self.latest.contains_key(&d) {
+            return false;
+        }
+        self.insert_digest(d);
+        true
+    }
+
+    /// Rebuild from the tail of `audit.chained`: `ids` are the event ids of the chained records
+    /// in log order (oldest first). Only the last `capacity` of them end up in the window, so the
+    /// caller may pass more than needed.
+    pub fn rebuild<I, S>(&mut self, ids: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.ring.clear();
+        self.latest.clear();
+        self.front_pos = 0;
+        for id in ids {
+            self.insert(id.as_ref());
+        }
+    }
+
+    fn insert_digest(&mut self, d: IdDigest) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.ring.len() == self.capacity {
+            if let Some(old) = self.ring.pop_front() {
+                if self.latest.get(&old) == Some(&self.front_pos) {
+                    self.latest.remove(&old);
+                }
+                self.front_pos += 1;
+            }
+        }
+        let pos = self.front_pos + self.ring.len() as u64;
+        self.ring.push_back(d);
+        self.latest.insert(d, pos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_hash_matches_the_concatenation() {
+        let prev = [7u8; 32];
+        let mut buf = Vec::new();
+        buf.extend_from_slice(b"audit-chain/v1");
+        buf.extend_from_slice(&3u32.to_be_bytes());
+        buf.extend_from_slice(&42u64.to_be_bytes());
+        buf.extend_from_slice(&prev);
+        buf.extend_from_slice(b"event");
+        let want: Hash32 = Sha256::digest(&buf).into();
+        assert_eq!(link_hash(3, 42, &prev, b"event"), want);
+    }
+
+    #[test]
+    fn known_vectors() {
+        // Computed independently (Python hashlib) so that other languages' verifiers can check
+        // their implementation against the same values, and any drift of the rule is caught.
+        assert_eq!(
+            hex::encode(link_hash(0, 1, &GENESIS, b"hello")),
+            "f140e80b1e810325fb343b8b3bb64c4e54e6c51d4db7091410be4cb79fb7cb86"
+        );
+        assert_eq!(
+            hex::encode(link_hash(3, 2, &[0xab; 32], b"")),
+            "262c9990d90f140834ab0b0f9061e831ac31810dddbbc3dd1543affa5c46cc6d"
+        );
+    }
+
+    #[test]
+    fn head_advances_from_genesis() {
+        let mut head = ChainHead::genesis(5);
+        let a = head.next(b"a");
+        let b = head.next(b"b");
+        assert_eq!(a.seq, 1);
+        assert_eq!(a.prev_hash, GENESIS);
+        assert_eq!(a.hash, link_hash(5, 1, &GENESIS, b"a"));
+        assert_eq!(b.seq, 2);
+        assert_eq!(b.prev_hash, a.hash);
+        assert_eq!(head.seq, 2);
+        assert_eq!(head.head, b.hash);
+        let mut resumed = ChainHead::resume(5, 1, a.hash).unwrap();
+        assert_eq!(resumed.next(b"b"), b);
+        assert!(ChainHead::resume(5, i64::MAX as u64, GENESIS).is_err());
+    }
+
+    #[test]
+    fn conversions_reject_bad_wire_values() {
+        assert_eq!(partition_u32(-1), Err(ChainError::NegativePartition(-1)));
+        assert_eq!(partition_u32(7), Ok(7));
+        assert!(seq_u64(0).is_err());
+        assert!(seq_u64(-5).is_err());
+        assert_eq!(seq_u64(9), Ok(9));
+        assert!(seq_i64(u64::MAX).is_err());
+        assert!(hash32("hash", &[0; 31]).is_err());
+        assert_eq!(hash32("hash", &[1; 32]), Ok([1; 32]));
+    }
+
+    #[test]
+    fn dedup_window_is_defined_on_the_log() {
+        let mut w = DedupWindow::new(3);
+        assert!(w.check_and_insert("a"));
+        assert!(w.check_and_insert("b"));
+        assert!(!w.check_and_insert("a"));
+        assert!(w.check_and_insert("c"));
+        assert!(w.check_and_insert("d")); // evicts a
+        assert!(!w.contains("a"));
+        assert!(w.contains("b") && w.contains("c") && w.contains("d"));
+        assert_eq!(w.len(), 3);
+        assert!(w.check_and_insert("a"));
+        assert!(!w.contains("b"));
+    }
+
+    #[test]
+    fn dedup_window_keeps_repeated_ids_until_their_last_occurrence_leaves() {
+        let mut w = DedupWindow::new(3);
+        w.rebuild(["x", "y", "x"]);
+        w.insert("z"); // evicts the first x; the second is still in the window
+        assert!(w.contains("x"));
+        w.insert("q"); // evicts y
+        assert!(!w.contains("y"));
+        assert!(w.contains("x"));
+        w.insert("r"); // evicts the second x
+        assert!(!w.contains("x"));
+    }
+
+    #[test]
+    fn dedup_rebuild_keeps_only_the_last_w() {
+        let mut w = DedupWindow::new(2);
+        w.rebuild(["a", "b", "c", "d"]);
+        assert!(!w.contains("a") && !w.contains("b"));
+        assert!(w.contains("c") && w.contains("d"));
+        let mut off = DedupWindow::new(0);
+        assert!(off.check_and_insert("a"));
+        assert!(off.check_and_insert("a"));
+        assert!(!off.contains("a"));
+    }
+}

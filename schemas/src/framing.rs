@@ -1,0 +1,373 @@
+//! The two Avro framings of the design doc, and detection of what a raw record holds.
+//!
+//! - Avro single-object encoding: `C3 01`, the writer schema's 8-byte CRC-64-AVRO (Rabin)
+//!   fingerprint in little-endian order, then the datum. Used without a schema registry; the
+//!   fingerprint is resolved against the compiled-in catalog.
+//! - Confluent wire format: `00`, the 4-byte big-endian schema id, then the datum. Used with a
+//!   schema registry; ids are resolved through a [`SchemaIdResolver`] (the registry client
+//!   implements it; [`CatalogIdResolver`] maps ids onto the catalog for tests and demos).
+//!
+//! Decoders accept both, so a topic can switch framing without a flag day.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use apache_avro::Schema;
+
+use crate::avro::{self, catalog, AvroRecord, RecordKind};
+use crate::checkpoint_record::Checkpoint;
+use crate::error::SchemaError;
+use crate::event::{AuditEvent, ChainedEvent};
+
+pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
+pub const SINGLE_OBJECT_HEADER_LEN: usize = 10;
+pub const CONFLUENT_MAGIC: u8 = 0x00;
+pub const CONFLUENT_HEADER_LEN: usize = 5;
+
+/// What a raw record looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// First non-whitespace byte is `{` (after an optional UTF-8 byte order mark).
+    Json,
+    Confluent {
+        schema_id: u32,
+    },
+    SingleObject {
+        fingerprint: u64,
+    },
+    Unknown,
+}
+
+impl Framing {
+    /// The value for `Ingress::format`.
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            Framing::Json => "json",
+            Framing::Confluent { .. } => "avro-confluent",
+            Framing::SingleObject { .. } => "avro-single-object",
+            Framing::Unknown => "unknown",
+        }
+    }
+}
+
+/// Classifies raw bytes. Cheap: looks at the header only.
+pub fn detect(bytes: &[u8]) -> Framing {
+    if bytes.len() >= SINGLE_OBJECT_HEADER_LEN && bytes[..2] == SINGLE_OBJECT_MAGIC {
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&bytes[2..SINGLE_OBJECT_HEADER_LEN]);
+        return Framing::SingleObject {
+            fingerprint: u64::from_le_bytes(fp),
+        };
+    }
+    if bytes.len() >= CONFLUENT_HEADER_LEN && bytes[0] == CONFLUENT_MAGIC {
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&bytes[1..CONFLUENT_HEADER_LEN]);
+        return Framing::Confluent {
+            schema_id: u32::from_be_bytes(id),
+        };
+    }
+    let body = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+    match body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+    {
+        Some(b'{') => Framing::Json,
+        _ => Framing::Unknown,
+    }
+}
+
+/// Resolves Confluent schema ids to writer schemas. The schema registry client implements this
+/// (and should cache: it is called once per message).
+pub trait SchemaIdResolver: Send + Sync {
+    fn schema_for_id(&self, id: u32) -> Result<Arc<Schema>, SchemaError>;
+}
+
+/// A fixed id → schema table over the compiled-in catalog, for tests, the demo and deployments
+/// without a registry that still want Confluent framing.
+#[derive(Debug, Clone)]
+pub struct CatalogIdResolver {
+    ids: HashMap<u32, Arc<Schema>>,
+}
+
+impl CatalogIdResolver {
+    /// Default ids: 1 = AuditEvent, 2 = ChainedEvent, 3 = Checkpoint (current versions).
+    pub fn new() -> Result<Self, SchemaError> {
+        let mut ids = HashMap::new();
+        for (id, kind) in (1u32..).zip(RecordKind::ALL) {
+            ids.insert(id, Arc::clone(&avro::current_schema(kind)?.schema));
+        }
+        Ok(CatalogIdResolver { ids })
+    }
+
+    /// An empty table.
+    pub fn empty() -> Self {
+        CatalogIdResolver {
+            ids: HashMap::new(),
+        }
+    }
+
+    /// Maps `id` to `schema` (replacing a previous mapping).
+    pub fn with(mut self, id: u32, schema: Arc<Schema>) -> Self {
+        self.ids.insert(id, schema);
+        self
+    }
+
+    /// The id mapped to the current schema of `kind`, if any (lowest id wins).
+    pub fn id_of(&self, kind: RecordKind) -> Option<u32> {
+        let current = avro::current_schema(kind).ok()?;
+        self.ids
+            .iter()
+            .filter(|(_, s)| Arc::ptr_eq(s, &current.schema))
+            .map(|(id, _)| *id)
+            .min()
+    }
+}
+
+impl SchemaIdResolver for CatalogIdResolver {
+    fn schema_for_id(&self, id: u32) -> Result<Arc<Schema>, SchemaError> {
+        self.ids
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| SchemaError::UnknownSchemaId {
+                id,
+                reason: "not in the static id table".to_owned(),
+            })
+    }
+}
+
+// ---- generic encoders / decoders ---------------------------------------------------------------
+
+/// Single-object encoding of `value` under the current schema of its kind.
+pub fn encode_single_object<T: AvroRecord>(value: &T) -> Result<Vec<u8>, SchemaError> {
+    let entry = avro::current_schema(T::KIND)?;
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+    out.extend_from_slice(&entry.fingerprint.to_le_bytes());
+    avro::encode_datum_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Confluent wire format of `value` under the current schema of its kind. `schema_id` must be
+/// the registry id of that schema (the registry client registers/looks it up).
+pub fn encode_confluent<T: AvroRecord>(value: &T, schema_id: u32) -> Result<Vec<u8>, SchemaError> {
+    let mut out = Vec::with_capacity(512);
+    out.push(CONFLUENT_MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    avro::encode_datum_into(value, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a single-object encoded record, resolving the fingerprint against the catalog.
+pub fn decode_single_object<T: AvroRecord>(bytes: &[u8]) -> Result<T, SchemaError> {
+    let Framing::SingleObject { fingerprint } = detect(bytes) else {
+        return Err(SchemaError::Framing {
+            framing: "single-object",
+            reason: header_problem(bytes, &SINGLE_OBJECT_MAGIC, SINGLE_OBJECT_HEADER_LEN),
+        });
+    };
+    let entry = catalog()?
+        .by_fingerprint(fingerprint)
+        .ok_or(SchemaError::UnknownFingerprint {
+            record: T::KIND.name(),
+            fingerprint,
+        })?;
+    if entry.kind != T::KIND {
+        return Err(SchemaError::WrongRecordKind {
+            fingerprint,
+            expected: T::KIND.name(),
+            found: entry.kind.name(),
+        });
+    }
+    avro::decode_datum_with_writer(&bytes[SINGLE_OBJECT_HEADER_LEN..], &entry.schema, &|| {
+        format!(
+            "fingerprint {fingerprint:#018x} (version {})",
+            entry.version
+        )
+    })
+}
+
+/// Decodes a Confluent-framed record, resolving the schema id through `resolver`.
+pub fn decode_confluent<T: AvroRecord>(
+    bytes: &[u8],
+    resolver: &dyn SchemaIdResolver,
+) -> Result<T, SchemaError> {
+    let Framing::Confluent { schema_id } = detect(bytes) else {
+        return Err(SchemaError::Framing {
+            framing: "confluent",
+            reason: header_problem(bytes, &[CONFLUENT_MAGIC], CONFLUENT_HEADER_LEN),
+        });
+    };
+    let writer = resolver.schema_for_id(schema_id)?;
+    avro::decode_datum_with_writer(&bytes[CONFLUENT_HEADER_LEN..], &writer, &|| {
+        format!("schema id {schema_id}")
+    })
+}
+
+/// Decodes either framing. `resolver` is needed only for Confluent-framed input.
+pub fn decode<T: AvroRecord>(
+    bytes: &[u8],
+    resolver: Option<&dyn SchemaIdResolver>,
+) -> Result<T, SchemaError> {
+    match detect(bytes) {
+        Framing::SingleObject { .. } => decode_single_object(bytes),
+        Framing::Confluent { schema_id } => match resolver {
+            Some(r) => decode_confluent(bytes, r),
+            None => Err(SchemaError::NoResolver { id: schema_id }),
+        },
+        Framing::Json => Err(SchemaError::Framing {
+            framing: "avro",
+            reason: "the record is JSON, not Avro".to_owned(),
+        }),
+        Framing::Unknown => Err(SchemaError::Framing {
+            framing: "avro",
+            reason: format!(
+                "neither single-object (C3 01) nor Confluent (00) header; first bytes {}",
+                HexPrefix(bytes)
+            ),
+        }),
+    }
+}
+
+fn header_problem(bytes: &[u8], magic: &[u8], header_len: usize) -> String {
+    if bytes.len() >= magic.len() && bytes.starts_with(magic) {
+        format!(
+            "{} bytes, shorter than the {header_len}-byte header",
+            bytes.len()
+        )
+    } else {
+        format!(
+            "expected magic {}, got {}",
+            HexPrefix(magic),
+            HexPrefix(bytes)
+        )
+    }
+}
+
+/// Hex of at most the first 10 bytes, for error messages.
+struct HexPrefix<'a>(&'a [u8]);
+
+impl fmt::Display for HexPrefix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(empty)");
+        }
+        let n = self.0.len().min(10);
+        f.write_str(&hex::encode(&self.0[..n]))?;
+        if self.0.len() > n {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+// ---- typed helpers -----------------------------------------------------------------------------
+
+pub fn encode_single_object_event(event: &AuditEvent) -> Result<Vec<u8>, SchemaError> {
+    encode_single_object(event)
+}
+
+pub fn encode_single_object_chained(chained: &ChainedEvent) -> Result<Vec<u8>, SchemaError> {
+    encode_single_object(chained)
+}
+
+pub fn encode_single_object_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<u8>, SchemaError> {
+    encode_single_object(checkpoint)
+}
+
+pub fn encode_confluent_event(event: &AuditEvent, schema_id: u32) -> Result<Vec<u8>, SchemaError> {
+    encode_confluent(event, schema_id)
+}
+
+pub fn encode_confluent_chained(
+    chained: &ChainedEvent,
+    schema_id: u32,
+) -> Result<Vec<u8>, SchemaError> {
+    encode_confluent(chained, schema_id)
+}
+
+pub fn encode_confluent_checkpoint(
+    checkpoint: &Checkpoint,
+    schema_id: u32,
+) -> Result<Vec<u8>, SchemaError> {
+    encode_confluent(checkpoint, schema_id)
+}
+
+pub fn decode_event(
+    bytes: &[u8],
+    resolver: Option<&dyn SchemaIdResolver>,
+) -> Result<AuditEvent, SchemaError> {
+    decode(bytes, resolver)
+}
+
+pub fn decode_chained(
+    bytes: &[u8],
+    resolver: Option<&dyn SchemaIdResolver>,
+) -> Result<ChainedEvent, SchemaError> {
+    decode(bytes, resolver)
+}
+
+pub fn decode_checkpoint(
+    bytes: &[u8],
+    resolver: Option<&dyn SchemaIdResolver>,
+) -> Result<Checkpoint, SchemaError> {
+    decode(bytes, resolver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detect_classifies() {
+        assert_eq!(detect(b"  \n{\"a\":1}"), Framing::Json);
+        assert_eq!(detect(b"\xEF\xBB\xBF{}"), Framing::Json);
+        assert_eq!(detect(b"[1]"), Framing::Unknown);
+        assert_eq!(detect(b""), Framing::Unknown);
+        assert_eq!(
+            detect(&[0, 0, 0, 1, 2, 9]),
+            Framing::Confluent { schema_id: 258 }
+        );
+        assert_eq!(detect(&[0, 0, 0]), Framing::Unknown);
+        let mut so = vec![0xC3, 0x01];
+        so.extend_from_slice(&0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(
+            detect(&so),
+            Framing::SingleObject {
+                fingerprint: 0x0102_0304_0506_0708
+            }
+        );
+        assert_eq!(detect(&so[..9]), Framing::Unknown);
+    }
+
+    #[test]
+    fn unknown_fingerprint_is_a_specific_error() {
+        let mut so = vec![0xC3, 0x01];
+        so.extend_from_slice(&42u64.to_le_bytes());
+        so.push(0);
+        let err = decode_event(&so, None).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                SchemaError::UnknownFingerprint {
+                    fingerprint: 42,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn confluent_without_resolver_and_unknown_id() {
+        let err = decode_event(&[0, 0, 0, 0, 7, 1, 2], None).unwrap_err();
+        assert!(matches!(err, SchemaError::NoResolver { id: 7 }), "{err}");
+        let r = CatalogIdResolver::new().expect("resolver");
+        let err = decode_event(&[0, 0, 0, 0, 99, 1, 2], Some(&r)).unwrap_err();
+        assert!(
+            matches!(err, SchemaError::UnknownSchemaId { id: 99, .. }),
+            "{err}"
+        );
+        assert_eq!(r.id_of(RecordKind::ChainedEvent), Some(2));
+    }
+}

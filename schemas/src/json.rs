@@ -1,0 +1,1623 @@
+//! JSON → [`AuditEvent`] mapping, used by ingest to validate what platform components publish.
+//!
+//! # Accepted shapes
+//!
+//! - The envelope `{"event": {…}}` (the structure platform components already publish), or
+//! - the same fields as a flat object (no envelope).
+//!
+//! Field names are camelCase; the snake_case spelling is accepted as an alias for every field
+//! below (`eventType` / `event_type`, …). `null` counts as absent.
+//!
+//! # Mapping (paths relative to the event object)
+//!
+//! | JSON | `AuditEvent` | notes |
+//! |---|---|---|
+//! | `id` / `eventId` | `event_id` | optional; else `JsonContext::derived_event_id`. Non-empty, ≤ 256 bytes, no control characters; any string (`evt-…` is fine, not a UUID) |
+//! | `eventType` | `event_type` | **required**, non-empty string |
+//! | `timestamp` / `eventTime` | `event_time_us` | **required**, RFC 3339 with any offset and fraction (sub-µs digits truncated); not before 2000-01-01, not more than `max_future_skew_us` after receive time |
+//! | — | `receive_time_us`, `ingress` | from `JsonContext` |
+//! | `source` / `sourceComponent` | `source_component` | **required**, non-empty string |
+//! | `category` | `category` | `user_interaction`, `system_processing`, `governance`, `infrastructure`, `security`, `telemetry`, `other`, any case, `_`/`-`/space insensitive; absent = `OTHER` |
+//! | `severity` | `severity` | `debug`, `info`, `notice`, `warning` (`warn`), `error`, `critical`; absent = `INFO` |
+//! | `outcome` | `outcome` | `success`, `failure`, `denied`, `pending`, `unknown`; absent = derived from `result.status`, else `action.status`: success/succeeded/ok → SUCCESS, failure/failed/error → FAILURE, denied/blocked/rejected/forbidden → DENIED, pending/in_progress → PENDING, else UNKNOWN |
+//! | `actor.id`, else `userId`, else `serviceId` | `actor.id` | **one required**; if several are given they must agree |
+//! | `actor.type`, else `actorType` | `actor.actor_type` | `user`, `service`, `system`, `ai_agent`; absent = USER (SERVICE when the id came from `serviceId`) |
+//! | `actor.name`, else `userName` | `actor.name` | |
+//! | `actor.email`, `actor.roles[]` | `actor.email`, `actor.roles` | usually filled by enrich |
+//! | `actor.ip`, else `metadata.clientIp` | `actor.ip` | |
+//! | `actor.userAgent`, else `metadata.userAgent` | `actor.user_agent` | |
+//! | `sessionId`, else `actor.sessionId`, else `metadata.sessionId` | `actor.session_id` | |
+//! | `tenantId`, `teamId`, `projectId`, `teamName`, `businessUnit`, `costCenter` | `tenant.*` | strings; names/business fields are normally filled by enrich |
+//! | `target {type, id, name}` | `target` | `type` and `id` required inside; `targetType` alias for `type` |
+//! | `action` (string) | `action.verb` | |
+//! | `action {verb, description, status, error}` | `action` | `verb` required inside |
+//! | — | `action.verb` | absent `action` = the event type |
+//! | — | `action.status`, `action.error` | absent = `result.status` / `result.error` when those are strings |
+//! | `traceId`, `spanId`, `parentId` / `parentSpanId` | `trace.*` | |
+//! | `requestId`, `parentEventId`, `reason` | same | strings |
+//! | `data` (any JSON) | `data.payload_json` | verbatim, normalised |
+//! | `result` (any JSON) | `data.result_json` | verbatim, normalised |
+//! | `metadata` (object) | `data.metadata_json` | after lifting `clientIp`, `userAgent`, `sessionId`, `processingTime`, `resourceCount`; a lifted key is removed only when its value was used (or equals the value used), so nothing is lost; empty remainder = none |
+//! | `before`, `after` (any JSON) | `data.before_json`, `data.after_json` | normalised |
+//! | `changes[]` | `data.changes` | strings, producer order |
+//! | `ai {agentType, model, promptTokens, completionTokens, confidence, reasoning, tools[], executionTimeMs}` | `ai` | strict types; `confidence` in 0..=1 |
+//! | `data.{agentType, model, promptTokens, completionTokens, confidence, reasoning, tools, executionTimeMs}` | `ai.*` | lenient fallback for fields `ai` does not give: lifted only when well-typed (confidence in 0..=1), never an error, and they stay in `payload_json` too |
+//! | `compliance {regulations[], trafficLight, issuesFound, criticalIssues, findings}` | `compliance` | `findings` any JSON, normalised |
+//! | `security {dataClassification, encryptionUsed, piiDetected, retentionDays}` | `security` | |
+//! | `performance {processingTimeMs, responseTimeMs, dbQueryTimeMs, externalApiTimeMs, memoryUsedMb, resourceCount}` | `performance` | |
+//! | `metadata.processingTime`, `metadata.resourceCount` | `performance.processing_time_ms`, `.resource_count` | when `performance` does not give them |
+//! | `attributes` (object of string → string) | `attributes` | sorted by key; non-string value = `wrong_type` |
+//! | `receiveTime`, `ingress`, `enrichment` | — | written by [`event_to_json`] only; ignored on input (the pipeline owns them) |
+//! | any other key (beside the envelope, in the event, or inside a known object) | `data.metadata_json` under `_unmapped` | kept, with the same nesting, so an audit record never silently drops producer data |
+//!
+//! Integers accept JSON integers (and floats with no fractional part). Normalised JSON text is
+//! compact with object keys sorted at every level, written by this module (not by relying on
+//! serde_json's map order, which a `preserve_order` feature elsewhere in the build could change).
+//!
+//! # Errors
+//!
+//! [`JsonError`] carries a machine code ([`JsonErrorCode::as_str`]), the JSON path of the
+//! offending field (`event.timestamp`, `event.attributes.env`, `event.changes[2]`; empty for the
+//! whole document) and a human message.
+
+use serde_json::{Map, Number, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::event::{
+    Action, Actor, ActorType, AiContext, AuditEvent, ComplianceContext, EnrichmentStatus,
+    EventCategory, EventData, Ingress, IngressChannel, KeyValue, Outcome, Performance,
+    SecurityContext, Severity, Target, TenantContext, TraceContext,
+};
+
+/// 2000-01-01T00:00:00Z in microseconds: earlier event times are producer clock bugs.
+pub const MIN_EVENT_TIME_US: i64 = 946_684_800_000_000;
+
+/// Size and sanity limits for JSON input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonLimits {
+    /// Whole document, bytes.
+    pub max_total_bytes: usize,
+    /// Any single mapped string field, bytes.
+    pub max_string_bytes: usize,
+    pub max_attributes: usize,
+    /// Nesting depth of the document; the root object is depth 1.
+    pub max_depth: usize,
+    /// How far after the receive time an event time may be.
+    pub max_future_skew_us: i64,
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        JsonLimits {
+            max_total_bytes: 1024 * 1024,
+            max_string_bytes: 64 * 1024,
+            max_attributes: 256,
+            max_depth: 32,
+            max_future_skew_us: 24 * 3600 * 1_000_000,
+        }
+    }
+}
+
+/// What ingest knows about a record besides its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonContext {
+    pub receive_time_us: i64,
+    pub ingress: Ingress,
+    /// Used as `event_id` when the producer gives none.
+    pub derived_event_id: String,
+    pub limits: JsonLimits,
+}
+
+impl JsonContext {
+    pub fn new(receive_time_us: i64, ingress: Ingress, derived_event_id: String) -> Self {
+        JsonContext {
+            receive_time_us,
+            ingress,
+            derived_event_id,
+            limits: JsonLimits::default(),
+        }
+    }
+}
+
+/// Machine-readable reason of a [`JsonError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JsonErrorCode {
+    InvalidJson,
+    NotUtf8,
+    MissingField,
+    WrongType,
+    InvalidValue,
+    TooLarge,
+    TimestampOutOfRange,
+    NotAnObject,
+}
+
+impl JsonErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JsonErrorCode::InvalidJson => "invalid_json",
+            JsonErrorCode::NotUtf8 => "not_utf8",
+            JsonErrorCode::MissingField => "missing_field",
+            JsonErrorCode::WrongType => "wrong_type",
+            JsonErrorCode::InvalidValue => "invalid_value",
+            JsonErrorCode::TooLarge => "too_large",
+            JsonErrorCode::TimestampOutOfRange => "timestamp_out_of_range",
+            JsonErrorCode::NotAnObject => "not_an_object",
+        }
+    }
+}
+
+impl std::fmt::Display for JsonErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A precise validation failure: code, JSON path, human message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code} at {}: {message}", if path.is_empty() { "(document)" } else { path.as_str() })]
+pub struct JsonError {
+    pub code: JsonErrorCode,
+    /// Dotted path of the offending field, e.g. `event.timestamp`; empty for the whole document.
+    pub path: String,
+    pub message: String,
+}
+
+impl JsonError {
+    fn new(code: JsonErrorCode, path: impl Into<String>, message: impl Into<String>) -> Self {
+        JsonError {
+            code,
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+type JResult<T> = Result<T, JsonError>;
+
+// ---- parsing -----------------------------------------------------------------------------------
+
+/// Validates a JSON record and maps it to an [`AuditEvent`] (see the module docs for the table).
+pub fn event_from_json(bytes: &[u8], ctx: &JsonContext) -> Result<AuditEvent, JsonError> {
+    let limits = &ctx.limits;
+    if bytes.len() > limits.max_total_bytes {
+        return Err(JsonError::new(
+            JsonErrorCode::TooLarge,
+            "",
+            format!(
+                "document is {} bytes, limit {}",
+                bytes.len(),
+                limits.max_total_bytes
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        JsonError::new(
+            JsonErrorCode::NotUtf8,
+            "",
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let root: Value = serde_json::from_str(text).map_err(|e| classify_parse_error(text, &e))?;
+    check_depth(&root, limits.max_depth)?;
+    let Value::Object(mut root) = root else {
+        return Err(JsonError::new(
+            JsonErrorCode::NotAnObject,
+            "",
+            format!("expected a JSON object, got {}", type_name(&root)),
+        ));
+    };
+
+    // Envelope or flat. A flat object never has an `event` key in this mapping, so its presence
+    // decides.
+    let (event_map, prefix, envelope_rest) = match root.remove("event") {
+        Some(Value::Object(m)) => (m, "event", root),
+        Some(other) => {
+            return Err(JsonError::new(
+                JsonErrorCode::WrongType,
+                "event",
+                format!("expected the event object, got {}", type_name(&other)),
+            ))
+        }
+        None => (root, "", Map::new()),
+    };
+    let mut unmapped = Map::new();
+    for (k, v) in envelope_rest {
+        unmapped.insert(k, v);
+    }
+    let mut ev = Obj::new(event_map, prefix.to_owned(), limits);
+    map_event(&mut ev, ctx, unmapped)
+}
+
+fn map_event(
+    ev: &mut Obj<'_>,
+    ctx: &JsonContext,
+    mut unmapped: Map<String, Value>,
+) -> JResult<AuditEvent> {
+    let limits = ev.limits;
+
+    // Output-only keys written by `event_to_json`: the pipeline, not the producer, owns them.
+    for k in ["receiveTime", "receive_time", "ingress", "enrichment"] {
+        ev.map.remove(k);
+    }
+
+    let event_id = match ev.str(&["id", "eventId", "event_id"])? {
+        Some((p, id)) => {
+            validate_event_id(&id, &p)?;
+            id
+        }
+        None => ctx.derived_event_id.clone(),
+    };
+    let event_type = ev.required_nonempty_str(&["eventType", "event_type"])?;
+    let event_time_us = {
+        let (p, ts) = ev
+            .str(&["timestamp", "eventTime", "event_time"])?
+            .ok_or_else(|| ev.missing("timestamp"))?;
+        parse_event_time(&ts, &p, ctx)?
+    };
+    let source_component =
+        ev.required_nonempty_str(&["source", "sourceComponent", "source_component"])?;
+    let category = match ev.str(&["category"])? {
+        Some((p, s)) => parse_category(&s, &p)?,
+        None => EventCategory::Other,
+    };
+    let severity = match ev.str(&["severity"])? {
+        Some((p, s)) => parse_severity(&s, &p)?,
+        None => Severity::Info,
+    };
+    let explicit_outcome = match ev.str(&["outcome"])? {
+        Some((p, s)) => Some(parse_outcome(&s, &p)?),
+        None => None,
+    };
+
+    // ---- actor
+    let mut actor_obj = ev.object(&["actor"])?;
+    let actor_id_obj = match actor_obj.as_mut() {
+        Some(a) => a.str(&["id"])?,
+        None => None,
+    };
+    let user_id = ev.str(&["userId", "user_id"])?;
+    let service_id = ev.str(&["serviceId", "service_id"])?;
+    let (actor_id, default_type) = {
+        let mut chosen: Option<(String, String, ActorType)> = None;
+        for (cand, ty) in [
+            (actor_id_obj, ActorType::User),
+            (user_id, ActorType::User),
+            (service_id, ActorType::Service),
+        ] {
+            if let Some((p, id)) = cand {
+                match &chosen {
+                    None => chosen = Some((p, id, ty)),
+                    Some((cp, cid, _)) if *cid != id => {
+                        return Err(JsonError::new(
+                            JsonErrorCode::InvalidValue,
+                            p,
+                            format!("actor id {id:?} conflicts with {cp} = {cid:?}"),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        match chosen {
+            Some((_, id, ty)) => (id, ty),
+            None => {
+                return Err(JsonError::new(
+                    JsonErrorCode::MissingField,
+                    ev.path("userId"),
+                    format!(
+                        "an actor id is required: one of {}, {} or {}",
+                        ev.path("userId"),
+                        ev.path("actor.id"),
+                        ev.path("serviceId")
+                    ),
+                ))
+            }
+        }
+    };
+    let actor_type_obj = match actor_obj.as_mut() {
+        Some(a) => a.str(&["type", "actorType", "actor_type"])?,
+        None => None,
+    };
+    let actor_type_top = ev.str(&["actorType", "actor_type"])?;
+    let actor_type = match actor_type_obj.or(actor_type_top) {
+        Some((p, s)) => parse_actor_type(&s, &p)?,
+        None => default_type,
+    };
+    let mut actor = Actor {
+        actor_type,
+        id: actor_id,
+        name: None,
+        email: None,
+        ip: None,
+        user_agent: None,
+        session_id: None,
+        roles: Vec::new(),
+    };
+    if let Some(a) = actor_obj.as_mut() {
+        actor.name = a.opt_str(&["name"])?;
+        actor.email = a.opt_str(&["email"])?;
+        actor.ip = a.opt_str(&["ip", "clientIp", "client_ip"])?;
+        actor.user_agent = a.opt_str(&["userAgent", "user_agent"])?;
+        actor.session_id = a.opt_str(&["sessionId", "session_id"])?;
+        actor.roles = a.str_array(&["roles"])?.unwrap_or_default();
+    }
+    if actor.name.is_none() {
+        actor.name = ev.opt_str(&["userName", "user_name", "actorName", "actor_name"])?;
+    }
+    if let Some(s) = ev.opt_str(&["sessionId", "session_id"])? {
+        actor.session_id = Some(s);
+    }
+
+    // ---- tenant
+    let tenant = TenantContext {
+        tenant_id: ev.opt_str(&["tenantId", "tenant_id"])?,
+        team_id: ev.opt_str(&["teamId", "team_id"])?,
+        team_name: ev.opt_str(&["teamName", "team_name"])?,
+        project_id: ev.opt_str(&["projectId", "project_id"])?,
+        business_unit: ev.opt_str(&["businessUnit", "business_unit"])?,
+        cost_center: ev.opt_str(&["costCenter", "cost_center"])?,
+        enrichment: EnrichmentStatus {
+            enriched: false,
+            user_found: false,
+            team_found: false,
+        },
+    };
+
+    // ---- target
+    let target = match ev.object(&["target"])? {
+        Some(mut t) => {
+            let target_type = t.required_str(&["type", "targetType", "target_type"])?;
+            let id = t.required_str(&["id"])?;
+            let name = t.opt_str(&["name"])?;
+            t.finish_into(&mut unmapped, "target");
+            Some(Target {
+                target_type,
+                id,
+                name,
+            })
+        }
+        None => None,
+    };
+
+    // ---- free-form content
+    let payload = ev.take_value(&["data"]);
+    let result = ev.take_value(&["result"]);
+
+    // ---- action
+    let mut action = match ev.take_value(&["action"]) {
+        None => Action {
+            verb: event_type.clone(),
+            description: None,
+            status: None,
+            error: None,
+        },
+        Some((p, Value::String(s))) => {
+            ev.check_len(&s, &p)?;
+            if s.is_empty() {
+                return Err(JsonError::new(
+                    JsonErrorCode::InvalidValue,
+                    p,
+                    "must not be empty",
+                ));
+            }
+            Action {
+                verb: s,
+                description: None,
+                status: None,
+                error: None,
+            }
+        }
+        Some((p, Value::Object(m))) => {
+            let mut a = Obj::new(m, p, limits);
+            let verb = a.required_nonempty_str(&["verb", "name"])?;
+            let description = a.opt_str(&["description"])?;
+            let status = a.opt_str(&["status"])?;
+            let error = a.opt_str(&["error"])?;
+            a.finish_into(&mut unmapped, "action");
+            Action {
+                verb,
+                description,
+                status,
+                error,
+            }
+        }
+        Some((p, other)) => {
+            return Err(JsonError::new(
+                JsonErrorCode::WrongType,
+                p,
+                format!("expected a string or an object, got {}", type_name(&other)),
+            ))
+        }
+    };
+    let result_obj = match &result {
+        Some((_, Value::Object(m))) => Some(m),
+        _ => None,
+    };
+    let result_str = |key: &str| -> Option<String> {
+        result_obj
+            .and_then(|m| m.get(key))
+            .and_then(Value::as_str)
+            .filter(|s| s.len() <= limits.max_string_bytes)
+            .map(str::to_owned)
+    };
+    if action.status.is_none() {
+        action.status = result_str("status");
+    }
+    if action.error.is_none() {
+        action.error = result_str("error");
+    }
+    let outcome = match explicit_outcome {
+        Some(o) => o,
+        None => {
+            let status = result_str("status").or_else(|| action.status.clone());
+            status.as_deref().map_or(Outcome::Unknown, derive_outcome)
+        }
+    };
+
+    // ---- trace and references
+    let trace = TraceContext {
+        trace_id: ev.opt_str(&["traceId", "trace_id"])?,
+        span_id: ev.opt_str(&["spanId", "span_id"])?,
+        parent_span_id: ev.opt_str(&["parentId", "parent_id", "parentSpanId", "parent_span_id"])?,
+    };
+    let request_id = ev.opt_str(&["requestId", "request_id"])?;
+    let parent_event_id = ev.opt_str(&["parentEventId", "parent_event_id"])?;
+    let reason = ev.opt_str(&["reason"])?;
+
+    // ---- performance (explicit object first; metadata fills the gaps below)
+    let mut performance = match ev.object(&["performance"])? {
+        Some(mut p) => {
+            let perf = Performance {
+                processing_time_ms: p.i64(&["processingTimeMs", "processing_time_ms"])?,
+                response_time_ms: p.i64(&["responseTimeMs", "response_time_ms"])?,
+                db_query_time_ms: p.i64(&["dbQueryTimeMs", "db_query_time_ms"])?,
+                external_api_time_ms: p.i64(&["externalApiTimeMs", "external_api_time_ms"])?,
+                memory_used_mb: p.i64(&["memoryUsedMb", "memory_used_mb"])?,
+                resource_count: p.i64(&["resourceCount", "resource_count"])?,
+            };
+            p.finish_into(&mut unmapped, "performance");
+            Some(perf)
+        }
+        None => None,
+    };
+
+    // ---- metadata: lift the known fields
+    let metadata_json = match ev.object(&["metadata"])? {
+        Some(mut m) => {
+            lift_str(&mut m, &["clientIp", "client_ip"], &mut actor.ip)?;
+            lift_str(&mut m, &["userAgent", "user_agent"], &mut actor.user_agent)?;
+            lift_str(&mut m, &["sessionId", "session_id"], &mut actor.session_id)?;
+            let mut processing = performance.as_ref().and_then(|p| p.processing_time_ms);
+            let mut resources = performance.as_ref().and_then(|p| p.resource_count);
+            lift_i64(
+                &mut m,
+                &["processingTime", "processing_time"],
+                &mut processing,
+            )?;
+            lift_i64(&mut m, &["resourceCount", "resource_count"], &mut resources)?;
+            if processing.is_some() || resources.is_some() {
+                let p = performance.get_or_insert(Performance {
+                    processing_time_ms: None,
+                    response_time_ms: None,
+                    db_query_time_ms: None,
+                    external_api_time_ms: None,
+                    memory_used_mb: None,
+                    resource_count: None,
+                });
+                p.processing_time_ms = processing;
+                p.resource_count = resources;
+            }
+            Some(m.map)
+        }
+        None => None,
+    };
+
+    let before_json = ev.take_value(&["before"]).map(|(_, v)| normalized_json(&v));
+    let after_json = ev.take_value(&["after"]).map(|(_, v)| normalized_json(&v));
+    let changes = ev.str_array(&["changes"])?.unwrap_or_default();
+
+    // ---- AI
+    let mut ai = match ev.object(&["ai"])? {
+        Some(mut a) => {
+            let ctx_ai = AiContext {
+                agent_type: a.opt_str(&["agentType", "agent_type"])?,
+                model: a.opt_str(&["model"])?,
+                prompt_tokens: a.i64(&["promptTokens", "prompt_tokens"])?,
+                completion_tokens: a.i64(&["completionTokens", "completion_tokens"])?,
+                confidence: a.confidence(&["confidence"])?,
+                reasoning: a.opt_str(&["reasoning"])?,
+                tools: a.str_array(&["tools"])?.unwrap_or_default(),
+                execution_time_ms: a.i64(&["executionTimeMs", "execution_time_ms"])?,
+            };
+            a.finish_into(&mut unmapped, "ai");
+            Some(ctx_ai)
+        }
+        None => None,
+    };
+    if let Some((_, Value::Object(data))) = &payload {
+        lift_ai_from_data(data, &mut ai, limits);
+    }
+
+    // ---- compliance / security
+    let compliance = match ev.object(&["compliance"])? {
+        Some(mut c) => {
+            let cc = ComplianceContext {
+                regulations: c.str_array(&["regulations"])?.unwrap_or_default(),
+                traffic_light: c.opt_str(&["trafficLight", "traffic_light"])?,
+                issues_found: c.i32(&["issuesFound", "issues_found"])?,
+                critical_issues: c.i32(&["criticalIssues", "critical_issues"])?,
+                findings_json: c
+                    .take_value(&["findings"])
+                    .map(|(_, v)| normalized_json(&v)),
+            };
+            c.finish_into(&mut unmapped, "compliance");
+            Some(cc)
+        }
+        None => None,
+    };
+    let security = match ev.object(&["security"])? {
+        Some(mut s) => {
+            let sc = SecurityContext {
+                data_classification: s.opt_str(&["dataClassification", "data_classification"])?,
+                encryption_used: s.bool(&["encryptionUsed", "encryption_used"])?,
+                pii_detected: s.bool(&["piiDetected", "pii_detected"])?,
+                retention_days: s.i32(&["retentionDays", "retention_days"])?,
+            };
+            s.finish_into(&mut unmapped, "security");
+            Some(sc)
+        }
+        None => None,
+    };
+
+    // ---- attributes
+    let attributes = match ev.take_value(&["attributes"]) {
+        None => Vec::new(),
+        Some((p, Value::Object(m))) => {
+            if m.len() > limits.max_attributes {
+                return Err(JsonError::new(
+                    JsonErrorCode::TooLarge,
+                    p,
+                    format!("{} attributes, limit {}", m.len(), limits.max_attributes),
+                ));
+            }
+            let mut out = Vec::with_capacity(m.len());
+            for (k, v) in m {
+                let vp = format!("{p}.{k}");
+                ev.check_len(&k, &vp)?;
+                match v {
+                    Value::String(s) => {
+                        ev.check_len(&s, &vp)?;
+                        out.push(KeyValue { key: k, value: s });
+                    }
+                    other => {
+                        return Err(JsonError::new(
+                            JsonErrorCode::WrongType,
+                            vp,
+                            format!(
+                                "attribute values must be strings, got {}",
+                                type_name(&other)
+                            ),
+                        ))
+                    }
+                }
+            }
+            // Sorted by key regardless of the JSON map implementation; keys are unique already.
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            out
+        }
+        Some((p, other)) => {
+            return Err(JsonError::new(
+                JsonErrorCode::WrongType,
+                p,
+                format!("expected an object of strings, got {}", type_name(&other)),
+            ))
+        }
+    };
+
+    // ---- what is left is kept, not dropped
+    if let Some(a) = actor_obj {
+        a.finish_into(&mut unmapped, "actor");
+    }
+    for (k, v) in std::mem::take(&mut ev.map) {
+        unmapped.insert(k, v);
+    }
+    let metadata_json =
+        merge_unmapped(metadata_json, unmapped).map(|m| normalized_json(&Value::Object(m)));
+
+    Ok(AuditEvent {
+        event_id,
+        event_type,
+        category,
+        severity,
+        outcome,
+        event_time_us,
+        receive_time_us: ctx.receive_time_us,
+        source_component,
+        ingress: ctx.ingress.clone(),
+        actor,
+        tenant,
+        target,
+        action,
+        trace,
+        request_id,
+        parent_event_id,
+        reason,
+        data: EventData {
+            payload_json: payload.map(|(_, v)| normalized_json(&v)),
+            result_json: result.map(|(_, v)| normalized_json(&v)),
+            metadata_json,
+            before_json,
+            after_json,
+            changes,
+        },
+        ai,
+        compliance,
+        security,
+        performance,
+        attributes,
+    })
+}
+
+/// Puts unmapped producer keys into the metadata remainder under the first free `_unmapped*`
+/// key. Returns `None` when there is nothing to keep.
+fn merge_unmapped(
+    metadata: Option<Map<String, Value>>,
+    unmapped: Map<String, Value>,
+) -> Option<Map<String, Value>> {
+    let mut metadata = metadata.unwrap_or_default();
+    if !unmapped.is_empty() {
+        let mut key = "_unmapped".to_owned();
+        let mut n = 1;
+        while metadata.contains_key(&key) {
+            n += 1;
+            key = format!("_unmapped{n}");
+        }
+        metadata.insert(key, Value::Object(unmapped));
+    }
+    if metadata.is_empty() {
+        None
+    } else {
+        Some(metadata)
+    }
+}
+
+/// A JSON object being consumed: typed accessors remove what they read, so whatever remains at
+/// the end is, by construction, what the mapping did not use.
+struct Obj<'l> {
+    map: Map<String, Value>,
+    prefix: String,
+    limits: &'l JsonLimits,
+}
+
+impl<'l> Obj<'l> {
+    fn new(map: Map<String, Value>, prefix: String, limits: &'l JsonLimits) -> Self {
+        Obj {
+            map,
+            prefix,
+            limits,
+        }
+    }
+
+    fn path(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    fn missing(&self, key: &str) -> JsonError {
+        JsonError::new(
+            JsonErrorCode::MissingField,
+            self.path(key),
+            "required field is missing",
+        )
+    }
+
+    /// Removes the first present alias; `null` counts as absent.
+    fn take_value(&mut self, names: &[&str]) -> Option<(String, Value)> {
+        for name in names {
+            if let Some(v) = self.map.remove(*name) {
+                if v.is_null() {
+                    continue;
+                }
+                return Some((self.path(name), v));
+            }
+        }
+        None
+    }
+
+    fn check_len(&self, s: &str, path: &str) -> JResult<()> {
+        if s.len() > self.limits.max_string_bytes {
+            Err(JsonError::new(
+                JsonErrorCode::TooLarge,
+                path,
+                format!(
+                    "string is {} bytes, limit {}",
+                    s.len(),
+                    self.limits.max_string_bytes
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn str(&mut self, names: &[&str]) -> JResult<Option<(String, String)>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((p, Value::String(s))) => {
+                self.check_len(&s, &p)?;
+                Ok(Some((p, s)))
+            }
+            Some((p, other)) => Err(wrong_type(p, "a string", &other)),
+        }
+    }
+
+    fn opt_str(&mut self, names: &[&str]) -> JResult<Option<String>> {
+        Ok(self.str(names)?.map(|(_, s)| s))
+    }
+
+    fn required_str(&mut self, names: &[&str]) -> JResult<String> {
+        let first = names.first().copied().unwrap_or("");
+        self.opt_str(names)?.ok_or_else(|| self.missing(first))
+    }
+
+    fn required_nonempty_str(&mut self, names: &[&str]) -> JResult<String> {
+        let first = names.first().copied().unwrap_or("");
+        match self.str(names)? {
+            Some((p, s)) if s.is_empty() => Err(JsonError::new(
+                JsonErrorCode::InvalidValue,
+                p,
+                "must not be empty",
+            )),
+            Some((_, s)) => Ok(s),
+            None => Err(self.missing(first)),
+        }
+    }
+
+    fn i64(&mut self, names: &[&str]) -> JResult<Option<i64>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((p, v)) => integer(&v, &p).map(Some),
+        }
+    }
+
+    fn i32(&mut self, names: &[&str]) -> JResult<Option<i32>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((p, v)) => {
+                let n = integer(&v, &p)?;
+                i32::try_from(n).map(Some).map_err(|_| {
+                    JsonError::new(
+                        JsonErrorCode::InvalidValue,
+                        p,
+                        format!("{n} is out of range for a 32-bit integer"),
+                    )
+                })
+            }
+        }
+    }
+
+    fn bool(&mut self, names: &[&str]) -> JResult<Option<bool>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((_, Value::Bool(b))) => Ok(Some(b)),
+            Some((p, other)) => Err(wrong_type(p, "a boolean", &other)),
+        }
+    }
+
+    fn confidence(&mut self, names: &[&str]) -> JResult<Option<f64>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((p, Value::Number(n))) => match n.as_f64() {
+                Some(f) if (0.0..=1.0).contains(&f) => Ok(Some(f)),
+                _ => Err(JsonError::new(
+                    JsonErrorCode::InvalidValue,
+                    p,
+                    format!("confidence must be between 0 and 1, got {n}"),
+                )),
+            },
+            Some((p, other)) => Err(wrong_type(p, "a number", &other)),
+        }
+    }
+
+    fn str_array(&mut self, names: &[&str]) -> JResult<Option<Vec<String>>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((p, Value::Array(items))) => {
+                let mut out = Vec::with_capacity(items.len());
+                for (i, item) in items.into_iter().enumerate() {
+                    let ip = format!("{p}[{i}]");
+                    match item {
+                        Value::String(s) => {
+                            self.check_len(&s, &ip)?;
+                            out.push(s);
+                        }
+                        other => return Err(wrong_type(ip, "a string", &other)),
+                    }
+                }
+                Ok(Some(out))
+            }
+            Some((p, other)) => Err(wrong_type(p, "an array of strings", &other)),
+        }
+    }
+
+    fn object(&mut self, names: &[&str]) -> JResult<Option<Obj<'l>>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((p, Value::Object(m))) => Ok(Some(Obj::new(m, p, self.limits))),
+            Some((p, other)) => Err(wrong_type(p, "an object", &other)),
+        }
+    }
+
+    /// Moves the unread keys into `unmapped` under `name`.
+    fn finish_into(self, unmapped: &mut Map<String, Value>, name: &str) {
+        if !self.map.is_empty() {
+            unmapped.insert(name.to_owned(), Value::Object(self.map));
+        }
+    }
+}
+
+/// Lifts a metadata string into `slot` when the slot is empty (the key is removed), or removes
+/// it when it equals the slot's value; a different value stays in the metadata remainder.
+fn lift_str(m: &mut Obj<'_>, names: &[&str], slot: &mut Option<String>) -> JResult<()> {
+    for name in names {
+        let p = m.path(name);
+        match m.map.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(Value::String(s)) => {
+                m.check_len(s, &p)?;
+                if slot.is_none() || slot.as_deref() == Some(s.as_str()) {
+                    if let Some(Value::String(s)) = m.map.remove(*name) {
+                        *slot = Some(s);
+                    }
+                }
+                return Ok(());
+            }
+            Some(other) => return Err(wrong_type(p, "a string", other)),
+        }
+    }
+    Ok(())
+}
+
+fn lift_i64(m: &mut Obj<'_>, names: &[&str], slot: &mut Option<i64>) -> JResult<()> {
+    for name in names {
+        let p = m.path(name);
+        match m.map.get(*name) {
+            None | Some(Value::Null) => continue,
+            Some(v) => {
+                let n = integer(v, &p)?;
+                if slot.is_none() || *slot == Some(n) {
+                    m.map.remove(*name);
+                    *slot = Some(n);
+                }
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Lenient: producer-defined `data` is never a reason to reject an event.
+fn lift_ai_from_data(data: &Map<String, Value>, ai: &mut Option<AiContext>, limits: &JsonLimits) {
+    let s = |names: &[&str]| -> Option<String> {
+        names
+            .iter()
+            .find_map(|n| data.get(*n).and_then(Value::as_str))
+            .filter(|s| s.len() <= limits.max_string_bytes)
+            .map(str::to_owned)
+    };
+    let int = |names: &[&str]| -> Option<i64> {
+        names
+            .iter()
+            .find_map(|n| data.get(*n))
+            .and_then(|v| integer(v, "").ok())
+    };
+    let confidence = data
+        .get("confidence")
+        .and_then(Value::as_f64)
+        .filter(|f| (0.0..=1.0).contains(f));
+    let tools: Option<Vec<String>> = data.get("tools").and_then(Value::as_array).and_then(|a| {
+        a.iter()
+            .map(|t| t.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+    });
+    let agent_type = s(&["agentType", "agent_type"]);
+    let model = s(&["model"]);
+    let reasoning = s(&["reasoning"]);
+    let prompt_tokens = int(&["promptTokens", "prompt_tokens"]);
+    let completion_tokens = int(&["completionTokens", "completion_tokens"]);
+    let execution_time_ms = int(&["executionTimeMs", "execution_time_ms"]);
+    let anything = confidence.is_some()
+        || tools.is_some()
+        || agent_type.is_some()
+        || model.is_some()
+        || reasoning.is_some()
+        || prompt_tokens.is_some()
+        || completion_tokens.is_some()
+        || execution_time_ms.is_some();
+    if !anything {
+        return;
+    }
+    let a = ai.get_or_insert(AiContext {
+        agent_type: None,
+        model: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+        confidence: None,
+        reasoning: None,
+        tools: Vec::new(),
+        execution_time_ms: None,
+    });
+    fill(&mut a.agent_type, agent_type);
+    fill(&mut a.model, model);
+    fill(&mut a.reasoning, reasoning);
+    fill(&mut a.prompt_tokens, prompt_tokens);
+    fill(&mut a.completion_tokens, completion_tokens);
+    fill(&mut a.execution_time_ms, execution_time_ms);
+    fill(&mut a.confidence, confidence);
+    if a.tools.is_empty() {
+        if let Some(t) = tools {
+            a.tools = t;
+        }
+    }
+}
+
+fn fill<T>(slot: &mut Option<T>, v: Option<T>) {
+    if slot.is_none() {
+        *slot = v;
+    }
+}
+
+fn integer(v: &Value, path: &str) -> JResult<i64> {
+    match v {
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                return Ok(i);
+            }
+            if n.is_u64() {
+                return Err(JsonError::new(
+                    JsonErrorCode::InvalidValue,
+                    path,
+                    format!("{n} is out of range for a 64-bit integer"),
+                ));
+            }
+            match n.as_f64() {
+                // Exactly representable integral floats (e.g. `1250.0`) are accepted.
+                Some(f)
+                    if f.fract() == 0.0
+                        && (-9.007_199_254_740_992e15..=9.007_199_254_740_992e15).contains(&f) =>
+                {
+                    Ok(f as i64)
+                }
+                _ => Err(JsonError::new(
+                    JsonErrorCode::WrongType,
+                    path,
+                    format!("expected an integer, got {n}"),
+                )),
+            }
+        }
+        other => Err(wrong_type(path, "an integer", other)),
+    }
+}
+
+fn wrong_type(path: impl Into<String>, expected: &str, got: &Value) -> JsonError {
+    JsonError::new(
+        JsonErrorCode::WrongType,
+        path,
+        format!("expected {expected}, got {}", type_name(got)),
+    )
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn validate_event_id(id: &str, path: &str) -> JResult<()> {
+    let problem = if id.is_empty() {
+        Some("event id must not be empty".to_owned())
+    } else if id.len() > 256 {
+        Some(format!("event id is {} bytes, limit 256", id.len()))
+    } else {
+        id.chars()
+            .position(char::is_control)
+            .map(|i| format!("event id contains a control character at character {i}"))
+    };
+    match problem {
+        Some(m) => Err(JsonError::new(JsonErrorCode::InvalidValue, path, m)),
+        None => Ok(()),
+    }
+}
+
+fn parse_event_time(ts: &str, path: &str, ctx: &JsonContext) -> JResult<i64> {
+    let t = OffsetDateTime::parse(ts, &Rfc3339).map_err(|e| {
+        JsonError::new(
+            JsonErrorCode::InvalidValue,
+            path,
+            format!("not an RFC 3339 timestamp ({e}): {ts:?}"),
+        )
+    })?;
+    // Sub-microsecond digits are truncated (floor), the documented precision of the model.
+    let us = t.unix_timestamp_nanos().div_euclid(1000);
+    let us = i64::try_from(us).map_err(|_| {
+        JsonError::new(
+            JsonErrorCode::TimestampOutOfRange,
+            path,
+            format!("{ts:?} is out of range"),
+        )
+    })?;
+    if us < MIN_EVENT_TIME_US {
+        return Err(JsonError::new(
+            JsonErrorCode::TimestampOutOfRange,
+            path,
+            format!("{ts} is before 2000-01-01T00:00:00Z"),
+        ));
+    }
+    let latest = ctx
+        .receive_time_us
+        .saturating_add(ctx.limits.max_future_skew_us);
+    if us > latest {
+        return Err(JsonError::new(
+            JsonErrorCode::TimestampOutOfRange,
+            path,
+            format!(
+                "{ts} is more than {} s after the receive time {}",
+                ctx.limits.max_future_skew_us / 1_000_000,
+                format_time_us(ctx.receive_time_us)
+                    .as_deref()
+                    .unwrap_or("(out of range)")
+            ),
+        ));
+    }
+    Ok(us)
+}
+
+/// Lowercase, without `_`, `-` and spaces: `USER_INTERACTION`, `user-interaction` and
+/// `UserInteraction` all compare equal.
+fn squash(s: &str) -> String {
+    s.chars()
+        .filter(|c| !matches!(c, '_' | '-' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
+fn enum_error(path: &str, value: &str, allowed: &[&str]) -> JsonError {
+    JsonError::new(
+        JsonErrorCode::InvalidValue,
+        path,
+        format!("{value:?} is not one of: {}", allowed.join(", ")),
+    )
+}
+
+fn parse_category(s: &str, path: &str) -> JResult<EventCategory> {
+    Ok(match squash(s).as_str() {
+        "userinteraction" => EventCategory::UserInteraction,
+        "systemprocessing" => EventCategory::SystemProcessing,
+        "governance" => EventCategory::Governance,
+        "infrastructure" => EventCategory::Infrastructure,
+        "security" => EventCategory::Security,
+        "telemetry" => EventCategory::Telemetry,
+        "other" => EventCategory::Other,
+        _ => {
+            return Err(enum_error(
+                path,
+                s,
+                &[
+                    "user_interaction",
+                    "system_processing",
+                    "governance",
+                    "infrastructure",
+                    "security",
+                    "telemetry",
+                    "other",
+                ],
+            ))
+        }
+    })
+}
+
+fn parse_severity(s: &str, path: &str) -> JResult<Severity> {
+    Ok(match squash(s).as_str() {
+        "debug" => Severity::Debug,
+        "info" => Severity::Info,
+        "notice" => Severity::Notice,
+        "warning" | "warn" => Severity::Warning,
+        "error" => Severity::Error,
+        "critical" => Severity::Critical,
+        _ => {
+            return Err(enum_error(
+                path,
+                s,
+                &["debug", "info", "notice", "warning", "error", "critical"],
+            ))
+        }
+    })
+}
+
+fn parse_outcome(s: &str, path: &str) -> JResult<Outcome> {
+    Ok(match squash(s).as_str() {
+        "success" => Outcome::Success,
+        "failure" => Outcome::Failure,
+        "denied" => Outcome::Denied,
+        "pending" => Outcome::Pending,
+        "unknown" => Outcome::Unknown,
+        _ => {
+            return Err(enum_error(
+                path,
+                s,
+                &["success", "failure", "denied", "pending", "unknown"],
+            ))
+        }
+    })
+}
+
+fn parse_actor_type(s: &str, path: &str) -> JResult<ActorType> {
+    Ok(match squash(s).as_str() {
+        "user" => ActorType::User,
+        "service" => ActorType::Service,
+        "system" => ActorType::System,
+        "aiagent" => ActorType::AiAgent,
+        _ => {
+            return Err(enum_error(
+                path,
+                s,
+                &["user", "service", "system", "ai_agent"],
+            ))
+        }
+    })
+}
+
+/// Outcome from a producer's free-form status string.
+fn derive_outcome(status: &str) -> Outcome {
+    match squash(status).as_str() {
+        "success" | "succeeded" | "successful" | "ok" | "completed" => Outcome::Success,
+        "failure" | "failed" | "error" => Outcome::Failure,
+        "denied" | "blocked" | "rejected" | "forbidden" => Outcome::Denied,
+        "pending" | "inprogress" | "awaitingapproval" => Outcome::Pending,
+        _ => Outcome::Unknown,
+    }
+}
+
+fn classify_parse_error(text: &str, e: &serde_json::Error) -> JsonError {
+    let msg = e.to_string();
+    if msg.contains("recursion limit exceeded") {
+        return JsonError::new(
+            JsonErrorCode::TooLarge,
+            "",
+            format!("nesting too deep ({msg})"),
+        );
+    }
+    // serde_json rejects escaped lone surrogates (`"\ud800"`) as a syntax error; they are
+    // invalid Unicode, so report them as such.
+    if let Some(at) = find_lone_surrogate(text) {
+        return JsonError::new(
+            JsonErrorCode::NotUtf8,
+            "",
+            format!("lone UTF-16 surrogate escape at byte {at}"),
+        );
+    }
+    JsonError::new(JsonErrorCode::InvalidJson, "", msg)
+}
+
+/// Byte offset of the first `\uD800`–`\uDFFF` escape that is not a valid surrogate pair.
+fn find_lone_surrogate(text: &str) -> Option<usize> {
+    let b = text.as_bytes();
+    let hex4 = |at: usize| -> Option<u32> {
+        let s = text.get(at..at + 4)?;
+        u32::from_str_radix(s, 16).ok()
+    };
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        if b.get(i + 1) != Some(&b'u') {
+            i += 2; // any other escape: skip the escaped character (handles `\\`)
+            continue;
+        }
+        let Some(cu) = hex4(i + 2) else {
+            i += 2;
+            continue;
+        };
+        if (0xD800..0xDC00).contains(&cu) {
+            let low = if b.get(i + 6) == Some(&b'\\') && b.get(i + 7) == Some(&b'u') {
+                hex4(i + 8)
+            } else {
+                None
+            };
+            match low {
+                Some(lo) if (0xDC00..0xE000).contains(&lo) => i += 12,
+                _ => return Some(i),
+            }
+        } else if (0xDC00..0xE000).contains(&cu) {
+            return Some(i);
+        } else {
+            i += 6;
+        }
+    }
+    None
+}
+
+fn check_depth(v: &Value, max: usize) -> JResult<()> {
+    fn walk(v: &Value, depth: usize, max: usize) -> Option<Vec<String>> {
+        let children: Box<dyn Iterator<Item = (String, &Value)>> = match v {
+            Value::Object(m) => Box::new(m.iter().map(|(k, v)| (k.clone(), v))),
+            Value::Array(a) => Box::new(a.iter().enumerate().map(|(i, v)| (format!("[{i}]"), v))),
+            _ => return None,
+        };
+        if depth > max {
+            return Some(Vec::new());
+        }
+        for (k, child) in children {
+            if let Some(mut path) = walk(child, depth + 1, max) {
+                path.push(k);
+                return Some(path);
+            }
+        }
+        None
+    }
+    match walk(v, 1, max) {
+        None => Ok(()),
+        Some(rev) => {
+            let mut path = String::new();
+            for seg in rev.iter().rev() {
+                if !path.is_empty() && !seg.starts_with('[') {
+                    path.push('.');
+                }
+                path.push_str(seg);
+            }
+            Err(JsonError::new(
+                JsonErrorCode::TooLarge,
+                path,
+                format!("nesting deeper than {max} levels"),
+            ))
+        }
+    }
+}
+
+// ---- normalised JSON text ----------------------------------------------------------------------
+
+/// Compact JSON with object keys sorted (byte order) at every level: deterministic text for the
+/// `*_json` fields, so the canonical bytes of an event do not depend on producer key order.
+pub fn normalized_json(v: &Value) -> String {
+    let mut out = String::with_capacity(128);
+    write_normalized(v, &mut out);
+    out
+}
+
+/// Parses and normalises JSON text (e.g. to normalise an already-stored `*_json` field).
+pub fn normalize_json_text(text: &str) -> Result<String, serde_json::Error> {
+    let v: Value = serde_json::from_str(text)?;
+    Ok(normalized_json(&v))
+}
+
+fn write_normalized(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_unstable();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(k, out);
+                out.push(':');
+                if let Some(child) = m.get(k.as_str()) {
+                    write_normalized(child, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, child) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_normalized(child, out);
+            }
+            out.push(']');
+        }
+        Value::String(s) => write_string(s, out),
+        // Scalars: serde_json's own text (numbers round-trip with `float_roundtrip`).
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push_str(&Value::String(s.to_owned()).to_string());
+}
+
+// ---- event → JSON ------------------------------------------------------------------------------
+
+/// RFC 3339 UTC with exactly six fractional digits, or `None` when out of the representable
+/// range (years 1..9999 are formatted; others are not valid RFC 3339).
+pub fn format_time_us(us: i64) -> Option<String> {
+    let t = OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).ok()?;
+    if !(1..=9999).contains(&t.year()) {
+        return None;
+    }
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.microsecond()
+    ))
+}
+
+fn time_value(us: i64) -> Value {
+    format_time_us(us).map_or(Value::Number(us.into()), Value::String)
+}
+
+fn json_text_value(text: &str) -> Value {
+    // Stored text is normally valid JSON (this module wrote it); keep anything else as a string
+    // rather than fail a read path.
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
+}
+
+fn category_str(c: EventCategory) -> &'static str {
+    match c {
+        EventCategory::UserInteraction => "user_interaction",
+        EventCategory::SystemProcessing => "system_processing",
+        EventCategory::Governance => "governance",
+        EventCategory::Infrastructure => "infrastructure",
+        EventCategory::Security => "security",
+        EventCategory::Telemetry => "telemetry",
+        EventCategory::Other => "other",
+    }
+}
+
+fn severity_str(s: Severity) -> &'static str {
+    match s {
+        Severity::Debug => "debug",
+        Severity::Info => "info",
+        Severity::Notice => "notice",
+        Severity::Warning => "warning",
+        Severity::Error => "error",
+        Severity::Critical => "critical",
+    }
+}
+
+fn outcome_str(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Success => "success",
+        Outcome::Failure => "failure",
+        Outcome::Denied => "denied",
+        Outcome::Pending => "pending",
+        Outcome::Unknown => "unknown",
+    }
+}
+
+fn actor_type_str(a: ActorType) -> &'static str {
+    match a {
+        ActorType::User => "user",
+        ActorType::Service => "service",
+        ActorType::System => "system",
+        ActorType::AiAgent => "ai_agent",
+    }
+}
+
+fn channel_str(c: IngressChannel) -> &'static str {
+    match c {
+        IngressChannel::Kafka => "kafka",
+        IngressChannel::Http => "http",
+        IngressChannel::Otlp => "otlp",
+    }
+}
+
+struct Out(Map<String, Value>);
+
+impl Out {
+    fn new() -> Self {
+        Out(Map::new())
+    }
+    fn s(&mut self, k: &str, v: &str) {
+        self.0.insert(k.to_owned(), Value::String(v.to_owned()));
+    }
+    fn os(&mut self, k: &str, v: &Option<String>) {
+        if let Some(v) = v {
+            self.s(k, v);
+        }
+    }
+    fn oi(&mut self, k: &str, v: Option<i64>) {
+        if let Some(v) = v {
+            self.0.insert(k.to_owned(), Value::Number(v.into()));
+        }
+    }
+    fn ob(&mut self, k: &str, v: Option<bool>) {
+        if let Some(v) = v {
+            self.0.insert(k.to_owned(), Value::Bool(v));
+        }
+    }
+    fn v(&mut self, k: &str, v: Value) {
+        self.0.insert(k.to_owned(), v);
+    }
+    fn strs(&mut self, k: &str, v: &[String]) {
+        self.v(
+            k,
+            Value::Array(v.iter().cloned().map(Value::String).collect()),
+        );
+    }
+    fn done(self) -> Value {
+        Value::Object(self.0)
+    }
+}
+
+/// The event in the envelope shape [`event_from_json`] accepts (`{"event": {…}}`), for the demo
+/// and HTTP responses. `event_from_json(event_to_json(e))` gives `e` back for every field the JSON
+/// form carries (pipeline-owned fields — receive time, ingress, enrichment — come from the
+/// context on input).
+pub fn event_to_json(e: &AuditEvent) -> Value {
+    let mut o = Out::new();
+    o.s("id", &e.event_id);
+    o.s("eventType", &e.event_type);
+    o.v("timestamp", time_value(e.event_time_us));
+    o.s("source", &e.source_component);
+    o.s("category", category_str(e.category));
+    o.s("severity", severity_str(e.severity));
+    o.s("outcome", outcome_str(e.outcome));
+
+    if e.actor.actor_type == ActorType::User {
+        o.s("userId", &e.actor.id);
+    }
+    let mut actor = Out::new();
+    actor.s("id", &e.actor.id);
+    actor.s("type", actor_type_str(e.actor.actor_type));
+    actor.os("name", &e.actor.name);
+    actor.os("email", &e.actor.email);
+    if !e.actor.roles.is_empty() {
+        actor.strs("roles", &e.actor.roles);
+    }
+    o.v("actor", actor.done());
+    o.os("sessionId", &e.actor.session_id);
+
+    o.os("tenantId", &e.tenant.tenant_id);
+    o.os("teamId", &e.tenant.team_id);
+    o.os("teamName", &e.tenant.team_name);
+    o.os("projectId", &e.tenant.project_id);
+    o.os("businessUnit", &e.tenant.business_unit);
+    o.os("costCenter", &e.tenant.cost_center);
+
+    if let Some(t) = &e.target {
+        let mut target = Out::new();
+        target.s("type", &t.target_type);
+        target.s("id", &t.id);
+        target.os("name", &t.name);
+        o.v("target", target.done());
+    }
+    let mut action = Out::new();
+    action.s("verb", &e.action.verb);
+    action.os("description", &e.action.description);
+    action.os("status", &e.action.status);
+    action.os("error", &e.action.error);
+    o.v("action", action.done());
+
+    o.os("traceId", &e.trace.trace_id);
+    o.os("spanId", &e.trace.span_id);
+    o.os("parentId", &e.trace.parent_span_id);
+    o.os("requestId", &e.request_id);
+    o.os("parentEventId", &e.parent_event_id);
+    o.os("reason", &e.reason);
+
+    if let Some(p) = &e.data.payload_json {
+        o.v("data", json_text_value(p));
+    }
+    if let Some(r) = &e.data.result_json {
+        o.v("result", json_text_value(r));
+    }
+    let mut metadata = match e.data.metadata_json.as_deref().map(json_text_value) {
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            let mut m = Map::new();
+            m.insert("_value".to_owned(), other);
+            m
+        }
+        None => Map::new(),
+    };
+    if let Some(ip) = &e.actor.ip {
+        metadata.insert("clientIp".to_owned(), Value::String(ip.clone()));
+    }
+    if let Some(ua) = &e.actor.user_agent {
+        metadata.insert("userAgent".to_owned(), Value::String(ua.clone()));
+    }
+    if !metadata.is_empty() {
+        o.v("metadata", Value::Object(metadata));
+    }
+    if let Some(b) = &e.data.before_json {
+        o.v("before", json_text_value(b));
+    }
+    if let Some(a) = &e.data.after_json {
+        o.v("after", json_text_value(a));
+    }
+    if !e.data.changes.is_empty() {
+        o.strs("changes", &e.data.changes);
+    }
+
+    if let Some(ai) = &e.ai {
+        let mut a = Out::new();
+        a.os("agentType", &ai.agent_type);
+        a.os("model", &ai.model);
+        a.oi("promptTokens", ai.prompt_tokens);
+        a.oi("completionTokens", ai.completion_tokens);
+        if let Some(c) = ai.confidence.and_then(Number::from_f64) {
+            a.v("confidence", Value::Number(c));
+        }
+        a.os("reasoning", &ai.reasoning);
+        a.strs("tools", &ai.tools);
+        a.oi("executionTimeMs", ai.execution_time_ms);
+        o.v("ai", a.done());
+    }
+    if let Some(c) = &e.compliance {
+        let mut x = Out::new();
+        x.strs("regulations", &c.regulations);
+        x.os("trafficLight", &c.traffic_light);
+        x.oi("issuesFound", c.issues_found.map(i64::from));
+        x.oi("criticalIssues", c.critical_issues.map(i64::from));
+        if let Some(f) = &c.findings_json {
+            x.v("findings", json_text_value(f));
+        }
+        o.v("compliance", x.done());
+    }
+    if let Some(s) = &e.security {
+        let mut x = Out::new();
+        x.os("dataClassification", &s.data_classification);
+        x.ob("encryptionUsed", s.encryption_used);
+        x.ob("piiDetected", s.pii_detected);
+        x.oi("retentionDays", s.retention_days.map(i64::from));
+        o.v("security", x.done());
+    }
+    if let Some(p) = &e.performance {
+        let mut x = Out::new();
+        x.oi("processingTimeMs", p.processing_time_ms);
+        x.oi("responseTimeMs", p.response_time_ms);
+        x.oi("dbQueryTimeMs", p.db_query_time_ms);
+        x.oi("externalApiTimeMs", p.external_api_time_ms);
+        x.oi("memoryUsedMb", p.memory_used_mb);
+        x.oi("resourceCount", p.resource_count);
+        o.v("performance", x.done());
+    }
+    if !e.attributes.is_empty() {
+        let m: Map<String, Value> = e
+            .attributes
+            .iter()
+            .map(|kv| (kv.key.clone(), Value::String(kv.value.clone())))
+            .collect();
+        o.v("attributes", Value::Object(m));
+    }
+
+    // Pipeline-owned, output only.
+    o.v("receiveTime", time_value(e.receive_time_us));
+    let mut ingress = Out::new();
+    ingress.s("channel", channel_str(e.ingress.channel));
+    ingress.os("topic", &e.ingress.topic);
+    ingress.oi("partition", e.ingress.partition.map(i64::from));
+    ingress.oi("offset", e.ingress.offset);
+    ingress.s("format", &e.ingress.format);
+    o.v("ingress", ingress.done());
+    let mut enrichment = Out::new();
+    enrichment.ob("enriched", Some(e.tenant.enrichment.enriched));
+    enrichment.ob("userFound", Some(e.tenant.enrichment.user_found));
+    enrichment.ob("teamFound", Some(e.tenant.enrichment.team_found));
+    o.v("enrichment", enrichment.done());
+
+    let mut envelope = Map::new();
+    envelope.insert("event".to_owned(), o.done());
+    Value::Object(envelope)
+}

@@ -1,0 +1,856 @@
+//! The archive's segment format, shared by the writer (`sink-archive`) and the verifier
+//! (`auditctl`), so both use one definition. Pure: bytes in, bytes out, no I/O.
+//!
+//! # Layout (relative to the archive root; a deployment may put everything under a prefix)
+//!
+//! ```text
+//! chain=<p>/date=<YYYY-MM-DD>/<first_seq:020>-<last_seq:020>.avro            segment
+//! chain=<p>/date=<YYYY-MM-DD>/<first_seq:020>-<last_seq:020>.manifest.json   its manifest
+//! checkpoints/chain=<p>/<seq:020>-<key_id>.json                              signed checkpoint
+//! ```
+//!
+//! - `<p>` is the chain partition in plain decimal; `date` is the UTC day of the *first* event's
+//!   `event_time_us` (from the data, never the wall clock), and a segment never spans two days.
+//! - Seqs are zero-padded to 20 digits, so within a directory lexicographic order is seq order,
+//!   and a segment's range can be read from its name without opening it.
+//! - A segment holds the `ChainedEvent` records `first_seq..=last_seq` of one partition,
+//!   contiguous, as an Avro object container file (codec `deflate`, which every Avro
+//!   implementation must support — an archive kept for years should not need optional codecs to
+//!   be read). The writer schema in the header is the compiled-in `chained_event.vN.avsc` text.
+//! - The container's user metadata (`audit.segment.*`, UTF-8 text values) repeats the range and
+//!   the chain ends, so a segment alone (plus the public key set and its checkpoints) is enough
+//!   to verify its range offline.
+//! - Segments are deterministic: the header metadata is written sorted and the sync marker is
+//!   derived from the segment's identity, so re-writing the same records yields the same bytes
+//!   (what makes a write-once retry after a crash recognisable as "already done").
+
+use std::collections::HashMap;
+use std::fmt;
+
+use apache_avro::{Codec, DeflateSettings, Reader, Writer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::avro::{self, RecordKind};
+use crate::event::ChainedEvent;
+
+/// Format id written into every segment (`audit.segment.format`).
+pub const SEGMENT_FORMAT: &str = "audit-archive-segment/v1";
+/// Format id written into every manifest (`format`).
+pub const MANIFEST_FORMAT: &str = "audit-archive-manifest/v1";
+
+pub const SEGMENT_SUFFIX: &str = ".avro";
+pub const MANIFEST_SUFFIX: &str = ".manifest.json";
+pub const CHECKPOINT_SUFFIX: &str = ".json";
+/// Top-level folder of stored checkpoints.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// Width of zero-padded seqs in object names (`i64::MAX` has 19 digits).
+pub const SEQ_WIDTH: usize = 20;
+
+/// Container metadata keys (values are UTF-8 text: decimal numbers, lowercase hex hashes).
+pub const META_FORMAT: &str = "audit.segment.format";
+pub const META_PARTITION: &str = "audit.segment.partition";
+pub const META_DATE: &str = "audit.segment.date";
+pub const META_FIRST_SEQ: &str = "audit.segment.first_seq";
+pub const META_LAST_SEQ: &str = "audit.segment.last_seq";
+pub const META_COUNT: &str = "audit.segment.count";
+pub const META_FIRST_PREV_HASH: &str = "audit.segment.first_prev_hash";
+pub const META_LAST_HASH: &str = "audit.segment.last_hash";
+pub const META_CANONICAL_VERSION: &str = "audit.segment.canonical_version";
+pub const META_CHAINED_SCHEMA_VERSION: &str = "audit.segment.chained_schema_version";
+pub const META_CHAINED_TOPIC: &str = "audit.segment.chained_topic";
+pub const META_FIRST_OFFSET: &str = "audit.segment.first_offset";
+pub const META_LAST_OFFSET: &str = "audit.segment.last_offset";
+pub const META_WRITER: &str = "audit.segment.writer";
+
+/// Uncompressed bytes per container block before it is compressed and written.
+const BLOCK_SIZE: usize = 256 * 1024;
+/// Domain separator of the derived sync marker.
+const MARKER_DOMAIN: &[u8] = b"audit-archive-segment-marker/v1";
+
+/// What went wrong with a segment, a manifest or an object name.
+#[derive(Debug, Error)]
+pub enum SegmentError {
+    /// The records handed to the writer do not form one segment.
+    #[error("invalid segment: {0}")]
+    Invalid(String),
+    #[error("encoding segment {key}: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    #[error("decoding segment: {source}")]
+    Decode {
+        #[source]
+        source: Box<apache_avro::Error>,
+    },
+    #[error("segment metadata {key}: {reason}")]
+    Metadata { key: &'static str, reason: String },
+    #[error(transparent)]
+    Schema(#[from] crate::SchemaError),
+    #[error("manifest JSON: {0}")]
+    ManifestJson(String),
+    /// The object's bytes do not match its manifest.
+    #[error("digest mismatch for {key}: manifest says {expected}, object has {actual}")]
+    DigestMismatch {
+        key: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+// ---- object names ------------------------------------------------------------------------------
+
+/// The identity of a segment: everything its object name encodes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SegmentKey {
+    pub partition: i32,
+    /// `YYYY-MM-DD` (UTC) of the first event's `event_time_us`.
+    pub date: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+}
+
+/// Which object of a segment a name denotes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ObjectKind {
+    Segment,
+    Manifest,
+}
+
+impl SegmentKey {
+    pub fn new(
+        partition: i32,
+        date: &str,
+        first_seq: i64,
+        last_seq: i64,
+    ) -> Result<Self, SegmentError> {
+        if partition < 0 {
+            return Err(SegmentError::Invalid(format!(
+                "negative partition {partition}"
+            )));
+        }
+        if first_seq < 1 || last_seq < first_seq {
+            return Err(SegmentError::Invalid(format!(
+                "bad seq range {first_seq}..={last_seq} (seqs start at 1)"
+            )));
+        }
+        if !is_date(date) {
+            return Err(SegmentError::Invalid(format!("bad date {date:?}")));
+        }
+        Ok(SegmentKey {
+            partition,
+            date: date.to_owned(),
+            first_seq,
+            last_seq,
+        })
+    }
+
+    /// Number of seqs the name covers.
+    pub fn len(&self) -> u64 {
+        (self.last_seq - self.first_seq) as u64 + 1
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn stem(&self) -> String {
+        format!(
+            "{}date={}/{:0w$}-{:0w$}",
+            partition_prefix(self.partition),
+            self.date,
+            self.first_seq,
+            self.last_seq,
+            w = SEQ_WIDTH
+        )
+    }
+
+    /// `chain=<p>/date=<day>/<first>-<last>.avro`
+    pub fn object_key(&self) -> String {
+        format!("{}{SEGMENT_SUFFIX}", self.stem())
+    }
+
+    /// `chain=<p>/date=<day>/<first>-<last>.manifest.json`
+    pub fn manifest_key(&self) -> String {
+        format!("{}{MANIFEST_SUFFIX}", self.stem())
+    }
+}
+
+impl fmt::Display for SegmentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.object_key())
+    }
+}
+
+/// `chain=<p>/`: the folder of one partition's segments (the trailing slash keeps `chain=1/`
+/// from matching `chain=10/` in a prefix listing).
+pub fn partition_prefix(partition: i32) -> String {
+    format!("chain={partition}/")
+}
+
+/// Parses a segment or manifest name relative to the archive root. Anything else (checkpoints,
+/// foreign objects, non-canonical spellings such as `chain=01`) is `None`.
+pub fn parse_key(key: &str) -> Option<(SegmentKey, ObjectKind)> {
+    let mut parts = key.split('/');
+    let (chain, date, file) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let partition = parse_canonical_i32(chain.strip_prefix("chain=")?)?;
+    let date = date.strip_prefix("date=")?;
+    let (stem, kind) = if let Some(s) = file.strip_suffix(SEGMENT_SUFFIX) {
+        (s, ObjectKind::Segment)
+    } else if let Some(s) = file.strip_suffix(MANIFEST_SUFFIX) {
+        (s, ObjectKind::Manifest)
+    } else {
+        return None;
+    };
+    let (first, last) = stem.split_once('-')?;
+    let first_seq = parse_padded_seq(first)?;
+    let last_seq = parse_padded_seq(last)?;
+    SegmentKey::new(partition, date, first_seq, last_seq)
+        .ok()
+        .map(|k| (k, kind))
+}
+
+fn parse_canonical_i32(s: &str) -> Option<i32> {
+    let v: i32 = s.parse().ok()?;
+    (v >= 0 && v.to_string() == s).then_some(v)
+}
+
+fn parse_padded_seq(s: &str) -> Option<i64> {
+    if s.len() != SEQ_WIDTH || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 4 || i == 7 || c.is_ascii_digit())
+}
+
+/// The UTC day (`YYYY-MM-DD`) of a timestamp in microseconds. Total: times outside years
+/// 0000..=9999 clamp to the first/last day, so a bad timestamp can never stop archiving.
+pub fn day_of(event_time_us: i64) -> String {
+    const MIN: &str = "0000-01-01";
+    const MAX: &str = "9999-12-31";
+    let days = event_time_us.div_euclid(86_400_000_000);
+    // Julian day number of 1970-01-01.
+    let Some(jd) = days
+        .checked_add(2_440_588)
+        .and_then(|d| i32::try_from(d).ok())
+    else {
+        return if days < 0 { MIN } else { MAX }.to_owned();
+    };
+    match time::Date::from_julian_day(jd) {
+        Ok(d) if d.year() < 0 => MIN.to_owned(),
+        Ok(d) if d.year() > 9999 => MAX.to_owned(),
+        Ok(d) => format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day()),
+        Err(_) => if days < 0 { MIN } else { MAX }.to_owned(),
+    }
+}
+
+/// `checkpoints/chain=<p>/<seq:020>-<key_id>.json`. Bytes of `key_id` outside `[A-Za-z0-9.-]`
+/// (including `_` itself) are written as `_XX` (uppercase hex), so any key id gives one path
+/// segment made of characters every object store keeps as they are (`%` would be re-encoded).
+pub fn checkpoint_key(partition: i32, seq: i64, key_id: &str) -> String {
+    let mut id = String::with_capacity(key_id.len());
+    for b in key_id.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') {
+            id.push(char::from(b));
+        } else {
+            id.push_str(&format!("_{b:02X}"));
+        }
+    }
+    if id.is_empty() {
+        id.push('_');
+    }
+    format!(
+        "{}{seq:0w$}-{id}{CHECKPOINT_SUFFIX}",
+        checkpoint_prefix(partition),
+        w = SEQ_WIDTH
+    )
+}
+
+/// `checkpoints/chain=<p>/`
+pub fn checkpoint_prefix(partition: i32) -> String {
+    format!("{CHECKPOINTS_DIR}/chain={partition}/")
+}
+
+// ---- metadata ----------------------------------------------------------------------------------
+
+/// What a segment says about itself (its container metadata).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentMeta {
+    pub format: String,
+    pub partition: i32,
+    pub date: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub count: u64,
+    /// `prev_hash` of the first record (links the segment to its predecessor).
+    pub first_prev_hash: Vec<u8>,
+    /// `hash` of the last record.
+    pub last_hash: Vec<u8>,
+    pub canonical_version: i32,
+    /// Catalog version of the `ChainedEvent` schema the records are written with.
+    pub chained_schema_version: i32,
+    /// Where the records were read (Kafka topic and offset range of `audit.chained`).
+    pub chained_topic: String,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    /// Who wrote it, e.g. `sink-archive/0.1.0`.
+    pub writer: String,
+}
+
+impl SegmentMeta {
+    /// Metadata for `events` (one partition, contiguous seqs, one day, one canonical version)
+    /// read from `chained_topic` at Kafka offsets `first_offset..=last_offset`.
+    pub fn for_events(
+        events: &[ChainedEvent],
+        chained_topic: &str,
+        first_offset: i64,
+        last_offset: i64,
+        writer: &str,
+    ) -> Result<Self, SegmentError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Err(SegmentError::Invalid("no records".into()));
+        };
+        let date = day_of(first.event.event_time_us);
+        for pair in events.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if b.seq != a.seq.saturating_add(1) {
+                return Err(SegmentError::Invalid(format!(
+                    "seqs not contiguous: {} then {}",
+                    a.seq, b.seq
+                )));
+            }
+        }
+        for e in events {
+            if e.chain_partition != first.chain_partition {
+                return Err(SegmentError::Invalid(format!(
+                    "records of partitions {} and {}",
+                    first.chain_partition, e.chain_partition
+                )));
+            }
+            if e.canonical_version != first.canonical_version {
+                return Err(SegmentError::Invalid(format!(
+                    "canonical versions {} and {}",
+                    first.canonical_version, e.canonical_version
+                )));
+            }
+            let d = day_of(e.event.event_time_us);
+            if d != date {
+                return Err(SegmentError::Invalid(format!("days {date} and {d}")));
+            }
+        }
+        // Validates partition and range.
+        SegmentKey::new(first.chain_partition, &date, first.seq, last.seq)?;
+        Ok(SegmentMeta {
+            format: SEGMENT_FORMAT.to_owned(),
+            partition: first.chain_partition,
+            date,
+            first_seq: first.seq,
+            last_seq: last.seq,
+            count: events.len() as u64,
+            first_prev_hash: first.prev_hash.clone(),
+            last_hash: last.hash.clone(),
+            canonical_version: first.canonical_version,
+            chained_schema_version: avro::current_schema(RecordKind::ChainedEvent)?.version,
+            chained_topic: chained_topic.to_owned(),
+            first_offset,
+            last_offset,
+            writer: writer.to_owned(),
+        })
+    }
+
+    pub fn key(&self) -> Result<SegmentKey, SegmentError> {
+        SegmentKey::new(self.partition, &self.date, self.first_seq, self.last_seq)
+    }
+
+    /// The metadata entries, sorted by key.
+    pub fn to_entries(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            (META_CANONICAL_VERSION, self.canonical_version.to_string()),
+            (
+                META_CHAINED_SCHEMA_VERSION,
+                self.chained_schema_version.to_string(),
+            ),
+            (META_CHAINED_TOPIC, self.chained_topic.clone()),
+            (META_COUNT, self.count.to_string()),
+            (META_DATE, self.date.clone()),
+            (META_FIRST_OFFSET, self.first_offset.to_string()),
+            (META_FIRST_PREV_HASH, hex::encode(&self.first_prev_hash)),
+            (META_FIRST_SEQ, self.first_seq.to_string()),
+            (META_FORMAT, self.format.clone()),
+            (META_LAST_HASH, hex::encode(&self.last_hash)),
+            (META_LAST_OFFSET, self.last_offset.to_string()),
+            (META_LAST_SEQ, self.last_seq.to_string()),
+            (META_PARTITION, self.partition.to_string()),
+            (META_WRITER, self.writer.clone()),
+        ];
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v
+    }
+
+    /// Reads the metadata back from a container's user metadata.
+    pub fn from_entries(meta: &HashMap<String, Vec<u8>>) -> Result<Self, SegmentError> {
+        fn text<'a>(
+            m: &'a HashMap<String, Vec<u8>>,
+            key: &'static str,
+        ) -> Result<&'a str, SegmentError> {
+            let v = m.get(key).ok_or(SegmentError::Metadata {
+                key,
+                reason: "missing".into(),
+            })?;
+            std::str::from_utf8(v).map_err(|_| SegmentError::Metadata {
+                key,
+                reason: "not UTF-8".into(),
+            })
+        }
+        fn num<T: std::str::FromStr>(
+            m: &HashMap<String, Vec<u8>>,
+            key: &'static str,
+        ) -> Result<T, SegmentError> {
+            let t = text(m, key)?;
+            t.parse().map_err(|_| SegmentError::Metadata {
+                key,
+                reason: format!("not a number: {t:?}"),
+            })
+        }
+        fn hash(m: &HashMap<String, Vec<u8>>, key: &'static str) -> Result<Vec<u8>, SegmentError> {
+            let t = text(m, key)?;
+            hex::decode(t).map_err(|_| SegmentError::Metadata {
+                key,
+                reason: format!("not hex: {t:?}"),
+            })
+        }
+        Ok(SegmentMeta {
+            format: text(meta, META_FORMAT)?.to_owned(),
+            partition: num(meta, META_PARTITION)?,
+            date: text(meta, META_DATE)?.to_owned(),
+            first_seq: num(meta, META_FIRST_SEQ)?,
+            last_seq: num(meta, META_LAST_SEQ)?,
+            count: num(meta, META_COUNT)?,
+            first_prev_hash: hash(meta, META_FIRST_PREV_HASH)?,
+            last_hash: hash(meta, META_LAST_HASH)?,
+            canonical_version: num(meta, META_CANONICAL_VERSION)?,
+            chained_schema_version: num(meta, META_CHAINED_SCHEMA_VERSION)?,
+            chained_topic: text(meta, META_CHAINED_TOPIC)?.to_owned(),
+            first_offset: num(meta, META_FIRST_OFFSET)?,
+            last_offset: num(meta, META_LAST_OFFSET)?,
+            writer: text(meta, META_WRITER)?.to_owned(),
+        })
+    }
+
+    /// Checks that `events` are what the metadata claims (count, range, chain ends, partition).
+    /// The verifier reports a mismatch; the writer never produces one.
+    pub fn check_events(&self, events: &[ChainedEvent]) -> Result<(), SegmentError> {
+        let bad = |what: String| Err(SegmentError::Invalid(what));
+        if events.len() as u64 != self.count {
+            return bad(format!(
+                "metadata says {} records, found {}",
+                self.count,
+                events.len()
+            ));
+        }
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return bad("no records".into());
+        };
+        if first.seq != self.first_seq || last.seq != self.last_seq {
+            return bad(format!(
+                "metadata says seqs {}..={}, records have {}..={}",
+                self.first_seq, self.last_seq, first.seq, last.seq
+            ));
+        }
+        if first.prev_hash != self.first_prev_hash || last.hash != self.last_hash {
+            return bad("chain ends differ from the metadata".into());
+        }
+        if let Some(e) = events.iter().find(|e| e.chain_partition != self.partition) {
+            return bad(format!(
+                "record of partition {} in segment of {}",
+                e.chain_partition, self.partition
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---- container write / read -------------------------------------------------------------------
+
+/// The sync marker of a segment: derived from its identity, so equal segments are equal bytes.
+fn sync_marker(meta: &SegmentMeta) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(MARKER_DOMAIN);
+    h.update(meta.partition.to_be_bytes());
+    h.update(meta.first_seq.to_be_bytes());
+    h.update(meta.last_seq.to_be_bytes());
+    h.update(&meta.last_hash);
+    let d = h.finalize();
+    let mut m = [0u8; 16];
+    m.copy_from_slice(&d[..16]);
+    m
+}
+
+fn put_long(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    loop {
+        let b = (z & 0x7f) as u8;
+        z >>= 7;
+        if z == 0 {
+            out.push(b);
+            break;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    put_long(out, b.len() as i64);
+    out.extend_from_slice(b);
+}
+
+/// The container header (magic, metadata map written in sorted key order, sync marker).
+/// Written here rather than by `apache_avro::Writer`, whose metadata map has a random order.
+fn header(avsc: &str, entries: &[(&str, String)], marker: &[u8; 16]) -> Vec<u8> {
+    let mut all: Vec<(&str, &[u8])> =
+        vec![("avro.codec", b"deflate"), ("avro.schema", avsc.as_bytes())];
+    all.extend(entries.iter().map(|(k, v)| (*k, v.as_bytes())));
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    let mut out = Vec::with_capacity(avsc.len() + 1024);
+    out.extend_from_slice(b"Obj\x01");
+    put_long(&mut out, all.len() as i64);
+    for (k, v) in all {
+        put_bytes(&mut out, k.as_bytes());
+        put_bytes(&mut out, v);
+    }
+    put_long(&mut out, 0);
+    out.extend_from_slice(marker);
+    out
+}
+
+/// Writes `events` (which `meta` describes, see [`SegmentMeta::for_events`]) as an Avro object
+/// container. Deterministic: the same metadata and records give the same bytes.
+pub fn write_segment(meta: &SegmentMeta, events: &[ChainedEvent]) -> Result<Vec<u8>, SegmentError> {
+    meta.check_events(events)?;
+    let key = meta.key()?.object_key();
+    let entry = avro::catalog()?
+        .by_version(RecordKind::ChainedEvent, meta.chained_schema_version)
+        .ok_or(crate::SchemaError::UnknownVersion {
+            record: RecordKind::ChainedEvent.name(),
+            version: meta.chained_schema_version,
+        })?;
+    let marker = sync_marker(meta);
+    let encode_err = |e: apache_avro::Error| SegmentError::Encode {
+        key: key.clone(),
+        source: Box::new(e),
+    };
+    let buf = header(entry.avsc, &meta.to_entries(), &marker);
+    let mut writer = Writer::builder()
+        .schema(&entry.schema)
+        .writer(buf)
+        .codec(Codec::Deflate(DeflateSettings::default()))
+        .block_size(BLOCK_SIZE)
+        .marker(marker)
+        .has_header(true)
+        .human_readable(false)
+        .build()
+        .map_err(encode_err)?;
+    for e in events {
+        writer.append_ser(e).map_err(encode_err)?;
+    }
+    writer.into_inner().map_err(encode_err)
+}
+
+/// Reads a segment: its metadata and records, as stored (no consistency check: see
+/// [`SegmentMeta::check_events`] and the chain verifier for that).
+pub fn read_segment(bytes: &[u8]) -> Result<(SegmentMeta, Vec<ChainedEvent>), SegmentError> {
+    let decode_err = |e: apache_avro::Error| SegmentError::Decode {
+        source: Box::new(e),
+    };
+    let current = avro::current_schema(RecordKind::ChainedEvent)?;
+    let reader = Reader::builder(bytes)
+        .human_readable(false)
+        .build()
+        .map_err(decode_err)?;
+    let meta = SegmentMeta::from_entries(reader.user_metadata())?;
+    let events = if *reader.writer_schema() == *current.schema {
+        reader
+            .into_deser_iter::<ChainedEvent>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(decode_err)?
+    } else {
+        // An older ChainedEvent schema: resolve to the current one (slow path, old data only).
+        let reader = Reader::builder(bytes)
+            .reader_schema(&current.schema)
+            .human_readable(false)
+            .build()
+            .map_err(decode_err)?;
+        let mut out = Vec::new();
+        for v in reader {
+            let v = v.map_err(decode_err)?;
+            out.push(apache_avro::from_value::<ChainedEvent>(&v).map_err(decode_err)?);
+        }
+        out
+    };
+    Ok((meta, events))
+}
+
+// ---- manifest ----------------------------------------------------------------------------------
+
+/// The JSON document next to each segment. Hashes are lowercase hex; `object_key` is relative
+/// to the archive root (the same as the manifest's own name minus the suffix).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub partition: i32,
+    pub date: String,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub count: u64,
+    pub first_prev_hash: String,
+    pub last_hash: String,
+    pub object_key: String,
+    pub object_size: u64,
+    /// SHA-256 of the segment object's bytes.
+    pub sha256: String,
+    pub chained_topic: String,
+    pub first_offset: i64,
+    pub last_offset: i64,
+    pub canonical_version: i32,
+    pub chained_schema_version: i32,
+    /// Writer of the segment (from its metadata).
+    pub writer: String,
+    /// When this manifest was written (RFC 3339, UTC): informational, not part of the identity.
+    pub created_at: String,
+}
+
+impl Manifest {
+    /// The manifest of a stored segment (`bytes` are the object, `meta` read from it or the one
+    /// it was written with).
+    pub fn for_segment(
+        meta: &SegmentMeta,
+        bytes: &[u8],
+        created_at: &str,
+    ) -> Result<Self, SegmentError> {
+        Ok(Manifest {
+            format: MANIFEST_FORMAT.to_owned(),
+            partition: meta.partition,
+            date: meta.date.clone(),
+            first_seq: meta.first_seq,
+            last_seq: meta.last_seq,
+            count: meta.count,
+            first_prev_hash: hex::encode(&meta.first_prev_hash),
+            last_hash: hex::encode(&meta.last_hash),
+            object_key: meta.key()?.object_key(),
+            object_size: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+            chained_topic: meta.chained_topic.clone(),
+            first_offset: meta.first_offset,
+            last_offset: meta.last_offset,
+            canonical_version: meta.canonical_version,
+            chained_schema_version: meta.chained_schema_version,
+            writer: meta.writer.clone(),
+            created_at: created_at.to_owned(),
+        })
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, SegmentError> {
+        serde_json::from_slice(bytes).map_err(|e| SegmentError::ManifestJson(e.to_string()))
+    }
+
+    /// Equal in everything but `created_at` (two writers of the same segment agree).
+    pub fn same_content(&self, other: &Manifest) -> bool {
+        Manifest {
+            created_at: String::new(),
+            ..self.clone()
+        } == Manifest {
+            created_at: String::new(),
+            ..other.clone()
+        }
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks a segment object's bytes against its manifest (size and SHA-256).
+pub fn verify_segment_digest(manifest: &Manifest, bytes: &[u8]) -> Result<(), SegmentError> {
+    let actual = sha256_hex(bytes);
+    if actual != manifest.sha256.to_ascii_lowercase() || bytes.len() as u64 != manifest.object_size
+    {
+        return Err(SegmentError::DigestMismatch {
+            key: manifest.object_key.clone(),
+            expected: format!("{} ({} bytes)", manifest.sha256, manifest.object_size),
+            actual: format!("{actual} ({} bytes)", bytes.len()),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::arb_chained_event;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_encode_the_range_and_parse_back() {
+        let k = SegmentKey::new(3, "2024-06-01", 1, 10_000).expect("valid");
+        assert_eq!(
+            k.object_key(),
+            "chain=3/date=2024-06-01/00000000000000000001-00000000000000010000.avro"
+        );
+        assert_eq!(
+            k.manifest_key(),
+            "chain=3/date=2024-06-01/00000000000000000001-00000000000000010000.manifest.json"
+        );
+        assert_eq!(
+            parse_key(&k.object_key()),
+            Some((k.clone(), ObjectKind::Segment))
+        );
+        assert_eq!(
+            parse_key(&k.manifest_key()),
+            Some((k, ObjectKind::Manifest))
+        );
+        for bad in [
+            "chain=03/date=2024-06-01/00000000000000000001-00000000000000000002.avro",
+            "chain=3/date=2024-6-01/00000000000000000001-00000000000000000002.avro",
+            "chain=3/date=2024-06-01/1-2.avro",
+            "chain=3/date=2024-06-01/00000000000000000002-00000000000000000001.avro",
+            "chain=3/date=2024-06-01/00000000000000000000-00000000000000000001.avro",
+            "chain=3/date=2024-06-01/00000000000000000001-00000000000000000002.avro.tmp",
+            "checkpoints/chain=3/00000000000000000001-k1.json",
+            "x/chain=3/date=2024-06-01/00000000000000000001-00000000000000000002.avro",
+        ] {
+            assert_eq!(parse_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn days_come_from_the_timestamp_in_utc() {
+        assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(day_of(-1), "1969-12-31");
+        assert_eq!(day_of(1_717_200_000_000_000), "2024-06-01");
+        assert_eq!(day_of(1_717_286_399_999_999), "2024-06-01");
+        assert_eq!(day_of(1_717_286_400_000_000), "2024-06-02");
+        assert_eq!(day_of(i64::MIN), "0000-01-01");
+        assert_eq!(day_of(i64::MAX), "9999-12-31");
+    }
+
+    #[test]
+    fn checkpoint_names_escape_key_ids() {
+        assert_eq!(
+            checkpoint_key(2, 42, "k-2024.a"),
+            "checkpoints/chain=2/00000000000000000042-k-2024.a.json"
+        );
+        assert_eq!(
+            checkpoint_key(2, 42, "a/b c_d"),
+            "checkpoints/chain=2/00000000000000000042-a_2Fb_20c_5Fd.json"
+        );
+    }
+
+    proptest! {
+        /// Lexicographic order of names is seq order (within a partition and day).
+        #[test]
+        fn name_order_is_seq_order(a in 1i64..i64::MAX, b in 1i64..i64::MAX, la in 0i64..1000, lb in 0i64..1000) {
+            let ka = SegmentKey::new(0, "2024-01-01", a, a.saturating_add(la)).expect("valid");
+            let kb = SegmentKey::new(0, "2024-01-01", b, b.saturating_add(lb)).expect("valid");
+            if a != b {
+                prop_assert_eq!(a < b, ka.object_key() < kb.object_key());
+            }
+            prop_assert_eq!(parse_key(&ka.object_key()).map(|x| x.0), Some(ka));
+        }
+
+        #[test]
+        fn day_of_is_monotonic(a in any::<i64>(), b in any::<i64>()) {
+            let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+            prop_assert!(day_of(lo) <= day_of(hi));
+        }
+
+        /// Any records made into a valid segment read back identical, with the metadata, and
+        /// writing is deterministic.
+        #[test]
+        fn segment_round_trip(
+            mut events in proptest::collection::vec(arb_chained_event(), 1..6),
+            partition in 0i32..1000,
+            start in 1i64..1_000_000_000,
+            day_us in 0i64..100_000_000_000_000,
+            offset in 0i64..1_000_000,
+        ) {
+            let day_start = day_us - day_us.rem_euclid(86_400_000_000);
+            for (i, e) in events.iter_mut().enumerate() {
+                e.chain_partition = partition;
+                e.seq = start + i as i64;
+                e.canonical_version = 1;
+                e.event.event_time_us = day_start + (e.event.event_time_us.rem_euclid(86_400_000_000));
+            }
+            let n = events.len() as i64;
+            let meta = SegmentMeta::for_events(&events, "audit.chained", offset, offset + n - 1, "test/1").expect("valid segment");
+            let bytes = write_segment(&meta, &events).expect("write");
+            prop_assert_eq!(&bytes, &write_segment(&meta, &events).expect("write again"));
+            let (meta2, events2) = read_segment(&bytes).expect("read");
+            prop_assert_eq!(&meta2, &meta);
+            prop_assert_eq!(&events2, &events);
+            meta2.check_events(&events2).expect("consistent");
+            let m = Manifest::for_segment(&meta, &bytes, "2024-01-01T00:00:00Z").expect("manifest");
+            verify_segment_digest(&m, &bytes).expect("digest");
+            prop_assert_eq!(Manifest::from_json(&m.to_json()).expect("json"), m.clone());
+            let mut tampered = bytes.clone();
+            let last = tampered.len() - 1;
+            tampered[last] ^= 1;
+            prop_assert!(verify_segment_digest(&m, &tampered).is_err());
+        }
+    }
+
+    #[test]
+    fn for_events_refuses_what_is_not_one_segment() {
+        let mut a = crate::testing::sample_event();
+        a.event_time_us = 1_717_200_000_000_000;
+        let mk = |seq: i64, t: i64| {
+            let mut e = ChainedEvent {
+                chain_partition: 0,
+                seq,
+                prev_hash: vec![0; 32],
+                hash: vec![1; 32],
+                canonical_version: 1,
+                source_topic: "audit.enriched".into(),
+                source_partition: 0,
+                source_offset: seq,
+                event: a.clone(),
+            };
+            e.event.event_time_us = t;
+            e
+        };
+        let day = 1_717_200_000_000_000;
+        assert!(SegmentMeta::for_events(&[mk(1, day), mk(2, day)], "t", 0, 1, "w").is_ok());
+        assert!(
+            SegmentMeta::for_events(&[mk(1, day), mk(3, day)], "t", 0, 1, "w").is_err(),
+            "gap"
+        );
+        assert!(
+            SegmentMeta::for_events(&[mk(1, day), mk(2, day + 86_400_000_000)], "t", 0, 1, "w")
+                .is_err(),
+            "two days"
+        );
+        assert!(SegmentMeta::for_events(&[], "t", 0, 1, "w").is_err());
+    }
+}

@@ -1,0 +1,391 @@
+//! JSON → AuditEvent mapping: the seed's example event, every error code with its path,
+//! timestamp offsets and fractions.
+
+use schemas::json::{event_from_json, event_to_json, JsonContext, JsonErrorCode, JsonLimits};
+use schemas::*;
+
+/// 2024-01-15T10:30:01Z, one second after the seed example's timestamp.
+const RECEIVE_US: i64 = 1_705_314_601_000_000;
+
+fn ctx() -> JsonContext {
+    JsonContext::new(
+        RECEIVE_US,
+        Ingress {
+            channel: IngressChannel::Kafka,
+            topic: Some("audit.raw".into()),
+            partition: Some(3),
+            offset: Some(17),
+            format: "json".into(),
+        },
+        "audit.raw-3-17".into(),
+    )
+}
+
+/// The event structure platform components publish (seed 000, §3.2), with `evt-…` style ids.
+const SEED_EVENT: &str = r#"{
+  "event": {
+    "id": "evt-7f3a9c2e",
+    "eventType": "infrastructure_request",
+    "timestamp": "2024-01-15T10:30:00Z",
+    "userId": "user-123",
+    "teamId": "team-456",
+    "sessionId": "session-789",
+    "requestId": "req-5d1e",
+    "source": "natural_language_interface",
+    "category": "user_interaction",
+    "action": "create_api_server",
+    "data": {
+      "naturalLanguageRequest": "I need a new API server for user management",
+      "extractedParameters": {
+        "name": "user-management-api",
+        "runtime": "nodejs",
+        "database": "postgres-small"
+      },
+      "confidence": 0.95,
+      "tools": ["create_api_server", "create_database"]
+    },
+    "result": {
+      "status": "success",
+      "desiredStateId": "ds-41b2",
+      "estimatedCost": 85.00,
+      "approvalRequired": false,
+      "deploymentId": "dep-9e07"
+    },
+    "metadata": {
+      "clientIp": "192.168.1.100",
+      "userAgent": "Mozilla/5.0...",
+      "sessionId": "session-789",
+      "processingTime": 1250,
+      "resourceCount": 3
+    },
+    "traceId": "trace-0a1b",
+    "spanId": "span-2c3d",
+    "parentId": "parent-span-4e5f"
+  }
+}"#;
+
+#[test]
+fn seed_example_maps_field_by_field() {
+    let e = event_from_json(SEED_EVENT.as_bytes(), &ctx()).expect("seed event");
+    assert_eq!(e.event_id, "evt-7f3a9c2e");
+    assert_eq!(e.event_type, "infrastructure_request");
+    assert_eq!(e.event_time_us, 1_705_314_600_000_000);
+    assert_eq!(e.receive_time_us, RECEIVE_US);
+    assert_eq!(e.ingress, ctx().ingress);
+    assert_eq!(e.source_component, "natural_language_interface");
+    assert_eq!(e.category, EventCategory::UserInteraction);
+    assert_eq!(e.severity, Severity::Info);
+    assert_eq!(e.outcome, Outcome::Success);
+    assert_eq!(e.actor.actor_type, ActorType::User);
+    assert_eq!(e.actor.id, "user-123");
+    assert_eq!(e.actor.ip.as_deref(), Some("192.168.1.100"));
+    assert_eq!(e.actor.user_agent.as_deref(), Some("Mozilla/5.0..."));
+    assert_eq!(e.actor.session_id.as_deref(), Some("session-789"));
+    assert_eq!(e.tenant.team_id.as_deref(), Some("team-456"));
+    assert_eq!(e.request_id.as_deref(), Some("req-5d1e"));
+    assert_eq!(e.action.verb, "create_api_server");
+    assert_eq!(e.action.status.as_deref(), Some("success"));
+    assert_eq!(e.trace.trace_id.as_deref(), Some("trace-0a1b"));
+    assert_eq!(e.trace.span_id.as_deref(), Some("span-2c3d"));
+    assert_eq!(e.trace.parent_span_id.as_deref(), Some("parent-span-4e5f"));
+    // Payload verbatim, normalised: keys sorted, compact.
+    assert_eq!(
+        e.data.payload_json.as_deref(),
+        Some(
+            r#"{"confidence":0.95,"extractedParameters":{"database":"postgres-small","name":"user-management-api","runtime":"nodejs"},"naturalLanguageRequest":"I need a new API server for user management","tools":["create_api_server","create_database"]}"#
+        )
+    );
+    assert_eq!(
+        e.data.result_json.as_deref(),
+        Some(
+            r#"{"approvalRequired":false,"deploymentId":"dep-9e07","desiredStateId":"ds-41b2","estimatedCost":85.0,"status":"success"}"#
+        )
+    );
+    // Every metadata field was lifted, so no remainder.
+    assert_eq!(e.data.metadata_json, None);
+    let perf = e.performance.as_ref().expect("performance");
+    assert_eq!(perf.processing_time_ms, Some(1250));
+    assert_eq!(perf.resource_count, Some(3));
+    let ai = e.ai.as_ref().expect("ai");
+    assert_eq!(ai.confidence, Some(0.95));
+    assert_eq!(ai.tools, vec!["create_api_server", "create_database"]);
+    assert!(e.attributes.is_empty());
+    assert!(!e.tenant.enrichment.enriched);
+
+    // Same fields without the envelope give the same event.
+    let v: serde_json::Value = serde_json::from_str(SEED_EVENT).expect("json");
+    let flat = serde_json::to_vec(&v["event"]).expect("flat");
+    assert_eq!(event_from_json(&flat, &ctx()).expect("flat event"), e);
+
+    // And the event's own JSON form maps back to it.
+    let again = serde_json::to_vec(&event_to_json(&e)).expect("to_json");
+    assert_eq!(event_from_json(&again, &ctx()).expect("again"), e);
+
+    // And it round-trips through Avro.
+    let bytes = schemas::framing::encode_single_object_event(&e).expect("avro");
+    assert_eq!(
+        schemas::framing::decode_event(&bytes, None).expect("decode"),
+        e
+    );
+}
+
+#[test]
+fn snake_case_aliases_and_derived_id() {
+    let json = r#"{"event_type":"x","timestamp":"2024-01-15T10:30:00Z","source_component":"s",
+        "user_id":"u","team_id":"t","trace_id":"tr","parent_span_id":"p","request_id":"r"}"#;
+    let e = event_from_json(json.as_bytes(), &ctx()).expect("event");
+    assert_eq!(
+        e.event_id, "audit.raw-3-17",
+        "no id: the derived one is used"
+    );
+    assert_eq!(e.actor.id, "u");
+    assert_eq!(e.tenant.team_id.as_deref(), Some("t"));
+    assert_eq!(e.trace.parent_span_id.as_deref(), Some("p"));
+    assert_eq!(e.category, EventCategory::Other);
+    assert_eq!(e.outcome, Outcome::Unknown);
+    assert_eq!(e.action.verb, "x", "no action: the event type");
+}
+
+#[test]
+fn action_object_target_and_explicit_blocks() {
+    let json = r#"{"event":{"id":"evt-1","eventType":"policy_evaluated","timestamp":"2024-01-15T10:00:00Z",
+        "source":"policy_engine","category":"GOVERNANCE","severity":"Warning","serviceId":"svc-policy",
+        "action":{"verb":"evaluate","description":"cost policy","status":"blocked","error":"over budget"},
+        "target":{"type":"deployment","id":"dep-1","name":"api"},
+        "compliance":{"regulations":["SOC2","GDPR"],"trafficLight":"RED","issuesFound":2,"criticalIssues":1,"findings":[{"b":1,"a":2}]},
+        "security":{"dataClassification":"confidential","encryptionUsed":true,"piiDetected":false,"retentionDays":2555},
+        "before":{"replicas":1},"after":{"replicas":3},"changes":["replicas"],
+        "attributes":{"z":"1","a":"2"},
+        "metadata":{"clientIp":"10.0.0.1","extra":{"k":"v"}},
+        "actor":{"name":"Policy Engine"},
+        "unknownField":42}}"#;
+    let e = event_from_json(json.as_bytes(), &ctx()).expect("event");
+    assert_eq!(e.actor.actor_type, ActorType::Service);
+    assert_eq!(e.actor.id, "svc-policy");
+    assert_eq!(e.actor.name.as_deref(), Some("Policy Engine"));
+    assert_eq!(e.category, EventCategory::Governance);
+    assert_eq!(e.severity, Severity::Warning);
+    assert_eq!(
+        e.outcome,
+        Outcome::Denied,
+        "derived from action.status blocked"
+    );
+    assert_eq!(e.action.error.as_deref(), Some("over budget"));
+    let t = e.target.as_ref().expect("target");
+    assert_eq!(
+        (t.target_type.as_str(), t.id.as_str()),
+        ("deployment", "dep-1")
+    );
+    let c = e.compliance.as_ref().expect("compliance");
+    assert_eq!(c.regulations, vec!["SOC2", "GDPR"]);
+    assert_eq!(c.findings_json.as_deref(), Some(r#"[{"a":2,"b":1}]"#));
+    assert_eq!(
+        e.security.as_ref().and_then(|s| s.retention_days),
+        Some(2555)
+    );
+    assert_eq!(e.data.before_json.as_deref(), Some(r#"{"replicas":1}"#));
+    assert_eq!(e.data.changes, vec!["replicas"]);
+    assert_eq!(
+        e.attributes,
+        vec![
+            KeyValue {
+                key: "a".into(),
+                value: "2".into()
+            },
+            KeyValue {
+                key: "z".into(),
+                value: "1".into()
+            },
+        ]
+    );
+    assert_eq!(e.actor.ip.as_deref(), Some("10.0.0.1"));
+    // Unknown keys are kept, not dropped.
+    assert_eq!(
+        e.data.metadata_json.as_deref(),
+        Some(r#"{"_unmapped":{"unknownField":42},"extra":{"k":"v"}}"#)
+    );
+}
+
+#[test]
+fn timestamps_with_offsets_and_fractions() {
+    let cases = [
+        ("2024-01-15T10:30:00Z", 1_705_314_600_000_000),
+        ("2024-01-15T10:30:00.5Z", 1_705_314_600_500_000),
+        ("2024-01-15T10:30:00.123456Z", 1_705_314_600_123_456),
+        // Sub-microsecond digits are truncated.
+        ("2024-01-15T10:30:00.123456789Z", 1_705_314_600_123_456),
+        ("2024-01-15T16:00:00+05:30", 1_705_314_600_000_000),
+        ("2024-01-15T02:30:00.25-08:00", 1_705_314_600_250_000),
+        ("2024-01-15t10:30:00z", 1_705_314_600_000_000),
+    ];
+    for (ts, want) in cases {
+        let json = format!(r#"{{"eventType":"x","timestamp":"{ts}","source":"s","userId":"u"}}"#);
+        let e =
+            event_from_json(json.as_bytes(), &ctx()).unwrap_or_else(|err| panic!("{ts}: {err}"));
+        assert_eq!(e.event_time_us, want, "{ts}");
+    }
+}
+
+fn err(json: &str) -> (JsonErrorCode, String) {
+    let e = event_from_json(json.as_bytes(), &ctx()).expect_err(json);
+    assert!(!e.message.is_empty());
+    (e.code, e.path)
+}
+
+const OK_FIELDS: &str =
+    r#""eventType":"x","timestamp":"2024-01-15T10:30:00Z","source":"s","userId":"u""#;
+
+fn with(extra: &str) -> String {
+    format!(r#"{{"event":{{{OK_FIELDS},{extra}}}}}"#)
+}
+
+#[test]
+fn every_error_code_with_its_path() {
+    use JsonErrorCode::*;
+    assert_eq!(err("{not json"), (InvalidJson, String::new()));
+    assert_eq!(
+        event_from_json(b"{\"event\":\"\xff\"}", &ctx())
+            .expect_err("utf8")
+            .code,
+        NotUtf8
+    );
+    assert_eq!(err(r#"{"event":{"eventType":"\ud800"}}"#).0, NotUtf8);
+    assert_eq!(err(r#"{"event":{"eventType":"\udc00x"}}"#).0, NotUtf8);
+    assert_eq!(err("[1,2]"), (NotAnObject, String::new()));
+    assert_eq!(err(r#"{"event":[]}"#), (WrongType, "event".into()));
+
+    assert_eq!(
+        err(r#"{"event":{"timestamp":"2024-01-15T10:30:00Z","source":"s","userId":"u"}}"#),
+        (MissingField, "event.eventType".into())
+    );
+    assert_eq!(
+        err(r#"{"event":{"eventType":"x","source":"s","userId":"u"}}"#),
+        (MissingField, "event.timestamp".into())
+    );
+    assert_eq!(
+        err(r#"{"event":{"eventType":"x","timestamp":"2024-01-15T10:30:00Z","userId":"u"}}"#),
+        (MissingField, "event.source".into())
+    );
+    assert_eq!(
+        err(r#"{"event":{"eventType":"x","timestamp":"2024-01-15T10:30:00Z","source":"s"}}"#),
+        (MissingField, "event.userId".into())
+    );
+    assert_eq!(
+        err(&with(r#""target":{"type":"t"}"#)),
+        (MissingField, "event.target.id".into())
+    );
+
+    assert_eq!(
+        err(&with(r#""teamId":5"#)),
+        (WrongType, "event.teamId".into())
+    );
+    assert_eq!(
+        err(&with(r#""metadata":[]"#)),
+        (WrongType, "event.metadata".into())
+    );
+    assert_eq!(
+        err(&with(r#""metadata":{"processingTime":"fast"}"#)),
+        (WrongType, "event.metadata.processingTime".into())
+    );
+    assert_eq!(
+        err(&with(r#""attributes":{"env":"prod","n":1}"#)),
+        (WrongType, "event.attributes.n".into())
+    );
+    assert_eq!(
+        err(&with(r#""changes":["a",2]"#)),
+        (WrongType, "event.changes[1]".into())
+    );
+    assert_eq!(
+        err(&with(r#""security":{"piiDetected":"yes"}"#)),
+        (WrongType, "event.security.piiDetected".into())
+    );
+
+    let (code, path) = err(&with(r#""category":"nonsense""#));
+    assert_eq!((code, path.as_str()), (InvalidValue, "event.category"));
+    let msg = event_from_json(with(r#""category":"nonsense""#).as_bytes(), &ctx())
+        .expect_err("category")
+        .message;
+    assert!(
+        msg.contains("user_interaction") && msg.contains("telemetry"),
+        "{msg}"
+    );
+    assert_eq!(
+        err(&with(r#""severity":"loud""#)),
+        (InvalidValue, "event.severity".into())
+    );
+    assert_eq!(err(&with(r#""id":"""#)), (InvalidValue, "event.id".into()));
+    assert_eq!(
+        err(&with(r#""id":"a\u0007b""#)),
+        (InvalidValue, "event.id".into())
+    );
+    let long_id = "x".repeat(257);
+    assert_eq!(
+        err(&with(&format!(r#""id":"{long_id}""#))),
+        (InvalidValue, "event.id".into())
+    );
+    assert_eq!(
+        err(&with(r#""ai":{"confidence":1.5}"#)),
+        (InvalidValue, "event.ai.confidence".into())
+    );
+    assert_eq!(
+        err(&with(r#""compliance":{"issuesFound":9999999999}"#)),
+        (InvalidValue, "event.compliance.issuesFound".into())
+    );
+    assert_eq!(
+        err(&with(r#""actor":{"id":"other"}"#)),
+        (InvalidValue, "event.userId".into())
+    );
+    assert_eq!(
+        err(r#"{"event":{"eventType":"x","timestamp":"yesterday","source":"s","userId":"u"}}"#),
+        (InvalidValue, "event.timestamp".into())
+    );
+
+    assert_eq!(
+        err(
+            r#"{"event":{"eventType":"x","timestamp":"1999-12-31T23:59:59Z","source":"s","userId":"u"}}"#
+        ),
+        (TimestampOutOfRange, "event.timestamp".into())
+    );
+    assert_eq!(
+        err(
+            r#"{"event":{"eventType":"x","timestamp":"2024-01-16T10:30:02Z","source":"s","userId":"u"}}"#
+        ),
+        (TimestampOutOfRange, "event.timestamp".into())
+    );
+}
+
+#[test]
+fn limits() {
+    use JsonErrorCode::*;
+    let mut small = ctx();
+    small.limits = JsonLimits {
+        max_total_bytes: 400,
+        max_string_bytes: 24,
+        max_attributes: 2,
+        max_depth: 4,
+        ..JsonLimits::default()
+    };
+    let run = |json: &str| {
+        let e = event_from_json(json.as_bytes(), &small).expect_err(json);
+        (e.code, e.path)
+    };
+    assert_eq!(run(&" ".repeat(401)), (TooLarge, String::new()));
+    assert_eq!(
+        run(&with(r#""reason":"this reason is far too long""#)),
+        (TooLarge, "event.reason".into())
+    );
+    assert_eq!(
+        run(&with(r#""attributes":{"a":"1","b":"2","c":"3"}"#)),
+        (TooLarge, "event.attributes".into())
+    );
+    assert_eq!(
+        run(&with(r#""data":{"a":{"b":{"c":1}}}"#)),
+        (TooLarge, "event.data.a.b".into())
+    );
+    // Beyond serde_json's own recursion limit it is still `too_large`, not `invalid_json`.
+    let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    assert_eq!(
+        err(&format!(r#"{{"event":{{"data":{deep}}}}}"#)).0,
+        TooLarge
+    );
+}

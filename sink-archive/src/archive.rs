@@ -1,0 +1,407 @@
+//! The archive's storage operations: write a segment and its manifest write-once, find where a
+//! partition resumes (repairing missing manifests), store checkpoints. Every call goes through
+//! `worker_runtime::retry` with [`StoreError`]'s classification.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+use schemas::checkpoint::CheckpointJson;
+use schemas::segment::{self, Manifest, SegmentKey, SegmentMeta};
+use schemas::{ChainedEvent, Checkpoint};
+use worker_runtime::retry::{retry, RetryError, RetryPolicy};
+use worker_runtime::CancellationToken;
+
+use crate::resume::{classify_existing, plan_resume, Existing};
+use crate::store::StoreError;
+use crate::Error;
+
+/// `sink-archive/<version>`, written into every segment.
+pub const WRITER: &str = concat!("sink-archive/", env!("CARGO_PKG_VERSION"));
+
+/// How a write-once put ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// We created the object.
+    Written,
+    /// It existed with the same content (a retry after a crash): nothing to do.
+    AlreadyThere,
+    /// It existed with different content: fork alarm raised, the stored object kept.
+    Fork,
+}
+
+/// A segment as stored (ours, or the one that was already there).
+#[derive(Debug, Clone)]
+pub struct StoredSegment {
+    pub key: SegmentKey,
+    /// The metadata of the object now at the key (for a fork: the *stored* one's, if readable).
+    pub meta: Option<SegmentMeta>,
+    pub outcome: Outcome,
+}
+
+/// Where a partition's archive ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub last_seq: i64,
+    /// `hash` of the record at `last_seq`, when the segment could be read.
+    pub last_hash: Option<Vec<u8>>,
+    /// The chained Kafka offset to continue from (last stored offset + 1), when known and
+    /// recorded for the same topic.
+    pub next_offset: Option<i64>,
+}
+
+/// The archive: an object store plus retry settings.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    retry: RetryPolicy,
+    cancel: CancellationToken,
+}
+
+fn fork_alarm(kind: &'static str, partition: i32, key: &str, detail: &str) {
+    tracing::error!(kind, partition, key, detail, "FORK: the archive already holds different content under this name; keeping the stored object");
+    metrics::counter!("audit_archive_forks_total", "kind" => kind, "partition" => partition.to_string())
+        .increment(1);
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl Archive {
+    pub fn new(store: Arc<dyn ObjectStore>, retry: RetryPolicy, cancel: CancellationToken) -> Self {
+        Archive {
+            store,
+            retry,
+            cancel,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    fn store_err(what: String) -> impl FnOnce(RetryError<StoreError>) -> Error {
+        move |e| match e {
+            RetryError::Failed(e) => Error::Store { what, source: e.0 },
+            RetryError::Cancelled(e) => Error::Cancelled {
+                what,
+                last: e.0.to_string(),
+            },
+        }
+    }
+
+    /// Put `bytes` at `key` only if nothing is there. `Ok(false)` = it already exists.
+    pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<bool, Error> {
+        let path = Path::from(key);
+        let what = format!("create {key}");
+        let r = retry(&what, &self.retry, &self.cancel, || {
+            let payload = PutPayload::from(bytes.clone());
+            let opts = PutOptions::from(PutMode::Create);
+            let store = &self.store;
+            let path = &path;
+            async move {
+                store
+                    .put_opts(path, payload, opts)
+                    .await
+                    .map_err(StoreError)
+            }
+        })
+        .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(RetryError::Failed(StoreError(object_store::Error::AlreadyExists { .. }))) => {
+                Ok(false)
+            }
+            Err(e) => Err(Self::store_err(what)(e)),
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, Error> {
+        let path = Path::from(key);
+        let what = format!("get {key}");
+        retry(&what, &self.retry, &self.cancel, || {
+            let store = &self.store;
+            let path = &path;
+            async move {
+                let r = store.get(path).await.map_err(StoreError)?;
+                r.bytes().await.map_err(StoreError)
+            }
+        })
+        .await
+        .map_err(Self::store_err(what))
+    }
+
+    /// Every object name under `prefix` (relative to the archive root). A missing folder (local
+    /// backend) is an empty listing.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
+        let path = Path::from(prefix);
+        let what = format!("list {prefix}");
+        retry(&what, &self.retry, &self.cancel, || {
+            let store = &self.store;
+            let path = &path;
+            async move {
+                match store
+                    .list(Some(path))
+                    .map_ok(|m| m.location.to_string())
+                    .try_collect()
+                    .await
+                {
+                    Ok(v) => Ok(v),
+                    Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(StoreError(e)),
+                }
+            }
+        })
+        .await
+        .map_err(Self::store_err(what))
+    }
+
+    /// Writes a segment of `events` (one partition, contiguous, one day) read from
+    /// `chained_topic` at offsets `first_offset..=last_offset`, then its manifest, both
+    /// write-once. Safe to repeat after a crash at any point.
+    pub async fn write_segment(
+        &self,
+        events: Vec<ChainedEvent>,
+        chained_topic: &str,
+        first_offset: i64,
+        last_offset: i64,
+    ) -> Result<StoredSegment, Error> {
+        let topic = chained_topic.to_owned();
+        // Encoding and compressing 10k events is CPU work: off the async threads.
+        let (meta, bytes, events) = tokio::task::spawn_blocking(move || {
+            let meta = SegmentMeta::for_events(&events, &topic, first_offset, last_offset, WRITER)?;
+            let bytes = segment::write_segment(&meta, &events)?;
+            Ok::<_, segment::SegmentError>((meta, bytes, events))
+        })
+        .await
+        .map_err(|e| Error::Task(format!("encoding a segment: {e}")))??;
+        let key = meta.key()?;
+        let object_key = key.object_key();
+        let bytes = Bytes::from(bytes);
+        if self.put_create(&object_key, bytes.clone()).await? {
+            self.ensure_manifest(&meta, &bytes).await?;
+            metrics::counter!("audit_archive_segments_total", "outcome" => "written").increment(1);
+            metrics::counter!("audit_archive_events_total").increment(meta.count);
+            tracing::info!(key = %object_key, count = meta.count, size = bytes.len(), "segment written");
+            return Ok(StoredSegment {
+                key,
+                meta: Some(meta),
+                outcome: Outcome::Written,
+            });
+        }
+        let existing = self.get(&object_key).await?;
+        match classify_existing(&bytes, &events, &existing) {
+            Existing::Identical => {
+                tracing::info!(key = %object_key, "segment already stored with the same bytes (retry after a crash)");
+                self.ensure_manifest(&meta, &existing).await?;
+                metrics::counter!("audit_archive_segments_total", "outcome" => "already_there")
+                    .increment(1);
+                Ok(StoredSegment {
+                    key,
+                    meta: Some(meta),
+                    outcome: Outcome::AlreadyThere,
+                })
+            }
+            Existing::Equivalent(stored) => {
+                tracing::warn!(key = %object_key, stored_writer = %stored.writer, "segment already stored with the same records, other bytes; keeping it");
+                self.ensure_manifest(&stored, &existing).await?;
+                metrics::counter!("audit_archive_segments_total", "outcome" => "already_there")
+                    .increment(1);
+                Ok(StoredSegment {
+                    key,
+                    meta: Some(stored),
+                    outcome: Outcome::AlreadyThere,
+                })
+            }
+            Existing::Fork {
+                detail,
+                existing: stored,
+            } => {
+                fork_alarm("segment", meta.partition, &object_key, &detail);
+                if let Some(stored) = &stored {
+                    self.ensure_manifest(stored, &existing).await?;
+                }
+                Ok(StoredSegment {
+                    key,
+                    meta: stored,
+                    outcome: Outcome::Fork,
+                })
+            }
+        }
+    }
+
+    /// Writes the manifest of the stored segment `bytes` (described by `meta`) unless an
+    /// equivalent one exists; a different one is a fork alarm and is kept.
+    pub async fn ensure_manifest(
+        &self,
+        meta: &SegmentMeta,
+        bytes: &[u8],
+    ) -> Result<Outcome, Error> {
+        let manifest = Manifest::for_segment(meta, bytes, &now_rfc3339())?;
+        let key = meta.key()?.manifest_key();
+        if self
+            .put_create(&key, Bytes::from(manifest.to_json()))
+            .await?
+        {
+            return Ok(Outcome::Written);
+        }
+        let existing = self.get(&key).await?;
+        match Manifest::from_json(&existing) {
+            Ok(m) if m.same_content(&manifest) => Ok(Outcome::AlreadyThere),
+            Ok(m) => {
+                fork_alarm(
+                    "manifest",
+                    meta.partition,
+                    &key,
+                    &format!(
+                        "stored manifest sha256 {} vs object {}",
+                        m.sha256, manifest.sha256
+                    ),
+                );
+                Ok(Outcome::Fork)
+            }
+            Err(e) => {
+                fork_alarm(
+                    "manifest",
+                    meta.partition,
+                    &key,
+                    &format!("stored manifest unreadable: {e}"),
+                );
+                Ok(Outcome::Fork)
+            }
+        }
+    }
+
+    /// Where `partition` resumes: the highest `last_seq` among the segment names, with its last
+    /// hash and chained offset. Writes missing manifests on the way (a crash between the two
+    /// puts). `None` = nothing archived yet for the partition.
+    pub async fn resume(
+        &self,
+        partition: i32,
+        chained_topic: &str,
+    ) -> Result<Option<ResumePoint>, Error> {
+        let names = self.list(&segment::partition_prefix(partition)).await?;
+        let plan = plan_resume(partition, names.iter().map(String::as_str));
+        for (a, b) in &plan.overlaps {
+            tracing::warn!(partition, first = %a, second = %b, "overlapping segments in the archive (two writers?)");
+            metrics::counter!("audit_archive_overlaps_total", "partition" => partition.to_string())
+                .increment(1);
+        }
+        let mut latest_meta: Option<SegmentMeta> = None;
+        for key in &plan.missing_manifests {
+            let bytes = self.get(&key.object_key()).await?;
+            match segment::read_segment(&bytes) {
+                Ok((meta, _)) => {
+                    tracing::warn!(key = %key, "segment without manifest (crash between the two puts): writing it now");
+                    self.ensure_manifest(&meta, &bytes).await?;
+                    if plan.latest.as_ref() == Some(key) {
+                        latest_meta = Some(meta);
+                    }
+                }
+                Err(e) => fork_alarm(
+                    "segment",
+                    partition,
+                    &key.object_key(),
+                    &format!("unreadable: {e}"),
+                ),
+            }
+        }
+        let Some(latest) = plan.latest else {
+            return Ok(None);
+        };
+        if latest_meta.is_none() && !plan.missing_manifests.contains(&latest) {
+            let bytes = self.get(&latest.manifest_key()).await?;
+            match Manifest::from_json(&bytes) {
+                Ok(m) => {
+                    return Ok(Some(ResumePoint {
+                        last_seq: latest.last_seq,
+                        last_hash: hex::decode(&m.last_hash).ok(),
+                        next_offset: (m.chained_topic == chained_topic)
+                            .then_some(m.last_offset + 1),
+                    }))
+                }
+                Err(e) => {
+                    tracing::warn!(key = %latest.manifest_key(), error = %e, "unreadable manifest; reading the segment instead");
+                    let bytes = self.get(&latest.object_key()).await?;
+                    latest_meta = segment::read_segment(&bytes).ok().map(|(m, _)| m);
+                }
+            }
+        }
+        Ok(Some(match latest_meta {
+            Some(m) => ResumePoint {
+                last_seq: latest.last_seq,
+                last_hash: Some(m.last_hash),
+                next_offset: (m.chained_topic == chained_topic).then_some(m.last_offset + 1),
+            },
+            // Unreadable latest segment: its name still bounds the range; the consumer's
+            // committed offset decides where reading restarts.
+            None => ResumePoint {
+                last_seq: latest.last_seq,
+                last_hash: None,
+                next_offset: None,
+            },
+        }))
+    }
+
+    /// Stores a checkpoint as `checkpoints/chain=<p>/<seq>-<key_id>.json`, write-once. A second
+    /// signature over the same head (e.g. a re-published checkpoint with another time) keeps the
+    /// first; a different head at the same seq is a fork alarm.
+    pub async fn store_checkpoint(&self, cp: &Checkpoint) -> Result<Outcome, Error> {
+        let key = segment::checkpoint_key(cp.partition, cp.seq, &cp.key_id);
+        let json = CheckpointJson::from(cp);
+        let mut body = serde_json::to_vec_pretty(&json)
+            .map_err(|e| Error::Task(format!("checkpoint JSON: {e}")))?;
+        body.push(b'\n');
+        if self.put_create(&key, Bytes::from(body)).await? {
+            metrics::counter!("audit_archive_checkpoints_total", "outcome" => "written")
+                .increment(1);
+            return Ok(Outcome::Written);
+        }
+        let existing = self.get(&key).await?;
+        match serde_json::from_slice::<CheckpointJson>(&existing) {
+            Ok(stored) if stored == json => Ok(Outcome::AlreadyThere),
+            Ok(stored)
+                if (
+                    stored.chain_id.as_str(),
+                    stored.first_seq,
+                    stored.head_hash.as_str(),
+                    stored.merkle_root.as_str(),
+                ) == (
+                    json.chain_id.as_str(),
+                    json.first_seq,
+                    json.head_hash.as_str(),
+                    json.merkle_root.as_str(),
+                ) =>
+            {
+                tracing::info!(%key, "another signature over the same checkpoint head; keeping the stored one");
+                Ok(Outcome::AlreadyThere)
+            }
+            Ok(stored) => {
+                fork_alarm(
+                    "checkpoint",
+                    cp.partition,
+                    &key,
+                    &format!(
+                        "stored head {} vs received {}",
+                        stored.head_hash, json.head_hash
+                    ),
+                );
+                Ok(Outcome::Fork)
+            }
+            Err(e) => {
+                fork_alarm(
+                    "checkpoint",
+                    cp.partition,
+                    &key,
+                    &format!("stored checkpoint unreadable: {e}"),
+                );
+                Ok(Outcome::Fork)
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `sink-archive`: archives `audit.chained` into write-once, per-partition Avro segments with
+//! manifests, plus the signed checkpoints of `audit.checkpoints`, in S3 or a local folder.
+//!
+//! - Layout and file formats: [`schemas::segment`] (shared with the verifier), re-exported with
+//!   the reader as [`segment`].
+//! - Closing rules and gap/duplicate handling: [`buffer`].
+//! - Write-once puts, fork detection, resume from the archive: [`archive`], [`resume`].
+//! - The consume loop (offsets stored only after the segment and manifest are durable, seek to
+//!   the archive's end on every assignment): [`worker`].
+
+pub mod archive;
+pub mod buffer;
+pub mod resume;
+pub mod store;
+pub mod worker;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use worker_runtime::config::{CommonArgs, WorkerConfig};
+use worker_runtime::kafka::KafkaArgs;
+use worker_runtime::retry::RetryPolicy;
+use worker_runtime::shutdown::TaskSet;
+use worker_runtime::Shutdown;
+
+pub use archive::{Archive, Outcome, ResumePoint, StoredSegment};
+pub use store::{build_store, ArchiveArgs};
+
+/// The segment format (from `schemas::segment`, so the verifier shares it without depending on
+/// this crate): reading a segment and checking it against its manifest.
+pub mod segment {
+    pub use schemas::segment::*;
+}
+
+/// Stage name in dead letters, logs and metrics.
+pub const STAGE: &str = "sink-archive";
+
+#[derive(Debug, Clone, clap::Parser, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[command(
+    name = "sink-archive",
+    about = "Archives audit.chained into write-once Avro segments (S3 or a local folder)."
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub archive: ArchiveArgs,
+    #[command(flatten)]
+    pub retry: RetryPolicy,
+    /// Consumer group of the archive sink.
+    #[arg(
+        long,
+        env = "AUDIT_SINK_ARCHIVE_GROUP_ID",
+        default_value = "audit-sink-archive"
+    )]
+    pub group_id: String,
+    /// A segment closes at this many events.
+    #[arg(
+        long,
+        env = "AUDIT_SINK_ARCHIVE_SEGMENT_MAX_EVENTS",
+        default_value_t = 10_000
+    )]
+    pub segment_max_events: usize,
+    /// A segment closes at this many bytes of input records (before compression).
+    #[arg(long, env = "AUDIT_SINK_ARCHIVE_SEGMENT_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub segment_max_bytes: usize,
+    /// A segment closes this many seconds after its first record was read (wall clock; the
+    /// resume point comes from the archive, so this never affects correctness).
+    #[arg(
+        long,
+        env = "AUDIT_SINK_ARCHIVE_SEGMENT_MAX_AGE_SECS",
+        default_value_t = 30
+    )]
+    pub segment_max_age_secs: u64,
+}
+
+impl WorkerConfig for Config {
+    fn config_file(&self) -> Option<&Path> {
+        self.common.config.as_deref()
+    }
+}
+
+impl Config {
+    pub fn limits(&self) -> buffer::Limits {
+        buffer::Limits {
+            max_events: self.segment_max_events.max(1),
+            max_bytes: self.segment_max_bytes.max(1),
+            max_age: Duration::from_secs(self.segment_max_age_secs),
+        }
+    }
+}
+
+/// Errors of the archive sink, each saying what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("object store: {what}: {source}")]
+    Store {
+        what: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("object store: {what}: cancelled by shutdown while retrying (last error: {last})")]
+    Cancelled { what: String, last: String },
+    #[error("segment: {0}")]
+    Segment(#[from] schemas::segment::SegmentError),
+    #[error("decoding {what}: {source} (a worker configuration problem, not a bad record)")]
+    Schema {
+        what: String,
+        #[source]
+        source: schemas::SchemaError,
+    },
+    #[error(transparent)]
+    Runtime(#[from] worker_runtime::RuntimeError),
+    #[error("{0}")]
+    Task(String),
+}
+
+/// Runs the sink until shutdown (then flushes open segments and commits) or a fatal error.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let store = build_store(&config.archive)?;
+    let archive = Archive::new(store, config.retry, shutdown.token().clone());
+    let ready = worker_runtime::health::Readiness::default();
+    let mut tasks = TaskSet::new(shutdown.clone());
+    let addr = config.common.health_addr.clone();
+    let (r, s) = (ready.clone(), shutdown.clone());
+    tasks.spawn("health", async move {
+        worker_runtime::health::serve(&addr, r, s).await
+    });
+    let worker = worker::Worker::new(&config, archive)?;
+    tasks.spawn("archive", worker.run(ready, shutdown));
+    tasks
+        .join(Duration::from_secs(config.common.shutdown_timeout_secs))
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn config_defaults_and_secrets_are_redacted() {
+        let c = Config::parse_from([
+            "sink-archive",
+            "--health-addr",
+            "",
+            "--archive-url",
+            "s3://audit-archive",
+            "--s3-secret-access-key",
+            "hunter2",
+            "--s3-allow-http",
+        ]);
+        assert_eq!(c.group_id, "audit-sink-archive");
+        assert_eq!(c.segment_max_events, 10_000);
+        assert_eq!(c.segment_max_age_secs, 30);
+        assert!(c.archive.s3_allow_http);
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,355 @@
+//! The consume loop.
+//!
+//! One group consumer reads `<prefix>chained` and `<prefix>checkpoints`. Segment writes happen
+//! inline, one at a time, so per partition they are in order, and an input offset is stored
+//! only after the segment (and manifest) holding its record is durable.
+//!
+//! On every (re)assignment of a chained partition (a new `RebalanceState::epoch`), its state is
+//! rebuilt from the archive — never from memory or the committed offset: the highest stored
+//! `last_seq` and its chained offset, then a seek to that offset + 1. Records with a seq at or
+//! below the stored one are skipped, so a crash anywhere leaves neither a gap nor an overlap.
+//! On revoke, an open segment is dropped unwritten (the new owner re-reads it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::Offset;
+use schemas::{framing, SchemaError};
+use worker_runtime::health::Readiness;
+use worker_runtime::kafka::consumer::{commit_stored, store_next_offset, subscribe};
+use worker_runtime::kafka::{
+    dlq, pipeline, AuditConsumer, ConsumerSettings, InputRecord, Producer, RebalanceState, Topics,
+};
+use worker_runtime::Shutdown;
+
+use crate::archive::Archive;
+use crate::buffer::{Limits, PartitionState, Segment};
+use crate::{Config, Error, STAGE};
+
+pub struct Worker {
+    consumer: Arc<AuditConsumer>,
+    rebalance: Arc<RebalanceState>,
+    producer: Producer,
+    archive: Archive,
+    topics: Topics,
+    limits: Limits,
+    states: HashMap<i32, PartitionState>,
+    /// Partition → (epoch, offset sought to): older records still in flight are dropped.
+    seeks: HashMap<i32, (u64, i64)>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("topics", &self.topics)
+            .field("partitions", &self.states.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A decode error that no dead letter can fix: the worker lacks a schema registry or id.
+fn is_config_problem(e: &SchemaError) -> bool {
+    matches!(
+        e,
+        SchemaError::NoResolver { .. }
+            | SchemaError::UnknownSchemaId { .. }
+            | SchemaError::CatalogSchema { .. }
+    )
+}
+
+impl Worker {
+    pub fn new(config: &Config, archive: Archive) -> Result<Self, Error> {
+        let topics = config.kafka.topics();
+        let settings = ConsumerSettings::new(
+            config.group_id.clone(),
+            "sink-archive",
+            vec![topics.chained.clone(), topics.checkpoints.clone()],
+        );
+        let (consumer, rebalance) = subscribe(&config.kafka, &settings)?;
+        let producer = Producer::new(&config.kafka, "sink-archive-dlq")?;
+        Ok(Worker {
+            consumer,
+            rebalance,
+            producer,
+            archive,
+            topics,
+            limits: config.limits(),
+            states: HashMap::new(),
+            seeks: HashMap::new(),
+        })
+    }
+
+    pub async fn run(mut self, ready: Readiness, shutdown: Shutdown) -> Result<(), Error> {
+        let tick_every =
+            (self.limits.max_age / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ready.set(true);
+        let result = loop {
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = tick.tick() => self.on_tick().await,
+                msg = self.consumer.recv() => match msg {
+                    Ok(m) => {
+                        let input = InputRecord::from_message(&m);
+                        drop(m);
+                        self.on_record(input).await
+                    }
+                    Err(e) if pipeline::is_fatal(&e) => Err(worker_runtime::RuntimeError::kafka("consuming", e).into()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "consumer error (librdkafka retries)");
+                        Ok(())
+                    }
+                },
+            };
+            match step {
+                Ok(()) => {}
+                Err(Error::Cancelled { what, .. }) => {
+                    tracing::warn!(%what, "shutdown during a store operation; its records will be re-read");
+                    break Ok(());
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        ready.set(false);
+        if result.is_ok() {
+            self.flush_all().await;
+        }
+        commit_stored(&self.consumer).await;
+        result
+    }
+
+    /// Closes aged segments; forgets partitions no longer assigned to us.
+    async fn on_tick(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        let parts: Vec<i32> = self.states.keys().copied().collect();
+        for p in parts {
+            if !self.is_current(p) {
+                self.forget(p);
+                continue;
+            }
+            let closed = self
+                .states
+                .get_mut(&p)
+                .and_then(|s| s.poll_age(now, &self.limits));
+            if let Some(seg) = closed {
+                self.write(p, seg).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown: write what is open, so a restart does not re-read it (best effort).
+    async fn flush_all(&mut self) {
+        let parts: Vec<i32> = self.states.keys().copied().collect();
+        for p in parts {
+            if !self.is_current(p) {
+                continue;
+            }
+            let open = self.states.get_mut(&p).and_then(PartitionState::take_open);
+            if let Some(seg) = open {
+                if let Err(e) = self.write(p, seg).await {
+                    tracing::warn!(partition = p, error = %e, "could not flush the open segment at shutdown; it will be re-read");
+                }
+            }
+        }
+    }
+
+    fn is_current(&self, p: i32) -> bool {
+        let epoch = self.rebalance.epoch(&self.topics.chained, p);
+        epoch.is_some() && self.states.get(&p).map(|s| s.epoch) == epoch
+    }
+
+    fn forget(&mut self, p: i32) {
+        if let Some(s) = self.states.remove(&p) {
+            if s.has_open() {
+                tracing::info!(
+                    partition = p,
+                    "partition revoked: dropping its open segment (the new owner re-reads it)"
+                );
+            }
+        }
+        self.seeks.remove(&p);
+    }
+
+    async fn on_record(&mut self, input: InputRecord) -> Result<(), Error> {
+        if input.topic == self.topics.chained {
+            self.on_chained(input).await
+        } else if input.topic == self.topics.checkpoints {
+            self.on_checkpoint(input).await
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn on_chained(&mut self, input: InputRecord) -> Result<(), Error> {
+        let p = input.partition;
+        let Some(epoch) = self.rebalance.epoch(&input.topic, p) else {
+            return Ok(()); // revoked since fetched: the new owner reads it
+        };
+        if self.states.get(&p).map(|s| s.epoch) != Some(epoch) {
+            self.forget(p);
+            let resume = self.archive.resume(p, &self.topics.chained).await?;
+            tracing::info!(
+                partition = p,
+                epoch,
+                ?resume,
+                "partition assigned: resuming from the archive"
+            );
+            let (seq, hash, next) = match resume {
+                Some(r) => (Some(r.last_seq), r.last_hash, r.next_offset),
+                None => (None, None, None),
+            };
+            self.states
+                .insert(p, PartitionState::new(p, epoch, seq, hash));
+            if let Some(next) = next {
+                if next != input.offset {
+                    self.seek(p, next).await?;
+                    self.seeks.insert(p, (epoch, next));
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(&(e, target)) = self.seeks.get(&p) {
+            if e == epoch && input.offset < target {
+                return Ok(()); // fetched before the seek
+            }
+            self.seeks.remove(&p);
+        }
+        let payload = input.payload.as_deref().unwrap_or_default();
+        let ev = match framing::decode_chained(payload, None) {
+            Ok(ev) if ev.chain_partition == p => ev,
+            Ok(ev) => {
+                let msg = format!(
+                    "chain_partition {} read from partition {p}",
+                    ev.chain_partition
+                );
+                return self.reject(&input, "wrong_partition", &msg).await;
+            }
+            Err(e) if is_config_problem(&e) => {
+                return Err(Error::Schema {
+                    what: format!("{}/{p}@{}", input.topic, input.offset),
+                    source: e,
+                })
+            }
+            Err(e) => return self.reject(&input, e.code(), &e.to_string()).await,
+        };
+        let Some(state) = self.states.get_mut(&p) else {
+            return Ok(());
+        };
+        let offer = state.offer(
+            ev,
+            input.offset,
+            payload.len(),
+            Instant::now(),
+            &self.limits,
+        );
+        for seg in offer.closed {
+            self.write(p, seg).await?;
+        }
+        if let Some(next) = offer.store_now {
+            store_next_offset(&self.consumer, &input.topic, p, next);
+        }
+        Ok(())
+    }
+
+    async fn on_checkpoint(&mut self, input: InputRecord) -> Result<(), Error> {
+        if self
+            .rebalance
+            .epoch(&input.topic, input.partition)
+            .is_none()
+        {
+            return Ok(());
+        }
+        let payload = input.payload.as_deref().unwrap_or_default();
+        match framing::decode_checkpoint(payload, None) {
+            Ok(cp) if cp.partition >= 0 && cp.seq >= 1 => {
+                self.archive.store_checkpoint(&cp).await?;
+            }
+            Ok(cp) => {
+                let msg = format!("checkpoint with partition {} seq {}", cp.partition, cp.seq);
+                return self.reject(&input, "invalid_checkpoint", &msg).await;
+            }
+            Err(e) if is_config_problem(&e) => {
+                return Err(Error::Schema {
+                    what: format!("{}/{}@{}", input.topic, input.partition, input.offset),
+                    source: e,
+                })
+            }
+            Err(e) => return self.reject(&input, e.code(), &e.to_string()).await,
+        }
+        store_next_offset(
+            &self.consumer,
+            &input.topic,
+            input.partition,
+            input.offset + 1,
+        );
+        Ok(())
+    }
+
+    /// Dead-letters `input` (waits for the broker's ack), then lets its offset be stored in
+    /// order with the partition's segments.
+    async fn reject(
+        &mut self,
+        input: &InputRecord,
+        code: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        tracing::warn!(topic = %input.topic, partition = input.partition, offset = input.offset, code, message, "rejecting an undecodable record");
+        let record = dlq::dead_letter(&self.topics.rejected, input, STAGE, code, message);
+        self.producer.send(&record).await?;
+        metrics::counter!("audit_records_rejected_total", "stage" => STAGE, "reason" => code.to_owned()).increment(1);
+        let next = input.offset + 1;
+        match self.states.get_mut(&input.partition) {
+            Some(s) if input.topic == self.topics.chained && s.has_open() => s.cover(next),
+            _ => store_next_offset(&self.consumer, &input.topic, input.partition, next),
+        }
+        Ok(())
+    }
+
+    /// Writes a closed segment of partition `p`, then stores the offset after it.
+    async fn write(&mut self, p: i32, seg: Segment) -> Result<(), Error> {
+        if !self.is_current(p) {
+            self.forget(p);
+            return Ok(());
+        }
+        let store_offset = seg.store_offset;
+        let stored = self
+            .archive
+            .write_segment(
+                seg.events,
+                &self.topics.chained,
+                seg.first_offset,
+                seg.last_offset,
+            )
+            .await?;
+        if let Some(state) = self.states.get_mut(&p) {
+            state.stored(stored.key.last_seq, stored.meta.map(|m| m.last_hash));
+        }
+        if self.is_current(p) {
+            store_next_offset(&self.consumer, &self.topics.chained, p, store_offset);
+        }
+        Ok(())
+    }
+
+    async fn seek(&self, p: i32, offset: i64) -> Result<(), Error> {
+        let consumer = self.consumer.clone();
+        let topic = self.topics.chained.clone();
+        tokio::task::spawn_blocking(move || {
+            consumer.seek(&topic, p, Offset::Offset(offset), Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| Error::Task(format!("seek task: {e}")))?
+        .map_err(|e| {
+            worker_runtime::RuntimeError::kafka(
+                format!("seeking partition {p} to offset {offset}"),
+                e,
+            )
+        })?;
+        tracing::info!(partition = p, offset, "seeked to the archive's end");
+        Ok(())
+    }
+}

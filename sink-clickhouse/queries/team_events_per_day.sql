@@ -1,0 +1,15 @@
+-- Events per team and day (UTC), with the outcome split. Events without a team count under ''.
+-- Parameters: {from:String}, {to:String} ('YYYY-MM-DD hh:mm:ss' UTC, to exclusive)
+SELECT
+    toDate(event_time) AS day,
+    ifNull(team_id, '') AS team,
+    anyLast(team_name) AS team_name,
+    uniqExact(chain_partition, seq) AS events,
+    uniqExactIf(chain_partition, seq, outcome = 'FAILURE') AS failures,
+    uniqExactIf(chain_partition, seq, outcome = 'DENIED') AS denials,
+    uniqExact(actor_id) AS actors
+FROM audit_events
+WHERE event_time >= toDateTime({from:String}, 'UTC')
+  AND event_time < toDateTime({to:String}, 'UTC')
+GROUP BY day, team
+ORDER BY day, team

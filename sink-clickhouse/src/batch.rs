@@ -1,0 +1,202 @@
+//! Per-partition batches and the pure part of the exactly-once logic: given what is already
+//! stored for a batch's seqs, which rows to insert, which are duplicates and which are forks.
+//!
+//! The rule (design doc, "The chain"): the first copy of each `(partition, seq)` wins. A later
+//! copy with the same hash is a duplicate (a zombie chainer's byte-identical output, or a
+//! redelivery) and is dropped; a later copy with a different hash is a fork: it is never
+//! written over the stored one, only recorded as an alarm.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use schemas::flat::AuditRow;
+
+/// One record of `<prefix>chained` waiting to be stored.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub row: AuditRow,
+    /// The record's Kafka payload, kept only to document a fork.
+    pub payload: Vec<u8>,
+}
+
+impl Entry {
+    pub fn seq(&self) -> i64 {
+        self.row.seq
+    }
+    pub fn offset(&self) -> i64 {
+        self.row.chained_offset
+    }
+}
+
+/// Records of one partition read in one assignment epoch, not yet stored.
+#[derive(Debug)]
+pub struct Batch {
+    pub epoch: u64,
+    pub entries: Vec<Entry>,
+    /// Highest input offset covered (rows and dead-lettered records); storing `last + 1` after
+    /// the batch is durable is what commits it.
+    pub last_offset: Option<i64>,
+    started: Option<Instant>,
+}
+
+impl Batch {
+    pub fn new(epoch: u64) -> Self {
+        Batch {
+            epoch,
+            entries: Vec::new(),
+            last_offset: None,
+            started: None,
+        }
+    }
+
+    pub fn push(&mut self, entry: Entry, now: Instant) {
+        self.cover(entry.offset(), now);
+        self.entries.push(entry);
+    }
+
+    /// Covers an offset that produces no row (dead-lettered, or dropped as stale).
+    pub fn cover(&mut self, offset: i64, now: Instant) {
+        self.last_offset = Some(self.last_offset.map_or(offset, |o| o.max(offset)));
+        self.started.get_or_insert(now);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_offset.is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the batch must be flushed now.
+    pub fn due(&self, now: Instant, max_rows: usize, max_age: Duration) -> bool {
+        self.entries.len() >= max_rows
+            || self
+                .started
+                .is_some_and(|t| now.saturating_duration_since(t) >= max_age)
+    }
+
+    /// Distinct seqs of the batch, sorted (for the "what is stored already" query).
+    pub fn seqs(&self) -> Vec<i64> {
+        let mut s: Vec<i64> = self.entries.iter().map(Entry::seq).collect();
+        s.sort_unstable();
+        s.dedup();
+        s
+    }
+}
+
+/// What to do with each entry of a batch.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Indexes of entries to insert (at most one per seq).
+    pub insert: Vec<usize>,
+    /// Indexes of entries identical to a stored (or earlier in-batch) copy.
+    pub duplicates: Vec<usize>,
+    /// (index, hash of the copy that won) of entries that differ from the first copy.
+    pub forks: Vec<(usize, String)>,
+}
+
+/// Decides, from `stored` (seq → hashes of the copies already in the table), which entries to
+/// insert. Pure, so the same rule applies to a first attempt and to a retry after an insert
+/// whose outcome is unknown (it may have landed fully, partially or not at all).
+pub fn plan(entries: &[Entry], stored: &HashMap<i64, Vec<String>>) -> Plan {
+    let mut winner: HashMap<i64, &str> = stored
+        .iter()
+        .filter_map(|(seq, hashes)| Some((*seq, hashes.first()?.as_str())))
+        .collect();
+    let mut plan = Plan::default();
+    for (i, e) in entries.iter().enumerate() {
+        match winner.get(&e.seq()) {
+            Some(h) if *h == e.row.hash => plan.duplicates.push(i),
+            Some(h) => plan.forks.push((i, (*h).to_owned())),
+            None => {
+                winner.insert(e.seq(), e.row.hash.as_str());
+                plan.insert.push(i);
+            }
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::testing::sample_event;
+    use schemas::ChainedEvent;
+
+    fn entry(seq: i64, hash_byte: u8, offset: i64) -> Entry {
+        let c = ChainedEvent {
+            chain_partition: 0,
+            seq,
+            prev_hash: vec![0; 32],
+            hash: vec![hash_byte; 32],
+            canonical_version: 1,
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_offset: seq,
+            event: sample_event(),
+        };
+        Entry {
+            row: AuditRow::from_chained(&c, offset),
+            payload: vec![],
+        }
+    }
+
+    fn h(b: u8) -> String {
+        hex::encode([b; 32])
+    }
+
+    #[test]
+    fn inserts_only_what_is_missing() {
+        let entries = vec![entry(5, 5, 10), entry(6, 6, 11), entry(7, 7, 12)];
+        // A previous attempt landed 5 and 6 (retry case).
+        let stored = HashMap::from([(5, vec![h(5)]), (6, vec![h(6)])]);
+        let p = plan(&entries, &stored);
+        assert_eq!(p.insert, vec![2]);
+        assert_eq!(p.duplicates, vec![0, 1]);
+        assert!(p.forks.is_empty());
+        // Nothing stored: everything goes in.
+        assert_eq!(plan(&entries, &HashMap::new()).insert, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_different_copy_is_a_fork_and_never_inserted() {
+        let entries = vec![entry(5, 0xEE, 10), entry(6, 6, 11)];
+        let stored = HashMap::from([(5, vec![h(5)])]);
+        let p = plan(&entries, &stored);
+        assert_eq!(p.insert, vec![1]);
+        assert_eq!(p.forks, vec![(0, h(5))]);
+    }
+
+    #[test]
+    fn in_batch_copies_first_wins() {
+        // A zombie chainer wrote 5, 6 twice: once identical, once different.
+        let entries = vec![
+            entry(5, 5, 10),
+            entry(6, 6, 11),
+            entry(5, 5, 12),
+            entry(6, 9, 13),
+        ];
+        let p = plan(&entries, &HashMap::new());
+        assert_eq!(p.insert, vec![0, 1]);
+        assert_eq!(p.duplicates, vec![2]);
+        assert_eq!(p.forks, vec![(3, h(6))]);
+    }
+
+    #[test]
+    fn due_by_rows_or_age_and_offsets_cover_dead_letters() {
+        let t0 = Instant::now();
+        let mut b = Batch::new(1);
+        assert!(b.is_empty());
+        assert!(!b.due(t0, 2, Duration::from_secs(1)));
+        b.push(entry(1, 1, 100), t0);
+        b.cover(101, t0); // a dead-lettered record
+        assert_eq!(b.last_offset, Some(101));
+        assert!(!b.due(t0, 2, Duration::from_secs(1)));
+        assert!(b.due(t0 + Duration::from_secs(1), 2, Duration::from_secs(1)));
+        b.push(entry(2, 2, 102), t0);
+        assert!(b.due(t0, 2, Duration::from_secs(1)));
+        b.push(entry(1, 1, 103), t0);
+        assert_eq!(b.seqs(), vec![1, 2]);
+    }
+}

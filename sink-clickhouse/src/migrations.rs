@@ -1,0 +1,266 @@
+//! Idempotent DDL applied at startup, tracked in `schema_migrations`.
+//!
+//! - Base migrations (`migrations/NNNN_*.sql`) work on every supported server, including the
+//!   local 18.16: they use `CREATE TABLE IF NOT EXISTS` and only old-server types.
+//! - Upgrades (`migrations/upgrades/NNNN_*.min-X.Y.sql`) use features 18.16 lacks
+//!   (LowCardinality, DateTime64, skip indexes, insert dedup) and are applied only when
+//!   `SELECT version()` is at least `X.Y`. On an older server they are skipped (logged) and
+//!   applied at the first start after the server is upgraded.
+//!
+//! Every statement is idempotent by itself, so two sinks starting at the same moment both
+//! succeed (the version may then be recorded twice, which is harmless).
+
+use std::collections::HashSet;
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::store::{ServerVersion, Store, MIGRATIONS_TABLE};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    /// Oldest server (`major`, `minor`) the statement runs on; `None` = every server.
+    pub min_server: Option<(u32, u32)>,
+    /// File name under `migrations/` (for the listing test and logs).
+    pub file: &'static str,
+    pub sql: &'static str,
+}
+
+macro_rules! migration {
+    ($version:literal, $name:literal, $min:expr, $file:literal) => {
+        Migration {
+            version: $version,
+            name: $name,
+            min_server: $min,
+            file: $file,
+            sql: include_str!(concat!("../migrations/", $file)),
+        }
+    };
+}
+
+/// Every migration, in the order they apply.
+pub const MIGRATIONS: &[Migration] = &[
+    migration!(1, "audit_events", None, "0001_audit_events.sql"),
+    migration!(2, "audit_checkpoints", None, "0002_audit_checkpoints.sql"),
+    migration!(3, "audit_forks", None, "0003_audit_forks.sql"),
+    migration!(
+        101,
+        "low_cardinality",
+        Some((21, 8)),
+        "upgrades/0101_low_cardinality.min-21.8.sql"
+    ),
+    migration!(
+        102,
+        "event_time64",
+        Some((21, 8)),
+        "upgrades/0102_event_time64.min-21.8.sql"
+    ),
+    migration!(
+        103,
+        "skip_indexes",
+        Some((21, 8)),
+        "upgrades/0103_skip_indexes.min-21.8.sql"
+    ),
+    migration!(
+        104,
+        "insert_dedup",
+        Some((21, 8)),
+        "upgrades/0104_insert_dedup.min-21.8.sql"
+    ),
+];
+
+const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
+     (version UInt32, name String, server_version String, applied_at DateTime('UTC') DEFAULT now()) \
+     ENGINE = MergeTree() ORDER BY version";
+
+#[derive(Debug, Serialize, Deserialize, Row)]
+struct AppliedRow {
+    version: u32,
+    name: String,
+    server_version: String,
+}
+
+/// What [`apply`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<u32>,
+    pub already: Vec<u32>,
+    /// Upgrades the server is too old for.
+    pub skipped: Vec<u32>,
+}
+
+/// The statements of a migration file: comments dropped, split at `;` ending a line.
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if trimmed.ends_with(';') {
+            let stmt = cur.trim().trim_end_matches(';').trim().to_owned();
+            if !stmt.is_empty() {
+                out.push(stmt);
+            }
+            cur.clear();
+        }
+    }
+    let rest = cur.trim();
+    if !rest.is_empty() {
+        out.push(rest.to_owned());
+    }
+    out
+}
+
+/// Whether `m` applies to a server of `version`.
+pub fn applicable(m: &Migration, version: &ServerVersion) -> bool {
+    m.min_server.is_none_or(|min| version.supports(min))
+}
+
+/// Applies what is missing; safe to run at every start and concurrently.
+pub async fn apply(store: &Store) -> Result<MigrationReport, Error> {
+    let client = store.client();
+    client
+        .query(CREATE_MIGRATIONS_TABLE)
+        .execute()
+        .await
+        .map_err(|e| Error::ch(format!("creating {MIGRATIONS_TABLE}"), e))?;
+    let done: Vec<u32> = client
+        .query(&format!("SELECT DISTINCT version FROM {MIGRATIONS_TABLE}"))
+        .fetch_all()
+        .await
+        .map_err(|e| Error::ch(format!("reading {MIGRATIONS_TABLE}"), e))?;
+    let done: HashSet<u32> = done.into_iter().collect();
+    let mut report = MigrationReport::default();
+    for m in MIGRATIONS {
+        if done.contains(&m.version) {
+            report.already.push(m.version);
+            continue;
+        }
+        if !applicable(m, store.version()) {
+            tracing::info!(
+                version = m.version,
+                name = m.name,
+                server = %store.version(),
+                "optional upgrade skipped: server too old (applies after a server upgrade)"
+            );
+            report.skipped.push(m.version);
+            continue;
+        }
+        for stmt in statements(m.sql) {
+            client
+                .query_raw(&stmt)
+                .execute()
+                .await
+                .map_err(|source| Error::Migration {
+                    version: m.version,
+                    name: m.name,
+                    source,
+                })?;
+        }
+        let mut insert = client
+            .insert::<AppliedRow>(MIGRATIONS_TABLE)
+            .await
+            .map_err(|e| Error::ch(format!("recording migration {}", m.version), e))?;
+        insert
+            .write(&AppliedRow {
+                version: m.version,
+                name: m.name.to_owned(),
+                server_version: store.version().to_string(),
+            })
+            .await
+            .map_err(|e| Error::ch(format!("recording migration {}", m.version), e))?;
+        insert
+            .end()
+            .await
+            .map_err(|e| Error::ch(format!("recording migration {}", m.version), e))?;
+        tracing::info!(version = m.version, name = m.name, "migration applied");
+        report.applied.push(m.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_is_listed_once_and_versions_increase() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let mut files = Vec::new();
+        for sub in ["", "upgrades"] {
+            for entry in std::fs::read_dir(dir.join(sub)).expect("read migrations dir") {
+                let path = entry.expect("entry").path();
+                if path.extension().is_some_and(|e| e == "sql") {
+                    let name = path
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .expect("utf8 name");
+                    files.push(if sub.is_empty() {
+                        name.to_owned()
+                    } else {
+                        format!("{sub}/{name}")
+                    });
+                }
+            }
+        }
+        files.sort();
+        let mut listed: Vec<String> = MIGRATIONS.iter().map(|m| m.file.to_owned()).collect();
+        listed.sort();
+        assert_eq!(files, listed);
+        assert!(MIGRATIONS.windows(2).all(|w| w[0].version < w[1].version));
+        for m in MIGRATIONS {
+            let prefix = format!("{:04}_", m.version);
+            assert!(
+                m.file
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|f| f.starts_with(&prefix)),
+                "{}",
+                m.file
+            );
+            match m.min_server {
+                None => assert!(!m.file.starts_with("upgrades/"), "{}", m.file),
+                Some((a, b)) => {
+                    assert!(m.file.ends_with(&format!(".min-{a}.{b}.sql")), "{}", m.file)
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn splits_statements() {
+        let s = statements(
+            "-- c\nCREATE TABLE a (x Int8);\n\n-- d\nALTER TABLE a\n  ADD COLUMN y Int8;\n",
+        );
+        assert_eq!(
+            s,
+            vec![
+                "CREATE TABLE a (x Int8)",
+                "ALTER TABLE a\n  ADD COLUMN y Int8"
+            ]
+        );
+        for m in MIGRATIONS {
+            assert!(!statements(m.sql).is_empty(), "{}", m.file);
+        }
+    }
+
+    #[test]
+    fn upgrades_are_gated_by_version() {
+        let old = ServerVersion::parse("18.16.1").expect("v");
+        let new = ServerVersion::parse("24.8.1").expect("v");
+        let base: Vec<u32> = MIGRATIONS
+            .iter()
+            .filter(|m| applicable(m, &old))
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(base, vec![1, 2, 3]);
+        assert!(MIGRATIONS.iter().all(|m| applicable(m, &new)));
+    }
+}

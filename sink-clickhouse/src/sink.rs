@@ -1,0 +1,522 @@
+//! The consume loop: `<prefix>chained` → `audit_events`, `<prefix>checkpoints` →
+//! `audit_checkpoints`, one group consumer for both topics.
+//!
+//! # Exactly once per (partition, seq)
+//!
+//! 1. **Resume from ClickHouse, not from the committed offset.** On every (re)assignment of a
+//!    chained partition `p` (a new `RebalanceState::epoch`), the sink reads
+//!    `max(seq), argMax(chained_offset, seq)` of `p` and seeks the consumer to
+//!    `chained_offset + 1` (the beginning if nothing is stored), whatever the committed offset
+//!    says: a crash between insert and commit does not re-read, and a table restored from an
+//!    older backup is refilled.
+//! 2. **Check before every insert attempt.** Before inserting a batch (and again before each
+//!    retry), the sink asks which of the batch's seqs are stored and inserts only the missing
+//!    ones; stored identical copies are duplicates (dropped, counted), stored different copies
+//!    are forks (kept out of `audit_events`, recorded in `audit_forks`, metric + error log).
+//! 3. **Offsets after durability, in order.** Records of a partition are batched in read order;
+//!    the input offset `last + 1` is stored only after the batch's insert succeeded.
+//!    Undecodable records are dead-lettered (acknowledged by the broker) before their offset
+//!    can be covered.
+//!
+//! Residual race: a sink instance paused longer than the group's session (a "zombie") may
+//! insert a batch after its partition moved; step 2 on the other instance narrows this to the
+//! time between its check and its insert. An identical duplicate row is then reported by
+//! `auditctl verify` as `DuplicateSeq` (a warning), and the analyst recipes count distinct
+//! `(chain_partition, seq)`.
+//!
+//! Checkpoints are inserted once per `(chain_partition, seq, key_id)`, and only once the
+//! events they cover are stored (or after `checkpoint_max_defer_secs`), so that a verifier
+//! reading ClickHouse does not see a checkpoint ahead of the events (a false truncation alarm).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::Offset;
+use schemas::flat::{AuditRow, CheckpointRow};
+use schemas::framing::{self, CatalogIdResolver};
+use worker_runtime::health::Readiness;
+use worker_runtime::kafka::consumer::{commit_stored, store_next_offset};
+use worker_runtime::kafka::dlq::dead_letter;
+use worker_runtime::kafka::pipeline::is_fatal;
+use worker_runtime::kafka::{AuditConsumer, InputRecord, Producer, RebalanceState, Topics};
+use worker_runtime::retry::{retry, RetryError, RetryPolicy};
+use worker_runtime::Shutdown;
+
+use crate::batch::{Batch, Entry};
+use crate::error::Error;
+use crate::store::Store;
+use crate::writer::store_batch;
+
+pub const STAGE: &str = "sink-clickhouse";
+
+/// Tunables of the loop (from the worker's config).
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    pub batch_max_rows: usize,
+    pub batch_max_age: Duration,
+    pub checkpoint_max_defer: Duration,
+    pub retry: RetryPolicy,
+}
+
+struct Pending {
+    offset: i64,
+    row: Option<CheckpointRow>,
+    received: Instant,
+}
+
+struct CheckpointQueue {
+    epoch: u64,
+    queue: VecDeque<Pending>,
+}
+
+pub struct SinkLoop {
+    store: Store,
+    consumer: Arc<AuditConsumer>,
+    rebalance: Arc<RebalanceState>,
+    producer: Producer,
+    topics: Topics,
+    resolver: CatalogIdResolver,
+    settings: LoopSettings,
+    shutdown: Shutdown,
+    /// Chained partition → its open batch (and the epoch it belongs to).
+    batches: HashMap<i32, Batch>,
+    /// Checkpoints partition → checkpoints waiting for their events.
+    checkpoints: HashMap<i32, CheckpointQueue>,
+    /// Highest stored seq per chain partition, as far as this instance knows.
+    stored_high: HashMap<i32, i64>,
+}
+
+impl std::fmt::Debug for SinkLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkLoop")
+            .field("store", &self.store)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SinkLoop {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Store,
+        consumer: Arc<AuditConsumer>,
+        rebalance: Arc<RebalanceState>,
+        producer: Producer,
+        topics: Topics,
+        resolver: CatalogIdResolver,
+        settings: LoopSettings,
+        shutdown: Shutdown,
+    ) -> Self {
+        SinkLoop {
+            store,
+            consumer,
+            rebalance,
+            producer,
+            topics,
+            resolver,
+            settings,
+            shutdown,
+            batches: HashMap::new(),
+            checkpoints: HashMap::new(),
+            stored_high: HashMap::new(),
+        }
+    }
+
+    /// Runs until shutdown (then flushes what it holds, once, and commits) or a fatal error.
+    pub async fn run(mut self, ready: Readiness) -> Result<(), Error> {
+        let tick_every = (self.settings.batch_max_age / 2)
+            .clamp(Duration::from_millis(10), Duration::from_millis(250));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ready.set(true);
+        let consumer = self.consumer.clone();
+        let result: Result<(), Error> = loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => break Ok(()),
+                _ = tick.tick() => {
+                    if let Err(e) = self.on_tick().await {
+                        break Err(e);
+                    }
+                }
+                msg = consumer.recv() => {
+                    let input = match msg {
+                        Ok(m) => InputRecord::from_message(&m),
+                        Err(e) if is_fatal(&e) => {
+                            break Err(worker_runtime::RuntimeError::kafka("consuming", e).into())
+                        }
+                        Err(e) => {
+                            tracing::warn!(stage = STAGE, error = %e, "consumer error (retrying)");
+                            continue;
+                        }
+                    };
+                    if let Err(e) = self.on_record(input).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        ready.set(false);
+        // Graceful stop: one more attempt at what is held (retries stop at once, the shutdown
+        // having fired); what does not make it is re-read after restart.
+        if let Err(e) = self.flush_all().await {
+            tracing::warn!(stage = STAGE, error = %e, "final flush failed; those records will be re-read");
+        }
+        if let Err(e) = self.drain_checkpoints(true).await {
+            tracing::warn!(stage = STAGE, error = %e, "final checkpoint flush failed; they will be re-read");
+        }
+        commit_stored(&self.consumer).await;
+        result
+    }
+
+    async fn on_tick(&mut self) -> Result<(), Error> {
+        let now = Instant::now();
+        let due: Vec<i32> = self
+            .batches
+            .iter()
+            .filter(|(_, b)| {
+                b.due(
+                    now,
+                    self.settings.batch_max_rows,
+                    self.settings.batch_max_age,
+                )
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        for p in due {
+            self.flush(p).await?;
+        }
+        self.drain_checkpoints(false).await
+    }
+
+    async fn on_record(&mut self, input: InputRecord) -> Result<(), Error> {
+        let Some(epoch) = self.rebalance.epoch(&input.topic, input.partition) else {
+            // Revoked since it was fetched: its new owner reads it.
+            return Ok(());
+        };
+        if input.topic == self.topics.chained {
+            self.on_chained(input, epoch).await
+        } else if input.topic == self.topics.checkpoints {
+            self.on_checkpoint(input, epoch).await
+        } else {
+            tracing::warn!(topic = %input.topic, "record of an unexpected topic ignored");
+            Ok(())
+        }
+    }
+
+    // ---- chained events ------------------------------------------------------------------------
+
+    async fn on_chained(&mut self, input: InputRecord, epoch: u64) -> Result<(), Error> {
+        let p = input.partition;
+        if self.batches.get(&p).map(|b| b.epoch) != Some(epoch) {
+            // A new assignment of p: forget what the old one held (it was not stored, so it is
+            // re-read) and resume after the highest seq stored in ClickHouse.
+            self.batches.insert(p, Batch::new(epoch));
+            let store = self.store.clone();
+            let head = retry(
+                "clickhouse stored head",
+                &self.settings.retry,
+                self.shutdown.token(),
+                || store.stored_head(p),
+            )
+            .await
+            .map_err(RetryError::into_inner)?;
+            let target = head.map(|h| h.chained_offset + 1);
+            if let Some(h) = head {
+                self.stored_high.insert(p, h.seq);
+            }
+            tracing::info!(
+                stage = STAGE,
+                partition = p,
+                epoch,
+                stored_seq = head.map(|h| h.seq),
+                resume_offset = ?target,
+                record_offset = input.offset,
+                "partition assigned: resuming after the highest stored seq"
+            );
+            metrics::counter!("audit_sink_resumes_total", "stage" => STAGE).increment(1);
+            if target != Some(input.offset) {
+                self.seek(
+                    &input.topic,
+                    p,
+                    target.map_or(Offset::Beginning, Offset::Offset),
+                )
+                .await?;
+                // This record is re-read after the seek if it is at or after the target.
+                return Ok(());
+            }
+        }
+        let now = Instant::now();
+        match self.decode_chained(&input) {
+            Ok(row) => {
+                let entry = Entry {
+                    row,
+                    payload: input.payload.clone().unwrap_or_default(),
+                };
+                if let Some(b) = self.batches.get_mut(&p) {
+                    b.push(entry, now);
+                }
+            }
+            Err((code, message)) => {
+                self.dead_letter(&input, code, &message).await?;
+                if let Some(b) = self.batches.get_mut(&p) {
+                    b.cover(input.offset, now);
+                }
+            }
+        }
+        if self
+            .batches
+            .get(&p)
+            .is_some_and(|b| b.len() >= self.settings.batch_max_rows)
+        {
+            self.flush(p).await?;
+        }
+        Ok(())
+    }
+
+    fn decode_chained(&self, input: &InputRecord) -> Result<AuditRow, (&'static str, String)> {
+        let Some(payload) = input.payload.as_deref() else {
+            return Err(("empty_payload", "chained record without a value".to_owned()));
+        };
+        let chained = framing::decode_chained(payload, Some(&self.resolver))
+            .map_err(|e| (e.code(), e.to_string()))?;
+        if chained.chain_partition != input.partition {
+            // The chain of partition p lives on partition p; anything else would corrupt the
+            // resume point. Dead-lettered (the verifier then reports the gap), never dropped.
+            return Err((
+                "partition_mismatch",
+                format!(
+                    "record of chain partition {} on {}/{}",
+                    chained.chain_partition, input.topic, input.partition
+                ),
+            ));
+        }
+        Ok(AuditRow::from_chained(&chained, input.offset))
+    }
+
+    async fn seek(&self, topic: &str, partition: i32, offset: Offset) -> Result<(), Error> {
+        let consumer = self.consumer.clone();
+        let t = topic.to_owned();
+        let result = tokio::task::spawn_blocking(move || {
+            consumer.seek(&t, partition, offset, Duration::from_secs(10))
+        })
+        .await
+        .map_err(|e| worker_runtime::RuntimeError::Task {
+            task: "seek".into(),
+            message: e.to_string(),
+        })?;
+        result.map_err(|source| Error::Seek {
+            topic: topic.to_owned(),
+            partition,
+            offset: format!("{offset:?}"),
+            source: Box::new(source),
+        })
+    }
+
+    /// Stores partition `p`'s batch, then its input offset.
+    async fn flush(&mut self, p: i32) -> Result<(), Error> {
+        let Some(batch) = self.batches.get_mut(&p) else {
+            return Ok(());
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.rebalance.epoch(&self.topics.chained, p) != Some(batch.epoch) {
+            // Revoked meanwhile: the new owner resumes from ClickHouse; storing offsets for a
+            // partition we no longer hold is not possible anyway.
+            tracing::debug!(partition = p, "dropping the batch of a revoked partition");
+            self.batches.remove(&p);
+            return Ok(());
+        }
+        let epoch = batch.epoch;
+        let full = std::mem::replace(batch, Batch::new(epoch));
+        let started = Instant::now();
+        let outcome = store_batch(
+            &self.store,
+            p,
+            &full.entries,
+            &self.settings.retry,
+            self.shutdown.token(),
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(e) => {
+                // Put it back so a final flush can try once more; offsets stay unstored.
+                if let Some(b) = self.batches.get_mut(&p) {
+                    if b.is_empty() {
+                        *b = full;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        metrics::histogram!("audit_sink_flush_seconds", "stage" => STAGE)
+            .record(started.elapsed().as_secs_f64());
+        if let Some(seq) = outcome.max_seq {
+            let high = self.stored_high.entry(p).or_insert(seq);
+            *high = (*high).max(seq);
+        }
+        if let Some(last) = full.last_offset {
+            store_next_offset(&self.consumer, &self.topics.chained, p, last + 1);
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Result<(), Error> {
+        let parts: Vec<i32> = self.batches.keys().copied().collect();
+        let mut first_err = None;
+        for p in parts {
+            if let Err(e) = self.flush(p).await {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn dead_letter(
+        &self,
+        input: &InputRecord,
+        code: &str,
+        message: &str,
+    ) -> Result<(), Error> {
+        tracing::warn!(
+            stage = STAGE,
+            topic = %input.topic,
+            partition = input.partition,
+            offset = input.offset,
+            code,
+            message,
+            "undecodable record dead-lettered"
+        );
+        metrics::counter!("audit_sink_dead_letters_total", "stage" => STAGE, "reason" => code.to_owned())
+            .increment(1);
+        let record = dead_letter(&self.topics.rejected, input, STAGE, code, message);
+        self.producer.send(&record).await?;
+        Ok(())
+    }
+
+    // ---- checkpoints ---------------------------------------------------------------------------
+
+    async fn on_checkpoint(&mut self, input: InputRecord, epoch: u64) -> Result<(), Error> {
+        let q = input.partition;
+        let entry = self
+            .checkpoints
+            .entry(q)
+            .or_insert_with(|| CheckpointQueue {
+                epoch,
+                queue: VecDeque::new(),
+            });
+        if entry.epoch != epoch {
+            // Re-assigned: the consumer restarts from the committed offset.
+            *entry = CheckpointQueue {
+                epoch,
+                queue: VecDeque::new(),
+            };
+        }
+        let decoded = match input.payload.as_deref() {
+            None => Err((
+                "empty_payload",
+                "checkpoint record without a value".to_owned(),
+            )),
+            Some(bytes) => framing::decode_checkpoint(bytes, Some(&self.resolver))
+                .map_err(|e| (e.code(), e.to_string())),
+        };
+        let row = match decoded {
+            Ok(cp) => Some(CheckpointRow::from_checkpoint(&cp, input.offset)),
+            Err((code, message)) => {
+                self.dead_letter(&input, code, &message).await?;
+                None
+            }
+        };
+        if let Some(qu) = self.checkpoints.get_mut(&q) {
+            qu.queue.push_back(Pending {
+                offset: input.offset,
+                row,
+                received: Instant::now(),
+            });
+        }
+        self.drain_checkpoints(false).await
+    }
+
+    /// Inserts the checkpoints whose events are stored (or that waited too long), in order per
+    /// checkpoints partition, storing each one's offset after it. `force` (shutdown) does not
+    /// wait for events.
+    async fn drain_checkpoints(&mut self, force: bool) -> Result<(), Error> {
+        let parts: Vec<i32> = self.checkpoints.keys().copied().collect();
+        let mut refreshed: HashMap<i32, ()> = HashMap::new();
+        for q in parts {
+            while let Some(front) = self.checkpoints.get(&q).and_then(|c| c.queue.front()) {
+                let offset = front.offset;
+                let Some(row) = front.row.clone() else {
+                    self.pop_checkpoint(q, offset);
+                    continue;
+                };
+                let waited = front.received.elapsed();
+                let p = row.chain_partition;
+                let mut covered = self.stored_high.get(&p).is_some_and(|&h| h >= row.seq);
+                if !covered && !refreshed.contains_key(&p) {
+                    refreshed.insert(p, ());
+                    let store = self.store.clone();
+                    let head = retry(
+                        "clickhouse stored head",
+                        &self.settings.retry,
+                        self.shutdown.token(),
+                        || store.stored_head(p),
+                    )
+                    .await
+                    .map_err(RetryError::into_inner)?;
+                    if let Some(h) = head {
+                        self.stored_high.insert(p, h.seq);
+                        covered = h.seq >= row.seq;
+                    }
+                }
+                if !covered && !force && waited < self.settings.checkpoint_max_defer {
+                    break;
+                }
+                if !covered {
+                    tracing::warn!(
+                        chain_partition = p,
+                        seq = row.seq,
+                        ?waited,
+                        "storing a checkpoint ahead of its events (they are late or missing)"
+                    );
+                }
+                let store = self.store.clone();
+                let inserted = retry(
+                    "clickhouse store checkpoint",
+                    &self.settings.retry,
+                    self.shutdown.token(),
+                    || {
+                        let store = store.clone();
+                        let row = row.clone();
+                        async move {
+                            if store.checkpoint_exists(&row).await? {
+                                return Ok(false);
+                            }
+                            store.insert_checkpoint(&row).await.map(|()| true)
+                        }
+                    },
+                )
+                .await
+                .map_err(RetryError::into_inner)?;
+                if inserted {
+                    metrics::counter!("audit_sink_checkpoints_inserted_total", "stage" => STAGE)
+                        .increment(1);
+                    tracing::debug!(chain_partition = p, seq = row.seq, key_id = %row.key_id, "checkpoint stored");
+                }
+                self.pop_checkpoint(q, offset);
+            }
+        }
+        Ok(())
+    }
+
+    fn pop_checkpoint(&mut self, q: i32, offset: i64) {
+        if let Some(c) = self.checkpoints.get_mut(&q) {
+            c.queue.pop_front();
+        }
+        store_next_offset(&self.consumer, &self.topics.checkpoints, q, offset + 1);
+    }
+}

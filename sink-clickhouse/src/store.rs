@@ -1,0 +1,387 @@
+//! ClickHouse access: connection (with the server-version check that decides row validation),
+//! and the few statements the sink needs. Every statement names its table through the
+//! constants here and its columns through `schemas::flat`, the same definitions auditctl uses.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use clickhouse::Client;
+use schemas::flat::{AuditRow, CheckpointRow};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+pub const EVENTS_TABLE: &str = "audit_events";
+pub const CHECKPOINTS_TABLE: &str = "audit_checkpoints";
+pub const FORKS_TABLE: &str = "audit_forks";
+pub const MIGRATIONS_TABLE: &str = "schema_migrations";
+
+/// A ClickHouse server version, `major.minor` (patch and build are kept for display).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub rest: String,
+}
+
+impl ServerVersion {
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let text = text.trim();
+        let mut parts = text.splitn(3, '.');
+        let num = |p: Option<&str>| p.and_then(|s| s.parse::<u32>().ok());
+        match (num(parts.next()), num(parts.next())) {
+            (Some(major), Some(minor)) => Ok(ServerVersion {
+                major,
+                minor,
+                rest: parts.next().unwrap_or("").to_owned(),
+            }),
+            _ => Err(Error::ServerVersion(text.to_owned())),
+        }
+    }
+
+    pub fn supports(&self, min: (u32, u32)) -> bool {
+        (self.major, self.minor) >= min
+    }
+}
+
+impl fmt::Display for ServerVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rest.is_empty() {
+            write!(f, "{}.{}", self.major, self.minor)
+        } else {
+            write!(f, "{}.{}.{}", self.major, self.minor, self.rest)
+        }
+    }
+}
+
+/// Oldest server the `clickhouse` crate's row validation (`RowBinaryWithNamesAndTypes` +
+/// `DESCRIBE`) is used against; older servers (the local 18.16) get plain `RowBinary`, whose
+/// column order is pinned by `AuditRow::COLUMNS` and the smoke tests instead.
+pub const VALIDATION_MIN_VERSION: (u32, u32) = (24, 8);
+
+/// Where and how to reach ClickHouse.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub url: String,
+    pub database: String,
+    pub user: String,
+    pub password: worker_runtime::Secret,
+}
+
+/// `database` must be a plain identifier: it is put into DDL unquoted.
+pub fn check_identifier(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "database name {name:?} must match [A-Za-z_][A-Za-z0-9_]*"
+        )))
+    }
+}
+
+/// The stored head of a partition's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredHead {
+    pub seq: i64,
+    /// Offset in `<prefix>chained` of the record stored at `seq`.
+    pub chained_offset: i64,
+}
+
+/// One fork alarm (`audit_forks`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct ForkRow {
+    pub chain_partition: i32,
+    pub seq: i64,
+    pub stored_hash: String,
+    pub offered_hash: String,
+    pub offered_chained_offset: i64,
+    pub offered_payload_hex: String,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct HeadRow {
+    rows: u64,
+    max_seq: i64,
+    offset: i64,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct SeqHash {
+    seq: i64,
+    hash: String,
+}
+
+/// A connected ClickHouse database (cheap to clone).
+#[derive(Clone)]
+pub struct Store {
+    client: Client,
+    version: ServerVersion,
+    database: String,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("database", &self.database)
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+fn base_client(s: &StoreSettings) -> Client {
+    let mut c = Client::default().with_url(&s.url).with_user(&s.user);
+    if !s.password.is_empty() {
+        c = c.with_password(s.password.expose());
+    }
+    c
+}
+
+impl Store {
+    /// Asks the server's version, creates the database if missing, and picks the row format:
+    /// validated (`RowBinaryWithNamesAndTypes`) on servers the crate supports, plain `RowBinary`
+    /// on older ones.
+    pub async fn connect(s: &StoreSettings) -> Result<Self, Error> {
+        check_identifier(&s.database)?;
+        let root = base_client(s).with_validation(false);
+        let version: String = root
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .map_err(|e| Error::ch(format!("asking the server version at {}", s.url), e))?;
+        let version = ServerVersion::parse(&version)?;
+        root.query(&format!("CREATE DATABASE IF NOT EXISTS {}", s.database))
+            .execute()
+            .await
+            .map_err(|e| Error::ch(format!("creating database {}", s.database), e))?;
+        let validation = version.supports(VALIDATION_MIN_VERSION);
+        tracing::info!(url = %s.url, database = %s.database, %version, validation, "connected to ClickHouse");
+        Ok(Store {
+            client: base_client(s)
+                .with_database(&s.database)
+                .with_validation(validation),
+            version,
+            database: s.database.clone(),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn version(&self) -> &ServerVersion {
+        &self.version
+    }
+
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
+    /// Highest stored seq of partition `p` and the chained offset of that row.
+    pub async fn stored_head(&self, p: i32) -> Result<Option<StoredHead>, Error> {
+        let sql = format!(
+            "SELECT count() AS rows, max(seq) AS max_seq, argMax(chained_offset, seq) AS offset \
+             FROM {EVENTS_TABLE} WHERE chain_partition = ?"
+        );
+        let row: HeadRow = self
+            .client
+            .query(&sql)
+            .bind(p)
+            .fetch_one()
+            .await
+            .map_err(|e| Error::ch(format!("reading the stored head of partition {p}"), e))?;
+        Ok((row.rows > 0).then_some(StoredHead {
+            seq: row.max_seq,
+            chained_offset: row.offset,
+        }))
+    }
+
+    /// Stored hashes of the given seqs of partition `p` (every stored copy).
+    pub async fn stored_hashes(
+        &self,
+        p: i32,
+        seqs: &[i64],
+    ) -> Result<HashMap<i64, Vec<String>>, Error> {
+        let mut out: HashMap<i64, Vec<String>> = HashMap::new();
+        if seqs.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT seq, hash FROM {EVENTS_TABLE} WHERE chain_partition = ? AND seq IN ({})",
+            int_list(seqs)
+        );
+        let rows: Vec<SeqHash> =
+            self.client
+                .query(&sql)
+                .bind(p)
+                .fetch_all()
+                .await
+                .map_err(|e| {
+                    Error::ch(
+                        format!(
+                            "reading stored hashes of partition {p} ({} seqs)",
+                            seqs.len()
+                        ),
+                        e,
+                    )
+                })?;
+        for r in rows {
+            out.entry(r.seq).or_default().push(r.hash);
+        }
+        Ok(out)
+    }
+
+    /// One `INSERT … FORMAT RowBinary` of `rows` (a single block when below the server's
+    /// `max_insert_block_size`, so it lands whole or not at all).
+    pub async fn insert_events(&self, rows: &[&AuditRow]) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let what = || format!("inserting {} rows into {EVENTS_TABLE}", rows.len());
+        let mut insert = self
+            .client
+            .insert::<AuditRow>(EVENTS_TABLE)
+            .await
+            .map_err(|e| Error::ch(what(), e))?;
+        for row in rows {
+            insert.write(row).await.map_err(|e| Error::ch(what(), e))?;
+        }
+        insert.end().await.map_err(|e| Error::ch(what(), e))
+    }
+
+    /// Fork alarms already recorded for these seqs of `p`: (seq, offered hash).
+    pub async fn recorded_forks(
+        &self,
+        p: i32,
+        seqs: &[i64],
+    ) -> Result<HashSet<(i64, String)>, Error> {
+        if seqs.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let sql = format!(
+            "SELECT seq, offered_hash AS hash FROM {FORKS_TABLE} WHERE chain_partition = ? AND seq IN ({})",
+            int_list(seqs)
+        );
+        let rows: Vec<SeqHash> = self
+            .client
+            .query(&sql)
+            .bind(p)
+            .fetch_all()
+            .await
+            .map_err(|e| Error::ch(format!("reading recorded forks of partition {p}"), e))?;
+        Ok(rows.into_iter().map(|r| (r.seq, r.hash)).collect())
+    }
+
+    pub async fn insert_forks(&self, rows: &[ForkRow]) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let what = || format!("inserting {} rows into {FORKS_TABLE}", rows.len());
+        let mut insert = self
+            .client
+            .insert::<ForkRow>(FORKS_TABLE)
+            .await
+            .map_err(|e| Error::ch(what(), e))?;
+        for row in rows {
+            insert.write(row).await.map_err(|e| Error::ch(what(), e))?;
+        }
+        insert.end().await.map_err(|e| Error::ch(what(), e))
+    }
+
+    pub async fn checkpoint_exists(&self, row: &CheckpointRow) -> Result<bool, Error> {
+        let sql = format!(
+            "SELECT count() FROM {CHECKPOINTS_TABLE} WHERE chain_partition = ? AND seq = ? AND key_id = ?"
+        );
+        let n: u64 = self
+            .client
+            .query(&sql)
+            .bind(row.chain_partition)
+            .bind(row.seq)
+            .bind(&row.key_id)
+            .fetch_one()
+            .await
+            .map_err(|e| {
+                Error::ch(
+                    format!(
+                        "looking up checkpoint p{} seq {} key {}",
+                        row.chain_partition, row.seq, row.key_id
+                    ),
+                    e,
+                )
+            })?;
+        Ok(n > 0)
+    }
+
+    pub async fn insert_checkpoint(&self, row: &CheckpointRow) -> Result<(), Error> {
+        let what = || {
+            format!(
+                "inserting checkpoint p{} seq {} key {}",
+                row.chain_partition, row.seq, row.key_id
+            )
+        };
+        let mut insert = self
+            .client
+            .insert::<CheckpointRow>(CHECKPOINTS_TABLE)
+            .await
+            .map_err(|e| Error::ch(what(), e))?;
+        insert.write(row).await.map_err(|e| Error::ch(what(), e))?;
+        insert.end().await.map_err(|e| Error::ch(what(), e))
+    }
+
+    /// Reads `audit_events` rows back (tests, tools): `where_order` is appended to the select.
+    pub async fn fetch_events(&self, where_order: &str) -> Result<Vec<AuditRow>, Error> {
+        let sql = format!("{} {where_order}", AuditRow::select_sql(EVENTS_TABLE));
+        self.client
+            .query(&sql)
+            .fetch_all()
+            .await
+            .map_err(|e| Error::ch(format!("reading {EVENTS_TABLE} {where_order}"), e))
+    }
+}
+
+/// `1, 2, 3` (integers only, so nothing to escape).
+fn int_list(v: &[i64]) -> String {
+    let mut s = String::with_capacity(v.len() * 8);
+    for (i, x) in v.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(&x.to_string());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions() {
+        let v = ServerVersion::parse("18.16.1").expect("v");
+        assert_eq!((v.major, v.minor), (18, 16));
+        assert!(!v.supports(VALIDATION_MIN_VERSION));
+        assert!(ServerVersion::parse("25.3.2.39")
+            .expect("v")
+            .supports((21, 8)));
+        assert!(ServerVersion::parse("x").is_err());
+    }
+
+    #[test]
+    fn identifiers() {
+        assert!(check_identifier("audit").is_ok());
+        assert!(check_identifier("audit_t_01").is_ok());
+        assert!(check_identifier("a; DROP").is_err());
+        assert!(check_identifier("1x").is_err());
+        assert!(check_identifier("").is_err());
+    }
+
+    #[test]
+    fn row_column_order_matches_the_shared_definition() {
+        use clickhouse::Row;
+        assert_eq!(AuditRow::COLUMN_NAMES, AuditRow::COLUMNS);
+        assert_eq!(CheckpointRow::COLUMN_NAMES, CheckpointRow::COLUMNS);
+    }
+}

@@ -1,0 +1,206 @@
+//! A group consumer whose offsets are stored by the worker (never automatically) and committed
+//! in the background, on rebalance and at shutdown.
+//!
+//! The context counts assignments per partition ("epochs"), so stateful workers (the chainer,
+//! the sinks) notice every re-assignment — even revoke-then-assign between two messages — and
+//! rebuild their per-partition state from durable storage instead of trusting memory.
+
+use super::KafkaArgs;
+use crate::error::RuntimeError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::{ClientContext, TopicPartitionList};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub type AuditConsumer = StreamConsumer<TrackingContext>;
+
+/// Assignment state shared between the consumer's callbacks and the worker.
+#[derive(Debug, Default)]
+pub struct RebalanceState {
+    next_epoch: AtomicU64,
+    /// (topic, partition) → epoch of its current assignment; absent = not assigned.
+    assigned: Mutex<HashMap<(String, i32), u64>>,
+}
+
+impl RebalanceState {
+    /// The epoch of `tp`'s current assignment, or `None` if it is not assigned to us.
+    pub fn epoch(&self, topic: &str, partition: i32) -> Option<u64> {
+        self.lock().get(&(topic.to_owned(), partition)).copied()
+    }
+
+    /// Currently assigned partitions with their epochs.
+    pub fn assigned(&self) -> Vec<((String, i32), u64)> {
+        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), u64>> {
+        // A poisoned lock only means a callback panicked mid-update; the map is still usable.
+        self.assigned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn on_assign(&self, tpl: &TopicPartitionList) {
+        let mut map = self.lock();
+        for e in tpl.elements() {
+            let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed) + 1;
+            map.insert((e.topic().to_owned(), e.partition()), epoch);
+        }
+    }
+
+    fn on_revoke(&self, tpl: &TopicPartitionList) {
+        let mut map = self.lock();
+        for e in tpl.elements() {
+            map.remove(&(e.topic().to_owned(), e.partition()));
+        }
+    }
+}
+
+/// Logs rebalances and commits, and tracks assignment epochs.
+#[derive(Debug, Clone)]
+pub struct TrackingContext {
+    pub name: String,
+    pub state: Arc<RebalanceState>,
+}
+
+impl ClientContext for TrackingContext {}
+
+impl ConsumerContext for TrackingContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(consumer = %self.name, partitions = ?tpl_list(tpl), "partitions revoked");
+            self.state.on_revoke(tpl);
+        }
+    }
+
+    fn post_rebalance(&self, _c: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(consumer = %self.name, partitions = ?tpl_list(tpl), "partitions assigned");
+                self.state.on_assign(tpl);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(consumer = %self.name, error = %e, "rebalance error")
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => {
+                tracing::debug!(consumer = %self.name, offsets = ?tpl_list(offsets), "offsets committed")
+            }
+            Err(e) => {
+                tracing::warn!(consumer = %self.name, error = %e, "offset commit failed (retried on next commit)")
+            }
+        }
+    }
+}
+
+fn tpl_list(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+        .collect()
+}
+
+/// How a worker's group consumer is set up.
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub group_id: String,
+    pub client_id: String,
+    pub topics: Vec<String>,
+    /// Where a group with no committed offset starts: `earliest` (audit data must not be
+    /// skipped) unless the operator says otherwise.
+    pub auto_offset_reset: String,
+    pub session_timeout_ms: u32,
+}
+
+impl ConsumerSettings {
+    pub fn new(
+        group_id: impl Into<String>,
+        client_id: impl Into<String>,
+        topics: Vec<String>,
+    ) -> Self {
+        ConsumerSettings {
+            group_id: group_id.into(),
+            client_id: client_id.into(),
+            topics,
+            auto_offset_reset: "earliest".into(),
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Creates and subscribes a consumer. Offsets are stored explicitly by the worker
+/// (`enable.auto.offset.store=false`) and committed by librdkafka every second, on rebalance,
+/// and at close.
+pub fn subscribe(
+    args: &KafkaArgs,
+    settings: &ConsumerSettings,
+) -> Result<(Arc<AuditConsumer>, Arc<RebalanceState>), RuntimeError> {
+    let state = Arc::new(RebalanceState::default());
+    let context = TrackingContext {
+        name: settings.client_id.clone(),
+        state: state.clone(),
+    };
+    let mut cfg = args.client_config(&settings.client_id);
+    cfg.set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &settings.auto_offset_reset)
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    for kv in &args.properties {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.set(k.trim(), v.trim());
+        }
+    }
+    let consumer: AuditConsumer = cfg.create_with_context(context).map_err(|e| {
+        RuntimeError::kafka(
+            format!("creating consumer for group {}", settings.group_id),
+            e,
+        )
+    })?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .map_err(|e| RuntimeError::kafka(format!("subscribing to {topics:?}"), e))?;
+    Ok((Arc::new(consumer), state))
+}
+
+/// Stores `next_offset` (the next offset to consume) for a partition, to be committed.
+/// A partition that was revoked meanwhile cannot be stored to; that is expected and harmless
+/// (its new owner re-reads from the last commit), so it is only logged.
+pub fn store_next_offset(consumer: &AuditConsumer, topic: &str, partition: i32, next_offset: i64) {
+    let mut tpl = TopicPartitionList::new();
+    if let Err(e) = tpl.add_partition_offset(topic, partition, rdkafka::Offset::Offset(next_offset))
+    {
+        tracing::warn!(%topic, partition, next_offset, error = %e, "cannot build offset list");
+        return;
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::debug!(%topic, partition, next_offset, error = %e, "offset not stored (partition no longer assigned?)");
+    }
+}
+
+/// Commits stored offsets synchronously (shutdown path), off the async runtime.
+pub async fn commit_stored(consumer: &Arc<AuditConsumer>) {
+    let c = consumer.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        c.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => tracing::info!("final offsets committed"),
+        // "No offset stored" is the normal case for an idle consumer.
+        Ok(Err(e)) => tracing::info!(error = %e, "final commit did not commit anything new"),
+        Err(e) => tracing::warn!(error = %e, "final commit task failed"),
+    }
+}
