@@ -9,12 +9,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, RetryConfig};
 use schemas::checkpoint::{CheckpointJson, SignedCheckpoint};
 use schemas::segment::{
     self, parse_key, read_segment, verify_segment_digest, Manifest, ObjectKind, SegmentKey,
@@ -23,9 +24,10 @@ use schemas::segment::{
 use schemas::verify::{Finding, FindingKind};
 use schemas::{ChainedEvent, Checkpoint};
 
-use crate::cli::ArchiveArgs;
+use crate::cli::{ArchiveArgs, Secret};
 use crate::collect::{finding, Collector};
 use crate::error::Error;
+use crate::reads::Reads;
 
 #[derive(Debug, Clone)]
 pub struct ArchiveStore {
@@ -33,6 +35,7 @@ pub struct ArchiveStore {
     /// Key prefix inside the bucket (empty for none), without surrounding slashes.
     prefix: String,
     describe: String,
+    reads: Reads,
 }
 
 /// A segment as listed: its object and its manifest, either of which may be missing.
@@ -44,65 +47,66 @@ struct Listed {
 }
 
 impl ArchiveStore {
-    pub fn open(args: &ArchiveArgs) -> Result<Self, Error> {
-        let url = args.archive_url.as_deref().ok_or_else(|| {
-            Error::Usage(
-                "the archive source needs --archive-url (s3://bucket[/prefix] or a local folder)"
-                    .into(),
-            )
-        })?;
-        if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(Error::Usage(format!(
-                    "--archive-url {url:?} names no bucket"
-                )));
+    /// The archive named by `--archive-url` (or `--archive-local-dir`), with the key prefix of
+    /// the URL's path followed by `--archive-prefix`, as the sink builds it.
+    pub fn open(args: &ArchiveArgs, reads: Reads) -> Result<Self, Error> {
+        let url = args
+            .archive_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        let (store, url_prefix, describe): (Arc<dyn ObjectStore>, &str, String) = match url {
+            Some(url) if url.starts_with("s3://") => {
+                let rest = &url["s3://".len()..];
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                if bucket.is_empty() {
+                    return Err(Error::Usage(format!(
+                        "--archive-url {url:?} names no bucket"
+                    )));
+                }
+                let (store, endpoint) = s3_store(args, bucket)?;
+                (store, prefix, format!("s3://{bucket} at {endpoint}"))
             }
-            let mut b = AmazonS3Builder::new()
-                .with_bucket_name(bucket)
-                .with_region(&args.s3_region)
-                .with_virtual_hosted_style_request(false);
-            if let Some(ep) = &args.s3_endpoint {
-                b = b
-                    .with_endpoint(ep)
-                    .with_allow_http(ep.starts_with("http://"));
+            Some(url) => {
+                let path = url.strip_prefix("file://").unwrap_or(url);
+                (local_store(path, "--archive-url")?, "", format!("folder {path}"))
             }
-            if let Some(k) = &args.s3_access_key_id {
-                b = b.with_access_key_id(k);
-            }
-            if let Some(s) = &args.s3_secret_access_key {
-                b = b.with_secret_access_key(s.expose());
-            }
-            let store = b
-                .build()
-                .map_err(|e| Error::Usage(format!("S3 configuration: {e}")))?;
-            let prefix = prefix.trim_matches('/').to_owned();
-            let describe = format!(
-                "s3://{bucket}/{prefix} at {}",
-                args.s3_endpoint
-                    .as_deref()
-                    .unwrap_or("the AWS default endpoint")
-            );
-            Ok(Self {
-                store: Arc::new(store),
-                prefix,
-                describe,
-            })
+            None => match &args.archive_local_dir {
+                Some(dir) => {
+                    let path = dir.display().to_string();
+                    (
+                        local_store(&path, "--archive-local-dir")?,
+                        "",
+                        format!("folder {path}"),
+                    )
+                }
+                None => {
+                    return Err(Error::Usage(
+                        "the archive source needs --archive-url (s3://bucket[/prefix] or a local folder)"
+                            .into(),
+                    ))
+                }
+            },
+        };
+        let prefix = [
+            url_prefix.trim_matches('/'),
+            args.archive_prefix.trim_matches('/'),
+        ]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("/");
+        let describe = if prefix.is_empty() {
+            describe
         } else {
-            let path = url.strip_prefix("file://").unwrap_or(url);
-            if !std::path::Path::new(path).is_dir() {
-                return Err(Error::Usage(format!(
-                    "--archive-url {url:?}: no such folder"
-                )));
-            }
-            let store = LocalFileSystem::new_with_prefix(path)
-                .map_err(|e| Error::Usage(format!("--archive-url {url:?}: {e}")))?;
-            Ok(Self {
-                store: Arc::new(store),
-                prefix: String::new(),
-                describe: format!("folder {path}"),
-            })
-        }
+            format!("{describe}, prefix {prefix}/")
+        };
+        Ok(Self {
+            store,
+            prefix,
+            describe,
+            reads,
+        })
     }
 
     /// A store and prefix given directly (tests, embedding).
@@ -111,6 +115,7 @@ impl ArchiveStore {
             store,
             prefix: prefix.trim_matches('/').to_owned(),
             describe: describe.to_owned(),
+            reads: Reads::default(),
         }
     }
 
@@ -143,12 +148,20 @@ impl ArchiveStore {
         } else {
             Some(self.abs(dir))
         };
-        let metas: Vec<object_store::ObjectMeta> =
-            match self.store.list(p.as_ref()).try_collect().await {
-                Ok(v) => v,
-                Err(object_store::Error::NotFound { .. }) => Vec::new(),
-                Err(e) => return Err(Error::os(format!("listing {dir}/ in {}", self.describe))(e)),
-            };
+        let doing = format!("listing {dir}/ in {}", self.describe);
+        let metas: Vec<object_store::ObjectMeta> = self
+            .reads
+            .run(&doing, || {
+                let (store, p, doing) = (&self.store, &p, &doing);
+                async move {
+                    match store.list(p.as_ref()).try_collect().await {
+                        Ok(v) => Ok(v),
+                        Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+                        Err(e) => Err(Error::os(doing.clone())(e)),
+                    }
+                }
+            })
+            .await?;
         Ok(metas
             .iter()
             .filter_map(|m| self.rel(m.location.as_ref()).map(str::to_owned))
@@ -156,14 +169,17 @@ impl ArchiveStore {
     }
 
     async fn get(&self, key: &str) -> Result<bytes::Bytes, Error> {
-        let doing = || format!("reading {key} from {}", self.describe);
-        self.store
-            .get(&self.abs(key))
+        let doing = format!("reading {key} from {}", self.describe);
+        let path = self.abs(key);
+        self.reads
+            .run(&doing, || {
+                let (store, path, doing) = (&self.store, &path, &doing);
+                async move {
+                    let r = store.get(path).await.map_err(Error::os(doing.clone()))?;
+                    r.bytes().await.map_err(Error::os(doing.clone()))
+                }
+            })
             .await
-            .map_err(Error::os(doing()))?
-            .bytes()
-            .await
-            .map_err(Error::os(doing()))
     }
 
     /// Segments per partition (only `partitions` if not empty), sorted by seq range.
@@ -294,7 +310,7 @@ impl ArchiveStore {
                         || m.last_seq != k.last_seq
                     {
                         f(
-                            FindingKind::MalformedRecord,
+                            FindingKind::MalformedManifest,
                             format!(
                                 "manifest {} describes {} (partition {} seq {}..={})",
                                 k.manifest_key(),
@@ -307,21 +323,24 @@ impl ArchiveStore {
                     }
                     if let Err(e) = verify_segment_digest(&m, &bytes) {
                         f(
-                            FindingKind::ModifiedEvent,
-                            format!("segment object replaced or altered after it was written: {e}"),
+                            FindingKind::SegmentReplaced,
+                            format!(
+                                "segment object {} replaced or altered after it was written: {e}",
+                                k.object_key()
+                            ),
                         );
                     }
                 }
                 Err(e) => f(
-                    FindingKind::MalformedRecord,
+                    FindingKind::MalformedManifest,
                     format!("manifest {} cannot be read: {e}", k.manifest_key()),
                 ),
             }
         } else {
             f(
-                FindingKind::MalformedRecord,
+                FindingKind::SegmentWithoutManifest,
                 format!(
-                    "segment {} has no manifest: its digest cannot be checked",
+                    "segment {} has no manifest: its digest cannot be checked (its records are still verified)",
                     k.object_key()
                 ),
             );
@@ -339,17 +358,21 @@ impl ArchiveStore {
         match meta.key() {
             Ok(mk) if mk == *k => {}
             Ok(mk) => f(
-                FindingKind::MalformedRecord,
-                format!("segment {} says it is {}", k.object_key(), mk.object_key()),
+                FindingKind::SegmentReplaced,
+                format!(
+                    "segment object {} is not what was written there: its metadata says it is {}",
+                    k.object_key(),
+                    mk.object_key()
+                ),
             ),
             Err(e) => f(
-                FindingKind::MalformedRecord,
+                FindingKind::SegmentReplaced,
                 format!("segment {} metadata: {e}", k.object_key()),
             ),
         }
         if let Err(e) = meta.check_events(&events) {
             f(
-                FindingKind::MalformedRecord,
+                FindingKind::SegmentReplaced,
                 format!(
                     "segment {} records disagree with its metadata: {e}",
                     k.object_key()
@@ -361,21 +384,79 @@ impl ArchiveStore {
 
     /// Feed every record of these partitions (all if empty) to the collector, segment by
     /// segment in seq order.
+    ///
+    /// Segments should tile each partition, but two writers (or a repair) can leave segments
+    /// that overlap. The first copy of each (partition, seq), in segment order, is the one
+    /// verified; a later copy is compared with it: identical copies are one
+    /// `duplicate_seq` warning per segment, a different copy is a `fork` finding at its seq.
     pub async fn stream_into(
         &self,
         partitions: &BTreeSet<u32>,
         c: &mut Collector,
     ) -> Result<(), Error> {
         let segs = self.segments(partitions).await?;
-        for listed in segs.values() {
-            for l in listed {
+        let total: u64 = segs
+            .values()
+            .flatten()
+            .filter(|l| l.segment)
+            .map(|l| l.key.len())
+            .sum();
+        c.set_total(total);
+        for (p, listed) in &segs {
+            c.set_stage(&format!("partition {p}"));
+            // First copies that a later segment may repeat: seq -> (record, its segment).
+            let mut kept: BTreeMap<i64, (ChainedEvent, Arc<str>)> = BTreeMap::new();
+            for (i, l) in listed.iter().enumerate() {
                 let mut findings = Vec::new();
                 let events = self.read_listed(l, &mut findings).await?;
                 for f in findings {
                     c.add_finding(f);
                 }
+                // Segments are sorted by first seq: only copies at or after this segment's
+                // first seq can be repeated from here on, and of this segment's records only
+                // those at or after the next one's first seq.
+                kept = kept.split_off(&l.key.first_seq);
+                let keep_from = listed.get(i + 1).map_or(i64::MAX, |n| n.key.first_seq);
+                let name: Arc<str> = Arc::from(l.key.object_key());
+                let mut same: Option<(i64, i64, Arc<str>)> = None;
                 for ev in events.iter().flatten() {
+                    if let Some((first, first_in)) = kept.get(&ev.seq) {
+                        if first == ev {
+                            same = Some(match same.take() {
+                                Some((a, _, s)) => (a, ev.seq, s),
+                                None => (ev.seq, ev.seq, first_in.clone()),
+                            });
+                        } else {
+                            c.add_finding(finding(
+                                ev.chain_partition,
+                                ev.seq,
+                                FindingKind::Fork,
+                                Some(&ev.event.event_id),
+                                format!(
+                                    "segment {name} holds a different record at this seq than segment {first_in} (hash {} vs {}); the first copy is the one verified",
+                                    short_hex(&ev.hash),
+                                    short_hex(&first.hash)
+                                ),
+                            ));
+                        }
+                        continue;
+                    }
                     c.push_chained(ev);
+                    if ev.seq >= keep_from {
+                        kept.insert(ev.seq, (ev.clone(), name.clone()));
+                    }
+                }
+                c.sync_progress();
+                if let Some((a, b, other)) = same {
+                    c.add_finding(finding(
+                        *p,
+                        a,
+                        FindingKind::DuplicateSeq,
+                        None,
+                        format!(
+                            "segment {name} overlaps segment {other} on seq {a}..={b} with identical records (two writers?); the copies were compared and skipped"
+                        ),
+                    ));
                 }
             }
         }
@@ -425,7 +506,10 @@ impl ArchiveStore {
             }
             let mut findings = Vec::new();
             let events = self.read_listed(l, &mut findings).await?;
-            if let Some(f) = findings.first() {
+            if let Some(f) = findings
+                .iter()
+                .find(|f| f.severity == schemas::verify::Severity::Error)
+            {
                 return Err(Error::Integrity(format!(
                     "partition {} seq {}: {}; run `auditctl verify --source archive`",
                     f.partition, f.seq, f.detail
@@ -438,9 +522,84 @@ impl ArchiveStore {
                     .filter(|e| e.seq >= first && e.seq <= last),
             );
         }
+        // Overlapping segments: identical copies collapse; different ones are a fork.
         out.sort_by_key(|e| e.seq);
-        Ok(out)
+        let mut deduped: Vec<ChainedEvent> = Vec::with_capacity(out.len());
+        for e in out {
+            match deduped.last() {
+                Some(prev) if prev.seq == e.seq && *prev == e => {}
+                Some(prev) if prev.seq == e.seq => {
+                    return Err(Error::Integrity(format!(
+                        "partition {partition} seq {}: fork: two archive segments hold different records; run `auditctl verify --source archive`",
+                        e.seq
+                    )))
+                }
+                _ => deduped.push(e),
+            }
+        }
+        Ok(deduped)
     }
+}
+
+fn short_hex(h: &[u8]) -> String {
+    hex::encode(&h[..h.len().min(8)])
+}
+
+/// S3 client for `bucket`: explicit settings first, then the standard `AWS_*` environment (as
+/// the archive sink does). Returns the store and a description of its endpoint.
+fn s3_store(args: &ArchiveArgs, bucket: &str) -> Result<(Arc<dyn ObjectStore>, String), Error> {
+    let nonempty = |s: &Option<Secret>| s.clone().filter(|s| !s.is_empty());
+    let mut b = AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .with_virtual_hosted_style_request(args.s3_virtual_hosted_style)
+        // The client's own retries stay short: the read as a whole is retried by `Reads`.
+        .with_retry(RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(15),
+            ..RetryConfig::default()
+        });
+    if let Some(r) = args.s3_region.as_deref().filter(|r| !r.is_empty()) {
+        b = b.with_region(r);
+    }
+    if let Some(ep) = args.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
+        b = b.with_endpoint(ep);
+        if ep.starts_with("http://") {
+            b = b.with_allow_http(true);
+        }
+    }
+    if args.s3_allow_http {
+        b = b.with_allow_http(true);
+    }
+    if let Some(k) = nonempty(&args.s3_access_key_id) {
+        b = b.with_access_key_id(k.expose());
+    }
+    let secret = match &args.s3_secret_access_key_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(Error::file("reading the S3 secret key file", path))?;
+            Some(Secret::new(text.trim()))
+        }
+        None => nonempty(&args.s3_secret_access_key),
+    };
+    if let Some(s) = secret.filter(|s| !s.is_empty()) {
+        b = b.with_secret_access_key(s.expose());
+    }
+    let endpoint = b
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .unwrap_or_else(|| "the AWS default endpoint".to_owned());
+    let store = b
+        .build()
+        .map_err(|e| Error::Usage(format!("S3 configuration: {e}")))?;
+    Ok((Arc::new(store), endpoint))
+}
+
+fn local_store(path: &str, flag: &str) -> Result<Arc<dyn ObjectStore>, Error> {
+    if !std::path::Path::new(path).is_dir() {
+        return Err(Error::Usage(format!("{flag} {path:?}: no such folder")));
+    }
+    let store = LocalFileSystem::new_with_prefix(path)
+        .map_err(|e| Error::Usage(format!("{flag} {path:?}: {e}")))?;
+    Ok(Arc::new(store))
 }
 
 /// The partition of a `checkpoints/chain=<p>/….json` key.

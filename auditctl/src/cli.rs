@@ -1,11 +1,13 @@
 //! Command-line interface (clap derive). Every option can also come from the environment; the
-//! connection options use the same variable names as `deploy/local/env.sh`.
+//! connection options use the same variable names as the sinks (`AUDIT_CLICKHOUSE_*`,
+//! `AUDIT_S3_*`, `AUDIT_SINK_ARCHIVE_*`), so one environment file (e.g. `deploy/local/env.sh`)
+//! configures the workers and auditctl alike. S3 settings not given fall back to the standard
+//! `AWS_*` environment (credentials, region, endpoint), as in the archive sink.
 
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use worker_runtime::Secret;
 
 const EXIT_CODES: &str = "\
 EXIT CODES:
@@ -78,17 +80,30 @@ pub struct VerifyArgs {
     /// Findings kept per partition (the rest are counted).
     #[arg(long, env = "AUDITCTL_MAX_FINDINGS", default_value_t = 1000)]
     pub max_findings: usize,
-    /// ClickHouse is read per partition in windows of this many seqs (bounds the server-side
-    /// sort; 18.16 cannot read in key order without sorting).
-    #[arg(long, env = "AUDITCTL_WINDOW", default_value_t = 100_000)]
+    /// ClickHouse is read per partition in windows of this many seqs, one query each (bounds
+    /// the server-side sort, since 18.16 cannot read in key order without sorting, and the
+    /// memory of one read; a failed window is read again).
+    #[arg(long, env = "AUDITCTL_WINDOW", default_value_t = 10_000)]
     pub window: i64,
-    /// No progress indicator on stderr.
+    /// No progress indicator on stderr. (It is only shown when stderr is a terminal and the
+    /// report is not --json.)
     #[arg(long, env = "AUDITCTL_QUIET")]
     pub quiet: bool,
+    #[command(flatten)]
+    pub reads: ReadArgs,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub archive: ArchiveArgs,
+}
+
+/// How store reads are retried.
+#[derive(Debug, Clone, Args)]
+pub struct ReadArgs {
+    /// Attempts per store read (ClickHouse query, S3 list/get) before giving up with exit 3;
+    /// only transient errors (network, timeouts, 5xx, overload) are retried, with backoff.
+    #[arg(long, env = "AUDITCTL_RETRY_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+    pub retry_attempts: u16,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -131,6 +146,8 @@ pub struct ProveArgs {
     #[arg(long, env = "AUDITCTL_PARTITION")]
     pub partition: Option<u32>,
     #[command(flatten)]
+    pub reads: ReadArgs,
+    #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub archive: ArchiveArgs,
@@ -148,14 +165,19 @@ pub struct CheckProofArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ClickHouseArgs {
     /// ClickHouse HTTP endpoint.
-    #[arg(long, env = "CLICKHOUSE_URL", default_value = "http://127.0.0.1:8123")]
+    #[arg(
+        long,
+        env = "AUDIT_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
     pub clickhouse_url: String,
-    #[arg(long, env = "CLICKHOUSE_DATABASE", default_value = "audit")]
+    /// Database of the audit tables.
+    #[arg(long, env = "AUDIT_CLICKHOUSE_DATABASE", default_value = "audit")]
     pub clickhouse_database: String,
-    #[arg(long, env = "CLICKHOUSE_USER", default_value = "default")]
+    #[arg(long, env = "AUDIT_CLICKHOUSE_USER", default_value = "default")]
     pub clickhouse_user: String,
-    /// Never printed (not in --help, not in errors or debug output).
-    #[arg(long, env = "CLICKHOUSE_PASSWORD", hide_env_values = true)]
+    /// Never printed (not in --help, not in errors or debug output). Empty = no password.
+    #[arg(long, env = "AUDIT_CLICKHOUSE_PASSWORD", hide_env_values = true)]
     pub clickhouse_password: Option<Secret>,
     /// Table of chained events.
     #[arg(long, env = "AUDITCTL_EVENTS_TABLE", default_value = "audit_events")]
@@ -167,55 +189,52 @@ pub struct ClickHouseArgs {
         default_value = "audit_checkpoints"
     )]
     pub checkpoints_table: String,
+    /// Table where the ClickHouse sink records forks (a later, different copy of a stored
+    /// (partition, seq)); each row is a `fork` finding. If the table does not exist (a database
+    /// older than the sink's migration 0003), a warning says so.
+    #[arg(long, env = "AUDITCTL_FORKS_TABLE", default_value = "audit_forks")]
+    pub forks_table: String,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ArchiveArgs {
-    /// The archive: `s3://bucket[/prefix]`, or a local folder with the same layout.
-    #[arg(long, env = "AUDIT_ARCHIVE_URL")]
+    /// The archive: `s3://bucket[/prefix]`, `file:///dir`, or a local folder with the same
+    /// layout.
+    #[arg(long, env = "AUDIT_SINK_ARCHIVE_URL")]
     pub archive_url: Option<String>,
-    /// S3 endpoint (path-style addressing; http allowed), e.g. http://127.0.0.1:8333.
-    #[arg(long, env = "S3_ENDPOINT")]
+    /// Key prefix inside the bucket/folder, after the URL's own path (as in the sink).
+    #[arg(long, env = "AUDIT_SINK_ARCHIVE_PREFIX", default_value = "")]
+    pub archive_prefix: String,
+    /// Folder of a local archive, used when --archive-url is not given (the sink's embedded
+    /// default).
+    #[arg(long, env = "AUDIT_SINK_ARCHIVE_LOCAL_DIR")]
+    pub archive_local_dir: Option<PathBuf>,
+    /// S3 endpoint (e.g. http://127.0.0.1:8333); default: `AWS_ENDPOINT`, else AWS. An
+    /// http:// endpoint implies --s3-allow-http.
+    #[arg(long, env = "AUDIT_S3_ENDPOINT")]
     pub s3_endpoint: Option<String>,
-    #[arg(long, env = "S3_REGION", default_value = "us-east-1")]
-    pub s3_region: String,
-    #[arg(long, env = "S3_ACCESS_KEY_ID")]
-    pub s3_access_key_id: Option<String>,
-    /// Never printed (not in --help, not in errors or debug output).
-    #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    /// S3 region; default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1.
+    #[arg(long, env = "AUDIT_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// S3 access key id; default: `AWS_ACCESS_KEY_ID` (the standard AWS credentials).
+    #[arg(long, env = "AUDIT_S3_ACCESS_KEY_ID", hide_env_values = true)]
+    pub s3_access_key_id: Option<Secret>,
+    /// S3 secret access key; default: `AWS_SECRET_ACCESS_KEY`. Never printed (not in --help,
+    /// not in errors or debug output).
+    #[arg(long, env = "AUDIT_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<Secret>,
-}
-
-/// A secret string: `Debug` and `Display` print `[redacted]`.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Secret(s.to_owned()))
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
+    /// File holding the S3 secret access key; wins over --s3-secret-access-key.
+    #[arg(long, env = "AUDIT_S3_SECRET_ACCESS_KEY_FILE")]
+    pub s3_secret_access_key_file: Option<PathBuf>,
+    /// Allow a plain-HTTP endpoint (implied by an http:// --s3-endpoint).
+    #[arg(long, env = "AUDIT_S3_ALLOW_HTTP", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub s3_allow_http: bool,
+    /// Virtual-hosted-style addressing (`bucket.host`); the default is path-style, which
+    /// SeaweedFS and MinIO need.
+    #[arg(long, env = "AUDIT_S3_VIRTUAL_HOSTED_STYLE", default_value_t = false, num_args = 0..=1,
+          default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub s3_virtual_hosted_style: bool,
 }
 
 #[cfg(test)]
@@ -236,6 +255,40 @@ mod tests {
         }
     }
 
+    /// One environment file configures the sinks and auditctl: the connection options read
+    /// the sinks' variable names.
+    #[test]
+    fn connection_options_use_the_sinks_env_names() {
+        let cmd = Cli::command();
+        let verify = cmd
+            .get_subcommands()
+            .find(|c| c.get_name() == "verify")
+            .expect("verify");
+        let env_of = |id: &str| {
+            verify
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .and_then(|a| a.get_env())
+                .and_then(|e| e.to_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| panic!("{id} has no env var"))
+        };
+        for (id, env) in [
+            ("clickhouse_url", "AUDIT_CLICKHOUSE_URL"),
+            ("clickhouse_database", "AUDIT_CLICKHOUSE_DATABASE"),
+            ("clickhouse_user", "AUDIT_CLICKHOUSE_USER"),
+            ("clickhouse_password", "AUDIT_CLICKHOUSE_PASSWORD"),
+            ("archive_url", "AUDIT_SINK_ARCHIVE_URL"),
+            ("archive_prefix", "AUDIT_SINK_ARCHIVE_PREFIX"),
+            ("s3_endpoint", "AUDIT_S3_ENDPOINT"),
+            ("s3_region", "AUDIT_S3_REGION"),
+            ("s3_access_key_id", "AUDIT_S3_ACCESS_KEY_ID"),
+            ("s3_secret_access_key", "AUDIT_S3_SECRET_ACCESS_KEY"),
+        ] {
+            assert_eq!(env_of(id), env, "{id}");
+        }
+    }
+
     #[test]
     fn secrets_are_never_printed() {
         let cli = Cli::parse_from([
@@ -245,8 +298,13 @@ mod tests {
             "hunter2",
             "--s3-secret-access-key",
             "s3cret",
+            "--s3-access-key-id",
+            "AKIDEXAMPLE",
         ]);
         let dbg = format!("{cli:?}");
-        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+        assert!(
+            !dbg.contains("hunter2") && !dbg.contains("s3cret") && !dbg.contains("AKIDEXAMPLE"),
+            "{dbg}"
+        );
     }
 }

@@ -14,6 +14,7 @@ use serde::Deserialize;
 use crate::cli::ClickHouseArgs;
 use crate::collect::{finding, Collector};
 use crate::error::Error;
+use crate::reads::Reads;
 
 #[derive(Debug, Clone)]
 pub struct ClickHouseStore {
@@ -22,6 +23,8 @@ pub struct ClickHouseStore {
     database: String,
     events: String,
     checkpoints: String,
+    forks: String,
+    reads: Reads,
 }
 
 /// Table names are interpolated into SQL: only plain identifiers are accepted.
@@ -54,6 +57,18 @@ struct SeqRange {
     hi: i64,
 }
 
+/// A row of the sink's `audit_forks` (migration 0003), minus the offered payload.
+#[derive(Debug, clickhouse::Row, Deserialize)]
+struct ForkRow {
+    chain_partition: i32,
+    seq: i64,
+    stored_hash: String,
+    offered_hash: String,
+    offered_chained_offset: i64,
+    /// `DateTime` is seconds since the epoch in RowBinary.
+    detected_at: u32,
+}
+
 #[derive(Debug, clickhouse::Row, Deserialize)]
 struct Located {
     chain_partition: i32,
@@ -61,10 +76,11 @@ struct Located {
 }
 
 impl ClickHouseStore {
-    pub fn new(args: &ClickHouseArgs) -> Result<Self, Error> {
+    pub fn new(args: &ClickHouseArgs, reads: Reads) -> Result<Self, Error> {
         let database = identifier("--clickhouse-database", &args.clickhouse_database)?;
         let events = identifier("--events-table", &args.events_table)?;
         let checkpoints = identifier("--checkpoints-table", &args.checkpoints_table)?;
+        let forks = identifier("--forks-table", &args.forks_table)?;
         if !(args.clickhouse_url.starts_with("http://")
             || args.clickhouse_url.starts_with("https://"))
         {
@@ -79,7 +95,7 @@ impl ClickHouseStore {
             .with_user(&args.clickhouse_user)
             // ClickHouse 18.16 has no RowBinaryWithNamesAndTypes (see design.md).
             .with_validation(false);
-        if let Some(pw) = &args.clickhouse_password {
+        if let Some(pw) = args.clickhouse_password.as_ref().filter(|p| !p.is_empty()) {
             client = client.with_password(pw.expose());
         }
         Ok(Self {
@@ -88,7 +104,84 @@ impl ClickHouseStore {
             database,
             events,
             checkpoints,
+            forks,
+            reads,
         })
+    }
+
+    /// One whole query, retried on transient errors (each attempt reads every row again).
+    async fn fetch_all<T>(&self, sql: &str, doing: String) -> Result<Vec<T>, Error>
+    where
+        T: clickhouse::RowOwned + clickhouse::RowRead,
+    {
+        self.reads
+            .run(&doing, || {
+                let (client, doing) = (&self.client, &doing);
+                async move {
+                    client
+                        .query(sql)
+                        .fetch_all::<T>()
+                        .await
+                        .map_err(Error::ch(doing.clone()))
+                }
+            })
+            .await
+    }
+
+    /// Forks the sink recorded (a later copy of a stored (partition, seq) with a different
+    /// hash, refused and kept aside in `audit_forks`), one `fork` finding each. A database
+    /// without the table (older than the sink's migration 0003) gives a warning on stderr.
+    pub async fn forks(&self, partitions: &[u32]) -> Result<Vec<schemas::verify::Finding>, Error> {
+        let exists: Vec<u64> = self
+            .fetch_all(
+                &format!(
+                    "SELECT count() FROM system.tables WHERE database = '{}' AND name = '{}'",
+                    self.database, self.forks
+                ),
+                format!("looking for table {}.{}", self.database, self.forks),
+            )
+            .await?;
+        if exists.first().copied().unwrap_or(0) == 0 {
+            eprintln!(
+                "auditctl: warning: ClickHouse table {}.{} does not exist: forks the sink refused cannot be reported (is the sink's migration 0003 applied?)",
+                self.database, self.forks
+            );
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT chain_partition, seq, stored_hash, offered_hash, offered_chained_offset, detected_at FROM {}{} ORDER BY chain_partition, seq, detected_at",
+            self.forks,
+            in_list(partitions)
+        );
+        let rows: Vec<ForkRow> = self
+            .fetch_all(&sql, format!("reading {}.{}", self.database, self.forks))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let when = time::OffsetDateTime::from_unix_timestamp(i64::from(r.detected_at))
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| r.detected_at.to_string());
+                finding(
+                    r.chain_partition,
+                    r.seq,
+                    FindingKind::Fork,
+                    None,
+                    format!(
+                        "the ClickHouse sink was offered a different copy of this record (audit.chained offset {}, at {when}) and kept the stored one: stored hash {}, offered hash {} (two chainer instances disagreed; the offered copy is in {}.{})",
+                        r.offered_chained_offset,
+                        short_hex(&r.stored_hash),
+                        short_hex(&r.offered_hash),
+                        self.database,
+                        self.forks
+                    ),
+                )
+            })
+            .collect())
     }
 
     pub fn describe(&self) -> String {
@@ -106,15 +199,12 @@ impl ClickHouseStore {
             CheckpointRow::select_sql(&self.checkpoints),
             in_list(partitions)
         );
-        let rows: Vec<CheckpointRow> =
-            self.client
-                .query(&sql)
-                .fetch_all()
-                .await
-                .map_err(Error::ch(format!(
-                    "reading {}.{}",
-                    self.database, self.checkpoints
-                )))?;
+        let rows: Vec<CheckpointRow> = self
+            .fetch_all(
+                &sql,
+                format!("reading {}.{}", self.database, self.checkpoints),
+            )
+            .await?;
         let mut cps = Vec::with_capacity(rows.len());
         let mut bad = Vec::new();
         for row in rows {
@@ -135,10 +225,11 @@ impl ClickHouseStore {
     /// Stream every event row of these partitions (all if empty) into the collector, in
     /// (chain_partition, seq) order.
     ///
-    /// Read per partition in windows of `window` seqs: ClickHouse 18.16 cannot read a
-    /// MergeTree in key order without sorting, so one `ORDER BY` over the whole table would
-    /// sort it all in server memory. Windows keep each sort small; records are still fed in
-    /// order, and nothing is skipped (the windows tile min..=max of each partition).
+    /// Read per partition in windows of `window` seqs, one query each: ClickHouse 18.16 cannot
+    /// read a MergeTree in key order without sorting, so one `ORDER BY` over the whole table
+    /// would sort it all in server memory. Windows keep each sort (and each read, which is
+    /// retried whole on a transient error) small; records are still fed in order, and nothing
+    /// is skipped (the windows tile min..=max of each partition).
     pub async fn stream_into(
         &self,
         partitions: &[u32],
@@ -151,16 +242,22 @@ impl ClickHouseStore {
             self.events,
             in_list(partitions)
         );
-        let ranges: Vec<SeqRange> =
-            self.client
-                .query(&sql)
-                .fetch_all()
-                .await
-                .map_err(Error::ch(format!(
+        let ranges: Vec<SeqRange> = self
+            .fetch_all(
+                &sql,
+                format!(
                     "reading the seq ranges of {}.{}",
                     self.database, self.events
-                )))?;
+                ),
+            )
+            .await?;
+        let total: i64 = ranges
+            .iter()
+            .map(|r| r.hi.saturating_sub(r.lo).saturating_add(1).max(0))
+            .fold(0i64, i64::saturating_add);
+        c.set_total(u64::try_from(total).unwrap_or(0));
         for r in ranges {
+            c.set_stage(&format!("partition {}", r.chain_partition));
             let mut lo = r.lo;
             loop {
                 let hi = lo.saturating_add(window - 1).min(r.hi);
@@ -169,20 +266,15 @@ impl ClickHouseStore {
                     AuditRow::select_sql(&self.events),
                     r.chain_partition
                 );
-                let doing = || {
-                    format!(
-                        "reading partition {} seq {lo}..={hi} of {}.{}",
-                        r.chain_partition, self.database, self.events
-                    )
-                };
-                let mut cursor = self
-                    .client
-                    .query(&sql)
-                    .fetch::<AuditRow>()
-                    .map_err(Error::ch(doing()))?;
-                while let Some(row) = cursor.next().await.map_err(Error::ch(doing()))? {
-                    push_row(c, &row);
+                let doing = format!(
+                    "reading partition {} seq {lo}..={hi} of {}.{}",
+                    r.chain_partition, self.database, self.events
+                );
+                let rows: Vec<AuditRow> = self.fetch_all(&sql, doing).await?;
+                for row in &rows {
+                    push_row(c, row);
                 }
+                c.sync_progress();
                 if hi >= r.hi {
                     break;
                 }
@@ -203,13 +295,21 @@ impl ClickHouseStore {
             "SELECT chain_partition, seq FROM {} WHERE event_id = ?{filter} ORDER BY chain_partition, seq",
             self.events
         );
+        let doing = format!("looking up event {event_id:?}");
         let rows: Vec<Located> = self
-            .client
-            .query(&sql)
-            .bind(event_id)
-            .fetch_all()
-            .await
-            .map_err(Error::ch(format!("looking up event {event_id:?}")))?;
+            .reads
+            .run(&doing, || {
+                let (client, sql, doing) = (&self.client, &sql, &doing);
+                async move {
+                    client
+                        .query(sql)
+                        .bind(event_id)
+                        .fetch_all()
+                        .await
+                        .map_err(Error::ch(doing.clone()))
+                }
+            })
+            .await?;
         let mut out: Vec<(i32, i64)> = rows
             .into_iter()
             .map(|r| (r.chain_partition, r.seq))
@@ -229,15 +329,19 @@ impl ClickHouseStore {
             "{} WHERE chain_partition = {partition} AND seq >= {first} AND seq <= {last} ORDER BY seq",
             AuditRow::select_sql(&self.events)
         );
-        self.client
-            .query(&sql)
-            .fetch_all()
-            .await
-            .map_err(Error::ch(format!(
+        self.fetch_all(
+            &sql,
+            format!(
                 "reading partition {partition} seq {first}..={last} of {}.{}",
                 self.database, self.events
-            )))
+            ),
+        )
+        .await
     }
+}
+
+fn short_hex(h: &str) -> &str {
+    h.get(..16).unwrap_or(h)
 }
 
 /// Rebuild the chained event from its row and feed it; an unreadable row is a finding.

@@ -4,6 +4,7 @@
 //! match its manifest, a malformed checkpoint row).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use schemas::checkpoint::KeySet;
@@ -43,7 +44,7 @@ pub struct Collector {
     extra: BTreeMap<i32, Vec<Finding>>,
     hashes: Vec<StoredHash>,
     events: u64,
-    progress: ProgressBar,
+    progress: Progress,
 }
 
 /// A finding made outside the verifier.
@@ -82,17 +83,16 @@ impl Collector {
                 }
             }
         }
-        let progress = if opts.progress {
+        let progress = Progress(if opts.progress {
             let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-            pb.set_style(
-                ProgressStyle::with_template("{spinner} {msg} {human_pos} records ({per_sec})")
-                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-            );
+            pb.set_style(spinner_style());
             pb.set_message(format!("verifying {}", opts.label));
+            // Keeps the spinner and rate moving while a slow query or download is waiting.
+            pb.enable_steady_tick(Duration::from_millis(200));
             pb
         } else {
             ProgressBar::hidden()
-        };
+        });
         let mut c = Self {
             opts,
             checkpoints: by_partition,
@@ -111,6 +111,30 @@ impl Collector {
             }
         }
         c
+    }
+
+    /// How many records the store holds for this run (as far as it can tell cheaply): turns
+    /// the spinner into a bar with an ETA.
+    pub fn set_total(&mut self, total: u64) {
+        if total > 0 && !self.progress.0.is_hidden() {
+            self.progress.0.set_style(bar_style());
+            self.progress.0.set_length(total);
+        }
+    }
+
+    /// What is being read now (e.g. `partition 3`), shown after the store's label.
+    pub fn set_stage(&mut self, stage: &str) {
+        if !self.progress.0.is_hidden() {
+            self.progress
+                .0
+                .set_message(format!("verifying {} {stage}", self.opts.label));
+        }
+    }
+
+    /// Bring the progress line up to date (after a window or segment; records only move it
+    /// every 256).
+    pub fn sync_progress(&self) {
+        self.progress.0.set_position(self.events);
     }
 
     fn wanted(&self, partition: u32) -> bool {
@@ -162,8 +186,8 @@ impl Collector {
             return;
         }
         self.events += 1;
-        if self.events % 1024 == 0 {
-            self.progress.set_position(self.events);
+        if self.events % 256 == 0 {
+            self.progress.0.set_position(self.events);
         }
         if self.opts.keep_hashes {
             self.hashes.push((partition, r.seq, r.hash.to_vec()));
@@ -222,7 +246,7 @@ impl Collector {
 
     /// Judge the last records and build the report (partitions in ascending order).
     pub fn finish(self) -> (Report, Vec<StoredHash>) {
-        self.progress.finish_and_clear();
+        self.progress.0.finish_and_clear();
         let mut extra = self.extra;
         let mut parts: Vec<PartitionReport> = Vec::new();
         for (p, v) in self.verifiers {
@@ -252,6 +276,29 @@ impl Collector {
         parts.sort_by_key(|r| r.partition);
         (Report::new(parts), self.hashes)
     }
+}
+
+/// The progress line on stderr; cleared however the run ends (also on an error), so that
+/// the error message is not glued to a half-drawn bar.
+#[derive(Debug)]
+struct Progress(ProgressBar);
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {msg}: {human_pos} records ({per_sec}, {elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{spinner} {msg} [{wide_bar}] {human_pos}/{human_len} records ({per_sec}, eta {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
 }
 
 fn merge(rep: &mut PartitionReport, extra: &mut Vec<Finding>) {

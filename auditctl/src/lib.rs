@@ -16,6 +16,7 @@ pub mod collect;
 pub mod error;
 pub mod keygen;
 pub mod prove;
+pub mod reads;
 pub mod verify;
 
 use std::io::Write;

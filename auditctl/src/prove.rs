@@ -20,6 +20,7 @@ use crate::archive::ArchiveStore;
 use crate::cli::{CheckProofArgs, ProveArgs, SingleSource};
 use crate::clickhouse::ClickHouseStore;
 use crate::error::Error;
+use crate::reads::Reads;
 use crate::verify::load_keys;
 use crate::Outcome;
 
@@ -180,10 +181,14 @@ fn pick_checkpoint(
 pub async fn prove(args: &ProveArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     let keys = args.keys.as_deref().map(load_keys).transpose()?;
     let src = match args.source {
-        SingleSource::Clickhouse => {
-            Source::ClickHouse(Box::new(ClickHouseStore::new(&args.clickhouse)?))
-        }
-        SingleSource::Archive => Source::Archive(ArchiveStore::open(&args.archive)?),
+        SingleSource::Clickhouse => Source::ClickHouse(Box::new(ClickHouseStore::new(
+            &args.clickhouse,
+            Reads::new(args.reads.retry_attempts),
+        )?)),
+        SingleSource::Archive => Source::Archive(ArchiveStore::open(
+            &args.archive,
+            Reads::new(args.reads.retry_attempts),
+        )?),
     };
     let id = &args.event_id;
     let locs = src.locate(id, args.partition).await?;

@@ -13,6 +13,7 @@ use crate::cli::{SourceKind, VerifyArgs};
 use crate::clickhouse::ClickHouseStore;
 use crate::collect::{CollectOptions, Collector, StoredHash};
 use crate::error::Error;
+use crate::reads::Reads;
 use crate::Outcome;
 
 /// `--source both`: does each (partition, seq) present in both stores have the same hash?
@@ -54,6 +55,16 @@ pub fn load_keys(path: &Path) -> Result<KeySet, Error> {
     })
 }
 
+fn reads(args: &VerifyArgs) -> Reads {
+    Reads::new(args.reads.retry_attempts)
+}
+
+/// Progress only for a person watching: never with --json (machines), --quiet, or when
+/// stderr is not a terminal (CI logs, redirects).
+pub fn show_progress(args: &VerifyArgs, stderr_is_terminal: bool) -> bool {
+    stderr_is_terminal && !args.quiet && !args.json
+}
+
 fn collect_options(
     args: &VerifyArgs,
     label: &'static str,
@@ -70,7 +81,7 @@ fn collect_options(
         max_findings: args.max_findings.max(1),
         partitions: args.partitions.iter().copied().collect(),
         keep_hashes,
-        progress: !args.quiet && std::io::stderr().is_terminal(),
+        progress: show_progress(args, std::io::stderr().is_terminal()),
         label,
     })
 }
@@ -79,7 +90,7 @@ pub async fn verify_clickhouse(
     args: &VerifyArgs,
     keep_hashes: bool,
 ) -> Result<(Report, Vec<StoredHash>), Error> {
-    let store = ClickHouseStore::new(&args.clickhouse)?;
+    let store = ClickHouseStore::new(&args.clickhouse, reads(args))?;
     let opts = collect_options(args, "clickhouse", keep_hashes)?;
     let parts: Vec<u32> = opts.partitions.iter().copied().collect();
     let (cps, bad) = if opts.check_checkpoints {
@@ -92,6 +103,9 @@ pub async fn verify_clickhouse(
         c.add_finding(f);
     }
     store.stream_into(&parts, args.window, &mut c).await?;
+    for f in store.forks(&parts).await? {
+        c.add_finding(f);
+    }
     Ok(c.finish())
 }
 
@@ -99,7 +113,7 @@ pub async fn verify_archive(
     args: &VerifyArgs,
     keep_hashes: bool,
 ) -> Result<(Report, Vec<StoredHash>), Error> {
-    let store = ArchiveStore::open(&args.archive)?;
+    let store = ArchiveStore::open(&args.archive, reads(args))?;
     let opts = collect_options(args, "archive", keep_hashes)?;
     let parts: BTreeSet<u32> = opts.partitions.clone();
     let check = opts.check_checkpoints;
@@ -199,7 +213,8 @@ pub fn write_human(out: &mut dyn Write, title: &str, r: &Report) -> std::io::Res
         if p.ok {
             let warnings = p.findings.len();
             if warnings > 0 {
-                writeln!(out, "OK ({warnings} warnings)")?;
+                let plural = if warnings == 1 { "" } else { "s" };
+                writeln!(out, "OK ({warnings} warning{plural})")?;
             } else {
                 writeln!(out, "OK")?;
             }
@@ -269,7 +284,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
             } else {
                 let title = format!(
                     "clickhouse ({})",
-                    ClickHouseStore::new(&args.clickhouse)?.describe()
+                    ClickHouseStore::new(&args.clickhouse, reads(args))?.describe()
                 );
                 write_human(out, &title, &r).map_err(io)?;
                 summary(out, r.ok, &[&r]).map_err(io)?;
@@ -284,7 +299,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
             } else {
                 let title = format!(
                     "archive ({})",
-                    ArchiveStore::open(&args.archive)?.describe()
+                    ArchiveStore::open(&args.archive, reads(args))?.describe()
                 );
                 write_human(out, &title, &r).map_err(io)?;
                 summary(out, r.ok, &[&r]).map_err(io)?;
@@ -293,7 +308,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
         }
         SourceKind::Both => {
             // Both configurations are checked before reading anything.
-            ArchiveStore::open(&args.archive)?;
+            ArchiveStore::open(&args.archive, reads(args))?;
             let (ch, ch_h) = verify_clickhouse(args, true).await?;
             let (ar, ar_h) = verify_archive(args, true).await?;
             let x = cross_check(ch_h, ar_h);
@@ -331,4 +346,29 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
         }
     };
     Ok(if ok { Outcome::Ok } else { Outcome::Findings })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn verify_args(extra: &[&str]) -> VerifyArgs {
+        let argv = ["auditctl", "verify"]
+            .into_iter()
+            .chain(extra.iter().copied());
+        match Cli::parse_from(argv).command {
+            Command::Verify(a) => a,
+            other => panic!("not verify: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn progress_only_for_a_terminal_without_json_or_quiet() {
+        assert!(show_progress(&verify_args(&[]), true));
+        assert!(!show_progress(&verify_args(&[]), false));
+        assert!(!show_progress(&verify_args(&["--json"]), true));
+        assert!(!show_progress(&verify_args(&["--quiet"]), true));
+    }
 }

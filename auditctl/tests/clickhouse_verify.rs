@@ -149,6 +149,45 @@ async fn an_unreadable_row_is_a_finding_not_an_error() {
     db.drop().await;
 }
 
+/// A fork the ClickHouse sink refused (a later, different copy of a stored (partition, seq))
+/// is in `audit_forks`: each row is a `fork` finding, even though the stored chain is intact.
+#[tokio::test]
+async fn forks_recorded_by_the_sink_are_findings() {
+    let (db, _dir, args) = setup("forks").await;
+    db.exec(&format!(
+        "INSERT INTO audit_forks (chain_partition, seq, stored_hash, offered_hash, offered_chained_offset, offered_payload_hex) VALUES (1, 42, '{}', '{}', 4242, 'c301')",
+        "aa".repeat(32),
+        "bb".repeat(32)
+    ))
+    .await;
+    let (code, out) = auditctl(&args).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("partition 1 seq 42: fork:"), "{out}");
+    assert!(out.contains("offset 4242"), "{out}");
+    assert!(
+        out.contains("partition 0: seq 1..=300, 300 records"),
+        "{out}"
+    );
+    let (code, out) = auditctl(&json_args(&args)).await;
+    assert_eq!(code, 1);
+    let f = first_finding(&out, 1);
+    assert_eq!(f["kind"], "fork", "{out}");
+    assert_eq!(f["seq"], 42);
+    assert_eq!(f["severity"], "error");
+
+    // --partition filters forks too.
+    let mut only0 = args.clone();
+    only0.extend(s(&["--partition", "0"]));
+    let (code, out) = auditctl(&only0).await;
+    assert_eq!(code, 0, "{out}");
+
+    // A database without the table (older than migration 0003): a warning, not an error.
+    db.exec("DROP TABLE audit_forks").await;
+    let (code, out) = auditctl(&args).await;
+    assert_eq!(code, 0, "{out}");
+    db.drop().await;
+}
+
 /// The binary's exit codes: 0 ok, 1 finding, 2 usage, 3 store unreadable.
 #[tokio::test]
 async fn binary_exit_codes() {
@@ -158,6 +197,8 @@ async fn binary_exit_codes() {
         std::process::Command::new(bin)
             .args(a)
             .env_remove("AUDIT_KEYSET")
+            .env_remove("AUDIT_SINK_ARCHIVE_URL")
+            .env_remove("AUDIT_SINK_ARCHIVE_LOCAL_DIR")
             .output()
             .expect("run auditctl")
     };

@@ -61,6 +61,19 @@ pub enum Error {
         #[source]
         source: Box<rdkafka::error::KafkaError>,
     },
+    #[error(
+        "the Kafka broker at {broker} does not support transactions: {detail}. Run the chainer \
+         without --transactional-id (the default): the chain is exactly once without transactions"
+    )]
+    TransactionsUnsupported { broker: String, detail: String },
+    /// A transactional call failed in a way that stops the worker (fenced, unsupported,
+    /// retries exhausted, an abort that failed).
+    #[error("kafka transactions: {what}: {source}")]
+    Transaction {
+        what: String,
+        #[source]
+        source: crate::txn::TxnError,
+    },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }

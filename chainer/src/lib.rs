@@ -7,6 +7,7 @@
 //! - [`checkpoints`]: Merkle ranges over acknowledged link hashes, signed with Ed25519.
 //! - [`acks`]: in-order acknowledgement → offsets to store and links to checkpoint.
 //! - [`worker`]: the thin Kafka loop.
+//! - [`txn`]: the optional Kafka transactions mode (`--transactional-id`, off by default).
 
 pub mod acks;
 pub mod checkpoints;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod metrics;
 pub mod partition;
 pub mod recovery;
+pub mod txn;
 pub mod worker;
 
 use std::path::Path;
@@ -33,6 +35,7 @@ use worker_runtime::Shutdown;
 pub use error::Error;
 
 use checkpoints::Signer;
+use txn::{KafkaTransactions, Transactor, TxnSettings};
 use worker::{Settings, Worker};
 
 #[derive(Debug, Clone, clap::Parser, Serialize, Deserialize)]
@@ -104,6 +107,31 @@ pub struct Config {
         default_value_t = 30
     )]
     pub scan_idle_timeout_secs: u64,
+    /// Kafka transactions: consume → chain → produce with offsets committed in the transaction
+    /// (EOS v2, KIP-447: brokers ≥ Kafka 2.5, Redpanda, MSK). Empty = off (the default;
+    /// correctness never depends on them, and the local broker has none). Use one id per
+    /// instance, stable across its restarts (e.g. the pod name): a restart fences its
+    /// predecessor; two live instances with the same id fence each other.
+    #[arg(long, env = "AUDIT_CHAINER_TRANSACTIONAL_ID", default_value = "")]
+    pub transactional_id: String,
+    /// With transactions: commit after this many input records…
+    #[arg(
+        long,
+        env = "AUDIT_CHAINER_TRANSACTION_MAX_RECORDS",
+        default_value_t = 1000
+    )]
+    pub transaction_max_records: usize,
+    /// …or this many milliseconds after the transaction began.
+    #[arg(long, env = "AUDIT_CHAINER_TRANSACTION_MAX_MS", default_value_t = 100)]
+    pub transaction_max_ms: u64,
+    /// With transactions: `transaction.timeout.ms` (and `message.timeout.ms`), and the bound of
+    /// every transactional call and of the start-up check that the broker supports them.
+    #[arg(
+        long,
+        env = "AUDIT_CHAINER_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub transaction_timeout_ms: u64,
 }
 
 impl WorkerConfig for Config {
@@ -167,10 +195,13 @@ pub fn load_signer(config: &Config) -> Result<Option<Signer>, Error> {
 }
 
 /// Runs the chainer until `shutdown` fires (then drains in-flight deliveries, stores and commits
-/// offsets) or a fatal error (a delivery the broker refused, a chain that cannot be resumed
-/// safely). Another `run` on the same topics continues each chain from its durable tail.
+/// offsets — with `--transactional-id`, commits the open transaction instead) or a fatal error
+/// (a delivery the broker refused, a chain that cannot be resumed safely, a fenced transactional
+/// producer, a broker without transactions when they are asked for). Another `run` on the same
+/// topics continues each chain from its durable tail.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let signer = load_signer(&config)?.map(Arc::new);
+    let txn_settings = TxnSettings::from_config(&config)?;
     let topics = config.kafka.topics();
 
     let enriched_partitions = partition_count(&config.kafka, &topics.enriched).await?;
@@ -190,15 +221,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         None => 1,
     };
 
-    // A delivery failure that would leave a gap in a partition's output must stop the producer
-    // rather than let later links land after a missing one.
-    let mut producer_args = config.kafka.clone();
-    producer_args
-        .properties
-        .push("enable.gapless.guarantee=true".into());
+    if let Some(t) = &txn_settings {
+        // Before any client exists: a broker without transactions must fail here, fast.
+        txn::check_broker_support(&config.kafka, t.timeout).await?;
+    }
+
+    // Without transactions the producer gets `enable.gapless.guarantee`; with them it gets
+    // the transactional id and the consumer stops auto-committing (see `txn::client_args`).
+    let (producer_args, consumer_args) = txn::client_args(&config, txn_settings.as_ref());
     let producer = Producer::new(&producer_args, &format!("{}-producer", config.client_id))?;
     let (consumer, rebalance) = subscribe(
-        &config.kafka,
+        &consumer_args,
         &ConsumerSettings::new(
             &config.group_id,
             &config.client_id,
@@ -215,6 +248,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         // Leave the task set some of its own bound to see us finish.
         drain_timeout: drain.mul_f32(0.8),
     };
+    let transactor = match txn_settings {
+        None => None,
+        Some(t) => {
+            let transactor = Transactor::new(
+                KafkaTransactions::new(producer.inner().clone(), consumer.clone()),
+                t,
+            );
+            if let Err(e) = transactor.init().await {
+                // A transactional producer left mid-call may block in its destructor: let it
+                // go on a thread of its own rather than on the runtime.
+                std::thread::spawn(move || drop((transactor, producer)));
+                return Err(e);
+            }
+            Some(transactor)
+        }
+    };
     let worker = Worker::new(
         config.kafka.clone(),
         consumer,
@@ -223,6 +272,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         signer,
         checkpoint_partitions,
         settings,
+        transactor,
     );
 
     // A child token: a failing task stops this run without cancelling the caller's token

@@ -1,4 +1,5 @@
-//! Metric names (Prometheus, via the `metrics` crate); every one is labelled by `partition`.
+//! Metric names (Prometheus, via the `metrics` crate); every one is labelled by `partition`,
+//! except the transaction counters (a transaction spans partitions).
 
 /// Events appended to a chain (enqueued to the chained topic).
 pub const CHAINED: &str = "audit_chainer_events_chained_total";
@@ -16,3 +17,7 @@ pub const RECOVERIES: &str = "audit_chainer_recoveries_total";
 pub const CHECKPOINTS: &str = "audit_chainer_checkpoints_published_total";
 /// Seq of the latest chained record the broker acknowledged (at recovery: the recovered head).
 pub const HEAD_SEQ: &str = "audit_chainer_head_seq";
+/// Transactions committed (only with `--transactional-id`).
+pub const TXN_COMMITTED: &str = "audit_chainer_transactions_committed_total";
+/// Transactions aborted (their partitions are then recovered from the chained tail).
+pub const TXN_ABORTED: &str = "audit_chainer_transactions_aborted_total";

@@ -1,5 +1,9 @@
 //! The Kafka loop around [`PartitionChain`]: consume, recover on every new assignment epoch,
 //! produce in order, store input offsets and publish checkpoints only behind acknowledgements.
+//!
+//! With `--transactional-id` ([`crate::txn`]) the same loop runs inside transactions: every
+//! produce joins the open transaction, offsets are not stored but sent into the transaction
+//! when it commits, and an aborted transaction's partitions are recovered from the tail.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ use crate::error::Error;
 use crate::metrics as m;
 use crate::partition::{Decision, Input, PartitionChain, Resume};
 use crate::recovery::{scan_chained, scan_checkpoints, CheckpointFinder, TailReader};
+use crate::txn::{CommitError, KafkaTransactions, NextOffset, OffsetPath, Outgoing, Transactor};
 
 pub const STAGE: &str = "chainer";
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,6 +90,9 @@ pub struct Worker {
     /// Set after a fatal error: no more checkpoints (offsets of acknowledged work are still
     /// stored while draining, which is always safe).
     failed: bool,
+    /// Transactions mode (`None`: the default, non-transactional path).
+    txn: Option<Transactor<KafkaTransactions>>,
+    offsets: OffsetPath,
 }
 
 impl std::fmt::Debug for Worker {
@@ -107,7 +115,9 @@ impl Worker {
         signer: Option<Arc<Signer>>,
         checkpoint_partitions: i32,
         settings: Settings,
+        txn: Option<Transactor<KafkaTransactions>>,
     ) -> Self {
+        let offsets = OffsetPath::of(txn.as_ref().map(|t| t.settings()));
         Self {
             ctx: Ctx {
                 topics: kafka.topics(),
@@ -122,6 +132,8 @@ impl Worker {
             slots: HashMap::new(),
             in_flight: FuturesUnordered::new(),
             failed: false,
+            txn,
+            offsets,
         }
     }
 
@@ -132,12 +144,18 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         ready.set(true);
         let result: Result<(), Error> = loop {
+            let txn_deadline = self.txn.as_ref().and_then(|t| t.deadline());
             tokio::select! {
                 biased;
                 Some(done) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if let Err(e) = self.complete(done).await { break Err(e); }
+                    if let Err(e) = self.complete(done).await {
+                        if let Err(e) = self.on_failed_delivery(e).await { break Err(e); }
+                    }
                 }
                 _ = shutdown.cancelled() => break Ok(()),
+                _ = sleep_until(txn_deadline), if txn_deadline.is_some() => {
+                    if let Err(e) = self.settle_txn(true).await { break Err(e); }
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.timed_checkpoints().await { break Err(e); }
                 }
@@ -151,6 +169,9 @@ impl Worker {
                         }
                     };
                     if let Err(e) = self.handle(input).await { break Err(e); }
+                    if self.txn.as_ref().is_some_and(|t| t.due(Instant::now())) {
+                        if let Err(e) = self.settle_txn(true).await { break Err(e); }
+                    }
                 }
             }
         };
@@ -158,8 +179,181 @@ impl Worker {
         if result.is_err() {
             self.failed = true;
         }
-        self.finish().await;
+        if self.txn.is_some() {
+            self.finish_txn().await;
+            // A transactional producer in a failed state may block in its destructor; let it
+            // (and the rest of the worker) go on a thread of its own, not on the runtime.
+            std::thread::spawn(move || drop(self));
+        } else {
+            self.finish().await;
+        }
         result
+    }
+
+    /// Shutdown in transactions mode: drain, final checkpoints into the open transaction and
+    /// commit it after a clean stop; abort it after a failure. Offsets are never committed
+    /// outside a transaction.
+    async fn finish_txn(&mut self) {
+        let timeout = self.ctx.settings.drain_timeout;
+        let work = async {
+            if !self.failed {
+                if let Err(e) = self.drain_txn().await {
+                    tracing::warn!(error = %e, "delivery failed while draining");
+                    self.failed = true;
+                }
+            }
+            if !self.failed && self.ctx.signer.is_some() {
+                let parts: Vec<i32> = self.slots.keys().copied().collect();
+                for p in parts {
+                    if !self.failed && self.is_current(p) {
+                        if let Err(e) = self.publish_checkpoint(p).await {
+                            tracing::warn!(partition = p, error = %e, "final checkpoint not published");
+                        }
+                    }
+                }
+            }
+            let settled = if self.failed {
+                self.abort_txn("the worker is stopping after an error", false)
+                    .await
+            } else {
+                self.settle_txn(false).await
+            };
+            if let Err(e) = settled {
+                tracing::warn!(error = %e, "last transaction not committed; its inputs will be re-read and re-chained identically");
+            }
+        };
+        if tokio::time::timeout(timeout, work).await.is_err() {
+            tracing::warn!("drain timed out; the open transaction is left to the broker's transaction timeout (it aborts)");
+        }
+    }
+
+    /// Ends the open transaction: commits it if every delivery landed and every partition it
+    /// touched is still ours at the same epoch, else aborts it. After an abort, the touched
+    /// partitions still assigned are recovered from the tail if `recover`.
+    async fn settle_txn(&mut self, recover: bool) -> Result<(), Error> {
+        if !self.txn.as_ref().is_some_and(|t| t.is_open()) {
+            return Ok(());
+        }
+        if let Err(e) = self.drain_txn().await {
+            return self
+                .abort_txn(&format!("a delivery failed: {e}"), recover)
+                .await;
+        }
+        let touched = self.txn.as_ref().map(|t| t.touched()).unwrap_or_default();
+        let mut offsets = Vec::with_capacity(touched.len());
+        for &p in &touched {
+            match self.slots.get(&p) {
+                Some(slot) if self.is_current(p) => offsets.push(NextOffset {
+                    topic: self.ctx.topics.enriched.clone(),
+                    partition: p,
+                    // Every input taken is acknowledged (drained), so this is the next offset
+                    // after the chain's last source offset.
+                    offset: slot.chain.expected(),
+                }),
+                _ => {
+                    return self
+                        .abort_txn(
+                            &format!("partition {p} was revoked or re-assigned"),
+                            recover,
+                        )
+                        .await
+                }
+            }
+        }
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        match txn.commit(offsets).await {
+            Ok(()) => Ok(()),
+            Err(CommitError::Fatal(e)) => Err(e),
+            Err(CommitError::Aborted { partitions, cause }) => {
+                tracing::warn!(error = %cause, "transaction aborted");
+                self.after_abort(partitions.into_iter().collect(), recover)
+                    .await
+            }
+        }
+    }
+
+    async fn abort_txn(&mut self, reason: &str, recover: bool) -> Result<(), Error> {
+        let Some(txn) = self.txn.as_mut() else {
+            return Ok(());
+        };
+        let partitions = txn.abort(reason).await?;
+        self.after_abort(partitions.into_iter().collect(), recover)
+            .await
+    }
+
+    /// After an abort nothing of the transaction is visible, but the touched partitions'
+    /// state ran ahead: forget it, and rebuild it from the tail, seeking the consumer back to
+    /// the recovered position.
+    async fn after_abort(&mut self, partitions: Vec<i32>, recover: bool) -> Result<(), Error> {
+        // The abort purged what was still queued; those completions belong to the aborted
+        // transaction and must not acknowledge anything.
+        let purge = async { while self.in_flight.next().await.is_some() {} };
+        if tokio::time::timeout(self.ctx.settings.drain_timeout, purge)
+            .await
+            .is_err()
+        {
+            return Err(Error::Recovery {
+                topic: self.ctx.topics.chained.clone(),
+                partition: partitions.first().copied().unwrap_or(-1),
+                detail: "deliveries of an aborted transaction did not resolve".into(),
+            });
+        }
+        for p in &partitions {
+            self.slots.remove(p);
+        }
+        if !recover {
+            return Ok(());
+        }
+        for p in partitions {
+            let Some(epoch) = self.ctx.rebalance.epoch(&self.ctx.topics.enriched, p) else {
+                continue; // revoked: its new owner recovers it
+            };
+            let slot = self.recover_slot(p, epoch).await?;
+            let to = slot.chain.expected();
+            self.slots.insert(p, slot);
+            self.ctx.seek(p, epoch, to).await?;
+        }
+        Ok(())
+    }
+
+    /// In transactions mode a delivery failure aborts the transaction; otherwise it is fatal.
+    async fn on_failed_delivery(&mut self, e: Error) -> Result<(), Error> {
+        match e {
+            Error::Delivery { .. } if self.txn.is_some() => {
+                self.abort_txn(&format!("a delivery failed: {e}"), true)
+                    .await
+            }
+            e => Err(e),
+        }
+    }
+
+    /// Waits for every in-flight delivery (transactions mode); returns the first delivery
+    /// failure, if any (other errors are returned as they are fatal anyway).
+    async fn drain_txn(&mut self) -> Result<(), Error> {
+        let mut first = None;
+        while let Some(done) = self.in_flight.next().await {
+            match self.complete(done).await {
+                Ok(()) => {}
+                Err(e @ Error::Delivery { .. }) => {
+                    first.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// [`Ctx::recover_after`] with what this instance committed to `p` in transactions mode.
+    /// (Not an `async fn`: the future must borrow only the `Sync` context.)
+    fn recover_slot(
+        &self,
+        p: i32,
+        epoch: u64,
+    ) -> impl std::future::Future<Output = Result<Slot, Error>> + Send + '_ {
+        let ours = self.txn.as_ref().and_then(|t| t.committed_source(p));
+        self.ctx.recover_after(p, epoch, ours)
     }
 
     /// Drains what is in flight (storing offsets of what got acknowledged), publishes a last
@@ -218,12 +412,17 @@ impl Worker {
         if self.slots.get(&p).map(|s| s.epoch) != Some(epoch) {
             // New assignment: let our own writes land first so the tail we read includes them,
             // then rebuild the partition from durable state (even if we had state for it).
+            // With transactions, "land" means the open transaction is committed or aborted.
+            self.settle_txn(true).await?;
             self.drain().await?;
             let enriched = self.ctx.topics.enriched.clone();
             self.slots
                 .retain(|q, s| self.ctx.rebalance.epoch(&enriched, *q) == Some(s.epoch));
-            let slot = self.ctx.recover(p, epoch).await?;
-            self.slots.insert(p, slot);
+            // (An abort in `settle_txn` may have recovered `p` at this epoch already.)
+            if self.slots.get(&p).map(|s| s.epoch) != Some(epoch) {
+                let slot = self.recover_slot(p, epoch).await?;
+                self.slots.insert(p, slot);
+            }
         }
         let Some(slot) = self.slots.get_mut(&p) else {
             return Ok(());
@@ -239,18 +438,44 @@ impl Worker {
                 partition: p,
                 source,
             })?;
+        if let Some(txn) = self.txn.as_mut() {
+            if !matches!(decision, Decision::Seek { .. } | Decision::Discard) {
+                txn.took_input(p)?;
+            }
+        }
         let label = p.to_string();
         match decision {
             Decision::Chain(c) => {
-                let delivery = send(
-                    &self.ctx.producer,
-                    &self.ctx.topics.chained,
-                    p,
-                    input.key.as_deref(),
-                    &c.payload,
-                    input.timestamp_ms,
-                )
-                .await?;
+                let delivery = match self.txn.as_mut() {
+                    Some(txn) => {
+                        let d = txn
+                            .produce(
+                                p,
+                                Outgoing {
+                                    topic: &self.ctx.topics.chained,
+                                    partition: Some(p),
+                                    key: input.key.as_deref(),
+                                    payload: Some(&c.payload),
+                                    timestamp_ms: input.timestamp_ms,
+                                    headers: &[],
+                                },
+                            )
+                            .await?;
+                        txn.chained(p, offset);
+                        d
+                    }
+                    None => {
+                        send(
+                            &self.ctx.producer,
+                            &self.ctx.topics.chained,
+                            p,
+                            input.key.as_deref(),
+                            &c.payload,
+                            input.timestamp_ms,
+                        )
+                        .await?
+                    }
+                };
                 slot.acks.push(offset, Some((c.seq, c.hash)), false);
                 metrics::counter!(m::CHAINED, "partition" => label).increment(1);
                 let topic = self.ctx.topics.chained.clone();
@@ -268,7 +493,23 @@ impl Worker {
                 tracing::error!(partition = p, offset, code, %message,
                     "undecodable record on the enriched topic; dead-lettering it (not chained)");
                 let rec = dead_letter(&self.ctx.topics.rejected, &input, STAGE, code, &message);
-                let delivery = self.ctx.producer.enqueue(&rec).await?;
+                let delivery = match self.txn.as_mut() {
+                    Some(txn) => {
+                        txn.produce(
+                            p,
+                            Outgoing {
+                                topic: &rec.topic,
+                                partition: rec.partition,
+                                key: rec.key.as_deref(),
+                                payload: rec.payload.as_deref(),
+                                timestamp_ms: None,
+                                headers: &rec.headers,
+                            },
+                        )
+                        .await?
+                    }
+                    None => self.ctx.producer.enqueue(&rec).await?,
+                };
                 slot.acks.push(offset, None, false);
                 metrics::counter!(m::DEAD_LETTERED, "partition" => label).increment(1);
                 let topic = self.ctx.topics.rejected.clone();
@@ -352,7 +593,10 @@ impl Worker {
             return Ok(());
         };
         let released = slot.acks.release();
-        if let Some(next) = released.next_offset {
+        if let Some(next) = released
+            .next_offset
+            .filter(|_| self.offsets.stores_offsets())
+        {
             store_next_offset(&self.ctx.consumer, &self.ctx.topics.enriched, p, next);
         }
         if let Some(&(seq, _)) = released.links.last() {
@@ -426,15 +670,34 @@ impl Worker {
             })?;
         let key = p.to_string();
         let cp_partition = checkpoint_partition(p, self.ctx.checkpoint_partitions);
-        let delivery = send(
-            &self.ctx.producer,
-            &self.ctx.topics.checkpoints,
-            cp_partition,
-            Some(key.as_bytes()),
-            &payload,
-            None,
-        )
-        .await?;
+        // With transactions the checkpoint commits atomically with the links it covers.
+        let delivery = match self.txn.as_mut() {
+            Some(txn) => {
+                txn.produce(
+                    p,
+                    Outgoing {
+                        topic: &self.ctx.topics.checkpoints,
+                        partition: Some(cp_partition),
+                        key: Some(key.as_bytes()),
+                        payload: Some(&payload),
+                        timestamp_ms: None,
+                        headers: &[],
+                    },
+                )
+                .await?
+            }
+            None => {
+                send(
+                    &self.ctx.producer,
+                    &self.ctx.topics.checkpoints,
+                    cp_partition,
+                    Some(key.as_bytes()),
+                    &payload,
+                    None,
+                )
+                .await?
+            }
+        };
         tracing::info!(
             partition = p,
             first_seq = fields.first_seq,
@@ -455,6 +718,29 @@ impl Worker {
 }
 
 impl Ctx {
+    /// [`Ctx::recover`], and in transactions mode: the commit markers of our own last
+    /// transaction are written by the coordinator after `commit_transaction` returns, so a
+    /// read_committed tail may briefly end before records we know are committed (`ours`: the
+    /// source offset of the last one). Re-read until it includes them (bounded by the scan
+    /// timeout).
+    async fn recover_after(&self, p: i32, epoch: u64, ours: Option<i64>) -> Result<Slot, Error> {
+        let mut slot = self.recover(p, epoch).await?;
+        let Some(ours) = ours else {
+            return Ok(slot);
+        };
+        let deadline = Instant::now() + self.settings.scan_idle_timeout;
+        while slot.chain.expected() <= ours {
+            if Instant::now() >= deadline {
+                tracing::warn!(partition = p, tail_next = slot.chain.expected(), committed_source = ours,
+                    "the chained tail still ends before records this instance committed; resuming from the tail");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            slot = self.recover(p, epoch).await?;
+        }
+        Ok(slot)
+    }
+
     async fn seek(&self, p: i32, epoch: u64, to: i64) -> Result<(), Error> {
         let consumer = self.consumer.clone();
         let topic = self.topics.enriched.clone();
@@ -639,6 +925,14 @@ async fn send(
                 .into())
             }
         }
+    }
+}
+
+/// Sleeps until `deadline` (forever without one; the select arm is disabled then anyway).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

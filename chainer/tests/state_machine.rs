@@ -491,7 +491,9 @@ fn config_defaults_and_signing_key_options() {
     let toml = dir.join("chainer.toml");
     std::fs::write(
         &toml,
-        "dedup_window = 5\ncheckpoint_every_events = 3\n[kafka]\ntopic_prefix = \"x.\"\n",
+        // Keys no test environment exports (env.sh exports AUDIT_TOPIC_PREFIX, and the
+        // environment rightly wins over the file).
+        "dedup_window = 5\ncheckpoint_every_events = 3\nchain_id = \"file-chain\"\n[kafka]\nsecurity_protocol = \"ssl\"\n",
     )
     .unwrap();
     let c: chainer::Config = worker_runtime::config::load_from([
@@ -503,7 +505,8 @@ fn config_defaults_and_signing_key_options() {
     ])
     .unwrap();
     assert_eq!((c.dedup_window, c.checkpoint_every_events), (9, 3));
-    assert_eq!(c.effective_chain_id(), "x.chained");
+    assert_eq!(c.effective_chain_id(), "file-chain");
+    assert_eq!(c.kafka.security_protocol, "ssl");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -40,9 +40,14 @@ done
 
 rc=0
 t1=$(now)
-if [ "$runner" = nextest ]; then
+# The crash tests run the real worker binaries as processes (kill -9, SIGSTOP): build them.
+log "cargo build --workspace --bins --locked"
+cargo build --workspace --bins --locked 2>&1 | tee -a "$out" || rc=$?
+if [ "$rc" -ne 0 ]; then
+  log "build failed; not running the tests"
+elif [ "$runner" = nextest ]; then
   log "cargo nextest run ${scope[*]} --locked $*"
-  cargo nextest run "${scope[@]}" --locked "$@" 2>&1 | tee -a "$out" || rc=$?
+  cargo nextest run --no-fail-fast "${scope[@]}" --locked "$@" 2>&1 | tee -a "$out" || rc=$?
   if [ "$rc" -eq 0 ] && [ $# -eq 0 ] && [ "${AUDIT_TEST_DOCTESTS:-1}" = 1 ]; then
     log "cargo test --doc --workspace --locked"
     cargo test --doc --workspace --locked 2>&1 | tee -a "$out" || rc=$?

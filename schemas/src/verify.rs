@@ -32,6 +32,12 @@
 //! | first record doesn't start where expected (seq or prev hash) | | `GenesisMismatch` |
 //! | seq < 1, or past the range's expected last seq | | `MalformedRecord` / `InsertedEvent` |
 //!
+//! Findings about stored objects rather than records are made by the reader of the store, not
+//! by this verifier, but use the same kinds so that one report names everything: an archive
+//! segment that is not what was written (`SegmentReplaced`), a segment without its manifest
+//! (`SegmentWithoutManifest`, a warning), an unreadable manifest (`MalformedManifest`), and a
+//! later different copy of a `(partition, seq)` that a sink refused and recorded (`Fork`).
+//!
 //! After a finding, verification continues from the hash the rest of the chain committed to
 //! (reported above), so later damage is still found and reported separately. What a hash chain
 //! cannot detect without a signature: a consistent rewrite of everything after the latest valid
@@ -203,6 +209,18 @@ pub enum FindingKind {
     MalformedRecord,
     /// The stored range does not begin where expected (seq 1 / the given start).
     GenesisMismatch,
+    /// An archive segment object is not the one that was written: its size or SHA-256 differs
+    /// from its manifest, its metadata names another segment than its object key, or its
+    /// records disagree with its metadata. Reported at the segment's first seq; records whose
+    /// content changed are also reported one by one (`ModifiedEvent`, …) by the chain check.
+    SegmentReplaced,
+    /// An archive segment object without its manifest, so its digest cannot be checked (its
+    /// records are still verified). Normal for a moment after a writer crash between the two
+    /// puts (the sink writes the missing manifest when it resumes), hence a warning.
+    SegmentWithoutManifest,
+    /// An archive manifest that cannot be read, or that describes another segment than the one
+    /// its name says.
+    MalformedManifest,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -215,7 +233,7 @@ pub enum Severity {
 impl FindingKind {
     pub fn severity(self) -> Severity {
         match self {
-            FindingKind::DuplicateSeq => Severity::Warning,
+            FindingKind::DuplicateSeq | FindingKind::SegmentWithoutManifest => Severity::Warning,
             _ => Severity::Error,
         }
     }
@@ -1146,6 +1164,24 @@ mod tests {
     use crate::chain::ChainHead;
     use crate::event::ChainedEvent;
     use crate::testing::sample_event;
+
+    #[test]
+    fn archive_finding_kinds_have_stable_names_and_severities() {
+        let name = |k: FindingKind| serde_json::to_value(k).unwrap();
+        assert_eq!(name(FindingKind::SegmentReplaced), "segment_replaced");
+        assert_eq!(
+            name(FindingKind::SegmentWithoutManifest),
+            "segment_without_manifest"
+        );
+        assert_eq!(name(FindingKind::MalformedManifest), "malformed_manifest");
+        assert_eq!(FindingKind::SegmentReplaced.severity(), Severity::Error);
+        assert_eq!(FindingKind::MalformedManifest.severity(), Severity::Error);
+        assert_eq!(
+            FindingKind::SegmentWithoutManifest.severity(),
+            Severity::Warning
+        );
+        assert_eq!(FindingKind::Fork.severity(), Severity::Error);
+    }
 
     /// End to end with real events: chain with the canonical Avro bytes, rebuild records the way
     /// a store would hand them back, verify; then alter one stored field.

@@ -173,30 +173,37 @@ mod tests {
     fn defaults_without_file() {
         let c: TestConfig = load_from(["w"]).expect("load");
         assert_eq!(c.batch, 10);
-        assert_eq!(c.kafka.brokers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.security_protocol, "plaintext");
     }
 
     #[test]
     fn file_overrides_defaults_and_flags_override_file() {
-        let f = write_file("batch = 77\n[kafka]\nbrokers = \"k1:9092\"\ntopic_prefix = \"x.\"\n");
+        // Keys whose environment variables no test environment exports (deploy/local/env.sh
+        // exports the broker and topic prefix, and the environment rightly beats the file).
+        let f = write_file(
+            "batch = 77\n[kafka]\nsecurity_protocol = \"ssl\"\nsasl_mechanism = \"PLAIN\"\n",
+        );
         let path = f.0.to_str().expect("utf8 path").to_owned();
         let c: TestConfig = load_from(["w", "--config", &path]).expect("load");
         assert_eq!(c.batch, 77);
-        assert_eq!(c.kafka.brokers, "k1:9092");
-        assert_eq!(c.kafka.topic_prefix, "x.");
+        assert_eq!(c.kafka.security_protocol, "ssl");
+        assert_eq!(c.kafka.sasl_mechanism, "PLAIN");
         let c: TestConfig = load_from([
             "w",
             "--config",
             &path,
             "--batch",
             "5",
-            "--kafka-brokers",
-            "k2:1",
+            "--kafka-security-protocol",
+            "sasl_ssl",
         ])
         .expect("load");
         assert_eq!(c.batch, 5);
-        assert_eq!(c.kafka.brokers, "k2:1");
-        assert_eq!(c.kafka.topic_prefix, "x.", "file value kept where no flag");
+        assert_eq!(c.kafka.security_protocol, "sasl_ssl");
+        assert_eq!(
+            c.kafka.sasl_mechanism, "PLAIN",
+            "file value kept where no flag"
+        );
     }
 
     #[test]

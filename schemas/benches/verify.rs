@@ -1,0 +1,712 @@
+//! Where verification time goes, per event, on a realistic chain.
+//!
+//! `cargo bench -p schemas --bench verify` builds a chain of realistic enriched events (the
+//! platform lifecycle of the seeds: request → intent → policy → approval → IaC → deployment,
+//! 0.5–1.5 KB of canonical bytes each), over several partitions with signed checkpoints, stores
+//! it the way both sinks do (ClickHouse rows via `flat::AuditRow`, archive segments via
+//! `segment::write_segment`), then times, best of a few repetitions:
+//!
+//! - the baseline: raw SHA-256 over exactly the same canonical bytes (one digest per event);
+//! - the chain rule alone (`chain::link_hash`);
+//! - `verify` from precomputed canonical bytes (links, seq continuity, checkpoint signatures and
+//!   Merkle roots);
+//! - the pieces of the per-event work: canonical encoding, `AuditRow::to_chained`, segment
+//!   digest + Avro decode;
+//! - what `auditctl verify` does per event, from each store: decode → canonical bytes → verify.
+//!
+//! Figures are events/s, MB/s of canonical bytes (the same denominator for every line, so lines
+//! compare), µs/event and the ratio to the SHA-256 baseline measured in the same run: these
+//! machines are noisy, ratios travel better than absolute rates. Nothing here asserts a time.
+//!
+//! Knobs (environment): `AUDIT_BENCH_EVENTS` (default 100000), `AUDIT_BENCH_REPS` (default 3),
+//! `AUDIT_BENCH_PARTITIONS` (default 4). Run without `--bench` (`cargo test --benches`) it checks
+//! itself on a 2000-event chain instead.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use schemas::avro::{canonical_bytes_into, CANONICAL_VERSION};
+use schemas::chain::{link_hash, ChainHead, Hash32};
+use schemas::checkpoint::{generate_pkcs8, sign, CheckpointFields, KeySet, SigningKey};
+use schemas::flat::AuditRow;
+use schemas::merkle::MerkleBuilder;
+use schemas::segment::{read_segment, verify_segment_digest, write_segment, Manifest, SegmentMeta};
+use schemas::testing::sample_event;
+use schemas::verify::{
+    OwnedRecord, PartitionReport, PartitionVerifier, StoredRecord, VerifyOptions,
+};
+use schemas::{
+    Action, Actor, ActorType, AiContext, AuditEvent, ChainedEvent, Checkpoint, ComplianceContext,
+    EventCategory, KeyValue, Outcome, SecurityContext, Severity, Target,
+};
+use sha2::{Digest, Sha256};
+
+/// Checkpoint every this many events per partition (the chainer's default).
+const CHECKPOINT_EVERY: usize = 1000;
+/// Events per archive segment (the archive sink's default `--segment-max-events`).
+const SEGMENT_EVENTS: usize = 10_000;
+/// 2024-06-01T00:00:00Z: every event of the run falls on that day (one segment day).
+const START_US: i64 = 1_717_200_000_000_000;
+const CHAIN_ID: &str = "bench-chain";
+const KEY_ID: &str = "bench-key-1";
+const ENRICHED_TOPIC: &str = "audit.enriched";
+const CHAINED_TOPIC: &str = "audit.chained";
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+// ---- a realistic stream --------------------------------------------------------------------
+
+/// xorshift64*: deterministic, dependency-free.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[self.below(xs.len() as u64) as usize]
+    }
+    fn hex(&mut self, bytes: usize) -> String {
+        let mut s = String::with_capacity(bytes * 2);
+        while s.len() < bytes * 2 {
+            s.push_str(&format!("{:016x}", self.next()));
+        }
+        s.truncate(bytes * 2);
+        s
+    }
+}
+
+/// (id, name, email, team, team name, business unit, cost center, roles)
+type User = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+const USERS: &[User] = &[
+    (
+        "user-alice",
+        "Alice Martin",
+        "alice.martin@example.com",
+        "team-payments",
+        "Payments",
+        "Retail Banking",
+        "CC-1001",
+        &["developer"],
+    ),
+    (
+        "user-bob",
+        "Bob Keller",
+        "bob.keller@example.com",
+        "team-payments",
+        "Payments",
+        "Retail Banking",
+        "CC-1001",
+        &["approver", "developer"],
+    ),
+    (
+        "user-chen",
+        "Chen Wei",
+        "chen.wei@example.com",
+        "team-risk",
+        "Risk Analytics",
+        "Risk",
+        "CC-2040",
+        &["analyst"],
+    ),
+    (
+        "user-dana",
+        "Dana Okafor",
+        "dana.okafor@example.com",
+        "team-platform",
+        "Platform Engineering",
+        "Technology",
+        "CC-3300",
+        &["approver", "sre"],
+    ),
+    (
+        "user-emil",
+        "Emil Novak",
+        "emil.novak@example.com",
+        "team-data",
+        "Data Services",
+        "Technology",
+        "CC-3310",
+        &["developer"],
+    ),
+];
+
+const REQUESTS: &[(&str, &str, &str)] = &[
+    (
+        "I need a new API server for user management",
+        "create_api_server",
+        "api_server",
+    ),
+    (
+        "Spin up a Postgres database for the ledger service",
+        "create_database",
+        "database",
+    ),
+    (
+        "Add a Redis cache in front of the pricing service",
+        "create_cache",
+        "cache",
+    ),
+    (
+        "Create a staging environment for fraud-scoring",
+        "create_environment",
+        "environment",
+    ),
+    (
+        "Scale the payments API to 6 replicas",
+        "scale_service",
+        "service",
+    ),
+];
+
+/// Event `i` of the stream: one step of a platform request's lifecycle, as enrich leaves it.
+fn realistic_event(rng: &mut Rng, i: u64, partition: i32) -> AuditEvent {
+    let user = *rng.pick(USERS);
+    let (text, intent, kind) = *rng.pick(REQUESTS);
+    let mut e = sample_event();
+    let step = i % 6;
+    let (event_type, category, source, verb) = match step {
+        0 => (
+            "infrastructure_request",
+            EventCategory::UserInteraction,
+            "natural_language_interface",
+            intent,
+        ),
+        1 => (
+            "intent_recognized",
+            EventCategory::SystemProcessing,
+            "intent_recognition",
+            "classify_intent",
+        ),
+        2 => (
+            "policy_evaluated",
+            EventCategory::Governance,
+            "policy_engine",
+            "evaluate_policy",
+        ),
+        3 => (
+            "approval_granted",
+            EventCategory::Governance,
+            "approval_service",
+            "approve",
+        ),
+        4 => (
+            "iac_generated",
+            EventCategory::SystemProcessing,
+            "iac_generator",
+            "generate_terraform",
+        ),
+        _ => (
+            "deployment_completed",
+            EventCategory::Infrastructure,
+            "deployment_service",
+            "deploy",
+        ),
+    };
+    let trace = rng.hex(16);
+    let target_id = format!("{kind}-{}", rng.hex(4));
+    e.event_id = format!("evt-{}", rng.hex(12));
+    e.event_type = event_type.into();
+    e.category = category;
+    e.severity = if rng.below(20) == 0 {
+        Severity::Warning
+    } else {
+        Severity::Info
+    };
+    e.outcome = if rng.below(25) == 0 {
+        Outcome::Failure
+    } else {
+        Outcome::Success
+    };
+    e.event_time_us = START_US + i as i64 * 10_000;
+    e.receive_time_us = e.event_time_us + 150_000 + rng.below(200_000) as i64;
+    e.source_component = source.into();
+    e.ingress.partition = Some(partition);
+    e.ingress.offset = Some(i as i64);
+    e.actor = Actor {
+        actor_type: if step == 1 || step == 4 {
+            ActorType::AiAgent
+        } else {
+            ActorType::User
+        },
+        id: user.0.into(),
+        name: Some(user.1.into()),
+        email: Some(user.2.into()),
+        ip: Some(format!("10.20.{}.{}", rng.below(250), rng.below(250))),
+        user_agent: Some("idp-portal/2.4 (Mozilla/5.0; X11; Linux x86_64)".into()),
+        session_id: Some(format!("session-{}", &trace[..8])),
+        roles: user.7.iter().map(|r| (*r).to_owned()).collect(),
+    };
+    e.tenant.tenant_id = Some("bank-eu".into());
+    e.tenant.team_id = Some(user.3.into());
+    e.tenant.team_name = Some(user.4.into());
+    e.tenant.project_id = Some(format!("proj-{}", &user.3[5..]));
+    e.tenant.business_unit = Some(user.5.into());
+    e.tenant.cost_center = Some(user.6.into());
+    e.tenant.enrichment.enriched = true;
+    e.tenant.enrichment.user_found = true;
+    e.tenant.enrichment.team_found = true;
+    e.target = Some(Target {
+        target_type: kind.into(),
+        id: target_id.clone(),
+        name: Some(format!("{} for {}", kind.replace('_', " "), user.4)),
+    });
+    e.action = Action {
+        verb: verb.into(),
+        description: Some(format!("{verb} on behalf of {} ({})", user.1, user.3)),
+        status: Some(
+            if e.outcome == Outcome::Success {
+                "success"
+            } else {
+                "failed"
+            }
+            .into(),
+        ),
+        error: (e.outcome == Outcome::Failure).then(|| "upstream timeout after 30s".into()),
+    };
+    e.trace.trace_id = Some(trace.clone());
+    e.trace.span_id = Some(rng.hex(8));
+    e.trace.parent_span_id = (step > 0).then(|| rng.hex(8));
+    e.request_id = Some(format!("req-{}", rng.hex(6)));
+    e.parent_event_id = (step > 0).then(|| format!("evt-{}", rng.hex(12)));
+    e.reason = (step == 3).then(|| "within team budget; change window open".into());
+    e.data.payload_json = Some(match step {
+        0 => format!(r#"{{"text":"{text}","channel":"portal","locale":"en-GB"}}"#),
+        1 => format!(
+            r#"{{"text":"{text}","candidates":[{{"intent":"{intent}","score":0.{}}}]}}"#,
+            80 + rng.below(19)
+        ),
+        2 => format!(
+            r#"{{"policies":["cost-limit","data-residency","naming"],"resource":"{target_id}"}}"#
+        ),
+        3 => format!(
+            r#"{{"approver":"{}","ticket":"CHG-{}"}}"#,
+            user.0,
+            rng.below(100_000)
+        ),
+        4 => format!(
+            r#"{{"module":"{kind}","provider":"aws","region":"eu-central-1","lines":{}}}"#,
+            40 + rng.below(400)
+        ),
+        _ => format!(
+            r#"{{"environment":"staging","replicas":{},"strategy":"rolling"}}"#,
+            1 + rng.below(6)
+        ),
+    });
+    e.data.result_json = Some(format!(
+        r#"{{"status":"success","durationMs":{}}}"#,
+        20 + rng.below(2000)
+    ));
+    e.data.metadata_json = Some(format!(
+        r#"{{"clientIp":"10.20.{}.{}","processingTime":{}}}"#,
+        rng.below(250),
+        rng.below(250),
+        20 + rng.below(2000)
+    ));
+    if step == 5 {
+        e.data.before_json = Some(r#"{"replicas":2,"image":"payments-api:1.41.0"}"#.into());
+        e.data.after_json = Some(r#"{"replicas":6,"image":"payments-api:1.42.0"}"#.into());
+        e.data.changes = vec!["image".into(), "replicas".into()];
+    }
+    e.ai = (step == 1 || step == 4).then(|| AiContext {
+        agent_type: Some(
+            if step == 1 {
+                "intent_classifier"
+            } else {
+                "iac_generator"
+            }
+            .into(),
+        ),
+        model: Some("gpt-4o-2024-08-06".into()),
+        prompt_tokens: Some(300 + rng.below(3000) as i64),
+        completion_tokens: Some(50 + rng.below(1500) as i64),
+        confidence: Some(0.8 + rng.below(19) as f64 / 100.0),
+        reasoning: Some(format!("request matches {intent}; parameters complete")),
+        tools: vec!["terraform_validate".into(), "cost_estimate".into()],
+        execution_time_ms: Some(200 + rng.below(5000) as i64),
+    });
+    e.compliance = (step == 2).then(|| ComplianceContext {
+        regulations: vec!["GDPR".into(), "SOX".into()],
+        traffic_light: Some("GREEN".into()),
+        issues_found: Some(rng.below(3) as i32),
+        critical_issues: Some(0),
+        findings_json: Some(r#"[{"rule":"naming","level":"info"}]"#.into()),
+    });
+    e.security = (step >= 2).then(|| SecurityContext {
+        data_classification: Some("internal".into()),
+        encryption_used: Some(true),
+        pii_detected: Some(false),
+        retention_days: Some(2555),
+    });
+    if let Some(p) = e.performance.as_mut() {
+        p.processing_time_ms = Some(20 + rng.below(2000) as i64);
+        p.response_time_ms = Some(30 + rng.below(3000) as i64);
+    }
+    e.attributes = vec![
+        KeyValue {
+            key: "env".into(),
+            value: "prod".into(),
+        },
+        KeyValue {
+            key: "region".into(),
+            value: "eu-central-1".into(),
+        },
+        KeyValue {
+            key: "service.version".into(),
+            value: "2.4.1".into(),
+        },
+    ];
+    e
+}
+
+// ---- the stored chain ----------------------------------------------------------------------
+
+struct Partition {
+    id: u32,
+    /// Canonical bytes of each event, in seq order (what verify hashes).
+    canonical: Vec<Vec<u8>>,
+    /// The chained records (what `audit.chained` carries).
+    chained: Vec<ChainedEvent>,
+    /// The ClickHouse rows.
+    rows: Vec<AuditRow>,
+    /// The archive: (manifest, segment object) in seq order.
+    segments: Vec<(Manifest, Vec<u8>)>,
+    checkpoints: Vec<Checkpoint>,
+}
+
+fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let n =
+            events / partitions as usize + usize::from((p as usize) < events % partitions as usize);
+        let mut head = ChainHead::genesis(p);
+        let mut tree = MerkleBuilder::new();
+        let mut first_seq = 1u64;
+        let (mut canonical, mut chained, mut checkpoints) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..n {
+            let ev = realistic_event(&mut rng, i as u64, p as i32);
+            let mut buf = Vec::with_capacity(1024);
+            let link = head.next_event(&ev, &mut buf).expect("canonical encoding");
+            tree.push(&link.hash);
+            if tree.len() as usize == CHECKPOINT_EVERY || i + 1 == n {
+                let fields = CheckpointFields {
+                    chain_id: CHAIN_ID.into(),
+                    partition: p,
+                    first_seq,
+                    seq: link.seq,
+                    head_hash: link.hash,
+                    merkle_root: tree.root(),
+                    time_us: ev.receive_time_us,
+                };
+                checkpoints.push(sign(key, &fields).expect("signing"));
+                tree = MerkleBuilder::new();
+                first_seq = link.seq + 1;
+            }
+            canonical.push(buf);
+            chained.push(ChainedEvent {
+                chain_partition: p as i32,
+                seq: link.seq as i64,
+                prev_hash: link.prev_hash.to_vec(),
+                hash: link.hash.to_vec(),
+                canonical_version: CANONICAL_VERSION,
+                source_topic: ENRICHED_TOPIC.into(),
+                source_partition: p as i32,
+                source_offset: i as i64,
+                event: ev,
+            });
+        }
+        let rows = chained
+            .iter()
+            .enumerate()
+            .map(|(i, c)| AuditRow::from_chained(c, i as i64))
+            .collect();
+        let segments = chained
+            .chunks(SEGMENT_EVENTS)
+            .enumerate()
+            .map(|(k, chunk)| {
+                let first = (k * SEGMENT_EVENTS) as i64;
+                let meta = SegmentMeta::for_events(
+                    chunk,
+                    CHAINED_TOPIC,
+                    first,
+                    first + chunk.len() as i64 - 1,
+                    "bench",
+                )
+                .expect("segment metadata");
+                let bytes = write_segment(&meta, chunk).expect("segment");
+                let manifest =
+                    Manifest::for_segment(&meta, &bytes, "2024-06-01T00:00:00Z").expect("manifest");
+                (manifest, bytes)
+            })
+            .collect();
+        out.push(Partition {
+            id: p,
+            canonical,
+            chained,
+            rows,
+            segments,
+            checkpoints,
+        });
+    }
+    out
+}
+
+// ---- measuring -----------------------------------------------------------------------------
+
+fn best_of(reps: usize, mut f: impl FnMut() -> u64) -> Duration {
+    let mut best = Duration::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        black_box(f());
+        best = best.min(t.elapsed());
+    }
+    best
+}
+
+fn verifier(p: &Partition, keys: &KeySet) -> PartitionVerifier {
+    PartitionVerifier::new(
+        p.id,
+        keys,
+        &p.checkpoints,
+        VerifyOptions {
+            chain_id: Some(CHAIN_ID.into()),
+            ..VerifyOptions::default()
+        },
+    )
+}
+
+/// A clean chain must verify clean; anything else means the bench measured the wrong thing.
+fn check(report: PartitionReport, n: usize) -> u64 {
+    assert!(
+        report.ok && report.findings.is_empty() && report.events == n as u64,
+        "partition {} did not verify: {:?}",
+        report.partition,
+        report.findings.first()
+    );
+    assert_eq!(
+        report.sealed_through,
+        Some(n as i64),
+        "not sealed to the end"
+    );
+    report.events
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; without it (`cargo test --benches`, a debug build) run a
+    // small smoke-sized chain so the bench is still exercised end to end.
+    let full = std::env::args().any(|a| a == "--bench");
+    let events = env_usize("AUDIT_BENCH_EVENTS", if full { 100_000 } else { 2_000 });
+    let reps = env_usize("AUDIT_BENCH_REPS", if full { 3 } else { 1 });
+    let partitions = env_usize("AUDIT_BENCH_PARTITIONS", 4) as u32;
+
+    let key = SigningKey::from_pkcs8(KEY_ID, generate_pkcs8().expect("key").expose()).expect("key");
+    let mut keys = KeySet::default();
+    keys.add(key.public_entry(0, None)).expect("key set");
+
+    let t = Instant::now();
+    let data = build(events, partitions, &key);
+    let build_secs = t.elapsed().as_secs_f64();
+
+    let mut sizes: Vec<usize> = data
+        .iter()
+        .flat_map(|p| p.canonical.iter().map(Vec::len))
+        .collect();
+    sizes.sort_unstable();
+    let canonical_total: usize = sizes.iter().sum();
+    let segment_total: usize = data
+        .iter()
+        .flat_map(|p| p.segments.iter().map(|s| s.1.len()))
+        .sum();
+    let segments: usize = data.iter().map(|p| p.segments.len()).sum();
+    let checkpoints: usize = data.iter().map(|p| p.checkpoints.len()).sum();
+    println!(
+        "chain: {events} events over {partitions} partitions, built in {build_secs:.1}s; \
+         canonical bytes min {} / p50 {} / mean {} / max {} (total {:.1} MB); \
+         {segments} archive segments ({:.1} MB deflated); {checkpoints} signed checkpoints; \
+         best of {reps}",
+        sizes[0],
+        sizes[sizes.len() / 2],
+        canonical_total / sizes.len(),
+        sizes[sizes.len() - 1],
+        canonical_total as f64 / 1e6,
+        segment_total as f64 / 1e6,
+    );
+
+    let mut rows: Vec<(&str, Duration)> = Vec::new();
+
+    rows.push((
+        "sha256 of canonical bytes (baseline)",
+        best_of(reps, || {
+            let mut acc = 0u64;
+            for p in &data {
+                for c in &p.canonical {
+                    acc = acc.wrapping_add(u64::from(Sha256::digest(c)[0]));
+                }
+            }
+            acc
+        }),
+    ));
+
+    rows.push((
+        "chain rule link_hash only",
+        best_of(reps, || {
+            let mut acc = 0u64;
+            for p in &data {
+                let mut prev: Hash32 = [0; 32];
+                for (i, c) in p.canonical.iter().enumerate() {
+                    prev = link_hash(p.id, i as u64 + 1, &prev, c);
+                }
+                acc = acc.wrapping_add(u64::from(prev[0]));
+            }
+            acc
+        }),
+    ));
+
+    rows.push((
+        "verify from canonical bytes",
+        best_of(reps, || {
+            let mut n = 0;
+            for p in &data {
+                let mut v = verifier(p, &keys);
+                for (c, ce) in p.canonical.iter().zip(&p.chained) {
+                    v.push(&StoredRecord {
+                        seq: ce.seq,
+                        prev_hash: &ce.prev_hash,
+                        hash: &ce.hash,
+                        canonical: c,
+                        event_id: &ce.event.event_id,
+                        copy: None,
+                    });
+                }
+                n += check(v.finish(), p.chained.len());
+            }
+            n
+        }),
+    ));
+
+    rows.push((
+        "canonical encoding (Avro datum)",
+        best_of(reps, || {
+            let mut buf = Vec::with_capacity(2048);
+            let mut n = 0u64;
+            for p in &data {
+                for c in &p.chained {
+                    buf.clear();
+                    canonical_bytes_into(&c.event, &mut buf).expect("encode");
+                    n += buf.len() as u64;
+                }
+            }
+            n
+        }),
+    ));
+
+    rows.push((
+        "row decode (AuditRow::to_chained)",
+        best_of(reps, || {
+            let mut n = 0u64;
+            for p in &data {
+                for r in &p.rows {
+                    n += black_box(r.to_chained().expect("row")).seq as u64;
+                }
+            }
+            n
+        }),
+    ));
+
+    rows.push((
+        "segment decode (digest + read_segment)",
+        best_of(reps, || {
+            let mut n = 0u64;
+            for p in &data {
+                for (m, bytes) in &p.segments {
+                    verify_segment_digest(m, bytes).expect("digest");
+                    n += read_segment(bytes).expect("segment").1.len() as u64;
+                }
+            }
+            n
+        }),
+    ));
+
+    rows.push((
+        "full verify from ClickHouse rows",
+        best_of(reps, || {
+            let mut n = 0;
+            for p in &data {
+                let mut v = verifier(p, &keys);
+                for r in &p.rows {
+                    let c = r.to_chained().expect("row");
+                    let rec = OwnedRecord::from_chained(&c).expect("canonical");
+                    v.push(&rec.as_stored());
+                }
+                n += check(v.finish(), p.rows.len());
+            }
+            n
+        }),
+    ));
+
+    rows.push((
+        "full verify from archive segments",
+        best_of(reps, || {
+            let mut n = 0;
+            for p in &data {
+                let mut v = verifier(p, &keys);
+                for (m, bytes) in &p.segments {
+                    verify_segment_digest(m, bytes).expect("digest");
+                    let (_, evs) = read_segment(bytes).expect("segment");
+                    for c in &evs {
+                        let rec = OwnedRecord::from_chained(c).expect("canonical");
+                        v.push(&rec.as_stored());
+                    }
+                }
+                n += check(v.finish(), p.chained.len());
+            }
+            n
+        }),
+    ));
+
+    let base = rows[0].1.as_secs_f64();
+    println!(
+        "{:<40} {:>12} {:>9} {:>9} {:>12}",
+        "stage", "events/s", "MB/s", "µs/event", "vs sha256"
+    );
+    for (name, d) in &rows {
+        let s = d.as_secs_f64();
+        println!(
+            "{:<40} {:>12.0} {:>9.1} {:>9.2} {:>11.3}x",
+            name,
+            events as f64 / s,
+            canonical_total as f64 / 1e6 / s,
+            s * 1e6 / events as f64,
+            base / s,
+        );
+    }
+    println!("(MB/s counts canonical bytes on every line; 'vs sha256' = throughput ÷ baseline throughput)");
+    if !full {
+        println!(
+            "(smoke run without --bench: use `cargo bench -p schemas --bench verify` for figures)"
+        );
+    }
+}
