@@ -9,13 +9,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::TryStreamExt;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, RetryConfig};
+use object_store::ObjectStore;
 use schemas::checkpoint::{CheckpointJson, SignedCheckpoint};
 use schemas::segment::{
     self, parse_key, read_segment, verify_segment_digest, Manifest, ObjectKind, SegmentKey,
@@ -23,8 +20,8 @@ use schemas::segment::{
 };
 use schemas::verify::{Finding, FindingKind};
 use schemas::{ChainedEvent, Checkpoint};
+use worker_runtime::object_store::{build_store, Access, ArchiveStoreArgs, StoreConfigError};
 
-use crate::cli::{ArchiveArgs, Secret};
 use crate::collect::{finding, Collector};
 use crate::error::Error;
 use crate::reads::Reads;
@@ -48,63 +45,23 @@ struct Listed {
 
 impl ArchiveStore {
     /// The archive named by `--archive-url` (or `--archive-local-dir`), with the key prefix of
-    /// the URL's path followed by `--archive-prefix`, as the sink builds it.
-    pub fn open(args: &ArchiveArgs, reads: Reads) -> Result<Self, Error> {
-        let url = args
-            .archive_url
-            .as_deref()
-            .map(str::trim)
-            .filter(|u| !u.is_empty());
-        let (store, url_prefix, describe): (Arc<dyn ObjectStore>, &str, String) = match url {
-            Some(url) if url.starts_with("s3://") => {
-                let rest = &url["s3://".len()..];
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                if bucket.is_empty() {
-                    return Err(Error::Usage(format!(
-                        "--archive-url {url:?} names no bucket"
-                    )));
-                }
-                let (store, endpoint) = s3_store(args, bucket)?;
-                (store, prefix, format!("s3://{bucket} at {endpoint}"))
-            }
-            Some(url) => {
-                let path = url.strip_prefix("file://").unwrap_or(url);
-                (local_store(path, "--archive-url")?, "", format!("folder {path}"))
-            }
-            None => match &args.archive_local_dir {
-                Some(dir) => {
-                    let path = dir.display().to_string();
-                    (
-                        local_store(&path, "--archive-local-dir")?,
-                        "",
-                        format!("folder {path}"),
-                    )
-                }
-                None => {
-                    return Err(Error::Usage(
-                        "the archive source needs --archive-url (s3://bucket[/prefix] or a local folder)"
-                            .into(),
-                    ))
-                }
+    /// the URL's path followed by `--archive-prefix`: the store the sink writes, built by the
+    /// same `worker_runtime::object_store::build_store` (for reading: a local folder must
+    /// exist, and the S3 client retries briefly since `reads` retries whole reads).
+    pub fn open(args: &ArchiveStoreArgs, reads: Reads) -> Result<Self, Error> {
+        let store = build_store(args, Access::Read).map_err(|e| match e {
+            StoreConfigError::SecretKeyFile { path, source } => Error::File {
+                doing: "reading the S3 secret key file",
+                path,
+                source,
             },
-        };
-        let prefix = [
-            url_prefix.trim_matches('/'),
-            args.archive_prefix.trim_matches('/'),
-        ]
-        .into_iter()
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join("/");
-        let describe = if prefix.is_empty() {
-            describe
-        } else {
-            format!("{describe}, prefix {prefix}/")
-        };
+            other => Error::Usage(other.to_string()),
+        })?;
         Ok(Self {
             store,
-            prefix,
-            describe,
+            // The store is already wrapped in the key prefix.
+            prefix: String::new(),
+            describe: args.describe(Access::Read),
             reads,
         })
     }
@@ -543,63 +500,6 @@ impl ArchiveStore {
 
 fn short_hex(h: &[u8]) -> String {
     hex::encode(&h[..h.len().min(8)])
-}
-
-/// S3 client for `bucket`: explicit settings first, then the standard `AWS_*` environment (as
-/// the archive sink does). Returns the store and a description of its endpoint.
-fn s3_store(args: &ArchiveArgs, bucket: &str) -> Result<(Arc<dyn ObjectStore>, String), Error> {
-    let nonempty = |s: &Option<Secret>| s.clone().filter(|s| !s.is_empty());
-    let mut b = AmazonS3Builder::from_env()
-        .with_bucket_name(bucket)
-        .with_virtual_hosted_style_request(args.s3_virtual_hosted_style)
-        // The client's own retries stay short: the read as a whole is retried by `Reads`.
-        .with_retry(RetryConfig {
-            max_retries: 2,
-            retry_timeout: Duration::from_secs(15),
-            ..RetryConfig::default()
-        });
-    if let Some(r) = args.s3_region.as_deref().filter(|r| !r.is_empty()) {
-        b = b.with_region(r);
-    }
-    if let Some(ep) = args.s3_endpoint.as_deref().filter(|e| !e.is_empty()) {
-        b = b.with_endpoint(ep);
-        if ep.starts_with("http://") {
-            b = b.with_allow_http(true);
-        }
-    }
-    if args.s3_allow_http {
-        b = b.with_allow_http(true);
-    }
-    if let Some(k) = nonempty(&args.s3_access_key_id) {
-        b = b.with_access_key_id(k.expose());
-    }
-    let secret = match &args.s3_secret_access_key_file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(Error::file("reading the S3 secret key file", path))?;
-            Some(Secret::new(text.trim()))
-        }
-        None => nonempty(&args.s3_secret_access_key),
-    };
-    if let Some(s) = secret.filter(|s| !s.is_empty()) {
-        b = b.with_secret_access_key(s.expose());
-    }
-    let endpoint = b
-        .get_config_value(&AmazonS3ConfigKey::Endpoint)
-        .unwrap_or_else(|| "the AWS default endpoint".to_owned());
-    let store = b
-        .build()
-        .map_err(|e| Error::Usage(format!("S3 configuration: {e}")))?;
-    Ok((Arc::new(store), endpoint))
-}
-
-fn local_store(path: &str, flag: &str) -> Result<Arc<dyn ObjectStore>, Error> {
-    if !std::path::Path::new(path).is_dir() {
-        return Err(Error::Usage(format!("{flag} {path:?}: no such folder")));
-    }
-    let store = LocalFileSystem::new_with_prefix(path)
-        .map_err(|e| Error::Usage(format!("{flag} {path:?}: {e}")))?;
-    Ok(Arc::new(store))
 }
 
 /// The partition of a `checkpoints/chain=<p>/….json` key.

@@ -1,12 +1,14 @@
 //! Command-line interface (clap derive). Every option can also come from the environment; the
 //! connection options use the same variable names as the sinks (`AUDIT_CLICKHOUSE_*`,
 //! `AUDIT_S3_*`, `AUDIT_SINK_ARCHIVE_*`), so one environment file (e.g. `deploy/local/env.sh`)
-//! configures the workers and auditctl alike. S3 settings not given fall back to the standard
-//! `AWS_*` environment (credentials, region, endpoint), as in the archive sink.
+//! configures the workers and auditctl alike. The archive options are the archive sink's own
+//! (`worker_runtime::object_store::ArchiveStoreArgs`); S3 settings not given fall back to the
+//! standard `AWS_*` environment (credentials, region, endpoint), as in the archive sink.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use worker_runtime::object_store::ArchiveStoreArgs;
 pub use worker_runtime::Secret;
 
 const EXIT_CODES: &str = "\
@@ -94,7 +96,7 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
-    pub archive: ArchiveArgs,
+    pub archive: ArchiveStoreArgs,
 }
 
 /// How store reads are retried.
@@ -150,7 +152,7 @@ pub struct ProveArgs {
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
-    pub archive: ArchiveArgs,
+    pub archive: ArchiveStoreArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -194,47 +196,6 @@ pub struct ClickHouseArgs {
     /// older than the sink's migration 0003), a warning says so.
     #[arg(long, env = "AUDITCTL_FORKS_TABLE", default_value = "audit_forks")]
     pub forks_table: String,
-}
-
-#[derive(Debug, Clone, Args)]
-pub struct ArchiveArgs {
-    /// The archive: `s3://bucket[/prefix]`, `file:///dir`, or a local folder with the same
-    /// layout.
-    #[arg(long, env = "AUDIT_SINK_ARCHIVE_URL")]
-    pub archive_url: Option<String>,
-    /// Key prefix inside the bucket/folder, after the URL's own path (as in the sink).
-    #[arg(long, env = "AUDIT_SINK_ARCHIVE_PREFIX", default_value = "")]
-    pub archive_prefix: String,
-    /// Folder of a local archive, used when --archive-url is not given (the sink's embedded
-    /// default).
-    #[arg(long, env = "AUDIT_SINK_ARCHIVE_LOCAL_DIR")]
-    pub archive_local_dir: Option<PathBuf>,
-    /// S3 endpoint (e.g. http://127.0.0.1:8333); default: `AWS_ENDPOINT`, else AWS. An
-    /// http:// endpoint implies --s3-allow-http.
-    #[arg(long, env = "AUDIT_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-    /// S3 region; default: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1.
-    #[arg(long, env = "AUDIT_S3_REGION")]
-    pub s3_region: Option<String>,
-    /// S3 access key id; default: `AWS_ACCESS_KEY_ID` (the standard AWS credentials).
-    #[arg(long, env = "AUDIT_S3_ACCESS_KEY_ID", hide_env_values = true)]
-    pub s3_access_key_id: Option<Secret>,
-    /// S3 secret access key; default: `AWS_SECRET_ACCESS_KEY`. Never printed (not in --help,
-    /// not in errors or debug output).
-    #[arg(long, env = "AUDIT_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub s3_secret_access_key: Option<Secret>,
-    /// File holding the S3 secret access key; wins over --s3-secret-access-key.
-    #[arg(long, env = "AUDIT_S3_SECRET_ACCESS_KEY_FILE")]
-    pub s3_secret_access_key_file: Option<PathBuf>,
-    /// Allow a plain-HTTP endpoint (implied by an http:// --s3-endpoint).
-    #[arg(long, env = "AUDIT_S3_ALLOW_HTTP", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub s3_allow_http: bool,
-    /// Virtual-hosted-style addressing (`bucket.host`); the default is path-style, which
-    /// SeaweedFS and MinIO need.
-    #[arg(long, env = "AUDIT_S3_VIRTUAL_HOSTED_STYLE", default_value_t = false, num_args = 0..=1,
-          default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub s3_virtual_hosted_style: bool,
 }
 
 #[cfg(test)]

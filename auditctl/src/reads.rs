@@ -77,82 +77,17 @@ impl Reads {
     }
 }
 
+/// Which store errors are transient is decided where the sinks decide it
+/// (`worker_runtime::clickhouse` and `worker_runtime::object_store`), so a read and a write of
+/// the same store are retried for the same reasons.
 impl Retryable for Error {
     fn is_retryable(&self) -> bool {
         match self {
-            Error::ClickHouse { source, .. } => is_retryable_clickhouse(source),
-            Error::ObjectStore { source, .. } => is_retryable_object_store(source),
+            Error::ClickHouse { source, .. } => worker_runtime::clickhouse::is_retryable(source),
+            Error::ObjectStore { source, .. } => worker_runtime::object_store::is_retryable(source),
             _ => false,
         }
     }
-}
-
-/// ClickHouse server error codes of transient conditions (the same list as the ClickHouse
-/// sink's: overload, timeouts, network trouble between servers, a restart in progress).
-const RETRYABLE_CODES: &[u32] = &[
-    3,    // UNEXPECTED_END_OF_FILE (connection cut mid-request)
-    159,  // TIMEOUT_EXCEEDED
-    164,  // READONLY (e.g. during a restart / replica recovery)
-    202,  // TOO_MANY_SIMULTANEOUS_QUERIES
-    203,  // NO_FREE_CONNECTION
-    209,  // SOCKET_TIMEOUT
-    210,  // NETWORK_ERROR
-    236,  // ABORTED
-    241,  // MEMORY_LIMIT_EXCEEDED
-    242,  // TABLE_IS_READ_ONLY
-    285,  // TOO_FEW_LIVE_REPLICAS
-    394,  // QUERY_WAS_CANCELLED
-    425,  // SYSTEM_ERROR
-    439,  // CANNOT_SCHEDULE_TASK
-    999,  // KEEPER_EXCEPTION
-    1000, // POCO_EXCEPTION
-];
-
-/// Network failures, timeouts and transient server codes are retried; a server exception
-/// about the query (unknown table or column, syntax, authentication) is not. A response
-/// without a ClickHouse exception (a proxy's 502/503 page) is retried.
-pub fn is_retryable_clickhouse(e: &clickhouse::error::Error) -> bool {
-    use clickhouse::error::Error as E;
-    match e {
-        E::Network(_) | E::TimedOut => true,
-        E::BadResponse(text) => {
-            server_error_code(text).is_none_or(|c| RETRYABLE_CODES.contains(&c))
-        }
-        _ => false,
-    }
-}
-
-/// The `Code: N` of a ClickHouse exception text (`Code: 60, e.displayText() = …` on old
-/// servers, `Code: 60. DB::Exception…` on new ones).
-fn server_error_code(text: &str) -> Option<u32> {
-    let i = text.find("Code: ")?;
-    let digits: String = text[i + "Code: ".len()..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-/// `Generic` covers 5xx, timeouts and connection errors (and the local backend's I/O errors):
-/// retried, unless the message carries a 4xx status other than 408/429 (a request the server
-/// will never accept, e.g. 403 for wrong credentials). Everything else (NotFound,
-/// PermissionDenied, …) is an answer, not a failure. Same rule as the archive sink.
-pub fn is_retryable_object_store(e: &object_store::Error) -> bool {
-    match e {
-        object_store::Error::Generic { .. } => !is_permanent_client_error(&e.to_string()),
-        object_store::Error::JoinError { .. } => true,
-        _ => false,
-    }
-}
-
-/// The S3 client's `RetryError` is not a public type, so its status is read from the message
-/// (`Server returned non-2xx status code: 403 Forbidden`).
-fn is_permanent_client_error(message: &str) -> bool {
-    let Some(i) = message.find("status code: ") else {
-        return false;
-    };
-    let code = &message[i + "status code: ".len()..];
-    code.starts_with('4') && !code.starts_with("408") && !code.starts_with("429")
 }
 
 #[cfg(test)]

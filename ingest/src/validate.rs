@@ -9,7 +9,7 @@
 //! reasons whatever its encoding.
 
 use schemas::framing::{self, Framing, SchemaIdResolver};
-use schemas::json::{self, JsonContext, JsonError, JsonLimits, MIN_EVENT_TIME_US};
+use schemas::json::{self, JsonContext, JsonError, JsonLimits};
 use schemas::{AuditEvent, EnrichmentStatus, Ingress, SchemaError};
 use uuid::Uuid;
 
@@ -20,7 +20,8 @@ pub mod codes {
     pub const EMPTY_PAYLOAD: &str = "empty_payload";
     /// Neither JSON nor one of the two Avro framings.
     pub const UNKNOWN_FORMAT: &str = "unknown_format";
-    /// The same codes as the JSON mapping uses, for the same problems in Avro input.
+    /// The same codes as the JSON mapping (and `schemas::validate`) use, for the same problems
+    /// in Avro input.
     pub const INVALID_VALUE: &str = "invalid_value";
     pub const TOO_LARGE: &str = "too_large";
     pub const TIMESTAMP_OUT_OF_RANGE: &str = "timestamp_out_of_range";
@@ -217,199 +218,15 @@ fn normalize_json_slot(slot: &mut Option<String>, path: &str) -> Result<(), Reje
     Ok(())
 }
 
-/// The semantic gate every accepted event passes, whatever its encoding: event id rules,
-/// required fields non-empty, event time sanity (not before 2000-01-01, not more than
-/// `max_future_skew_us` after `receive_time_us`), string sizes, attribute count and order,
-/// AI confidence range. Free-form JSON text is not re-parsed here (the JSON mapping writes it
-/// normalised; Avro input is normalised before this runs).
+/// The semantic gate every accepted event passes, whatever its encoding:
+/// `schemas::validate::validate_event` (event id rules, required fields non-empty, event time
+/// sanity, string sizes, attribute count and order, AI confidence range), as a [`Rejection`].
+/// Free-form JSON text is not re-parsed here (the JSON mapping writes it normalised; Avro input
+/// is normalised before this runs).
 pub fn validate_event(
     event: &AuditEvent,
     limits: &JsonLimits,
     receive_time_us: i64,
 ) -> Result<(), Rejection> {
-    validate_event_id(&event.event_id)?;
-    for (path, value) in [
-        ("event.eventType", &event.event_type),
-        ("event.source", &event.source_component),
-        ("event.actor.id", &event.actor.id),
-        ("event.action.verb", &event.action.verb),
-    ] {
-        if value.is_empty() {
-            return Err(Rejection::new(
-                codes::INVALID_VALUE,
-                path,
-                "must not be empty",
-            ));
-        }
-    }
-    validate_event_time(event.event_time_us, limits, receive_time_us)?;
-    check_string_sizes(event, limits.max_string_bytes)?;
-    if event.attributes.len() > limits.max_attributes {
-        return Err(Rejection::new(
-            codes::TOO_LARGE,
-            "event.attributes",
-            format!(
-                "{} attributes, limit {}",
-                event.attributes.len(),
-                limits.max_attributes
-            ),
-        ));
-    }
-    if let Some(w) = event.attributes.windows(2).find(|w| w[0].key >= w[1].key) {
-        let message = if w[0].key == w[1].key {
-            format!("duplicate key {:?}", w[0].key)
-        } else {
-            format!("keys not sorted: {:?} before {:?}", w[0].key, w[1].key)
-        };
-        return Err(Rejection::new(
-            codes::INVALID_VALUE,
-            "event.attributes",
-            message,
-        ));
-    }
-    if let Some(c) = event.ai.as_ref().and_then(|a| a.confidence) {
-        if !(0.0..=1.0).contains(&c) {
-            return Err(Rejection::new(
-                codes::INVALID_VALUE,
-                "event.ai.confidence",
-                format!("confidence must be between 0 and 1, got {c}"),
-            ));
-        }
-    }
-    Ok(())
-}
-
-fn validate_event_id(id: &str) -> Result<(), Rejection> {
-    let problem = if id.is_empty() {
-        Some("event id must not be empty".to_owned())
-    } else if id.len() > 256 {
-        Some(format!("event id is {} bytes, limit 256", id.len()))
-    } else {
-        id.chars()
-            .position(char::is_control)
-            .map(|i| format!("event id contains a control character at character {i}"))
-    };
-    match problem {
-        Some(m) => Err(Rejection::new(codes::INVALID_VALUE, "event.id", m)),
-        None => Ok(()),
-    }
-}
-
-fn validate_event_time(
-    event_time_us: i64,
-    limits: &JsonLimits,
-    receive_time_us: i64,
-) -> Result<(), Rejection> {
-    let show = |us: i64| json::format_time_us(us).unwrap_or_else(|| format!("{us} µs"));
-    if event_time_us < MIN_EVENT_TIME_US {
-        return Err(Rejection::new(
-            codes::TIMESTAMP_OUT_OF_RANGE,
-            "event.timestamp",
-            format!("{} is before 2000-01-01T00:00:00Z", show(event_time_us)),
-        ));
-    }
-    if event_time_us > receive_time_us.saturating_add(limits.max_future_skew_us) {
-        return Err(Rejection::new(
-            codes::TIMESTAMP_OUT_OF_RANGE,
-            "event.timestamp",
-            format!(
-                "{} is more than {} s after the receive time {}",
-                show(event_time_us),
-                limits.max_future_skew_us / 1_000_000,
-                show(receive_time_us)
-            ),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks every scalar string of the event against `max` bytes (not the free-form JSON texts,
-/// which only the document limit bounds, as in the JSON mapping). Paths are built only for the
-/// offending field.
-fn check_string_sizes(e: &AuditEvent, max: usize) -> Result<(), Rejection> {
-    let check = |s: &str, path: &dyn Fn() -> String| {
-        if s.len() > max {
-            Err(Rejection::new(
-                codes::TOO_LARGE,
-                path(),
-                format!("string is {} bytes, limit {max}", s.len()),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    let a = &e.actor;
-    let t = &e.tenant;
-    let target = e.target.as_ref();
-    let ai = e.ai.as_ref();
-    let compliance = e.compliance.as_ref();
-    let optional: [(&str, Option<&String>); 26] = [
-        ("event.actor.name", a.name.as_ref()),
-        ("event.actor.email", a.email.as_ref()),
-        ("event.actor.ip", a.ip.as_ref()),
-        ("event.actor.userAgent", a.user_agent.as_ref()),
-        ("event.sessionId", a.session_id.as_ref()),
-        ("event.tenantId", t.tenant_id.as_ref()),
-        ("event.teamId", t.team_id.as_ref()),
-        ("event.teamName", t.team_name.as_ref()),
-        ("event.projectId", t.project_id.as_ref()),
-        ("event.businessUnit", t.business_unit.as_ref()),
-        ("event.costCenter", t.cost_center.as_ref()),
-        ("event.action.description", e.action.description.as_ref()),
-        ("event.action.status", e.action.status.as_ref()),
-        ("event.action.error", e.action.error.as_ref()),
-        ("event.traceId", e.trace.trace_id.as_ref()),
-        ("event.spanId", e.trace.span_id.as_ref()),
-        ("event.parentSpanId", e.trace.parent_span_id.as_ref()),
-        ("event.requestId", e.request_id.as_ref()),
-        ("event.parentEventId", e.parent_event_id.as_ref()),
-        ("event.reason", e.reason.as_ref()),
-        ("event.target.name", target.and_then(|x| x.name.as_ref())),
-        ("event.ai.agentType", ai.and_then(|x| x.agent_type.as_ref())),
-        ("event.ai.model", ai.and_then(|x| x.model.as_ref())),
-        ("event.ai.reasoning", ai.and_then(|x| x.reasoning.as_ref())),
-        (
-            "event.compliance.trafficLight",
-            compliance.and_then(|x| x.traffic_light.as_ref()),
-        ),
-        (
-            "event.security.dataClassification",
-            e.security
-                .as_ref()
-                .and_then(|x| x.data_classification.as_ref()),
-        ),
-    ];
-    let required = [
-        ("event.eventType", Some(&e.event_type)),
-        ("event.source", Some(&e.source_component)),
-        ("event.actor.id", Some(&a.id)),
-        ("event.action.verb", Some(&e.action.verb)),
-        ("event.target.type", target.map(|x| &x.target_type)),
-        ("event.target.id", target.map(|x| &x.id)),
-    ];
-    for (path, value) in optional.into_iter().chain(required) {
-        if let Some(s) = value {
-            check(s, &|| path.to_owned())?;
-        }
-    }
-    let empty: &[String] = &[];
-    let lists: [(&str, &[String]); 4] = [
-        ("event.actor.roles", &a.roles),
-        ("event.changes", &e.data.changes),
-        ("event.ai.tools", ai.map_or(empty, |x| &x.tools)),
-        (
-            "event.compliance.regulations",
-            compliance.map_or(empty, |x| &x.regulations),
-        ),
-    ];
-    for (path, items) in lists {
-        for (i, s) in items.iter().enumerate() {
-            check(s, &|| format!("{path}[{i}]"))?;
-        }
-    }
-    for kv in &e.attributes {
-        check(&kv.key, &|| "event.attributes".to_owned())?;
-        check(&kv.value, &|| format!("event.attributes.{}", kv.key))?;
-    }
-    Ok(())
+    schemas::validate::validate_event(event, limits, receive_time_us).map_err(Rejection::from)
 }

@@ -69,9 +69,9 @@ use crate::event::{
     EventCategory, EventData, Ingress, IngressChannel, KeyValue, Outcome, Performance,
     SecurityContext, Severity, Target, TenantContext, TraceContext,
 };
+use crate::validate;
 
-/// 2000-01-01T00:00:00Z in microseconds: earlier event times are producer clock bugs.
-pub const MIN_EVENT_TIME_US: i64 = 946_684_800_000_000;
+pub use crate::validate::MIN_EVENT_TIME_US;
 
 /// Size and sanity limits for JSON input.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +165,11 @@ pub struct JsonError {
 }
 
 impl JsonError {
-    fn new(code: JsonErrorCode, path: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        code: JsonErrorCode,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         JsonError {
             code,
             path: path.into(),
@@ -245,7 +249,7 @@ fn map_event(
 
     let event_id = match ev.str(&["id", "eventId", "event_id"])? {
         Some((p, id)) => {
-            validate_event_id(&id, &p)?;
+            validate::check_event_id(&id, &p)?;
             id
         }
         None => ctx.derived_event_id.clone(),
@@ -396,13 +400,7 @@ fn map_event(
         },
         Some((p, Value::String(s))) => {
             ev.check_len(&s, &p)?;
-            if s.is_empty() {
-                return Err(JsonError::new(
-                    JsonErrorCode::InvalidValue,
-                    p,
-                    "must not be empty",
-                ));
-            }
+            validate::check_nonempty(&s, &p)?;
             Action {
                 verb: s,
                 description: None,
@@ -576,13 +574,7 @@ fn map_event(
     let attributes = match ev.take_value(&["attributes"]) {
         None => Vec::new(),
         Some((p, Value::Object(m))) => {
-            if m.len() > limits.max_attributes {
-                return Err(JsonError::new(
-                    JsonErrorCode::TooLarge,
-                    p,
-                    format!("{} attributes, limit {}", m.len(), limits.max_attributes),
-                ));
-            }
+            validate::check_attribute_count(m.len(), limits, &p)?;
             let mut out = Vec::with_capacity(m.len());
             for (k, v) in m {
                 let vp = format!("{p}.{k}");
@@ -731,19 +723,7 @@ impl<'l> Obj<'l> {
     }
 
     fn check_len(&self, s: &str, path: &str) -> JResult<()> {
-        if s.len() > self.limits.max_string_bytes {
-            Err(JsonError::new(
-                JsonErrorCode::TooLarge,
-                path,
-                format!(
-                    "string is {} bytes, limit {}",
-                    s.len(),
-                    self.limits.max_string_bytes
-                ),
-            ))
-        } else {
-            Ok(())
-        }
+        validate::check_string_len(s, self.limits.max_string_bytes, || path.to_owned())
     }
 
     fn str(&mut self, names: &[&str]) -> JResult<Option<(String, String)>> {
@@ -769,12 +749,7 @@ impl<'l> Obj<'l> {
     fn required_nonempty_str(&mut self, names: &[&str]) -> JResult<String> {
         let first = names.first().copied().unwrap_or("");
         match self.str(names)? {
-            Some((p, s)) if s.is_empty() => Err(JsonError::new(
-                JsonErrorCode::InvalidValue,
-                p,
-                "must not be empty",
-            )),
-            Some((_, s)) => Ok(s),
+            Some((p, s)) => validate::check_nonempty(&s, &p).map(|()| s),
             None => Err(self.missing(first)),
         }
     }
@@ -813,14 +788,11 @@ impl<'l> Obj<'l> {
     fn confidence(&mut self, names: &[&str]) -> JResult<Option<f64>> {
         match self.take_value(names) {
             None => Ok(None),
-            Some((p, Value::Number(n))) => match n.as_f64() {
-                Some(f) if (0.0..=1.0).contains(&f) => Ok(Some(f)),
-                _ => Err(JsonError::new(
-                    JsonErrorCode::InvalidValue,
-                    p,
-                    format!("confidence must be between 0 and 1, got {n}"),
-                )),
-            },
+            Some((p, Value::Number(n))) => {
+                // NaN (no f64 for the number) is out of range too.
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                validate::check_confidence(f, &n, &p).map(|()| Some(f))
+            }
             Some((p, other)) => Err(wrong_type(p, "a number", &other)),
         }
     }
@@ -1024,22 +996,6 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn validate_event_id(id: &str, path: &str) -> JResult<()> {
-    let problem = if id.is_empty() {
-        Some("event id must not be empty".to_owned())
-    } else if id.len() > 256 {
-        Some(format!("event id is {} bytes, limit 256", id.len()))
-    } else {
-        id.chars()
-            .position(char::is_control)
-            .map(|i| format!("event id contains a control character at character {i}"))
-    };
-    match problem {
-        Some(m) => Err(JsonError::new(JsonErrorCode::InvalidValue, path, m)),
-        None => Ok(()),
-    }
-}
-
 fn parse_event_time(ts: &str, path: &str, ctx: &JsonContext) -> JResult<i64> {
     let t = OffsetDateTime::parse(ts, &Rfc3339).map_err(|e| {
         JsonError::new(
@@ -1057,29 +1013,7 @@ fn parse_event_time(ts: &str, path: &str, ctx: &JsonContext) -> JResult<i64> {
             format!("{ts:?} is out of range"),
         )
     })?;
-    if us < MIN_EVENT_TIME_US {
-        return Err(JsonError::new(
-            JsonErrorCode::TimestampOutOfRange,
-            path,
-            format!("{ts} is before 2000-01-01T00:00:00Z"),
-        ));
-    }
-    let latest = ctx
-        .receive_time_us
-        .saturating_add(ctx.limits.max_future_skew_us);
-    if us > latest {
-        return Err(JsonError::new(
-            JsonErrorCode::TimestampOutOfRange,
-            path,
-            format!(
-                "{ts} is more than {} s after the receive time {}",
-                ctx.limits.max_future_skew_us / 1_000_000,
-                format_time_us(ctx.receive_time_us)
-                    .as_deref()
-                    .unwrap_or("(out of range)")
-            ),
-        ));
-    }
+    validate::check_event_time(us, || ts.to_owned(), path, &ctx.limits, ctx.receive_time_us)?;
     Ok(us)
 }
 

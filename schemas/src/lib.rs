@@ -14,6 +14,7 @@ pub mod framing;
 pub mod json;
 pub mod merkle;
 pub mod segment;
+pub mod validate;
 pub mod verify;
 
 /// Proptest strategies, shared with other crates' tests via the `testing` feature.

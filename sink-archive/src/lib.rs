@@ -25,7 +25,7 @@ use worker_runtime::shutdown::TaskSet;
 use worker_runtime::Shutdown;
 
 pub use archive::{Archive, Outcome, ResumePoint, StoredSegment};
-pub use store::{build_store, ArchiveArgs};
+pub use store::{build_store, ArchiveStoreArgs};
 
 /// The segment format (from `schemas::segment`, so the verifier shares it without depending on
 /// this crate): reading a segment and checking it against its manifest.
@@ -48,7 +48,7 @@ pub struct Config {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     #[command(flatten)]
-    pub archive: ArchiveArgs,
+    pub archive: ArchiveStoreArgs,
     #[command(flatten)]
     pub retry: RetryPolicy,
     /// Consumer group of the archive sink.
@@ -162,5 +162,44 @@ mod tests {
         assert_eq!(c.segment_max_age_secs, 30);
         assert!(c.archive.s3_allow_http);
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    /// The `[archive]` section of a config file holds the archive store's keys, optional ones
+    /// included.
+    #[test]
+    fn config_file_archive_section() {
+        let dir = std::env::temp_dir().join(format!(
+            "sink-archive-config-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let file = dir.join("sink-archive.toml");
+        std::fs::write(
+            &file,
+            "[archive]\narchive_local_dir = \"/srv/archive\"\ns3_region = \"eu-west-1\"\n\
+             s3_request_retry_secs = 5\ns3_virtual_hosted_style = true\n",
+        )
+        .expect("write config");
+        let path = file.to_str().expect("utf8 path").to_owned();
+        let c: Config =
+            worker_runtime::config::load_from(["sink-archive", "--config", &path]).expect("load");
+        assert_eq!(
+            c.archive.archive_local_dir.as_deref(),
+            Some(Path::new("/srv/archive"))
+        );
+        assert_eq!(c.archive.s3_region.as_deref(), Some("eu-west-1"));
+        assert_eq!(c.archive.s3_request_retry_secs, Some(5));
+        assert!(c.archive.s3_virtual_hosted_style);
+        // Absent optional keys stay absent (the sink's defaults apply when the store is built).
+        std::fs::write(&file, "segment_max_events = 7\n").expect("write config");
+        let c: Config =
+            worker_runtime::config::load_from(["sink-archive", "--config", &path]).expect("load");
+        assert_eq!(c.segment_max_events, 7);
+        assert_eq!(c.archive.s3_request_retry_secs, None);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

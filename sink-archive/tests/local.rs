@@ -2,13 +2,13 @@
 
 mod common;
 
-use sink_archive::{build_store, ArchiveArgs};
+use sink_archive::{build_store, ArchiveStoreArgs};
 
 #[tokio::test]
 async fn segments_resume_fork_and_checkpoints_in_a_local_folder() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = ArchiveArgs {
-        archive_local_dir: dir.path().join("archive"),
+    let args = ArchiveStoreArgs {
+        archive_local_dir: Some(dir.path().join("archive")),
         archive_prefix: "run-1".into(),
         ..Default::default()
     };
@@ -25,7 +25,7 @@ async fn segments_resume_fork_and_checkpoints_in_a_local_folder() {
 #[tokio::test]
 async fn file_url_selects_the_local_backend() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let args = ArchiveArgs {
+    let args = ArchiveStoreArgs {
         archive_url: format!("file://{}", dir.path().display()),
         ..Default::default()
     };

@@ -9,19 +9,19 @@ use std::sync::Arc;
 
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions};
-use sink_archive::{build_store, ArchiveArgs};
+use sink_archive::{build_store, ArchiveStoreArgs};
 use worker_runtime::Secret;
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
 }
 
-fn s3_args(prefix: &str) -> ArchiveArgs {
-    ArchiveArgs {
+fn s3_args(prefix: &str) -> ArchiveStoreArgs {
+    ArchiveStoreArgs {
         archive_url: format!("s3://{}", env("S3_BUCKET", "audit-archive")),
         archive_prefix: prefix.to_owned(),
         s3_endpoint: env("S3_ENDPOINT", "http://127.0.0.1:8333"),
-        s3_region: env("S3_REGION", "us-east-1"),
+        s3_region: Some(env("S3_REGION", "us-east-1")),
         // The local stack's published test-only keys (deploy/local/env.sh).
         s3_access_key_id: Secret::new(env("S3_ACCESS_KEY_ID", "audit-local-test-access-key")),
         s3_secret_access_key: Secret::new(env(
@@ -29,7 +29,7 @@ fn s3_args(prefix: &str) -> ArchiveArgs {
             "audit-local-test-secret-NOT-A-SECRET",
         )),
         s3_allow_http: true,
-        s3_request_retry_secs: 10,
+        s3_request_retry_secs: Some(10),
         ..Default::default()
     }
 }

@@ -1,4 +1,5 @@
-//! The sink's errors, and which ClickHouse failures are worth retrying.
+//! The sink's errors, and which are worth retrying (the ClickHouse failures that
+//! `worker_runtime::clickhouse::is_retryable` classifies as transient).
 
 use thiserror::Error;
 use worker_runtime::retry::Retryable;
@@ -61,57 +62,10 @@ impl Error {
 impl Retryable for Error {
     fn is_retryable(&self) -> bool {
         match self {
-            Error::ClickHouse { source, .. } => is_retryable_clickhouse(source),
+            Error::ClickHouse { source, .. } => worker_runtime::clickhouse::is_retryable(source),
             _ => false,
         }
     }
-}
-
-/// ClickHouse server error codes that describe a transient condition (overload, timeouts,
-/// network trouble between servers, too many parts while merges catch up, …).
-const RETRYABLE_CODES: &[u32] = &[
-    3,    // UNEXPECTED_END_OF_FILE (connection cut mid-request)
-    159,  // TIMEOUT_EXCEEDED
-    164,  // READONLY (e.g. during a restart / replica recovery)
-    202,  // TOO_MANY_SIMULTANEOUS_QUERIES
-    203,  // NO_FREE_CONNECTION
-    209,  // SOCKET_TIMEOUT
-    210,  // NETWORK_ERROR
-    236,  // ABORTED
-    241,  // MEMORY_LIMIT_EXCEEDED
-    242,  // TABLE_IS_READ_ONLY
-    252,  // TOO_MANY_PARTS
-    285,  // TOO_FEW_LIVE_REPLICAS
-    319,  // UNKNOWN_STATUS_OF_INSERT
-    394,  // QUERY_WAS_CANCELLED
-    425,  // SYSTEM_ERROR
-    439,  // CANNOT_SCHEDULE_TASK
-    999,  // KEEPER_EXCEPTION
-    1000, // POCO_EXCEPTION
-];
-
-/// Network failures, timeouts and the server's transient error codes are retryable; anything
-/// about the request itself (unknown table or column, syntax, type mismatch, auth) is not: a
-/// retry would fail the same way, so the worker stops without storing offsets instead.
-pub fn is_retryable_clickhouse(e: &clickhouse::error::Error) -> bool {
-    use clickhouse::error::Error as E;
-    match e {
-        E::Network(_) | E::TimedOut => true,
-        E::BadResponse(text) => match server_error_code(text) {
-            Some(code) => RETRYABLE_CODES.contains(&code),
-            // No ClickHouse exception in the body: a proxy/load balancer error page (502, 503…).
-            None => true,
-        },
-        _ => false,
-    }
-}
-
-/// The `Code: N` of a ClickHouse exception text (`Code: 60, e.displayText() = DB::Exception…`
-/// on old servers, `Code: 60. DB::Exception…` on new ones).
-pub fn server_error_code(text: &str) -> Option<u32> {
-    let rest = &text[text.find("Code: ")? + "Code: ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 #[cfg(test)]
@@ -119,20 +73,15 @@ mod tests {
     use super::*;
     use clickhouse::error::Error as E;
 
+    /// Only ClickHouse failures are retried, as `worker_runtime::clickhouse` classifies them
+    /// (its own tests cover the codes).
     #[test]
-    fn classifies_server_errors() {
-        let old = "Code: 60, e.displayText() = DB::Exception: Table audit.x doesn't exist., e.what() = DB::Exception";
-        assert_eq!(server_error_code(old), Some(60));
-        assert!(!is_retryable_clickhouse(&E::BadResponse(old.into())));
-        let new = "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)";
-        assert!(is_retryable_clickhouse(&E::BadResponse(new.into())));
-        assert!(is_retryable_clickhouse(&E::BadResponse(
-            "502 Bad Gateway".into()
-        )));
-        assert!(is_retryable_clickhouse(&E::TimedOut));
-        assert!(!is_retryable_clickhouse(&E::NotEnoughData));
+    fn classifies_errors() {
         let syntax = "Code: 62, e.displayText() = DB::Exception: Syntax error";
         assert!(!Error::ch("q", E::BadResponse(syntax.into())).is_retryable());
+        let parts = "Code: 252. DB::Exception: Too many parts (300). (TOO_MANY_PARTS)";
+        assert!(Error::ch("q", E::BadResponse(parts.into())).is_retryable());
+        assert!(Error::ch("q", E::TimedOut).is_retryable());
         assert!(!Error::Config("x".into()).is_retryable());
     }
 }

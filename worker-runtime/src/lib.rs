@@ -3,10 +3,14 @@
 //! health/metrics endpoints, and Kafka plumbing whose one rule is *store an input offset only
 //! after everything before it is durable downstream*.
 
+#[cfg(feature = "clickhouse")]
+pub mod clickhouse;
 pub mod config;
 pub mod error;
 pub mod health;
 pub mod kafka;
+#[cfg(feature = "object-store")]
+pub mod object_store;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

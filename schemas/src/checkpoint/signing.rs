@@ -1,0 +1,155 @@
+//! The v1 signing input (layout in the module docs of `checkpoint`), signing, and verifying
+//! against the key set.
+
+use ring::signature;
+
+use crate::chain::Hash32;
+use crate::checkpoint_record::Checkpoint;
+
+use super::error::{malformed, CheckpointError};
+use super::keys::SigningKey;
+use super::keyset::KeySet;
+
+/// Domain tag of the v1 signing input.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"audit-checkpoint/v1";
+
+/// Ed25519 signature length.
+pub const SIGNATURE_LEN: usize = 64;
+
+/// What the chainer decides to checkpoint (everything signed except the key id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointFields {
+    pub chain_id: String,
+    pub partition: u32,
+    pub first_seq: u64,
+    pub seq: u64,
+    pub head_hash: Hash32,
+    pub merkle_root: Hash32,
+    pub time_us: i64,
+}
+
+impl CheckpointFields {
+    /// Number of leaves under `merkle_root`.
+    pub fn tree_size(&self) -> u64 {
+        self.seq.saturating_sub(self.first_seq).saturating_add(1)
+    }
+
+    fn validate(&self, key_id: &str) -> Result<(), CheckpointError> {
+        if self.partition > i32::MAX as u32 {
+            return Err(malformed(format!(
+                "partition {} exceeds i32",
+                self.partition
+            )));
+        }
+        if self.first_seq == 0 || self.first_seq > self.seq || self.seq > i64::MAX as u64 {
+            return Err(malformed(format!(
+                "range {}..={} is not 1 ≤ first_seq ≤ seq ≤ i64::MAX",
+                self.first_seq, self.seq
+            )));
+        }
+        if self.chain_id.is_empty() || u32::try_from(self.chain_id.len()).is_err() {
+            return Err(malformed("chain_id is empty or too long"));
+        }
+        if key_id.is_empty() || u32::try_from(key_id.len()).is_err() {
+            return Err(malformed("key_id is empty or too long"));
+        }
+        Ok(())
+    }
+
+    /// The exact bytes signed (see the module docs). Callers validate first, so the length
+    /// prefixes fit in u32.
+    pub fn signing_input(&self, key_id: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(
+            4 + CHECKPOINT_DOMAIN.len()
+                + 4
+                + self.chain_id.len()
+                + 4
+                + 8
+                + 8
+                + 32
+                + 32
+                + 8
+                + 4
+                + key_id.len(),
+        );
+        let put_str = |out: &mut Vec<u8>, s: &[u8]| {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s);
+        };
+        put_str(&mut out, CHECKPOINT_DOMAIN);
+        put_str(&mut out, self.chain_id.as_bytes());
+        out.extend_from_slice(&self.partition.to_be_bytes());
+        out.extend_from_slice(&self.first_seq.to_be_bytes());
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.head_hash);
+        out.extend_from_slice(&self.merkle_root);
+        out.extend_from_slice(&self.time_us.to_be_bytes());
+        put_str(&mut out, key_id.as_bytes());
+        out
+    }
+}
+
+/// A checkpoint with typed fields (the wire record has `Vec<u8>`/`i64`; see the conversions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub fields: CheckpointFields,
+    pub key_id: String,
+    pub signature: [u8; SIGNATURE_LEN],
+}
+
+/// Sign `fields` with `key`, giving the wire record published on `audit.checkpoints`.
+pub fn sign(key: &SigningKey, fields: &CheckpointFields) -> Result<Checkpoint, CheckpointError> {
+    sign_fields(key, fields).map(|cp| Checkpoint::from(&cp))
+}
+
+/// [`sign`], typed.
+pub fn sign_fields(
+    key: &SigningKey,
+    fields: &CheckpointFields,
+) -> Result<SignedCheckpoint, CheckpointError> {
+    fields.validate(&key.key_id)?;
+    let sig = key.pair.sign(&fields.signing_input(&key.key_id));
+    let mut signature = [0u8; SIGNATURE_LEN];
+    signature.copy_from_slice(sig.as_ref());
+    Ok(SignedCheckpoint {
+        fields: fields.clone(),
+        key_id: key.key_id.clone(),
+        signature,
+    })
+}
+
+/// Check a wire checkpoint against the key set (see [`verify_signed`]).
+pub fn verify(keys: &KeySet, cp: &Checkpoint) -> Result<(), CheckpointError> {
+    verify_signed(keys, &SignedCheckpoint::try_from(cp)?)
+}
+
+/// Check a checkpoint against the key set.
+///
+/// Order matters for precise errors: the signature is checked before the validity window, so a
+/// tampered `time_us` reports [`CheckpointError::BadSignature`] (tampering) while a genuinely
+/// signed checkpoint outside its key's window reports [`CheckpointError::KeyNotValidAt`]
+/// (a retired or not-yet-active key was used: key management, or a stolen old key).
+pub fn verify_signed(keys: &KeySet, cp: &SignedCheckpoint) -> Result<(), CheckpointError> {
+    cp.fields.validate(&cp.key_id)?;
+    let (entry, pk) = keys
+        .entries
+        .iter()
+        .find(|(e, _)| e.key_id == cp.key_id)
+        .ok_or_else(|| CheckpointError::UnknownKey {
+            key_id: cp.key_id.clone(),
+        })?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, pk)
+        .verify(&cp.fields.signing_input(&cp.key_id), &cp.signature)
+        .map_err(|_| CheckpointError::BadSignature {
+            key_id: cp.key_id.clone(),
+        })?;
+    if !entry.valid_at(cp.fields.time_us) {
+        return Err(CheckpointError::KeyNotValidAt {
+            key_id: cp.key_id.clone(),
+            time_us: cp.fields.time_us,
+            not_before_us: entry.not_before_us,
+            not_after_us: entry.not_after_us,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,349 @@
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+
+use super::*;
+use crate::chain::{ChainHead, Hash32};
+use crate::merkle;
+
+fn key(id: &str) -> SigningKey {
+    let doc = generate_pkcs8().unwrap();
+    SigningKey::from_pkcs8(id, doc.expose()).unwrap()
+}
+
+fn fields() -> CheckpointFields {
+    CheckpointFields {
+        chain_id: "prod-eu".into(),
+        partition: 3,
+        first_seq: 1,
+        seq: 10,
+        head_hash: [1; 32],
+        merkle_root: [2; 32],
+        time_us: 1_700_000_000_000_000,
+    }
+}
+
+fn set_of(entries: &[PublicKeyEntry]) -> KeySet {
+    let mut s = KeySet::default();
+    for e in entries {
+        s.add(e.clone()).unwrap();
+    }
+    s
+}
+
+#[test]
+fn signing_input_layout_is_pinned() {
+    let f = CheckpointFields {
+        chain_id: "c".into(),
+        partition: 2,
+        first_seq: 1,
+        seq: 3,
+        head_hash: [0xaa; 32],
+        merkle_root: [0xbb; 32],
+        time_us: -1,
+    };
+    let mut want = Vec::new();
+    want.extend_from_slice(&[0, 0, 0, 19]);
+    want.extend_from_slice(b"audit-checkpoint/v1");
+    want.extend_from_slice(&[0, 0, 0, 1, b'c']);
+    want.extend_from_slice(&[0, 0, 0, 2]);
+    want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 3]);
+    want.extend_from_slice(&[0xaa; 32]);
+    want.extend_from_slice(&[0xbb; 32]);
+    want.extend_from_slice(&[0xff; 8]);
+    want.extend_from_slice(&[0, 0, 0, 2, b'k', b'1']);
+    assert_eq!(f.signing_input("k1"), want);
+    // Moving a byte between the two strings changes the input (length prefixes).
+    let mut g = f.clone();
+    g.chain_id = "ck".into();
+    assert_ne!(g.signing_input("1"), f.signing_input("k1"));
+}
+
+#[test]
+fn sign_and_verify_roundtrip_and_each_field_is_covered() {
+    let k = key("k1");
+    let keys = set_of(&[k.public_entry(0, None)]);
+    let cp = sign_fields(&k, &fields()).unwrap();
+    assert_eq!(verify_signed(&keys, &cp), Ok(()));
+
+    type Mutation = Box<dyn Fn(&mut SignedCheckpoint)>;
+    let mutations: Vec<Mutation> = vec![
+        Box::new(|c| c.fields.chain_id.push('x')),
+        Box::new(|c| c.fields.partition += 1),
+        Box::new(|c| c.fields.first_seq += 1),
+        Box::new(|c| c.fields.seq += 1),
+        Box::new(|c| c.fields.head_hash[5] ^= 1),
+        Box::new(|c| c.fields.merkle_root[31] ^= 0x80),
+        Box::new(|c| c.fields.time_us += 1),
+        Box::new(|c| c.signature[0] ^= 1),
+    ];
+    for (i, m) in mutations.iter().enumerate() {
+        let mut bad = cp.clone();
+        m(&mut bad);
+        assert_eq!(
+            verify_signed(&keys, &bad),
+            Err(CheckpointError::BadSignature {
+                key_id: "k1".into()
+            }),
+            "mutation {i}"
+        );
+    }
+    let mut other = cp.clone();
+    other.key_id = "k2".into();
+    assert_eq!(
+        verify_signed(&keys, &other),
+        Err(CheckpointError::UnknownKey {
+            key_id: "k2".into()
+        })
+    );
+    let mut bad_range = cp.clone();
+    bad_range.fields.first_seq = 11;
+    assert!(matches!(
+        verify_signed(&keys, &bad_range),
+        Err(CheckpointError::Malformed(_))
+    ));
+}
+
+#[test]
+fn a_key_of_the_same_id_but_other_material_is_a_bad_signature() {
+    let k = key("k1");
+    let impostor = key("k1");
+    let keys = set_of(&[impostor.public_entry(0, None)]);
+    let cp = sign_fields(&k, &fields()).unwrap();
+    assert_eq!(
+        verify_signed(&keys, &cp),
+        Err(CheckpointError::BadSignature {
+            key_id: "k1".into()
+        })
+    );
+}
+
+#[test]
+fn rotation_keeps_old_checkpoints_valid_and_refuses_retired_keys() {
+    let t = 1_000_000;
+    let old = key("k1");
+    let new = key("k2");
+    let mut keys = set_of(&[old.public_entry(0, None)]);
+    keys.add(new.public_entry(t, None)).unwrap();
+    keys.retire("k1", t).unwrap();
+    let json = keys.to_json_pretty();
+    let keys = KeySet::from_json(&json).unwrap();
+    assert_eq!(keys.get("k1").unwrap().not_after_us, Some(t));
+
+    let at = |time_us| CheckpointFields {
+        time_us,
+        ..fields()
+    };
+    assert_eq!(
+        verify_signed(&keys, &sign_fields(&old, &at(t - 1)).unwrap()),
+        Ok(())
+    );
+    assert_eq!(
+        verify_signed(&keys, &sign_fields(&new, &at(t)).unwrap()),
+        Ok(())
+    );
+    assert!(matches!(
+        verify_signed(&keys, &sign_fields(&old, &at(t)).unwrap()),
+        Err(CheckpointError::KeyNotValidAt { time_us, not_after_us: Some(end), .. })
+            if time_us == t && end == t
+    ));
+    assert!(matches!(
+        verify_signed(&keys, &sign_fields(&new, &at(t - 1)).unwrap()),
+        Err(CheckpointError::KeyNotValidAt { .. })
+    ));
+}
+
+#[test]
+fn key_set_file_format_and_validation() {
+    let json = r#"{"keys":[{"key_id":"k1","public_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","not_before_us":5,"not_after_us":null}]}"#;
+    let ks = KeySet::from_json(json).unwrap();
+    assert_eq!(serde_json::to_string(&ks).unwrap(), json);
+    let dup = r#"{"keys":[
+            {"key_id":"k","public_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","not_before_us":0,"not_after_us":null},
+            {"key_id":"k","public_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","not_before_us":0,"not_after_us":null}]}"#;
+    assert!(KeySet::from_json(dup).is_err());
+    let short =
+        r#"{"keys":[{"key_id":"k","public_key":"AAAA","not_before_us":0,"not_after_us":null}]}"#;
+    assert!(KeySet::from_json(short).is_err());
+    let empty_window = r#"{"keys":[{"key_id":"k","public_key":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=","not_before_us":5,"not_after_us":5}]}"#;
+    assert!(KeySet::from_json(empty_window).is_err());
+}
+
+#[test]
+fn secrets_never_reach_debug_output() {
+    let doc = generate_pkcs8().unwrap();
+    let k = SigningKey::from_pkcs8("k1", doc.expose()).unwrap();
+    let dbg = format!("{k:?} {doc:?}");
+    assert!(dbg.contains("[redacted]"));
+    let b64 = doc.to_base64();
+    assert!(!dbg.contains(&b64));
+    // The 32-byte seed sits at the end of a PKCS#8 v2 document's private key OCTET STRING;
+    // no run of 8 secret bytes may appear in the output, in any common encoding.
+    for w in doc.expose().windows(8).skip(16).take(32) {
+        assert!(!dbg.contains(&hex::encode(w)));
+    }
+}
+
+#[test]
+fn keys_load_from_file_and_env_in_several_encodings() {
+    let doc = generate_pkcs8().unwrap();
+    let want = SigningKey::from_pkcs8("k", doc.expose())
+        .unwrap()
+        .public_key();
+    let dir = std::env::temp_dir().join(format!("schemas-ckpt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let der = dir.join("k.der");
+    std::fs::write(&der, doc.expose()).unwrap();
+    let pem = dir.join("k.pem");
+    std::fs::write(
+        &pem,
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            doc.to_base64()
+        ),
+    )
+    .unwrap();
+    for p in [&der, &pem] {
+        assert_eq!(
+            SigningKey::from_pkcs8_file("k", p).unwrap().public_key(),
+            want
+        );
+    }
+    let var = format!("SCHEMAS_TEST_CKPT_KEY_{}", std::process::id());
+    std::env::set_var(&var, doc.to_base64());
+    assert_eq!(SigningKey::from_env("k", &var).unwrap().public_key(), want);
+    std::env::remove_var(&var);
+    assert!(matches!(
+        SigningKey::from_env("k", &var),
+        Err(CheckpointError::InvalidKey(_))
+    ));
+    std::fs::write(&der, b"garbage").unwrap();
+    let err = SigningKey::from_pkcs8_file("k", &der)
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("garbage"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// (prev hash, event bytes, hash) per seq.
+type Links = Vec<(Hash32, Vec<u8>, Hash32)>;
+
+fn chain_with_checkpoint(n: usize) -> (SigningKey, KeySet, Links, SignedCheckpoint) {
+    let k = key("k1");
+    let keys = set_of(&[k.public_entry(0, None)]);
+    let mut head = ChainHead::genesis(4);
+    let links: Links = (0..n)
+        .map(|i| {
+            let ev = format!("event-{i}").into_bytes();
+            let l = head.next(&ev);
+            (l.prev_hash, ev, l.hash)
+        })
+        .collect();
+    let hashes: Vec<Hash32> = links.iter().map(|l| l.2).collect();
+    let cp = sign_fields(
+        &k,
+        &CheckpointFields {
+            chain_id: "c".into(),
+            partition: 4,
+            first_seq: 1,
+            seq: n as u64,
+            head_hash: head.head,
+            merkle_root: merkle::root(&hashes),
+            time_us: 10,
+        },
+    )
+    .unwrap();
+    (k, keys, links, cp)
+}
+
+#[test]
+fn inclusion_proofs_check_offline_and_name_what_is_wrong() {
+    let (_k, keys, links, cp) = chain_with_checkpoint(13);
+    let hashes: Vec<Hash32> = links.iter().map(|l| l.2).collect();
+    for seq in 1..=13u64 {
+        let l = &links[seq as usize - 1];
+        let ev = ProvenEvent {
+            prev_hash: hex::encode(l.0),
+            canonical_version: 1,
+            canonical: B64.encode(&l.1),
+        };
+        let p = InclusionProof::build("e", seq, &hashes, &cp, Some(ev)).unwrap();
+        let json = serde_json::to_string_pretty(&p).unwrap();
+        let back: InclusionProof = serde_json::from_str(&json).unwrap();
+        assert_eq!(check_proof(&keys, &back), Ok(()), "seq {seq}");
+    }
+    let good = InclusionProof::build("e", 5, &hashes, &cp, None).unwrap();
+    let check = |f: &dyn Fn(&mut InclusionProof)| {
+        let mut p = good.clone();
+        f(&mut p);
+        check_proof(&keys, &p)
+    };
+    assert_eq!(
+        check(&|p| p.event_hash = hex::encode(hashes[5])),
+        Err(ProofError::PathMismatch)
+    );
+    assert_eq!(
+        check(&|p| p.merkle_path[1] = hex::encode([9u8; 32])),
+        Err(ProofError::PathMismatch)
+    );
+    assert_eq!(
+        check(&|p| {
+            p.merkle_path.pop();
+        }),
+        Err(ProofError::PathMismatch)
+    );
+    assert_eq!(
+        check(&|p| p.leaf_index = 3),
+        Err(ProofError::LeafIndexMismatch {
+            expected: 4,
+            got: 3
+        })
+    );
+    assert_eq!(
+        check(&|p| p.tree_size = 12),
+        Err(ProofError::TreeSizeMismatch {
+            expected: 13,
+            got: 12
+        })
+    );
+    assert!(matches!(
+        check(&|p| p.seq = 14),
+        Err(ProofError::SeqOutsideCheckpoint { .. })
+    ));
+    assert!(matches!(
+        check(&|p| p.chain_partition = 5),
+        Err(ProofError::PartitionMismatch { .. })
+    ));
+    assert!(matches!(
+        check(&|p| p.checkpoint.time_us += 1),
+        Err(ProofError::Checkpoint(CheckpointError::BadSignature { .. }))
+    ));
+    assert!(matches!(
+        check(&|p| p.checkpoint.key_id = "zz".into()),
+        Err(ProofError::Checkpoint(CheckpointError::UnknownKey { .. }))
+    ));
+    assert!(matches!(
+        check(&|p| p.event_hash = "zz".into()),
+        Err(ProofError::Malformed(_))
+    ));
+    assert!(matches!(
+        check(&|p| p.checkpoint.signature = "!!".into()),
+        Err(ProofError::Checkpoint(CheckpointError::Malformed(_)))
+    ));
+    let wrong_event = ProvenEvent {
+        prev_hash: hex::encode(links[4].0),
+        canonical_version: 1,
+        canonical: B64.encode(b"event-X"),
+    };
+    assert_eq!(
+        check(&|p| p.event = Some(wrong_event.clone())),
+        Err(ProofError::EventHashMismatch)
+    );
+    // Building refuses a range that disagrees with the checkpoint.
+    let mut forged = hashes.clone();
+    forged[2][0] ^= 1;
+    assert_eq!(
+        InclusionProof::build("e", 5, &forged, &cp, None),
+        Err(ProofError::PathMismatch)
+    );
+}

@@ -1,0 +1,203 @@
+//! Checkpoints inside verification: each is checked against the key set up front, then against
+//! the recomputed head (and Merkle root) when the chain reaches its seq.
+
+use crate::chain::Hash32;
+use crate::checkpoint::{verify_signed, CheckpointError, KeySet, SignedCheckpoint};
+use crate::checkpoint_record::Checkpoint;
+use crate::merkle::{leaf_hash, MerkleBuilder};
+
+use super::finding::{short, FindingKind};
+use super::partition::PartitionVerifier;
+
+/// A checkpoint that passed the key set, waiting for the chain to reach its seq.
+#[derive(Debug, Clone)]
+pub(super) struct CpCheck {
+    pub(super) first_seq: u64,
+    pub(super) head: Hash32,
+    pub(super) root: Hash32,
+    pub(super) key_id: String,
+}
+
+/// The Merkle tree over one checkpoint range's link hashes, fed as the chain is accepted;
+/// `broken` once a leaf is missing (the root can then not be recomputed).
+#[derive(Debug, Clone)]
+pub(super) struct RangeTree {
+    pub(super) last_seq: u64,
+    pub(super) tree: MerkleBuilder,
+    pub(super) broken: bool,
+}
+
+impl PartitionVerifier {
+    pub(super) fn add_checkpoint(&mut self, rec: &Checkpoint, keys: &KeySet) {
+        let seq_label = rec.seq;
+        let cp = match SignedCheckpoint::try_from(rec) {
+            Ok(cp) => cp,
+            Err(e) => {
+                self.finding(
+                    seq_label,
+                    FindingKind::MalformedCheckpoint,
+                    None,
+                    e.to_string(),
+                );
+                return;
+            }
+        };
+        if let Err(e) = verify_signed(keys, &cp) {
+            let kind = match e {
+                CheckpointError::UnknownKey { .. } => FindingKind::UnknownKey,
+                CheckpointError::KeyNotValidAt { .. } => FindingKind::KeyNotValidAt,
+                CheckpointError::BadSignature { .. } => FindingKind::BadCheckpointSignature,
+                _ => FindingKind::MalformedCheckpoint,
+            };
+            self.finding(
+                seq_label,
+                kind,
+                None,
+                format!("checkpoint at seq {seq_label}: {e}"),
+            );
+            return;
+        }
+        let f = &cp.fields;
+        if f.partition != self.partition {
+            self.finding(
+                seq_label,
+                FindingKind::CheckpointMismatch,
+                None,
+                format!(
+                    "checkpoint for partition {} given for partition {}",
+                    f.partition, self.partition
+                ),
+            );
+            return;
+        }
+        if let Some(want) = &self.opts.chain_id {
+            if *want != f.chain_id {
+                self.finding(
+                    seq_label,
+                    FindingKind::CheckpointMismatch,
+                    None,
+                    format!(
+                        "checkpoint of chain {:?}, expected chain {want:?}",
+                        f.chain_id
+                    ),
+                );
+                return;
+            }
+        }
+        let start = self.opts.start;
+        if f.seq <= start.seq {
+            // Before this store's range: only the boundary one can be checked.
+            if f.seq == start.seq && f.head_hash != start.prev_hash {
+                self.finding(
+                    seq_label,
+                    FindingKind::CheckpointMismatch,
+                    None,
+                    format!(
+                        "expected start hash {} at seq {} differs from the signed head {}",
+                        short(&start.prev_hash),
+                        start.seq,
+                        short(&f.head_hash)
+                    ),
+                );
+            }
+            return;
+        }
+        if self.opts.expected_last_seq.is_none_or(|e| f.seq <= e) {
+            self.latest_valid_cp = self.latest_valid_cp.max(Some(f.seq));
+        }
+        if self.opts.check_merkle_roots {
+            let t = self.trees.entry(f.first_seq).or_insert_with(|| RangeTree {
+                last_seq: 0,
+                tree: MerkleBuilder::new(),
+                broken: false,
+            });
+            t.last_seq = t.last_seq.max(f.seq);
+        }
+        self.cps.entry(f.seq).or_default().push(CpCheck {
+            first_seq: f.first_seq,
+            head: f.head_hash,
+            root: f.merkle_root,
+            key_id: cp.key_id.clone(),
+        });
+    }
+
+    pub(super) fn mark_from(&self, from: u64) -> u64 {
+        let a = self.cps.range(from..).next().map(|(k, _)| *k);
+        let b = self.trees.range(from..).next().map(|(k, _)| *k);
+        match (a, b) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(x), None) | (None, Some(x)) => x,
+            (None, None) => u64::MAX,
+        }
+    }
+
+    /// The chain's hash at true seq `t` is `h`: advance, feed Merkle trees, check checkpoints.
+    pub(super) fn accept(&mut self, t: u64, h: Hash32) {
+        self.head = h;
+        self.resolved_seq = t;
+        if t < self.next_mark && self.active.is_empty() {
+            return;
+        }
+        if self.trees.contains_key(&t) {
+            self.active.push(t);
+        }
+        if !self.active.is_empty() {
+            let leaf = leaf_hash(&h);
+            for fs in &self.active {
+                if let Some(rt) = self.trees.get_mut(fs) {
+                    if !rt.broken && rt.tree.len() == t - fs {
+                        rt.tree.push_leaf_hash(leaf);
+                    } else {
+                        rt.broken = true;
+                    }
+                }
+            }
+        }
+        if let Some(list) = self.cps.get(&t) {
+            let mut problems = Vec::new();
+            let mut matched = false;
+            for c in list {
+                let root = self
+                    .trees
+                    .get(&c.first_seq)
+                    .filter(|rt| !rt.broken && rt.tree.len() == t - c.first_seq + 1);
+                let head_ok = c.head == h;
+                let root_ok = root.is_none_or(|rt| rt.tree.root() == c.root);
+                if head_ok && root_ok {
+                    matched = true;
+                } else {
+                    problems.push(format!(
+                        "checkpoint (key {}, seq {}..={t}) signs {} {}, recomputed {}",
+                        c.key_id,
+                        c.first_seq,
+                        if head_ok { "Merkle root" } else { "head" },
+                        short(if head_ok { &c.root } else { &c.head }),
+                        if head_ok {
+                            root.map_or_else(String::new, |rt| short(&rt.tree.root()))
+                        } else {
+                            short(&h)
+                        }
+                    ));
+                }
+            }
+            if matched && problems.is_empty() {
+                self.sealed_through = Some(t);
+            }
+            let label = self.stored(t);
+            for d in problems {
+                self.finding(label, FindingKind::CheckpointMismatch, None, d);
+            }
+        }
+        let trees = &mut self.trees;
+        self.active.retain(|fs| {
+            let keep = trees.get(fs).is_some_and(|rt| rt.last_seq > t);
+            if !keep {
+                trees.remove(fs);
+            }
+            keep
+        });
+        if t >= self.next_mark {
+            self.next_mark = self.mark_from(t.saturating_add(1));
+        }
+    }
+}
