@@ -166,6 +166,13 @@ async fn high_watermarks(p: &Pipeline, topic: &str, partitions: &[i32]) -> anyho
     .await?
 }
 
+/// Chainers sharing a group use the round-robin assignor, so that each member gets one of the
+/// busy partitions (the demo's four team keys land on partitions 1, 2, 3, 3 of four).
+const ROUND_ROBIN: &[&str] = &[
+    "--kafka-property",
+    "partition.assignment.strategy=roundrobin",
+];
+
 /// Waits until `proc`'s consumer logged an assignment of `topic` that satisfies `ok`.
 async fn wait_assignment(
     proc: &Proc,
@@ -184,6 +191,22 @@ async fn wait_assignment(
 
 fn all_partitions(a: &[i32]) -> bool {
     a.len() == PARTITIONS as usize
+}
+
+/// Waits until `members` (of one group) each hold some partitions of `topic` and together hold
+/// each partition exactly once: the rebalance they went through is complete on every side.
+async fn wait_shared(members: &[&Proc], topic: &str, what: &str) -> anyhow::Result<()> {
+    poll_alive(what, DEADLINE, members, || async {
+        let held: Vec<Option<Vec<i32>>> = members.iter().map(|m| m.assignment(topic)).collect();
+        let mut all: Vec<i32> = held.iter().flatten().flatten().copied().collect();
+        all.sort_unstable();
+        let complete = held
+            .iter()
+            .all(|h| h.as_ref().is_some_and(|h| !h.is_empty()))
+            && all == (0..PARTITIONS).collect::<Vec<_>>();
+        Ok(if complete { Ok(()) } else { Err(held) })
+    })
+    .await
 }
 
 /// What the chained log looked like (for the test's report).
@@ -496,7 +519,14 @@ async fn crash_chainer_kill_9_repeatedly_mid_stream() -> anyhow::Result<()> {
             // The new instance holds every partition (its predecessor's session expired).
             wait_assignment(&chainer, &enriched, "chainer assignment", all_partitions).await?;
             stream.burst(KILLS - round).await?;
-            jitter(&mut rng, 1500).await;
+            // It started recovering the partitions the burst reaches: strike while it works
+            // (recovering another partition, chaining, delivering, checkpointing).
+            poll_alive("the chainer works", DEADLINE, &[&chainer], || async {
+                let n = chainer.log_count("partition recovered from the chained tail");
+                Ok(if n > 0 { Ok(()) } else { Err(n) })
+            })
+            .await?;
+            jitter(&mut rng, 1000).await;
             chainer.kill9().await?;
             chainer = procs.start(&p, Worker::Chainer, "chainer", &[])?;
         }
@@ -623,28 +653,21 @@ async fn crash_two_chainers_rebalance_repeatedly() -> anyhow::Result<()> {
             p.start_sink_clickhouse(),
             p.start_sink_archive(),
         ];
-        let a = procs.start(&p, Worker::Chainer, "chainer-a", &[])?;
+        let a = procs.start(&p, Worker::Chainer, "chainer-a", ROUND_ROBIN)?;
         wait_assignment(&a, &enriched, "chainer A holds everything", all_partitions).await?;
         for cycle in 0..CYCLES {
-            let b = procs.start(&p, Worker::Chainer, "chainer-b", &[])?;
+            let b = procs.start(&p, Worker::Chainer, "chainer-b", ROUND_ROBIN)?;
             // B joined: both hold part of the partitions.
-            poll_alive(
-                "A and B share the partitions",
-                DEADLINE,
-                &[&a, &b],
-                || async {
-                    let (pa, pb) = (a.assignment(&enriched), b.assignment(&enriched));
-                    Ok(match (&pa, &pb) {
-                        (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => Ok(()),
-                        _ => Err((pa, pb)),
-                    })
-                },
-            )
-            .await?;
+            wait_shared(&[&a, &b], &enriched, "A and B share the partitions").await?;
             stream.burst(2 * (CYCLES - cycle)).await?;
-            jitter(&mut rng, 400).await;
+            // B recovered a partition from the chained tail and chains: strike while it works.
+            poll_alive("B chains", DEADLINE, &[&a, &b], || async {
+                let n = b.log_count("partition recovered from the chained tail");
+                Ok(if n > 0 { Ok(()) } else { Err(n) })
+            })
+            .await?;
             stream.burst(2 * (CYCLES - cycle) - 1).await?;
-            jitter(&mut rng, 800).await;
+            jitter(&mut rng, 1000).await;
             if cycle % 2 == 0 {
                 let before = a.log_count("partitions assigned");
                 b.kill9().await?;
@@ -689,29 +712,17 @@ async fn crash_zombie_chainer_paused_past_its_session() -> anyhow::Result<()> {
             p.start_sink_clickhouse(),
             p.start_sink_archive(),
         ];
-        let a = procs.start(&p, Worker::Chainer, "chainer-a", &[])?;
+        let a = procs.start(&p, Worker::Chainer, "chainer-a", ROUND_ROBIN)?;
         wait_assignment(&a, &enriched, "chainer A holds everything", all_partitions).await?;
-        // Z's producer lingers 3 s: frozen mid-stream, it then holds links it chained but had
+        // Z's producer lingers 5 s: frozen mid-stream, it then holds links it chained but had
         // not sent yet, which it sends when it thaws — after the live members chained them again.
         let z = procs.start(
             &p,
             Worker::Chainer,
             "chainer-z",
-            &["--kafka-property", "linger.ms=3000"],
+            &[ROUND_ROBIN, &["--kafka-property", "linger.ms=5000"]].concat(),
         )?;
-        poll_alive(
-            "A and Z share the partitions",
-            DEADLINE,
-            &[&a, &z],
-            || async {
-                let (pa, pz) = (a.assignment(&enriched), z.assignment(&enriched));
-                Ok(match (&pa, &pz) {
-                    (Some(x), Some(y)) if !x.is_empty() && !y.is_empty() => Ok(()),
-                    _ => Err((pa, pz)),
-                })
-            },
-        )
-        .await?;
+        wait_shared(&[&a, &z], &enriched, "A and Z share the partitions").await?;
         stream.burst(BURSTS).await?;
         wait_chained(
             &p,
@@ -736,7 +747,7 @@ async fn crash_zombie_chainer_paused_past_its_session() -> anyhow::Result<()> {
             },
         )
         .await?;
-        jitter_between(&mut rng, 600, 1600).await;
+        jitter_between(&mut rng, 1000, 2500).await;
         let a_assignments = a.log_count("partitions assigned");
         z.pause()?;
         let paused = Instant::now();
@@ -753,22 +764,8 @@ async fn crash_zombie_chainer_paused_past_its_session() -> anyhow::Result<()> {
         )
         .await?;
         // A replacement joins; A and C hold every partition and chain what Z left behind.
-        let c = procs.start(&p, Worker::Chainer, "chainer-c", &[])?;
-        poll_alive(
-            "A and C hold every partition",
-            DEADLINE,
-            &[&a, &c],
-            || async {
-                let (pa, pc) = (a.assignment(&enriched), c.assignment(&enriched));
-                let held: HashSet<i32> = pa.iter().chain(&pc).flatten().copied().collect();
-                Ok(if held.len() == PARTITIONS as usize && pc.is_some() {
-                    Ok(())
-                } else {
-                    Err((pa, pc))
-                })
-            },
-        )
-        .await?;
+        let c = procs.start(&p, Worker::Chainer, "chainer-c", ROUND_ROBIN)?;
+        wait_shared(&[&a, &c], &enriched, "A and C hold every partition").await?;
         wait_chained(
             &p,
             "the stream Z was frozen in chained by A and C",

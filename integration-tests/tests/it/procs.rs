@@ -45,7 +45,7 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
         .with_context(|| format!("no target directory above {}", exe.display()))
 }
 
-/// The path of worker binary `name`, or a clear error saying how to build it.
+/// The path of worker binary `name`, or a clear error saying how to (re)build it.
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir()?.join(name);
     if !path.is_file() {
@@ -56,7 +56,54 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
+    ensure_fresh(&path, name)?;
     Ok(path)
+}
+
+/// Fails if a source the binary is built from (its crate, `worker-runtime`, `schemas`) changed
+/// after the binary was linked: testing an old binary would test old code.
+fn ensure_fresh(bin: &Path, crate_dir: &str) -> anyhow::Result<()> {
+    fn newest(dir: &Path, best: &mut Option<(std::time::SystemTime, PathBuf)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => newest(&path, best),
+                Ok(m) => {
+                    if let Ok(t) = m.modified() {
+                        if best.as_ref().is_none_or(|(b, _)| t > *b) {
+                            *best = Some((t, path));
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading the modification time of {}", bin.display()))?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("no workspace above integration-tests")?;
+    let mut latest = None;
+    for dir in [crate_dir, "worker-runtime", "schemas"] {
+        newest(&root.join(dir).join("src"), &mut latest);
+    }
+    newest(&root.join("schemas").join("avro"), &mut latest);
+    if let Some((changed, file)) = latest {
+        if changed > built {
+            bail!(
+                "worker binary {} is older than {}: rebuild the workers with \
+                 `cargo build --workspace --bins` before running the crash tests",
+                bin.display(),
+                file.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The worker binaries a test can run, with the flags the in-process harness builds for them.
@@ -321,21 +368,33 @@ impl Proc {
         self.log_lines(needle).len()
     }
 
-    /// The partitions of `topic` in its latest "partitions assigned" log line (the consumer's
-    /// current assignment, as far as it logged), or `None` if it never got an assignment.
+    /// The partitions of `topic` its consumer holds as far as its log says (the latest
+    /// "partitions assigned" line, or nothing after a later "partitions revoked"), or `None` if
+    /// it never got an assignment.
     pub fn assignment(&self, topic: &str) -> Option<Vec<i32>> {
-        let line = self.log_lines("partitions assigned").pop()?;
-        let prefix = format!("{topic}/");
-        Some(
-            line.match_indices(&prefix)
-                .filter_map(|(i, _)| {
-                    let rest = &line[i + prefix.len()..];
-                    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-                    rest[..end].parse().ok()
-                })
-                .collect(),
-        )
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut current = None;
+        for line in text.lines() {
+            if line.contains("partitions assigned") {
+                current = Some(partitions_in(line, topic));
+            } else if line.contains("partitions revoked") && current.is_some() {
+                current = Some(Vec::new());
+            }
+        }
+        current
     }
+}
+
+/// The partition numbers of `topic` listed in a rebalance log line (`<topic>/<n>@<offset>`).
+fn partitions_in(line: &str, topic: &str) -> Vec<i32> {
+    let prefix = format!("{topic}/");
+    line.match_indices(&prefix)
+        .filter_map(|(i, _)| {
+            let rest = &line[i + prefix.len()..];
+            let end = rest.find(|c: char| !c.is_ascii_digit())?;
+            rest[..end].parse().ok()
+        })
+        .collect()
 }
 
 impl Drop for Proc {
