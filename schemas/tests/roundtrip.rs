@@ -177,31 +177,3 @@ fn old_writer_schema_still_decodes() {
         "{err}"
     );
 }
-
-/// Rough throughput of the hot paths; run with
-/// `cargo test -p schemas --release --test roundtrip -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn throughput() {
-    let e = sample_event();
-    let n = 200_000;
-    let mut buf = Vec::with_capacity(1024);
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        buf.clear();
-        avro::canonical_bytes_into(&e, &mut buf).expect("encode");
-    }
-    let enc = t.elapsed();
-    let t = std::time::Instant::now();
-    for _ in 0..n {
-        let back = avro::decode_event_datum(&buf).expect("decode");
-        std::hint::black_box(back);
-    }
-    let dec = t.elapsed();
-    println!(
-        "{} bytes/event; encode {:.0}/s, decode {:.0}/s",
-        buf.len(),
-        n as f64 / enc.as_secs_f64(),
-        n as f64 / dec.as_secs_f64()
-    );
-}
