@@ -23,18 +23,15 @@
 use anyhow::{bail, Context as _};
 use clap::Parser;
 use futures::TryStreamExt as _;
+use integration_tests::harness::Pipeline;
 use integration_tests::{demo, stack};
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
-use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::task::JoinHandle;
 use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
 use worker_runtime::kafka::KafkaArgs;
-use worker_runtime::Shutdown;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -117,7 +114,10 @@ async fn main() -> anyhow::Result<()> {
         .map(|r| r.1.len())
         .fold((usize::MAX, 0), |(a, b), l| (a.min(l), b.max(l)));
 
-    let p = Pipeline::new(args.partitions).await?;
+    // The workers with their production defaults (not the tests' short batch/checkpoint ages).
+    let p = Pipeline::new("pbench", args.partitions)
+        .await?
+        .production_defaults();
     println!(
         "pipeline-bench: {n} events, raw JSON {min}..{max} B (mean {} B), {} partitions, prefix {}",
         bytes / records.len(),
@@ -175,11 +175,11 @@ async fn main() -> anyhow::Result<()> {
     let cpu_pipeline_start = stack_pids.cpu();
     let start = Instant::now();
     let workers = vec![
-        p.start_ingest()?,
-        p.start_enrich()?,
-        p.start_chainer()?,
-        p.start_sink_clickhouse()?,
-        p.start_sink_archive()?,
+        p.start_ingest(),
+        p.start_enrich(),
+        p.start_chainer(),
+        p.start_sink_clickhouse(),
+        p.start_sink_archive(),
     ];
     let monitor: Arc<BaseConsumer> = Arc::new(
         p.kafka
@@ -438,172 +438,6 @@ async fn archived(store: &Arc<dyn object_store::ObjectStore>) -> anyhow::Result<
         .filter(|(_, kind)| *kind == schemas::segment::ObjectKind::Manifest)
         .map(|(k, _)| k.len())
         .sum())
-}
-
-// ---- the workers, in-process (as tests/it/harness.rs starts them) ------------------------------
-
-struct Running {
-    name: &'static str,
-    shutdown: Shutdown,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Running {
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.trigger();
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .with_context(|| format!("{} did not stop within 60 s", self.name))?
-            .with_context(|| format!("{} task panicked", self.name))?
-    }
-}
-
-fn spawn<F, Fut>(name: &'static str, f: F) -> Running
-where
-    F: FnOnce(Shutdown) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(f(shutdown.clone()));
-    Running {
-        name,
-        shutdown,
-        task,
-    }
-}
-
-/// One pipeline instance with names of its own. Workers run with their production defaults
-/// except the archive's segment age (so the last partial segment closes within the run).
-struct Pipeline {
-    kafka: KafkaArgs,
-    ns: String,
-    database: String,
-    key_dir: PathBuf,
-    key_file: PathBuf,
-}
-
-const KEY_ID: &str = "bench-key-1";
-
-impl Pipeline {
-    async fn new(partitions: i32) -> anyhow::Result<Self> {
-        let kafka = stack::fresh_topics("pbench", partitions).await?;
-        let ns = kafka.topic_prefix.trim_end_matches('.').to_owned();
-        let key_dir = std::env::temp_dir().join(format!("audit-bench-{ns}"));
-        std::fs::create_dir_all(&key_dir)?;
-        let key_file = key_dir.join("checkpoint.pk8");
-        let der = schemas::checkpoint::generate_pkcs8().map_err(|e| anyhow::anyhow!("{e}"))?;
-        std::fs::write(&key_file, der.expose())?;
-        Ok(Pipeline {
-            database: format!("bench_{ns}"),
-            kafka,
-            ns,
-            key_dir,
-            key_file,
-        })
-    }
-
-    fn args(&self, worker: &str, extra: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            worker.to_owned(),
-            "--kafka-brokers".into(),
-            self.kafka.brokers.clone(),
-            "--topic-prefix".into(),
-            self.kafka.topic_prefix.clone(),
-            "--health-addr".into(),
-            String::new(),
-            "--group-id".into(),
-            format!("{}.{worker}", self.ns),
-        ];
-        a.extend(extra.iter().map(|s| (*s).to_owned()));
-        a
-    }
-
-    fn start_ingest(&self) -> anyhow::Result<Running> {
-        let cfg = ingest::Config::try_parse_from(self.args("ingest", &[]))?;
-        Ok(spawn("ingest", |s| async move {
-            Ok(ingest::run(cfg, s).await?)
-        }))
-    }
-
-    fn start_enrich(&self) -> anyhow::Result<Running> {
-        let cfg = enrich::Config::try_parse_from(self.args("enrich", &[]))?;
-        Ok(spawn("enrich", |s| async move {
-            Ok(enrich::run(cfg, s).await?)
-        }))
-    }
-
-    fn start_chainer(&self) -> anyhow::Result<Running> {
-        let key = self.key_file.display().to_string();
-        let chain_id = format!("bench-{}", self.ns);
-        let cfg = chainer::Config::try_parse_from(self.args(
-            "chainer",
-            &[
-                "--checkpoint-key-file",
-                &key,
-                "--checkpoint-key-id",
-                KEY_ID,
-                "--chain-id",
-                &chain_id,
-            ],
-        ))?;
-        Ok(spawn("chainer", |s| async move {
-            Ok(chainer::run(cfg, s).await?)
-        }))
-    }
-
-    fn start_sink_clickhouse(&self) -> anyhow::Result<Running> {
-        let url = stack::clickhouse_url();
-        let cfg = sink_clickhouse::Config::try_parse_from(self.args(
-            "sink-clickhouse",
-            &[
-                "--clickhouse-url",
-                &url,
-                "--clickhouse-database",
-                &self.database,
-            ],
-        ))?;
-        Ok(spawn("sink-clickhouse", |s| async move {
-            Ok(sink_clickhouse::run(cfg, s).await?)
-        }))
-    }
-
-    fn archive_config(&self) -> sink_archive::Config {
-        let url = format!("s3://{}/bench/{}", stack::s3_bucket(), self.ns);
-        let endpoint = stack::s3_endpoint();
-        sink_archive::Config::parse_from(self.args(
-            "sink-archive",
-            &[
-                "--archive-url",
-                &url,
-                "--s3-endpoint",
-                &endpoint,
-                "--s3-allow-http",
-                "true",
-                "--segment-max-age-secs",
-                "1",
-            ],
-        ))
-    }
-
-    fn start_sink_archive(&self) -> anyhow::Result<Running> {
-        let cfg = self.archive_config();
-        Ok(spawn("sink-archive", |s| async move {
-            Ok(sink_archive::run(cfg, s).await?)
-        }))
-    }
-
-    fn clickhouse(&self) -> clickhouse::Client {
-        clickhouse::Client::default()
-            .with_url(stack::clickhouse_url())
-            .with_database(&self.database)
-            .with_validation(false)
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.key_dir);
-    }
 }
 
 // ---- figures -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@
 //! Waits are conditions with deadlines; the only sleeps are random delays that pick the moment
 //! of a kill or a pause (their seed is printed).
 
-use crate::harness::{Pipeline, Running};
+use crate::harness::{report_events, Pipeline, Running};
 use crate::procs::{poll_alive, Proc, Procs, Worker};
 use anyhow::{bail, ensure, Context as _};
 use integration_tests::demo::{self, Rng};
@@ -393,28 +393,6 @@ async fn check_clickhouse(p: &Pipeline, expected: &HashSet<String>) -> anyhow::R
         "the ClickHouse sink recorded {forks} fork alarms"
     );
     Ok(())
-}
-
-/// Total events over the partitions of an `auditctl verify --json` report (one store).
-fn report_events(report: &serde_json::Value) -> u64 {
-    fn walk(v: &serde_json::Value, total: &mut u64) {
-        match v {
-            serde_json::Value::Object(m) => {
-                if let (Some(serde_json::Value::Number(n)), true) =
-                    (m.get("events"), m.contains_key("partition"))
-                {
-                    *total += n.as_u64().unwrap_or(0);
-                    return;
-                }
-                m.values().for_each(|x| walk(x, total));
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, total)),
-            _ => {}
-        }
-    }
-    let mut total = 0;
-    walk(report, &mut total);
-    total
 }
 
 /// The end of every test: let the stream land, stop everything (chainers first, staggered, so

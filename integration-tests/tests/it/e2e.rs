@@ -3,7 +3,7 @@
 //! from both stores; a chainer restart mid-stream leaves no gap or fork; an altered row is
 //! named by partition and seq.
 
-use crate::harness::Pipeline;
+use crate::harness::{report_events, Pipeline};
 use anyhow::{ensure, Context as _};
 use integration_tests::{demo, stack};
 use std::collections::{BTreeMap, HashSet};
@@ -23,28 +23,6 @@ async fn clickhouse_count(p: &Pipeline) -> anyhow::Result<u64> {
         .query("SELECT count() FROM audit_events")
         .fetch_one::<u64>()
         .await?)
-}
-
-/// Total events and whether every partition verified, from an `auditctl verify --json` report.
-fn report_events(report: &serde_json::Value) -> u64 {
-    fn walk(v: &serde_json::Value, total: &mut u64) {
-        match v {
-            serde_json::Value::Object(m) => {
-                if let (Some(serde_json::Value::Number(n)), true) =
-                    (m.get("events"), m.contains_key("partition"))
-                {
-                    *total += n.as_u64().unwrap_or(0);
-                    return;
-                }
-                m.values().for_each(|x| walk(x, total));
-            }
-            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, total)),
-            _ => {}
-        }
-    }
-    let mut total = 0;
-    walk(report, &mut total);
-    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

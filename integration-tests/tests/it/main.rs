@@ -5,5 +5,5 @@
 
 mod crash;
 mod e2e;
-mod harness;
+pub use integration_tests::harness;
 mod procs;

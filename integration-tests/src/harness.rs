@@ -1,9 +1,9 @@
 //! Starts the five workers in-process (the same `run` their binaries call) against the local
 //! stack, with names of their own, and reads back what landed.
 
+use crate::stack;
 use anyhow::Context as _;
 use clap::Parser as _;
-use integration_tests::stack;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -11,6 +11,7 @@ use worker_runtime::kafka::KafkaArgs;
 use worker_runtime::Shutdown;
 
 /// A running worker: its shutdown and its task.
+#[derive(Debug)]
 pub struct Running {
     pub name: &'static str,
     pub shutdown: Shutdown,
@@ -29,6 +30,7 @@ impl Running {
 }
 
 /// One pipeline instance: names and settings every worker of a test shares.
+#[derive(Debug)]
 pub struct Pipeline {
     pub kafka: KafkaArgs,
     pub ns: String,
@@ -38,6 +40,8 @@ pub struct Pipeline {
     pub keyset: PathBuf,
     pub key_file: PathBuf,
     pub chain_id: String,
+    /// Short batch, segment and checkpoint ages so tests finish quickly; off for benchmarks.
+    pub test_tuning: bool,
 }
 
 impl Pipeline {
@@ -67,10 +71,18 @@ impl Pipeline {
             chain_id: format!("it-{ns}"),
             kafka,
             ns,
+            test_tuning: true,
             key_dir,
             keyset,
             key_file,
         })
+    }
+
+    /// The workers' production defaults for batch, segment and checkpoint sizes and ages
+    /// (benchmarks); the archive's segment age stays short so a run's last segment closes.
+    pub fn production_defaults(mut self) -> Self {
+        self.test_tuning = false;
+        self
     }
 
     fn base_args(&self, worker: &str) -> Vec<String> {
@@ -104,11 +116,15 @@ impl Pipeline {
             "it-key-1".into(),
             "--chain-id".into(),
             self.chain_id.clone(),
-            "--checkpoint-every-events".into(),
-            "50".into(),
-            "--checkpoint-interval-secs".into(),
-            "1".into(),
         ]);
+        if self.test_tuning {
+            a.extend([
+                "--checkpoint-every-events".into(),
+                "50".into(),
+                "--checkpoint-interval-secs".into(),
+                "1".into(),
+            ]);
+        }
         a
     }
 
@@ -119,22 +135,26 @@ impl Pipeline {
             stack::clickhouse_url(),
             "--clickhouse-database".into(),
             self.database.clone(),
-            "--batch-max-age-ms".into(),
-            "200".into(),
         ]);
+        if self.test_tuning {
+            a.extend(["--batch-max-age-ms".into(), "200".into()]);
+        }
         a
     }
 
     pub fn archive_args(&self) -> Vec<String> {
         let mut a = self.base_args("sink-archive");
         a.extend(self.archive_store_args());
-        a.extend([
-            "--segment-max-events".into(),
-            "100".into(),
-            "--segment-max-age-secs".into(),
-            "1".into(),
-        ]);
+        a.extend(["--segment-max-age-secs".into(), "1".into()]);
+        if self.test_tuning {
+            a.extend(["--segment-max-events".into(), "100".into()]);
+        }
         a
+    }
+
+    /// The archive sink's configuration (the bench reads the archive through its store).
+    pub fn archive_config(&self) -> sink_archive::Config {
+        sink_archive::Config::parse_from(self.archive_args())
     }
 
     /// The archive location (bucket plus this test's prefix), as the sink and auditctl take it.
@@ -259,4 +279,27 @@ pub async fn run_auditctl(args: &[&str]) -> anyhow::Result<(u8, String)> {
         auditctl::exit_code(&res),
         String::from_utf8_lossy(&out).into_owned(),
     ))
+}
+
+/// Total events over the partitions of an `auditctl verify --json` report of one store (the
+/// objects that carry both `partition` and `events`).
+pub fn report_events(report: &serde_json::Value) -> u64 {
+    fn walk(v: &serde_json::Value, total: &mut u64) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let (Some(serde_json::Value::Number(n)), true) =
+                    (m.get("events"), m.contains_key("partition"))
+                {
+                    *total += n.as_u64().unwrap_or(0);
+                    return;
+                }
+                m.values().for_each(|x| walk(x, total));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, total)),
+            _ => {}
+        }
+    }
+    let mut total = 0;
+    walk(report, &mut total);
+    total
 }
