@@ -524,9 +524,13 @@ EOF
     -s3 -s3.port="$AUDIT_S3_PORT" -s3.config="$S3_DIR/s3-identities.json" \
     -s3.port.iceberg=0 -s3.port.lance=0 \
     -master.volumeSizeLimitMB=1024 -volume.max=256 -volume.preStopSeconds=0 \
+    -volume.minFreeSpace="${AUDIT_S3_MIN_FREE_SPACE:-256MiB}" \
     -master.electionTimeout=2s -master.telemetry=false
   # electionTimeout: a restarted single master waits this long to become
   # leader again before anything works (default 10 s).
+  # minFreeSpace: the default (1% of the disk) marks every volume read-only, so every
+  # write fails with 500, once a big shared disk (252 GB here, other sessions' builds
+  # on it) has less than ~2.5 GB free; the tests write a few MB.
 }
 
 wait_healthy() {
