@@ -660,14 +660,17 @@ async fn the_start_up_check_refuses_a_broker_without_transactions_and_never_hang
         .await
         .unwrap();
 
-    // A broker that never answers: bounded by the timeout.
+    // A broker that never answers: the check gives up (it must not hang; the outer timeout
+    // only turns a hang into a test failure).
     let addr = fake_broker(None).await;
-    let started = Instant::now();
-    let msg = check_broker_support(&KafkaArgs::local(&addr, "t."), Duration::from_millis(300))
-        .await
-        .unwrap_err()
-        .to_string();
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let msg = tokio::time::timeout(
+        Duration::from_secs(30),
+        check_broker_support(&KafkaArgs::local(&addr, "t."), Duration::from_millis(300)),
+    )
+    .await
+    .expect("the support check hung instead of giving up")
+    .unwrap_err()
+    .to_string();
     assert!(msg.contains("no answer within"), "{msg}");
 
     // Over TLS the check is skipped (the first commit reports an unsupported broker).
@@ -710,13 +713,11 @@ async fn real_init_against_no_broker_fails_within_the_timeout() {
         KafkaTransactions::new(producer.inner().clone(), consumer),
         s,
     );
-    let started = Instant::now();
-    let msg = t.init().await.unwrap_err().to_string();
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    let msg = tokio::time::timeout(Duration::from_secs(30), t.init())
+        .await
+        .expect("init_transactions hung instead of giving up")
+        .unwrap_err()
+        .to_string();
     assert!(msg.contains("initializing transactions"), "{msg}");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
