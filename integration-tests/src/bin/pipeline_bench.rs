@@ -362,15 +362,9 @@ async fn main() -> anyhow::Result<()> {
 
 // ---- baseline --------------------------------------------------------------------------------
 
-/// The workers' producer settings (`worker_runtime::kafka::producer`).
+/// The workers' producer settings.
 fn worker_producer_config(kafka: &KafkaArgs, client_id: &str) -> ClientConfig {
-    let mut cfg = kafka.client_config(client_id);
-    cfg.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("message.timeout.ms", "300000");
-    cfg
+    worker_runtime::kafka::Producer::client_config(kafka, client_id)
 }
 
 /// Reads `n` records of `topic` with a fresh group and the workers' consumer settings; returns

@@ -28,6 +28,15 @@ impl std::fmt::Debug for Producer {
 
 impl Producer {
     pub fn new(args: &KafkaArgs, client_id: &str) -> Result<Self, RuntimeError> {
+        let cfg = Self::client_config(args, client_id);
+        let inner: FutureProducer = cfg
+            .create()
+            .map_err(|e| RuntimeError::kafka("creating producer", e))?;
+        Ok(Producer { inner })
+    }
+
+    /// The producer settings every worker uses (benchmarks measure their baseline with them).
+    pub fn client_config(args: &KafkaArgs, client_id: &str) -> rdkafka::ClientConfig {
         let mut cfg = args.client_config(client_id);
         // Idempotence: broker-side dedup of librdkafka's own retries and per-partition order.
         cfg.set("enable.idempotence", "true")
@@ -43,10 +52,7 @@ impl Producer {
                 cfg.set(k.trim(), v.trim());
             }
         }
-        let inner: FutureProducer = cfg
-            .create()
-            .map_err(|e| RuntimeError::kafka("creating producer", e))?;
-        Ok(Producer { inner })
+        cfg
     }
 
     /// Enqueues `record`; waits (without blocking the runtime) while the local queue is full.
