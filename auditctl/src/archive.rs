@@ -10,16 +10,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
 use object_store::ObjectStore;
 use schemas::checkpoint::{CheckpointJson, SignedCheckpoint};
 use schemas::segment::{
-    self, parse_key, read_segment, verify_segment_digest, Manifest, ObjectKind, SegmentKey,
-    CHECKPOINTS_DIR,
+    self, parse_key, read_segment, stream_segment, verify_segment_digest, verify_segment_digest_of,
+    Manifest, ObjectDigest, ObjectKind, SegmentKey, SegmentMeta, CHECKPOINTS_DIR,
 };
 use schemas::verify::{Finding, FindingKind};
 use schemas::{ChainedEvent, Checkpoint};
+use tokio::sync::mpsc;
 use worker_runtime::object_store::{build_store, Access, ArchiveStoreArgs, StoreConfigError};
 
 use crate::collect::{finding, Collector};
@@ -235,65 +236,17 @@ impl ArchiveStore {
         Ok((cps, bad))
     }
 
-    /// Read one listed segment: its manifest and records, with findings about the objects.
-    async fn read_listed(
+    /// The manifest of a listed segment (if it has one and it can be read), with findings when
+    /// it is missing, unreadable, or describes another segment.
+    async fn manifest_of(
         &self,
         l: &Listed,
         findings: &mut Vec<Finding>,
-    ) -> Result<Option<Vec<ChainedEvent>>, Error> {
+    ) -> Result<Option<Manifest>, Error> {
         let k = &l.key;
         let (p, first) = (k.partition, k.first_seq);
         let mut f = |kind, detail: String| findings.push(finding(p, first, kind, None, detail));
-        if !l.segment {
-            f(
-                FindingKind::MissingSeq,
-                format!(
-                    "segment object {} is missing (its manifest covers seq {}..={})",
-                    k.object_key(),
-                    k.first_seq,
-                    k.last_seq
-                ),
-            );
-            return Ok(None);
-        }
-        let bytes = self.get(&k.object_key()).await?;
-        if l.manifest {
-            let raw = self.get(&k.manifest_key()).await?;
-            match Manifest::from_json(&raw) {
-                Ok(m) => {
-                    if m.object_key != k.object_key()
-                        || m.partition != k.partition
-                        || m.first_seq != k.first_seq
-                        || m.last_seq != k.last_seq
-                    {
-                        f(
-                            FindingKind::MalformedManifest,
-                            format!(
-                                "manifest {} describes {} (partition {} seq {}..={})",
-                                k.manifest_key(),
-                                m.object_key,
-                                m.partition,
-                                m.first_seq,
-                                m.last_seq
-                            ),
-                        );
-                    }
-                    if let Err(e) = verify_segment_digest(&m, &bytes) {
-                        f(
-                            FindingKind::SegmentReplaced,
-                            format!(
-                                "segment object {} replaced or altered after it was written: {e}",
-                                k.object_key()
-                            ),
-                        );
-                    }
-                }
-                Err(e) => f(
-                    FindingKind::MalformedManifest,
-                    format!("manifest {} cannot be read: {e}", k.manifest_key()),
-                ),
-            }
-        } else {
+        if !l.manifest {
             f(
                 FindingKind::SegmentWithoutManifest,
                 format!(
@@ -301,6 +254,60 @@ impl ArchiveStore {
                     k.object_key()
                 ),
             );
+            return Ok(None);
+        }
+        let raw = self.get(&k.manifest_key()).await?;
+        match Manifest::from_json(&raw) {
+            Ok(m) => {
+                if m.object_key != k.object_key()
+                    || m.partition != k.partition
+                    || m.first_seq != k.first_seq
+                    || m.last_seq != k.last_seq
+                {
+                    f(
+                        FindingKind::MalformedManifest,
+                        format!(
+                            "manifest {} describes {} (partition {} seq {}..={})",
+                            k.manifest_key(),
+                            m.object_key,
+                            m.partition,
+                            m.first_seq,
+                            m.last_seq
+                        ),
+                    );
+                }
+                Ok(Some(m))
+            }
+            Err(e) => {
+                f(
+                    FindingKind::MalformedManifest,
+                    format!("manifest {} cannot be read: {e}", k.manifest_key()),
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// Read one listed segment whole: its manifest and records, with findings about the
+    /// objects. Only for `prove` (one checkpoint range); `verify` streams ([`Self::stream_into`]).
+    async fn read_listed(
+        &self,
+        l: &Listed,
+        findings: &mut Vec<Finding>,
+    ) -> Result<Option<Vec<ChainedEvent>>, Error> {
+        let k = &l.key;
+        if !l.segment {
+            findings.push(missing_segment(k));
+            return Ok(None);
+        }
+        let bytes = self.get(&k.object_key()).await?;
+        let manifest = self.manifest_of(l, findings).await?;
+        let (p, first) = (k.partition, k.first_seq);
+        let mut f = |kind, detail: String| findings.push(finding(p, first, kind, None, detail));
+        if let Some(m) = &manifest {
+            if let Err(e) = verify_segment_digest(m, &bytes) {
+                f(FindingKind::SegmentReplaced, replaced(k, &e));
+            }
         }
         let (meta, events) = match read_segment(&bytes) {
             Ok(x) => x,
@@ -312,35 +319,83 @@ impl ArchiveStore {
                 return Ok(None);
             }
         };
-        match meta.key() {
-            Ok(mk) if mk == *k => {}
-            Ok(mk) => f(
-                FindingKind::SegmentReplaced,
-                format!(
-                    "segment object {} is not what was written there: its metadata says it is {}",
-                    k.object_key(),
-                    mk.object_key()
-                ),
-            ),
-            Err(e) => f(
-                FindingKind::SegmentReplaced,
-                format!("segment {} metadata: {e}", k.object_key()),
-            ),
-        }
-        if let Err(e) = meta.check_events(&events) {
-            f(
-                FindingKind::SegmentReplaced,
-                format!(
-                    "segment {} records disagree with its metadata: {e}",
-                    k.object_key()
-                ),
-            );
+        for (kind, detail) in meta_findings(k, &meta, meta.check_events(&events)) {
+            f(kind, detail);
         }
         Ok(Some(events))
     }
 
+    /// Open a segment object as a stream of records. The body is read chunk by chunk (bounded
+    /// channel) and hashed on the way; a blocking task decodes it (the Avro reader is
+    /// synchronous) and hands over one record at a time (bounded channel). Memory is a few
+    /// chunks, one container block and a few records, whatever the segment's size.
+    ///
+    /// The GET is retried like every read. A body that breaks off is resumed by the S3 client
+    /// itself (object_store re-requests the rest with a range and checks the ETag is the same);
+    /// if that fails too, the run ends (exit 3): records already fed to the verifier cannot be
+    /// taken back, so the whole segment is not read again.
+    async fn open_stream(&self, key: &str) -> Result<SegmentStream, Error> {
+        let doing = format!("reading {key} from {}", self.describe);
+        let path = self.abs(key);
+        let get = self
+            .reads
+            .run(&doing, || {
+                let (store, path, doing) = (&self.store, &path, &doing);
+                async move { store.get(path).await.map_err(Error::os(doing.clone())) }
+            })
+            .await?;
+        let mut body = get.into_stream();
+        let (chunk_tx, chunk_rx) = mpsc::channel::<bytes::Bytes>(STREAM_CHUNKS);
+        let forward = tokio::spawn(async move {
+            let mut digest = ObjectDigest::default();
+            let mut tx = Some(chunk_tx);
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(Error::os(doing.clone()))?;
+                digest.update(&chunk);
+                // The decoder stops at a malformed record: keep hashing the rest regardless.
+                if let Some(t) = &tx {
+                    if t.send(chunk).await.is_err() {
+                        tx = None;
+                    }
+                }
+            }
+            Ok::<_, Error>(digest.finish())
+        });
+        let (rec_tx, rec_rx) = mpsc::channel::<Decoded>(STREAM_RECORDS);
+        let decode = tokio::task::spawn_blocking(move || {
+            let reader = ChunkReader {
+                rx: chunk_rx,
+                cur: bytes::Bytes::new(),
+            };
+            match stream_segment(reader) {
+                Err(e) => {
+                    let _ = rec_tx.blocking_send(Decoded::Meta(Err(e.to_string())));
+                }
+                Ok((meta, records)) => {
+                    if rec_tx.blocking_send(Decoded::Meta(Ok(meta))).is_err() {
+                        return;
+                    }
+                    for r in records {
+                        let stop = r.is_err();
+                        let sent = rec_tx.blocking_send(Decoded::Record(
+                            r.map(Box::new).map_err(|e| e.to_string()),
+                        ));
+                        if sent.is_err() || stop {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(SegmentStream {
+            rx: rec_rx,
+            forward,
+            decode,
+        })
+    }
+
     /// Feed every record of these partitions (all if empty) to the collector, segment by
-    /// segment in seq order.
+    /// segment in seq order, each segment streamed (see [`Self::open_stream`]).
     ///
     /// Segments should tile each partition, but two writers (or a repair) can leave segments
     /// that overlap. The first copy of each (partition, seq), in segment order, is the one
@@ -364,21 +419,61 @@ impl ArchiveStore {
             // First copies that a later segment may repeat: seq -> (record, its segment).
             let mut kept: BTreeMap<i64, (ChainedEvent, Arc<str>)> = BTreeMap::new();
             for (i, l) in listed.iter().enumerate() {
+                let k = &l.key;
+                if !l.segment {
+                    c.add_finding(missing_segment(k));
+                    continue;
+                }
                 let mut findings = Vec::new();
-                let events = self.read_listed(l, &mut findings).await?;
-                for f in findings {
+                let manifest = self.manifest_of(l, &mut findings).await?;
+                for f in findings.drain(..) {
                     c.add_finding(f);
                 }
+                let mut seg = self.open_stream(&k.object_key()).await?;
+                let meta = match seg.rx.recv().await {
+                    Some(Decoded::Meta(Ok(m))) => Some(m),
+                    Some(Decoded::Meta(Err(e))) => {
+                        c.add_finding(finding(
+                            k.partition,
+                            k.first_seq,
+                            FindingKind::MalformedRecord,
+                            None,
+                            format!("segment {} cannot be read: {e}", k.object_key()),
+                        ));
+                        None
+                    }
+                    _ => None,
+                };
+                let mut check = meta.as_ref().map(SegmentMeta::events_check);
                 // Segments are sorted by first seq: only copies at or after this segment's
                 // first seq can be repeated from here on, and of this segment's records only
                 // those at or after the next one's first seq.
-                kept = kept.split_off(&l.key.first_seq);
+                kept = kept.split_off(&k.first_seq);
                 let keep_from = listed.get(i + 1).map_or(i64::MAX, |n| n.key.first_seq);
-                let name: Arc<str> = Arc::from(l.key.object_key());
+                let name: Arc<str> = Arc::from(k.object_key());
                 let mut same: Option<(i64, i64, Arc<str>)> = None;
-                for ev in events.iter().flatten() {
+                let mut read_ok = meta.is_some();
+                while let Some(msg) = seg.rx.recv().await {
+                    let ev = match msg {
+                        Decoded::Record(Ok(ev)) => *ev,
+                        Decoded::Record(Err(e)) => {
+                            read_ok = false;
+                            c.add_finding(finding(
+                                k.partition,
+                                k.first_seq,
+                                FindingKind::MalformedRecord,
+                                None,
+                                format!("segment {} cannot be read: {e}", k.object_key()),
+                            ));
+                            break;
+                        }
+                        Decoded::Meta(_) => continue,
+                    };
+                    if let Some(ch) = &mut check {
+                        ch.observe(&ev);
+                    }
                     if let Some((first, first_in)) = kept.get(&ev.seq) {
-                        if first == ev {
+                        if *first == ev {
                             same = Some(match same.take() {
                                 Some((a, _, s)) => (a, ev.seq, s),
                                 None => (ev.seq, ev.seq, first_in.clone()),
@@ -398,9 +493,26 @@ impl ArchiveStore {
                         }
                         continue;
                     }
-                    c.push_chained(ev);
+                    c.push_chained(&ev);
                     if ev.seq >= keep_from {
-                        kept.insert(ev.seq, (ev.clone(), name.clone()));
+                        kept.insert(ev.seq, (ev, name.clone()));
+                    }
+                }
+                let (sha, size) = seg.finish().await?;
+                if let Some(m) = &manifest {
+                    if let Err(e) = verify_segment_digest_of(m, &sha, size) {
+                        c.add_finding(finding(
+                            k.partition,
+                            k.first_seq,
+                            FindingKind::SegmentReplaced,
+                            None,
+                            replaced(k, &e),
+                        ));
+                    }
+                }
+                if let (Some(meta), Some(check), true) = (&meta, &check, read_ok) {
+                    for (kind, detail) in meta_findings(k, meta, check.finish()) {
+                        c.add_finding(finding(k.partition, k.first_seq, kind, None, detail));
                     }
                 }
                 c.sync_progress();
@@ -496,6 +608,121 @@ impl ArchiveStore {
         }
         Ok(deduped)
     }
+}
+
+/// Chunks of the object body in flight to the decoder.
+const STREAM_CHUNKS: usize = 4;
+/// Decoded records in flight to the verifier.
+const STREAM_RECORDS: usize = 64;
+
+/// What the decoding task hands over: the segment's metadata first, then its records.
+enum Decoded {
+    Meta(Result<SegmentMeta, String>),
+    /// Boxed: a record is large, and the channel holds a few of them.
+    Record(Result<Box<ChainedEvent>, String>),
+}
+
+/// A segment being streamed (see `ArchiveStore::open_stream`).
+struct SegmentStream {
+    rx: mpsc::Receiver<Decoded>,
+    forward: tokio::task::JoinHandle<Result<(String, u64), Error>>,
+    decode: tokio::task::JoinHandle<()>,
+}
+
+impl SegmentStream {
+    /// Wait for both tasks; the object's (SHA-256 hex, size), or why its body could not be
+    /// read to the end.
+    async fn finish(self) -> Result<(String, u64), Error> {
+        // Closing the receiver unblocks a decoder still sending (the caller stopped early).
+        drop(self.rx);
+        let digest = self
+            .forward
+            .await
+            .map_err(|e| Error::Archive(format!("segment reader task failed: {e}")))??;
+        self.decode
+            .await
+            .map_err(|e| Error::Archive(format!("segment decoder task failed: {e}")))?;
+        Ok(digest)
+    }
+}
+
+/// A synchronous `Read` over the chunks the async side receives (for the Avro reader).
+struct ChunkReader {
+    rx: mpsc::Receiver<bytes::Bytes>,
+    cur: bytes::Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                // The body ended (or failed: the forwarding task reports that).
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur[..n]);
+        self.cur = self.cur.slice(n..);
+        Ok(n)
+    }
+}
+
+fn missing_segment(k: &SegmentKey) -> Finding {
+    finding(
+        k.partition,
+        k.first_seq,
+        FindingKind::MissingSeq,
+        None,
+        format!(
+            "segment object {} is missing (its manifest covers seq {}..={})",
+            k.object_key(),
+            k.first_seq,
+            k.last_seq
+        ),
+    )
+}
+
+fn replaced(k: &SegmentKey, e: &segment::SegmentError) -> String {
+    format!(
+        "segment object {} replaced or altered after it was written: {e}",
+        k.object_key()
+    )
+}
+
+/// Findings about a segment's metadata: it must name the segment its object key says, and
+/// agree with its records (`records`: the outcome of `SegmentMeta::check_events`).
+fn meta_findings(
+    k: &SegmentKey,
+    meta: &SegmentMeta,
+    records: Result<(), segment::SegmentError>,
+) -> Vec<(FindingKind, String)> {
+    let mut out = Vec::new();
+    match meta.key() {
+        Ok(mk) if mk == *k => {}
+        Ok(mk) => out.push((
+            FindingKind::SegmentReplaced,
+            format!(
+                "segment object {} is not what was written there: its metadata says it is {}",
+                k.object_key(),
+                mk.object_key()
+            ),
+        )),
+        Err(e) => out.push((
+            FindingKind::SegmentReplaced,
+            format!("segment {} metadata: {e}", k.object_key()),
+        )),
+    }
+    if let Err(e) = records {
+        out.push((
+            FindingKind::SegmentReplaced,
+            format!(
+                "segment {} records disagree with its metadata: {e}",
+                k.object_key()
+            ),
+        ));
+    }
+    out
 }
 
 fn short_hex(h: &[u8]) -> String {

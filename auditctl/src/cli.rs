@@ -16,7 +16,9 @@ EXIT CODES:
   0  verified: no integrity finding (or: key generated, proof written, proof checks)
   1  tampering / integrity finding (or: the proof does not check)
   2  usage or configuration error (bad flag, unreadable key set, unknown event id)
-  3  the store (ClickHouse, the archive) or a local file could not be read or written";
+  3  the store (ClickHouse, the archive) or a local file could not be read or written
+  4  verify: unsealed: no integrity finding, but no --keys were given, so no signature was
+     checked and a consistent rewrite would not be detected (--no-signatures accepts that: 0)";
 
 /// Verify the audit hash chain, manage checkpoint keys, prove and check event inclusion.
 #[derive(Debug, Clone, Parser)]
@@ -72,10 +74,21 @@ pub struct VerifyArgs {
     /// Print the report as JSON instead of the human summary.
     #[arg(long, env = "AUDITCTL_JSON")]
     pub json: bool,
-    /// Public key set (JSON) to check checkpoint signatures. Without it, checkpoints are not
-    /// checked, so truncation of the tail cannot be detected (a warning says so).
+    /// Public key set (JSON) to check checkpoint signatures. Without it nothing signed is
+    /// checked: a consistent rewrite (or a truncated tail) cannot be detected, so the run ends
+    /// with exit 4 ("unsealed") unless --no-signatures is given.
     #[arg(long, env = "AUDIT_KEYSET")]
     pub keys: Option<PathBuf>,
+    /// Accept a run without --keys: only the hash chain is recomputed (exit 0 if it holds).
+    /// Without this flag, a run without keys exits 4 ("unsealed").
+    #[arg(long, env = "AUDITCTL_NO_SIGNATURES")]
+    pub no_signatures: bool,
+    /// Tolerated clock difference (ms) between event producers / chainer instances: a
+    /// checkpoint may be signed up to this long before the newest receive time it covers (or
+    /// an earlier checkpoint's time) before it is `checkpoint_backdated`. It is also how far
+    /// a retired key's holder could backdate undetected: keep it small.
+    #[arg(long, env = "AUDITCTL_CLOCK_SKEW_MS", default_value_t = 0)]
+    pub clock_skew_ms: u64,
     /// Only accept checkpoints of this chain id.
     #[arg(long, env = "AUDIT_CHAIN_ID")]
     pub chain_id: Option<String>,
@@ -84,7 +97,8 @@ pub struct VerifyArgs {
     pub max_findings: usize,
     /// ClickHouse is read per partition in windows of this many seqs, one query each (bounds
     /// the server-side sort, since 18.16 cannot read in key order without sorting, and the
-    /// memory of one read; a failed window is read again).
+    /// memory of one read; a failed window is read again). An empty window jumps to the next
+    /// stored seq, so sparse or huge seqs cost queries per row, not per window of seq span.
     #[arg(long, env = "AUDITCTL_WINDOW", default_value_t = 10_000)]
     pub window: i64,
     /// No progress indicator on stderr. (It is only shown when stderr is a terminal and the
@@ -162,6 +176,11 @@ pub struct CheckProofArgs {
     /// Public key set (JSON).
     #[arg(long, env = "AUDIT_KEYSET")]
     pub keys: PathBuf,
+    /// Accept a proof without the event bytes. Such a proof proves an event *hash* at a
+    /// (partition, seq), not an event id (the id is only a label then); the output says so.
+    /// Without this flag a proof without event bytes fails (exit 1).
+    #[arg(long)]
+    pub hash_only: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -209,6 +228,7 @@ mod tests {
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("EXIT CODES"));
         assert!(help.contains("3  the store"));
+        assert!(help.contains("4  verify: unsealed"));
         for sub in ["verify", "keygen", "prove", "check-proof"] {
             let mut cmd = Cli::command();
             let sub = cmd.find_subcommand_mut(sub).expect("subcommand");

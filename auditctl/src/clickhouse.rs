@@ -51,10 +51,10 @@ fn in_list(partitions: &[u32]) -> String {
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
-struct SeqRange {
+struct PartitionRows {
     chain_partition: i32,
+    n: u64,
     lo: i64,
-    hi: i64,
 }
 
 /// A row of the sink's `audit_forks` (migration 0003), minus the offered payload.
@@ -227,9 +227,11 @@ impl ClickHouseStore {
     ///
     /// Read per partition in windows of `window` seqs, one query each: ClickHouse 18.16 cannot
     /// read a MergeTree in key order without sorting, so one `ORDER BY` over the whole table
-    /// would sort it all in server memory. Windows keep each sort (and each read, which is
-    /// retried whole on a transient error) small; records are still fed in order, and nothing
-    /// is skipped (the windows tile min..=max of each partition).
+    /// would sort it all in server memory. A window (`seq >= lo AND seq <= hi`) is a primary-key
+    /// range: each read touches only its granules and is retried whole on a transient error.
+    /// An empty window is followed by a keyset jump (`min(seq)` of `seq > hi`) to the next
+    /// stored row, so the number of queries is bounded by the rows, not by the seq span: one
+    /// row inserted at a seq near `i64::MAX` costs two queries, not 10^15 empty windows.
     pub async fn stream_into(
         &self,
         partitions: &[u32],
@@ -238,47 +240,57 @@ impl ClickHouseStore {
     ) -> Result<(), Error> {
         let window = window.max(1);
         let sql = format!(
-            "SELECT chain_partition, min(seq) AS lo, max(seq) AS hi FROM {}{} GROUP BY chain_partition ORDER BY chain_partition",
+            "SELECT chain_partition, count() AS n, min(seq) AS lo FROM {}{} GROUP BY chain_partition ORDER BY chain_partition",
             self.events,
             in_list(partitions)
         );
-        let ranges: Vec<SeqRange> = self
+        let parts: Vec<PartitionRows> = self
             .fetch_all(
                 &sql,
-                format!(
-                    "reading the seq ranges of {}.{}",
-                    self.database, self.events
-                ),
+                format!("counting the rows of {}.{}", self.database, self.events),
             )
             .await?;
-        let total: i64 = ranges
-            .iter()
-            .map(|r| r.hi.saturating_sub(r.lo).saturating_add(1).max(0))
-            .fold(0i64, i64::saturating_add);
-        c.set_total(u64::try_from(total).unwrap_or(0));
-        for r in ranges {
-            c.set_stage(&format!("partition {}", r.chain_partition));
+        c.set_total(parts.iter().map(|r| r.n).sum());
+        for r in parts {
+            let part = r.chain_partition;
+            c.set_stage(&format!("partition {part}"));
             let mut lo = r.lo;
             loop {
-                let hi = lo.saturating_add(window - 1).min(r.hi);
+                let hi = lo.saturating_add(window - 1);
                 let sql = format!(
-                    "{} WHERE chain_partition = {} AND seq >= {lo} AND seq <= {hi} ORDER BY seq",
+                    "{} WHERE chain_partition = {part} AND seq >= {lo} AND seq <= {hi} ORDER BY seq",
                     AuditRow::select_sql(&self.events),
-                    r.chain_partition
                 );
                 let doing = format!(
-                    "reading partition {} seq {lo}..={hi} of {}.{}",
-                    r.chain_partition, self.database, self.events
+                    "reading partition {part} seq {lo}..={hi} of {}.{}",
+                    self.database, self.events
                 );
                 let rows: Vec<AuditRow> = self.fetch_all(&sql, doing).await?;
                 for row in &rows {
                     push_row(c, row);
                 }
                 c.sync_progress();
-                if hi >= r.hi {
+                if hi == i64::MAX {
                     break;
                 }
-                lo = hi + 1;
+                if !rows.is_empty() {
+                    lo = hi + 1;
+                    continue;
+                }
+                // A gap of at least a window: jump to the next stored seq, if any.
+                let sql = format!(
+                    "SELECT chain_partition, count() AS n, min(seq) AS lo FROM {} WHERE chain_partition = {part} AND seq > {hi} GROUP BY chain_partition",
+                    self.events
+                );
+                let doing = format!(
+                    "looking for rows of partition {part} after seq {hi} in {}.{}",
+                    self.database, self.events
+                );
+                let next: Vec<PartitionRows> = self.fetch_all(&sql, doing).await?;
+                match next.first() {
+                    Some(n) if n.n > 0 && n.lo > hi => lo = n.lo,
+                    _ => break,
+                }
             }
         }
         Ok(())

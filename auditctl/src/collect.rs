@@ -21,6 +21,8 @@ pub struct CollectOptions {
     /// `false` when no key set was given: checkpoints are then not fed to the verifier.
     pub check_checkpoints: bool,
     pub chain_id: Option<String>,
+    /// See `VerifyOptions::clock_skew_us`.
+    pub clock_skew_us: i64,
     pub max_findings: usize,
     /// Only these partitions (empty = all).
     pub partitions: BTreeSet<u32>,
@@ -145,6 +147,7 @@ impl Collector {
         let opts = VerifyOptions {
             chain_id: self.opts.chain_id.clone(),
             max_findings: self.opts.max_findings,
+            clock_skew_us: self.opts.clock_skew_us,
             ..VerifyOptions::default()
         };
         let keys = &self.opts.keys;
@@ -172,6 +175,17 @@ impl Collector {
 
     /// Feed one stored record (in store order).
     pub fn push(&mut self, partition: i32, r: &StoredRecord<'_>) {
+        self.push_timed(partition, r, None);
+    }
+
+    /// [`Self::push`] with the event's `receive_time_us`, which the checkpoint covering it
+    /// must not predate (`checkpoint_backdated`).
+    pub fn push_timed(
+        &mut self,
+        partition: i32,
+        r: &StoredRecord<'_>,
+        receive_time_us: Option<i64>,
+    ) {
         let Ok(p) = u32::try_from(partition) else {
             self.add_finding(finding(
                 partition,
@@ -192,14 +206,18 @@ impl Collector {
         if self.opts.keep_hashes {
             self.hashes.push((partition, r.seq, r.hash.to_vec()));
         }
-        self.verifier(p).push(r);
+        self.verifier(p).push_timed(r, receive_time_us);
     }
 
     /// Feed a record rebuilt from the store. `rebuilt` is the `ChainedEvent` (or why it could
     /// not be rebuilt, with the stored chain fields that could still be read).
     pub fn push_chained(&mut self, c: &ChainedEvent) {
         match OwnedRecord::from_chained(c) {
-            Ok(rec) => self.push(c.chain_partition, &rec.as_stored()),
+            Ok(rec) => self.push_timed(
+                c.chain_partition,
+                &rec.as_stored(),
+                Some(c.event.receive_time_us),
+            ),
             Err(e) => self.push_unreadable(
                 c.chain_partition,
                 c.seq,

@@ -13,6 +13,9 @@ pub const EXIT_FINDINGS: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: the store (ClickHouse, the archive) or a local file could not be read or written.
 pub const EXIT_IO: u8 = 3;
+/// Exit code of `verify` without `--keys` (and without `--no-signatures`) when the chain holds:
+/// "unsealed", nothing signed was checked, so a consistent rewrite would go unnoticed.
+pub const EXIT_UNSEALED: u8 = 4;
 
 #[derive(Debug, Error)]
 pub enum Error {

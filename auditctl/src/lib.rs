@@ -5,7 +5,8 @@
 //! - `keygen`: a new Ed25519 checkpoint signing key and key-set rotation.
 //! - `prove` / `check-proof`: an offline-checkable inclusion proof of one event.
 //!
-//! Exit codes: 0 verified, 1 integrity finding, 2 usage/config error, 3 store or file I/O.
+//! Exit codes: 0 verified, 1 integrity finding, 2 usage/config error, 3 store or file I/O,
+//! 4 unsealed (`verify` without `--keys` or `--no-signatures`: nothing signed was checked).
 //! The logic lives here so that tests call [`run`] in-process; `main.rs` only maps the result
 //! to an exit code.
 
@@ -22,7 +23,7 @@ pub mod verify;
 use std::io::Write;
 
 pub use cli::{Cli, Command};
-pub use error::{Error, EXIT_FINDINGS, EXIT_IO, EXIT_OK, EXIT_USAGE};
+pub use error::{Error, EXIT_FINDINGS, EXIT_IO, EXIT_OK, EXIT_UNSEALED, EXIT_USAGE};
 
 /// How a command that ran to the end came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub enum Outcome {
     Ok,
     /// Integrity findings, or a proof that does not check: exit 1.
     Findings,
+    /// `verify` found nothing, but checked no signature (no `--keys`): exit 4.
+    Unsealed,
 }
 
 impl Outcome {
@@ -38,6 +41,7 @@ impl Outcome {
         match self {
             Outcome::Ok => EXIT_OK,
             Outcome::Findings => EXIT_FINDINGS,
+            Outcome::Unsealed => EXIT_UNSEALED,
         }
     }
 }

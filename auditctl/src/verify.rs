@@ -5,13 +5,13 @@ use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use schemas::checkpoint::KeySet;
-use schemas::verify::{FindingKind, Report};
+use schemas::verify::{Finding, FindingKind, Report};
 use serde::Serialize;
 
 use crate::archive::ArchiveStore;
 use crate::cli::{SourceKind, VerifyArgs};
 use crate::clickhouse::ClickHouseStore;
-use crate::collect::{CollectOptions, Collector, StoredHash};
+use crate::collect::{finding, CollectOptions, Collector, StoredHash};
 use crate::error::Error;
 use crate::reads::Reads;
 use crate::Outcome;
@@ -28,6 +28,11 @@ pub struct CrossCheck {
     pub only_archive: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_disagreement: Option<Disagreement>,
+    /// `store_disagreement` findings: the first differing hash (as above), and every partition
+    /// present in one store (records or checkpoints) and absent from the other. A partition
+    /// deleted whole from one store leaves that store's own report clean (nothing of it is
+    /// left to check), so only the other store can tell.
+    pub findings: Vec<Finding>,
     pub ok: bool,
 }
 
@@ -78,6 +83,7 @@ fn collect_options(
         keys,
         check_checkpoints: check,
         chain_id: args.chain_id.clone(),
+        clock_skew_us: i64::try_from(args.clock_skew_ms.saturating_mul(1000)).unwrap_or(i64::MAX),
         max_findings: args.max_findings.max(1),
         partitions: args.partitions.iter().copied().collect(),
         keep_hashes,
@@ -130,8 +136,51 @@ pub async fn verify_archive(
     Ok(c.finish())
 }
 
-/// Merge-walk the two sorted lists of stored hashes.
-pub fn cross_check(mut ch: Vec<StoredHash>, mut ar: Vec<StoredHash>) -> CrossCheck {
+/// Merge-walk the two sorted lists of stored hashes, and compare which partitions each store
+/// holds at all.
+pub fn cross_check(
+    ch_report: &Report,
+    ar_report: &Report,
+    ch: Vec<StoredHash>,
+    ar: Vec<StoredHash>,
+) -> CrossCheck {
+    let mut out = cross_check_hashes(ch, ar);
+    if let Some(d) = &out.first_disagreement {
+        out.findings.push(finding(
+            d.partition,
+            d.seq,
+            FindingKind::StoreDisagreement,
+            None,
+            format!(
+                "clickhouse holds hash {}, archive holds {}",
+                d.clickhouse_hash, d.archive_hash
+            ),
+        ));
+    }
+    let parts =
+        |r: &Report| -> BTreeSet<i32> { r.partitions.iter().map(|p| p.partition).collect() };
+    let (cp, ap) = (parts(ch_report), parts(ar_report));
+    for (p, here, there) in cp
+        .difference(&ap)
+        .map(|p| (*p, "clickhouse", "archive"))
+        .chain(ap.difference(&cp).map(|p| (*p, "archive", "clickhouse")))
+    {
+        out.findings.push(finding(
+            p,
+            0,
+            FindingKind::StoreDisagreement,
+            None,
+            format!(
+                "partition {p} is in the {here} (records or checkpoints) but absent from the {there}: deleted whole from the {there}?"
+            ),
+        ));
+    }
+    out.findings.sort_by_key(|f| (f.partition, f.seq));
+    out.ok = out.findings.is_empty();
+    out
+}
+
+fn cross_check_hashes(mut ch: Vec<StoredHash>, mut ar: Vec<StoredHash>) -> CrossCheck {
     let key = |h: &StoredHash| (h.0, h.1);
     ch.sort_by_key(key);
     ch.dedup_by_key(|h| key(h));
@@ -142,6 +191,7 @@ pub fn cross_check(mut ch: Vec<StoredHash>, mut ar: Vec<StoredHash>) -> CrossChe
         only_clickhouse: 0,
         only_archive: 0,
         first_disagreement: None,
+        findings: Vec::new(),
         ok: true,
     };
     let (mut i, mut j) = (0, 0);
@@ -270,9 +320,15 @@ fn io(e: std::io::Error) -> Error {
 }
 
 pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
-    if args.keys.is_none() {
+    let unsealed = args.keys.is_none();
+    if unsealed {
         eprintln!(
-            "auditctl: warning: no --keys given: checkpoint signatures are not checked, so a truncated tail cannot be detected"
+            "auditctl: warning: no --keys given: no signature is checked, so a consistent rewrite or a truncated tail cannot be detected{}",
+            if args.no_signatures {
+                ""
+            } else {
+                " (exit 4, unsealed; --no-signatures accepts this)"
+            }
         );
     }
     let ok = match args.source {
@@ -311,7 +367,7 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
             ArchiveStore::open(&args.archive, reads(args))?;
             let (ch, ch_h) = verify_clickhouse(args, true).await?;
             let (ar, ar_h) = verify_archive(args, true).await?;
-            let x = cross_check(ch_h, ar_h);
+            let x = cross_check(&ch, &ar, ch_h, ar_h);
             let ok = ch.ok && ar.ok && x.ok;
             if args.json {
                 let both = BothReport {
@@ -331,21 +387,41 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
                     x.compared, x.only_clickhouse, x.only_archive
                 )
                 .map_err(io)?;
-                match &x.first_disagreement {
-                    None => writeln!(out, "OK").map_err(io)?,
-                    Some(d) => writeln!(
-                        out,
-                        "FAILED\n    partition {} seq {}: store_disagreement: clickhouse holds hash {}, archive holds {}",
-                        d.partition, d.seq, d.clickhouse_hash, d.archive_hash
-                    )
-                    .map_err(io)?,
+                if x.findings.is_empty() {
+                    writeln!(out, "OK").map_err(io)?;
+                } else {
+                    writeln!(out, "FAILED").map_err(io)?;
+                    for f in &x.findings {
+                        writeln!(
+                            out,
+                            "    partition {} seq {}: {}: {}",
+                            f.partition,
+                            f.seq,
+                            kind_name(f.kind),
+                            f.detail
+                        )
+                        .map_err(io)?;
+                    }
                 }
                 summary(out, ok, &[&ch, &ar]).map_err(io)?;
             }
             ok
         }
     };
-    Ok(if ok { Outcome::Ok } else { Outcome::Findings })
+    if !ok {
+        return Ok(Outcome::Findings);
+    }
+    if unsealed && !args.no_signatures {
+        if !args.json {
+            writeln!(
+                out,
+                "unsealed: no --keys given, so no signature was checked (exit 4; --no-signatures accepts this)"
+            )
+            .map_err(io)?;
+        }
+        return Ok(Outcome::Unsealed);
+    }
+    Ok(Outcome::Ok)
 }
 
 #[cfg(test)]

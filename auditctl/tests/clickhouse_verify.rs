@@ -122,15 +122,25 @@ async fn a_truncated_tail_is_caught_by_the_latest_checkpoint() {
         "{out}"
     );
 
-    // Without the key set, checkpoints are not checked: the truncation is invisible, and the
-    // run says so on stderr (exit 0 here documents that limit).
+    // Without the key set, nothing signed is checked: the truncation is invisible, so the run
+    // is "unsealed" (exit 4) unless --no-signatures accepts that (exit 0 documents the limit).
     let no_keys: Vec<String> = {
         let mut a = s(&["verify"]);
         a.extend(db.args());
         a
     };
     let (code, out) = auditctl(&no_keys).await;
+    assert_eq!(code, 4, "{out}");
+    assert!(out.contains("unsealed"), "{out}");
+    let mut accepted = no_keys.clone();
+    accepted.push("--no-signatures".into());
+    let (code, out) = auditctl(&accepted).await;
     assert_eq!(code, 0, "{out}");
+    // Findings still take precedence over "unsealed".
+    db.mutate("ALTER TABLE audit_events UPDATE actor_id = 'mallory' WHERE chain_partition = 1 AND seq = 5")
+        .await;
+    let (code, out) = auditctl(&no_keys).await;
+    assert_eq!(code, 1, "{out}");
     db.drop().await;
 }
 
@@ -246,7 +256,112 @@ async fn binary_exit_codes() {
     assert_eq!(out.status.code(), Some(3));
     assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
 
+    // No key set: unsealed (exit 4), unless --no-signatures.
+    let mut unsealed = s(&["verify", "--partition", "1"]);
+    unsealed.extend(db.args());
+    let out = run(&unsealed);
+    assert_eq!(out.status.code(), Some(4));
+    unsealed.push("--no-signatures".into());
+    let out = run(&unsealed);
+    assert_eq!(out.status.code(), Some(0));
+
     let out = run(&s(&["--help"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("EXIT CODES"));
+    db.drop().await;
+}
+
+/// One row inserted at a seq near `i64::MAX`: the reader follows the rows (an empty window jumps
+/// to the next stored seq), so the run ends promptly instead of walking 10^15 empty windows;
+/// the row is still a finding (everything between the real tail and it is missing).
+#[tokio::test]
+async fn a_row_inserted_at_a_huge_seq_is_found_without_walking_the_seq_space() {
+    let (db, _dir, args) = setup("hugeseq").await;
+    // The same (deterministic) events as partition 1 of `setup`; the key only signs.
+    let other = tempfile::tempdir().expect("tempdir");
+    let chain = build_chain(1, 120, &test_key(other.path(), "unused").0, 50, BASE_US);
+    let mut forged = chain.events[119].clone();
+    forged.seq = i64::MAX - 5;
+    forged.event.event_id = "evt-forged".into();
+    db.insert_events(&[forged]).await;
+    // Generous: the fixed reader needs a few queries; the old one ran for hours.
+    let json = json_args(&args);
+    let run = tokio::time::timeout(std::time::Duration::from_secs(120), auditctl(&json));
+    let (code, out) = run
+        .await
+        .expect("verify must not walk the seq space up to i64::MAX");
+    assert_eq!(code, 1, "{out}");
+    let f = first_finding(&out, 1);
+    assert_eq!(f["kind"], "missing_seq", "{out}");
+    assert_eq!(f["seq"], 121, "{out}");
+    let detail = f["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&(i64::MAX - 6).to_string()), "{detail}");
+    // Partition 0 is untouched, and the reader did not lose rows around the jump.
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["partitions"][0]["ok"], true, "{out}");
+    assert_eq!(v["partitions"][1]["events"], 121, "{out}");
+    assert_eq!(v["partitions"][1]["last_seq"], i64::MAX - 5, "{out}");
+    db.drop().await;
+}
+
+/// Checkpoints of a partition cover contiguous ranges: deleting a middle checkpoint row leaves
+/// a gap, `missing_checkpoint` at its first uncovered seq.
+#[tokio::test]
+async fn a_deleted_middle_checkpoint_row_is_a_missing_checkpoint() {
+    let (db, _dir, args) = setup("midcp").await;
+    db.mutate("ALTER TABLE audit_checkpoints DELETE WHERE chain_partition = 0 AND seq = 200")
+        .await;
+    let (code, out) = auditctl(&json_args(&args)).await;
+    assert_eq!(code, 1, "{out}");
+    let f = first_finding(&out, 0);
+    assert_eq!(f["kind"], "missing_checkpoint", "{out}");
+    assert_eq!(f["seq"], 101, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(
+        v["partitions"][0]["findings"].as_array().map(Vec::len),
+        Some(1),
+        "{out}"
+    );
+    assert_eq!(v["partitions"][1]["ok"], true, "{out}");
+    db.drop().await;
+}
+
+/// The holder of a retired key replaces the newest checkpoint with one signed by that key, its
+/// time set back into the key's validity window: the signature and key window check, but the
+/// time is before the events it covers were received and before the previous checkpoint.
+#[tokio::test]
+async fn a_checkpoint_backdated_into_a_retired_keys_window_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Retired two hours before BASE_US, i.e. before any event of the chain was received.
+    let retired_at = BASE_US - 7_200_000_000;
+    let (old, new, keyset) = rotated_keys(dir.path(), retired_at);
+    let db = TestDb::new("backdated").await;
+    let chain = build_chain(0, 300, &new, 100, BASE_US);
+    db.insert_chain(&chain).await;
+    let mut args = s(&["verify", "--json", "--keys", &keyset.display().to_string()]);
+    args.extend(db.args());
+    let (code, out) = auditctl(&args).await;
+    assert_eq!(code, 0, "{out}");
+
+    db.mutate("ALTER TABLE audit_checkpoints DELETE WHERE chain_partition = 0 AND seq = 300")
+        .await;
+    let forged = forge_checkpoint(&chain, &old, 201, 300, retired_at - 1);
+    db.insert_checkpoints(&[forged]).await;
+    let (code, out) = auditctl(&args).await;
+    assert_eq!(code, 1, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let findings = v["partitions"][0]["findings"]
+        .as_array()
+        .expect("findings")
+        .clone();
+    assert!(!findings.is_empty(), "{out}");
+    for f in &findings {
+        assert_eq!(f["kind"], "checkpoint_backdated", "{out}");
+        assert_eq!(f["seq"], 300, "{out}");
+    }
+    // A tolerance for clock skew larger than the backdating hides it (that is its cost).
+    let mut lax = args.clone();
+    lax.extend(s(&["--clock-skew-ms", "86400000"]));
+    let (code, out) = auditctl(&lax).await;
+    assert_eq!(code, 0, "{out}");
     db.drop().await;
 }

@@ -148,6 +148,15 @@ async fn prove_and_check(
             Box::new(|p| p.event_id = "evt-someone-else".into()),
         ),
         (
+            // Without the bytes, nothing ties the hash to an id: relabelling is refused.
+            "event id, with the event bytes left out",
+            Box::new(|p| {
+                p.event = None;
+                p.event_id = "evt-someone-else".into();
+            }),
+        ),
+        ("event bytes left out", Box::new(|p| p.event = None)),
+        (
             "event bytes",
             Box::new(|p| {
                 if let Some(ev) = &mut p.event {
@@ -162,6 +171,24 @@ async fn prove_and_check(
         assert_eq!(code, 1, "tampered {what} must fail: {out}");
         assert!(out.contains("proof FAILED"), "{out}");
     }
+    // --hash-only accepts a proof without bytes, and says the id is not proven.
+    tamper(&|p: &mut InclusionProof| {
+        p.event = None;
+        p.event_id = "evt-someone-else".into();
+    });
+    let mut hash_only = check.clone();
+    hash_only.push("--hash-only".into());
+    let (code, out) = auditctl(&hash_only).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("proof OK: event hash"), "{out}");
+    assert!(
+        out.contains("the event id \"evt-someone-else\" is NOT proven"),
+        "{out}"
+    );
+    // ... but never accepts a relabelled proof that carries the bytes.
+    tamper(&|p: &mut InclusionProof| p.event_id = "evt-someone-else".into());
+    let (code, out) = auditctl(&hash_only).await;
+    assert_eq!(code, 1, "{out}");
     std::fs::write(&proof, "{ not json").expect("write");
     let (code, _) = auditctl(&check).await;
     assert_eq!(code, 1);

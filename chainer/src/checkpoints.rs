@@ -10,6 +10,13 @@ use schemas::checkpoint::{sign, CheckpointError, CheckpointFields, SigningKey};
 use schemas::merkle::MerkleBuilder;
 use schemas::Checkpoint;
 
+/// Checkpoints of chain partition `p` go to one fixed partition of the checkpoints topic, so
+/// recovery reads exactly one partition's tail. (Same rule as `worker::checkpoint_partition`,
+/// kept here so that recovery does not depend on the worker's module.)
+pub fn checkpoint_partition(p: i32, checkpoint_partitions: i32) -> i32 {
+    p.rem_euclid(checkpoint_partitions.max(1))
+}
+
 /// The open range of one partition.
 #[derive(Debug, Clone)]
 pub struct CheckpointRange {
@@ -104,15 +111,20 @@ pub struct RangeStart {
     /// Seqs between the last checkpoint and the recovery point that no range will cover,
     /// because their hashes were no longer in the scanned tail.
     pub uncovered: Option<(u64, u64)>,
+    /// The latest checkpoint covers this seq, beyond the chain's head: the chained topic lost
+    /// records (truncation). The range then restarts after the head, and the operator is told.
+    pub checkpoint_ahead: Option<u64>,
 }
 
 /// Decides where the range resumes. `tail` holds the last link hashes of the chain in seq order
 /// (ending at `head_seq`); `last_cp` is the latest checkpoint of this partition found on the
 /// checkpoints topic, as `(seq, head_hash)`.
 ///
-/// A checkpoint beyond the chain's head, or one whose head disagrees with the chain, means the
-/// chained topic lost records or was rewritten: continuing would fork the chain, so that is an
-/// error for the operator.
+/// A checkpoint whose head disagrees with a record of the tail means the chained topic was
+/// rewritten: that is an error (continuing would extend a forged chain). A checkpoint beyond the
+/// chain's head means records after the head were lost from the chained topic: the caller has
+/// already re-read the tail, so it is reported ([`RangeStart::checkpoint_ahead`]) and the range
+/// restarts after the head rather than stopping the worker for good.
 pub fn range_start(
     head_seq: u64,
     tail: &[(u64, Hash32)],
@@ -120,12 +132,6 @@ pub fn range_start(
 ) -> Result<RangeStart, String> {
     let covered_through = match last_cp {
         Some((cp_seq, cp_hash)) => {
-            if cp_seq > head_seq {
-                return Err(format!(
-                    "a signed checkpoint covers seq {cp_seq} but the chain ends at seq {head_seq}: \
-                     records were lost from the chained topic; refusing to continue (it would fork)"
-                ));
-            }
             if let Some((_, h)) = tail.iter().find(|(s, _)| *s == cp_seq) {
                 if *h != cp_hash {
                     return Err(format!(
@@ -135,6 +141,14 @@ pub fn range_start(
                         hex::encode(h)
                     ));
                 }
+            }
+            if cp_seq > head_seq {
+                return Ok(RangeStart {
+                    first_seq: head_seq + 1,
+                    preload: Vec::new(),
+                    uncovered: None,
+                    checkpoint_ahead: Some(cp_seq),
+                });
             }
             cp_seq
         }
@@ -146,6 +160,7 @@ pub fn range_start(
             first_seq: want,
             preload: Vec::new(),
             uncovered: None,
+            checkpoint_ahead: None,
         });
     }
     match tail.iter().position(|(s, _)| *s == want) {
@@ -154,11 +169,13 @@ pub fn range_start(
             first_seq: want,
             preload: tail[i..].to_vec(),
             uncovered: None,
+            checkpoint_ahead: None,
         }),
         _ => Ok(RangeStart {
             first_seq: head_seq + 1,
             preload: Vec::new(),
             uncovered: Some((want, head_seq)),
+            checkpoint_ahead: None,
         }),
     }
 }
@@ -211,11 +228,12 @@ mod tests {
     }
 
     #[test]
-    fn range_start_refuses_truncated_or_rewritten_chains() {
+    fn range_start_reports_truncation_and_refuses_rewritten_chains() {
         let tail: Vec<_> = (90..=100).map(|s| (s, h(s))).collect();
-        assert!(range_start(100, &tail, Some((120, h(120))))
-            .unwrap_err()
-            .contains("lost"));
+        // Truncated: the checkpoint is ahead of the head; resume after the head, reported.
+        let s = range_start(100, &tail, Some((120, h(120)))).unwrap();
+        assert_eq!((s.first_seq, s.checkpoint_ahead), (101, Some(120)));
+        assert!(s.preload.is_empty());
         assert!(range_start(100, &tail, Some((95, h(7))))
             .unwrap_err()
             .contains("rewritten"));

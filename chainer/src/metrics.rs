@@ -1,5 +1,6 @@
 //! Metric names (Prometheus, via the `metrics` crate); every one is labelled by `partition`,
-//! except the transaction counters (a transaction spans partitions).
+//! except the transaction counters (a transaction spans partitions) and the worker-wide
+//! liveness gauges and counters at the end.
 
 /// Events appended to a chain (enqueued to the chained topic).
 pub const CHAINED: &str = "audit_chainer_events_chained_total";
@@ -21,3 +22,36 @@ pub const HEAD_SEQ: &str = "audit_chainer_head_seq";
 pub const TXN_COMMITTED: &str = "audit_chainer_transactions_committed_total";
 /// Transactions aborted (their partitions are then recovered from the chained tail).
 pub const TXN_ABORTED: &str = "audit_chainer_transactions_aborted_total";
+/// Events whose scoped id was in the dedup window with different content: chained anyway
+/// (never dropped) and alarmed.
+pub const ID_CONFLICTS: &str = "audit_chainer_id_conflicts_total";
+/// Dead letters below the committed offset seen again on a replay after recovery: not sent
+/// to the rejected topic a second time.
+pub const DEAD_LETTERS_REPLAYED: &str = "audit_chainer_dead_letters_replayed_total";
+/// Recoveries that resumed from the latest signed checkpoint because the chained partition's
+/// records were gone (retention).
+pub const RESUMED_FROM_CHECKPOINT: &str = "audit_chainer_resumed_from_checkpoint_total";
+/// Recoveries whose chained tail ended before a signed checkpoint (truncated chained topic).
+pub const TAIL_BEHIND_CHECKPOINT: &str = "audit_chainer_tail_behind_checkpoint_total";
+/// Recoveries that found a gap in the chained tail and resumed before it.
+pub const TAIL_GAPS: &str = "audit_chainer_tail_gaps_total";
+/// Partitions held by this instance (one task each).
+pub const HELD: &str = "audit_chainer_partitions_held";
+/// Held partitions still recovering from the chained tail.
+pub const RECOVERING: &str = "audit_chainer_partitions_recovering";
+/// Records of the enriched topic not yet chained: held partitions from their chain position,
+/// unheld ones (group mode) from the group's committed offset.
+pub const LAG: &str = "audit_chainer_input_lag";
+/// 1 when `/readyz` says ready.
+pub const READY: &str = "audit_chainer_ready";
+/// Consumers recreated because the worker held no partition, or received nothing, while its
+/// input had lag for longer than `--consumer-stall-timeout-secs`.
+pub const CONSUMER_RESTARTS: &str = "audit_chainer_consumer_restarts_total";
+/// Times a partition was paused because its task's queue was full (labelled by partition).
+pub const PAUSES: &str = "audit_chainer_partition_pauses_total";
+/// Delivery failures (of a chained record, dead letter or checkpoint) after which the partition
+/// stopped and was recovered again from the chained tail (labelled by partition).
+pub const DELIVERY_FAILURES: &str = "audit_chainer_delivery_failures_total";
+/// Producers recreated because librdkafka declared the idempotent producer fatal (or it kept
+/// failing every delivery).
+pub const PRODUCER_RESTARTS: &str = "audit_chainer_producer_restarts_total";

@@ -1,21 +1,49 @@
-//! Recovery of a partition from durable state, on every (re)assignment:
-//! the tail of `chained`/p gives the head `(seq, hash)`, its source offset and the dedup window;
-//! the tail of the checkpoints topic gives where the next checkpoint range starts.
+//! Recovery of a partition from durable state, on every (re)assignment.
 //!
-//! [`TailReader`] and [`CheckpointFinder`] are pure (fed record by record by the scan), so they
-//! are unit-tested without a broker; [`scan_chained`] and [`scan_checkpoints`] do the reading.
+//! Order matters: the latest signed checkpoint of the partition is read **first**, then the
+//! tail of `chained`/p. A checkpoint covers only records the broker had acknowledged before it
+//! was published, so one read before the tail can never legitimately be ahead of it; read the
+//! other way round, a checkpoint published in between (by a zombie or the previous owner still
+//! draining) would look like truncation.
+//!
+//! The tail gives the head `(seq, hash)`, its source offset and the dedup window:
+//! - **Gaps.** The idempotent producer can lose in-flight records when they time out (seqs
+//!   1, 4, 5 in the log). The head is the end of the contiguous prefix (seq 1 there): records
+//!   after a gap are re-chained with identical bytes (sinks keep first copies), and the window
+//!   and link hashes hold only records of the prefix. Records that repeat an earlier seq (a
+//!   paused zombie's identical copies) are harmless: the first copy of each seq counts.
+//! - **W distinct records.** The window is the last W distinct chained seqs, not the last W
+//!   offsets: zombie copies would otherwise make a recovered instance and a live one decide
+//!   differently. The tail is read backwards in growing chunks until W distinct seqs of the
+//!   prefix (or the log start) are covered.
+//! - **Retention.** A chained partition emptied by retention (log start > 0, or no record but a
+//!   signed checkpoint of it) resumes from the latest signed checkpoint `(seq, head hash)`,
+//!   with the next source offset from the chainer group's committed offset on the enriched
+//!   partition.
+//! - **Replays.** The committed offset is also handed to the state machine, so dead letters
+//!   below it (already on the rejected topic) are not sent again.
+//!
+//! [`TailReader`] and [`CheckpointFinder`] are pure (fed record by record), so they are
+//! unit-tested without a broker; [`read_tail`] and [`scan_checkpoints`] do the reading.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::Message;
-use schemas::chain::{hash32, seq_u64, ChainHead, DedupWindow, Hash32};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use schemas::chain::{hash32, seq_u64, ChainHead, DedupWindow, Hash32, IdDigest};
 use schemas::framing::{decode_chained, decode_checkpoint};
+use schemas::identity::{content_digest, dedup_key, ContentDigest};
 use worker_runtime::kafka::tail::{scan, ScanStart, Watermarks};
-use worker_runtime::kafka::KafkaArgs;
+use worker_runtime::kafka::{AuditConsumer, KafkaArgs, Topics};
+use worker_runtime::RuntimeError;
 
+use crate::checkpoints::{checkpoint_partition, range_start, CheckpointRange, Signer};
 use crate::error::Error;
+use crate::metrics as m;
+use crate::partition::{PartitionChain, Resume};
 
 /// The last chained record of a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,28 +56,58 @@ pub struct TailHead {
 /// What the tail of `chained`/p says.
 #[derive(Debug, Clone)]
 pub struct TailSummary {
+    /// The end of the contiguous prefix (`None`: resume at genesis).
     pub head: Option<TailHead>,
     pub dedup: DedupWindow,
     /// The last link hashes, contiguous, in seq order, ending at the head.
     pub hashes: Vec<(u64, Hash32)>,
-    /// Records that repeat or go back in seq (e.g. a paused zombie's identical copies), gaps and
-    /// broken links: not fatal here (the verifier reports them), but logged.
+    /// Repeated seqs (zombie copies), differing copies of one seq, broken links and gaps: not
+    /// fatal here (the verifier reports them), but logged.
     pub anomalies: u64,
+    /// Highest seq in the tail, when a gap made the head stop below it: the records above the
+    /// head are re-chained.
+    pub beyond_gap: Option<u64>,
     pub records: u64,
 }
 
-/// Folds the tail of `chained`/p, record by record, in offset order.
+/// One distinct chained seq, as recovery needs it.
+#[derive(Debug, Clone, Copy)]
+struct TailEntry {
+    offset: i64,
+    hash: Hash32,
+    prev: Hash32,
+    source_offset: i64,
+    key: IdDigest,
+    content: ContentDigest,
+}
+
+/// Where the tail's head is, given what was read so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Resume after this seq (`None`: at genesis).
+    Head(Option<u64>),
+    /// The records read cannot decide (a hole whose missing seq may sit before the region read,
+    /// or fewer than W distinct seqs): read further back.
+    NeedMore,
+}
+
+/// Folds records of `chained`/p, in any order of chunks (offset order inside a chunk), keeping
+/// the first copy (lowest offset) of each seq.
 #[derive(Debug)]
 pub struct TailReader {
     partition: i32,
-    head: Option<TailHead>,
-    dedup: DedupWindow,
-    hashes: VecDeque<(u64, Hash32)>,
+    window: usize,
     keep_hashes: usize,
-    anomalies: u64,
+    max_burst: u64,
+    entries: BTreeMap<u64, TailEntry>,
+    repeats: u64,
+    forks: u64,
     records: u64,
     error: Option<String>,
 }
+
+/// Default for [`TailReader::max_burst`]: the chainer's default `max_in_flight`.
+pub const DEFAULT_MAX_BURST: u64 = 10_000;
 
 impl TailReader {
     /// `window`: dedup window size W; `keep_hashes`: how many trailing link hashes to keep for
@@ -57,14 +115,28 @@ impl TailReader {
     pub fn new(partition: i32, window: usize, keep_hashes: usize) -> Self {
         Self {
             partition,
-            head: None,
-            dedup: DedupWindow::new(window),
-            hashes: VecDeque::new(),
+            window,
             keep_hashes,
-            anomalies: 0,
+            max_burst: DEFAULT_MAX_BURST,
+            entries: BTreeMap::new(),
+            repeats: 0,
+            forks: 0,
             records: 0,
             error: None,
         }
+    }
+
+    /// The most records a writer can have landed after a lost one (its in-flight limit): a run
+    /// longer than this above a hole did not follow a lost write, so the hole is not a gap of
+    /// the current chain (it is before the region read, or an old anomaly the verifier reports).
+    pub fn max_burst(mut self, n: u64) -> Self {
+        self.max_burst = n.max(1);
+        self
+    }
+
+    /// How many distinct seqs the window and hashes need.
+    fn need(&self) -> u64 {
+        self.window.max(self.keep_hashes).max(1) as u64
     }
 
     pub fn push(&mut self, offset: i64, payload: Option<&[u8]>) {
@@ -91,49 +163,188 @@ impl TailReader {
         let seq = seq_u64(rec.seq).map_err(|e| e.to_string())?;
         let hash = hash32("hash", &rec.hash).map_err(|e| e.to_string())?;
         let prev = hash32("prev_hash", &rec.prev_hash).map_err(|e| e.to_string())?;
-        if let Some(h) = self.head {
-            if seq <= h.seq {
-                self.anomalies += 1;
-                tracing::warn!(
-                    partition = self.partition,
-                    offset,
-                    seq,
-                    head = h.seq,
-                    "chained record repeats an earlier seq (zombie copy?); keeping the first"
-                );
-                return Ok(());
-            }
-            if seq != h.seq + 1 || prev != h.hash {
-                self.anomalies += 1;
-                tracing::error!(partition = self.partition, offset, seq, head = h.seq,
-                    "chained tail is not contiguous (gap or broken link); resuming from the highest seq");
-                self.hashes.clear();
-            }
-        }
-        self.head = Some(TailHead {
-            seq,
+        let entry = TailEntry {
+            offset,
             hash,
+            prev,
             source_offset: rec.source_offset,
-        });
-        self.dedup.insert(&rec.event.event_id);
-        if self.keep_hashes > 0 {
-            if self.hashes.len() == self.keep_hashes {
-                self.hashes.pop_front();
+            key: dedup_key(&rec.event),
+            content: content_digest(&rec.event).map_err(|e| e.to_string())?,
+        };
+        match self.entries.get_mut(&seq) {
+            None => {
+                self.entries.insert(seq, entry);
             }
-            self.hashes.push_back((seq, hash));
+            Some(have) => {
+                if have.hash == hash {
+                    self.repeats += 1;
+                    tracing::warn!(
+                        partition = self.partition,
+                        offset,
+                        seq,
+                        "chained record repeats an earlier seq (zombie copy?); keeping the first"
+                    );
+                } else {
+                    self.forks += 1;
+                    tracing::error!(
+                        partition = self.partition,
+                        offset,
+                        seq,
+                        other = have.offset,
+                        "two different chained records with one seq (fork); keeping the first"
+                    );
+                }
+                if offset < have.offset {
+                    *have = entry;
+                }
+            }
         }
         Ok(())
     }
 
+    /// Whether `seq`'s record links to `seq - 1`'s (both read).
+    fn linked(&self, seq: u64) -> bool {
+        match (
+            self.entries.get(&seq),
+            seq.checked_sub(1).and_then(|s| self.entries.get(&s)),
+        ) {
+            (Some(e), Some(p)) => e.prev == p.hash,
+            _ => false,
+        }
+    }
+
+    /// The lowest seq of the contiguous, linked run that ends at `top`.
+    fn run_start(&self, top: u64) -> u64 {
+        let mut b = top;
+        while b > 1 && self.linked(b) {
+            b -= 1;
+        }
+        b
+    }
+
+    /// Decides the head from what was read. `at_log_start`: the records read reach the first
+    /// offset of the partition, whose low watermark is `low`. `durable_through`: the latest
+    /// signed checkpoint's seq (0: none); every seq up to it was acknowledged by the broker, so
+    /// a hole there is never a lost write.
+    pub fn resolve(&self, at_log_start: bool, low: i64, durable_through: u64) -> Resolution {
+        let Some((&max, _)) = self.entries.last_key_value() else {
+            return Resolution::Head(None);
+        };
+        let mut top = max;
+        let head = loop {
+            let b = self.run_start(top);
+            if b == 1 || top - b + 1 > self.max_burst || b - 1 <= durable_through {
+                break top;
+            }
+            if self.entries.contains_key(&(b - 1)) {
+                // Both present but not linked: a fork, reported as an anomaly; the chain as
+                // read continues from the top.
+                break top;
+            }
+            // A hole at b - 1 right below a short run: lost write, or a record before the
+            // region read?
+            match self.entries.range(..b - 1).next_back().map(|(&s, _)| s) {
+                None if at_log_start && low == 0 => {
+                    // The log never held b - 1: the chain's first records were lost.
+                    return Resolution::Head(None);
+                }
+                // Older records were deleted by retention: nothing more to know.
+                None if at_log_start => break top,
+                None => return Resolution::NeedMore,
+                Some(below) => {
+                    let lower_run = below - self.run_start(below) + 1;
+                    if at_log_start || lower_run > self.max_burst {
+                        // A long run below the hole: records of the same writer, whose next
+                        // ones were lost. Resume after them.
+                        top = below;
+                        continue;
+                    }
+                    return Resolution::NeedMore;
+                }
+            }
+        };
+        let distinct = self.entries.range(..=head).count() as u64;
+        if at_log_start || distinct >= self.need() {
+            Resolution::Head(Some(head))
+        } else {
+            Resolution::NeedMore
+        }
+    }
+
+    /// `Some(detail)` if the checkpoint `(seq, hash)` contradicts a record read: the chained
+    /// topic was rewritten.
+    pub fn contradicts(&self, checkpoint: Option<(u64, Hash32)>) -> Option<String> {
+        let (seq, hash) = checkpoint?;
+        let e = self.entries.get(&seq)?;
+        (e.hash != hash).then(|| {
+            format!(
+                "the signed checkpoint at seq {seq} has head {} but the chained record at offset \
+                 {} has {}: the chained topic was rewritten; refusing to continue",
+                hex::encode(hash),
+                e.offset,
+                hex::encode(e.hash)
+            )
+        })
+    }
+
+    /// The summary for a log read from its start, without checkpoints (tests, tools).
     pub fn finish(self) -> Result<TailSummary, String> {
+        let head = match self.resolve(true, 0, 0) {
+            Resolution::Head(h) => h,
+            Resolution::NeedMore => self.entries.last_key_value().map(|(&s, _)| s),
+        };
+        self.finish_at(head)
+    }
+
+    /// The summary resuming after `head` (from [`TailReader::resolve`]).
+    pub fn finish_at(self, head: Option<u64>) -> Result<TailSummary, String> {
         if let Some(e) = self.error {
             return Err(e);
         }
+        let top = self.entries.last_key_value().map(|(&s, _)| s);
+        let head_entry = head.and_then(|h| self.entries.get(&h).map(|e| (h, e)));
+        let mut dedup = DedupWindow::new(self.window);
+        let mut hashes = Vec::new();
+        if let Some((h, _)) = head_entry {
+            // The window: the last W distinct seqs of the prefix, oldest first, as the live
+            // instance recorded them.
+            let window: Vec<_> = self
+                .entries
+                .range(..=h)
+                .rev()
+                .take(self.window)
+                .map(|(_, e)| (e.key, e.content))
+                .collect();
+            for (k, c) in window.into_iter().rev() {
+                dedup.record(k, c);
+            }
+            if self.keep_hashes > 0 {
+                let from = self
+                    .run_start(h)
+                    .max(h.saturating_sub(self.keep_hashes as u64 - 1));
+                hashes = self
+                    .entries
+                    .range(from..=h)
+                    .map(|(&s, e)| (s, e.hash))
+                    .collect();
+            }
+        }
+        let beyond_gap = top.filter(|&t| Some(t) != head);
+        let broken = self
+            .entries
+            .keys()
+            .filter(|&&s| s > 1 && !self.linked(s) && self.entries.contains_key(&(s - 1)))
+            .count() as u64;
         Ok(TailSummary {
-            head: self.head,
-            dedup: self.dedup,
-            hashes: self.hashes.into(),
-            anomalies: self.anomalies,
+            head: head_entry.map(|(seq, e)| TailHead {
+                seq,
+                hash: e.hash,
+                source_offset: e.source_offset,
+            }),
+            dedup,
+            hashes,
+            anomalies: self.repeats + self.forks + broken + u64::from(beyond_gap.is_some()),
+            beyond_gap,
             records: self.records,
         })
     }
@@ -195,31 +406,135 @@ impl CheckpointFinder {
     }
 }
 
-/// Reads the last `scan_len` records of `chained`/p.
-pub async fn scan_chained(
+/// How [`read_tail`] reads.
+#[derive(Debug, Clone, Copy)]
+pub struct TailScan {
+    /// Give up if no record arrives for this long while a chunk is being read.
+    pub idle_timeout: Duration,
+    /// Seq of the latest signed checkpoint (0: none), see [`TailReader::resolve`].
+    pub durable_through: u64,
+}
+
+/// Reads `chained`/p backwards in growing chunks until `reader` can resolve the head; returns
+/// the reader, the resolution and the partition's watermarks at the start.
+pub async fn read_tail(
     args: &KafkaArgs,
     topic: &str,
     partition: i32,
     reader: TailReader,
-    scan_len: i64,
+    how: TailScan,
+) -> Result<(TailReader, Resolution, Watermarks), Error> {
+    let mut cfg = args.client_config("audit-tail");
+    cfg.set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .set("group.id", "audit-scan-unused");
+    let t = topic.to_owned();
+    tokio::task::spawn_blocking(move || read_tail_blocking(cfg, &t, partition, reader, how))
+        .await
+        .map_err(|e| RuntimeError::Task {
+            task: "chained tail scan".into(),
+            message: e.to_string(),
+        })?
+}
+
+fn read_tail_blocking(
+    cfg: rdkafka::ClientConfig,
+    topic: &str,
+    partition: i32,
+    mut reader: TailReader,
+    how: TailScan,
+) -> Result<(TailReader, Resolution, Watermarks), Error> {
+    let ctx = |what: &str| format!("{what} {topic}/{partition}");
+    let consumer: BaseConsumer = cfg
+        .create()
+        .map_err(|e| RuntimeError::kafka(ctx("creating tail consumer for"), e))?;
+    let (low, high) = consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .map_err(|e| RuntimeError::kafka(ctx("fetching watermarks of"), e))?;
+    let marks = Watermarks { low, high };
+    if high <= low {
+        return Ok((reader, Resolution::Head(None), marks));
+    }
+    let need = reader.need() as i64;
+    let mut chunk = need.max(1);
+    let mut to = high;
+    let mut from = (high - chunk).max(low);
+    loop {
+        read_range(
+            &consumer,
+            topic,
+            partition,
+            from,
+            to,
+            how.idle_timeout,
+            &mut reader,
+        )?;
+        if let Some(e) = &reader.error {
+            return Err(Error::Recovery {
+                topic: topic.to_owned(),
+                partition,
+                detail: e.clone(),
+            });
+        }
+        let r = reader.resolve(from <= low, low, how.durable_through);
+        if r != Resolution::NeedMore || from <= low {
+            return Ok((reader, r, marks));
+        }
+        // Growing chunks: each one at least as long as everything read so far, so the total
+        // read is at most twice what the answer needs.
+        chunk = chunk.saturating_mul(2);
+        to = from;
+        from = (from - chunk).max(low);
+    }
+}
+
+/// Feeds the records of `[from, to)` to `reader`, in offset order.
+fn read_range(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    to: i64,
     idle_timeout: Duration,
-) -> Result<(TailSummary, Watermarks), Error> {
-    let (reader, marks) = scan_with(
-        args,
-        topic,
-        partition,
-        scan_len,
-        idle_timeout,
-        reader,
-        |r, m| r.push(m.offset(), m.payload()),
-    )
-    .await?;
-    let summary = reader.finish().map_err(|detail| Error::Recovery {
-        topic: topic.to_owned(),
-        partition,
-        detail,
-    })?;
-    Ok((summary, marks))
+    reader: &mut TailReader,
+) -> Result<(), Error> {
+    let ctx = |what: &str| format!("{what} {topic}/{partition}");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(from))
+        .map_err(|e| RuntimeError::kafka(ctx("assigning"), e))?;
+    consumer
+        .assign(&tpl)
+        .map_err(|e| RuntimeError::kafka(ctx("assigning"), e))?;
+    let mut last_progress = Instant::now();
+    loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(msg)) => {
+                last_progress = Instant::now();
+                let offset = msg.offset();
+                if offset >= to {
+                    break; // the next chunk up was read already
+                }
+                reader.push(offset, msg.payload());
+                if offset >= to - 1 {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            Some(Err(e)) => {
+                tracing::warn!(%topic, partition, error = %e, "error while reading the chained tail; continuing");
+            }
+            None => {}
+        }
+        if last_progress.elapsed() > idle_timeout {
+            return Err(RuntimeError::Timeout {
+                context: ctx("reading the chained tail of"),
+                after: idle_timeout,
+            }
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Reads the last `scan_len` records of the checkpoints partition `cp_partition`.
@@ -231,54 +546,472 @@ pub async fn scan_checkpoints(
     scan_len: i64,
     idle_timeout: Duration,
 ) -> Result<CheckpointFinder, Error> {
-    let (finder, _) = scan_with(
+    let shared = Arc::new(Mutex::new(Some(finder)));
+    let inner = shared.clone();
+    // (The scan's closure runs on a blocking thread; the finder is shared with it through a
+    // mutex that is never contended.)
+    let (closure, _) = scan(
         args,
         topic,
         cp_partition,
-        scan_len,
-        idle_timeout,
-        finder,
-        |f, m| f.push(m.payload()),
-    )
-    .await?;
-    Ok(finder)
-}
-
-/// [`scan`] folding into `state`, which is handed back afterwards. (The scan's closure runs on
-/// a blocking thread; the state is shared with it through a mutex that is never contended.)
-async fn scan_with<S, G>(
-    args: &KafkaArgs,
-    topic: &str,
-    partition: i32,
-    scan_len: i64,
-    idle_timeout: Duration,
-    state: S,
-    mut fold: G,
-) -> Result<(S, Watermarks), Error>
-where
-    S: Send + 'static,
-    G: FnMut(&mut S, &rdkafka::message::BorrowedMessage<'_>) + Send + 'static,
-{
-    let shared = Arc::new(Mutex::new(Some(state)));
-    let inner = shared.clone();
-    let (closure, marks) = scan(
-        args,
-        topic,
-        partition,
         ScanStart::LastN(scan_len),
         idle_timeout,
-        move |m| {
-            if let Some(s) = inner.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                fold(s, m);
+        move |msg| {
+            if let Some(f) = inner.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                f.push(msg.payload());
             }
         },
     )
     .await?;
     drop(closure);
-    let state = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
-    state.map(|s| (s, marks)).ok_or_else(|| Error::Recovery {
+    let finder = shared.lock().unwrap_or_else(|e| e.into_inner()).take();
+    finder.ok_or_else(|| Error::Recovery {
         topic: topic.to_owned(),
-        partition,
+        partition: cp_partition,
         detail: "scan state lost".into(),
     })
+}
+
+/// What [`recover_partition`] needs: the clients, the topics and the recovery settings.
+pub struct RecoverArgs<'a> {
+    pub kafka: &'a KafkaArgs,
+    pub topics: &'a Topics,
+    /// The group consumer of the enriched topic: its committed offset of the partition is
+    /// where a replay ends (and where to resume when retention emptied the chained partition).
+    pub consumer: &'a Arc<AuditConsumer>,
+    pub signer: Option<&'a Signer>,
+    pub checkpoint_partitions: i32,
+    pub window: usize,
+    pub max_in_flight: usize,
+    pub scan_idle_timeout: Duration,
+    pub checkpoint_scan_records: i64,
+    pub partition: i32,
+    pub epoch: u64,
+}
+
+impl std::fmt::Debug for RecoverArgs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoverArgs")
+            .field("partition", &self.partition)
+            .field("epoch", &self.epoch)
+            .field("window", &self.window)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A partition's state rebuilt from durable storage.
+#[derive(Debug)]
+pub struct Recovered {
+    pub chain: PartitionChain,
+    /// The open checkpoint range (`None` without a signing key).
+    pub range: Option<CheckpointRange>,
+}
+
+/// Rebuilds partition `p` from the latest checkpoint and the tail of `chained`/p.
+pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
+    let p = a.partition;
+    let epoch = a.epoch;
+    let started = Instant::now();
+    let recovery_err = |detail: String| Error::Recovery {
+        topic: a.topics.chained.clone(),
+        partition: p,
+        detail,
+    };
+    // 1. Checkpoints first (see the module doc).
+    let checkpoint = match a.signer {
+        None => None,
+        Some(signer) => scan_checkpoints(
+            a.kafka,
+            &a.topics.checkpoints,
+            checkpoint_partition(p, a.checkpoint_partitions),
+            CheckpointFinder::new(&signer.chain_id, p),
+            a.checkpoint_scan_records,
+            a.scan_idle_timeout,
+        )
+        .await?
+        .latest(),
+    };
+    let committed = committed_offset(a.consumer, &a.topics.enriched, p).await;
+    // 2. The tail; re-read once if it ends before the checkpoint.
+    let keep_hashes = a.signer.map_or(0, |sg| {
+        (sg.every_events as usize)
+            .saturating_add(a.max_in_flight)
+            .saturating_add(16)
+    });
+    let how = TailScan {
+        idle_timeout: a.scan_idle_timeout,
+        durable_through: checkpoint.map_or(0, |(s, _)| s),
+    };
+    // At least the default: the previous owner may have run with a larger in-flight limit, and
+    // a larger bound only costs reading further back when the tail is ambiguous.
+    let max_burst = (a.max_in_flight as u64).max(DEFAULT_MAX_BURST);
+    let new_reader = || TailReader::new(p, a.window, keep_hashes).max_burst(max_burst);
+    let mut read = read_tail(a.kafka, &a.topics.chained, p, new_reader(), how).await?;
+    let behind = |r: &Resolution| match (r, checkpoint) {
+        (Resolution::Head(h), Some((cp, _))) => h.unwrap_or(0) < cp,
+        _ => false,
+    };
+    if behind(&read.1) {
+        tracing::warn!(
+            partition = p,
+            checkpoint = how.durable_through,
+            "the chained tail ends before the latest checkpoint; reading it again"
+        );
+        read = read_tail(a.kafka, &a.topics.chained, p, new_reader(), how).await?;
+    }
+    let (reader, resolution, marks) = read;
+    if let Some(detail) = reader.contradicts(checkpoint) {
+        return Err(recovery_err(detail));
+    }
+    let head_seq = match resolution {
+        Resolution::Head(h) => h,
+        // read_tail only stops undecided at the log start, where resolve always decides.
+        Resolution::NeedMore => return Err(recovery_err("the chained tail is undecidable".into())),
+    };
+    let tail = reader.finish_at(head_seq).map_err(recovery_err)?;
+    if tail.anomalies > 0 {
+        tracing::error!(partition = p, anomalies = tail.anomalies,
+            "the chained tail has repeated, missing or unlinked records; `auditctl verify` will report them");
+    }
+    if let (Some(top), Some(h)) = (tail.beyond_gap, tail.head) {
+        tracing::error!(
+            partition = p,
+            head = h.seq,
+            top,
+            next_offset = h.source_offset + 1,
+            "gap in the chained tail: resuming after the contiguous prefix; the records after the \
+             gap are chained again with identical bytes (sinks keep the first copy)"
+        );
+        metrics::counter!(m::TAIL_GAPS, "partition" => p.to_string()).increment(1);
+    }
+    let p32 = schemas::chain::partition_u32(p).map_err(|source| Error::Chain {
+        partition: p,
+        source,
+    })?;
+    // 3. Where the chain resumes.
+    let (head, expected) = match (tail.head, tail.beyond_gap) {
+        (Some(h), _) => (
+            ChainHead::resume(p32, h.seq, h.hash).map_err(|source| Error::Chain {
+                partition: p,
+                source,
+            })?,
+            h.source_offset + 1,
+        ),
+        // Retention emptied the partition (Kafka: log start > 0; a broker that reports an
+        // emptied partition as never written, like tansu: a signed checkpoint exists): the
+        // latest signed checkpoint is the head. Genesis would fork the chain.
+        (None, None) if marks.low > 0 || checkpoint.is_some() => {
+            let Some((cp_seq, cp_hash)) = checkpoint else {
+                return Err(recovery_err(format!(
+                    "the partition holds no record but its log starts at offset {}: its records \
+                     were deleted (retention?) and no signed checkpoint of it was found; refusing \
+                     to restart the chain at genesis",
+                    marks.low
+                )));
+            };
+            let Some(next) = committed else {
+                return Err(recovery_err(format!(
+                    "the partition's records were deleted (log starts at {}) and the chainer \
+                     group has no committed offset on {}/{p} to resume from",
+                    marks.low, a.topics.enriched
+                )));
+            };
+            tracing::error!(
+                partition = p,
+                log_start = marks.low,
+                checkpoint_seq = cp_seq,
+                next_offset = next,
+                "the chained partition is empty (retention deleted its records): resuming from \
+                 the latest signed checkpoint and the committed offset; check the chained topic's \
+                 retention (it must be infinite)"
+            );
+            metrics::counter!(m::RESUMED_FROM_CHECKPOINT, "partition" => p.to_string())
+                .increment(1);
+            (
+                ChainHead::resume(p32, cp_seq, cp_hash).map_err(|source| Error::Chain {
+                    partition: p,
+                    source,
+                })?,
+                next,
+            )
+        }
+        // Nothing chained yet (or its first records were lost): everything still in the input
+        // must be chained.
+        (None, _) => (
+            ChainHead::genesis(p32),
+            low_watermark(a.consumer, &a.topics.enriched, p).await?,
+        ),
+    };
+    let range =
+        match a.signer {
+            None => None,
+            Some(_) => {
+                let start =
+                    range_start(head.seq, &tail.hashes, checkpoint).map_err(recovery_err)?;
+                if let Some(cp) = start.checkpoint_ahead {
+                    tracing::error!(partition = p, head = head.seq, checkpoint = cp,
+                    "a signed checkpoint covers seq {cp} but the chained topic ends at seq {}: \
+                     records were deleted from it (truncation). Resuming from the tail; the new \
+                     links after seq {} will not match the checkpoint, and `auditctl verify` \
+                     reports the truncation", head.seq, head.seq);
+                    metrics::counter!(m::TAIL_BEHIND_CHECKPOINT, "partition" => p.to_string())
+                        .increment(1);
+                }
+                if let Some((from, to)) = start.uncovered {
+                    tracing::warn!(
+                        partition = p,
+                        from,
+                        to,
+                        "link hashes since the last checkpoint are older than the scanned tail; \
+                     seqs {from}..={to} stay chained but no checkpoint's Merkle root covers them"
+                    );
+                }
+                let mut range = CheckpointRange::starting_at(head.partition, start.first_seq);
+                for (seq, hash) in start.preload {
+                    range.push(seq, hash);
+                }
+                Some(range)
+            }
+        };
+    tracing::info!(
+        partition = p,
+        epoch,
+        seq = head.seq,
+        head = %hex::encode(head.head),
+        next_offset = expected,
+        committed = committed,
+        window = tail.dedup.len(),
+        scanned = tail.records,
+        checkpoint_range_from = range.as_ref().map(|r| r.first_seq()),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "partition recovered"
+    );
+    metrics::counter!(m::RECOVERIES, "partition" => p.to_string()).increment(1);
+    metrics::gauge!(m::HEAD_SEQ, "partition" => p.to_string()).set(head.seq as f64);
+    let chain = PartitionChain::new(
+        p,
+        a.topics.enriched.clone(),
+        Resume {
+            head,
+            dedup: tail.dedup,
+            expected,
+        },
+    )
+    .replay_below(committed);
+    Ok(Recovered { chain, range })
+}
+
+/// The chainer group's committed offset of `topic`/p (the next offset to read), if any. A
+/// failure to fetch it is not fatal here: it only decides whether replayed dead letters are
+/// sent again (and the retention case, which then stops with its own error).
+async fn committed_offset(consumer: &Arc<AuditConsumer>, topic: &str, p: i32) -> Option<i64> {
+    let consumer = consumer.clone();
+    let t = topic.to_owned();
+    let res = tokio::task::spawn_blocking(move || {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&t, p);
+        consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .map(|tpl| match tpl.find_partition(&t, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) if o >= 0 => Some(o),
+                _ => None,
+            })
+    })
+    .await;
+    match res {
+        Ok(Ok(o)) => o,
+        Ok(Err(e)) => {
+            tracing::warn!(partition = p, error = %e, "committed offset not fetched; dead letters of a replay may be sent again");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(partition = p, error = %e, "committed offset task failed");
+            None
+        }
+    }
+}
+
+/// The first offset still in `topic`/p.
+async fn low_watermark(consumer: &Arc<AuditConsumer>, topic: &str, p: i32) -> Result<i64, Error> {
+    let consumer = consumer.clone();
+    let topic = topic.to_owned();
+    let (low, _) = tokio::task::spawn_blocking(move || {
+        consumer
+            .fetch_watermarks(&topic, p, Duration::from_secs(10))
+            .map_err(|e| RuntimeError::kafka(format!("fetching watermarks of {topic}/{p}"), e))
+    })
+    .await
+    .map_err(|e| RuntimeError::Task {
+        task: "watermarks".into(),
+        message: e.to_string(),
+    })??;
+    Ok(low.max(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::partition::{Decision, Input};
+    use schemas::framing::encode_single_object_event;
+    use schemas::testing::sample_event;
+
+    const P: i32 = 2;
+
+    fn event_bytes(i: i64) -> Vec<u8> {
+        let mut e = sample_event();
+        e.event_id = format!("e{i}");
+        e.event_time_us += i;
+        encode_single_object_event(&e).unwrap()
+    }
+
+    /// The chained records (seq 1..=n) an uninterrupted chainer writes for `n` events at source
+    /// offsets 0..n, and the input.
+    fn chain_of(n: i64, window: usize) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let input: Vec<Vec<u8>> = (0..n).map(event_bytes).collect();
+        let mut m = PartitionChain::genesis(P, "t.enriched", window, 0).unwrap();
+        let out = input
+            .iter()
+            .enumerate()
+            .map(|(o, b)| {
+                match m.process(Input {
+                    offset: o as i64,
+                    payload: Some(b),
+                }) {
+                    Ok(Decision::Chain(c)) => c.payload,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        (out, input)
+    }
+
+    fn reader(window: usize, records: &[&Vec<u8>], first_offset: i64) -> TailReader {
+        let mut r = TailReader::new(P, window, 8).max_burst(4);
+        for (i, rec) in records.iter().enumerate() {
+            r.push(first_offset + i as i64, Some(rec));
+        }
+        r
+    }
+
+    #[test]
+    fn recovery_resumes_after_the_contiguous_prefix_when_the_tail_has_a_gap() {
+        let (chained, input) = chain_of(5, 10);
+        // Seqs 2 and 3 timed out in the producer; 4 and 5 landed: the log holds 1, 4, 5.
+        let r = reader(10, &[&chained[0], &chained[3], &chained[4]], 0);
+        assert_eq!(r.resolve(true, 0, 0), Resolution::Head(Some(1)));
+        let t = r.finish().unwrap();
+        let h = t.head.unwrap();
+        assert_eq!((h.seq, h.source_offset), (1, 0));
+        assert_eq!(t.beyond_gap, Some(5));
+        assert_eq!(t.hashes.len(), 1, "only the prefix's link hashes");
+        assert_eq!(t.dedup.len(), 1, "only the prefix's records in the window");
+        // Resuming there re-chains 2..=5 with the bytes already in the log for 4 and 5.
+        let mut m = PartitionChain::new(
+            P,
+            "t.enriched",
+            Resume {
+                head: t.chain_head(P).unwrap(),
+                dedup: t.dedup.clone(),
+                expected: h.source_offset + 1,
+            },
+        );
+        for (o, b) in input.iter().enumerate().skip(1) {
+            let Ok(Decision::Chain(c)) = m.process(Input {
+                offset: o as i64,
+                payload: Some(b),
+            }) else {
+                panic!("offset {o} not chained")
+            };
+            assert_eq!(c.payload, chained[o], "seq {}", o + 1);
+        }
+        // 1, 3, 5: the prefix still ends at 1.
+        let r = reader(10, &[&chained[0], &chained[2], &chained[4]], 0);
+        assert_eq!(r.resolve(true, 0, 0), Resolution::Head(Some(1)));
+        // The first record lost (2, 3 only, in a log that was never trimmed): genesis.
+        let r = reader(10, &[&chained[1], &chained[2]], 0);
+        assert_eq!(r.resolve(true, 0, 0), Resolution::Head(None));
+        // …but with a checkpoint through seq 1, the hole is a deleted record, not a lost write.
+        assert_eq!(r.resolve(true, 0, 1), Resolution::Head(Some(3)));
+    }
+
+    #[test]
+    fn a_gap_is_not_guessed_from_a_region_that_may_not_reach_the_missing_record() {
+        let (chained, _) = chain_of(30, 10);
+        // Read from offset 20 of a longer log: a zombie's old copies of seqs 12, 13 land at the
+        // start of the region, then seqs 17..=30 (14..=16 sit before the region).
+        let mut recs: Vec<&Vec<u8>> = vec![&chained[11], &chained[12]];
+        recs.extend(chained[16..].iter());
+        let r = reader(10, &recs, 20);
+        // The run above the hole is long (14 > max_burst 4): no lost write can explain the hole.
+        assert_eq!(r.resolve(false, 0, 0), Resolution::Head(Some(30)));
+        // With a short run above it the region cannot decide: read further back.
+        let recs: Vec<&Vec<u8>> = vec![&chained[11], &chained[12], &chained[15], &chained[16]];
+        let r = reader(10, &recs, 20);
+        assert_eq!(r.resolve(false, 0, 0), Resolution::NeedMore);
+        // A checkpoint through seq 15 vouches for the hole: not a gap. Still fewer than W=10
+        // distinct seqs, so read further back for the window.
+        assert_eq!(r.resolve(false, 0, 15), Resolution::NeedMore);
+        let mut r = reader(4, &recs, 20);
+        r.window = 4;
+        r.keep_hashes = 0;
+        assert_eq!(r.resolve(false, 0, 15), Resolution::Head(Some(17)));
+        // A checkpoint through 14 only: 15 may be a lost write; undecided.
+        assert_eq!(r.resolve(false, 0, 14), Resolution::NeedMore);
+    }
+
+    #[test]
+    fn the_window_is_w_distinct_records_not_w_offsets() {
+        let (chained, _) = chain_of(6, 4);
+        // Offsets 0..=5: seqs 1..=6; offsets 6..=8: a zombie's copies of 4, 5, 6.
+        let mut log: Vec<&Vec<u8>> = chained.iter().collect();
+        log.extend([&chained[3], &chained[4], &chained[5]]);
+        // The last W=4 offsets hold only 3 distinct seqs: read further back.
+        let mut r = TailReader::new(P, 4, 0);
+        for (o, rec) in log.iter().enumerate().skip(5) {
+            r.push(o as i64, Some(rec));
+        }
+        assert_eq!(r.resolve(false, 0, 0), Resolution::NeedMore);
+        for (o, rec) in log.iter().enumerate().take(5) {
+            r.push(o as i64, Some(rec));
+        }
+        assert_eq!(r.resolve(true, 0, 0), Resolution::Head(Some(6)));
+        let t = r.finish_at(Some(6)).unwrap();
+        assert_eq!(t.dedup.len(), 4);
+        assert_eq!(t.anomalies, 3);
+        // The live instance's window is seqs 3..=6: the event of seq 3 is a duplicate for both.
+        let mut m = PartitionChain::new(
+            P,
+            "t.enriched",
+            Resume {
+                head: t.chain_head(P).unwrap(),
+                dedup: t.dedup,
+                expected: 6,
+            },
+        );
+        let d = m
+            .process(Input {
+                offset: 6,
+                payload: Some(&event_bytes(2)),
+            })
+            .unwrap();
+        assert!(matches!(d, Decision::Duplicate { .. }), "{d:?}");
+    }
+
+    #[test]
+    fn a_checkpoint_that_contradicts_a_record_is_reported() {
+        let (chained, _) = chain_of(3, 10);
+        let r = reader(10, &[&chained[0], &chained[1], &chained[2]], 0);
+        let rec = decode_chained(&chained[1], None).unwrap();
+        let h = hash32("hash", &rec.hash).unwrap();
+        assert_eq!(r.contradicts(Some((2, h))), None);
+        assert_eq!(
+            r.contradicts(Some((9, [1; 32]))),
+            None,
+            "not read: no verdict"
+        );
+        assert!(r
+            .contradicts(Some((2, [1; 32])))
+            .unwrap()
+            .contains("rewritten"));
+    }
 }

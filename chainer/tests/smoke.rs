@@ -226,12 +226,13 @@ async fn two_runs_continue_the_chain_exactly_once() {
         assert!(report.ok, "{report:#?}");
         assert_eq!(report.sealed_through, Some(n), "partition {p}: {mine:#?}");
     }
-    // The garbage record went to the dead-letter topic once per run that read it: run 2 read it
-    // again only because it sought back from the committed offset 31 to the chain's offset 20.
+    // The garbage record went to the dead-letter topic once: run 2 read it again (it sought
+    // back from the committed offset 31 to the chain's offset 20), but below the committed
+    // offset a dead letter is known to be sent already.
     let mut rejected = 0;
     for p in 0..PARTITIONS {
         rejected += read_all(&args, &topics.rejected, p).await.len();
     }
-    assert_eq!(rejected, 2);
+    assert_eq!(rejected, 1);
     let _ = std::fs::remove_dir_all(&key_dir);
 }

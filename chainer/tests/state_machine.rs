@@ -103,9 +103,9 @@ fn duplicates_are_dropped_without_using_a_seq_and_the_window_is_the_last_w_chain
     let mut m = genesis(2);
     assert_eq!(chained(&feed(&mut m, 0, &event_bytes("a", 0))).seq, 1);
     assert_eq!(chained(&feed(&mut m, 1, &event_bytes("b", 1))).seq, 2);
-    // Same id, even with different content: dropped.
+    // Same id, same content: dropped.
     assert_eq!(
-        feed(&mut m, 2, &event_bytes("a", 99)),
+        feed(&mut m, 2, &event_bytes("a", 0)),
         Decision::Duplicate {
             event_id: "a".into()
         }
@@ -118,7 +118,7 @@ fn duplicates_are_dropped_without_using_a_seq_and_the_window_is_the_last_w_chain
     );
     assert_eq!(chained(&feed(&mut m, 4, &event_bytes("c", 2))).seq, 3);
     // Window is now {b, c}: a fell out (a dropped duplicate never counts as a chained record).
-    assert_eq!(chained(&feed(&mut m, 5, &event_bytes("a", 3))).seq, 4);
+    assert_eq!(chained(&feed(&mut m, 5, &event_bytes("a", 0))).seq, 4);
     assert!(matches!(
         feed(&mut m, 6, &event_bytes("c", 2)),
         Decision::Duplicate { .. }
@@ -133,7 +133,9 @@ fn duplicates_are_dropped_without_using_a_seq_and_the_window_is_the_last_w_chain
 #[test]
 fn undecodable_input_is_dead_lettered_without_a_seq() {
     let mut m = genesis(10);
-    let d = feed(&mut m, 0, b"\x00\x00\x00\x00\x07garbage");
+    // (Bytes in a framing this instance cannot resolve stop the worker instead: see
+    // `partition::tests::an_unknown_schema_stops_the_worker_but_garbage_is_dead_lettered`.)
+    let d = feed(&mut m, 0, b"\x07garbage");
     assert!(
         matches!(
             d,

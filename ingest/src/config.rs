@@ -1,6 +1,6 @@
 //! Ingest's configuration (defaults < `--config` TOML file < environment < command line).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use schemas::json::JsonLimits;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,130 @@ pub struct Config {
     /// rejected `timestamp_out_of_range` (producer clock skew allowance).
     #[arg(long, env = "AUDIT_INGEST_MAX_FUTURE_SKEW_SECS", default_value_t = 24 * 3600)]
     pub max_future_skew_secs: u64,
+    /// Dead-letter (`invalid_value`) an event whose category, severity, outcome or actor type is
+    /// outside its vocabulary. Off (the default): such an event is kept, normalised (OTHER, INFO,
+    /// UNKNOWN, SYSTEM) with the producer's text in the attribute `audit.original.<field>`.
+    #[arg(
+        long,
+        env = "AUDIT_INGEST_STRICT_LABELS",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub strict_labels: bool,
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub otlp: OtlpArgs,
+}
+
+/// The OTLP traces receiver (each span becomes one audit event; `ingest::otlp`).
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpArgs {
+    /// Receive OTLP traces (gRPC on `--otlp-grpc-addr`, HTTP on `--otlp-http-addr`).
+    #[arg(
+        long = "otlp",
+        env = "AUDIT_INGEST_OTLP",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub enabled: bool,
+    /// OTLP/gRPC address; empty disables gRPC.
+    #[arg(
+        long = "otlp-grpc-addr",
+        env = "AUDIT_INGEST_OTLP_GRPC_ADDR",
+        default_value = "0.0.0.0:4317"
+    )]
+    pub grpc_addr: String,
+    /// OTLP/HTTP address (`POST /v1/traces`, protobuf or JSON); empty disables HTTP.
+    #[arg(
+        long = "otlp-http-addr",
+        env = "AUDIT_INGEST_OTLP_HTTP_ADDR",
+        default_value = "0.0.0.0:4318"
+    )]
+    pub http_addr: String,
+    /// Largest export request (bytes); larger ones are refused (HTTP 413, gRPC
+    /// OUT_OF_RANGE from tonic's decoding limit).
+    #[arg(
+        long = "otlp-max-request-bytes",
+        env = "AUDIT_INGEST_OTLP_MAX_REQUEST_BYTES",
+        default_value_t = 4 * 1024 * 1024
+    )]
+    pub max_request_bytes: usize,
+    /// Exporters must authenticate with a bearer token of the HTTP door's table
+    /// (`--http-tokens-file`, `--http-tokens`; HTTP header or gRPC metadata `authorization`);
+    /// spans are then held to the token's tenant like HTTP events.
+    #[arg(
+        long = "otlp-require-token",
+        env = "AUDIT_INGEST_OTLP_REQUIRE_TOKEN",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub require_token: bool,
+}
+
+/// The HTTP front door (`POST /v1/events`, `GET /v1/health`; ingest/openapi.yaml).
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpArgs {
+    /// Address of the HTTP front door (e.g. `0.0.0.0:8080`); empty (the default) disables it.
+    /// It also serves `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long = "http-addr", env = "AUDIT_INGEST_HTTP_ADDR", default_value = "")]
+    pub addr: String,
+    /// File of bearer tokens, one `sha256:<hex of the token's SHA-256> <tenant> [team,…]` per
+    /// line (`#` comments). Only hashes: `printf %s "$TOKEN" | sha256sum`.
+    #[arg(
+        long = "http-tokens-file",
+        env = "AUDIT_INGEST_HTTP_TOKENS_FILE",
+        value_name = "FILE"
+    )]
+    pub tokens_file: Option<PathBuf>,
+    /// More token entries, same form as the file's lines, separated by `;`.
+    #[arg(
+        long = "http-tokens",
+        env = "AUDIT_INGEST_HTTP_TOKENS",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub tokens: String,
+    /// Largest request body (bytes); larger ones get 413.
+    #[arg(
+        long = "http-max-body-bytes",
+        env = "AUDIT_INGEST_HTTP_MAX_BODY_BYTES",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub max_body_bytes: usize,
+    /// Most events in one request; more get 413.
+    #[arg(
+        long = "http-max-batch",
+        env = "AUDIT_INGEST_HTTP_MAX_BATCH",
+        default_value_t = 1000
+    )]
+    pub max_batch: usize,
+    /// Events per second each token may submit (token bucket); over it, 429 with Retry-After.
+    /// 0 disables the limit.
+    #[arg(
+        long = "http-rate-per-sec",
+        env = "AUDIT_INGEST_HTTP_RATE_PER_SEC",
+        default_value_t = 5000.0
+    )]
+    pub rate_per_sec: f64,
+    /// Events a token may submit at once above its rate (bucket size).
+    #[arg(
+        long = "http-rate-burst",
+        env = "AUDIT_INGEST_HTTP_RATE_BURST",
+        default_value_t = 10000.0
+    )]
+    pub rate_burst: f64,
 }
 
 impl Config {
@@ -73,5 +197,61 @@ mod tests {
         assert_eq!(c.limits(), JsonLimits::default());
         assert_eq!(c.group_id, "audit-ingest");
         assert_eq!(c.kafka.topics().raw, "audit.raw");
+        assert!(!c.strict_labels, "unknown labels are kept by default");
+        assert_eq!(c.http.addr, "", "the HTTP door is off unless configured");
+        assert_eq!(c.http.max_batch, 1000);
+        assert!(!c.otlp.enabled, "OTLP is off unless enabled");
+        assert_eq!(c.otlp.grpc_addr, "0.0.0.0:4317");
+        assert_eq!(c.otlp.http_addr, "0.0.0.0:4318");
+    }
+
+    #[test]
+    fn the_doors_are_configured_from_a_file_and_flags_win() {
+        let path = std::env::temp_dir().join(format!(
+            "ingest-doors-{}-{}.toml",
+            std::process::id(),
+            line!()
+        ));
+        std::fs::write(
+            &path,
+            "[http]\naddr = \"127.0.0.1:18080\"\nmax_batch = 7\n\
+             tokens_file = \"/etc/audit/tokens\"\n[otlp]\nenabled = true\n",
+        )
+        .expect("write config");
+        let p = path.to_str().expect("utf-8 path");
+        let c: Config =
+            worker_runtime::config::load_from(["ingest", "--config", p, "--http-max-batch", "9"])
+                .expect("load");
+        assert_eq!(c.http.addr, "127.0.0.1:18080");
+        assert_eq!(c.http.max_batch, 9, "the flag wins over the file");
+        assert_eq!(
+            c.http.tokens_file.as_deref(),
+            Some(Path::new("/etc/audit/tokens"))
+        );
+        assert!(c.otlp.enabled);
+        std::fs::write(&path, "[http]\nadress = \"x\"\n").expect("write config");
+        let err = worker_runtime::config::load_from::<Config, _, _>(["ingest", "--config", p])
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("adress"), "{err}");
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn strict_labels_from_flag_and_environment() {
+        let c = Config::parse_from(["ingest", "--health-addr", "", "--strict-labels"]);
+        assert!(c.strict_labels);
+        let c = Config::parse_from(["ingest", "--health-addr", "", "--strict-labels=false"]);
+        assert!(!c.strict_labels);
+        // The environment path, through clap's own parsing of the variable (no process-wide
+        // set_var: other tests run in parallel in this process).
+        let cmd = <Config as clap::CommandFactory>::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "strict_labels")
+            .expect("strict_labels argument");
+        assert_eq!(
+            arg.get_env().and_then(|e| e.to_str()),
+            Some("AUDIT_INGEST_STRICT_LABELS")
+        );
     }
 }

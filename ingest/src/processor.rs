@@ -27,6 +27,7 @@ pub struct IngestProcessor {
     validated_topic: String,
     rejected_topic: String,
     limits: JsonLimits,
+    strict_labels: bool,
     resolver: Arc<dyn SchemaIdResolver>,
 }
 
@@ -36,6 +37,7 @@ impl std::fmt::Debug for IngestProcessor {
             .field("validated_topic", &self.validated_topic)
             .field("rejected_topic", &self.rejected_topic)
             .field("limits", &self.limits)
+            .field("strict_labels", &self.strict_labels)
             .finish_non_exhaustive()
     }
 }
@@ -51,8 +53,16 @@ impl IngestProcessor {
             validated_topic: validated_topic.into(),
             rejected_topic: rejected_topic.into(),
             limits,
+            strict_labels: false,
             resolver,
         }
+    }
+
+    /// Strict label mode (`--strict-labels`): unknown labels are dead-lettered `invalid_value`
+    /// instead of kept with their originals.
+    pub fn with_strict_labels(mut self, strict: bool) -> Self {
+        self.strict_labels = strict;
+        self
     }
 
     /// The one output record for `input`.
@@ -91,8 +101,14 @@ impl IngestProcessor {
                 offset: Some(input.offset),
                 format: String::new(), // set by validate_raw from the detected framing
             },
-            derived_event_id: derived_event_id(&input.topic, input.partition, input.offset),
+            derived_event_id: derived_event_id(
+                &input.topic,
+                input.partition,
+                input.offset,
+                input.timestamp_ms,
+            ),
             limits: self.limits.clone(),
+            strict_labels: self.strict_labels,
             resolver: self.resolver.as_ref(),
         };
         let event = validate_raw(bytes, &ctx)?;

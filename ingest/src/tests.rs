@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use schemas::framing::{self, CatalogIdResolver};
+use schemas::json::labels::{self, LabelKind};
 use schemas::json::JsonLimits;
 use schemas::testing::sample_event;
-use schemas::{AuditEvent, IngressChannel, KeyValue};
+use schemas::{AuditEvent, EventCategory, IngressChannel, KeyValue, Severity};
 use worker_runtime::kafka::dlq::{
     HEADER_REASON_CODE, HEADER_REASON_MESSAGE, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TOPIC, HEADER_STAGE,
@@ -43,6 +44,10 @@ const SEED_EVENT: &str = r#"{
     "parentId": "parent-span-4e5f"
   }
 }"#;
+
+fn strict_processor() -> IngestProcessor {
+    processor().with_strict_labels(true)
+}
 
 fn processor() -> IngestProcessor {
     IngestProcessor::new(
@@ -143,8 +148,14 @@ async fn redelivery_gives_byte_identical_output() {
     }
     let no_id = SEED_EVENT.replace(r#""id": "evt-7f3a9c2e","#, "");
     let e = decode(&process_one(&p, &input(Some(no_id.as_bytes()))).await);
-    assert_eq!(e.event_id, derived_event_id("t.raw", 2, 41));
-    assert_ne!(e.event_id, derived_event_id("t.raw", 2, 42));
+    assert_eq!(
+        e.event_id,
+        derived_event_id("t.raw", 2, 41, Some(RECORD_TS_MS))
+    );
+    assert_ne!(
+        e.event_id,
+        derived_event_id("t.raw", 2, 42, Some(RECORD_TS_MS))
+    );
     assert_eq!(e.event_id.len(), 36, "a UUID");
 }
 
@@ -317,7 +328,10 @@ async fn avro_single_object_input_is_accepted() {
     e.event_id = String::new();
     let bytes = framing::encode_single_object_event(&e).expect("encode");
     let got = decode(&process_one(&processor(), &input(Some(&bytes))).await);
-    assert_eq!(got.event_id, derived_event_id("t.raw", 2, 41));
+    assert_eq!(
+        got.event_id,
+        derived_event_id("t.raw", 2, 41, Some(RECORD_TS_MS))
+    );
 }
 
 #[tokio::test]
@@ -339,4 +353,177 @@ async fn a_record_without_timestamp_still_validates() {
     let out = process_one(&processor(), &rec).await;
     assert_eq!(out.topic, "t.validated");
     assert!(decode(&out).receive_time_us > RECORD_TS_MS * 1000);
+}
+
+// ---- labels outside their vocabulary -----------------------------------------------------------
+
+fn with_category(category: &str) -> String {
+    SEED_EVENT.replace(
+        r#""category": "user_interaction""#,
+        &format!(r#""category": {}"#, serde_json_string(category)),
+    )
+}
+
+/// A JSON string literal for `s` (no serde_json dependency in this crate's library tests).
+fn serde_json_string(s: &str) -> String {
+    let mut out = String::from('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[tokio::test]
+async fn unknown_labels_are_validated_with_their_originals() {
+    for cat in ["ai_processing", "policy_decision", "approval", "deployment"] {
+        let doc = with_category(cat).replace(
+            r#""source": "#,
+            r#""severity": "sev-9", "actor": {"type": "robot"}, "source": "#,
+        );
+        let out = process_one(&processor(), &input(Some(doc.as_bytes()))).await;
+        assert_eq!(
+            out.topic,
+            "t.validated",
+            "{cat}: {:?}",
+            header(&out, HEADER_REASON_MESSAGE)
+        );
+        let e = decode(&out);
+        assert_eq!(e.category, EventCategory::Other);
+        assert_eq!(e.severity, Severity::Info);
+        assert_eq!(labels::producer_text(&e, LabelKind::Category), cat);
+        assert_eq!(labels::producer_text(&e, LabelKind::Severity), "sev-9");
+        assert_eq!(labels::producer_text(&e, LabelKind::ActorType), "robot");
+    }
+}
+
+#[tokio::test]
+async fn strict_labels_dead_letter_unknown_labels() {
+    for cat in ["ai_processing", "deployment"] {
+        let doc = with_category(cat);
+        let rec = input(Some(doc.as_bytes()));
+        let out = process_one(&strict_processor(), &rec).await;
+        assert_eq!(out.topic, "t.rejected");
+        assert_eq!(out.payload.as_deref(), Some(doc.as_bytes()), "untouched");
+        assert_eq!(header(&out, HEADER_REASON_CODE), Some("invalid_value"));
+        let m = header(&out, HEADER_REASON_MESSAGE).expect("message");
+        assert!(m.starts_with("event.category: "), "{m}");
+    }
+    // Known labels and synonyms pass strict mode.
+    let doc = SEED_EVENT.replace(r#""source": "#, r#""severity": "warn", "source": "#);
+    let out = process_one(&strict_processor(), &input(Some(doc.as_bytes()))).await;
+    assert_eq!(out.topic, "t.validated");
+}
+
+#[tokio::test]
+async fn avro_reserved_attributes_are_renamed_unless_the_mapping_would_write_them() {
+    let orig = |v: &str| KeyValue {
+        key: "audit.original.category".into(),
+        value: v.into(),
+    };
+    // Consistent with the event (OTHER, and the text maps to OTHER): what ingest itself writes.
+    let mut e = avro_event();
+    e.category = EventCategory::Other;
+    e.attributes.push(orig("ai_processing"));
+    let bytes = framing::encode_single_object_event(&e).expect("encode");
+    let got = decode(&process_one(&processor(), &input(Some(&bytes))).await);
+    assert_eq!(
+        labels::original(&got, LabelKind::Category),
+        Some("ai_processing")
+    );
+    // Strict mode: that original says the label was unknown, so it is rejected.
+    let m = expect_rejected_by(&strict_processor(), &bytes, "invalid_value").await;
+    assert!(m.starts_with("event.category: "), "{m}");
+
+    // Inconsistent (the event says GOVERNANCE): the producer's attribute, renamed.
+    let mut e = avro_event();
+    e.category = EventCategory::Governance;
+    e.attributes.push(orig("ai_processing"));
+    let bytes = framing::encode_single_object_event(&e).expect("encode");
+    let got = decode(&process_one(&processor(), &input(Some(&bytes))).await);
+    assert_eq!(labels::original(&got, LabelKind::Category), None);
+    let keys: Vec<&str> = got.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["env", "producer.audit.original.category"]);
+
+    // An enum name is never an original.
+    let mut e = avro_event();
+    e.category = EventCategory::Governance;
+    e.attributes.push(orig("governance"));
+    let bytes = framing::encode_single_object_event(&e).expect("encode");
+    let got = decode(&process_one(&processor(), &input(Some(&bytes))).await);
+    assert_eq!(labels::original(&got, LabelKind::Category), None);
+}
+
+/// Ingest applied to its own output gives the same event: a validated event replayed into the
+/// raw topic keeps its originals (they are what the mapping writes), nothing is renamed.
+#[tokio::test]
+async fn ingesting_a_validated_event_again_changes_nothing() {
+    let doc = with_category("policy_decision")
+        .replace(r#""source": "#, r#""outcome": "partial", "source": "#);
+    let rec = input(Some(doc.as_bytes()));
+    let first = process_one(&processor(), &rec).await;
+    let mut again = rec.clone();
+    again.payload = first.payload.clone();
+    let second = process_one(&processor(), &again).await;
+    assert_eq!(second.topic, "t.validated");
+    let (a, mut b) = (decode(&first), decode(&second));
+    assert_eq!(b.ingress.format, "avro-single-object");
+    b.ingress.format = a.ingress.format.clone();
+    assert_eq!(a, b);
+}
+
+async fn expect_rejected_by(p: &IngestProcessor, payload: &[u8], code: &str) -> String {
+    let out = process_one(p, &input(Some(payload))).await;
+    assert_eq!(out.topic, "t.rejected");
+    assert_eq!(header(&out, HEADER_REASON_CODE), Some(code));
+    header(&out, HEADER_REASON_MESSAGE)
+        .expect("message")
+        .to_owned()
+}
+
+// ---- derived event ids -------------------------------------------------------------------------
+
+const VECTOR_WITH_TS: &str = "fa7322a0-a098-5719-a12d-f1dffdd5383a";
+const VECTOR_OFFSET_ONLY: &str = "95441655-6931-5341-a358-6e0e25e438b9";
+
+#[test]
+fn derived_ids_include_the_record_timestamp() {
+    let ts = Some(RECORD_TS_MS);
+    // A redelivery (same position, same timestamp) keeps its id ...
+    assert_eq!(
+        derived_event_id("t.raw", 2, 41, ts),
+        derived_event_id("t.raw", 2, 41, ts)
+    );
+    // ... a recreated topic's record at the same offset (another timestamp) does not get it.
+    assert_ne!(
+        derived_event_id("t.raw", 2, 41, ts),
+        derived_event_id("t.raw", 2, 41, Some(RECORD_TS_MS + 1))
+    );
+    // Fixed vectors: the chainer recomputes derived ids (schemas::identity) to recognise them,
+    // so the derivation must never drift. UUIDv5 over "t.raw/2/41/1705314601000" and
+    // "t.raw/2/41" in DERIVED_ID_NAMESPACE.
+    assert_eq!(derived_event_id("t.raw", 2, 41, ts), VECTOR_WITH_TS);
+    assert_eq!(derived_event_id("t.raw", 2, 41, None), VECTOR_OFFSET_ONLY);
+    // No timestamp (None, or librdkafka's -1): the offset-only form, the same for both.
+    let legacy = VECTOR_OFFSET_ONLY;
+    assert_eq!(derived_event_id("t.raw", 2, 41, None), legacy);
+    assert_eq!(derived_event_id("t.raw", 2, 41, Some(-1)), legacy);
+    assert_ne!(derived_event_id("t.raw", 2, 41, ts), legacy);
+}
+
+#[tokio::test]
+async fn a_record_without_timestamp_gets_the_offset_only_id() {
+    let no_id = SEED_EVENT.replace(r#""id": "evt-7f3a9c2e","#, "");
+    let mut rec = input(Some(no_id.as_bytes()));
+    rec.timestamp_ms = None;
+    let a = decode(&process_one(&processor(), &rec).await);
+    assert_eq!(a.event_id, derived_event_id("t.raw", 2, 41, None));
+    // The receive time comes from the wall clock here, the id does not: a redelivery keeps it.
+    let b = decode(&process_one(&processor(), &rec).await);
+    assert_eq!(a.event_id, b.event_id);
 }

@@ -9,9 +9,9 @@
 //! reasons whatever its encoding.
 
 use schemas::framing::{self, Framing, SchemaIdResolver};
-use schemas::json::{self, JsonContext, JsonError, JsonLimits};
+use schemas::identity;
+use schemas::json::{self, labels, JsonContext, JsonError, JsonLimits};
 use schemas::{AuditEvent, EnrichmentStatus, Ingress, SchemaError};
-use uuid::Uuid;
 
 /// Rejection codes that ingest adds to those of `schemas::json::JsonErrorCode` (for JSON input)
 /// and `schemas::SchemaError::code` (for Avro input).
@@ -27,16 +27,30 @@ pub mod codes {
     pub const TIMESTAMP_OUT_OF_RANGE: &str = "timestamp_out_of_range";
 }
 
-/// Namespace of derived event ids (a fixed, randomly chosen UUID; never change it, or a
-/// redelivered record would get a new id and slip past the chainer's dedup window).
-pub const DERIVED_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f0c_2b9e_4d1a_4c57_9a3e_1f8b_7d25_c640);
-
-/// The event id of a Kafka record whose event carries none: UUIDv5 in [`DERIVED_ID_NAMESPACE`]
-/// over `"{topic}/{partition}/{offset}"` of the raw record. A pure function of where the record
-/// sits in the log, so a redelivery gets the same id (and the chainer drops the duplicate).
-pub fn derived_event_id(topic: &str, partition: i32, offset: i64) -> String {
-    let name = format!("{topic}/{partition}/{offset}");
-    Uuid::new_v5(&DERIVED_ID_NAMESPACE, name.as_bytes()).to_string()
+/// The event id of a Kafka record whose event carries none: UUIDv5 in
+/// `schemas::identity::DERIVED_ID_NAMESPACE` over `"{topic}/{partition}/{offset}/{timestamp_ms}"` of the raw record. A pure function of
+/// the record, so a redelivery gets the same id (and the chainer drops the duplicate); the
+/// record timestamp is in it because a deleted and recreated raw topic restarts its offsets,
+/// and the old topic's ids must not be handed to different events. The same derivation as
+/// `schemas::identity::derived_kafka_event_id`, by which the chainer recognises derived ids.
+///
+/// A record without a timestamp (`None`, or librdkafka's `-1`) gets the offset-only form
+/// `"{topic}/{partition}/{offset}"` (the derivation before the timestamp was added,
+/// `schemas::identity::legacy_derived_kafka_event_id`): nothing else about the record is both
+/// stable across redeliveries and known here, and the wall clock would give a redelivery a new
+/// id. Such records keep the recreated-topic weakness; brokers since Kafka 0.10 stamp every
+/// record, so they are rare.
+pub fn derived_event_id(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+) -> String {
+    // One derivation for ingest and the chainer, which recognises derived ids by recomputing it.
+    match timestamp_ms {
+        Some(ms) if ms >= 0 => identity::derived_kafka_event_id(topic, partition, offset, ms),
+        _ => identity::legacy_derived_kafka_event_id(topic, partition, offset),
+    }
 }
 
 /// Why a record was not accepted.
@@ -98,6 +112,9 @@ pub struct ValidationContext<'a> {
     /// The event id for an event that carries none (see [`derived_event_id`]).
     pub derived_event_id: String,
     pub limits: JsonLimits,
+    /// Strict label mode (`--strict-labels`): an unknown category, severity, outcome or actor
+    /// type is rejected `invalid_value` instead of kept with its original.
+    pub strict_labels: bool,
     /// Resolves Confluent schema ids (the compiled-in catalog for now; a registry later).
     pub resolver: &'a dyn SchemaIdResolver,
 }
@@ -109,6 +126,7 @@ impl std::fmt::Debug for ValidationContext<'_> {
             .field("ingress", &self.ingress)
             .field("derived_event_id", &self.derived_event_id)
             .field("limits", &self.limits)
+            .field("strict_labels", &self.strict_labels)
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +150,7 @@ pub fn validate_raw(bytes: &[u8], ctx: &ValidationContext<'_>) -> Result<AuditEv
                 ingress,
                 derived_event_id: ctx.derived_event_id.clone(),
                 limits: ctx.limits.clone(),
+                strict_labels: ctx.strict_labels,
             };
             json::event_from_json(bytes, &jctx)?
         }
@@ -171,7 +190,14 @@ pub fn validate_raw(bytes: &[u8], ctx: &ValidationContext<'_>) -> Result<AuditEv
 
 /// Makes a decoded Avro event look like one the JSON mapping would build: the pipeline owns the
 /// receive time, ingress and enrichment flags; an empty event id means "none given" (the Avro
-/// field is not optional); attributes are sorted; free-form JSON text is normalised.
+/// field is not optional); attributes are sorted, and a producer's keys in the pipeline's
+/// `audit.original.` namespace are renamed `producer.…` unless they are exactly the originals
+/// the mapping would have kept for this event (`schemas::json::labels`); free-form JSON text is
+/// normalised.
+///
+/// Avro enums are closed by the schema: a decoded event's labels are always enum values (a
+/// writer schema with more symbols has another fingerprint). Only a kept original can say that
+/// the producer's label was unknown, so strict label mode checks those.
 fn adopt_avro_event(
     event: &mut AuditEvent,
     ctx: &ValidationContext<'_>,
@@ -187,7 +213,10 @@ fn adopt_avro_event(
     if event.event_id.is_empty() {
         event.event_id = ctx.derived_event_id.clone();
     }
-    event.attributes.sort();
+    labels::protect_reserved_in_event(event);
+    if ctx.strict_labels {
+        labels::check_strict(event)?;
+    }
     let d = &mut event.data;
     let texts: [(&str, &mut Option<String>); 5] = [
         ("event.data", &mut d.payload_json),

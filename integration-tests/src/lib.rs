@@ -1,7 +1,10 @@
 //! Support for the end-to-end tests and the demo: a realistic event stream (the platform
 //! lifecycle from the seeds), the in-process pipeline harness shared by the tests and the
-//! pipeline bench, and small helpers to talk to the local stack.
+//! pipeline bench, the worker binaries as processes (crash tests, fault battery), the fault
+//! battery, and small helpers to talk to the local stack.
 
+pub mod battery;
 pub mod demo;
 pub mod harness;
+pub mod procs;
 pub mod stack;

@@ -21,6 +21,8 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::identity::ContentDigest;
+
 /// A SHA-256 output.
 pub type Hash32 = [u8; 32];
 
@@ -43,6 +45,12 @@ pub enum ChainError {
     SeqOutOfRange(i128),
     #[error("{field} must be 32 bytes, got {len}")]
     BadHashLength { field: &'static str, len: usize },
+    /// An input record is framed with a schema this instance cannot resolve (unknown
+    /// fingerprint, version or schema id, no registry configured): version skew or a
+    /// configuration fault. Dead-lettering it would skip an event in the chain, so the worker
+    /// must stop instead.
+    #[error("input at offset {offset} uses a schema this chainer cannot read ({detail}); deploy a chainer that knows it, or fix the schema registry configuration")]
+    UnknownSchema { offset: i64, detail: String },
 }
 
 /// The link hash of the record at (`partition`, `seq`) whose predecessor's hash is `prev`.
@@ -193,6 +201,15 @@ impl ChainHead {
 pub struct IdDigest(u64, u64);
 
 impl IdDigest {
+    /// From 16 digest bytes (e.g. [`crate::identity::dedup_key`]'s SHA-256 prefix).
+    pub fn from_bytes(b: [u8; 16]) -> Self {
+        let mut x = [0u8; 8];
+        let mut y = [0u8; 8];
+        x.copy_from_slice(&b[0..8]);
+        y.copy_from_slice(&b[8..16]);
+        Self(u64::from_le_bytes(x), u64::from_le_bytes(y))
+    }
+
     pub fn of(event_id: &str) -> Self {
         let d = Sha256::digest(event_id.as_bytes());
         let mut a = [0u8; 8];
@@ -229,22 +246,52 @@ impl Hasher for DigestHasher {
     }
 }
 
-/// The ids of the last `capacity` chained records of one partition.
+/// What the dedup window says about an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Its key is not in the window: chain it.
+    New,
+    /// Same key, same content as a record in the window: a redelivery, drop it.
+    Duplicate,
+    /// Same key, different content: another event reusing an id. Never dropped: the chainer
+    /// chains it and raises an alarm.
+    Conflict,
+}
+
+/// One key's occurrences in the window, oldest first: the first inline, the rest (only after
+/// a conflict, or in a log written before dedup existed) in a `Vec` that stays unallocated in
+/// the common case.
+#[derive(Debug, Clone)]
+struct Entry {
+    pos: u64,
+    content: ContentDigest,
+    more: Vec<(u64, ContentDigest)>,
+}
+
+impl Entry {
+    fn has(&self, c: &ContentDigest) -> bool {
+        self.content == *c || self.more.iter().any(|(_, x)| x == c)
+    }
+}
+
+/// The dedup keys (and content digests) of the last `capacity` chained records of one
+/// partition. Keys are [`crate::identity::dedup_key`]s, contents
+/// [`crate::identity::content_digest`]s.
 ///
 /// Defined on the log, never on time, so every chainer instance that reads the same log makes
-/// the same keep/drop decision. Memory: a ring of 16-byte digests plus a map digest → position
-/// (about 60–70 bytes per id with table overhead, so ~65 MB at the 1 M default; size W to the
-/// memory budget times the partitions an instance may own).
+/// the same keep/drop decision. Memory: a ring of 16-byte keys plus a map key → entry (about
+/// 90 bytes per record with table overhead, so ~90 MB at the 1 M default; size W to the memory
+/// budget times the partitions an instance may own).
 ///
-/// The map holds each digest's *latest* log position, so an id that legitimately occurs twice in
-/// the window (e.g. replayed from a log written before dedup existed) stays present until its
-/// last occurrence leaves: evicting position `i` removes the digest only if its latest position
-/// is `i`. That keeps insert/contains/evict O(1) without per-id counters.
+/// The map holds every occurrence of a key in the window (position and content), so the window
+/// is exactly the last `capacity` records whatever their history: a recovered instance that
+/// rebuilds it from the last W chained records answers exactly as the live one. Evictions go in
+/// log order, so the evicted occurrence is always its key's oldest.
 #[derive(Clone)]
 pub struct DedupWindow {
     capacity: usize,
     ring: VecDeque<IdDigest>,
-    latest: HashMap<IdDigest, u64, BuildHasherDefault<DigestHasher>>,
+    latest: HashMap<IdDigest, Entry, BuildHasherDefault<DigestHasher>>,
     /// Log position of `ring[0]`.
     front_pos: u64,
 }
@@ -288,33 +335,90 @@ impl DedupWindow {
         self.ring.is_empty()
     }
 
-    /// Whether `event_id` is among the last `capacity` chained records.
+    /// New, duplicate or conflicting (see [`Seen`]); changes nothing.
+    pub fn check(&self, key: &IdDigest, content: &ContentDigest) -> Seen {
+        if self.capacity == 0 {
+            return Seen::New;
+        }
+        match self.latest.get(key) {
+            None => Seen::New,
+            Some(e) if e.has(content) => Seen::Duplicate,
+            Some(_) => Seen::Conflict,
+        }
+    }
+
+    /// Record that a record with `key` and `content` was chained (appended to the log),
+    /// evicting the oldest if full.
+    pub fn record(&mut self, key: IdDigest, content: ContentDigest) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.ring.len() == self.capacity {
+            if let Some(old) = self.ring.pop_front() {
+                self.evict(old, self.front_pos);
+                self.front_pos += 1;
+            }
+        }
+        let pos = self.front_pos + self.ring.len() as u64;
+        self.ring.push_back(key);
+        match self.latest.get_mut(&key) {
+            Some(e) => e.more.push((pos, content)),
+            None => {
+                self.latest.insert(
+                    key,
+                    Entry {
+                        pos,
+                        content,
+                        more: Vec::new(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops the occurrence of `key` at `pos` (its oldest).
+    fn evict(&mut self, key: IdDigest, pos: u64) {
+        let Some(e) = self.latest.get_mut(&key) else {
+            return;
+        };
+        if e.pos != pos {
+            return;
+        }
+        if e.more.is_empty() {
+            self.latest.remove(&key);
+        } else {
+            let (p, c) = e.more.remove(0);
+            e.pos = p;
+            e.content = c;
+        }
+    }
+
+    /// Whether the raw id `event_id` (keyed by [`IdDigest::of`], without namespace or content)
+    /// is among the last `capacity` records. For tests and tools; the chainer uses
+    /// [`DedupWindow::check`].
     pub fn contains(&self, event_id: &str) -> bool {
         self.capacity > 0 && self.latest.contains_key(&IdDigest::of(event_id))
     }
 
-    /// Record that `event_id` was chained (appended to the log), evicting the oldest if full.
+    /// [`DedupWindow::record`] of a raw id with an empty content digest.
     pub fn insert(&mut self, event_id: &str) {
-        self.insert_digest(IdDigest::of(event_id));
+        self.record(IdDigest::of(event_id), ContentDigest::default());
     }
 
-    /// The chainer's one call per event: `true` if the id is new (chain it; it is now recorded),
-    /// `false` if it is a duplicate inside the window (drop it; nothing changes).
+    /// `true` if the raw id is new (it is now recorded), `false` if it is in the window.
     pub fn check_and_insert(&mut self, event_id: &str) -> bool {
         if self.capacity == 0 {
             return true;
         }
-        let d = IdDigest::of(event_id);
-        if self.latest.contains_key(&d) {
+        if self.contains(event_id) {
             return false;
         }
-        self.insert_digest(d);
+        self.insert(event_id);
         true
     }
 
-    /// Rebuild from the tail of `audit.chained`: `ids` are the event ids of the chained records
-    /// in log order (oldest first). Only the last `capacity` of them end up in the window, so the
-    /// caller may pass more than needed.
+    /// Rebuild from raw ids in log order (oldest first). Only the last `capacity` of them end
+    /// up in the window, so the caller may pass more than needed.
     pub fn rebuild<I, S>(&mut self, ids: I)
     where
         I: IntoIterator<Item = S>,
@@ -326,23 +430,6 @@ impl DedupWindow {
         for id in ids {
             self.insert(id.as_ref());
         }
-    }
-
-    fn insert_digest(&mut self, d: IdDigest) {
-        if self.capacity == 0 {
-            return;
-        }
-        if self.ring.len() == self.capacity {
-            if let Some(old) = self.ring.pop_front() {
-                if self.latest.get(&old) == Some(&self.front_pos) {
-                    self.latest.remove(&old);
-                }
-                self.front_pos += 1;
-            }
-        }
-        let pos = self.front_pos + self.ring.len() as u64;
-        self.ring.push_back(d);
-        self.latest.insert(d, pos);
     }
 }
 
@@ -444,5 +531,35 @@ mod tests {
         assert!(off.check_and_insert("a"));
         assert!(off.check_and_insert("a"));
         assert!(!off.contains("a"));
+    }
+    #[test]
+    fn dedup_window_tells_duplicates_from_conflicts() {
+        let k = |s: &str| IdDigest::of(s);
+        let c = |b: u8| ContentDigest([b; 16]);
+        let mut w = DedupWindow::new(3);
+        assert_eq!(w.check(&k("a"), &c(1)), Seen::New);
+        w.record(k("a"), c(1));
+        assert_eq!(w.check(&k("a"), &c(1)), Seen::Duplicate);
+        assert_eq!(w.check(&k("a"), &c(2)), Seen::Conflict);
+        // The conflicting record is chained: both contents are now known under the key.
+        w.record(k("a"), c(2));
+        assert_eq!(w.check(&k("a"), &c(1)), Seen::Duplicate);
+        assert_eq!(w.check(&k("a"), &c(2)), Seen::Duplicate);
+        w.record(k("b"), c(3));
+        w.record(k("d"), c(4)); // evicts the first a: its content leaves with it
+        assert_eq!(w.check(&k("a"), &c(2)), Seen::Duplicate);
+        assert_eq!(w.check(&k("a"), &c(1)), Seen::Conflict);
+        // A window rebuilt from the last 3 records answers the same.
+        let mut r = DedupWindow::new(3);
+        for (key, content) in [("a", 2), ("b", 3), ("d", 4)] {
+            r.record(k(key), c(content));
+        }
+        for content in [1, 2, 9] {
+            assert_eq!(r.check(&k("a"), &c(content)), w.check(&k("a"), &c(content)));
+        }
+        w.record(k("e"), c(5)); // evicts the second a
+        assert_eq!(w.check(&k("a"), &c(9)), Seen::New);
+        let off = DedupWindow::new(0);
+        assert_eq!(off.check(&k("a"), &c(1)), Seen::New);
     }
 }

@@ -17,11 +17,11 @@
 //! | `timestamp` / `eventTime` | `event_time_us` | **required**, RFC 3339 with any offset and fraction (sub-µs digits truncated); not before 2000-01-01, not more than `max_future_skew_us` after receive time |
 //! | — | `receive_time_us`, `ingress` | from `JsonContext` |
 //! | `source` / `sourceComponent` | `source_component` | **required**, non-empty string |
-//! | `category` | `category` | `user_interaction`, `system_processing`, `governance`, `infrastructure`, `security`, `telemetry`, `other`, any case, `_`/`-`/space insensitive; absent = `OTHER` |
-//! | `severity` | `severity` | `debug`, `info`, `notice`, `warning` (`warn`), `error`, `critical`; absent = `INFO` |
-//! | `outcome` | `outcome` | `success`, `failure`, `denied`, `pending`, `unknown`; absent = derived from `result.status`, else `action.status`: success/succeeded/ok → SUCCESS, failure/failed/error → FAILURE, denied/blocked/rejected/forbidden → DENIED, pending/in_progress → PENDING, else UNKNOWN |
+//! | `category` | `category` | any value ([labels](#labels)): `user_interaction`, `system_processing`, `governance`, `infrastructure`, `security`, `telemetry`, `other`; anything else → `OTHER` + original; absent = `OTHER` |
+//! | `severity` | `severity` | any value: `debug`, `info`, `notice`, `warning`, `error`, `critical`; synonyms `warn`, `trace`, `information(al)`, `err`, `crit`, `fatal`, `alert`, `emerg(ency)`; anything else → `INFO` + original; absent = `INFO` |
+//! | `outcome` | `outcome` | any value: `success`, `failure`, `denied`, `pending`, `unknown`; synonyms succeeded/successful/ok/completed, failed/error, blocked/rejected/forbidden, in_progress/awaiting_approval; anything else → `UNKNOWN` + original; absent = derived from `result.status`, else `action.status`, with the same words (no original: the status is kept where it was), else UNKNOWN |
 //! | `actor.id`, else `userId`, else `serviceId` | `actor.id` | **one required**; if several are given they must agree |
-//! | `actor.type`, else `actorType` | `actor.actor_type` | `user`, `service`, `system`, `ai_agent`; absent = USER (SERVICE when the id came from `serviceId`) |
+//! | `actor.type`, else `actorType` | `actor.actor_type` | any value: `user`, `service`, `system`, `ai_agent`; anything else → `SYSTEM` + original; absent = USER (SERVICE when the id came from `serviceId`) |
 //! | `actor.name`, else `userName` | `actor.name` | |
 //! | `actor.email`, `actor.roles[]` | `actor.email`, `actor.roles` | usually filled by enrich |
 //! | `actor.ip`, else `metadata.clientIp` | `actor.ip` | |
@@ -46,9 +46,24 @@
 //! | `security {dataClassification, encryptionUsed, piiDetected, retentionDays}` | `security` | |
 //! | `performance {processingTimeMs, responseTimeMs, dbQueryTimeMs, externalApiTimeMs, memoryUsedMb, resourceCount}` | `performance` | |
 //! | `metadata.processingTime`, `metadata.resourceCount` | `performance.processing_time_ms`, `.resource_count` | when `performance` does not give them |
-//! | `attributes` (object of string → string) | `attributes` | sorted by key; non-string value = `wrong_type` |
+//! | `attributes` (object of string → string) | `attributes` | sorted by key; non-string value = `wrong_type`; a key starting `audit.original.` is kept as `producer.<key>` (prefixed again while taken) |
+//! | — | `attributes` `audit.original.{category,severity,outcome,actor_type}` | the producer's label text when it is not an enum name ([labels](#labels)); not counted against `max_attributes` |
 //! | `receiveTime`, `ingress`, `enrichment` | — | written by [`event_to_json`] only; ignored on input (the pipeline owns them) |
 //! | any other key (beside the envelope, in the event, or inside a known object) | `data.metadata_json` under `_unmapped` | kept, with the same nesting, so an audit record never silently drops producer data |
+//!
+//! # Labels
+//!
+//! Category, severity, outcome and actor type are closed vocabularies, but a producer's label is
+//! never a reason to lose its event: an enum name (any case, `_`/`-`/space insensitive) maps to
+//! its value; a synonym maps to its value and keeps the text; anything else (any string, `""`
+//! included) gets the fallback the Avro schema already names for unknown symbols (`OTHER`,
+//! `INFO`, `UNKNOWN`, `SYSTEM`) and keeps the text. The text is kept in `attributes` under
+//! `audit.original.<field>` (no schema change, so the chain's canonical bytes keep their form);
+//! [`labels::producer_text`] reads it back. [`JsonContext::strict_labels`] (ingest
+//! `--strict-labels`) rejects unknown text `invalid_value` instead. A label that is not a string
+//! (`"severity": 3`) is an unknown label whose original is its normalised JSON text (`3`); in
+//! strict mode it is `wrong_type`. Details and the reserved namespace: [`labels`].
+//! [`event_to_json`] writes a kept original back as the label, so the JSON maps back exactly.
 //!
 //! Integers accept JSON integers (and floats with no fractional part). Normalised JSON text is
 //! compact with object keys sorted at every level, written by this module (not by relying on
@@ -70,6 +85,10 @@ use crate::event::{
     SecurityContext, Severity, Target, TenantContext, TraceContext,
 };
 use crate::validate;
+
+pub mod labels;
+
+use labels::LabelKind;
 
 pub use crate::validate::MIN_EVENT_TIME_US;
 
@@ -107,6 +126,9 @@ pub struct JsonContext {
     /// Used as `event_id` when the producer gives none.
     pub derived_event_id: String,
     pub limits: JsonLimits,
+    /// Strict label mode: a category, severity, outcome or actor type outside its vocabulary is
+    /// rejected `invalid_value` instead of kept with its original ([`labels`]). Off by default.
+    pub strict_labels: bool,
 }
 
 impl JsonContext {
@@ -116,6 +138,7 @@ impl JsonContext {
             ingress,
             derived_event_id,
             limits: JsonLimits::default(),
+            strict_labels: false,
         }
     }
 }
@@ -263,16 +286,17 @@ fn map_event(
     };
     let source_component =
         ev.required_nonempty_str(&["source", "sourceComponent", "source_component"])?;
-    let category = match ev.str(&["category"])? {
-        Some((p, s)) => parse_category(&s, &p)?,
-        None => EventCategory::Other,
+    let strict = ctx.strict_labels;
+    let (category, category_original) = match ev.label(&["category"], strict)? {
+        Some((p, s)) => labels::map_category(s, &p, strict)?,
+        None => (EventCategory::Other, None),
     };
-    let severity = match ev.str(&["severity"])? {
-        Some((p, s)) => parse_severity(&s, &p)?,
-        None => Severity::Info,
+    let (severity, severity_original) = match ev.label(&["severity"], strict)? {
+        Some((p, s)) => labels::map_severity(s, &p, strict)?,
+        None => (Severity::Info, None),
     };
-    let explicit_outcome = match ev.str(&["outcome"])? {
-        Some((p, s)) => Some(parse_outcome(&s, &p)?),
+    let explicit_outcome = match ev.label(&["outcome"], strict)? {
+        Some((p, s)) => Some(labels::map_outcome(s, &p, strict)?),
         None => None,
     };
 
@@ -322,13 +346,13 @@ fn map_event(
         }
     };
     let actor_type_obj = match actor_obj.as_mut() {
-        Some(a) => a.str(&["type", "actorType", "actor_type"])?,
+        Some(a) => a.label(&["type", "actorType", "actor_type"], strict)?,
         None => None,
     };
-    let actor_type_top = ev.str(&["actorType", "actor_type"])?;
-    let actor_type = match actor_type_obj.or(actor_type_top) {
-        Some((p, s)) => parse_actor_type(&s, &p)?,
-        None => default_type,
+    let actor_type_top = ev.label(&["actorType", "actor_type"], strict)?;
+    let (actor_type, actor_type_original) = match actor_type_obj.or(actor_type_top) {
+        Some((p, s)) => labels::map_actor_type(s, &p, strict)?,
+        None => (default_type, None),
     };
     let mut actor = Actor {
         actor_type,
@@ -447,11 +471,14 @@ fn map_event(
     if action.error.is_none() {
         action.error = result_str("error");
     }
-    let outcome = match explicit_outcome {
+    let (outcome, outcome_original) = match explicit_outcome {
         Some(o) => o,
         None => {
             let status = result_str("status").or_else(|| action.status.clone());
-            status.as_deref().map_or(Outcome::Unknown, derive_outcome)
+            let derived = status
+                .as_deref()
+                .map_or(Outcome::Unknown, labels::derive_outcome);
+            (derived, None)
         }
     };
 
@@ -571,7 +598,7 @@ fn map_event(
     };
 
     // ---- attributes
-    let attributes = match ev.take_value(&["attributes"]) {
+    let mut attributes = match ev.take_value(&["attributes"]) {
         None => Vec::new(),
         Some((p, Value::Object(m))) => {
             validate::check_attribute_count(m.len(), limits, &p)?;
@@ -596,8 +623,15 @@ fn map_event(
                     }
                 }
             }
-            // Sorted by key regardless of the JSON map implementation; keys are unique already.
-            out.sort_by(|a, b| a.key.cmp(&b.key));
+            // The `audit.original.` namespace is the pipeline's: a producer's key there is kept
+            // under `producer.…` (sorted by key as well, whatever the JSON map implementation).
+            labels::protect_reserved(&mut out, |_| false);
+            for kv in out
+                .iter()
+                .filter(|kv| kv.key.starts_with(labels::PRODUCER_PREFIX))
+            {
+                ev.check_len(&kv.key, &format!("{p}.{}", kv.key))?;
+            }
             out
         }
         Some((p, other)) => {
@@ -608,6 +642,16 @@ fn map_event(
             ))
         }
     };
+
+    labels::add_originals(
+        &mut attributes,
+        [
+            (LabelKind::Category, category_original),
+            (LabelKind::Severity, severity_original),
+            (LabelKind::Outcome, outcome_original),
+            (LabelKind::ActorType, actor_type_original),
+        ],
+    );
 
     // ---- what is left is kept, not dropped
     if let Some(a) = actor_obj {
@@ -734,6 +778,25 @@ impl<'l> Obj<'l> {
                 Ok(Some((p, s)))
             }
             Some((p, other)) => Err(wrong_type(p, "a string", &other)),
+        }
+    }
+
+    /// A label (category, severity, outcome, actor type): a string, or, outside strict label
+    /// mode, any other JSON value as its normalised JSON text (`3`, `true`, `{"level":3}`), which
+    /// is then an unknown label kept as the original: a label is never a reason to lose an event.
+    fn label(&mut self, names: &[&str], strict: bool) -> JResult<Option<(String, String)>> {
+        match self.take_value(names) {
+            None => Ok(None),
+            Some((p, Value::String(s))) => {
+                self.check_len(&s, &p)?;
+                Ok(Some((p, s)))
+            }
+            Some((p, other)) if strict => Err(wrong_type(p, "a string", &other)),
+            Some((p, other)) => {
+                let text = normalized_json(&other);
+                self.check_len(&text, &p)?;
+                Ok(Some((p, text)))
+            }
         }
     }
 
@@ -1017,112 +1080,6 @@ fn parse_event_time(ts: &str, path: &str, ctx: &JsonContext) -> JResult<i64> {
     Ok(us)
 }
 
-/// Lowercase, without `_`, `-` and spaces: `USER_INTERACTION`, `user-interaction` and
-/// `UserInteraction` all compare equal.
-fn squash(s: &str) -> String {
-    s.chars()
-        .filter(|c| !matches!(c, '_' | '-' | ' '))
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
-fn enum_error(path: &str, value: &str, allowed: &[&str]) -> JsonError {
-    JsonError::new(
-        JsonErrorCode::InvalidValue,
-        path,
-        format!("{value:?} is not one of: {}", allowed.join(", ")),
-    )
-}
-
-fn parse_category(s: &str, path: &str) -> JResult<EventCategory> {
-    Ok(match squash(s).as_str() {
-        "userinteraction" => EventCategory::UserInteraction,
-        "systemprocessing" => EventCategory::SystemProcessing,
-        "governance" => EventCategory::Governance,
-        "infrastructure" => EventCategory::Infrastructure,
-        "security" => EventCategory::Security,
-        "telemetry" => EventCategory::Telemetry,
-        "other" => EventCategory::Other,
-        _ => {
-            return Err(enum_error(
-                path,
-                s,
-                &[
-                    "user_interaction",
-                    "system_processing",
-                    "governance",
-                    "infrastructure",
-                    "security",
-                    "telemetry",
-                    "other",
-                ],
-            ))
-        }
-    })
-}
-
-fn parse_severity(s: &str, path: &str) -> JResult<Severity> {
-    Ok(match squash(s).as_str() {
-        "debug" => Severity::Debug,
-        "info" => Severity::Info,
-        "notice" => Severity::Notice,
-        "warning" | "warn" => Severity::Warning,
-        "error" => Severity::Error,
-        "critical" => Severity::Critical,
-        _ => {
-            return Err(enum_error(
-                path,
-                s,
-                &["debug", "info", "notice", "warning", "error", "critical"],
-            ))
-        }
-    })
-}
-
-fn parse_outcome(s: &str, path: &str) -> JResult<Outcome> {
-    Ok(match squash(s).as_str() {
-        "success" => Outcome::Success,
-        "failure" => Outcome::Failure,
-        "denied" => Outcome::Denied,
-        "pending" => Outcome::Pending,
-        "unknown" => Outcome::Unknown,
-        _ => {
-            return Err(enum_error(
-                path,
-                s,
-                &["success", "failure", "denied", "pending", "unknown"],
-            ))
-        }
-    })
-}
-
-fn parse_actor_type(s: &str, path: &str) -> JResult<ActorType> {
-    Ok(match squash(s).as_str() {
-        "user" => ActorType::User,
-        "service" => ActorType::Service,
-        "system" => ActorType::System,
-        "aiagent" => ActorType::AiAgent,
-        _ => {
-            return Err(enum_error(
-                path,
-                s,
-                &["user", "service", "system", "ai_agent"],
-            ))
-        }
-    })
-}
-
-/// Outcome from a producer's free-form status string.
-fn derive_outcome(status: &str) -> Outcome {
-    match squash(status).as_str() {
-        "success" | "succeeded" | "successful" | "ok" | "completed" => Outcome::Success,
-        "failure" | "failed" | "error" => Outcome::Failure,
-        "denied" | "blocked" | "rejected" | "forbidden" => Outcome::Denied,
-        "pending" | "inprogress" | "awaitingapproval" => Outcome::Pending,
-        _ => Outcome::Unknown,
-    }
-}
-
 fn classify_parse_error(text: &str, e: &serde_json::Error) -> JsonError {
     let msg = e.to_string();
     if msg.contains("recursion limit exceeded") {
@@ -1306,48 +1263,6 @@ fn json_text_value(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
-fn category_str(c: EventCategory) -> &'static str {
-    match c {
-        EventCategory::UserInteraction => "user_interaction",
-        EventCategory::SystemProcessing => "system_processing",
-        EventCategory::Governance => "governance",
-        EventCategory::Infrastructure => "infrastructure",
-        EventCategory::Security => "security",
-        EventCategory::Telemetry => "telemetry",
-        EventCategory::Other => "other",
-    }
-}
-
-fn severity_str(s: Severity) -> &'static str {
-    match s {
-        Severity::Debug => "debug",
-        Severity::Info => "info",
-        Severity::Notice => "notice",
-        Severity::Warning => "warning",
-        Severity::Error => "error",
-        Severity::Critical => "critical",
-    }
-}
-
-fn outcome_str(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Success => "success",
-        Outcome::Failure => "failure",
-        Outcome::Denied => "denied",
-        Outcome::Pending => "pending",
-        Outcome::Unknown => "unknown",
-    }
-}
-
-fn actor_type_str(a: ActorType) -> &'static str {
-    match a {
-        ActorType::User => "user",
-        ActorType::Service => "service",
-        ActorType::System => "system",
-        ActorType::AiAgent => "ai_agent",
-    }
-}
-
 fn channel_str(c: IngressChannel) -> &'static str {
     match c {
         IngressChannel::Kafka => "kafka",
@@ -1404,16 +1319,17 @@ pub fn event_to_json(e: &AuditEvent) -> Value {
     o.s("eventType", &e.event_type);
     o.v("timestamp", time_value(e.event_time_us));
     o.s("source", &e.source_component);
-    o.s("category", category_str(e.category));
-    o.s("severity", severity_str(e.severity));
-    o.s("outcome", outcome_str(e.outcome));
+    // A kept original is written back as the label, so the JSON maps back to the same event.
+    o.s("category", labels::json_text(e, LabelKind::Category));
+    o.s("severity", labels::json_text(e, LabelKind::Severity));
+    o.s("outcome", labels::json_text(e, LabelKind::Outcome));
 
     if e.actor.actor_type == ActorType::User {
         o.s("userId", &e.actor.id);
     }
     let mut actor = Out::new();
     actor.s("id", &e.actor.id);
-    actor.s("type", actor_type_str(e.actor.actor_type));
+    actor.s("type", labels::json_text(e, LabelKind::ActorType));
     actor.os("name", &e.actor.name);
     actor.os("email", &e.actor.email);
     if !e.actor.roles.is_empty() {
@@ -1527,12 +1443,18 @@ pub fn event_to_json(e: &AuditEvent) -> Value {
         x.oi("resourceCount", p.resource_count);
         o.v("performance", x.done());
     }
-    if !e.attributes.is_empty() {
-        let m: Map<String, Value> = e
-            .attributes
-            .iter()
-            .map(|kv| (kv.key.clone(), Value::String(kv.value.clone())))
-            .collect();
+    // Originals written back as labels above are not attributes of the producer's. (An
+    // inconsistent one, which no accepted event holds, stays an attribute: nothing is lost.)
+    let m: Map<String, Value> = e
+        .attributes
+        .iter()
+        .filter(|kv| {
+            LabelKind::from_attribute_key(&kv.key)
+                .is_none_or(|kind| !labels::is_consistent_original(e, kind, &kv.value))
+        })
+        .map(|kv| (kv.key.clone(), Value::String(kv.value.clone())))
+        .collect();
+    if !m.is_empty() {
         o.v("attributes", Value::Object(m));
     }
 

@@ -11,6 +11,7 @@ pub mod error;
 pub mod event;
 pub mod flat;
 pub mod framing;
+pub mod identity;
 pub mod json;
 pub mod merkle;
 pub mod segment;

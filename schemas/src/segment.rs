@@ -26,6 +26,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::io::Read;
 
 use apache_avro::{Codec, DeflateSettings, Reader, Writer};
 use serde::{Deserialize, Serialize};
@@ -455,30 +456,77 @@ impl SegmentMeta {
     /// Checks that `events` are what the metadata claims (count, range, chain ends, partition).
     /// The verifier reports a mismatch; the writer never produces one.
     pub fn check_events(&self, events: &[ChainedEvent]) -> Result<(), SegmentError> {
+        let mut c = self.events_check();
+        for e in events {
+            c.observe(e);
+        }
+        c.finish()
+    }
+
+    /// [`Self::check_events`] one record at a time, for a segment read as a stream.
+    pub fn events_check(&self) -> EventsCheck {
+        EventsCheck {
+            meta: self.clone(),
+            count: 0,
+            first: None,
+            last_seq: 0,
+            last_hash: Vec::new(),
+            other_partition: None,
+        }
+    }
+}
+
+/// Incremental [`SegmentMeta::check_events`]: memory is one hash, not the segment.
+#[derive(Debug, Clone)]
+pub struct EventsCheck {
+    meta: SegmentMeta,
+    count: u64,
+    /// (seq, prev_hash) of the first record.
+    first: Option<(i64, Vec<u8>)>,
+    last_seq: i64,
+    last_hash: Vec<u8>,
+    other_partition: Option<i32>,
+}
+
+impl EventsCheck {
+    pub fn observe(&mut self, e: &ChainedEvent) {
+        self.count += 1;
+        if self.first.is_none() {
+            self.first = Some((e.seq, e.prev_hash.clone()));
+        }
+        self.last_seq = e.seq;
+        self.last_hash.clear();
+        self.last_hash.extend_from_slice(&e.hash);
+        if e.chain_partition != self.meta.partition && self.other_partition.is_none() {
+            self.other_partition = Some(e.chain_partition);
+        }
+    }
+
+    pub fn finish(&self) -> Result<(), SegmentError> {
+        let m = &self.meta;
         let bad = |what: String| Err(SegmentError::Invalid(what));
-        if events.len() as u64 != self.count {
+        if self.count != m.count {
             return bad(format!(
                 "metadata says {} records, found {}",
-                self.count,
-                events.len()
+                m.count, self.count
             ));
         }
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        let Some((first_seq, first_prev)) = &self.first else {
             return bad("no records".into());
         };
-        if first.seq != self.first_seq || last.seq != self.last_seq {
+        if *first_seq != m.first_seq || self.last_seq != m.last_seq {
             return bad(format!(
                 "metadata says seqs {}..={}, records have {}..={}",
-                self.first_seq, self.last_seq, first.seq, last.seq
+                m.first_seq, m.last_seq, first_seq, self.last_seq
             ));
         }
-        if first.prev_hash != self.first_prev_hash || last.hash != self.last_hash {
+        if *first_prev != m.first_prev_hash || self.last_hash != m.last_hash {
             return bad("chain ends differ from the metadata".into());
         }
-        if let Some(e) = events.iter().find(|e| e.chain_partition != self.partition) {
+        if let Some(p) = self.other_partition {
             return bad(format!(
-                "record of partition {} in segment of {}",
-                e.chain_partition, self.partition
+                "record of partition {p} in segment of {}",
+                m.partition
             ));
         }
         Ok(())
@@ -574,35 +622,47 @@ pub fn write_segment(meta: &SegmentMeta, events: &[ChainedEvent]) -> Result<Vec<
 /// Reads a segment: its metadata and records, as stored (no consistency check: see
 /// [`SegmentMeta::check_events`] and the chain verifier for that).
 pub fn read_segment(bytes: &[u8]) -> Result<(SegmentMeta, Vec<ChainedEvent>), SegmentError> {
+    let (meta, records) = stream_segment(bytes)?;
+    let events = records.collect::<Result<Vec<_>, _>>()?;
+    Ok((meta, events))
+}
+
+/// The records of a segment, one at a time.
+pub type SegmentRecords<'r> =
+    Box<dyn Iterator<Item = Result<ChainedEvent, SegmentError>> + Send + 'r>;
+
+/// Reads a segment from any reader (a streaming object body, a file): the metadata from the
+/// header, then the records one at a time, so memory is one container block plus one record,
+/// whatever the segment's size. Records of an older `ChainedEvent` schema are resolved to the
+/// current one (slow path, old data only).
+pub fn stream_segment<'r, R: Read + Send + 'r>(
+    reader: R,
+) -> Result<(SegmentMeta, SegmentRecords<'r>), SegmentError> {
     let decode_err = |e: apache_avro::Error| SegmentError::Decode {
         source: Box::new(e),
     };
     let current = avro::current_schema(RecordKind::ChainedEvent)?;
-    let reader = Reader::builder(bytes)
+    // No reader schema at build time: with one, apache-avro's serde path panics, and a stream
+    // cannot be opened twice. An older writer schema is resolved value by value instead.
+    let reader = Reader::builder(reader)
         .human_readable(false)
         .build()
         .map_err(decode_err)?;
     let meta = SegmentMeta::from_entries(reader.user_metadata())?;
-    let events = if *reader.writer_schema() == *current.schema {
-        reader
-            .into_deser_iter::<ChainedEvent>()
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(decode_err)?
+    let records: SegmentRecords<'r> = if *reader.writer_schema() == *current.schema {
+        Box::new(
+            reader
+                .into_deser_iter::<ChainedEvent>()
+                .map(move |r| r.map_err(decode_err)),
+        )
     } else {
-        // An older ChainedEvent schema: resolve to the current one (slow path, old data only).
-        let reader = Reader::builder(bytes)
-            .reader_schema(&current.schema)
-            .human_readable(false)
-            .build()
-            .map_err(decode_err)?;
-        let mut out = Vec::new();
-        for v in reader {
-            let v = v.map_err(decode_err)?;
-            out.push(apache_avro::from_value::<ChainedEvent>(&v).map_err(decode_err)?);
-        }
-        out
+        let target: &'static apache_avro::Schema = &current.schema;
+        Box::new(reader.map(move |v| {
+            let v = v.and_then(|v| v.resolve(target)).map_err(decode_err)?;
+            apache_avro::from_value::<ChainedEvent>(&v).map_err(decode_err)
+        }))
     };
-    Ok((meta, events))
+    Ok((meta, records))
 }
 
 // ---- manifest ----------------------------------------------------------------------------------
@@ -694,13 +754,40 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Checks a segment object's bytes against its manifest (size and SHA-256).
 pub fn verify_segment_digest(manifest: &Manifest, bytes: &[u8]) -> Result<(), SegmentError> {
-    let actual = sha256_hex(bytes);
-    if actual != manifest.sha256.to_ascii_lowercase() || bytes.len() as u64 != manifest.object_size
-    {
+    verify_segment_digest_of(manifest, &sha256_hex(bytes), bytes.len() as u64)
+}
+
+/// SHA-256 and size of an object read in chunks (a streamed segment).
+#[derive(Debug, Clone, Default)]
+pub struct ObjectDigest {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl ObjectDigest {
+    pub fn update(&mut self, chunk: &[u8]) {
+        self.hasher.update(chunk);
+        self.size += chunk.len() as u64;
+    }
+
+    /// (lowercase hex SHA-256, size in bytes)
+    pub fn finish(self) -> (String, u64) {
+        (hex::encode(self.hasher.finalize()), self.size)
+    }
+}
+
+/// [`verify_segment_digest`] from a digest computed while streaming (see [`ObjectDigest`]).
+pub fn verify_segment_digest_of(
+    manifest: &Manifest,
+    sha256: &str,
+    size: u64,
+) -> Result<(), SegmentError> {
+    let actual = sha256.to_owned();
+    if actual != manifest.sha256.to_ascii_lowercase() || size != manifest.object_size {
         return Err(SegmentError::DigestMismatch {
             key: manifest.object_key.clone(),
             expected: format!("{} ({} bytes)", manifest.sha256, manifest.object_size),
-            actual: format!("{actual} ({} bytes)", bytes.len()),
+            actual: format!("{actual} ({size} bytes)"),
         });
     }
     Ok(())
@@ -819,6 +906,75 @@ mod tests {
             tampered[last] ^= 1;
             prop_assert!(verify_segment_digest(&m, &tampered).is_err());
         }
+    }
+
+    /// A reader that hands out one byte per call: the streaming reader must not depend on
+    /// how the body is chunked (S3 bodies arrive in arbitrary pieces).
+    struct Trickle<'a>(&'a [u8]);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match (self.0.split_first(), buf.first_mut()) {
+                (Some((b, rest)), Some(out)) => {
+                    *out = *b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    #[test]
+    fn a_segment_streams_from_any_chunking_and_checks_incrementally() {
+        let mut events: Vec<ChainedEvent> = (0..40)
+            .map(|i| {
+                let mut e = ChainedEvent {
+                    chain_partition: 2,
+                    seq: 10 + i,
+                    prev_hash: vec![i as u8; 32],
+                    hash: vec![i as u8 + 1; 32],
+                    canonical_version: 1,
+                    source_topic: "audit.enriched".into(),
+                    source_partition: 2,
+                    source_offset: i,
+                    event: crate::testing::sample_event(),
+                };
+                e.event.event_time_us = 1_717_200_000_000_000 + i;
+                e
+            })
+            .collect();
+        let meta = SegmentMeta::for_events(&events, "t", 0, 39, "w").expect("meta");
+        let bytes = write_segment(&meta, &events).expect("write");
+        let (m2, records) = stream_segment(Trickle(&bytes)).expect("header");
+        assert_eq!(m2, meta);
+        let mut check = m2.events_check();
+        let mut digest = ObjectDigest::default();
+        for chunk in bytes.chunks(7) {
+            digest.update(chunk);
+        }
+        let mut n = 0;
+        for (r, want) in records.zip(&events) {
+            let r = r.expect("record");
+            assert_eq!(&r, want);
+            check.observe(&r);
+            n += 1;
+        }
+        assert_eq!(n, events.len());
+        check.finish().expect("consistent");
+        let (sha, size) = digest.finish();
+        let manifest = Manifest::for_segment(&meta, &bytes, "x").expect("manifest");
+        verify_segment_digest_of(&manifest, &sha, size).expect("digest");
+        assert!(verify_segment_digest_of(&manifest, &sha, size + 1).is_err());
+        // The incremental check names what the whole-slice one names.
+        events[39].hash[0] ^= 1;
+        let mut check = meta.events_check();
+        events.iter().for_each(|e| check.observe(e));
+        assert_eq!(
+            check.finish().map_err(|e| e.to_string()),
+            meta.check_events(&events).map_err(|e| e.to_string())
+        );
+        assert!(meta.check_events(&events).is_err());
     }
 
     #[test]

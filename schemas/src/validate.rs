@@ -1,6 +1,6 @@
 //! Semantic validation of an [`AuditEvent`], whatever built it: the rules every accepted event
 //! satisfies (event id, required fields non-empty, event time sanity, string sizes, attribute
-//! count and order, AI confidence range).
+//! count and order, the reserved `audit.original.` attribute namespace, AI confidence range).
 //!
 //! [`validate_event`] checks a whole event (ingest runs it on every event, JSON or Avro, so an
 //! event is accepted or rejected for the same reasons whatever its encoding). The single-field
@@ -11,6 +11,7 @@
 use std::fmt::Display;
 
 use crate::event::AuditEvent;
+use crate::json::labels;
 use crate::json::{format_time_us, JsonError, JsonErrorCode, JsonLimits};
 
 /// 2000-01-01T00:00:00Z in microseconds: earlier event times are producer clock bugs.
@@ -44,7 +45,12 @@ pub fn validate_event(
         receive_time_us,
     )?;
     check_string_sizes(event, limits.max_string_bytes)?;
-    check_attribute_count(event.attributes.len(), limits, "event.attributes")?;
+    // The pipeline's kept originals (at most four) do not count against the producer's limit.
+    check_attribute_count(
+        labels::producer_attribute_count(event),
+        limits,
+        "event.attributes",
+    )?;
     if let Some(w) = event.attributes.windows(2).find(|w| w[0].key >= w[1].key) {
         let message = if w[0].key == w[1].key {
             format!("duplicate key {:?}", w[0].key)
@@ -57,6 +63,8 @@ pub fn validate_event(
             message,
         ));
     }
+    // Only originals the mapping itself would write live under `audit.original.`.
+    labels::check_reserved(event)?;
     if let Some(c) = event.ai.as_ref().and_then(|a| a.confidence) {
         check_confidence(c, &c, "event.ai.confidence")?;
     }
@@ -360,6 +368,45 @@ mod tests {
         let (code, path, message) = check(&e).expect_err("duplicate");
         assert_eq!((code, path.as_str()), ("invalid_value", "event.attributes"));
         assert!(message.contains("duplicate key"), "{message}");
+
+        // The `audit.original.` namespace holds only originals the mapping would write.
+        let original = |key: &str, value: &str| {
+            let mut e = sample_event();
+            e.attributes.push(KeyValue {
+                key: key.into(),
+                value: value.into(),
+            });
+            e.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+            e
+        };
+        let e = original("audit.original.severity", "loud"); // the sample's severity: INFO
+        assert_eq!(check(&e), Ok(()));
+        assert_eq!(
+            rejected(&original("audit.original.severity", "fatal")),
+            (
+                "invalid_value",
+                "event.attributes.audit.original.severity".into()
+            ),
+            "fatal maps to CRITICAL, not the event's INFO"
+        );
+        assert_eq!(
+            rejected(&original("audit.original.severity", "info")).0,
+            "invalid_value",
+            "an enum name is never an original"
+        );
+        assert_eq!(
+            rejected(&original("audit.original.colour", "red")),
+            (
+                "invalid_value",
+                "event.attributes.audit.original.colour".into()
+            )
+        );
+        // Kept originals do not count against the producer's attribute limit.
+        let limits = JsonLimits {
+            max_attributes: 1,
+            ..JsonLimits::default()
+        };
+        assert_eq!(validate_event(&e, &limits, RECEIVE_US), Ok(()));
 
         let mut e = sample_event();
         if let Some(ai) = e.ai.as_mut() {

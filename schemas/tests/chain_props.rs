@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use proptest::prelude::*;
 use schemas::chain::{link_hash, ChainHead, Hash32, GENESIS};
 use schemas::checkpoint::{
-    generate_pkcs8, sign, CheckpointFields, KeySet, PublicKeyEntry, SigningKey,
+    generate_pkcs8, sign, CheckpointFields, KeySet, PublicKeyEntry, SignedCheckpoint, SigningKey,
 };
 use schemas::merkle;
 use schemas::verify::{
@@ -546,4 +546,43 @@ fn empty_store_with_checkpoints_is_truncated_and_findings_are_bounded() {
     assert_eq!(r.findings.len(), 5);
     assert_eq!(r.findings_dropped, 45);
     assert!(!r.ok);
+}
+
+proptest! {
+    /// Checkpoint ranges are contiguous: removing any checkpoint but the newest leaves a gap,
+    /// one `MissingCheckpoint` at the removed range's first seq. (Removing the newest one, with
+    /// the tail it seals, is the truncation that needs heartbeats.)
+    #[test]
+    fn a_deleted_checkpoint_leaves_a_gap_unless_it_is_the_newest(
+        (events, every, seal) in arb_chain(), c in any::<prop::sample::Index>(),
+    ) {
+        let fx = build(&events, every, seal);
+        prop_assume!(!fx.checkpoints.is_empty());
+        let ci = pick(c, fx.checkpoints.len());
+        let mut cps = fx.checkpoints.clone();
+        let gone = cps.remove(ci);
+        let r = run_with(&fx.records, &cps, VerifyOptions::default());
+        if ci + 1 == fx.checkpoints.len() {
+            prop_assert!(r.findings.is_empty(), "{:?}", r.findings);
+        } else {
+            prop_assert_eq!(kinds(&r), vec![(FindingKind::MissingCheckpoint, gone.first_seq)]);
+        }
+    }
+
+    /// A checkpoint re-signed (with a valid key) at a time before an earlier checkpoint's is
+    /// `CheckpointBackdated`, and nothing else.
+    #[test]
+    fn a_checkpoint_signed_before_an_earlier_one_is_backdated(
+        (events, every, seal) in arb_chain(), c in any::<prop::sample::Index>(), back in 1i64..1_000,
+    ) {
+        let fx = build(&events, every, seal);
+        prop_assume!(fx.checkpoints.len() >= 2);
+        let ci = 1 + pick(c, fx.checkpoints.len() - 1);
+        let mut cps = fx.checkpoints.clone();
+        let mut fields = SignedCheckpoint::try_from(&cps[ci]).expect("valid").fields;
+        fields.time_us = cps[ci - 1].time_us - back;
+        cps[ci] = sign(key(), &fields).expect("sign");
+        let r = run_with(&fx.records, &cps, VerifyOptions::default());
+        prop_assert_eq!(kinds(&r), vec![(FindingKind::CheckpointBackdated, cps[ci].seq)]);
+    }
 }

@@ -1,6 +1,9 @@
 //! JSON → AuditEvent mapping: the seed's example event, every error code with its path,
-//! timestamp offsets and fractions.
+//! timestamp offsets and fractions, labels outside their vocabulary (kept with the producer's
+//! original, or rejected in strict mode) and the reserved `audit.original.` namespace.
 
+use proptest::prelude::*;
+use schemas::json::labels::{self, LabelKind, LabelMatch};
 use schemas::json::{event_from_json, event_to_json, JsonContext, JsonErrorCode, JsonLimits};
 use schemas::*;
 
@@ -300,19 +303,8 @@ fn every_error_code_with_its_path() {
         (WrongType, "event.security.piiDetected".into())
     );
 
-    let (code, path) = err(&with(r#""category":"nonsense""#));
-    assert_eq!((code, path.as_str()), (InvalidValue, "event.category"));
-    let msg = event_from_json(with(r#""category":"nonsense""#).as_bytes(), &ctx())
-        .expect_err("category")
-        .message;
-    assert!(
-        msg.contains("user_interaction") && msg.contains("telemetry"),
-        "{msg}"
-    );
-    assert_eq!(
-        err(&with(r#""severity":"loud""#)),
-        (InvalidValue, "event.severity".into())
-    );
+    // Labels outside their vocabulary, and labels that are not strings, are rejected only in
+    // strict label mode (see `strict_label_mode_rejects_unknown_labels`).
     assert_eq!(err(&with(r#""id":"""#)), (InvalidValue, "event.id".into()));
     assert_eq!(
         err(&with(r#""id":"a\u0007b""#)),
@@ -388,4 +380,337 @@ fn limits() {
         err(&format!(r#"{{"event":{{"data":{deep}}}}}"#)).0,
         TooLarge
     );
+}
+
+// ---- labels outside their vocabulary -----------------------------------------------------------
+
+fn strict_ctx() -> JsonContext {
+    let mut c = ctx();
+    c.strict_labels = true;
+    c
+}
+
+/// The seed event with its category replaced and extra fields added (raw JSON members).
+fn seed_with(category: &str, extra: &str) -> String {
+    let cat = serde_json::to_string(category).expect("json string");
+    SEED_EVENT
+        .replace(
+            r#""category": "user_interaction""#,
+            &format!(r#""category": {cat}"#),
+        )
+        .replace(r#""source": "#, &format!(r#"{extra}"source": "#))
+}
+
+fn attr<'a>(e: &'a AuditEvent, key: &str) -> Option<&'a str> {
+    e.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.as_str())
+}
+
+/// The JSON form and the Avro form of an event with kept originals give the event back.
+fn assert_roundtrips(e: &AuditEvent) {
+    let again = serde_json::to_vec(&event_to_json(e)).expect("to_json");
+    assert_eq!(&event_from_json(&again, &ctx()).expect("json again"), e);
+    let bytes = schemas::framing::encode_single_object_event(e).expect("avro");
+    assert_eq!(
+        &schemas::framing::decode_event(&bytes, None).expect("decode"),
+        e
+    );
+}
+
+/// The categories platform components use that the enum lacks (issue 6: 800 of 1000 such events
+/// were dead-lettered `invalid_value`).
+const PRODUCER_CATEGORIES: [&str; 4] =
+    ["ai_processing", "policy_decision", "approval", "deployment"];
+
+#[test]
+fn unknown_category_is_kept_as_other_with_its_original() {
+    for cat in PRODUCER_CATEGORIES {
+        let e = event_from_json(seed_with(cat, "").as_bytes(), &ctx())
+            .unwrap_or_else(|err| panic!("{cat}: {err}"));
+        assert_eq!(e.category, EventCategory::Other, "{cat}");
+        assert_eq!(attr(&e, "audit.original.category"), Some(cat));
+        assert_eq!(labels::original(&e, LabelKind::Category), Some(cat));
+        assert_eq!(labels::producer_text(&e, LabelKind::Category), cat);
+        assert_eq!(e.attributes.len(), 1, "only the original was added");
+        schemas::validate::validate_event(&e, &JsonLimits::default(), RECEIVE_US)
+            .expect("the semantic gate accepts it");
+        assert_roundtrips(&e);
+    }
+    // A known category keeps no original, whatever its case and separators.
+    let e = event_from_json(seed_with("User-Interaction", "").as_bytes(), &ctx()).expect("known");
+    assert_eq!(e.category, EventCategory::UserInteraction);
+    assert!(e.attributes.is_empty());
+    assert_eq!(
+        labels::producer_text(&e, LabelKind::Category),
+        "user_interaction"
+    );
+}
+
+#[test]
+fn every_label_kind_keeps_unknown_text_with_its_fallback() {
+    let doc = seed_with(
+        "",
+        r#""severity": "loud", "outcome": "partially_applied", "actor": {"type": "robot"},"#,
+    );
+    let e = event_from_json(doc.as_bytes(), &ctx()).expect("kept");
+    assert_eq!(
+        e.category,
+        EventCategory::Other,
+        "an empty string is a text too"
+    );
+    assert_eq!(e.severity, Severity::Info);
+    assert_eq!(
+        e.outcome,
+        Outcome::Unknown,
+        "not derived from result.status"
+    );
+    assert_eq!(e.actor.actor_type, ActorType::System);
+    assert_eq!(e.actor.id, "user-123");
+    let got: Vec<(&str, &str)> = e
+        .attributes
+        .iter()
+        .map(|kv| (kv.key.as_str(), kv.value.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("audit.original.actor_type", "robot"),
+            ("audit.original.category", ""),
+            ("audit.original.outcome", "partially_applied"),
+            ("audit.original.severity", "loud"),
+        ]
+    );
+    for (kind, text) in [
+        (LabelKind::Category, ""),
+        (LabelKind::Severity, "loud"),
+        (LabelKind::Outcome, "partially_applied"),
+        (LabelKind::ActorType, "robot"),
+    ] {
+        assert_eq!(labels::producer_text(&e, kind), text, "{kind:?}");
+    }
+    assert_roundtrips(&e);
+
+    // The top-level `actorType` spelling, and a service actor, too.
+    let json = r#"{"eventType":"x","timestamp":"2024-01-15T10:30:00Z","source":"s",
+        "serviceId":"svc-1","actorType":"cron-job"}"#;
+    let e = event_from_json(json.as_bytes(), &ctx()).expect("kept");
+    assert_eq!(e.actor.actor_type, ActorType::System);
+    assert_eq!(attr(&e, "audit.original.actor_type"), Some("cron-job"));
+    assert_roundtrips(&e);
+}
+
+/// A label that is not a string (OpenTelemetry's numeric severity, a flag, an object) is an
+/// unknown label too: kept, with its JSON text as the original.
+#[test]
+fn non_string_labels_are_kept_as_their_json_text() {
+    let doc =
+        with(r#""category":{"b":1,"a":[true]},"severity":17,"outcome":false,"actor":{"type":2.5}"#);
+    let e = event_from_json(doc.as_bytes(), &ctx()).expect("kept");
+    assert_eq!(e.category, EventCategory::Other);
+    assert_eq!(e.severity, Severity::Info);
+    assert_eq!(e.outcome, Outcome::Unknown);
+    assert_eq!(e.actor.actor_type, ActorType::System);
+    assert_eq!(
+        labels::original(&e, LabelKind::Category),
+        Some(r#"{"a":[true],"b":1}"#)
+    );
+    assert_eq!(labels::original(&e, LabelKind::Severity), Some("17"));
+    assert_eq!(labels::original(&e, LabelKind::Outcome), Some("false"));
+    assert_eq!(labels::original(&e, LabelKind::ActorType), Some("2.5"));
+    // Written back as strings, they map to the same event.
+    assert_roundtrips(&e);
+    // Over the string limit it is `too_large`, like any string.
+    let mut small = ctx();
+    small.limits.max_string_bytes = 24; // the timestamp is 20 bytes
+    let big = r#""severity":{"level":"abcdefghijklmnopqrstuvwxyz"}"#;
+    let e = event_from_json(with(big).as_bytes(), &small).expect_err("big");
+    assert_eq!(
+        (e.code, e.path.as_str()),
+        (JsonErrorCode::TooLarge, "event.severity")
+    );
+}
+
+#[test]
+fn synonyms_map_to_their_value_and_keep_the_text() {
+    let doc = seed_with(
+        "governance",
+        r#""severity": "FATAL", "outcome": "blocked", "actor": {"type": "AI-Agent"},"#,
+    );
+    let e = event_from_json(doc.as_bytes(), &strict_ctx()).expect("synonyms pass strict mode");
+    assert_eq!(e.category, EventCategory::Governance);
+    assert_eq!(
+        e.severity,
+        Severity::Critical,
+        "a fatal event is not filed as INFO"
+    );
+    assert_eq!(e.outcome, Outcome::Denied);
+    assert_eq!(e.actor.actor_type, ActorType::AiAgent);
+    assert_eq!(attr(&e, "audit.original.severity"), Some("FATAL"));
+    assert_eq!(attr(&e, "audit.original.outcome"), Some("blocked"));
+    assert_eq!(attr(&e, "audit.original.actor_type"), None, "an enum name");
+    assert_eq!(attr(&e, "audit.original.category"), None);
+    assert_roundtrips(&e);
+}
+
+#[test]
+fn strict_label_mode_rejects_unknown_labels() {
+    use JsonErrorCode::*;
+    let strict = |doc: &str| {
+        let e = event_from_json(doc.as_bytes(), &strict_ctx()).expect_err(doc);
+        (e.code, e.path, e.message)
+    };
+    for cat in PRODUCER_CATEGORIES {
+        let (code, path, msg) = strict(&seed_with(cat, ""));
+        assert_eq!(
+            (code, path.as_str()),
+            (InvalidValue, "event.category"),
+            "{cat}"
+        );
+        assert!(
+            msg.contains("user_interaction") && msg.contains("telemetry"),
+            "{msg}"
+        );
+        assert!(msg.contains("strict label mode"), "{msg}");
+    }
+    let (code, path, _) = strict(&with(r#""severity":"loud""#));
+    assert_eq!((code, path.as_str()), (InvalidValue, "event.severity"));
+    let (code, path, _) = strict(&with(r#""outcome":"partial""#));
+    assert_eq!((code, path.as_str()), (InvalidValue, "event.outcome"));
+    let (code, path, _) = strict(&with(r#""actor":{"type":"robot"}"#));
+    assert_eq!((code, path.as_str()), (InvalidValue, "event.actor.type"));
+    let (code, path, _) = strict(&with(r#""actorType":"robot""#));
+    assert_eq!((code, path.as_str()), (InvalidValue, "event.actorType"));
+    let (code, path, _) = strict(&with(r#""category":7"#));
+    assert_eq!((code, path.as_str()), (WrongType, "event.category"));
+    // Known labels pass strict mode unchanged.
+    let e = event_from_json(SEED_EVENT.as_bytes(), &strict_ctx()).expect("seed event");
+    assert_eq!(
+        e,
+        event_from_json(SEED_EVENT.as_bytes(), &ctx()).expect("lenient")
+    );
+}
+
+#[test]
+fn reserved_attribute_namespace_cannot_be_spoofed() {
+    // A producer claims its (known) category was originally something else, and writes the
+    // other originals too: all kept, under `producer.…`, and the event's labels are its own.
+    let doc = seed_with(
+        "security",
+        r#""attributes": {"audit.original.category": "governance",
+            "audit.original.severity": "fatal", "audit.original.whatever": "x",
+            "producer.audit.original.severity": "taken", "env": "prod"},"#,
+    );
+    let e = event_from_json(doc.as_bytes(), &ctx()).expect("kept");
+    assert_eq!(e.category, EventCategory::Security);
+    assert_eq!(labels::original(&e, LabelKind::Category), None);
+    assert_eq!(labels::original(&e, LabelKind::Severity), None);
+    assert_eq!(labels::producer_text(&e, LabelKind::Category), "security");
+    let keys: Vec<&str> = e.attributes.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "env",
+            "producer.audit.original.category",
+            "producer.audit.original.severity",
+            "producer.audit.original.whatever",
+            "producer.producer.audit.original.severity",
+        ]
+    );
+    assert_eq!(attr(&e, "producer.audit.original.severity"), Some("taken"));
+    assert_eq!(
+        attr(&e, "producer.producer.audit.original.severity"),
+        Some("fatal")
+    );
+    assert_roundtrips(&e);
+
+    // With an unknown category, the pipeline's original and the producer's renamed one coexist.
+    let doc = seed_with(
+        "ai_processing",
+        r#""attributes": {"audit.original.category": "spoof"},"#,
+    );
+    let e = event_from_json(doc.as_bytes(), &ctx()).expect("kept");
+    assert_eq!(
+        labels::original(&e, LabelKind::Category),
+        Some("ai_processing")
+    );
+    assert_eq!(attr(&e, "producer.audit.original.category"), Some("spoof"));
+    assert_roundtrips(&e);
+}
+
+#[test]
+fn kept_originals_do_not_count_against_the_attribute_limit() {
+    let mut c = ctx();
+    c.limits.max_attributes = 2;
+    let doc = seed_with(
+        "deployment",
+        r#""severity": "loud", "attributes": {"a": "1", "b": "2"},"#,
+    );
+    let e = event_from_json(doc.as_bytes(), &c).expect("two producer attributes + originals");
+    assert_eq!(e.attributes.len(), 4);
+    schemas::validate::validate_event(&e, &c.limits, RECEIVE_US).expect("gate agrees");
+}
+
+fn label_doc(category: &str, severity: &str, outcome: &str, actor_type: &str, top: bool) -> String {
+    let mut ev = serde_json::json!({
+        "eventType": "x", "timestamp": "2024-01-15T10:30:00Z", "source": "s", "userId": "u",
+        "category": category, "severity": severity, "outcome": outcome,
+    });
+    if top {
+        ev["actorType"] = actor_type.into();
+    } else {
+        ev["actor"] = serde_json::json!({ "type": actor_type });
+    }
+    serde_json::to_string(&serde_json::json!({ "event": ev })).expect("json")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Any category, severity, outcome and actor-type string gives an accepted event (lenient
+    /// mode) from which the producer's text is recoverable, and which the semantic gate, the
+    /// JSON form and Avro all keep as is.
+    #[test]
+    fn any_label_strings_are_accepted_and_recoverable(
+        category in any::<String>(),
+        severity in prop_oneof![any::<String>(), Just("warn".to_owned()), Just("Error".to_owned())],
+        outcome in any::<String>(),
+        actor_type in prop_oneof![any::<String>(), Just("ai_agent".to_owned())],
+        top in any::<bool>(),
+    ) {
+        let doc = label_doc(&category, &severity, &outcome, &actor_type, top);
+        let e = event_from_json(doc.as_bytes(), &ctx());
+        prop_assert!(e.is_ok(), "{:?}", e);
+        let e = e.expect("checked");
+        for (kind, text) in [
+            (LabelKind::Category, &category),
+            (LabelKind::Severity, &severity),
+            (LabelKind::Outcome, &outcome),
+            (LabelKind::ActorType, &actor_type),
+        ] {
+            prop_assert_eq!(kind.name_in(&e), kind.normalized_name(text));
+            match kind.classify(text) {
+                // An enum name: the value says it (case and separators aside).
+                LabelMatch::Name => {
+                    prop_assert_eq!(labels::original(&e, kind), None);
+                    prop_assert_eq!(kind.name_in(&e), kind.normalized_name(text));
+                }
+                _ => prop_assert_eq!(labels::producer_text(&e, kind), text.as_str()),
+            }
+            // Strict mode accepts exactly the names and synonyms.
+            let strict = event_from_json(doc.as_bytes(), &strict_ctx());
+            if kind.classify(text) == LabelMatch::Unknown {
+                prop_assert_eq!(
+                    strict.map_err(|e| e.code).err(),
+                    Some(JsonErrorCode::InvalidValue)
+                );
+            }
+        }
+        prop_assert!(schemas::validate::validate_event(&e, &JsonLimits::default(), RECEIVE_US).is_ok());
+        let again = serde_json::to_vec(&event_to_json(&e)).expect("to_json");
+        prop_assert_eq!(&event_from_json(&again, &ctx()).expect("again"), &e);
+        let bytes = schemas::framing::encode_single_object_event(&e).expect("avro");
+        prop_assert_eq!(&schemas::framing::decode_event(&bytes, None).expect("decode"), &e);
+    }
 }

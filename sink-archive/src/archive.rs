@@ -348,6 +348,15 @@ impl Archive {
         }))
     }
 
+    /// The highest `last_seq` archived for `partition` (from the segment names alone; no
+    /// repair, no object read). For checkpoints of chain partitions another instance archives.
+    pub async fn archived_seq(&self, partition: i32) -> Result<Option<i64>, Error> {
+        let names = self.list(&segment::partition_prefix(partition)).await?;
+        Ok(plan_resume(partition, names.iter().map(String::as_str))
+            .latest
+            .map(|k| k.last_seq))
+    }
+
     /// Stores a checkpoint as `checkpoints/chain=<p>/<seq>-<key_id>.json`, write-once. A second
     /// signature over the same head (e.g. a re-published checkpoint with another time) keeps the
     /// first; a different head at the same seq is a fork alarm.

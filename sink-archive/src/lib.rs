@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod buffer;
+pub mod pending;
 pub mod resume;
 pub mod store;
 pub mod worker;
@@ -133,6 +134,24 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         worker_runtime::health::serve(&addr, r, s).await
     });
     let worker = worker::Worker::new(&config, archive)?;
+    // Consumer watchdog: `/readyz` says why when this sink holds nothing (or nothing moves)
+    // while the chained topic has lag, and the consumer re-joins its group (healing a group
+    // the broker's coordinator left stuck: docs/local-stack.md, tansu 0.6.0).
+    let settings = worker::Worker::consumer_settings(&config);
+    tasks.spawn(
+        "consumer-watchdog",
+        worker_runtime::kafka::liveness::watch_resubscribing(
+            worker.consumer(),
+            vec![config.kafka.topics().chained],
+            STAGE,
+            worker_runtime::kafka::liveness::LivenessSettings::for_consumer(
+                &config.kafka,
+                &settings,
+            ),
+            ready.clone(),
+            shutdown.clone(),
+        ),
+    );
     tasks.spawn("archive", worker.run(ready, shutdown));
     tasks
         .join(Duration::from_secs(config.common.shutdown_timeout_secs))

@@ -9,6 +9,9 @@
 //! `last_seq` and its chained offset, then a seek to that offset + 1. Records with a seq at or
 //! below the stored one are skipped, so a crash anywhere leaves neither a gap nor an overlap.
 //! On revoke, an open segment is dropped unwritten (the new owner re-reads it).
+//!
+//! A checkpoint is archived only once the segments covering its seq are ([`crate::pending`]):
+//! until then it waits in memory and holds back the checkpoints topic's stored offset.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +29,7 @@ use worker_runtime::Shutdown;
 
 use crate::archive::Archive;
 use crate::buffer::{Limits, PartitionState, Segment};
+use crate::pending::PendingCheckpoints;
 use crate::{Config, Error, STAGE};
 
 pub struct Worker {
@@ -38,7 +42,20 @@ pub struct Worker {
     states: HashMap<i32, PartitionState>,
     /// Partition → (epoch, offset sought to): older records still in flight are dropped.
     seeks: HashMap<i32, (u64, i64)>,
+    /// Checkpoints read, waiting for the segments they cover.
+    pending: PendingCheckpoints,
+    /// Chain partition not assigned here → (when listed, its archived `last_seq`): for the
+    /// checkpoints of chain partitions another instance archives.
+    remote_archived: HashMap<i32, (Instant, Option<i64>)>,
+    /// When the last "checkpoints still waiting" warning was logged.
+    waiting_warned: Option<Instant>,
 }
+
+/// How often the archive is listed for a chain partition archived by another instance while
+/// one of its checkpoints waits.
+const REMOTE_REFRESH: Duration = Duration::from_secs(5);
+/// A checkpoint waiting longer than this is worth a warning (its events are late or missing).
+const WAIT_WARN: Duration = Duration::from_secs(300);
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,15 +77,31 @@ fn is_config_problem(e: &SchemaError) -> bool {
 }
 
 impl Worker {
-    pub fn new(config: &Config, archive: Archive) -> Result<Self, Error> {
+    /// The group consumer, for the liveness watchdog (which re-joins it when stuck).
+    pub fn consumer(&self) -> Arc<AuditConsumer> {
+        self.consumer.clone()
+    }
+
+    /// The consumer's settings (group, client id, topics).
+    pub fn consumer_settings(config: &Config) -> ConsumerSettings {
         let topics = config.kafka.topics();
-        let settings = ConsumerSettings::new(
+        ConsumerSettings::new(
             config.group_id.clone(),
             "sink-archive",
             vec![topics.chained.clone(), topics.checkpoints.clone()],
-        );
+        )
+    }
+
+    pub fn new(config: &Config, archive: Archive) -> Result<Self, Error> {
+        let topics = config.kafka.topics();
+        let settings = Self::consumer_settings(config);
         let (consumer, rebalance) = subscribe(&config.kafka, &settings)?;
         let producer = Producer::new(&config.kafka, "sink-archive-dlq")?;
+        // A warning, not a refusal: the operator may have reasons; the check must not delay
+        // the start either.
+        tokio::spawn(worker_runtime::kafka::admin::warn_on_finite_retention(
+            config.kafka.clone(),
+        ));
         Ok(Worker {
             consumer,
             rebalance,
@@ -78,6 +111,9 @@ impl Worker {
             limits: config.limits(),
             states: HashMap::new(),
             seeks: HashMap::new(),
+            pending: PendingCheckpoints::default(),
+            remote_archived: HashMap::new(),
+            waiting_warned: None,
         })
     }
 
@@ -117,6 +153,9 @@ impl Worker {
         ready.set(false);
         if result.is_ok() {
             self.flush_all().await;
+            if let Err(e) = self.drain_checkpoints(false).await {
+                tracing::warn!(error = %e, "could not archive the covered checkpoints at shutdown; they will be re-read");
+            }
         }
         commit_stored(&self.consumer).await;
         result
@@ -139,7 +178,7 @@ impl Worker {
                 self.write(p, seg).await?;
             }
         }
-        Ok(())
+        self.drain_checkpoints(true).await
     }
 
     /// Shutdown: write what is open, so a restart does not re-read it (best effort).
@@ -257,17 +296,19 @@ impl Worker {
     }
 
     async fn on_checkpoint(&mut self, input: InputRecord) -> Result<(), Error> {
-        if self
-            .rebalance
-            .epoch(&input.topic, input.partition)
-            .is_none()
-        {
+        let Some(epoch) = self.rebalance.epoch(&input.topic, input.partition) else {
             return Ok(());
-        }
+        };
         let payload = input.payload.as_deref().unwrap_or_default();
         match framing::decode_checkpoint(payload, None) {
             Ok(cp) if cp.partition >= 0 && cp.seq >= 1 => {
-                self.archive.store_checkpoint(&cp).await?;
+                self.pending.offer(
+                    input.partition,
+                    epoch,
+                    input.offset,
+                    Some(cp),
+                    Instant::now(),
+                );
             }
             Ok(cp) => {
                 let msg = format!("checkpoint with partition {} seq {}", cp.partition, cp.seq);
@@ -281,13 +322,74 @@ impl Worker {
             }
             Err(e) => return self.reject(&input, e.code(), &e.to_string()).await,
         }
-        store_next_offset(
-            &self.consumer,
-            &input.topic,
-            input.partition,
-            input.offset + 1,
-        );
+        self.drain_checkpoints(false).await
+    }
+
+    /// Archives the waiting checkpoints whose segments are archived, then stores the
+    /// checkpoints topic's offsets up to the oldest one still waiting. With `refresh`, first
+    /// lists the archive for waiting chain partitions another instance archives (at most every
+    /// [`REMOTE_REFRESH`] each).
+    async fn drain_checkpoints(&mut self, refresh: bool) -> Result<(), Error> {
+        let (rebalance, topic) = (self.rebalance.clone(), self.topics.checkpoints.clone());
+        self.pending
+            .retain(|q, epoch| rebalance.epoch(&topic, q) == Some(epoch));
+        if refresh {
+            let now = Instant::now();
+            for p in self.pending.waiting_chains() {
+                let fresh = self
+                    .remote_archived
+                    .get(&p)
+                    .is_some_and(|(t, _)| now.saturating_duration_since(*t) < REMOTE_REFRESH);
+                if self.is_current(p) || fresh {
+                    continue;
+                }
+                let seq = self.archive.archived_seq(p).await?;
+                self.remote_archived.insert(p, (now, seq));
+            }
+        }
+        let ready = self.pending.ready(|p| {
+            if self.is_current(p) {
+                self.states.get(&p).and_then(PartitionState::stored_seq)
+            } else {
+                self.remote_archived.get(&p).and_then(|(_, seq)| *seq)
+            }
+        });
+        for r in ready {
+            self.archive.store_checkpoint(&r.checkpoint).await?;
+            tracing::debug!(
+                chain_partition = r.checkpoint.partition,
+                seq = r.checkpoint.seq,
+                "checkpoint archived after its segments"
+            );
+            self.pending.done(r.partition, r.offset);
+        }
+        self.store_checkpoint_offsets();
+        let (waiting, oldest) = self.pending.oldest();
+        metrics::gauge!("audit_archive_checkpoints_waiting").set(waiting as f64);
+        if let Some((since, p, seq)) = oldest {
+            let now = Instant::now();
+            let waited = now.saturating_duration_since(since);
+            let warned_lately = self
+                .waiting_warned
+                .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_secs(60));
+            if waited >= WAIT_WARN && !warned_lately {
+                self.waiting_warned = Some(now);
+                tracing::warn!(
+                    waiting,
+                    chain_partition = p,
+                    seq,
+                    ?waited,
+                    "checkpoints still waiting for the segments they cover (events late or missing)"
+                );
+            }
+        }
         Ok(())
+    }
+
+    fn store_checkpoint_offsets(&mut self) {
+        for (q, next) in self.pending.commit_points() {
+            store_next_offset(&self.consumer, &self.topics.checkpoints, q, next);
+        }
     }
 
     /// Dead-letters `input` (waits for the broker's ack), then lets its offset be stored in
@@ -303,6 +405,15 @@ impl Worker {
         self.producer.send(&record).await?;
         metrics::counter!("audit_records_rejected_total", "stage" => STAGE, "reason" => code.to_owned()).increment(1);
         let next = input.offset + 1;
+        if input.topic == self.topics.checkpoints {
+            // In order with the checkpoints still waiting before it.
+            if let Some(epoch) = self.rebalance.epoch(&input.topic, input.partition) {
+                self.pending
+                    .offer(input.partition, epoch, input.offset, None, Instant::now());
+            }
+            self.store_checkpoint_offsets();
+            return Ok(());
+        }
         match self.states.get_mut(&input.partition) {
             Some(s) if input.topic == self.topics.chained && s.has_open() => s.cover(next),
             _ => store_next_offset(&self.consumer, &input.topic, input.partition, next),
@@ -332,7 +443,7 @@ impl Worker {
         if self.is_current(p) {
             store_next_offset(&self.consumer, &self.topics.chained, p, store_offset);
         }
-        Ok(())
+        self.drain_checkpoints(false).await
     }
 
     async fn seek(&self, p: i32, offset: i64) -> Result<(), Error> {

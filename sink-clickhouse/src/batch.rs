@@ -118,6 +118,42 @@ pub fn plan(entries: &[Entry], stored: &HashMap<i64, Vec<String>>) -> Plan {
     plan
 }
 
+/// ClickHouse's `toYYYYMM` of a `DateTime('UTC')` value (seconds): the month that
+/// `audit_events` is partitioned by (`PARTITION BY toYYYYMM(event_time)`).
+pub fn month_of(event_time: u32) -> u32 {
+    // Days since 1970-01-01 to a civil date (H. Hinnant's `civil_from_days`, proleptic
+    // Gregorian, which is what ClickHouse uses for `DateTime`'s range).
+    let z = i64::from(event_time / 86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year * 100 + month) as u32
+}
+
+/// Splits `rows` (sorted by seq) into maximal runs of consecutive rows of the same month, in
+/// order. Each run is one INSERT touching one table partition, which ClickHouse applies whole
+/// or not at all; an INSERT touching several partitions writes one part per partition and can
+/// land in part (and one touching more than `max_partitions_per_insert_block`, 100, months is
+/// refused every time). Inserting the runs in seq order means a failure or crash leaves the
+/// stored seqs a contiguous prefix, which is what the resume point relies on.
+pub fn month_runs<'a, 'r>(rows: &'a [&'r AuditRow]) -> Vec<&'a [&'r AuditRow]> {
+    let mut runs = Vec::new();
+    let mut start = 0;
+    for i in 1..=rows.len() {
+        if i == rows.len() || month_of(rows[i].event_time) != month_of(rows[start].event_time) {
+            if start < i {
+                runs.push(&rows[start..i]);
+            }
+            start = i;
+        }
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +217,40 @@ mod tests {
         assert_eq!(p.insert, vec![0, 1]);
         assert_eq!(p.duplicates, vec![2]);
         assert_eq!(p.forks, vec![(3, h(6))]);
+    }
+
+    #[test]
+    fn month_of_matches_clickhouse_to_yyyymm() {
+        // Values checked with `SELECT toYYYYMM(toDateTime(n, 'UTC'))` on the local server.
+        assert_eq!(month_of(0), 197001);
+        assert_eq!(month_of(1_717_200_000), 202406); // 2024-06-01 00:00:00
+        assert_eq!(month_of(1_717_199_999), 202405); // one second before
+        assert_eq!(month_of(951_782_400), 200002); // 2000-02-29 (leap day of a 400-year)
+        assert_eq!(month_of(951_868_800), 200003); // 2000-03-01
+        assert_eq!(month_of(4_107_542_399), 210002); // 2100-02-28 23:59:59
+        assert_eq!(month_of(4_107_542_400), 210003); // 2100 is no leap year: March 1st
+        assert_eq!(month_of(u32::MAX), 210602); // DateTime's last second, 2106-02-07
+    }
+
+    #[test]
+    fn runs_split_at_every_month_change_in_seq_order() {
+        let month = |m: u32| 1_704_067_200 + m * 31 * 86_400; // 2024-01-01 + m × 31 days
+        let rows: Vec<AuditRow> = [0, 0, 1, 1, 0, 5, 5, 5]
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| {
+                let mut r = entry(i as i64 + 1, 1, i as i64).row;
+                r.event_time = month(m);
+                r
+            })
+            .collect();
+        let refs: Vec<&AuditRow> = rows.iter().collect();
+        let runs: Vec<Vec<i64>> = month_runs(&refs)
+            .iter()
+            .map(|r| r.iter().map(|x| x.seq).collect())
+            .collect();
+        assert_eq!(runs, vec![vec![1, 2], vec![3, 4], vec![5], vec![6, 7, 8]]);
+        assert!(month_runs(&[]).is_empty());
     }
 
     #[test]

@@ -62,7 +62,11 @@ impl Error {
 impl Retryable for Error {
     fn is_retryable(&self) -> bool {
         match self {
-            Error::ClickHouse { source, .. } => worker_runtime::clickhouse::is_retryable(source),
+            // A migration statement cut by a network failure is retried (migrations are
+            // idempotent); one the server refuses is not.
+            Error::ClickHouse { source, .. } | Error::Migration { source, .. } => {
+                worker_runtime::clickhouse::is_retryable(source)
+            }
             _ => false,
         }
     }

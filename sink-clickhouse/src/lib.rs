@@ -19,6 +19,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use worker_runtime::config::{CommonArgs, WorkerConfig};
 use worker_runtime::health::Readiness;
+use worker_runtime::kafka::liveness::{self, LivenessSettings};
 use worker_runtime::kafka::{consumer, ConsumerSettings, KafkaArgs, Producer};
 use worker_runtime::retry::RetryPolicy;
 use worker_runtime::shutdown::TaskSet;
@@ -143,8 +144,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         });
     }
 
-    let store = Store::connect(&config.clickhouse.store_settings()).await?;
-    let report = migrations::apply(&store).await?;
+    let (store, report) = migrations::connect_and_migrate(
+        &config.clickhouse.store_settings(),
+        &config.retry,
+        shutdown.token(),
+    )
+    .await?;
     tracing::info!(applied = ?report.applied, skipped = ?report.skipped, "migrations up to date");
 
     let topics = config.kafka.topics();
@@ -154,6 +159,23 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         vec![topics.chained.clone(), topics.checkpoints.clone()],
     );
     let (consumer, rebalance) = consumer::subscribe(&config.kafka, &settings)?;
+    // Consumer watchdog: `/readyz` says why when this sink holds nothing (or nothing moves)
+    // while the chained topic has lag, and the consumer then leaves and re-joins its group,
+    // which the loop handles as any rebalance (docs/local-stack.md, tansu 0.6.0).
+    tasks.spawn(
+        "consumer-watchdog",
+        liveness::watch_resubscribing(
+            consumer.clone(),
+            vec![topics.chained.clone()],
+            sink::STAGE,
+            LivenessSettings::for_consumer(&config.kafka, &settings),
+            ready.clone(),
+            shutdown.clone(),
+        ),
+    );
+    tokio::spawn(worker_runtime::kafka::admin::warn_on_finite_retention(
+        config.kafka.clone(),
+    ));
     let producer = Producer::new(&config.kafka, "sink-clickhouse-dlq")?;
     let resolver = schemas::framing::CatalogIdResolver::new()
         .map_err(|e| Error::Config(format!("compiled-in schema catalog: {e}")))?;

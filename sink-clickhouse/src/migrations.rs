@@ -123,6 +123,24 @@ pub fn applicable(m: &Migration, version: &ServerVersion) -> bool {
     m.min_server.is_none_or(|min| version.supports(min))
 }
 
+/// Connects to ClickHouse and applies the migrations, retrying transient failures under
+/// `policy` until `cancel` fires: a sink started while ClickHouse is away (a restart, an
+/// outage) waits for it instead of exiting. Both steps are idempotent, so a failure part-way
+/// is retried from the start.
+pub async fn connect_and_migrate(
+    settings: &crate::store::StoreSettings,
+    policy: &worker_runtime::retry::RetryPolicy,
+    cancel: &worker_runtime::CancellationToken,
+) -> Result<(Store, MigrationReport), Error> {
+    worker_runtime::retry::retry("clickhouse connect and migrate", policy, cancel, || async {
+        let store = Store::connect(settings).await?;
+        let report = apply(&store).await?;
+        Ok((store, report))
+    })
+    .await
+    .map_err(worker_runtime::retry::RetryError::into_inner)
+}
+
 /// Applies what is missing; safe to run at every start and concurrently.
 pub async fn apply(store: &Store) -> Result<MigrationReport, Error> {
     let client = store.client();

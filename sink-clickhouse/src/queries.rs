@@ -30,6 +30,7 @@ pub const RECIPES: &[Recipe] = &[
     recipe!("policy_denials"),
     recipe!("team_events_per_day"),
     recipe!("chain_heads"),
+    recipe!("original_labels"),
 ];
 
 pub fn recipe(name: &str) -> Option<&'static Recipe> {

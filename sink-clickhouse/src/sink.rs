@@ -4,22 +4,26 @@
 //! # Exactly once per (partition, seq)
 //!
 //! 1. **Resume from ClickHouse, not from the committed offset.** On every (re)assignment of a
-//!    chained partition `p` (a new `RebalanceState::epoch`), the sink reads
-//!    `max(seq), argMax(chained_offset, seq)` of `p` and seeks the consumer to
-//!    `chained_offset + 1` (the beginning if nothing is stored), whatever the committed offset
-//!    says: a crash between insert and commit does not re-read, and a table restored from an
-//!    older backup is refilled.
-//! 2. **Check before every insert attempt.** Before inserting a batch (and again before each
+//!    chained partition `p` (a new `RebalanceState::epoch`), the sink finds the end of `p`'s
+//!    contiguous stored prefix (the highest `s` with every seq `1..=s` stored,
+//!    `Store::stored_head`) and seeks the consumer to the chained offset of `s` + 1 (the
+//!    beginning if seq 1 is not stored), whatever the committed offset says: a crash between
+//!    insert and commit does not re-read, a hole left below the highest stored seq is
+//!    refilled, and a table restored from an older backup is refilled.
+//! 2. **One table partition per INSERT, in seq order.** `audit_events` is partitioned by
+//!    month; a batch is inserted as runs of same-month rows in seq order, so every INSERT is
+//!    atomic and a crash part-way through a batch leaves a contiguous prefix stored.
+//! 3. **Check before every insert attempt.** Before inserting a batch (and again before each
 //!    retry), the sink asks which of the batch's seqs are stored and inserts only the missing
 //!    ones; stored identical copies are duplicates (dropped, counted), stored different copies
 //!    are forks (kept out of `audit_events`, recorded in `audit_forks`, metric + error log).
-//! 3. **Offsets after durability, in order.** Records of a partition are batched in read order;
+//! 4. **Offsets after durability, in order.** Records of a partition are batched in read order;
 //!    the input offset `last + 1` is stored only after the batch's insert succeeded.
 //!    Undecodable records are dead-lettered (acknowledged by the broker) before their offset
 //!    can be covered.
 //!
 //! Residual race: a sink instance paused longer than the group's session (a "zombie") may
-//! insert a batch after its partition moved; step 2 on the other instance narrows this to the
+//! insert a batch after its partition moved; step 3 on the other instance narrows this to the
 //! time between its check and its insert. An identical duplicate row is then reported by
 //! `auditctl verify` as `DuplicateSeq` (a warning), and the analyst recipes count distinct
 //! `(chain_partition, seq)`.
@@ -212,7 +216,7 @@ impl SinkLoop {
         let p = input.partition;
         if self.batches.get(&p).map(|b| b.epoch) != Some(epoch) {
             // A new assignment of p: forget what the old one held (it was not stored, so it is
-            // re-read) and resume after the highest seq stored in ClickHouse.
+            // re-read) and resume after the contiguous prefix stored in ClickHouse.
             self.batches.insert(p, Batch::new(epoch));
             let store = self.store.clone();
             let head = retry(
@@ -234,7 +238,7 @@ impl SinkLoop {
                 stored_seq = head.map(|h| h.seq),
                 resume_offset = ?target,
                 record_offset = input.offset,
-                "partition assigned: resuming after the highest stored seq"
+                "partition assigned: resuming after the contiguous stored prefix"
             );
             metrics::counter!("audit_sink_resumes_total", "stage" => STAGE).increment(1);
             if target != Some(input.offset) {

@@ -83,7 +83,7 @@ pub fn check_identifier(name: &str) -> Result<(), Error> {
     }
 }
 
-/// The stored head of a partition's chain.
+/// Where a partition's stored chain ends without a hole (see [`Store::stored_head`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredHead {
     pub seq: i64,
@@ -103,10 +103,10 @@ pub struct ForkRow {
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
-struct HeadRow {
-    rows: u64,
+struct SeqSpan {
+    n: u64,
+    min_seq: i64,
     max_seq: i64,
-    offset: i64,
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
@@ -168,6 +168,13 @@ impl Store {
         })
     }
 
+    /// The same store with a ClickHouse setting sent with every request (e.g. `log_queries`:
+    /// the tests read `system.query_log` to see each INSERT).
+    pub fn with_setting(mut self, name: &str, value: &str) -> Self {
+        self.client = self.client.with_setting(name, value);
+        self
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -180,23 +187,102 @@ impl Store {
         &self.database
     }
 
-    /// Highest stored seq of partition `p` and the chained offset of that row.
+    /// The end of partition `p`'s contiguous stored prefix: the highest `s` such that every
+    /// seq in `1..=s` is stored, and the chained offset of the record at `s` (the earliest
+    /// copy's, if a zombie's identical copy is stored too). `None` = seq 1 is not stored.
+    ///
+    /// Not simply `max(seq)`: rows written by an older sink (one INSERT spanning several
+    /// months, i.e. several table partitions, can land in part) or inserted by hand may leave a
+    /// hole below the maximum, and resuming after the maximum would leave that hole forever.
+    /// Resuming at the hole re-reads what follows it; the check before every insert skips the
+    /// rows already there. The common case (no hole) costs one query; a hole is located by
+    /// binary search over `uniqExact(seq)` of seq ranges (the table is ordered by
+    /// `(chain_partition, seq)`, so each probe reads an index range).
     pub async fn stored_head(&self, p: i32) -> Result<Option<StoredHead>, Error> {
         let sql = format!(
-            "SELECT count() AS rows, max(seq) AS max_seq, argMax(chained_offset, seq) AS offset \
-             FROM {EVENTS_TABLE} WHERE chain_partition = ?"
+            "SELECT uniqExact(seq) AS n, min(seq) AS min_seq, max(seq) AS max_seq \
+             FROM {EVENTS_TABLE} WHERE chain_partition = ? AND seq >= 1"
         );
-        let row: HeadRow = self
+        let row: SeqSpan = self
             .client
             .query(&sql)
             .bind(p)
             .fetch_one()
             .await
-            .map_err(|e| Error::ch(format!("reading the stored head of partition {p}"), e))?;
-        Ok((row.rows > 0).then_some(StoredHead {
-            seq: row.max_seq,
-            chained_offset: row.offset,
+            .map_err(|e| Error::ch(format!("reading the stored seqs of partition {p}"), e))?;
+        if row.n == 0 {
+            return Ok(None);
+        }
+        let head = if row.min_seq == 1 && row.n == row.max_seq as u64 {
+            row.max_seq
+        } else {
+            let head = self.contiguous_prefix(p, row.max_seq).await?;
+            tracing::warn!(
+                partition = p,
+                contiguous_to = head,
+                max_stored_seq = row.max_seq,
+                stored_seqs = row.n,
+                "stored seqs have a hole: resuming at the first missing seq, not after the highest"
+            );
+            metrics::counter!("audit_sink_stored_gaps_total", "stage" => "sink-clickhouse")
+                .increment(1);
+            head
+        };
+        if head == 0 {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT min(chained_offset) FROM {EVENTS_TABLE} WHERE chain_partition = ? AND seq = ?"
+        );
+        let chained_offset: i64 = self
+            .client
+            .query(&sql)
+            .bind(p)
+            .bind(head)
+            .fetch_one()
+            .await
+            .map_err(|e| {
+                Error::ch(
+                    format!("reading the chained offset of partition {p} seq {head}"),
+                    e,
+                )
+            })?;
+        Ok(Some(StoredHead {
+            seq: head,
+            chained_offset,
         }))
+    }
+
+    /// Largest `s` in `0..=max` with every seq of `1..=s` stored (0: seq 1 is missing).
+    async fn contiguous_prefix(&self, p: i32, max: i64) -> Result<i64, Error> {
+        let sql = format!(
+            "SELECT uniqExact(seq) FROM {EVENTS_TABLE} \
+             WHERE chain_partition = ? AND seq >= 1 AND seq <= ?"
+        );
+        // Invariant: prefix(lo) holds, prefix(hi + 1) does not (or hi = max).
+        let (mut lo, mut hi) = (0i64, max);
+        while lo < hi {
+            let mid = lo + (hi - lo + 1) / 2;
+            let n: u64 = self
+                .client
+                .query(&sql)
+                .bind(p)
+                .bind(mid)
+                .fetch_one()
+                .await
+                .map_err(|e| {
+                    Error::ch(
+                        format!("counting the stored seqs 1..={mid} of partition {p}"),
+                        e,
+                    )
+                })?;
+            if n == mid as u64 {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo)
     }
 
     /// Stored hashes of the given seqs of partition `p` (every stored copy).
@@ -234,8 +320,10 @@ impl Store {
         Ok(out)
     }
 
-    /// One `INSERT … FORMAT RowBinary` of `rows` (a single block when below the server's
-    /// `max_insert_block_size`, so it lands whole or not at all).
+    /// One `INSERT … FORMAT RowBinary` of `rows`. Atomic only when the rows share one table
+    /// partition (one month, [`crate::batch::month_runs`]) and stay below the server's
+    /// `max_insert_block_size`; otherwise ClickHouse writes one part per partition and block,
+    /// and a failure can leave some of them stored.
     pub async fn insert_events(&self, rows: &[&AuditRow]) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());

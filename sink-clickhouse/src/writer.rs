@@ -3,7 +3,8 @@
 //! Every attempt (the first one and each retry) first asks ClickHouse which of the batch's
 //! seqs are already stored, then inserts only the missing ones ([`crate::batch::plan`]). A
 //! failed insert may have landed fully, partly or not at all; re-asking before the retry makes
-//! that irrelevant. Forks are recorded in `audit_forks` (once per offered hash), never written
+//! that irrelevant. The missing rows go in as one INSERT per run of same-month rows, in seq
+//! order ([`crate::batch::month_runs`]), so each INSERT touches one table partition. Forks are recorded in `audit_forks` (once per offered hash), never written
 //! over the stored row.
 
 use std::collections::HashSet;
@@ -12,7 +13,7 @@ use std::sync::Mutex;
 use worker_runtime::retry::{retry, RetryError, RetryPolicy};
 use worker_runtime::CancellationToken;
 
-use crate::batch::{plan, Entry};
+use crate::batch::{month_runs, plan, Entry};
 use crate::error::Error;
 use crate::store::{ForkRow, Store};
 
@@ -43,12 +44,17 @@ async fn attempt(
     };
     let stored = store.stored_hashes(partition, &seqs).await?;
     let p = plan(entries, &stored);
-    let rows: Vec<_> = p.insert.iter().map(|&i| &entries[i].row).collect();
+    let mut rows: Vec<_> = p.insert.iter().map(|&i| &entries[i].row).collect();
+    // In seq order, one INSERT per run of same-month rows (see `month_runs`): each INSERT is
+    // atomic and a failure part-way leaves a contiguous prefix stored.
+    rows.sort_by_key(|r| r.seq);
     {
         let mut a = attempted.lock().unwrap_or_else(|e| e.into_inner());
         a.extend(rows.iter().map(|r| r.seq));
     }
-    store.insert_events(&rows).await?;
+    for run in month_runs(&rows) {
+        store.insert_events(run).await?;
+    }
 
     let forks: Vec<ForkRow> = p
         .forks

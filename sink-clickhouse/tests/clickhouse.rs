@@ -341,6 +341,8 @@ async fn query_recipes_run_against_the_server() {
         ("policy_denials", 1),      // seq 5
         ("team_events_per_day", 1), // team-456 on 2024-06-01
         ("chain_heads", 1),         // partition 0
+        // one row per label and value: category, severity, actor type, outcome SUCCESS + DENIED
+        ("original_labels", 5),
     ]);
     for r in RECIPES {
         let names = queries::parameters(r.sql);
@@ -374,5 +376,154 @@ async fn query_recipes_run_against_the_server() {
         .await
         .expect("chain heads");
     assert_eq!((head, missing, cp_seq), (6, 0, 6));
+    drop_db(&store, &db).await;
+}
+
+/// `event_time_us` of 2024-01-01 plus `m` × 31 days: one month further for each `m` < 200.
+fn month_us(m: i64) -> i64 {
+    1_704_067_200_000_000 + m * 31 * 86_400_000_000
+}
+
+/// A batch whose events span 150 months (more than the server's
+/// `max_partitions_per_insert_block`, 100, which refuses the whole INSERT every time: it was
+/// retried forever) is stored: one INSERT per run of same-month rows.
+#[tokio::test]
+async fn a_batch_spanning_more_than_100_months_is_stored() {
+    let (store, db) = fresh("months").await;
+    let p = 0;
+    // Seqs 1..=150 one month apart, then 151..=160 alternating between two months.
+    let entries: Vec<Entry> = (1..=160)
+        .map(|s| {
+            let mut c = chained(p, s, s as u8);
+            c.event.event_time_us = if s <= 150 {
+                month_us(s)
+            } else {
+                month_us(s % 2)
+            };
+            entry(&c, 1000 + s)
+        })
+        .collect();
+    let out = store_batch(
+        &store,
+        p,
+        &entries,
+        &fast_retry(),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("a batch over 150 months is stored");
+    assert_eq!((out.inserted, out.duplicates), (160, 0));
+    assert_eq!(count(&store, "SELECT count() FROM audit_events").await, 160);
+    assert!(
+        count(
+            &store,
+            "SELECT uniqExact(toYYYYMM(event_time)) FROM audit_events"
+        )
+        .await
+            > 100
+    );
+    let head = store.stored_head(p).await.expect("head").expect("some");
+    assert_eq!((head.seq, head.chained_offset), (160, 1160));
+    drop_db(&store, &db).await;
+}
+
+/// Every INSERT touches one table partition (one month), so ClickHouse applies it whole or
+/// not at all: an INSERT over several months is written one part per month and can land in
+/// part, leaving later seqs stored and earlier ones missing. Seen in `system.query_log`.
+#[tokio::test]
+async fn each_insert_touches_one_month_in_seq_order() {
+    let (store, db) = fresh("runs").await;
+    // A harmless setting with a value of its own marks this test's queries in the log.
+    let marker = (1u64 << 40) + u64::from(uuid::Uuid::new_v4().as_fields().0);
+    let logged = store
+        .clone()
+        .with_setting("log_queries", "1")
+        .with_setting("max_result_rows", &marker.to_string());
+    // Seqs 1..=7 over months 0, 0, 1, 1, 1, 2, 0: four runs.
+    let entries: Vec<Entry> = [0, 0, 1, 1, 1, 2, 0]
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| {
+            let s = i as i64 + 1;
+            let mut c = chained(0, s, s as u8);
+            c.event.event_time_us = month_us(m);
+            entry(&c, 100 + s)
+        })
+        .collect();
+    store_batch(
+        &logged,
+        0,
+        &entries,
+        &fast_retry(),
+        &CancellationToken::new(),
+    )
+    .await
+    .expect("store");
+    let sql = format!(
+        "SELECT written_rows FROM system.query_log \
+         WHERE arrayExists((n, v) -> n = 'max_result_rows' AND v = '{marker}', \
+         Settings.Names, Settings.Values) \
+         AND type = 2 AND query LIKE 'INSERT INTO `audit_events`%' \
+         ORDER BY query_start_time, written_rows"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let written: Vec<u64> = loop {
+        store
+            .client()
+            .query("SYSTEM FLUSH LOGS")
+            .execute()
+            .await
+            .expect("flush logs");
+        let w: Vec<u64> = store.client().query(&sql).fetch_all().await.expect("log");
+        if w.iter().sum::<u64>() >= 7 || std::time::Instant::now() > deadline {
+            break w;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let mut sorted = written.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![1, 1, 2, 3], "rows per INSERT: {written:?}");
+    drop_db(&store, &db).await;
+}
+
+/// The resume point is the end of the contiguous stored prefix, not the highest stored seq:
+/// rows of later months stored while earlier ones are missing (one INSERT over several
+/// partitions of an older sink, partly applied) must be refilled, not skipped forever.
+#[tokio::test]
+async fn stored_head_is_the_end_of_the_contiguous_prefix() {
+    let (store, db) = fresh("prefix").await;
+    let p = 4;
+    let insert = |seqs: Vec<i64>| {
+        let rows: Vec<AuditRow> = seqs
+            .iter()
+            .map(|&s| AuditRow::from_chained(&chained(p, s, s as u8), 100 + s))
+            .collect();
+        let store = store.clone();
+        async move {
+            let refs: Vec<&AuditRow> = rows.iter().collect();
+            store.insert_events(&refs).await.expect("insert");
+        }
+    };
+    // The later months landed, seqs 1..=3 did not.
+    insert((4..=9).collect()).await;
+    assert_eq!(store.stored_head(p).await.expect("head"), None);
+    insert(vec![1, 2]).await;
+    let head = store.stored_head(p).await.expect("head").expect("some");
+    assert_eq!((head.seq, head.chained_offset), (2, 102));
+    // An identical second copy of 2 (a zombie's) at a later offset: the earliest counts.
+    store
+        .insert_events(&[&AuditRow::from_chained(&chained(p, 2, 2), 150)])
+        .await
+        .expect("copy");
+    let head = store.stored_head(p).await.expect("head").expect("some");
+    assert_eq!((head.seq, head.chained_offset), (2, 102));
+    insert(vec![3, 11]).await;
+    let head = store.stored_head(p).await.expect("head").expect("some");
+    assert_eq!((head.seq, head.chained_offset), (9, 109));
+    insert(vec![10]).await;
+    assert_eq!(
+        store.stored_head(p).await.expect("head").map(|h| h.seq),
+        Some(11)
+    );
     drop_db(&store, &db).await;
 }

@@ -4,7 +4,11 @@
 //! Covers: both framings decoded; an undecodable record dead-lettered with stage
 //! `sink-clickhouse`; an identical second copy dropped; a different copy recorded as a fork and
 //! not stored; a checkpoint stored; and a restart under a NEW consumer group (no committed
-//! offsets at all) resuming from ClickHouse without a single duplicate row.
+//! offsets at all) resuming from ClickHouse without a single duplicate row. Also: a partly
+//! applied insert over several months resumed without a gap, and ClickHouse outages (through
+//! a proxy the test cuts) survived without loss or duplicates.
+
+use worker_runtime::testing::proxy;
 
 use std::time::{Duration, Instant};
 
@@ -52,15 +56,17 @@ async fn send(producer: &Producer, topic: &str, p: i32, payload: Vec<u8>) {
         .expect("produce");
 }
 
-fn start(
-    prefix: &str,
-    db: &str,
-    group: &str,
-) -> (
+type Running = (
     Shutdown,
     tokio::task::JoinHandle<Result<(), sink_clickhouse::Error>>,
-) {
-    let config = Config::parse_from([
+);
+
+fn start(prefix: &str, db: &str, group: &str) -> Running {
+    start_with(prefix, db, group, &ch_url(), &["--retry-max-attempts", "5"])
+}
+
+fn start_with(prefix: &str, db: &str, group: &str, url: &str, extra: &[&str]) -> Running {
+    let mut args = vec![
         "sink-clickhouse",
         "--health-addr",
         "",
@@ -69,7 +75,7 @@ fn start(
         "--topic-prefix",
         prefix,
         "--clickhouse-url",
-        &ch_url(),
+        url,
         "--clickhouse-database",
         db,
         "--group-id",
@@ -80,9 +86,9 @@ fn start(
         "200",
         "--checkpoint-max-defer-secs",
         "60",
-        "--retry-max-attempts",
-        "5",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let config = Config::parse_from(args);
     let shutdown = Shutdown::new();
     let handle = tokio::spawn(run(config, shutdown.clone()));
     (shutdown, handle)
@@ -291,4 +297,270 @@ async fn read_partition(kafka: &KafkaArgs, topic: &str) -> Vec<(Vec<u8>, Option<
     }
     all.append(&mut out.lock().expect("lock"));
     all
+}
+
+fn settings(db: &str) -> StoreSettings {
+    StoreSettings {
+        url: ch_url(),
+        database: db.to_owned(),
+        user: "default".into(),
+        password: Secret::default(),
+    }
+}
+
+/// Topics of a fresh prefix (one partition each) and the ids a test needs.
+async fn setup(tag: &str) -> (String, String, String, KafkaArgs) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("t{tag}{}.", &id[..12]);
+    let db = format!("audit_{tag}_{}", &id[..12]);
+    let kafka = KafkaArgs::local(BROKERS, &prefix);
+    let topics = kafka.topics();
+    let specs: Vec<TopicSpec> = [&topics.chained, &topics.checkpoints, &topics.rejected]
+        .into_iter()
+        .map(|t| TopicSpec {
+            name: t.clone(),
+            partitions: 1,
+            compacted: false,
+        })
+        .collect();
+    ensure_topics(&kafka, &specs, 1)
+        .await
+        .expect("Kafka must be running (deploy/local/stack.sh up)");
+    (id, prefix, db, kafka)
+}
+
+/// `event_time_us` of 2024-01-01 plus `m` × 31 days: month `m` after January 2024.
+fn month_us(m: i64) -> i64 {
+    1_704_067_200_000_000 + m * 31 * 86_400_000_000
+}
+
+/// An older sink inserted seqs 1..=9 (three months) in one INSERT, which ClickHouse applies
+/// per partition: the February and March parts landed, January's did not, and the sink
+/// crashed. A new sink (fresh group: nothing committed) must store 1..=3 too, not resume after
+/// the highest stored seq and leave a gap forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_applied_insert_over_months_is_resumed_without_a_gap() {
+    let (id, prefix, db, kafka) = setup("gap").await;
+    let topics = kafka.topics();
+    let producer = Producer::new(&kafka, "e2e-producer").expect("producer");
+    let mut rows = Vec::new();
+    for s in 1..=9i64 {
+        let mut c = chained(0, s, s as u8);
+        c.event.event_time_us = month_us((s - 1) / 3);
+        let d = producer
+            .send(
+                &OutputRecord::new(
+                    &topics.chained,
+                    Some(b"0".to_vec()),
+                    framing::encode_single_object_chained(&c).expect("enc"),
+                )
+                .with_partition(0),
+            )
+            .await
+            .expect("produce");
+        rows.push(schemas::flat::AuditRow::from_chained(&c, d.offset));
+    }
+    let store = Store::connect(&settings(&db)).await.expect("ClickHouse");
+    sink_clickhouse::migrations::apply(&store)
+        .await
+        .expect("migrate");
+    let landed: Vec<&schemas::flat::AuditRow> = rows[3..].iter().collect();
+    store.insert_events(&landed).await.expect("partial landing");
+
+    let (shutdown, handle) = start(&prefix, &db, &format!("g-{id}"));
+    wait_for(
+        &store,
+        "SELECT uniqExact(seq) FROM audit_events WHERE seq <= 3",
+        3,
+    )
+    .await;
+    assert_eq!(count(&store, "SELECT count() FROM audit_events").await, 9);
+    shutdown.trigger();
+    handle.await.expect("join").expect("clean stop");
+    let _ = store
+        .client()
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await;
+}
+
+/// ClickHouse goes away three times (the sink reaches it through a proxy the test cuts): at
+/// the sink's start, with a batch and a checkpoint due, and with live connections cut. Each
+/// time the sink keeps retrying (the proxy counts its refused attempts), then resumes; every
+/// seq ends up stored exactly once and the worker never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
+    let (id, prefix, db, kafka) = setup("out").await;
+    let topics = kafka.topics();
+    let producer = Producer::new(&kafka, "e2e-producer").expect("producer");
+    let upstream = ch_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = proxy::Proxy::start(&upstream).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port());
+    let fast = ["--retry-min-delay-ms", "20", "--retry-max-delay-ms", "200"];
+    let produce = |range: std::ops::RangeInclusive<i64>| {
+        let producer = producer.clone();
+        let topic = topics.chained.clone();
+        async move {
+            for s in range {
+                send(
+                    &producer,
+                    &topic,
+                    0,
+                    framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
+                )
+                .await;
+            }
+        }
+    };
+
+    // 1. Away at start: the sink must wait for it, not exit.
+    proxy.cut();
+    produce(1..=4).await;
+    let (shutdown, handle) = start_with(&prefix, &db, &format!("g-{id}"), &url, &fast);
+    proxy.wait_refused(0, 5).await;
+    assert!(!handle.is_finished(), "the sink stopped during the outage");
+    proxy.restore();
+    let store = loop {
+        if let Ok(store) = Store::connect(&settings(&db)).await {
+            break store;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    wait_for(&store, "SELECT count() FROM audit_events", 4).await;
+
+    // 2. Away with a batch and a checkpoint due.
+    let refused = proxy.refused();
+    proxy.cut();
+    produce(5..=8).await;
+    let cp = Checkpoint {
+        chain_id: "e2e".into(),
+        partition: 0,
+        first_seq: 1,
+        seq: 8,
+        head_hash: vec![8; 32],
+        merkle_root: vec![0; 32],
+        time_us: 1_717_200_000_000_000,
+        key_id: "k1".into(),
+        signature: vec![9; 64],
+    };
+    send(
+        &producer,
+        &topics.checkpoints,
+        0,
+        framing::encode_single_object_checkpoint(&cp).expect("enc"),
+    )
+    .await;
+    proxy.wait_refused(refused, 5).await;
+    assert!(!handle.is_finished(), "the sink stopped during the outage");
+    proxy.restore();
+    wait_for(&store, "SELECT count() FROM audit_events", 8).await;
+    wait_for(&store, "SELECT count() FROM audit_checkpoints", 1).await;
+
+    // 3. Cut while records flow (live connections aborted, requests fail part-way).
+    let refused = proxy.refused();
+    let flow = tokio::spawn(produce(9..=30));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    proxy.wait_refused(refused, 5).await;
+    proxy.restore();
+    flow.await.expect("producer task");
+    wait_for(&store, "SELECT count() FROM audit_events", 30).await;
+    assert!(!handle.is_finished(), "the sink stopped");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT uniqExact(chain_partition, seq) FROM audit_events"
+        )
+        .await,
+        30
+    );
+    assert_eq!(count(&store, "SELECT count() FROM audit_forks").await, 0);
+    shutdown.trigger();
+    handle.await.expect("join").expect("clean stop");
+    let _ = store
+        .client()
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await;
+}
+
+/// An outage longer than the consumer's `max.poll.interval.ms` (lowered to 10 s here; 5
+/// minutes by default): the sink, blocked retrying, stops polling, so librdkafka leaves the
+/// group; once ClickHouse is back the sink rejoins, resumes from ClickHouse, and stores every
+/// seq exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_poll_interval_is_survived() {
+    let (id, prefix, db, kafka) = setup("long").await;
+    let topics = kafka.topics();
+    let producer = Producer::new(&kafka, "e2e-producer").expect("producer");
+    let upstream = ch_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = proxy::Proxy::start(&upstream).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port());
+    let args = [
+        "--retry-min-delay-ms",
+        "100",
+        "--retry-max-delay-ms",
+        "100",
+        "--kafka-property",
+        "max.poll.interval.ms=10000",
+    ];
+    for s in 1..=3 {
+        send(
+            &producer,
+            &topics.chained,
+            0,
+            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
+        )
+        .await;
+    }
+    let (shutdown, handle) = start_with(&prefix, &db, &format!("g-{id}"), &url, &args);
+    let store = loop {
+        if let Ok(store) = Store::connect(&settings(&db)).await {
+            break store;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    wait_for(&store, "SELECT count() FROM audit_events", 3).await;
+    proxy.cut();
+    for s in 4..=9 {
+        send(
+            &producer,
+            &topics.chained,
+            0,
+            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
+        )
+        .await;
+    }
+    // About 20 s of refused attempts (one per 100 ms): twice the poll interval.
+    proxy.wait_refused(0, 200).await;
+    assert!(!handle.is_finished(), "the sink stopped during the outage");
+    proxy.restore();
+    for s in 10..=12 {
+        send(
+            &producer,
+            &topics.chained,
+            0,
+            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
+        )
+        .await;
+    }
+    wait_for(&store, "SELECT count() FROM audit_events", 12).await;
+    assert_eq!(
+        count(&store, "SELECT uniqExact(seq) FROM audit_events").await,
+        12
+    );
+    assert!(!handle.is_finished(), "the sink stopped");
+    shutdown.trigger();
+    handle.await.expect("join").expect("clean stop");
+    let _ = store
+        .client()
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await;
 }

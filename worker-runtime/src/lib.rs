@@ -15,6 +15,8 @@ pub mod retry;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::RuntimeError;
 pub use secret::Secret;

@@ -35,6 +35,8 @@ pub const MIGRATIONS: [&str; 3] = [
 /// 2024-06-01T00:00:00Z.
 pub const BASE_US: i64 = 1_717_200_000_000_000;
 pub const CHAIN_ID: &str = "auditctl-test";
+/// Receive time of event 0 (one hour before BASE_US).
+pub const RECEIVED_US: i64 = BASE_US - 3_600_000_000;
 
 pub fn env_or(var: &str, default: &str) -> String {
     std::env::var(var)
@@ -81,6 +83,9 @@ pub fn event(partition: u32, i: u64) -> AuditEvent {
     };
     e.event_id = format!("evt-p{partition}-{i:05}");
     e.event_time_us = BASE_US + i as i64 * 60_000_000;
+    // Received in the hour before BASE_US, in order: every checkpoint of `build_chain` (signed
+    // at BASE_US + seq) is signed after the events it covers, as the chainer's are.
+    e.receive_time_us = RECEIVED_US + i as i64;
     e.actor.id = format!("user-{}", i % 5);
     e
 }
@@ -146,6 +151,52 @@ pub fn test_key(dir: &std::path::Path, key_id: &str) -> (SigningKey, std::path::
     let path = dir.join("keyset.json");
     std::fs::write(&path, ks.to_json_pretty()).expect("write keyset");
     (key, path)
+}
+
+/// Two keys: `old`, retired at `retired_at_us`, and `new`, valid from then on; the key set
+/// holding both is written to `dir/keyset.json`.
+pub fn rotated_keys(
+    dir: &std::path::Path,
+    retired_at_us: i64,
+) -> (SigningKey, SigningKey, std::path::PathBuf) {
+    let mk = |id: &str| {
+        let doc = generate_pkcs8().expect("keygen");
+        SigningKey::from_pkcs8(id, doc.expose()).expect("key")
+    };
+    let (old, new) = (mk("old"), mk("new"));
+    let mut ks = KeySet::default();
+    ks.add(old.public_entry(0, Some(retired_at_us)))
+        .expect("add old");
+    ks.add(new.public_entry(retired_at_us, None))
+        .expect("add new");
+    let path = dir.join("keyset.json");
+    std::fs::write(&path, ks.to_json_pretty()).expect("write keyset");
+    (old, new, path)
+}
+
+/// A checkpoint over `first..=last` of `chain`, signed by `key` at `time_us` (a forger's).
+pub fn forge_checkpoint(
+    chain: &Chain,
+    key: &SigningKey,
+    first: u64,
+    last: u64,
+    time_us: i64,
+) -> Checkpoint {
+    let hashes: Vec<Hash32> = chain
+        .events
+        .iter()
+        .map(|e| e.hash.as_slice().try_into().expect("32 bytes"))
+        .collect();
+    let fields = CheckpointFields {
+        chain_id: CHAIN_ID.into(),
+        partition: chain.partition,
+        first_seq: first,
+        seq: last,
+        head_hash: hashes[last as usize - 1],
+        merkle_root: merkle::root(&hashes[first as usize - 1..last as usize]),
+        time_us,
+    };
+    sign(key, &fields).expect("sign")
 }
 
 // ---- running auditctl -------------------------------------------------------------------------

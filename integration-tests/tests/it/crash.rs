@@ -500,7 +500,7 @@ async fn crash_chainer_kill_9_repeatedly_mid_stream() -> anyhow::Result<()> {
             // It started recovering the partitions the burst reaches: strike while it works
             // (recovering another partition, chaining, delivering, checkpointing).
             poll_alive("the chainer works", DEADLINE, &[&chainer], || async {
-                let n = chainer.log_count("partition recovered from the chained tail");
+                let n = chainer.log_count("partition recovered");
                 Ok(if n > 0 { Ok(()) } else { Err(n) })
             })
             .await?;
@@ -640,7 +640,7 @@ async fn crash_two_chainers_rebalance_repeatedly() -> anyhow::Result<()> {
             stream.burst(2 * (CYCLES - cycle)).await?;
             // B recovered a partition from the chained tail and chains: strike while it works.
             poll_alive("B chains", DEADLINE, &[&a, &b], || async {
-                let n = b.log_count("partition recovered from the chained tail");
+                let n = b.log_count("partition recovered");
                 Ok(if n > 0 { Ok(()) } else { Err(n) })
             })
             .await?;

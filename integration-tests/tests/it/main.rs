@@ -3,6 +3,7 @@
 //! does that first). One test binary; every test has its own topics, consumer groups,
 //! ClickHouse database and archive prefix, and waits on conditions with deadlines.
 
+mod battery;
 mod crash;
 mod e2e;
 pub use integration_tests::harness;

@@ -43,7 +43,7 @@ mod tests;
 pub use error::CheckpointError;
 pub use keys::{generate_pkcs8, SecretBytes, SigningKey};
 pub use keyset::{KeySet, PublicKeyEntry};
-pub use proof::{check_proof, InclusionProof, ProofError, ProvenEvent};
+pub use proof::{check_event_proof, check_proof, InclusionProof, ProofError, ProvenEvent};
 pub use signing::{
     sign, sign_fields, verify, verify_signed, CheckpointFields, SignedCheckpoint,
     CHECKPOINT_DOMAIN, SIGNATURE_LEN,

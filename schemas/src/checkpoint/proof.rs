@@ -82,6 +82,14 @@ pub enum ProofError {
     HeadMismatch,
     #[error("the supplied event bytes and prev_hash do not hash to event_hash")]
     EventHashMismatch,
+    /// The proof carries no event bytes: it proves a link hash, not which event id it is.
+    #[error("the proof carries no event bytes: it proves event_hash {event_hash}, not that it is event {event_id:?} (the event id is only proven through the event bytes)")]
+    EventBytesMissing {
+        event_id: String,
+        event_hash: String,
+    },
+    #[error("the proven event bytes are event {actual:?}, but the proof names {claimed:?}")]
+    EventIdMismatch { claimed: String, actual: String },
 }
 
 impl InclusionProof {
@@ -130,6 +138,34 @@ impl InclusionProof {
     }
 }
 
+/// Check that the proof proves *the event with its `event_id`*: [`check_proof`], and the proof
+/// must carry the event bytes, which must decode (under their canonical version) to an event
+/// with that id. Without the bytes a proof only proves a hash; its `event_id` is a label anyone
+/// can change, so it is refused here ([`ProofError::EventBytesMissing`]).
+pub fn check_event_proof(keys: &KeySet, proof: &InclusionProof) -> Result<(), ProofError> {
+    check_proof(keys, proof)?;
+    let Some(ev) = &proof.event else {
+        return Err(ProofError::EventBytesMissing {
+            event_id: proof.event_id.clone(),
+            event_hash: proof.event_hash.clone(),
+        });
+    };
+    let bytes = B64
+        .decode(ev.canonical.trim())
+        .map_err(|_| ProofError::Malformed("event.canonical is not base64".into()))?;
+    let decoded: crate::event::AuditEvent =
+        crate::avro::decode_datum_version(&bytes, ev.canonical_version).map_err(|e| {
+            ProofError::Malformed(format!("event.canonical does not decode as an event: {e}"))
+        })?;
+    if decoded.event_id != proof.event_id {
+        return Err(ProofError::EventIdMismatch {
+            claimed: proof.event_id.clone(),
+            actual: decoded.event_id,
+        });
+    }
+    Ok(())
+}
+
 /// Check an inclusion proof with only the public key set.
 ///
 /// Success proves: a key of the set, valid at the checkpoint's time, signed a tree over the
@@ -139,8 +175,9 @@ impl InclusionProof {
 ///
 /// If the proof carries `event` (canonical bytes and prev hash), this also proves that those
 /// exact bytes are the event that was chained at `seq` (they hash to `event_hash` with the
-/// partition and seq). Whether the bytes decode to an event with the claimed `event_id` is up to
-/// the caller, who can decode them; without `event`, `event_id` is an unproven label.
+/// partition and seq). Whether the bytes decode to an event with the claimed `event_id` is
+/// checked by [`check_event_proof`], which a caller asking about an id must use: without
+/// `event`, `event_id` is an unproven label.
 pub fn check_proof(keys: &KeySet, proof: &InclusionProof) -> Result<(), ProofError> {
     let cp = SignedCheckpoint::try_from(&proof.checkpoint)?;
     verify_signed(keys, &cp)?;

@@ -18,6 +18,14 @@ pub(super) struct CpCheck {
     pub(super) key_id: String,
 }
 
+/// A valid checkpoint's range and signed time (coverage and backdating checks).
+#[derive(Debug, Clone)]
+pub(super) struct CpTime {
+    pub(super) first_seq: u64,
+    pub(super) time_us: i64,
+    pub(super) key_id: String,
+}
+
 /// The Merkle tree over one checkpoint range's link hashes, fed as the chain is accepted;
 /// `broken` once a leaf is missing (the root can then not be recomputed).
 #[derive(Debug, Clone)]
@@ -29,6 +37,20 @@ pub(super) struct RangeTree {
 
 impl PartitionVerifier {
     pub(super) fn add_checkpoint(&mut self, rec: &Checkpoint, keys: &KeySet) {
+        let valid = self.check_checkpoint(rec, keys);
+        if let (Ok(first), Ok(seq)) = (u64::try_from(rec.first_seq), u64::try_from(rec.seq)) {
+            // An invalid checkpoint is a finding of its own, and the range it claims proves
+            // nothing: it is taken to close any gap before it, so that one tampered checkpoint
+            // is one finding, not also a missing one.
+            let first = if valid { first.min(seq) } else { 0 };
+            let e = self.cp_cover.entry(seq).or_insert(first);
+            *e = (*e).min(first);
+        }
+    }
+
+    /// Check one checkpoint against the key set and this verification; `true` if valid (it is
+    /// then registered for the head, Merkle root and time checks).
+    fn check_checkpoint(&mut self, rec: &Checkpoint, keys: &KeySet) -> bool {
         let seq_label = rec.seq;
         let cp = match SignedCheckpoint::try_from(rec) {
             Ok(cp) => cp,
@@ -39,7 +61,7 @@ impl PartitionVerifier {
                     None,
                     e.to_string(),
                 );
-                return;
+                return false;
             }
         };
         if let Err(e) = verify_signed(keys, &cp) {
@@ -55,7 +77,7 @@ impl PartitionVerifier {
                 None,
                 format!("checkpoint at seq {seq_label}: {e}"),
             );
-            return;
+            return false;
         }
         let f = &cp.fields;
         if f.partition != self.partition {
@@ -68,7 +90,7 @@ impl PartitionVerifier {
                     f.partition, self.partition
                 ),
             );
-            return;
+            return false;
         }
         if let Some(want) = &self.opts.chain_id {
             if *want != f.chain_id {
@@ -81,7 +103,7 @@ impl PartitionVerifier {
                         f.chain_id
                     ),
                 );
-                return;
+                return false;
             }
         }
         let start = self.opts.start;
@@ -99,9 +121,15 @@ impl PartitionVerifier {
                         short(&f.head_hash)
                     ),
                 );
+                return false;
             }
-            return;
+            return true;
         }
+        self.cp_times.entry(f.seq).or_default().push(CpTime {
+            first_seq: f.first_seq,
+            time_us: f.time_us,
+            key_id: cp.key_id.clone(),
+        });
         if self.opts.expected_last_seq.is_none_or(|e| f.seq <= e) {
             self.latest_valid_cp = self.latest_valid_cp.max(Some(f.seq));
         }
@@ -119,6 +147,74 @@ impl PartitionVerifier {
             root: f.merkle_root,
             key_id: cp.key_id.clone(),
         });
+        true
+    }
+
+    /// At the end of the records: the valid checkpoints must cover contiguous ranges from the
+    /// start of the store (a gap is a deleted checkpoint: `MissingCheckpoint`), and each must
+    /// be signed no earlier than the newest receive time it covers and than every earlier
+    /// checkpoint (`CheckpointBackdated`). Neither can be faked by the signer afterwards: the
+    /// receive times are inside the chained events, and the earlier checkpoints are signed.
+    /// So a retired (or leaked old) key cannot seal new records by setting the time back into
+    /// its validity window.
+    pub(super) fn check_checkpoint_coverage_and_times(&mut self) {
+        let skew = self.opts.clock_skew_us.max(0);
+        let label = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+        let cover = std::mem::take(&mut self.cp_cover);
+        let mut expected = self.opts.start.seq.saturating_add(1);
+        for (&seq, &first) in cover.range(expected..) {
+            if first > expected {
+                let n = first - expected;
+                self.finding(
+                    label(expected),
+                    FindingKind::MissingCheckpoint,
+                    None,
+                    format!(
+                        "no checkpoint covers seq {expected}..={} ({n} seqs): the next checkpoint (seq {seq}) starts at seq {first}; a checkpoint was deleted",
+                        first - 1
+                    ),
+                );
+            }
+            expected = expected.max(seq.saturating_add(1));
+        }
+        let cps = std::mem::take(&mut self.cp_times);
+        // Newest signed time among the checkpoints of lower seq, and its seq.
+        let mut newest: Option<(i64, u64)> = None;
+        for (&seq, list) in &cps {
+            for c in list {
+                if let Some(&r) = self.recv_max.get(&seq) {
+                    if c.time_us.saturating_add(skew) < r {
+                        self.finding(
+                            label(seq),
+                            FindingKind::CheckpointBackdated,
+                            None,
+                            format!(
+                                "checkpoint (key {}, seq {}..={seq}) is signed at time_us {}, before receive_time_us {r} of an event it covers",
+                                c.key_id, c.first_seq, c.time_us
+                            ),
+                        );
+                    }
+                }
+                if let Some((t, s)) = newest {
+                    if c.time_us.saturating_add(skew) < t {
+                        self.finding(
+                            label(seq),
+                            FindingKind::CheckpointBackdated,
+                            None,
+                            format!(
+                                "checkpoint (key {}, seq {}..={seq}) is signed at time_us {}, before the checkpoint at seq {s} (time_us {t})",
+                                c.key_id, c.first_seq, c.time_us
+                            ),
+                        );
+                    }
+                }
+            }
+            if let Some(t) = list.iter().map(|c| c.time_us).max() {
+                if newest.is_none_or(|(n, _)| t > n) {
+                    newest = Some((t, seq));
+                }
+            }
+        }
     }
 
     pub(super) fn mark_from(&self, from: u64) -> u64 {

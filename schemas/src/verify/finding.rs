@@ -49,6 +49,18 @@ pub enum FindingKind {
     /// An archive manifest that cannot be read, or that describes another segment than the one
     /// its name says.
     MalformedManifest,
+    /// The valid checkpoints of a partition do not cover contiguous ranges: seqs between one
+    /// checkpoint and the next (or before the first) are signed by none. Checkpoints cover
+    /// `first_seq ..= seq` with `first_seq` = the previous checkpoint's `seq` + 1, so a gap
+    /// means a checkpoint was deleted from the store (or the chainer lost a range on recovery).
+    MissingCheckpoint,
+    /// A valid checkpoint whose signed time is before the newest `receive_time_us` of the
+    /// events it covers, or before the time of an earlier checkpoint of the partition: its
+    /// time was set back (e.g. into the validity window of a retired key).
+    CheckpointBackdated,
+    /// `--source both`: the two stores disagree (a different hash at the same (partition,
+    /// seq), or a partition present in one store and absent from the other).
+    StoreDisagreement,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -2,7 +2,8 @@
 //! stored (ClickHouse rows rebuilt into events, archive segments, the `audit.chained` topic).
 //!
 //! Feed one partition's records in the order the store returns them (normally sorted by seq)
-//! with [`PartitionVerifier::push`], then [`PartitionVerifier::finish`]. Nothing stored is
+//! with [`PartitionVerifier::push`] (or [`PartitionVerifier::push_timed`] with the event's
+//! receive time, for the backdating check), then [`PartitionVerifier::finish`]. Nothing stored is
 //! trusted: every link is recomputed from the event's canonical bytes and the *recomputed*
 //! predecessor, and checkpoints are checked against the key set and then against the recomputed
 //! head and Merkle root at their seq.
@@ -31,6 +32,8 @@
 //! | checkpoint signature bad / key unknown / key not valid then / fields malformed | | `BadCheckpointSignature` / `UnknownKey` / `KeyNotValidAt` / `MalformedCheckpoint` |
 //! | first record doesn't start where expected (seq or prev hash) | | `GenesisMismatch` |
 //! | seq < 1, or past the range's expected last seq | | `MalformedRecord` / `InsertedEvent` |
+//! | checkpoint ranges leave a gap (`first_seq` > previous `seq` + 1, or the first > start + 1) | | `MissingCheckpoint` (at the first uncovered seq) |
+//! | checkpoint signed before a receive time it covers, or before an earlier checkpoint | | `CheckpointBackdated` |
 //!
 //! Findings about stored objects rather than records are made by the reader of the store, not
 //! by this verifier, but use the same kinds so that one report names everything: an archive

@@ -42,6 +42,11 @@ pub struct VerifyOptions {
     /// i.e. that inclusion proofs for these ranges will check. Costs about three small SHA-256
     /// compressions per record.
     pub check_merkle_roots: bool,
+    /// How far (µs) a checkpoint's signed time may lie before the newest `receive_time_us` it
+    /// covers (or before an earlier checkpoint's time) without a `CheckpointBackdated`
+    /// finding: tolerance for the clocks of producers and chainer instances. It is also how
+    /// far a holder of a retired key could backdate a checkpoint undetected.
+    pub clock_skew_us: i64,
 }
 
 impl Default for VerifyOptions {
@@ -53,6 +58,7 @@ impl Default for VerifyOptions {
             max_findings: 1000,
             reorder_window: 1024,
             check_merkle_roots: true,
+            clock_skew_us: 0,
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::chain::Hash32;
 use crate::checkpoint::KeySet;
 use crate::checkpoint_record::Checkpoint;
 
-use super::checkpoints::{CpCheck, RangeTree};
+use super::checkpoints::{CpCheck, CpTime, RangeTree};
 use super::finding::{Finding, FindingKind, Severity};
 use super::options::VerifyOptions;
 use super::pending::Pending;
@@ -42,6 +42,15 @@ pub struct PartitionVerifier {
     /// Smallest seq ≥ the current one at which a checkpoint ends or a tree starts.
     pub(super) next_mark: u64,
     pub(super) latest_valid_cp: Option<u64>,
+    /// Valid checkpoints (signature, partition, chain id) by seq: their ranges and signed
+    /// times, for the coverage and backdating checks at the end.
+    pub(super) cp_times: BTreeMap<u64, Vec<CpTime>>,
+    /// Every checkpoint record handed in (valid or not), as seq -> lowest first seq: the
+    /// ranges the store claims to have signed, for the coverage check. An invalid one is
+    /// reported for itself; it must not also count as missing.
+    pub(super) cp_cover: BTreeMap<u64, u64>,
+    /// Newest `receive_time_us` seen among the records each checkpoint (by seq) covers.
+    pub(super) recv_max: BTreeMap<u64, i64>,
     pub(super) sealed_through: Option<u64>,
     pub(super) findings: Vec<Finding>,
     pub(super) dropped: u64,
@@ -76,6 +85,9 @@ impl PartitionVerifier {
             active: Vec::new(),
             next_mark: 0,
             latest_valid_cp: None,
+            cp_times: BTreeMap::new(),
+            cp_cover: BTreeMap::new(),
+            recv_max: BTreeMap::new(),
             sealed_through: None,
             findings: Vec::new(),
             dropped: 0,
@@ -135,6 +147,21 @@ impl PartitionVerifier {
             Some(p) => p.s.saturating_add(1),
             None => self.stored(self.resolved_seq.saturating_add(1)),
         }
+    }
+
+    /// [`Self::push`], with the record's `receive_time_us` (when the store can give it): the
+    /// checkpoint covering the record must not be signed before it (`CheckpointBackdated`).
+    pub fn push_timed(&mut self, r: &StoredRecord<'_>, receive_time_us: Option<i64>) {
+        if let (Some(t), Ok(s)) = (receive_time_us, u64::try_from(r.seq)) {
+            // Ranges are contiguous: the first checkpoint ending at or after `s` covers it.
+            if let Some((&cs, list)) = self.cp_times.range(s..).next() {
+                if list.iter().any(|c| c.first_seq <= s) {
+                    let e = self.recv_max.entry(cs).or_insert(t);
+                    *e = (*e).max(t);
+                }
+            }
+        }
+        self.push(r);
     }
 
     /// Feed the next record in store order.
@@ -218,6 +245,7 @@ impl PartitionVerifier {
                 ),
             );
         }
+        self.check_checkpoint_coverage_and_times();
         let ok =
             !self.dropped_errors && !self.findings.iter().any(|f| f.severity == Severity::Error);
         PartitionReport {

@@ -70,3 +70,140 @@ fn real_events_verify_and_a_changed_field_is_named() {
     assert_eq!(got, vec![(FindingKind::ModifiedEvent, 3)]);
     assert_eq!(r.findings[0].event_id.as_deref(), Some("evt-2"));
 }
+
+/// A chain of `n` real events (receive times `recv0 + i`), its link hashes, and a signer.
+struct Signed {
+    recs: Vec<(OwnedRecord, i64)>,
+    hashes: Vec<crate::chain::Hash32>,
+}
+
+fn signed_chain(n: u64, recv0: i64) -> Signed {
+    let mut head = ChainHead::genesis(0);
+    let mut buf = Vec::new();
+    let mut recs = Vec::new();
+    let mut hashes = Vec::new();
+    for i in 0..n {
+        let mut ev = sample_event();
+        ev.event_id = format!("evt-{i}");
+        ev.receive_time_us = recv0 + i as i64;
+        let l = head.next_event(&ev, &mut buf).unwrap();
+        hashes.push(l.hash);
+        let c = ChainedEvent {
+            chain_partition: 0,
+            seq: l.seq as i64,
+            prev_hash: l.prev_hash.to_vec(),
+            hash: l.hash.to_vec(),
+            canonical_version: crate::avro::CANONICAL_VERSION,
+            source_topic: "audit.enriched".into(),
+            source_partition: 0,
+            source_offset: i as i64,
+            event: ev,
+        };
+        recs.push((OwnedRecord::from_chained(&c).unwrap(), recv0 + i as i64));
+    }
+    Signed { recs, hashes }
+}
+
+fn key(id: &str) -> crate::checkpoint::SigningKey {
+    let doc = crate::checkpoint::generate_pkcs8().unwrap();
+    crate::checkpoint::SigningKey::from_pkcs8(id, doc.expose()).unwrap()
+}
+
+fn cp(
+    s: &Signed,
+    k: &crate::checkpoint::SigningKey,
+    first: u64,
+    last: u64,
+    time_us: i64,
+) -> crate::Checkpoint {
+    let fields = crate::checkpoint::CheckpointFields {
+        chain_id: "c".into(),
+        partition: 0,
+        first_seq: first,
+        seq: last,
+        head_hash: s.hashes[last as usize - 1],
+        merkle_root: crate::merkle::root(&s.hashes[first as usize - 1..last as usize]),
+        time_us,
+    };
+    crate::checkpoint::sign(k, &fields).unwrap()
+}
+
+fn run_timed(s: &Signed, keys: &KeySet, cps: &[crate::Checkpoint], timed: bool) -> PartitionReport {
+    let mut v = PartitionVerifier::new(0, keys, cps, VerifyOptions::default());
+    for (r, t) in &s.recs {
+        v.push_timed(&r.as_stored(), timed.then_some(*t));
+    }
+    v.finish()
+}
+
+fn kinds(r: &PartitionReport) -> Vec<(FindingKind, i64)> {
+    r.findings.iter().map(|f| (f.kind, f.seq)).collect()
+}
+
+/// Checkpoint ranges are contiguous; a deleted middle (or first) checkpoint leaves a gap.
+#[test]
+fn a_deleted_middle_checkpoint_is_a_missing_checkpoint() {
+    let s = signed_chain(30, 1_000);
+    let k = key("k1");
+    let mut keys = KeySet::default();
+    keys.add(k.public_entry(0, None)).unwrap();
+    let all = vec![
+        cp(&s, &k, 1, 10, 2_000),
+        cp(&s, &k, 11, 20, 2_001),
+        cp(&s, &k, 21, 30, 2_002),
+    ];
+    let r = run_timed(&s, &keys, &all, true);
+    assert!(r.ok && r.findings.is_empty(), "{:?}", r.findings);
+    assert_eq!(r.sealed_through, Some(30));
+    let r = run_timed(&s, &keys, &[all[0].clone(), all[2].clone()], true);
+    assert_eq!(kinds(&r), vec![(FindingKind::MissingCheckpoint, 11)]);
+    let r = run_timed(&s, &keys, &[all[1].clone(), all[2].clone()], true);
+    assert_eq!(kinds(&r), vec![(FindingKind::MissingCheckpoint, 1)]);
+    assert_eq!(
+        serde_json::to_value(FindingKind::MissingCheckpoint).unwrap(),
+        "missing_checkpoint"
+    );
+}
+
+/// A retired key's holder re-seals the tail with a checkpoint whose time is set back into the
+/// key's validity window: the signature and key window check, but the time is before the
+/// events it covers were received and before the previous checkpoint.
+#[test]
+fn a_checkpoint_backdated_into_a_retired_keys_window_is_found() {
+    let retired_at = 5_000;
+    let s = signed_chain(30, 10_000);
+    let (old, new) = (key("old"), key("new"));
+    let mut keys = KeySet::default();
+    keys.add(old.public_entry(0, Some(retired_at))).unwrap();
+    keys.add(new.public_entry(retired_at, None)).unwrap();
+    let honest = vec![
+        cp(&s, &new, 1, 10, 20_000),
+        cp(&s, &new, 11, 20, 20_001),
+        cp(&s, &new, 21, 30, 20_002),
+    ];
+    assert!(run_timed(&s, &keys, &honest, true).ok);
+    let mut forged = honest.clone();
+    forged[2] = cp(&s, &old, 21, 30, retired_at - 1);
+    let r = run_timed(&s, &keys, &forged, true);
+    let got = kinds(&r);
+    assert!(!r.ok);
+    assert!(
+        got.iter()
+            .all(|k| *k == (FindingKind::CheckpointBackdated, 30)),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.len(),
+        2,
+        "receive time and previous checkpoint: {got:?}"
+    );
+    // Without receive times (a store that cannot give them), the order of checkpoint times
+    // alone still catches it.
+    let r = run_timed(&s, &keys, &forged, false);
+    assert_eq!(kinds(&r), vec![(FindingKind::CheckpointBackdated, 30)]);
+    // A first checkpoint backdated is caught by the receive times.
+    let mut first = honest.clone();
+    first[0] = cp(&s, &old, 1, 10, retired_at - 1);
+    let r = run_timed(&s, &keys, &first, true);
+    assert_eq!(kinds(&r), vec![(FindingKind::CheckpointBackdated, 10)]);
+}

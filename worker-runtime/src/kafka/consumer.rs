@@ -204,3 +204,55 @@ pub async fn commit_stored(consumer: &Arc<AuditConsumer>) {
         Err(e) => tracing::warn!(error = %e, "final commit task failed"),
     }
 }
+
+/// Creates a consumer that reads `partitions` of `topic` by explicit assignment (`assign()`),
+/// with no group membership: no join, no session, no rebalance, so no group coordinator can
+/// strand it. For workers whose exactly-once does not rest on the group (the chainer resumes
+/// from its output's tail). Each partition starts at the group's committed offset (else
+/// `auto.offset.reset`); `group.id` stays set so that stored offsets can still be committed
+/// for lag monitoring where the broker accepts commits from a non-member.
+///
+/// The returned state reports one epoch per assigned partition, fixed for the consumer's life
+/// (a new consumer is a new assignment, with new epochs).
+pub fn assign_static(
+    args: &KafkaArgs,
+    settings: &ConsumerSettings,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<(Arc<AuditConsumer>, Arc<RebalanceState>), RuntimeError> {
+    let state = Arc::new(RebalanceState::default());
+    let context = TrackingContext {
+        name: settings.client_id.clone(),
+        state: state.clone(),
+    };
+    let mut cfg = args.client_config(&settings.client_id);
+    cfg.set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &settings.auto_offset_reset)
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false");
+    for kv in &args.properties {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.set(k.trim(), v.trim());
+        }
+    }
+    let consumer: AuditConsumer = cfg.create_with_context(context).map_err(|e| {
+        RuntimeError::kafka(
+            format!("creating consumer for {topic} partitions {partitions:?}"),
+            e,
+        )
+    })?;
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Stored)
+            .map_err(|e| RuntimeError::kafka(format!("assigning {topic}/{p}"), e))?;
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| RuntimeError::kafka(format!("assigning {topic} {partitions:?}"), e))?;
+    tracing::info!(consumer = %settings.client_id, %topic, ?partitions, "partitions assigned statically (no consumer group membership)");
+    state.on_assign(&tpl);
+    Ok((Arc::new(consumer), state))
+}

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod dlq;
+pub mod liveness;
 pub mod offsets;
 pub mod pipeline;
 pub mod producer;
@@ -74,6 +75,23 @@ pub struct KafkaArgs {
         value_delimiter = ';'
     )]
     pub properties: Vec<String>,
+    /// Consumer watchdog: a consumer that holds no partition while its input has lag nobody
+    /// consumes, or whose partitions make no progress, for this long (seconds) reports
+    /// not-ready on `/readyz` and restarts (leaves and re-joins its group). 0 disables it.
+    #[arg(
+        long = "consumer-stall-timeout-secs",
+        env = "AUDIT_CONSUMER_STALL_TIMEOUT_SECS",
+        default_value_t = DEFAULT_CONSUMER_STALL_TIMEOUT_SECS
+    )]
+    #[serde(default = "default_consumer_stall_timeout_secs")]
+    pub consumer_stall_timeout_secs: u64,
+}
+
+/// Default of `--consumer-stall-timeout-secs`.
+pub const DEFAULT_CONSUMER_STALL_TIMEOUT_SECS: u64 = 60;
+
+fn default_consumer_stall_timeout_secs() -> u64 {
+    DEFAULT_CONSUMER_STALL_TIMEOUT_SECS
 }
 
 impl Default for KafkaArgs {
@@ -86,6 +104,7 @@ impl Default for KafkaArgs {
             sasl_username: String::new(),
             sasl_password: Secret::default(),
             properties: Vec::new(),
+            consumer_stall_timeout_secs: DEFAULT_CONSUMER_STALL_TIMEOUT_SECS,
         }
     }
 }

@@ -5,23 +5,46 @@
 //! dead-letter record). They are enqueued on the idempotent producer at once, and the input
 //! offset is stored only after the broker acknowledged *all* of them *and* every earlier input
 //! offset of the partition ([`OffsetTracker`]). A delivery that fails even after librdkafka's
-//! retries stops the worker without storing the offset, so the input is redelivered on restart:
-//! duplicates are possible (the chainer removes them by event id), loss is not.
+//! retries (broker restart, outage longer than `message.timeout.ms`) is not stored: the loop
+//! drains, commits the durable prefix, takes a new producer, waits for the broker and re-reads
+//! from the committed offsets, by itself ([`run_with_liveness`]). Valid outputs may then be
+//! duplicated (the chainer removes them by event id); nothing is lost.
+//!
+//! Dead letters are written exactly once: those of input partition `p` go to one partition of
+//! the rejected topic, whose tail is read before the first dead letter of each assignment of
+//! `p`, and inputs found there are acknowledged without writing them again. Limits (each gives
+//! a duplicate dead letter at worst, never a loss): a dead letter further back than
+//! `dead_letter_scan_records` records whose input offset was not committed; a rebalance that
+//! moves `p` to another live worker while the old owner still has its dead letters in flight;
+//! a change of the rejected topic's partition count.
 //!
 //! In-flight records are bounded, so a slow broker slows consumption instead of growing memory.
+//!
+//! A consumer watchdog ([`super::liveness`]) runs beside the loop: when the consumer holds no
+//! partition while the input has lag nobody consumes, or its partitions stop moving, `/readyz`
+//! says why, and the loop drains what is in flight, commits what is durable, and leaves and
+//! re-joins its group (a broker's coordinator can leave a group with no working assignment;
+//! see docs/local-stack.md).
 
+use super::admin;
 use super::consumer::{commit_stored, store_next_offset, AuditConsumer, RebalanceState};
+use super::dlq;
+use super::liveness::{self, ConsumerProbe, LivenessSettings};
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::producer::{await_delivery, Producer};
 use super::record::{InputRecord, OutputRecord};
+use super::KafkaArgs;
 use crate::error::RuntimeError;
 use crate::health::Readiness;
 use crate::shutdown::Shutdown;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Notify;
 
 /// A stage's transformation of one input record.
 pub trait Processor: Send + Sync + 'static {
@@ -42,11 +65,79 @@ pub struct PipelineSettings {
     /// How long shutdown waits for in-flight deliveries before giving up on them (their input
     /// offsets are then not stored, so they are redelivered).
     pub drain_timeout: Duration,
+    /// The worker's Kafka settings: the rejected topic's name, and the client the dead-letter
+    /// scans and the broker probe use.
+    pub kafka: KafkaArgs,
+    /// How many records at the tail of a rejected partition are read, on each (re)assignment
+    /// of an input partition, to find its dead letters already written
+    /// ([`dlq::already_dead_lettered`]). A dead letter further back whose input offset was not
+    /// committed is written again (a duplicate, never a loss).
+    pub dead_letter_scan_records: i64,
 }
+
+/// Default of [`PipelineSettings::dead_letter_scan_records`].
+pub const DEFAULT_DEAD_LETTER_SCAN_RECORDS: i64 = 10_000;
+
+/// The `/readyz` condition that fails while deliveries fail (broker restart or outage) and the
+/// loop is re-reading from its committed offsets.
+pub const CHECK_DELIVERY: &str = "kafka_delivery";
+
+/// Longest wait between two attempts while the broker is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a dead-letter scan waits for the next record before giving up (then retried).
+const SCAN_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Completion = (TopicPartition, i64, u64, Result<(), RuntimeError>);
 
-/// Runs until shutdown (then drains and commits) or until a fatal error.
+/// Why a step of the loop failed.
+enum Fault {
+    /// The worker cannot go on (a processor fault, a configuration fault).
+    Fatal(RuntimeError),
+    /// Kafka could not take or confirm a record (broker restart, outage, timeout): the loop
+    /// recovers by itself ([`recover`]).
+    Transient(RuntimeError),
+}
+
+impl From<RuntimeError> for Fault {
+    /// Kafka errors are transient unless they say the configuration is wrong: those would fail
+    /// the same way forever.
+    fn from(e: RuntimeError) -> Self {
+        match &e {
+            RuntimeError::Kafka { source, .. } if is_config_fault(source) => Fault::Fatal(e),
+            RuntimeError::Kafka { .. } | RuntimeError::Timeout { .. } => Fault::Transient(e),
+            _ => Fault::Fatal(e),
+        }
+    }
+}
+
+/// Whether a producing/scanning error says the configuration (credentials, permissions,
+/// sizes) is wrong: retrying cannot help, so the worker stops and says why. A missing topic is
+/// not among them: the topics were checked at start, and a restarting broker may briefly
+/// report them unknown.
+pub fn is_config_fault(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::KafkaError;
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e {
+        KafkaError::ClientConfig(..) | KafkaError::ClientCreation(_) => true,
+        _ => matches!(
+            e.rdkafka_error_code(),
+            Some(
+                C::TopicAuthorizationFailed
+                    | C::ClusterAuthorizationFailed
+                    | C::SaslAuthenticationFailed
+                    | C::Authentication
+                    | C::InvalidMessageSize
+                    | C::MessageSizeTooLarge
+                    | C::InvalidTopic
+                    | C::InvalidRecord
+                    | C::InvalidArgument
+            )
+        ),
+    }
+}
+
+/// Runs until shutdown (then drains and commits) or until a fatal error, with the consumer
+/// watchdog at its default stall timeout ([`LivenessSettings::default`]).
 pub async fn run<P: Processor>(
     consumer: Arc<AuditConsumer>,
     rebalance: Arc<RebalanceState>,
@@ -56,89 +147,406 @@ pub async fn run<P: Processor>(
     ready: Readiness,
     shutdown: Shutdown,
 ) -> Result<(), RuntimeError> {
-    let mut tracker = OffsetTracker::new();
-    let mut in_flight = FuturesUnordered::new();
+    run_with_liveness(
+        consumer,
+        rebalance,
+        producer,
+        processor,
+        settings,
+        LivenessSettings::default(),
+        ready,
+        shutdown,
+    )
+    .await
+}
+
+/// The dead letters already in the rejected topic, per input partition and assignment epoch.
+struct DeadLetters {
+    rejected: String,
+    /// Partition count of the rejected topic (read once, at the first dead letter).
+    partitions: Option<i32>,
+    /// (input partition) → (epoch it was read for, source offsets already dead-lettered).
+    known: HashMap<TopicPartition, (u64, HashSet<i64>)>,
+}
+
+type InFlight = BoxFuture<'static, Completion>;
+
+/// State of the loop that the recovery path resets.
+struct Loop {
+    tracker: OffsetTracker,
+    in_flight: FuturesUnordered<InFlight>,
+    producer: Producer,
+    dead_letters: DeadLetters,
+    /// Current wait between recovery attempts; doubles while the broker stays away.
+    backoff: Duration,
+    /// A delivery failed and no delivery has succeeded since.
+    degraded: bool,
+}
+
+/// [`run`] with explicit watchdog settings: `LivenessSettings::for_consumer(&config.kafka,
+/// &consumer_settings)` (stall timeout from the options, and the group to heal).
+///
+/// A delivery failure (broker restart, outage longer than `message.timeout.ms`) does not stop
+/// the loop: it drains what is in flight, commits the durable prefix, replaces the producer
+/// (librdkafka may have declared it fatal, or the broker may refuse its sequence), waits (with backoff) until the broker answers, and re-reads
+/// from the committed offsets, with `/readyz` not ready ([`CHECK_DELIVERY`]) meanwhile. Only
+/// processor faults and configuration faults ([`is_config_fault`]) end it.
+///
+/// Dead letters of input partition `p` go to partition `p mod n` of the rejected topic; before
+/// the first dead letter of each assignment of `p`, the tail of that partition is read and the
+/// inputs already dead-lettered are acknowledged without producing them again, so a restart
+/// (crash, rebalance, recovery) does not duplicate them.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_liveness<P: Processor>(
+    consumer: Arc<AuditConsumer>,
+    rebalance: Arc<RebalanceState>,
+    producer: Producer,
+    processor: Arc<P>,
+    settings: PipelineSettings,
+    liveness: LivenessSettings,
+    ready: Readiness,
+    shutdown: Shutdown,
+) -> Result<(), RuntimeError> {
     let stage = settings.stage;
+    let mut st = Loop {
+        tracker: OffsetTracker::new(),
+        in_flight: FuturesUnordered::new(),
+        producer,
+        dead_letters: DeadLetters {
+            rejected: settings.kafka.topics().rejected,
+            partitions: None,
+            known: HashMap::new(),
+        },
+        backoff: Duration::from_secs(1),
+        degraded: false,
+    };
+    let restart = Arc::new(Notify::new());
+    let watchdog_stop = shutdown.child();
+    let watchdog = {
+        let probe = ConsumerProbe::new(
+            consumer.clone(),
+            liveness::subscription(&consumer)?,
+            liveness.probe_timeout,
+        );
+        let restart = restart.clone();
+        tokio::spawn(liveness::watch(
+            probe,
+            stage,
+            liveness,
+            ready.clone(),
+            move |_reason| restart.notify_one(),
+            watchdog_stop.clone(),
+        ))
+    };
     ready.set(true);
     let result: Result<(), RuntimeError> = loop {
-        tokio::select! {
+        let step: Result<(), Fault> = tokio::select! {
             biased;
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
-                if let Err(e) = complete(&consumer, &mut tracker, done, stage) {
-                    break Err(e);
+            Some(done) = st.in_flight.next(), if !st.in_flight.is_empty() => {
+                let delivered = done.3.is_ok();
+                let r = complete(&consumer, &mut st.tracker, done, stage).map_err(Fault::from);
+                if delivered && st.degraded {
+                    st.degraded = false;
+                    st.backoff = Duration::from_secs(1);
+                    ready.set_check(CHECK_DELIVERY, true, "deliveries succeed");
+                    tracing::info!(stage, "deliveries succeed again");
                 }
+                r
             }
             _ = shutdown.cancelled() => break Ok(()),
-            msg = consumer.recv(), if in_flight.len() < settings.max_in_flight => {
-                let input = match msg {
-                    Ok(m) => InputRecord::from_message(&m),
+            _ = restart.notified() => {
+                // Keep what is done: drain, store, commit; then leave and re-join the group.
+                // Whatever does not finish in time is not stored and is redelivered.
+                let drained = drain(
+                    &consumer, &mut st.tracker, &mut st.in_flight, stage, settings.drain_timeout,
+                )
+                .await;
+                commit_stored(&consumer).await;
+                match drained {
+                    Err(e) => Err(Fault::from(e)),
+                    Ok(()) => liveness::resubscribe(&consumer, stage).await.map_err(Fault::from),
+                }
+            }
+            msg = consumer.recv(), if st.in_flight.len() < settings.max_in_flight => {
+                match msg {
+                    Ok(m) => {
+                        let input = InputRecord::from_message(&m);
+                        drop(m);
+                        handle(&consumer, &rebalance, &*processor, &settings, &mut st, input).await
+                    }
+                    // librdkafka reports transient broker/network errors here and keeps
+                    // retrying by itself; only fatal errors end the loop.
+                    Err(e) if is_fatal(&e) => Err(Fault::Fatal(RuntimeError::kafka("consuming", e))),
                     Err(e) => {
-                        // librdkafka reports transient broker/network errors here and keeps
-                        // retrying by itself; only fatal errors end the loop.
-                        if is_fatal(&e) {
-                            break Err(RuntimeError::kafka("consuming", e));
-                        }
                         tracing::warn!(stage, error = %e, "consumer error (retrying)");
-                        continue;
+                        Ok(())
                     }
-                };
-                let tp = (input.topic.clone(), input.partition);
-                let Some(epoch) = rebalance.epoch(&input.topic, input.partition) else {
-                    // A record of a partition revoked since it was fetched: its new owner
-                    // will read it again.
-                    continue;
-                };
-                tracker.begin(&tp, input.offset, epoch);
-                let outputs = match processor.process(&input).await {
-                    Ok(o) => o,
+                }
+            }
+        };
+        match step {
+            Ok(()) => {}
+            Err(Fault::Fatal(e)) => break Err(e),
+            Err(Fault::Transient(e)) => {
+                match recover(&consumer, &settings, &mut st, &ready, &shutdown, e).await {
+                    Ok(()) => {}
                     Err(e) => break Err(e),
-                };
-                let mut deliveries = Vec::with_capacity(outputs.len());
-                let mut enqueue_error = None;
-                for out in &outputs {
-                    match producer.enqueue(out).await {
-                        Ok(d) => deliveries.push((d, out.topic.clone())),
-                        Err(e) => { enqueue_error = Some(e); break; }
-                    }
                 }
-                if let Some(e) = enqueue_error {
-                    break Err(e);
-                }
-                metrics::counter!("audit_records_in_total", "stage" => stage).increment(1);
-                let offset = input.offset;
-                in_flight.push(async move {
-                    let mut result = Ok(());
-                    for (d, topic) in deliveries {
-                        if let Err(e) = await_delivery(d, &topic).await {
-                            result = Err(e);
-                            break;
-                        }
-                    }
-                    (tp, offset, epoch, result)
-                });
             }
         }
     };
     ready.set(false);
+    watchdog_stop.trigger();
     // Drain: what is already enqueued gets its chance to be acknowledged and stored.
-    let drain = async {
+    if let Err(e) = drain(
+        &consumer,
+        &mut st.tracker,
+        &mut st.in_flight,
+        stage,
+        settings.drain_timeout,
+    )
+    .await
+    {
+        tracing::warn!(stage, error = %e, "delivery failed while draining; its input will be redelivered");
+    }
+    commit_stored(&consumer).await;
+    // Not awaited: a measurement in progress may wait for broker timeouts.
+    watchdog.abort();
+    result
+}
+
+/// Processes one input and enqueues its outputs.
+async fn handle<P: Processor>(
+    consumer: &Arc<AuditConsumer>,
+    rebalance: &RebalanceState,
+    processor: &P,
+    settings: &PipelineSettings,
+    st: &mut Loop,
+    input: InputRecord,
+) -> Result<(), Fault> {
+    let stage = settings.stage;
+    let tp = (input.topic.clone(), input.partition);
+    let Some(epoch) = rebalance.epoch(&input.topic, input.partition) else {
+        // A record of a partition revoked since it was fetched: its new owner will read it
+        // again.
+        return Ok(());
+    };
+    st.tracker.begin(&tp, input.offset, epoch);
+    let mut outputs = processor.process(&input).await.map_err(Fault::Fatal)?;
+    if outputs.iter().any(|o| o.topic == st.dead_letters.rejected) {
+        let skip = dead_letter_seen(consumer, settings, st, &input, epoch).await?;
+        let rejected = st.dead_letters.rejected.clone();
+        if skip {
+            metrics::counter!("audit_dead_letters_skipped_total", "stage" => stage).increment(1);
+            tracing::debug!(stage, topic = %input.topic, partition = input.partition,
+                offset = input.offset, "dead letter already written; not writing it again");
+            outputs.retain(|o| o.topic != rejected);
+        }
+        let n = st.dead_letters.partitions.unwrap_or(1);
+        for o in outputs.iter_mut().filter(|o| o.topic == rejected) {
+            o.partition = Some(dlq::rejected_partition(input.partition, n));
+        }
+    }
+    let mut deliveries = Vec::with_capacity(outputs.len());
+    for out in &outputs {
+        // An enqueue failure leaves the input begun and never completed: its offset (and every
+        // later one of the partition) is not stored until it is read and delivered again.
+        let d = st.producer.enqueue(out).await.map_err(Fault::from)?;
+        deliveries.push((d, out.topic.clone()));
+    }
+    metrics::counter!("audit_records_in_total", "stage" => stage).increment(1);
+    let offset = input.offset;
+    st.in_flight.push(Box::pin(async move {
+        let mut result = Ok(());
+        for (d, topic) in deliveries {
+            if let Err(e) = await_delivery(d, &topic).await {
+                result = Err(e);
+                break;
+            }
+        }
+        (tp, offset, epoch, result)
+    }));
+    Ok(())
+}
+
+/// Whether `input` (whose outputs include a dead letter) was already dead-lettered by an
+/// earlier run. The first time per assignment epoch of its partition, reads the tail of its
+/// rejected partition — after draining what is in flight, so that no dead letter of ours is
+/// still on its way and missed by the read.
+async fn dead_letter_seen(
+    consumer: &Arc<AuditConsumer>,
+    settings: &PipelineSettings,
+    st: &mut Loop,
+    input: &InputRecord,
+    epoch: u64,
+) -> Result<bool, Fault> {
+    let tp = (input.topic.clone(), input.partition);
+    let fresh = st
+        .dead_letters
+        .known
+        .get(&tp)
+        .is_some_and(|(e, _)| *e == epoch);
+    if !fresh {
+        drain(
+            consumer,
+            &mut st.tracker,
+            &mut st.in_flight,
+            settings.stage,
+            settings.drain_timeout,
+        )
+        .await?;
+        if !st.in_flight.is_empty() {
+            return Err(Fault::Transient(RuntimeError::Timeout {
+                context: "waiting for deliveries before reading the dead letters".into(),
+                after: settings.drain_timeout,
+            }));
+        }
+        let n = match st.dead_letters.partitions {
+            Some(n) => n,
+            None => {
+                let n = admin::partition_count(&settings.kafka, &st.dead_letters.rejected).await?;
+                st.dead_letters.partitions = Some(n);
+                n
+            }
+        };
+        let found = dlq::already_dead_lettered(
+            &settings.kafka,
+            &st.dead_letters.rejected,
+            dlq::rejected_partition(input.partition, n),
+            settings.stage,
+            &input.topic,
+            input.partition,
+            settings.dead_letter_scan_records,
+            SCAN_IDLE_TIMEOUT,
+        )
+        .await?;
+        st.dead_letters.known.insert(tp.clone(), (epoch, found));
+    }
+    Ok(st
+        .dead_letters
+        .known
+        .get(&tp)
+        .is_some_and(|(_, seen)| seen.contains(&input.offset)))
+}
+
+/// Rides out a delivery failure: drains what is in flight and commits the durable prefix,
+/// replaces the producer, waits (backing off) until the broker
+/// answers, then leaves and re-joins the group so that every partition is read again from its
+/// committed offset. `/readyz` says why meanwhile. Errs only on a fatal fault.
+async fn recover(
+    consumer: &Arc<AuditConsumer>,
+    settings: &PipelineSettings,
+    st: &mut Loop,
+    ready: &Readiness,
+    shutdown: &Shutdown,
+    cause: RuntimeError,
+) -> Result<(), RuntimeError> {
+    let stage = settings.stage;
+    metrics::counter!("audit_delivery_failures_total", "stage" => stage).increment(1);
+    tracing::warn!(stage, error = %cause, "delivery failed; re-reading from the committed offsets");
+    ready.set_check(
+        CHECK_DELIVERY,
+        false,
+        format!("{cause}; re-reading from the committed offsets"),
+    );
+    st.degraded = true;
+    if let Err(e) = drain(
+        consumer,
+        &mut st.tracker,
+        &mut st.in_flight,
+        stage,
+        settings.drain_timeout,
+    )
+    .await
+    {
+        tracing::warn!(stage, error = %e, "more deliveries failed while draining");
+    }
+    // What did not complete is dropped: not stored, so read again.
+    st.in_flight = FuturesUnordered::new();
+    st.tracker = OffsetTracker::new();
+    st.dead_letters.known.clear();
+    commit_stored(consumer).await;
+    // A fresh producer (new producer id) after every failure, not only after a fatal one:
+    // once records timed out, the idempotent producer's sequence numbers may no longer match
+    // what the broker expects, and tansu then refuses every later batch of that producer
+    // ("Unknown broker error") without librdkafka declaring it fatal.
+    match st.producer.fatal_error() {
+        Some((code, reason)) => {
+            tracing::warn!(stage, ?code, %reason, "producer hit a fatal error; making a new one")
+        }
+        None => tracing::info!(stage, "making a new producer after the failed deliveries"),
+    }
+    st.producer = st.producer.recreate()?;
+    // Back off until the broker answers a metadata request for the rejected topic (it also
+    // refreshes that topic's partition count).
+    loop {
+        let wait = st.backoff;
+        st.backoff = (st.backoff * 2).min(MAX_BACKOFF);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match admin::partition_count(&settings.kafka, &st.dead_letters.rejected).await {
+            Ok(n) => {
+                st.dead_letters.partitions = Some(n);
+                break;
+            }
+            Err(e) => {
+                if let Fault::Fatal(e) = Fault::from(e) {
+                    return Err(e);
+                }
+                ready.set_check(
+                    CHECK_DELIVERY,
+                    false,
+                    format!(
+                        "{cause}; broker not answering, retrying in {:?}",
+                        st.backoff
+                    ),
+                );
+            }
+        }
+    }
+    ready.set_check(
+        CHECK_DELIVERY,
+        false,
+        format!("{cause}; broker answers again, re-reading from the committed offsets"),
+    );
+    match liveness::resubscribe(consumer, stage).await {
+        Ok(()) => Ok(()),
+        Err(e) => match Fault::from(e) {
+            Fault::Fatal(e) => Err(e),
+            Fault::Transient(e) => {
+                tracing::warn!(stage, error = %e, "restarting the consumer failed; retrying");
+                Box::pin(recover(consumer, settings, st, ready, shutdown, e)).await
+            }
+        },
+    }
+}
+/// Waits (at most `timeout`) for the in-flight deliveries and stores the offsets they complete.
+/// Returns the first delivery failure (after draining the rest); a timeout is only logged:
+/// what is not delivered is not stored, so it is redelivered.
+async fn drain<F: Future<Output = Completion>>(
+    consumer: &AuditConsumer,
+    tracker: &mut OffsetTracker,
+    in_flight: &mut FuturesUnordered<F>,
+    stage: &'static str,
+    timeout: Duration,
+) -> Result<(), RuntimeError> {
+    let mut first_error = None;
+    let all = async {
         while let Some(done) = in_flight.next().await {
-            if let Err(e) = complete(&consumer, &mut tracker, done, stage) {
-                tracing::warn!(stage, error = %e, "delivery failed while draining; its input will be redelivered");
+            if let Err(e) = complete(consumer, tracker, done, stage) {
+                first_error.get_or_insert(e);
             }
         }
     };
-    if tokio::time::timeout(settings.drain_timeout, drain)
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(timeout, all).await.is_err() {
         tracing::warn!(
             stage,
             "drain timed out; undelivered inputs will be redelivered"
         );
     }
-    commit_stored(&consumer).await;
-    result
+    first_error.map_or(Ok(()), Err)
 }
 
 fn complete(

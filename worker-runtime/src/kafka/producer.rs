@@ -18,6 +18,8 @@ pub struct Delivered {
 #[derive(Clone)]
 pub struct Producer {
     inner: FutureProducer,
+    /// The settings it was made with, to make a fresh one after a fatal error ([`Self::recreate`]).
+    config: rdkafka::ClientConfig,
 }
 
 impl std::fmt::Debug for Producer {
@@ -29,10 +31,27 @@ impl std::fmt::Debug for Producer {
 impl Producer {
     pub fn new(args: &KafkaArgs, client_id: &str) -> Result<Self, RuntimeError> {
         let cfg = Self::client_config(args, client_id);
-        let inner: FutureProducer = cfg
+        Self::from_config(cfg)
+    }
+
+    fn from_config(config: rdkafka::ClientConfig) -> Result<Self, RuntimeError> {
+        let inner: FutureProducer = config
             .create()
             .map_err(|e| RuntimeError::kafka("creating producer", e))?;
-        Ok(Producer { inner })
+        Ok(Producer { inner, config })
+    }
+
+    /// The fatal error librdkafka raised on this producer, if any: an idempotent producer that
+    /// can no longer guarantee order or no-duplicates (e.g. after a broker lost its producer
+    /// state in a restart) refuses every further record, and only a new producer can go on.
+    pub fn fatal_error(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.inner.client().fatal_error()
+    }
+
+    /// A new producer with the same settings (a new producer id, so a fresh idempotence
+    /// session). Clones of `self` keep the old one.
+    pub fn recreate(&self) -> Result<Self, RuntimeError> {
+        Self::from_config(self.config.clone())
     }
 
     /// The producer settings every worker uses (benchmarks measure their baseline with them).
@@ -43,8 +62,8 @@ impl Producer {
             .set("acks", "all")
             .set("linger.ms", "5")
             .set("compression.type", "lz4")
-            // Long enough to ride out a broker restart; a delivery that still fails stops the
-            // worker without storing offsets, so nothing is lost.
+            // Long enough to ride out a broker restart; a delivery that still fails is not
+            // stored, and the pipeline re-reads it (`pipeline::run_with_liveness`).
             .set("message.timeout.ms", "300000");
         // User properties win over ours.
         for kv in &args.properties {

@@ -1,0 +1,325 @@
+//! The HTTP front door end to end against the real broker (127.0.0.1:9092; FAILS when it is
+//! absent): ingest's `run` with `--http-addr`, a real HTTP client, and the validated topic read
+//! back. A 202 is sent after the broker acknowledged, so the events are on the topic when the
+//! answer arrives; no polling is needed for them.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::StatusCode;
+use schemas::{identity, IngressChannel};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "tok-acme-3b8f";
+const TEAM_TOKEN: &str = "tok-acme-red-91c2";
+const SLOW_TOKEN: &str = "tok-slow-77aa";
+
+fn tokens() -> String {
+    [
+        token_entry(TOKEN, "acme", ""),
+        token_entry(TEAM_TOKEN, "acme", "red"),
+        token_entry(SLOW_TOKEN, "slowco", ""),
+    ]
+    .join(";")
+}
+
+async fn post(
+    base: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/v1/events"))
+        .header("content-type", content_type)
+        .body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body: Value = resp.json().await.expect("JSON answer");
+    (status, body, headers)
+}
+
+fn ids(body: &Value) -> Vec<(u64, String)> {
+    body["accepted"]
+        .as_array()
+        .expect("accepted[]")
+        .iter()
+        .map(|a| {
+            (
+                a["index"].as_u64().expect("index"),
+                a["eventId"].as_str().expect("eventId").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn errors(body: &Value) -> Vec<(u64, u64, String, String)> {
+    body["errors"]
+        .as_array()
+        .expect("errors[]")
+        .iter()
+        .map(|e| {
+            (
+                e["index"].as_u64().expect("index"),
+                e["status"].as_u64().expect("status"),
+                e["code"].as_str().expect("code").to_owned(),
+                e["path"].as_str().expect("path").to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_validated_stamped_and_acknowledged() {
+    let run = start_ingest(
+        &tokens(),
+        &[
+            "--strict-labels=false",
+            "--http-max-batch",
+            "150",
+            "--http-max-body-bytes",
+            "262144",
+            "--http-rate-per-sec",
+            "0.01",
+            "--http-rate-burst",
+            "200",
+        ],
+    )
+    .await;
+    let base = run.base.clone();
+    let json_ct = "application/json";
+
+    // One event in seed 000's structure, with its own id.
+    let one = seed_event(json!({"id": "evt-own-1", "requestId": "r1"}));
+    let (status, body, _) = post(&base, Some(TOKEN), json_ct, one.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(ids(&body), vec![(0, "evt-own-1".to_owned())]);
+    assert!(errors(&body).is_empty());
+
+    // An array: valid without id, invalid, another tenant, a flat event of the own tenant.
+    let arr = json!([
+        seed_event(json!({"requestId": "r2"})),
+        seed_event(json!({"requestId": "r3", "timestamp": null})),
+        seed_event(json!({"requestId": "r4", "tenantId": "evil"})),
+        {"eventType": "login", "timestamp": "2024-01-15T10:31:00Z", "userId": "u9",
+         "source": "portal", "tenantId": "acme", "requestId": "r5"},
+    ]);
+    let (status, body, _) = post(&base, Some(TOKEN), json_ct, arr.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let accepted = ids(&body);
+    assert_eq!(
+        accepted.iter().map(|a| a.0).collect::<Vec<_>>(),
+        vec![0, 3],
+        "{body}"
+    );
+    let assigned = uuid::Uuid::parse_str(&accepted[0].1).expect("assigned id is a UUID");
+    assert_eq!(
+        assigned.get_version_num(),
+        7,
+        "UUIDv7 assigned at acceptance"
+    );
+    assert_eq!(
+        errors(&body),
+        vec![
+            (1, 422, "missing_field".into(), "event.timestamp".into()),
+            (2, 403, "tenant_mismatch".into(), "event.tenantId".into()),
+        ]
+    );
+
+    // NDJSON with a broken line, invalid UTF-8 and a blank line; a team token.
+    let mut nd = Vec::new();
+    nd.extend_from_slice(
+        seed_event(json!({"requestId": "r6"}))
+            .to_string()
+            .as_bytes(),
+    );
+    nd.extend_from_slice(b"\n{\"event\": {\"eventType\": \n\n");
+    nd.extend_from_slice(b"{\"event\": \"\xff\xfe\"}\n");
+    nd.extend_from_slice(
+        seed_event(json!({"requestId": "r7", "teamId": "blue"}))
+            .to_string()
+            .as_bytes(),
+    );
+    nd.push(b'\n');
+    let (status, body, _) = post(&base, Some(TEAM_TOKEN), "application/x-ndjson", nd).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(ids(&body).iter().map(|a| a.0).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(
+        errors(&body),
+        vec![
+            (1, 422, "invalid_json".into(), String::new()),
+            (2, 422, "not_utf8".into(), String::new()),
+            (3, 403, "team_not_allowed".into(), "event.teamId".into()),
+        ]
+    );
+
+    // Nothing accepted: 422, 403.
+    let (status, body, _) = post(&base, Some(TOKEN), json_ct, "[1, {\"a\": 2}]").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(errors(&body)[0].2, "not_an_object");
+    let evil = seed_event(json!({"tenantId": "evil"})).to_string();
+    let (status, _, _) = post(&base, Some(TOKEN), json_ct, evil).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // A retry with the returned ids is the same event for the chainer's dedup.
+    let retry = json!([seed_event(json!({"requestId": "r2", "id": accepted[0].1}))]);
+    let (status, body, _) = post(&base, Some(TOKEN), json_ct, retry.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(ids(&body)[0].1, accepted[0].1);
+
+    // Whole-request errors.
+    let (status, body, headers) = post(&base, None, json_ct, "{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, _) = post(&base, Some("wrong"), json_ct, "{}").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body, _) = post(&base, Some(TOKEN), "text/plain", "{}").await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(body["error"]["code"], "unsupported_media_type");
+    let (status, body, _) = post(&base, Some(TOKEN), json_ct, "[{\"a\":").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_body");
+    let many = Value::Array(vec![json!({}); 151]).to_string();
+    let (status, body, _) = post(&base, Some(TOKEN), json_ct, many).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "batch_too_large");
+    let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(300_000));
+    let (status, body, _) = post(&base, Some(TOKEN), json_ct, huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "body_too_large");
+
+    // Rate limit: 200 events of burst, 0.01/s refill.
+    let batch = |prefix: &str, n: usize| {
+        Value::Array(
+            (0..n)
+                .map(|i| seed_event(json!({"requestId": format!("{prefix}{i}")})))
+                .collect(),
+        )
+        .to_string()
+    };
+    let (status, body, _) = post(&base, Some(SLOW_TOKEN), json_ct, batch("s", 150)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(ids(&body).len(), 150);
+    let (status, body, headers) = post(&base, Some(SLOW_TOKEN), json_ct, batch("s", 100)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let retry_after: u64 = headers["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
+    assert!(retry_after >= 1, "{retry_after}");
+    // Another token's budget is its own.
+    let (status, _, _) = post(&base, Some(TEAM_TOKEN), json_ct, batch("t", 1)).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+
+    // Health on the door's listener, once the Kafka pipeline is ready; metrics beside it.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let r = client
+            .get(format!("{base}/v1/health"))
+            .send()
+            .await
+            .expect("health");
+        let status = r.status();
+        let body: Value = r.json().await.expect("health JSON");
+        if status == StatusCode::OK {
+            assert_eq!(body["status"], "ok");
+            break;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["ready"], false);
+        assert!(Instant::now() < deadline, "never ready: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    assert_eq!(metrics.status(), StatusCode::OK);
+
+    // What landed: exactly the accepted events, stamped, from the HTTP door; no dead letters.
+    let kafka = run.kafka.clone();
+    run.stop().await;
+    let events = validated_events(&kafka).await;
+    assert_eq!(
+        events.len(),
+        1 + 2 + 1 + 1 + 150 + 1,
+        "one record per accepted item"
+    );
+    assert_eq!(count(&kafka, &kafka.topics().rejected).await, 0);
+    let by_request: HashMap<&str, Vec<&schemas::AuditEvent>> =
+        events.iter().fold(HashMap::new(), |mut m, e| {
+            m.entry(e.request_id.as_deref().unwrap_or(""))
+                .or_default()
+                .push(e);
+            m
+        });
+    for e in &events {
+        assert_eq!(e.ingress.channel, IngressChannel::Http);
+        assert_eq!(e.ingress.format, "json");
+        assert_eq!(e.ingress.topic, None);
+        assert!(e.tenant.tenant_id.is_some());
+    }
+    assert_eq!(by_request["r1"][0].event_id, "evt-own-1");
+    assert_eq!(
+        by_request["r1"][0].tenant.tenant_id.as_deref(),
+        Some("acme")
+    );
+    assert_eq!(
+        by_request["r5"][0].tenant.tenant_id.as_deref(),
+        Some("acme")
+    );
+    let r6 = by_request["r6"][0];
+    assert_eq!(
+        r6.tenant.team_id.as_deref(),
+        Some("red"),
+        "the token's one team"
+    );
+    assert_eq!(
+        by_request["s0"][0].tenant.tenant_id.as_deref(),
+        Some("slowco")
+    );
+    // The first delivery and the retry of r2: same id, same dedup key and content.
+    let r2 = &by_request["r2"];
+    assert_eq!(r2.len(), 2);
+    assert_eq!(r2[0].event_id, accepted[0].1);
+    assert_eq!(r2[1].event_id, accepted[0].1);
+    assert_eq!(
+        identity::namespace(r2[0]),
+        identity::IdNamespace::Door(IngressChannel::Http)
+    );
+    assert_eq!(identity::dedup_key(r2[0]), identity::dedup_key(r2[1]));
+    assert_eq!(
+        identity::content_digest(r2[0]).expect("digest"),
+        identity::content_digest(r2[1]).expect("digest")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_labels_apply_to_the_http_door() {
+    let run = start_ingest(&tokens(), &["--strict-labels=true"]).await;
+    let body = json!([
+        seed_event(json!({"category": "ai_processing"})),
+        seed_event(json!({"category": "governance"})),
+    ]);
+    let (status, body, _) =
+        post(&run.base, Some(TOKEN), "application/json", body.to_string()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(ids(&body).iter().map(|a| a.0).collect::<Vec<_>>(), vec![1]);
+    assert_eq!(
+        errors(&body),
+        vec![(0, 422, "invalid_value".into(), "event.category".into())]
+    );
+    run.stop().await;
+}

@@ -1,0 +1,3 @@
+//! Test support shared by the crates' real-server tests (feature `testing`; never in a worker).
+
+pub mod proxy;

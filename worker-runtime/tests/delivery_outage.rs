@@ -1,0 +1,357 @@
+//! A broker outage longer than `message.timeout.ms` does not stop a pipeline worker.
+//!
+//! The test runs its own broker (tansu on SQLite in a temporary directory: the shared one must
+//! never go away) that advertises a TCP proxy's address, so every connection of the worker goes
+//! through the proxy. The proxy is cut while the worker has deliveries in flight and kept cut
+//! well past the producer's `message.timeout.ms`, then restored: the worker must not exit,
+//! must report the outage on `/readyz` meanwhile, and every input must land (valid ones at
+//! least once, dead letters exactly once). Needs `tansu` on the PATH or in ~/.cargo/bin
+//! (`deploy/local/stack.sh up` installs it).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::message::Headers;
+use rdkafka::Message;
+use worker_runtime::health::Readiness;
+use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
+use worker_runtime::kafka::consumer::{subscribe, ConsumerSettings};
+use worker_runtime::kafka::dlq::{dead_letter, source_offset_of};
+use worker_runtime::kafka::liveness::LivenessSettings;
+use worker_runtime::kafka::pipeline::{
+    run_with_liveness, PipelineSettings, Processor, CHECK_DELIVERY,
+};
+use worker_runtime::kafka::tail::{scan, ScanStart};
+use worker_runtime::kafka::{InputRecord, KafkaArgs, OutputRecord, Producer};
+use worker_runtime::testing::proxy::Proxy;
+use worker_runtime::{RuntimeError, Shutdown};
+
+const STAGE: &str = "t-outage";
+
+fn unique() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{}-{nanos}", std::process::id())
+}
+
+fn tansu_bin() -> PathBuf {
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v tansu"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    on_path.unwrap_or_else(|| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .join(".cargo/bin/tansu")
+    })
+}
+
+/// A private tansu broker; killed and its directory removed on drop.
+struct Broker {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn start(port: u16, advertised_port: u16, id: &str) -> Broker {
+        let dir = std::env::temp_dir().join(format!("t-outage-tansu-{id}"));
+        std::fs::create_dir_all(&dir).expect("broker dir");
+        let log = std::fs::File::create(dir.join("tansu.log")).expect("broker log");
+        let child = Command::new(tansu_bin())
+            // Settings meant for workers must not reach the broker (stack.sh does the same).
+            .env_remove("SCHEMA_REGISTRY")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("DATA_LAKE")
+            .env_remove("STORAGE_ENGINE")
+            .env_remove("CLUSTER_ID")
+            .env_remove("LISTENER_URL")
+            .env_remove("ADVERTISED_LISTENER_URL")
+            .env_remove("RUST_LOG")
+            .arg("broker")
+            .args(["--cluster-id", "t-outage"])
+            .args(["--listener-url", &format!("tcp://127.0.0.1:{port}")])
+            .args([
+                "--advertised-listener-url",
+                &format!("tcp://127.0.0.1:{advertised_port}"),
+            ])
+            .args([
+                "--storage-engine",
+                &format!("sqlite:///{}/tansu.db", dir.display()),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu (deploy/local/stack.sh up installs it)");
+        Broker { child, dir }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
+}
+
+/// Copies `ok…` payloads to the output and dead-letters the rest; cuts the proxy when it
+/// reaches input number `cut_at`, so the outage starts with deliveries in flight.
+struct Judge {
+    out: String,
+    rejected: String,
+    seen: AtomicUsize,
+    cut_at: usize,
+    proxy: Arc<Proxy>,
+}
+
+impl Processor for Judge {
+    async fn process(&self, input: &InputRecord) -> Result<Vec<OutputRecord>, RuntimeError> {
+        if self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.cut_at {
+            self.proxy.cut();
+        }
+        if input
+            .payload
+            .as_deref()
+            .is_some_and(|p| p.starts_with(b"ok"))
+        {
+            return Ok(vec![OutputRecord {
+                topic: self.out.clone(),
+                key: input.key.clone(),
+                payload: input.payload.clone(),
+                ..Default::default()
+            }]);
+        }
+        Ok(vec![dead_letter(
+            &self.rejected,
+            input,
+            STAGE,
+            "bad",
+            "not ok",
+        )])
+    }
+}
+
+async fn wait_until<F: FnMut() -> bool>(what: &str, within: Duration, mut f: F) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every record of a topic (key and headers), or `None` if the broker did not answer.
+async fn read_all(
+    args: &KafkaArgs,
+    topic: &str,
+    partitions: i32,
+) -> Option<Vec<(Option<Vec<u8>>, Vec<(String, Vec<u8>)>)>> {
+    let all = Arc::new(Mutex::new(Vec::new()));
+    for p in 0..partitions {
+        let sink = all.clone();
+        let _ = scan(
+            args,
+            topic,
+            p,
+            ScanStart::Offset(0),
+            Duration::from_secs(20),
+            move |m| {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                sink.lock()
+                    .expect("lock")
+                    .push((m.key().map(<[u8]>::to_vec), headers));
+            },
+        )
+        .await
+        .ok()?;
+    }
+    let out = std::mem::take(&mut *all.lock().expect("lock"));
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_outage_longer_than_the_message_timeout_is_ridden_out() {
+    const N: usize = 200;
+    const MESSAGE_TIMEOUT_MS: u64 = 4000;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let id = unique();
+    let broker_port = free_port();
+    let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
+    let _broker = Broker::start(broker_port, proxy.port(), &id);
+    let mut args = KafkaArgs::local(&format!("127.0.0.1:{}", proxy.port()), "t-outage.");
+    args.properties
+        .push(format!("message.timeout.ms={MESSAGE_TIMEOUT_MS}"));
+    let topics = args.topics();
+    let (input, output, rejected) = ("t-outage.in".to_owned(), topics.validated, topics.rejected);
+    let specs: Vec<TopicSpec> = [(&input, 2), (&output, 1), (&rejected, 1)]
+        .iter()
+        .map(|(t, partitions)| TopicSpec {
+            name: (*t).clone(),
+            partitions: *partitions,
+            compacted: false,
+        })
+        .collect();
+    // The broker takes a moment to listen.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = ensure_topics(&args, &specs, 1).await {
+        assert!(
+            Instant::now() < deadline,
+            "private broker never answered: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let producer = Producer::new(&args, "t-outage-producer").expect("producer");
+    let (mut valid, mut invalid) = (HashSet::new(), HashSet::new());
+    for i in 0..N {
+        let ok = i % 3 == 0;
+        let key = format!("k{i}");
+        let rec = OutputRecord {
+            topic: input.clone(),
+            key: Some(key.clone().into_bytes()),
+            payload: Some(format!("{}{i}", if ok { "ok" } else { "bad" }).into_bytes()),
+            partition: Some((i % 2) as i32),
+            ..Default::default()
+        };
+        let d = producer.send(&rec).await.expect("produce input");
+        if ok {
+            valid.insert(key);
+        } else {
+            invalid.insert((d.partition, d.offset));
+        }
+    }
+
+    let mut cs = ConsumerSettings::new(
+        format!("t-outage-{id}"),
+        "t-outage-worker",
+        vec![input.clone()],
+    );
+    cs.session_timeout_ms = 6000;
+    let (consumer, rebalance) = subscribe(&args, &cs).expect("subscribe");
+    let ready = Readiness::default();
+    let shutdown = Shutdown::new();
+    let worker = tokio::spawn(run_with_liveness(
+        consumer,
+        rebalance,
+        Producer::new(&args, "t-outage-worker").expect("producer"),
+        Arc::new(Judge {
+            out: output.clone(),
+            rejected: rejected.clone(),
+            seen: AtomicUsize::new(0),
+            cut_at: N / 2,
+            proxy: proxy.clone(),
+        }),
+        PipelineSettings {
+            stage: STAGE,
+            max_in_flight: 50,
+            drain_timeout: Duration::from_secs(20),
+            kafka: args.clone(),
+            dead_letter_scan_records: 10_000,
+        },
+        LivenessSettings {
+            stall_after: Duration::from_secs(20),
+            check_every: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(5),
+            ..LivenessSettings::default()
+        },
+        ready.clone(),
+        shutdown.clone(),
+    ));
+
+    // The worker cuts the proxy half-way; its deliveries then time out and it says so.
+    wait_until(
+        "the worker to report failed deliveries",
+        Duration::from_secs(120),
+        || {
+            assert!(!worker.is_finished(), "the worker exited during the outage");
+            ready.check(CHECK_DELIVERY).is_some_and(|c| !c.ok)
+        },
+    )
+    .await;
+    let cut_at = Instant::now();
+    // Keep the broker away for several message timeouts while the worker keeps trying.
+    let since = proxy.refused();
+    proxy.wait_refused(since, 5).await;
+    while cut_at.elapsed() < Duration::from_millis(3 * MESSAGE_TIMEOUT_MS) {
+        assert!(!worker.is_finished(), "the worker exited during the outage");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!ready.get(), "ready while the broker is away");
+    proxy.restore();
+
+    // Everything lands: valid inputs at least once, invalid ones exactly once.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        assert!(!worker.is_finished(), "the worker exited after the outage");
+        let (Some(out), Some(rej)) = (
+            read_all(&args, &output, 1).await,
+            read_all(&args, &rejected, 1).await,
+        ) else {
+            assert!(
+                Instant::now() < deadline,
+                "the broker never answered after the outage"
+            );
+            continue;
+        };
+        let out: HashSet<String> = out
+            .into_iter()
+            .filter_map(|(k, _)| k.map(|k| String::from_utf8_lossy(&k).into_owned()))
+            .collect();
+        let mut dl: HashMap<(i32, i64), usize> = HashMap::new();
+        for (_, headers) in rej {
+            for p in 0..2 {
+                let pairs = headers.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+                if let Some(o) = source_offset_of(pairs, STAGE, &input, p) {
+                    *dl.entry((p, o)).or_insert(0) += 1;
+                }
+            }
+        }
+        let repeated: Vec<_> = dl.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            repeated.is_empty(),
+            "dead letters written more than once: {repeated:?}"
+        );
+        let got: HashSet<(i32, i64)> = dl.keys().copied().collect();
+        if out == valid && got == invalid {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the outage: {}/{} valid, {}/{} dead letters",
+            out.len(),
+            valid.len(),
+            got.len(),
+            invalid.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    wait_until("readiness to return", Duration::from_secs(60), || {
+        ready.check(CHECK_DELIVERY).is_some_and(|c| c.ok)
+    })
+    .await;
+    shutdown.trigger();
+    worker
+        .await
+        .expect("join")
+        .expect("the worker ends cleanly on shutdown");
+}
