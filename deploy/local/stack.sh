@@ -274,7 +274,7 @@ resolve_python() {
 }
 
 install_python() {
-  local t0 pkgs=() mod
+  local t0 pkgs=() mod otel=""
   t0=$(now)
   resolve_python
   for mod in $("$PYTHON" -c '
@@ -291,9 +291,10 @@ print(" ".join(m for m in mods if missing(m)))'); do
     case "$mod" in
       confluent_kafka) pkgs+=("$PIP_CONFLUENT") ;;
       chdb) pkgs+=("$PIP_CHDB") ;;
-      opentelemetry.*) pkgs+=("${PIP_OTEL[@]}") ;;
+      opentelemetry.*) otel=1 ;;
     esac
   done
+  [ -z "$otel" ] || pkgs+=("${PIP_OTEL[@]}")
   weed_bin >/dev/null || pkgs+=("$PIP_SEAWEEDFS")
   [ "${#pkgs[@]}" -eq 0 ] && return 0
   pip_install "${pkgs[@]}"
