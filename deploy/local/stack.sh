@@ -760,13 +760,31 @@ cmd_start_service() {
 
 # wait_port_closed NAME: a multi-threaded server (weed) shows as a zombie while its other
 # threads still hold its sockets; a start right after its stop finds the port taken.
+# Every port the service listens on: weed's master, volume and filer (and their gRPC ports)
+# must be free too, or a restart dies with "bind: address already in use" on one of them.
+ports_of() {
+  case "$1" in
+    kafka) echo "$AUDIT_KAFKA_PORT" ;;
+    clickhouse) echo "$AUDIT_CLICKHOUSE_HTTP_PORT $AUDIT_CLICKHOUSE_TCP_PORT" ;;
+    s3) echo "$AUDIT_S3_PORT $AUDIT_S3_GRPC_PORT $AUDIT_S3_MASTER_PORT $AUDIT_S3_MASTER_GRPC_PORT" \
+      "$AUDIT_S3_VOLUME_PORT $AUDIT_S3_VOLUME_GRPC_PORT $AUDIT_S3_FILER_PORT $AUDIT_S3_FILER_GRPC_PORT" ;;
+  esac
+}
+
 wait_port_closed() {
-  local i
+  local i port busy
   for ((i = 0; i < 200; i++)); do
-    port_open "$(port_of "$1")" || return 0
+    busy=""
+    for port in $(ports_of "$1"); do
+      if port_open "$port"; then
+        busy="$port"
+        break
+      fi
+    done
+    [ -n "$busy" ] || return 0
     sleep 0.1
   done
-  warn "$(describe "$1"): port $(port_of "$1") still open 20s after the process ended"
+  warn "$(describe "$1"): port $busy still open 20s after the process ended"
 }
 
 cmd_stop_service() {
