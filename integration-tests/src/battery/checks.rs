@@ -422,7 +422,7 @@ fn committed(
 /// Deletes the head of the busiest chained partition — every record both sinks have
 /// committed — the way tansu's own retention does (`DELETE FROM record` in its SQLite store):
 /// tansu 0.6.0's SQLite engine does not implement the Kafka DeleteRecords API (its
-/// `delete_records` is `todo!()`). Returns what it did.
+/// `delete_records` is an unimplemented stub that panics). Returns what it did.
 pub(super) async fn delete_chained_head(p: &Pipeline, db: &Path) -> anyhow::Result<String> {
     let topic = p.kafka.topics().chained;
     let ns = p.ns.clone();
