@@ -210,7 +210,15 @@ impl ArchiveStore {
             match parsed {
                 Ok(s) => {
                     let cp = Checkpoint::from(&s);
-                    if segment::checkpoint_key(cp.partition, cp.seq, &cp.key_id) != k {
+                    // The first checkpoint at a seq, or a heartbeat re-signing it later.
+                    if segment::checkpoint_key(cp.partition, cp.seq, &cp.key_id) != k
+                        && segment::checkpoint_heartbeat_key(
+                            cp.partition,
+                            cp.seq,
+                            &cp.key_id,
+                            cp.time_us,
+                        ) != k
+                    {
                         bad.push(finding(
                             partition,
                             cp.seq,

@@ -11,14 +11,39 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use worker_runtime::object_store::ArchiveStoreArgs;
 pub use worker_runtime::Secret;
 
-const EXIT_CODES: &str = "\
+/// The exit codes text, as a literal so that `concat!` can append it to longer help texts.
+macro_rules! exit_codes_text {
+    () => {
+        "\
 EXIT CODES:
   0  verified: no integrity finding (or: key generated, proof written, proof checks)
   1  tampering / integrity finding (or: the proof does not check)
   2  usage or configuration error (bad flag, unreadable key set, unknown event id)
   3  the store (ClickHouse, the archive) or a local file could not be read or written
   4  verify: unsealed: no integrity finding, but no --keys were given, so no signature was
-     checked and a consistent rewrite would not be detected (--no-signatures accepts that: 0)";
+     checked and a consistent rewrite would not be detected (--no-signatures accepts that: 0)"
+    };
+}
+
+const EXIT_CODES: &str = exit_codes_text!();
+
+const VERIFY_HELP: &str = concat!(
+    "\
+TRUST ANCHORS (docs/verification.md): a store writer without the signing key can still delete
+a partition with its checkpoints, cut a tail with the newest checkpoints, or rewrite a partition
+consistently from genesis; the store alone then verifies. Heads seen before catch it:
+  --save-checkpoints pins.txt      after a clean run, pin each partition's verified head
+  --trusted-checkpoint pins.txt    later runs: the store must still hold every pinned head
+  --witness-state DIR              the same, with the heads an `auditctl witness` cosigned
+Findings they add (exit 1), and the attack each defeats:
+  trusted_partition_missing    partition deleted whole, with its checkpoints
+  rollback_below_trusted       tail deleted together with the newest checkpoints
+  trusted_checkpoint_mismatch  consistent rewrite from genesis / fork below a pinned head
+  trusted_checkpoint_invalid   a pin whose signature fails with --keys / --witness-key
+
+",
+    exit_codes_text!()
+);
 
 /// Verify the audit hash chain, manage checkpoint keys, prove and check event inclusion.
 #[derive(Debug, Clone, Parser)]
@@ -31,7 +56,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Recompute and check the hash chain(s) in ClickHouse and/or the archive.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = VERIFY_HELP)]
     Verify(VerifyArgs),
     /// Generate an Ed25519 checkpoint signing key and add (rotate) it in a key set.
     #[command(after_help = EXIT_CODES)]
@@ -42,7 +67,49 @@ pub enum Command {
     /// Check an inclusion proof offline, with only the public key set.
     #[command(after_help = EXIT_CODES)]
     CheckProof(CheckProofArgs),
+    /// Witness the chain: cosign each partition's newest verified checkpoint only if it extends
+    /// the head this witness cosigned before; report a rollback or fork (exit 1).
+    #[command(after_help = WITNESS_HELP)]
+    Witness(WitnessArgs),
+    /// Run an analyst query recipe (sink-clickhouse/queries) and print the result; --list
+    /// shows every recipe with its parameters.
+    Query(crate::query::QueryArgs),
+    /// A report over the report views (compliance, activity, violations, cost, approvals,
+    /// failures, ai) for a time range, as a table, JSON, CSV, Markdown or one HTML page.
+    Report(crate::report::ReportArgs),
+    /// Load a partition's seq range back from the archive into ClickHouse, verifying it first;
+    /// idempotent (rows already there are not doubled) and resumable.
+    Rehydrate(crate::rehydrate::RehydrateArgs),
+    /// Erase a data subject (crypto-shredding): destroy its key, chain an erasure event, and
+    /// report which partitions and seq ranges hold its ciphertext (docs/privacy.md).
+    Erase(crate::erase::EraseArgs),
+    /// What is held about a data subject: events, fields, where, retention, erased or not.
+    SubjectReport(crate::subject::SubjectReportArgs),
+    /// Decrypt one event's personal fields; the reveal is chained (published) first.
+    Reveal(crate::subject::RevealArgs),
 }
+
+const WITNESS_HELP: &str = "\
+STATE DIRECTORY (--state):
+  witness.key    the witness's Ed25519 cosigning key (Go note signer format, mode 0600),
+                 made on the first run with --name; never leaves the directory
+  witness.vkey   its public verifier key (give it to auditors: verify --witness-key)
+  checkpoints    the last head cosigned per partition: C2SP tlog-checkpoint notes (root line =
+                 audit-chain/v1 link hash at that seq), each with this witness's cosignature/v1
+                 line; `verify --witness-state DIR` checks a store against it
+  Keep the directory where the stores' writers cannot reach (another host or account). Run one
+  witness process per directory at a time.
+
+FINDINGS (a refusal leaves that partition's cosigned head unchanged, exit 1):
+  trusted_partition_missing    the store lost a partition the witness cosigned
+  rollback_below_trusted       the store (or its newest valid checkpoint) is below the cosigned seq
+  trusted_checkpoint_mismatch  the record at the cosigned seq has another hash: a fork / rewrite
+
+EXIT CODES:
+  0  every partition's newest head extends what was cosigned (cosigned again or unchanged)
+  1  a refusal (rollback, fork, or the chain does not verify)
+  2  usage or configuration error
+  3  the store or the state directory could not be read or written";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SourceKind {
@@ -89,9 +156,63 @@ pub struct VerifyArgs {
     /// a retired key's holder could backdate undetected: keep it small.
     #[arg(long, env = "AUDITCTL_CLOCK_SKEW_MS", default_value_t = 0)]
     pub clock_skew_ms: u64,
-    /// Only accept checkpoints of this chain id.
+    /// Only accept checkpoints of this chain id. Also the chain id written by
+    /// --save-checkpoints (default there: the pins' or the store checkpoints' one chain id).
     #[arg(long, env = "AUDIT_CHAIN_ID")]
     pub chain_id: Option<String>,
+    /// A file of chain heads seen before (repeatable; comma-separated in the env var): the output of --save-checkpoints or of a
+    /// witness, or checkpoints copied from the checkpoints topic/table as JSON. For each pinned
+    /// (partition, seq, head) the store must hold the partition up to at least that seq with
+    /// exactly that head, else a finding: `trusted_partition_missing` (partition deleted with
+    /// its checkpoints), `rollback_below_trusted` (tail deleted with the newest checkpoints),
+    /// `trusted_checkpoint_mismatch` (history rewritten from genesis, a fork). A pin's own
+    /// signature is checked with --keys / --witness-key when present
+    /// (`trusted_checkpoint_invalid` if it fails). See docs/verification.md.
+    #[arg(
+        long = "trusted-checkpoint",
+        env = "AUDITCTL_TRUSTED_CHECKPOINTS",
+        value_delimiter = ','
+    )]
+    pub trusted_checkpoints: Vec<PathBuf>,
+    /// A witness state directory (`auditctl witness --state`; repeatable, comma-separated in
+    /// the env var): its cosigned heads are pinned
+    /// like --trusted-checkpoint, and their cosignatures checked with its witness.vkey.
+    #[arg(
+        long = "witness-state",
+        env = "AUDITCTL_WITNESS_STATE",
+        value_delimiter = ','
+    )]
+    pub witness_states: Vec<PathBuf>,
+    /// A witness's verifier key (`<name>+<key id>+<base64>`, its witness.vkey; repeatable):
+    /// cosigned pins must carry a valid cosignature by one of these.
+    #[arg(
+        long = "witness-key",
+        env = "AUDITCTL_WITNESS_KEYS",
+        value_delimiter = ','
+    )]
+    pub witness_keys: Vec<String>,
+    /// After a run with no finding, write the verified head of each partition here (pin file:
+    /// C2SP tlog-checkpoint notes, docs/verification.md), merged with the pins the file holds
+    /// (never lowering one). Pass it as --trusted-checkpoint next time: a later rollback or
+    /// rewrite of what was verified now becomes a finding. With --source both, the lower of
+    /// the two stores' heads is pinned.
+    #[arg(long, env = "AUDITCTL_SAVE_CHECKPOINTS")]
+    pub save_checkpoints: Option<PathBuf>,
+    /// Fail (`checkpoint_stale`, exit 1) when a partition's newest valid checkpoint is older
+    /// than this (`90s`, `5m`, `2h`, `1d`; needs --keys; off by default). With chainer
+    /// heartbeats (`--checkpoint-heartbeat-secs`) an idle partition stays fresh, so a tail cut
+    /// together with its newest checkpoints shows as stale. Set it above the heartbeat period
+    /// plus the sinks' lag. Every run reports each partition's checkpoint age and unsealed tail,
+    /// and a partition the signed partition count names but the store lacks
+    /// (`partition_missing_from_signed_set`).
+    #[arg(long, env = "AUDITCTL_MAX_CHECKPOINT_AGE", value_parser = crate::freshness::parse_age)]
+    pub max_checkpoint_age: Option<std::time::Duration>,
+    /// Every partition of the chain has received events, so one the signed partition count
+    /// names but the store lacks entirely was deleted: `partition_missing_from_signed_set` then
+    /// fails the run (exit 1). Without it the finding is a warning, because a partition that
+    /// never received an event looks the same.
+    #[arg(long, env = "AUDITCTL_ALL_PARTITIONS_WRITTEN")]
+    pub all_partitions_written: bool,
     /// Findings kept per partition (the rest are counted).
     #[arg(long, env = "AUDITCTL_MAX_FINDINGS", default_value_t = 1000)]
     pub max_findings: usize,
@@ -120,6 +241,58 @@ pub struct ReadArgs {
     /// only transient errors (network, timeouts, 5xx, overload) are retried, with backoff.
     #[arg(long, env = "AUDITCTL_RETRY_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
     pub retry_attempts: u16,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WitnessArgs {
+    /// The witness's state directory (created if missing; see below).
+    #[arg(long, env = "AUDITCTL_WITNESS_STATE")]
+    pub state: PathBuf,
+    /// Name of the witness key, made on the first run (a note key name: no spaces, no '+').
+    #[arg(
+        long,
+        env = "AUDITCTL_WITNESS_NAME",
+        default_value = "auditctl-witness"
+    )]
+    pub name: String,
+    /// Where to read the chain and its checkpoints from.
+    #[arg(
+        long,
+        value_enum,
+        env = "AUDITCTL_SOURCE",
+        default_value = "clickhouse"
+    )]
+    pub source: SingleSource,
+    /// Public key set (JSON): the witness then cosigns each partition's newest valid signed
+    /// checkpoint (the log's own statement). Required unless --no-signatures.
+    #[arg(long, env = "AUDIT_KEYSET")]
+    pub keys: Option<PathBuf>,
+    /// Without --keys: cosign the newest verified head instead (trust on first use: the first
+    /// run accepts whatever the store holds).
+    #[arg(long, env = "AUDITCTL_NO_SIGNATURES")]
+    pub no_signatures: bool,
+    /// The chain id (origin `<chain id>/partition/<p>`); default: the one chain id of the
+    /// store's checkpoints, or of the cosigned heads.
+    #[arg(long, env = "AUDIT_CHAIN_ID")]
+    pub chain_id: Option<String>,
+    /// Only these partitions (repeatable). Default: every partition in the store or the state.
+    #[arg(long = "partition", env = "AUDITCTL_PARTITIONS", value_delimiter = ',')]
+    pub partitions: Vec<u32>,
+    /// See `verify --clock-skew-ms`.
+    #[arg(long, env = "AUDITCTL_CLOCK_SKEW_MS", default_value_t = 0)]
+    pub clock_skew_ms: u64,
+    /// See `verify --window`.
+    #[arg(long, env = "AUDITCTL_WINDOW", default_value_t = 10_000)]
+    pub window: i64,
+    /// Print the outcome as JSON.
+    #[arg(long, env = "AUDITCTL_JSON")]
+    pub json: bool,
+    #[command(flatten)]
+    pub reads: ReadArgs,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
+    #[command(flatten)]
+    pub archive: ArchiveStoreArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -229,10 +402,49 @@ mod tests {
         assert!(help.contains("EXIT CODES"));
         assert!(help.contains("3  the store"));
         assert!(help.contains("4  verify: unsealed"));
-        for sub in ["verify", "keygen", "prove", "check-proof"] {
+        for sub in ["verify", "keygen", "prove", "check-proof", "witness"] {
             let mut cmd = Cli::command();
             let sub = cmd.find_subcommand_mut(sub).expect("subcommand");
             assert!(sub.render_help().to_string().contains("EXIT CODES"));
+        }
+        // Each trust-anchor finding is named, with the attack it defeats, in verify's help
+        // and (those a witness reports) in witness's.
+        let mut cmd = Cli::command();
+        let verify = cmd
+            .find_subcommand_mut("verify")
+            .expect("verify")
+            .render_help()
+            .to_string();
+        for (kind, attack) in [
+            ("trusted_partition_missing", "partition deleted whole"),
+            (
+                "rollback_below_trusted",
+                "tail deleted together with the newest checkpoints",
+            ),
+            (
+                "trusted_checkpoint_mismatch",
+                "consistent rewrite from genesis",
+            ),
+            ("trusted_checkpoint_invalid", "signature fails"),
+        ] {
+            let line = verify
+                .lines()
+                .find(|l| l.trim_start().starts_with(kind))
+                .unwrap_or_else(|| panic!("{kind} not in verify --help:\n{verify}"));
+            assert!(line.contains(attack), "{line}");
+        }
+        let mut cmd = Cli::command();
+        let witness = cmd
+            .find_subcommand_mut("witness")
+            .expect("witness")
+            .render_help()
+            .to_string();
+        for kind in [
+            "trusted_partition_missing",
+            "rollback_below_trusted",
+            "trusted_checkpoint_mismatch",
+        ] {
+            assert!(witness.contains(kind), "{kind} not in witness --help");
         }
     }
 

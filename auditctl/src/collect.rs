@@ -31,6 +31,20 @@ pub struct CollectOptions {
     pub progress: bool,
     /// Label of the store in the progress line.
     pub label: &'static str,
+    /// Keep the stored hash of these (partition → seqs): the seqs of trusted checkpoints
+    /// (pins), checked against the store after the run (`crate::anchors`).
+    pub capture: BTreeMap<u32, BTreeSet<u64>>,
+    /// Also keep the stored hash at every checkpoint's seq (the witness cosigns the newest
+    /// checkpoint that matched, and needs its head).
+    pub capture_checkpoint_seqs: bool,
+}
+
+/// What a run learned beyond the report: the stored hash at each captured (partition, seq)
+/// (first copy), and the chain ids the store's checkpoints name.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub hashes: BTreeMap<(u32, u64), Vec<u8>>,
+    pub chain_ids: BTreeSet<String>,
 }
 
 /// One stored (partition, seq) and the hash the store holds for it.
@@ -45,6 +59,7 @@ pub struct Collector {
     /// findings at the same seq (they say why the record looks the way it does).
     extra: BTreeMap<i32, Vec<Finding>>,
     hashes: Vec<StoredHash>,
+    captured: Captured,
     events: u64,
     progress: Progress,
 }
@@ -68,11 +83,20 @@ pub fn finding(
 }
 
 impl Collector {
-    pub fn new(opts: CollectOptions, checkpoints: Vec<Checkpoint>) -> Self {
+    pub fn new(mut opts: CollectOptions, checkpoints: Vec<Checkpoint>) -> Self {
         let mut by_partition: BTreeMap<u32, Vec<Checkpoint>> = BTreeMap::new();
         let mut extra: BTreeMap<i32, Vec<Finding>> = BTreeMap::new();
+        let mut captured = Captured::default();
         if opts.check_checkpoints {
             for cp in checkpoints {
+                captured.chain_ids.insert(cp.chain_id.clone());
+                if let (true, Ok(p), Ok(seq)) = (
+                    opts.capture_checkpoint_seqs,
+                    u32::try_from(cp.partition),
+                    u64::try_from(cp.seq),
+                ) {
+                    opts.capture.entry(p).or_default().insert(seq);
+                }
                 match u32::try_from(cp.partition) {
                     Ok(p) => by_partition.entry(p).or_default().push(cp),
                     Err(_) => extra.entry(cp.partition).or_default().push(finding(
@@ -101,6 +125,7 @@ impl Collector {
             verifiers: BTreeMap::new(),
             extra,
             hashes: Vec::new(),
+            captured,
             events: 0,
             progress,
         };
@@ -206,6 +231,14 @@ impl Collector {
         if self.opts.keep_hashes {
             self.hashes.push((partition, r.seq, r.hash.to_vec()));
         }
+        if let Ok(seq) = u64::try_from(r.seq) {
+            if self.opts.capture.get(&p).is_some_and(|s| s.contains(&seq)) {
+                self.captured
+                    .hashes
+                    .entry((p, seq))
+                    .or_insert_with(|| r.hash.to_vec());
+            }
+        }
         self.verifier(p).push_timed(r, receive_time_us);
     }
 
@@ -260,6 +293,11 @@ impl Collector {
 
     pub fn events(&self) -> u64 {
         self.events
+    }
+
+    /// What was captured so far (see [`CollectOptions::capture`]); call before [`Self::finish`].
+    pub fn take_captured(&mut self) -> Captured {
+        std::mem::take(&mut self.captured)
     }
 
     /// Judge the last records and build the report (partitions in ascending order).

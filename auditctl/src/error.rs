@@ -62,6 +62,11 @@ pub enum Error {
     #[error("integrity: {0}")]
     Integrity(String),
 
+    /// The subject key store or the broker could not be reached (erase, subject-report,
+    /// reveal).
+    #[error("{0}")]
+    Service(String),
+
     /// Key generation or signing failed.
     #[error("keys: {0}")]
     Key(#[from] schemas::checkpoint::CheckpointError),
@@ -75,7 +80,8 @@ impl Error {
             Error::File { .. }
             | Error::ClickHouse { .. }
             | Error::ObjectStore { .. }
-            | Error::Archive(_) => EXIT_IO,
+            | Error::Archive(_)
+            | Error::Service(_) => EXIT_IO,
             Error::Integrity(_) => EXIT_FINDINGS,
         }
     }

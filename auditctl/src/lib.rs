@@ -4,21 +4,37 @@
 //!   checkpoints, and report tampering (exit 1) — see `schemas::verify` for what is detected.
 //! - `keygen`: a new Ed25519 checkpoint signing key and key-set rotation.
 //! - `prove` / `check-proof`: an offline-checkable inclusion proof of one event.
+//! - `query`: run an analyst query recipe of the ClickHouse sink ([`query`]).
+//! - `report`: a report over the sink's report views, up to a self-contained HTML page
+//!   ([`report`]).
+//! - `rehydrate`: load a verified archive range back into ClickHouse ([`rehydrate`]).
+//! - `witness`: cosign each partition's newest verified head only if it extends the head
+//!   cosigned before (rollback and fork are refusals); `verify --trusted-checkpoint` /
+//!   `--witness-state` check a store against heads seen before ([`anchors`]).
 //!
 //! Exit codes: 0 verified, 1 integrity finding, 2 usage/config error, 3 store or file I/O,
 //! 4 unsealed (`verify` without `--keys` or `--no-signatures`: nothing signed was checked).
 //! The logic lives here so that tests call [`run`] in-process; `main.rs` only maps the result
 //! to an exit code.
 
+pub mod anchors;
 pub mod archive;
 pub mod cli;
 pub mod clickhouse;
 pub mod collect;
+pub mod erase;
 pub mod error;
+pub mod freshness;
 pub mod keygen;
+pub mod output;
 pub mod prove;
+pub mod query;
 pub mod reads;
+pub mod rehydrate;
+pub mod report;
+pub mod subject;
 pub mod verify;
+pub mod witness;
 
 use std::io::Write;
 
@@ -60,6 +76,13 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         }
         Command::Prove(a) => prove::prove(&a, out).await,
         Command::CheckProof(a) => prove::check(&a, out),
+        Command::Witness(a) => witness::run(&a, out).await,
+        Command::Query(a) => query::run(&a, out).await,
+        Command::Report(a) => report::run(&a, out).await,
+        Command::Rehydrate(a) => rehydrate::run(&a, out).await,
+        Command::Erase(a) => erase::run(&a, out).await,
+        Command::SubjectReport(a) => subject::report(&a, out).await,
+        Command::Reveal(a) => subject::reveal(&a, out).await,
     }
 }
 

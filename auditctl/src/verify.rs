@@ -1,18 +1,20 @@
 //! `auditctl verify`: read a store, feed `schemas::verify`, print the report.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use schemas::checkpoint::KeySet;
 use schemas::verify::{Finding, FindingKind, Report};
 use serde::Serialize;
 
+use crate::anchors::{self, AnchorReport, PinKeys, TrustedSet};
 use crate::archive::ArchiveStore;
 use crate::cli::{SourceKind, VerifyArgs};
 use crate::clickhouse::ClickHouseStore;
-use crate::collect::{finding, CollectOptions, Collector, StoredHash};
+use crate::collect::{finding, Captured, CollectOptions, Collector, StoredHash};
 use crate::error::Error;
+use crate::freshness::{self, FreshnessReport, SignedSummary};
 use crate::reads::Reads;
 use crate::Outcome;
 
@@ -51,6 +53,55 @@ pub struct BothReport {
     pub clickhouse: Report,
     pub archive: Report,
     pub cross_check: CrossCheck,
+    /// With --trusted-checkpoint / --witness-state: the pins checked against each store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_checkpoints: Option<BothAnchors>,
+    /// With --keys: the signed partition set and checkpoint freshness of each store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<BothFreshness>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BothFreshness {
+    pub clickhouse: FreshnessReport,
+    pub archive: FreshnessReport,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BothAnchors {
+    pub clickhouse: AnchorReport,
+    pub archive: AnchorReport,
+}
+
+/// `--json` output of one source: the verifier's report (its `ok` includes the pins), plus
+/// the pins checked when there were any.
+#[derive(Debug, Clone, Serialize)]
+pub struct SingleReport {
+    #[serde(flatten)]
+    pub report: Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trusted_checkpoints: Option<AnchorReport>,
+    /// With --keys: the signed partition set and checkpoint freshness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<FreshnessReport>,
+}
+
+/// What one store's run gives: the report, the stored hashes (for `--source both`), and the
+/// stored hashes at the seqs asked for ([`RunExtras`]).
+#[derive(Debug)]
+pub struct StoreRun {
+    pub report: Report,
+    pub hashes: Vec<StoredHash>,
+    pub captured: Captured,
+    /// The store's valid checkpoints (with --keys), for the signed set and freshness.
+    pub signed: SignedSummary,
+}
+
+/// What a run must capture beyond the report (see [`CollectOptions::capture`]).
+#[derive(Debug, Clone, Default)]
+pub struct RunExtras {
+    pub capture: BTreeMap<u32, BTreeSet<u64>>,
+    pub capture_checkpoint_seqs: bool,
 }
 
 pub fn load_keys(path: &Path) -> Result<KeySet, Error> {
@@ -74,6 +125,7 @@ fn collect_options(
     args: &VerifyArgs,
     label: &'static str,
     keep_hashes: bool,
+    extras: &RunExtras,
 ) -> Result<CollectOptions, Error> {
     let (keys, check) = match &args.keys {
         Some(p) => (load_keys(p)?, true),
@@ -89,21 +141,25 @@ fn collect_options(
         keep_hashes,
         progress: show_progress(args, std::io::stderr().is_terminal()),
         label,
+        capture: extras.capture.clone(),
+        capture_checkpoint_seqs: extras.capture_checkpoint_seqs,
     })
 }
 
 pub async fn verify_clickhouse(
     args: &VerifyArgs,
     keep_hashes: bool,
-) -> Result<(Report, Vec<StoredHash>), Error> {
+    extras: &RunExtras,
+) -> Result<StoreRun, Error> {
     let store = ClickHouseStore::new(&args.clickhouse, reads(args))?;
-    let opts = collect_options(args, "clickhouse", keep_hashes)?;
+    let opts = collect_options(args, "clickhouse", keep_hashes, extras)?;
     let parts: Vec<u32> = opts.partitions.iter().copied().collect();
     let (cps, bad) = if opts.check_checkpoints {
         store.checkpoints(&parts).await?
     } else {
         (Vec::new(), Vec::new())
     };
+    let signed = summarize(&opts, &cps);
     let mut c = Collector::new(opts, cps);
     for f in bad {
         c.add_finding(f);
@@ -112,15 +168,59 @@ pub async fn verify_clickhouse(
     for f in store.forks(&parts).await? {
         c.add_finding(f);
     }
-    Ok(c.finish())
+    Ok(finish(c, signed))
+}
+
+/// The valid checkpoints for the signed-set and freshness checks (none without --keys).
+fn summarize(opts: &CollectOptions, cps: &[schemas::Checkpoint]) -> SignedSummary {
+    if opts.check_checkpoints {
+        freshness::summarize(cps, &opts.keys, opts.chain_id.as_deref())
+    } else {
+        SignedSummary::default()
+    }
+}
+
+fn finish(mut c: Collector, signed: SignedSummary) -> StoreRun {
+    let captured = c.take_captured();
+    let (report, hashes) = c.finish();
+    StoreRun {
+        report,
+        hashes,
+        captured,
+        signed,
+    }
+}
+
+/// The signed set and freshness of one store's run (only with --keys: without, no signature
+/// is checked and a signed count means nothing).
+fn check_freshness(
+    args: &VerifyArgs,
+    run: &mut StoreRun,
+    only: &BTreeSet<u32>,
+) -> Option<FreshnessReport> {
+    if !run.signed.checked {
+        return None;
+    }
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX));
+    Some(freshness::check(
+        &run.signed,
+        &mut run.report,
+        args.max_checkpoint_age,
+        now_us,
+        only,
+        args.all_partitions_written,
+    ))
 }
 
 pub async fn verify_archive(
     args: &VerifyArgs,
     keep_hashes: bool,
-) -> Result<(Report, Vec<StoredHash>), Error> {
+    extras: &RunExtras,
+) -> Result<StoreRun, Error> {
     let store = ArchiveStore::open(&args.archive, reads(args))?;
-    let opts = collect_options(args, "archive", keep_hashes)?;
+    let opts = collect_options(args, "archive", keep_hashes, extras)?;
     let parts: BTreeSet<u32> = opts.partitions.clone();
     let check = opts.check_checkpoints;
     let (cps, bad) = if check {
@@ -128,12 +228,13 @@ pub async fn verify_archive(
     } else {
         (Vec::new(), Vec::new())
     };
+    let signed = summarize(&opts, &cps);
     let mut c = Collector::new(opts, cps);
     for f in bad {
         c.add_finding(f);
     }
     store.stream_into(&parts, &mut c).await?;
-    Ok(c.finish())
+    Ok(finish(c, signed))
 }
 
 /// Merge-walk the two sorted lists of stored hashes, and compare which partitions each store
@@ -270,6 +371,11 @@ pub fn write_human(out: &mut dyn Write, title: &str, r: &Report) -> std::io::Res
             }
         } else {
             let total = p.findings.len() as u64 + p.findings_dropped;
+            if total == 0 {
+                // Failed only through a trusted checkpoint (listed after the partitions).
+                writeln!(out, "FAILED (trusted checkpoint finding below)")?;
+                continue;
+            }
             let plural = if total == 1 { "" } else { "s" };
             writeln!(out, "FAILED ({total} finding{plural})")?;
             if let Some(f) = errors.first() {
@@ -319,6 +425,107 @@ fn io(e: std::io::Error) -> Error {
     Error::file("writing output to", "<stdout>")(e)
 }
 
+/// The pins of `--trusted-checkpoint` and `--witness-state`, each checked with the keys given.
+pub fn load_trusted(args: &VerifyArgs) -> Result<TrustedSet, Error> {
+    let keyset = args.keys.as_deref().map(load_keys).transpose()?;
+    let mut witnesses = args
+        .witness_keys
+        .iter()
+        .map(|k| {
+            k.parse()
+                .map_err(|e| Error::Usage(format!("--witness-key {k:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut files: Vec<PathBuf> = args.trusted_checkpoints.clone();
+    for dir in &args.witness_states {
+        let (vkey, checkpoints) = crate::witness::state_for_verify(dir)?;
+        witnesses.push(vkey);
+        files.push(checkpoints);
+    }
+    let keys = PinKeys {
+        keyset: keyset.as_ref(),
+        witnesses,
+    };
+    let set = anchors::load(&files, &keys)?;
+    if let Some(want) = &args.chain_id {
+        if let Some(t) = set.pins.iter().find(|t| &t.head.chain_id != want) {
+            return Err(Error::Usage(format!(
+                "{} pins chain {:?}, but --chain-id is {want:?}",
+                t.from, t.head.chain_id
+            )));
+        }
+    }
+    Ok(set)
+}
+
+fn write_anchors(out: &mut dyn Write, a: &AnchorReport) -> std::io::Result<()> {
+    write!(out, "trusted checkpoints: {} pins checked: ", a.checked)?;
+    if a.ok {
+        return writeln!(out, "OK");
+    }
+    writeln!(out, "FAILED")?;
+    for f in &a.findings {
+        writeln!(
+            out,
+            "    partition {} seq {}: {}: {} [{}]",
+            f.partition,
+            f.seq,
+            f.kind.name(),
+            f.detail,
+            f.pin
+        )?;
+    }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(out: &mut dyn Write, v: &T) -> Result<(), Error> {
+    serde_json::to_writer_pretty(&mut *out, v).map_err(|e| io(e.into()))?;
+    writeln!(out).map_err(io)
+}
+
+/// One store's run with the pins checked against it.
+async fn single(
+    args: &VerifyArgs,
+    trusted: &TrustedSet,
+    extras: &RunExtras,
+    clickhouse: bool,
+    out: &mut dyn Write,
+) -> Result<(bool, StoreRun), Error> {
+    let (mut run, title) = if clickhouse {
+        let run = verify_clickhouse(args, false, extras).await?;
+        let d = ClickHouseStore::new(&args.clickhouse, reads(args))?.describe();
+        (run, format!("clickhouse ({d})"))
+    } else {
+        let run = verify_archive(args, false, extras).await?;
+        let d = ArchiveStore::open(&args.archive, reads(args))?.describe();
+        (run, format!("archive ({d})"))
+    };
+    let only: BTreeSet<u32> = args.partitions.iter().copied().collect();
+    let anchors = (!trusted.is_empty())
+        .then(|| anchors::check(trusted, &mut run.report, &run.captured, &only));
+    let fresh = check_freshness(args, &mut run, &only);
+    if args.json {
+        write_json(
+            out,
+            &SingleReport {
+                report: run.report.clone(),
+                trusted_checkpoints: anchors,
+                freshness: fresh,
+            },
+        )?;
+    } else {
+        write_human(out, &title, &run.report).map_err(io)?;
+        if let Some(a) = &anchors {
+            write_anchors(out, a).map_err(io)?;
+        }
+        if let Some(f) = &fresh {
+            freshness::write_human(out, f).map_err(io)?;
+        }
+        summary(out, run.report.ok, &[&run.report]).map_err(io)?;
+    }
+    Ok((run.report.ok, run))
+}
+
 pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     let unsealed = args.keys.is_none();
     if unsealed {
@@ -331,56 +538,95 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
             }
         );
     }
-    let ok = match args.source {
+    if args.max_checkpoint_age.is_some() && args.keys.is_none() {
+        return Err(Error::Usage(
+            "--max-checkpoint-age needs --keys (a checkpoint's age is only known from its signature)"
+                .into(),
+        ));
+    }
+    let trusted = load_trusted(args)?;
+    // Pins name their chain: without --chain-id, checkpoints of another chain id than the
+    // pins' are then mismatches too (a partition of another chain signed by the same key).
+    let pinned_chain;
+    let args = match (&args.chain_id, trusted.chain_id()) {
+        (None, Some(c)) => {
+            pinned_chain = VerifyArgs {
+                chain_id: Some(c.to_owned()),
+                ..args.clone()
+            };
+            &pinned_chain
+        }
+        _ => args,
+    };
+    let extras = RunExtras {
+        capture: trusted.capture(),
+        capture_checkpoint_seqs: false,
+    };
+    let only: BTreeSet<u32> = args.partitions.iter().copied().collect();
+    let (ok, runs) = match args.source {
         SourceKind::Clickhouse => {
-            let (r, _) = verify_clickhouse(args, false).await?;
-            if args.json {
-                serde_json::to_writer_pretty(&mut *out, &r).map_err(|e| io(e.into()))?;
-                writeln!(out).map_err(io)?;
-            } else {
-                let title = format!(
-                    "clickhouse ({})",
-                    ClickHouseStore::new(&args.clickhouse, reads(args))?.describe()
-                );
-                write_human(out, &title, &r).map_err(io)?;
-                summary(out, r.ok, &[&r]).map_err(io)?;
-            }
-            r.ok
+            let (ok, run) = single(args, &trusted, &extras, true, out).await?;
+            (ok, vec![run])
         }
         SourceKind::Archive => {
-            let (r, _) = verify_archive(args, false).await?;
-            if args.json {
-                serde_json::to_writer_pretty(&mut *out, &r).map_err(|e| io(e.into()))?;
-                writeln!(out).map_err(io)?;
-            } else {
-                let title = format!(
-                    "archive ({})",
-                    ArchiveStore::open(&args.archive, reads(args))?.describe()
-                );
-                write_human(out, &title, &r).map_err(io)?;
-                summary(out, r.ok, &[&r]).map_err(io)?;
-            }
-            r.ok
+            let (ok, run) = single(args, &trusted, &extras, false, out).await?;
+            (ok, vec![run])
         }
         SourceKind::Both => {
             // Both configurations are checked before reading anything.
             ArchiveStore::open(&args.archive, reads(args))?;
-            let (ch, ch_h) = verify_clickhouse(args, true).await?;
-            let (ar, ar_h) = verify_archive(args, true).await?;
-            let x = cross_check(&ch, &ar, ch_h, ar_h);
-            let ok = ch.ok && ar.ok && x.ok;
+            let mut ch = verify_clickhouse(args, true, &extras).await?;
+            let mut ar = verify_archive(args, true, &extras).await?;
+            let x = cross_check(
+                &ch.report,
+                &ar.report,
+                std::mem::take(&mut ch.hashes),
+                std::mem::take(&mut ar.hashes),
+            );
+            // After the cross-check: a pinned partition missing from a store is added to that
+            // store's report by the anchor check, and must not count as "present" there.
+            let anchors = (!trusted.is_empty()).then(|| BothAnchors {
+                clickhouse: anchors::check(&trusted, &mut ch.report, &ch.captured, &only),
+                archive: anchors::check(&trusted, &mut ar.report, &ar.captured, &only),
+            });
+            let fresh = match (
+                check_freshness(args, &mut ch, &only),
+                check_freshness(args, &mut ar, &only),
+            ) {
+                (Some(clickhouse), Some(archive)) => Some(BothFreshness {
+                    clickhouse,
+                    archive,
+                }),
+                _ => None,
+            };
+            let ok = ch.report.ok && ar.report.ok && x.ok;
             if args.json {
-                let both = BothReport {
-                    ok,
-                    clickhouse: ch,
-                    archive: ar,
-                    cross_check: x,
-                };
-                serde_json::to_writer_pretty(&mut *out, &both).map_err(|e| io(e.into()))?;
-                writeln!(out).map_err(io)?;
+                write_json(
+                    out,
+                    &BothReport {
+                        ok,
+                        clickhouse: ch.report.clone(),
+                        archive: ar.report.clone(),
+                        cross_check: x,
+                        trusted_checkpoints: anchors,
+                        freshness: fresh,
+                    },
+                )?;
             } else {
-                write_human(out, "clickhouse", &ch).map_err(io)?;
-                write_human(out, "archive", &ar).map_err(io)?;
+                write_human(out, "clickhouse", &ch.report).map_err(io)?;
+                if let Some(a) = &anchors {
+                    write_anchors(out, &a.clickhouse).map_err(io)?;
+                }
+                if let Some(f) = &fresh {
+                    freshness::write_human(out, &f.clickhouse).map_err(io)?;
+                }
+                write_human(out, "archive", &ar.report).map_err(io)?;
+                if let Some(a) = &anchors {
+                    write_anchors(out, &a.archive).map_err(io)?;
+                }
+                if let Some(f) = &fresh {
+                    freshness::write_human(out, &f.archive).map_err(io)?;
+                }
                 write!(
                     out,
                     "cross-check: {} seqs in both stores, {} only in clickhouse, {} only in archive: ",
@@ -403,11 +649,21 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
                         .map_err(io)?;
                     }
                 }
-                summary(out, ok, &[&ch, &ar]).map_err(io)?;
+                summary(out, ok, &[&ch.report, &ar.report]).map_err(io)?;
             }
-            ok
+            (ok, vec![ch, ar])
         }
     };
+    if let Some(path) = &args.save_checkpoints {
+        if ok {
+            save_pins(args, &trusted, &runs, path)?;
+        } else {
+            eprintln!(
+                "auditctl: not writing {}: the run has findings, and a pin must only name a verified head",
+                path.display()
+            );
+        }
+    }
     if !ok {
         return Ok(Outcome::Findings);
     }
@@ -422,6 +678,58 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
         return Ok(Outcome::Unsealed);
     }
     Ok(Outcome::Ok)
+}
+
+/// The chain id pins are written under: --chain-id, else the pins' one chain id, else the one
+/// chain id the stores' valid checkpoints name.
+pub fn pin_chain_id(
+    explicit: Option<&str>,
+    trusted: &TrustedSet,
+    captured: &[&Captured],
+) -> Result<String, Error> {
+    if let Some(c) = explicit.or_else(|| trusted.chain_id()) {
+        return Ok(c.to_owned());
+    }
+    let ids: BTreeSet<&String> = captured.iter().flat_map(|c| &c.chain_ids).collect();
+    match ids.len() {
+        1 => Ok(ids.into_iter().next().cloned().unwrap_or_default()),
+        0 => Err(Error::Usage(
+            "cannot tell the chain id to pin (no checkpoint read: no --keys?): give --chain-id"
+                .into(),
+        )),
+        _ => Err(Error::Usage(format!(
+            "the store's checkpoints name several chain ids {ids:?}: give --chain-id"
+        ))),
+    }
+}
+
+fn save_pins(
+    args: &VerifyArgs,
+    trusted: &TrustedSet,
+    runs: &[StoreRun],
+    path: &Path,
+) -> Result<(), Error> {
+    let captured: Vec<&Captured> = runs.iter().map(|r| &r.captured).collect();
+    let chain_id = pin_chain_id(args.chain_id.as_deref(), trusted, &captured)?;
+    let reports: Vec<&Report> = runs.iter().map(|r| &r.report).collect();
+    let written = anchors::save(path, anchors::heads_to_save(&chain_id, &reports)?)?;
+    let list: Vec<String> = written
+        .iter()
+        .map(|h| format!("{}@{}", h.partition, h.seq))
+        .collect();
+    // stderr: stdout may be the JSON report.
+    eprintln!(
+        "auditctl: pinned {} partition heads of chain {chain_id} in {} ({}){}",
+        written.len(),
+        path.display(),
+        list.join(", "),
+        if args.keys.is_none() {
+            "; without --keys they record what the store held, trusted on first use"
+        } else {
+            ""
+        }
+    );
+    Ok(())
 }
 
 #[cfg(test)]

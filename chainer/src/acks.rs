@@ -28,6 +28,8 @@ pub struct Released {
     pub next_offset: Option<i64>,
     /// Links now durable, in seq order.
     pub links: Vec<(u64, Hash32)>,
+    /// The input offset each of `links` was chained from (same order).
+    pub link_offsets: Vec<i64>,
 }
 
 impl AckQueue {
@@ -61,6 +63,7 @@ impl AckQueue {
             out.next_offset = Some(e.offset + 1);
             if let Some(l) = e.link {
                 out.links.push(l);
+                out.link_offsets.push(e.offset);
             }
         }
         out
@@ -84,6 +87,7 @@ mod tests {
         let r = q.release();
         assert_eq!(r.next_offset, Some(13));
         assert_eq!(r.links, vec![(1, [1; 32]), (2, [2; 32])]);
+        assert_eq!(r.link_offsets.len(), 2);
         q.ack(99); // unknown: ignored
         q.ack(14);
         assert_eq!(q.release().next_offset, Some(15));

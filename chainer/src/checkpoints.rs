@@ -24,6 +24,9 @@ pub struct CheckpointRange {
     first_seq: u64,
     tree: MerkleBuilder,
     last: Option<(u64, Hash32)>,
+    /// The last range signed (by this task or, after recovery, the latest checkpoint found):
+    /// what a heartbeat re-signs while the partition is idle.
+    signed: Option<CheckpointFields>,
 }
 
 impl CheckpointRange {
@@ -34,6 +37,16 @@ impl CheckpointRange {
             first_seq: first_seq.max(1),
             tree: MerkleBuilder::new(),
             last: None,
+            signed: None,
+        }
+    }
+
+    /// After recovery: the latest signed checkpoint ends exactly where this (empty) range
+    /// starts, so an idle partition's heartbeats can re-sign it. Anything else is ignored
+    /// (the next range's checkpoint comes first).
+    pub fn seed_signed(&mut self, fields: CheckpointFields) {
+        if self.is_empty() && self.last.is_none() && fields.seq + 1 == self.first_seq {
+            self.signed = Some(fields);
         }
     }
 
@@ -62,14 +75,23 @@ impl CheckpointRange {
                 want,
                 "non-contiguous link in checkpoint range; restarting the range"
             );
+            let signed = self.signed.take();
             *self = Self::starting_at(self.partition, seq);
+            // Not re-signed while the range is non-empty anyway; kept for clarity of state.
+            self.signed = signed;
         }
         self.tree.push(&hash);
         self.last = Some((seq, hash));
     }
 
     /// Closes the range (if it holds anything) into checkpoint fields and opens the next one.
-    pub fn take(&mut self, chain_id: &str, time_us: i64) -> Option<CheckpointFields> {
+    /// `partition_count` is the signed partition set (0: none, the v1 signing input).
+    pub fn take(
+        &mut self,
+        chain_id: &str,
+        time_us: i64,
+        partition_count: u32,
+    ) -> Option<CheckpointFields> {
         let (seq, head_hash) = self.last?;
         let fields = CheckpointFields {
             chain_id: chain_id.to_owned(),
@@ -79,9 +101,28 @@ impl CheckpointRange {
             head_hash,
             merkle_root: self.tree.root(),
             time_us,
+            partition_count,
         };
         *self = Self::starting_at(self.partition, seq + 1);
+        self.signed = Some(fields.clone());
         Some(fields)
+    }
+
+    /// A heartbeat: while nothing new was acknowledged since the last checkpoint, the same
+    /// range (`first_seq..=seq`, head, root) signed again at `time_us`, so a verifier can tell
+    /// an idle partition from one whose newest records and checkpoints were cut. It covers
+    /// only what the last checkpoint covered, so it never signs a record the broker has not
+    /// acknowledged. `None` if the range holds links (a real checkpoint is due instead) or
+    /// nothing was signed yet. A time not after the last one is moved just past it, so
+    /// checkpoint times never go backwards with size.
+    pub fn heartbeat(&mut self, time_us: i64, partition_count: u32) -> Option<CheckpointFields> {
+        if !self.is_empty() {
+            return None;
+        }
+        let last = self.signed.as_mut()?;
+        last.time_us = time_us.max(last.time_us.saturating_add(1));
+        last.partition_count = partition_count;
+        Some(last.clone())
     }
 }
 
@@ -94,6 +135,12 @@ pub struct Signer {
     pub every_events: u64,
     /// …or this long after the previous checkpoint of the partition, if anything was chained.
     pub interval: std::time::Duration,
+    /// An idle partition's last checkpoint is re-signed this long after the previous one
+    /// (zero: no heartbeats).
+    pub heartbeat: std::time::Duration,
+    /// The number of chain partitions (the input topic's partitions, each chained into the
+    /// same partition number), signed into every checkpoint; 0 = not signed (v1 checkpoints).
+    pub partition_count: u32,
 }
 
 impl Signer {
@@ -194,17 +241,64 @@ mod tests {
     #[test]
     fn range_root_is_the_merkle_root_of_its_link_hashes() {
         let mut r = CheckpointRange::starting_at(2, 5);
-        assert!(r.take("c", 0).is_none());
+        assert!(r.take("c", 0, 4).is_none());
         for s in 5..=11 {
             r.push(s, h(s));
         }
-        let f = r.take("c", 42).unwrap();
+        let f = r.take("c", 42, 4).unwrap();
         assert_eq!((f.first_seq, f.seq, f.partition, f.time_us), (5, 11, 2, 42));
+        assert_eq!(f.partition_count, 4);
         assert_eq!(f.head_hash, h(11));
         let leaves: Vec<Hash32> = (5..=11).map(h).collect();
         assert_eq!(f.merkle_root, merkle::root(&leaves));
         assert_eq!(r.first_seq(), 12);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn heartbeat_re_signs_the_last_range_only_while_idle() {
+        let mut r = CheckpointRange::starting_at(0, 1);
+        // Nothing signed yet: no heartbeat.
+        assert!(r.heartbeat(10, 2).is_none());
+        for s in 1..=3 {
+            r.push(s, h(s));
+        }
+        // Links waiting: a real checkpoint is due, not a heartbeat.
+        assert!(r.heartbeat(10, 2).is_none());
+        let first = r.take("c", 100, 2).unwrap();
+        let hb = r.heartbeat(200, 2).unwrap();
+        assert_eq!(
+            hb,
+            CheckpointFields {
+                time_us: 200,
+                ..first.clone()
+            }
+        );
+        // A clock that went back still gives a later time than the last signature.
+        assert_eq!(r.heartbeat(150, 2).unwrap().time_us, 201);
+        // The next range follows the last checkpoint, unchanged by heartbeats.
+        r.push(4, h(4));
+        assert!(r.heartbeat(300, 2).is_none());
+        let next = r.take("c", 300, 2).unwrap();
+        assert_eq!((next.first_seq, next.seq), (4, 4));
+        assert_eq!(r.heartbeat(400, 2).unwrap().seq, 4);
+    }
+
+    #[test]
+    fn a_recovered_range_heartbeats_the_latest_checkpoint_it_follows() {
+        let mut cp = CheckpointRange::starting_at(1, 5);
+        for s in 5..=9 {
+            cp.push(s, h(s));
+        }
+        let last = cp.take("c", 50, 3).unwrap();
+        // Recovery: the range starts right after the checkpoint.
+        let mut r = CheckpointRange::starting_at(1, 10);
+        r.seed_signed(last.clone());
+        assert_eq!(r.heartbeat(60, 3).unwrap().merkle_root, last.merkle_root);
+        // A checkpoint that does not end where the range starts is not re-signed.
+        let mut r = CheckpointRange::starting_at(1, 12);
+        r.seed_signed(last);
+        assert!(r.heartbeat(60, 3).is_none());
     }
 
     #[test]

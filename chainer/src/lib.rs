@@ -122,6 +122,15 @@ pub struct Config {
         default_value_t = 10
     )]
     pub checkpoint_interval_secs: u64,
+    /// Heartbeat: re-sign an idle partition's last checkpoint with a fresh time every T
+    /// seconds (0: off), so `auditctl verify --max-checkpoint-age` can tell an idle partition
+    /// from one whose newest records were cut together with their checkpoints.
+    #[arg(
+        long,
+        env = "AUDIT_CHAINER_CHECKPOINT_HEARTBEAT_SECS",
+        default_value_t = 60
+    )]
+    pub checkpoint_heartbeat_secs: u64,
     /// File holding the Ed25519 checkpoint signing key (PKCS#8 as DER, base64 or PEM).
     /// Without a key (file or env), checkpoints are disabled.
     #[arg(long, env = "AUDIT_CHAINER_CHECKPOINT_KEY_FILE", default_value = "")]
@@ -295,12 +304,16 @@ pub fn load_signer(config: &Config) -> Result<Option<Signer>, Error> {
     let chain_id = config.effective_chain_id();
     tracing::info!(key_id, public_key = %hex::encode(key.public_key()), %chain_id,
         every_events = config.checkpoint_every_events, interval_secs = config.checkpoint_interval_secs,
+        heartbeat_secs = config.checkpoint_heartbeat_secs,
         "checkpoints enabled");
     Ok(Some(Signer {
         key,
         chain_id,
         every_events: config.checkpoint_every_events,
         interval: Duration::from_secs(config.checkpoint_interval_secs),
+        heartbeat: Duration::from_secs(config.checkpoint_heartbeat_secs),
+        // Set by `run` once the input topic's partition count is known.
+        partition_count: 0,
     }))
 }
 
@@ -323,7 +336,7 @@ pub async fn run_with_status(
     shutdown: Shutdown,
     status: WorkerStatus,
 ) -> Result<(), Error> {
-    let signer = load_signer(&config)?.map(Arc::new);
+    let signer = load_signer(&config)?;
     let txn_settings = TxnSettings::from_config(&config)?;
     let topics = config.kafka.topics();
 
@@ -337,6 +350,13 @@ pub async fn run_with_status(
             chained_partitions,
         });
     }
+    // The signed partition set: every input partition is chained into the same partition
+    // number, so the chain has exactly as many partitions as the input topic (extra chained
+    // partitions never receive a record).
+    let signer = signer.map(|mut s| {
+        s.partition_count = u32::try_from(enriched_partitions).unwrap_or(0);
+        Arc::new(s)
+    });
     // Fail at startup, not at the first bad record, if the dead-letter topic is missing.
     partition_count(&config.kafka, &topics.rejected).await?;
     // The chain and its checkpoints must outlive every retention policy: warn (without

@@ -55,3 +55,6 @@ pub const DELIVERY_FAILURES: &str = "audit_chainer_delivery_failures_total";
 /// Producers recreated because librdkafka declared the idempotent producer fatal (or it kept
 /// failing every delivery).
 pub const PRODUCER_RESTARTS: &str = "audit_chainer_producer_restarts_total";
+/// Unix time (seconds) when the newest checkpoint of a chain partition was acknowledged by the
+/// broker (labelled by partition); the dashboards show `time() -` this as checkpoint age.
+pub const CHECKPOINT_TIMESTAMP: &str = "audit_chainer_checkpoint_timestamp_seconds";

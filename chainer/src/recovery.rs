@@ -36,6 +36,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use schemas::chain::{hash32, seq_u64, ChainHead, DedupWindow, Hash32, IdDigest};
 use schemas::framing::{decode_chained, decode_checkpoint};
 use schemas::identity::{content_digest, dedup_key, ContentDigest};
+use schemas::Checkpoint;
 use worker_runtime::kafka::tail::{scan, ScanStart, Watermarks};
 use worker_runtime::kafka::{AuditConsumer, KafkaArgs, Topics};
 use worker_runtime::RuntimeError;
@@ -367,6 +368,11 @@ pub struct CheckpointFinder {
     chain_id: String,
     partition: i32,
     best: Option<(u64, Hash32)>,
+    /// The whole record of `best` (its newest signature): what heartbeats re-sign.
+    best_record: Option<Checkpoint>,
+    /// The input offset after `best`'s last link, from its record's header (chainers before
+    /// this header did not write it).
+    best_next_source: Option<i64>,
     unreadable: u64,
 }
 
@@ -376,11 +382,15 @@ impl CheckpointFinder {
             chain_id: chain_id.to_owned(),
             partition,
             best: None,
+            best_record: None,
+            best_next_source: None,
             unreadable: 0,
         }
     }
 
-    pub fn push(&mut self, payload: Option<&[u8]>) {
+    /// One record of the checkpoints topic: its payload and its
+    /// [`HEADER_NEXT_SOURCE_OFFSET`](crate::task::HEADER_NEXT_SOURCE_OFFSET) header, if any.
+    pub fn push(&mut self, payload: Option<&[u8]>, next_source: Option<i64>) {
         let Some(cp) = payload.and_then(|b| decode_checkpoint(b, None).ok()) else {
             self.unreadable += 1;
             return;
@@ -394,11 +404,30 @@ impl CheckpointFinder {
         };
         if self.best.is_none_or(|(s, _)| seq > s) {
             self.best = Some((seq, head));
+            self.best_record = Some(cp);
+            self.best_next_source = next_source;
+        } else if self.best == Some((seq, head)) {
+            // A heartbeat of the same head, read later (newer): keep its time.
+            self.best_record = Some(cp);
+            self.best_next_source = next_source.or(self.best_next_source);
         }
+    }
+
+    /// The latest checkpoint's fields (as signed), if it is well-formed.
+    pub fn latest_fields(&self) -> Option<schemas::checkpoint::CheckpointFields> {
+        let cp = self.best_record.as_ref()?;
+        schemas::checkpoint::SignedCheckpoint::try_from(cp)
+            .ok()
+            .map(|s| s.fields)
     }
 
     pub fn latest(&self) -> Option<(u64, Hash32)> {
         self.best
+    }
+
+    /// Where the input resumes after the latest checkpoint's last link, if its record says.
+    pub fn latest_next_source(&self) -> Option<i64> {
+        self.best_next_source
     }
 
     pub fn unreadable(&self) -> u64 {
@@ -538,6 +567,20 @@ fn read_range(
 }
 
 /// Reads the last `scan_len` records of the checkpoints partition `cp_partition`.
+/// The [`HEADER_NEXT_SOURCE_OFFSET`](crate::task::HEADER_NEXT_SOURCE_OFFSET) of a checkpoint
+/// record, if present and well-formed.
+fn next_source_header(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64> {
+    use rdkafka::message::{Headers, Message};
+    let headers = msg.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == crate::task::HEADER_NEXT_SOURCE_OFFSET)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|o| *o >= 0)
+}
+
 pub async fn scan_checkpoints(
     args: &KafkaArgs,
     topic: &str,
@@ -558,7 +601,7 @@ pub async fn scan_checkpoints(
         idle_timeout,
         move |msg| {
             if let Some(f) = inner.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                f.push(msg.payload());
+                f.push(msg.payload(), next_source_header(msg));
             }
         },
     )
@@ -605,6 +648,8 @@ pub struct Recovered {
     pub chain: PartitionChain,
     /// The open checkpoint range (`None` without a signing key).
     pub range: Option<CheckpointRange>,
+    /// The next input offset the chain resumes at.
+    pub next_source: i64,
 }
 
 /// Rebuilds partition `p` from the latest checkpoint and the tail of `chained`/p.
@@ -618,19 +663,24 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
         detail,
     };
     // 1. Checkpoints first (see the module doc).
-    let checkpoint = match a.signer {
+    let finder = match a.signer {
         None => None,
-        Some(signer) => scan_checkpoints(
-            a.kafka,
-            &a.topics.checkpoints,
-            checkpoint_partition(p, a.checkpoint_partitions),
-            CheckpointFinder::new(&signer.chain_id, p),
-            a.checkpoint_scan_records,
-            a.scan_idle_timeout,
-        )
-        .await?
-        .latest(),
+        Some(signer) => Some(
+            scan_checkpoints(
+                a.kafka,
+                &a.topics.checkpoints,
+                checkpoint_partition(p, a.checkpoint_partitions),
+                CheckpointFinder::new(&signer.chain_id, p),
+                a.checkpoint_scan_records,
+                a.scan_idle_timeout,
+            )
+            .await?,
+        ),
     };
+    let checkpoint = finder.as_ref().and_then(CheckpointFinder::latest);
+    let checkpoint_next_source = finder
+        .as_ref()
+        .and_then(CheckpointFinder::latest_next_source);
     let committed = committed_offset(a.consumer, &a.topics.enriched, p).await;
     // 2. The tail; re-read once if it ends before the checkpoint.
     let keep_hashes = a.signer.map_or(0, |sg| {
@@ -709,10 +759,14 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
                     marks.low
                 )));
             };
-            let Some(next) = committed else {
+            // The checkpoint says where its last link's input ended; the committed offset may
+            // lag that (asynchronous commits), and events in between would be chained again
+            // under new seqs. Older checkpoints lack it: the committed offset then.
+            let Some(next) = checkpoint_next_source.or(committed) else {
                 return Err(recovery_err(format!(
-                    "the partition's records were deleted (log starts at {}) and the chainer \
-                     group has no committed offset on {}/{p} to resume from",
+                    "the partition's records were deleted (log starts at {}) and neither the \
+                     latest checkpoint nor the chainer group's committed offset on {}/{p} says \
+                     where to resume",
                     marks.low, a.topics.enriched
                 )));
             };
@@ -721,9 +775,11 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
                 log_start = marks.low,
                 checkpoint_seq = cp_seq,
                 next_offset = next,
+                committed = ?committed,
+                from_checkpoint_header = checkpoint_next_source.is_some(),
                 "the chained partition is empty (retention deleted its records): resuming from \
-                 the latest signed checkpoint and the committed offset; check the chained topic's \
-                 retention (it must be infinite)"
+                 the latest signed checkpoint (at the input offset its record names, else the \
+                 committed offset); check the chained topic's retention (it must be infinite)"
             );
             metrics::counter!(m::RESUMED_FROM_CHECKPOINT, "partition" => p.to_string())
                 .increment(1);
@@ -770,6 +826,12 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
                 for (seq, hash) in start.preload {
                     range.push(seq, hash);
                 }
+                // An idle partition's heartbeats re-sign the checkpoint the range follows.
+                if let Some(f) = finder.as_ref().and_then(CheckpointFinder::latest_fields) {
+                    if checkpoint.is_some_and(|(s, h)| s == f.seq && h == f.head_hash) {
+                        range.seed_signed(f);
+                    }
+                }
                 Some(range)
             }
         };
@@ -798,7 +860,11 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
         },
     )
     .replay_below(committed);
-    Ok(Recovered { chain, range })
+    Ok(Recovered {
+        chain,
+        range,
+        next_source: expected,
+    })
 }
 
 /// The chainer group's committed offset of `topic`/p (the next offset to read), if any. A

@@ -12,6 +12,7 @@
 //!     → take records in order: chain / dead-letter / drop duplicate / skip / seek back
 //!     → on acknowledgement: store the next offset, feed links to the checkpoint range,
 //!       publish count- and time-triggered checkpoints
+//!     → while idle: every heartbeat period, re-sign the last checkpoint with a fresh time
 //!   delivery failed (a record or checkpoint the broker did not take, a broker error):
 //!           stop publishing and storing, drain what is in flight, recreate the producer,
 //!           back off, recover again from the chained tail, seek the consumer back → chain on
@@ -26,7 +27,7 @@
 //! the configuration says is fatal (a contradicting tail, an unknown schema, a signing fault).
 //!
 //! A checkpoint is published only while the task's epoch is current: checked before every
-//! publish, count- or time-triggered, so a revoked task or a zombie never signs.
+//! publish, count- or time-triggered or a heartbeat, so a revoked task or a zombie never signs.
 //!
 //! The Kafka side is behind [`TaskIo`], so the task is tested with a fake.
 
@@ -55,6 +56,12 @@ use crate::worker::now_us;
 /// the consumer forward instead of skipping record by record (e.g. static assignment starting
 /// from an old or absent committed offset).
 pub const FAR_BEHIND: i64 = 10_000;
+
+/// Header of a checkpoint record: the enriched-topic offset after the last link it covers.
+/// Recovery resumes there when retention (or an operator) emptied the chained partition: the
+/// group's committed offset may lag it (offsets are committed asynchronously), and events
+/// between the two would otherwise be chained a second time under new seqs.
+pub const HEADER_NEXT_SOURCE_OFFSET: &str = "audit.next_source_offset";
 
 /// Longest back-off between attempts after a broker error (recovery, or a partition's chaining
 /// after a delivery failure): 1 s, 2 s, 4 s … then this, for as long as the broker is away.
@@ -108,10 +115,14 @@ pub trait TaskIo: Send + Sync + 'static {
         code: &'static str,
         message: &'a str,
     ) -> BoxFuture<'a, Result<Ack, Error>>;
+    /// `next_source`: the input offset after the last link the checkpoint covers, carried in
+    /// the record's [`HEADER_NEXT_SOURCE_OFFSET`] header for recovery (not signed: it is where
+    /// the chainer resumes, not a claim about the chain).
     fn send_checkpoint<'a>(
         &'a self,
         p: i32,
         payload: &'a [u8],
+        next_source: Option<i64>,
     ) -> BoxFuture<'a, Result<Ack, Error>>;
     /// Stores the next input offset to commit.
     fn store_offset(&self, p: i32, next: i64);
@@ -291,6 +302,7 @@ pub async fn run<I: TaskIo>(
             chain: recovered.chain,
             acks: AckQueue::default(),
             range: recovered.range,
+            next_source: Some(recovered.next_source),
             last_checkpoint: Instant::now(),
             last_taken: None,
             sought_forward: false,
@@ -401,6 +413,9 @@ struct Task<I: TaskIo> {
     chain: PartitionChain,
     acks: AckQueue,
     range: Option<CheckpointRange>,
+    /// The input offset after the last link pushed to `range` (what a checkpoint of it tells
+    /// recovery when retention emptied the chained partition).
+    next_source: Option<i64>,
     last_checkpoint: Instant,
     /// Highest offset queued in `acks` (a re-delivered record below it is ignored).
     last_taken: Option<i64>,
@@ -573,11 +588,12 @@ impl<I: TaskIo> Task<I> {
             metrics::gauge!(m::HEAD_SEQ, "partition" => self.label.clone()).set(seq as f64);
         }
         let every = self.signer.as_ref().map_or(0, |s| s.every_events);
-        for (seq, hash) in released.links {
+        for ((seq, hash), offset) in released.links.into_iter().zip(released.link_offsets) {
             let Some(range) = self.range.as_mut() else {
                 break;
             };
             range.push(seq, hash);
+            self.next_source = Some(offset + 1);
             if every > 0 && range.len() >= every {
                 // Exactly N leaves per count-triggered checkpoint.
                 self.publish_checkpoint().await?;
@@ -586,28 +602,49 @@ impl<I: TaskIo> Task<I> {
         Ok(())
     }
 
+    /// A time-triggered checkpoint of the open range, or, while the partition is idle (the
+    /// range is empty), a heartbeat re-signing the last one.
     async fn timed_checkpoint(&mut self) -> Result<(), Error> {
-        let Some(interval) = self.signer.as_ref().map(|s| s.interval) else {
+        let Some((interval, heartbeat)) = self.signer.as_ref().map(|s| (s.interval, s.heartbeat))
+        else {
             return Ok(());
         };
-        if interval.is_zero()
-            || self.last_checkpoint.elapsed() < interval
-            || self.range.as_ref().is_none_or(|r| r.is_empty())
-        {
-            return Ok(());
+        let idle = self.range.as_ref().is_none_or(|r| r.is_empty());
+        let elapsed = self.last_checkpoint.elapsed();
+        if !idle && !interval.is_zero() && elapsed >= interval {
+            return self.publish_checkpoint().await;
         }
-        self.publish_checkpoint().await
+        if idle && !heartbeat.is_zero() && elapsed >= heartbeat {
+            return self.publish_heartbeat().await;
+        }
+        Ok(())
     }
 
     /// Signs and publishes the open range, only while this task's epoch is current.
     async fn publish_checkpoint(&mut self) -> Result<(), Error> {
+        self.publish(false).await
+    }
+
+    /// Re-signs the last checkpoint with a fresh time (see [`CheckpointRange::heartbeat`]),
+    /// under the same rules as any checkpoint: only while this task's epoch is current and it
+    /// was not stopped, so a revoked task or a zombie never heartbeats either.
+    async fn publish_heartbeat(&mut self) -> Result<(), Error> {
+        self.publish(true).await
+    }
+
+    async fn publish(&mut self, heartbeat: bool) -> Result<(), Error> {
         if self.stopped || !self.current() {
             return Ok(());
         }
         let (Some(signer), Some(range)) = (self.signer.clone(), self.range.as_mut()) else {
             return Ok(());
         };
-        let Some(fields) = range.take(&signer.chain_id, now_us()) else {
+        let fields = if heartbeat {
+            range.heartbeat(now_us(), signer.partition_count)
+        } else {
+            range.take(&signer.chain_id, now_us(), signer.partition_count)
+        };
+        let Some(fields) = fields else {
             return Ok(());
         };
         self.last_checkpoint = Instant::now();
@@ -622,13 +659,20 @@ impl<I: TaskIo> Task<I> {
                 partition: p,
                 source,
             })?;
-        let ack = self.io.send_checkpoint(p, &payload).await?;
-        tracing::info!(
-            partition = p,
-            first_seq = fields.first_seq,
-            seq,
-            "checkpoint signed"
-        );
+        let ack = self
+            .io
+            .send_checkpoint(p, &payload, self.next_source)
+            .await?;
+        if heartbeat {
+            tracing::debug!(partition = p, seq, "heartbeat checkpoint signed");
+        } else {
+            tracing::info!(
+                partition = p,
+                first_seq = fields.first_seq,
+                seq,
+                "checkpoint signed"
+            );
+        }
         self.in_flight.push(Box::pin(async move {
             Completion::Checkpoint {
                 seq,

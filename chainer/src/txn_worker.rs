@@ -455,7 +455,7 @@ impl Worker {
                             )
                             .await?;
                         txn.chained(p, offset);
-                        d
+                        self.ctx.producer.track(d)
                     }
                     None => {
                         send(
@@ -487,8 +487,8 @@ impl Worker {
                     "undecodable record on the enriched topic; dead-lettering it (not chained)");
                 let rec = dead_letter(&self.ctx.topics.rejected, &input, STAGE, code, &message);
                 let delivery = match self.txn.as_mut() {
-                    Some(txn) => {
-                        txn.produce(
+                    Some(txn) => txn
+                        .produce(
                             p,
                             Outgoing {
                                 topic: &rec.topic,
@@ -499,8 +499,8 @@ impl Worker {
                                 headers: &rec.headers,
                             },
                         )
-                        .await?
-                    }
+                        .await
+                        .map(|d| self.ctx.producer.track(d))?,
                     None => self.ctx.producer.enqueue(&rec).await?,
                 };
                 slot.acks.push(offset, None, false);
@@ -612,31 +612,43 @@ impl Worker {
         Ok(())
     }
 
+    /// Time-triggered checkpoints of non-empty ranges, and heartbeats (the last checkpoint
+    /// re-signed with a fresh time) of idle partitions: both go into the open transaction,
+    /// only for partitions this worker currently owns.
     async fn timed_checkpoints(&mut self) -> Result<(), Error> {
-        let Some(interval) = self.ctx.signer.as_ref().map(|s| s.interval) else {
+        let Some((interval, heartbeat)) =
+            self.ctx.signer.as_ref().map(|s| (s.interval, s.heartbeat))
+        else {
             return Ok(());
         };
-        if interval.is_zero() {
-            return Ok(());
-        }
-        let due: Vec<i32> = self
+        let due: Vec<(i32, bool)> = self
             .slots
             .iter()
-            .filter(|(_, s)| {
-                s.last_checkpoint.elapsed() >= interval
-                    && s.range.as_ref().is_some_and(|r| !r.is_empty())
+            .filter_map(|(p, s)| {
+                let idle = s.range.as_ref().is_none_or(|r| r.is_empty());
+                let elapsed = s.last_checkpoint.elapsed();
+                if !idle && !interval.is_zero() && elapsed >= interval {
+                    Some((*p, false))
+                } else if idle && !heartbeat.is_zero() && elapsed >= heartbeat {
+                    Some((*p, true))
+                } else {
+                    None
+                }
             })
-            .map(|(p, _)| *p)
             .collect();
-        for p in due {
+        for (p, heartbeat) in due {
             if self.is_current(p) {
-                self.publish_checkpoint(p).await?;
+                self.publish(p, heartbeat).await?;
             }
         }
         Ok(())
     }
 
     async fn publish_checkpoint(&mut self, p: i32) -> Result<(), Error> {
+        self.publish(p, false).await
+    }
+
+    async fn publish(&mut self, p: i32, heartbeat: bool) -> Result<(), Error> {
         if self.failed {
             return Ok(());
         }
@@ -646,7 +658,12 @@ impl Worker {
         let Some(range) = slot.range.as_mut() else {
             return Ok(());
         };
-        let Some(fields) = range.take(&signer.chain_id, now_us()) else {
+        let fields = if heartbeat {
+            range.heartbeat(now_us(), signer.partition_count)
+        } else {
+            range.take(&signer.chain_id, now_us(), signer.partition_count)
+        };
+        let Some(fields) = fields else {
             return Ok(());
         };
         slot.last_checkpoint = Instant::now();
@@ -665,8 +682,8 @@ impl Worker {
         let cp_partition = checkpoint_partition(p, self.ctx.checkpoint_partitions);
         // With transactions the checkpoint commits atomically with the links it covers.
         let delivery = match self.txn.as_mut() {
-            Some(txn) => {
-                txn.produce(
+            Some(txn) => txn
+                .produce(
                     p,
                     Outgoing {
                         topic: &self.ctx.topics.checkpoints,
@@ -677,8 +694,8 @@ impl Worker {
                         headers: &[],
                     },
                 )
-                .await?
-            }
+                .await
+                .map(|d| self.ctx.producer.track(d))?,
             None => {
                 send(
                     &self.ctx.producer,

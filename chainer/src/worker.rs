@@ -13,11 +13,12 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::Offset;
 use worker_runtime::kafka::consumer::store_next_offset;
 use worker_runtime::kafka::dlq::dead_letter;
-use worker_runtime::kafka::producer::await_delivery;
+use worker_runtime::kafka::producer::{await_delivery, PendingDelivery};
+use worker_runtime::kafka::trace_context::{self, KeyValue};
 use worker_runtime::kafka::Topics;
 use worker_runtime::kafka::{AuditConsumer, InputRecord, KafkaArgs, Producer, RebalanceState};
 use worker_runtime::RuntimeError;
@@ -25,7 +26,7 @@ use worker_runtime::RuntimeError;
 use crate::checkpoints::Signer;
 use crate::error::Error;
 use crate::recovery::{recover_partition, RecoverArgs, Recovered};
-use crate::task::{Ack, TaskIo};
+use crate::task::{Ack, TaskIo, HEADER_NEXT_SOURCE_OFFSET};
 
 pub const STAGE: &str = "chainer";
 pub(crate) const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -201,6 +202,19 @@ impl TaskIo for KafkaIo {
             partition: p,
             epoch,
         });
+        let span = trace_context::internal_span(
+            STAGE,
+            format!("{} recover", self.topics.chained),
+            None,
+            vec![
+                KeyValue::new("messaging.destination.name", self.topics.chained.clone()),
+                KeyValue::new("messaging.destination.partition.id", p.to_string()),
+                KeyValue::new(
+                    "audit.chainer.epoch",
+                    i64::try_from(epoch).unwrap_or(i64::MAX),
+                ),
+            ],
+        );
         Box::pin(async move {
             if let Some(d) = delay {
                 tracing::warn!(
@@ -210,7 +224,14 @@ impl TaskIo for KafkaIo {
                 );
                 tokio::time::sleep(d).await;
             }
-            recover.await
+            let r = recover.await;
+            if let Ok(rec) = &r {
+                span.set_attribute(|| {
+                    KeyValue::new("audit.chain.next_offset", rec.chain.expected())
+                });
+            }
+            span.end_with(&r);
+            r
         })
     }
 
@@ -238,16 +259,25 @@ impl TaskIo for KafkaIo {
         payload: &'a [u8],
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         Box::pin(async move {
-            let d = send(
+            // The chained record carries its input's trace context: a `send` span's (child
+            // of this record's `process` span) while tracing is on, else the input's headers
+            // as they came. Headers are not hashed: the record's value stays deterministic.
+            let process = trace_context::process_span(STAGE, input);
+            let publish = trace_context::send_span(STAGE, &process, &self.topics.chained, Some(p));
+            let headers = trace_headers(&publish, input);
+            let d = send_with_headers(
                 &self.producer.get().1,
                 &self.topics.chained,
                 p,
                 input.key.as_deref(),
                 payload,
                 input.timestamp_ms,
+                headers,
             )
-            .await?;
-            Ok(ack(d, self.topics.chained.clone()))
+            .await;
+            publish.end_with(&d);
+            process.end();
+            Ok(ack(d?, self.topics.chained.clone()))
         })
     }
 
@@ -258,9 +288,15 @@ impl TaskIo for KafkaIo {
         message: &'a str,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         Box::pin(async move {
-            let rec = dead_letter(&self.topics.rejected, input, STAGE, code, message);
-            let d = self.producer.get().1.enqueue(&rec).await?;
-            Ok(ack(d, self.topics.rejected.clone()))
+            let mut rec = dead_letter(&self.topics.rejected, input, STAGE, code, message);
+            let process = trace_context::process_span(STAGE, input);
+            let publish =
+                trace_context::send_span(STAGE, &process, &self.topics.rejected, rec.partition);
+            publish.inject(&mut rec.headers);
+            let d = self.producer.get().1.enqueue(&rec).await;
+            publish.end_with(&d);
+            process.end();
+            Ok(ack(d?, self.topics.rejected.clone()))
         })
     }
 
@@ -268,19 +304,59 @@ impl TaskIo for KafkaIo {
         &'a self,
         p: i32,
         payload: &'a [u8],
+        next_source: Option<i64>,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         Box::pin(async move {
             let key = p.to_string();
-            let d = send(
+            let q = checkpoint_partition(p, self.checkpoint_partitions);
+            // A checkpoint's publication is its own trace (it covers many events).
+            let publish = trace_context::send_span(
+                STAGE,
+                &trace_context::RecordSpan::none(),
+                &self.topics.checkpoints,
+                Some(q),
+            );
+            publish.set_attribute(|| KeyValue::new("audit.chain.partition", i64::from(p)));
+            let mut headers = Vec::new();
+            if let Some(next) = next_source {
+                headers.push((
+                    HEADER_NEXT_SOURCE_OFFSET.to_owned(),
+                    next.to_string().into_bytes(),
+                ));
+            }
+            publish.inject(&mut headers);
+            let d = send_with_headers(
                 &self.producer.get().1,
                 &self.topics.checkpoints,
-                checkpoint_partition(p, self.checkpoint_partitions),
+                q,
                 Some(key.as_bytes()),
                 payload,
                 None,
+                owned_headers(&headers),
             )
-            .await?;
-            Ok(ack(d, self.topics.checkpoints.clone()))
+            .await;
+            let d = match d {
+                Ok(d) => d,
+                Err(e) => {
+                    publish.end_with(&Err::<(), _>(&e));
+                    return Err(e);
+                }
+            };
+            let topic = self.topics.checkpoints.clone();
+            // Acknowledged: the partition's newest checkpoint is this one (its age on the
+            // dashboards is `time() - audit_chainer_checkpoint_timestamp_seconds`).
+            Ok(Box::pin(async move {
+                let r = await_delivery(d, &topic).await.map(|_| ());
+                publish.end_with(&r);
+                if r.is_ok() {
+                    metrics::gauge!(
+                        crate::metrics::CHECKPOINT_TIMESTAMP,
+                        "partition" => p.to_string()
+                    )
+                    .set(now_us() as f64 / 1e6);
+                }
+                r
+            }) as Ack)
         })
     }
 
@@ -297,7 +373,7 @@ impl TaskIo for KafkaIo {
     }
 }
 
-fn ack(d: DeliveryFuture, topic: String) -> Ack {
+fn ack(d: PendingDelivery, topic: String) -> Ack {
     Box::pin(async move { await_delivery(d, &topic).await.map(|_| ()) })
 }
 
@@ -335,7 +411,55 @@ pub(crate) async fn send(
     key: Option<&[u8]>,
     payload: &[u8],
     timestamp_ms: Option<i64>,
-) -> Result<DeliveryFuture, Error> {
+) -> Result<PendingDelivery, Error> {
+    send_with_headers(producer, topic, partition, key, payload, timestamp_ms, None).await
+}
+
+/// The headers a chained record carries: `publish`'s trace context while tracing is on, else
+/// the input's own `traceparent` / `tracestate` unchanged (so a producer's trace id still
+/// reaches the sinks' readers).
+fn trace_headers(
+    publish: &trace_context::RecordSpan,
+    input: &InputRecord,
+) -> Option<rdkafka::message::OwnedHeaders> {
+    let mut headers = Vec::new();
+    if publish.context().is_some() {
+        publish.inject(&mut headers);
+    } else {
+        for name in [trace_context::TRACEPARENT, trace_context::TRACESTATE] {
+            if let Some(v) = input.header(name) {
+                headers.push((name.to_owned(), v.to_vec()));
+            }
+        }
+    }
+    owned_headers(&headers)
+}
+
+fn owned_headers(headers: &[(String, Vec<u8>)]) -> Option<rdkafka::message::OwnedHeaders> {
+    if headers.is_empty() {
+        return None;
+    }
+    let mut h = rdkafka::message::OwnedHeaders::new_with_capacity(headers.len());
+    for (k, v) in headers {
+        h = h.insert(rdkafka::message::Header {
+            key: k,
+            value: Some(v),
+        });
+    }
+    Some(h)
+}
+
+/// [`send`] with record headers (trace context).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn send_with_headers(
+    producer: &Producer,
+    topic: &str,
+    partition: i32,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    timestamp_ms: Option<i64>,
+    headers: Option<rdkafka::message::OwnedHeaders>,
+) -> Result<PendingDelivery, Error> {
     loop {
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
             .partition(partition)
@@ -343,11 +467,15 @@ pub(crate) async fn send(
         if let Some(k) = key {
             fr = fr.key(k);
         }
+        if let Some(h) = &headers {
+            // Cloned per attempt: a full queue hands the record back and we try again.
+            fr = fr.headers(h.clone());
+        }
         if let Some(ts) = timestamp_ms {
             fr = fr.timestamp(ts);
         }
         match producer.inner().send_result(fr) {
-            Ok(d) => return Ok(d),
+            Ok(d) => return Ok(producer.track(d)),
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

@@ -393,7 +393,7 @@ fn checkpoints_cover_contiguous_ranges_that_the_verifier_accepts_across_a_restar
         range.push(r.seq as u64, hash32("hash", &r.hash).unwrap());
         if range.len() >= every {
             cps.push(
-                schemas::checkpoint::sign(&key, &range.take(chain_id, 1_000).unwrap()).unwrap(),
+                schemas::checkpoint::sign(&key, &range.take(chain_id, 1_000, 0).unwrap()).unwrap(),
             );
         }
     }
@@ -404,11 +404,16 @@ fn checkpoints_cover_contiguous_ranges_that_the_verifier_accepts_across_a_restar
     let mut other = cps[1].clone();
     other.partition = P + 1;
     other.seq = 999;
-    for cp in cps.iter().chain([&other]) {
-        finder.push(Some(&encode_single_object_checkpoint(cp).unwrap()));
+    for (i, cp) in cps.iter().chain([&other]).enumerate() {
+        finder.push(
+            Some(&encode_single_object_checkpoint(cp).unwrap()),
+            Some(100 + i as i64),
+        );
     }
-    finder.push(Some(b"junk"));
+    finder.push(Some(b"junk"), Some(7));
     assert_eq!(finder.latest().map(|(s, _)| s), Some(20));
+    // The resume offset comes from the latest checkpoint's own record, not a later one's.
+    assert_eq!(finder.latest_next_source(), Some(101));
     let tail = tail_of(&whole, 23, 100, 64);
     let start = range_start(23, &tail.hashes, finder.latest()).unwrap();
     assert_eq!(start.first_seq, 21);
@@ -423,11 +428,11 @@ fn checkpoints_cover_contiguous_ranges_that_the_verifier_accepts_across_a_restar
         range.push(r.seq as u64, hash32("hash", &r.hash).unwrap());
         if range.len() >= every {
             cps.push(
-                schemas::checkpoint::sign(&key, &range.take(chain_id, 2_000).unwrap()).unwrap(),
+                schemas::checkpoint::sign(&key, &range.take(chain_id, 2_000, 0).unwrap()).unwrap(),
             );
         }
     }
-    cps.push(schemas::checkpoint::sign(&key, &range.take(chain_id, 3_000).unwrap()).unwrap());
+    cps.push(schemas::checkpoint::sign(&key, &range.take(chain_id, 3_000, 0).unwrap()).unwrap());
     let ranges: Vec<(i64, i64)> = cps.iter().map(|c| (c.first_seq, c.seq)).collect();
     assert_eq!(
         ranges,

@@ -55,6 +55,9 @@ PIP_CONFLUENT="confluent-kafka>=2.3,<3"
 PIP_CHDB="chdb-core==26.9.0" # current ClickHouse in-process, for the DDL/query recipe tests
 # The real OpenTelemetry SDK exporters (gRPC and HTTP), for ingest's OTLP receiver tests.
 PIP_OTEL=("opentelemetry-sdk==1.45.2" "opentelemetry-exporter-otlp==1.45.2")
+# A real Confluent Avro producer (AvroSerializer + SchemaRegistryClient, and fastavro under
+# them), for ingest's schema-registry test (integration-tests/tests/it/registry.rs).
+PIP_AVRO_SR=("confluent-kafka[avro,schemaregistry]==2.16.1" "fastavro==1.13.1")
 PROBE_BUCKET="stack-probe"
 SERVICES=(kafka clickhouse s3)
 
@@ -274,7 +277,7 @@ resolve_python() {
 }
 
 install_python() {
-  local t0 pkgs=() mod otel=""
+  local t0 pkgs=() mod otel="" avro_sr=""
   t0=$(now)
   resolve_python
   for mod in $("$PYTHON" -c '
@@ -286,15 +289,18 @@ def missing(m):
         return True
 mods = ("confluent_kafka", "chdb", "opentelemetry.sdk.trace",
         "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-        "opentelemetry.exporter.otlp.proto.http.trace_exporter")
+        "opentelemetry.exporter.otlp.proto.http.trace_exporter",
+        "fastavro", "confluent_kafka.schema_registry.avro")
 print(" ".join(m for m in mods if missing(m)))'); do
     case "$mod" in
       confluent_kafka) pkgs+=("$PIP_CONFLUENT") ;;
       chdb) pkgs+=("$PIP_CHDB") ;;
       opentelemetry.*) otel=1 ;;
+      fastavro | confluent_kafka.schema_registry.avro) avro_sr=1 ;;
     esac
   done
   [ -z "$otel" ] || pkgs+=("${PIP_OTEL[@]}")
+  [ -z "$avro_sr" ] || pkgs+=("${PIP_AVRO_SR[@]}")
   weed_bin >/dev/null || pkgs+=("$PIP_SEAWEEDFS")
   [ "${#pkgs[@]}" -eq 0 ] && return 0
   pip_install "${pkgs[@]}"

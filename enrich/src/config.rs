@@ -40,6 +40,9 @@ pub struct Config {
         default_value_t = 300
     )]
     pub catch_up_timeout_secs: u64,
+    /// Privacy rules (docs/privacy.md): on when a tokenization key is configured.
+    #[command(flatten)]
+    pub privacy: crate::privacy::PrivacyArgs,
 }
 
 impl WorkerConfig for Config {
@@ -59,5 +62,38 @@ mod tests {
         assert_eq!(c.group_id, "audit-enrich");
         assert_eq!(c.kafka.topics().context_users, "x.context.users");
         assert_eq!(c.catch_up_timeout_secs, 300);
+        assert!(
+            c.privacy.privacy_token_key.is_empty(),
+            "privacy off by default"
+        );
+        assert_eq!(c.privacy.privacy_key_cache_ttl_secs, 60);
+    }
+
+    #[test]
+    fn privacy_options_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("enrich.toml");
+        std::fs::write(
+            &path,
+            "[privacy]\nprivacy_token_key_id = \"t7\"\nprivacy_key_cache_ttl_secs = 5\n\
+             privacy_retired_token_key_files = [\"t6=/keys/t6\"]\n",
+        )
+        .expect("write");
+        let path = path.display().to_string();
+        let c: Config =
+            worker_runtime::config::load_from(["enrich", "--config", &path]).expect("config");
+        assert_eq!(c.privacy.privacy_token_key_id, "t7");
+        assert_eq!(c.privacy.privacy_key_cache_ttl_secs, 5);
+        assert_eq!(c.privacy.privacy_retired_token_key_files, ["t6=/keys/t6"]);
+        std::fs::write(
+            dir.path().join("enrich.toml"),
+            "[privacy]\nprivacy_colour = 1\n",
+        )
+        .expect("write");
+        assert!(
+            worker_runtime::config::load_from::<Config, _, _>(["enrich", "--config", &path])
+                .is_err(),
+            "unknown keys are refused"
+        );
     }
 }

@@ -7,10 +7,15 @@
 //! event's team id, else the user's), enriched with `schemas::context::apply_context`, and
 //! written to `<prefix>enriched` with the same key and the **same partition number** as its
 //! input, so per-key order and each partition's content carry over unchanged to the chainer.
+//!
+//! With a tokenization key configured, the [`privacy`] rules run on each event after its
+//! context is merged and before it is encoded for the chainer: fields dropped, masked,
+//! tokenized or encrypted for their data subject (docs/privacy.md).
 
 mod config;
 pub mod context;
 mod loader;
+pub mod privacy;
 pub mod processor;
 
 use std::sync::Arc;
@@ -59,6 +64,8 @@ pub enum Error {
     )]
     CatchUpTimeout { after: Duration, pending: String },
     #[error(transparent)]
+    Privacy(#[from] privacy::PrivacyError),
+    #[error(transparent)]
     Runtime(Box<RuntimeError>),
 }
 
@@ -96,6 +103,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         });
     }
 
+    // Built before anything runs: a half-configured privacy setup stops the worker at start
+    // rather than letting one event through in the clear.
+    let privacy = config.privacy.build()?;
+    if let Some(p) = &privacy {
+        if let Some(keys) = p.subject_keys() {
+            keys.check().await?;
+        }
+        tracing::info!(rules = ?config.privacy.privacy_rules_file, "privacy rules on");
+    }
     let caches = ContextCaches::new(config.users_cache_max_bytes, config.teams_cache_max_bytes);
     let producer = Producer::new(&config.kafka, "audit-enrich")?;
     let ready = Readiness::default();
@@ -129,12 +145,15 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 
     // The main loop is a task too, so that a failing context loader stops the worker even while
     // the main loop is still waiting for the caches.
-    let processor = Arc::new(EnrichProcessor::new(
-        caches,
-        topics.enriched.clone(),
-        topics.rejected.clone(),
-        resolver,
-    ));
+    let processor = Arc::new(
+        EnrichProcessor::new(
+            caches,
+            topics.enriched.clone(),
+            topics.rejected.clone(),
+            resolver,
+        )
+        .with_privacy(privacy),
+    );
     let settings = PipelineSettings {
         stage: processor::STAGE,
         max_in_flight: config.max_in_flight.max(1),

@@ -9,6 +9,7 @@ use worker_runtime::kafka::{InputRecord, OutputRecord};
 use worker_runtime::RuntimeError;
 
 use crate::context::ContextCaches;
+use crate::privacy::Privacy;
 
 /// The stage name in DLQ headers, logs and metrics.
 pub const STAGE: &str = "enrich";
@@ -22,6 +23,9 @@ pub struct EnrichProcessor {
     enriched_topic: String,
     rejected_topic: String,
     resolver: Arc<dyn SchemaIdResolver>,
+    /// The privacy rules, applied after the context is merged (so enrichment cannot bring back
+    /// what a rule removed) and before the event is encoded for the chainer.
+    privacy: Option<Privacy>,
 }
 
 impl std::fmt::Debug for EnrichProcessor {
@@ -30,6 +34,7 @@ impl std::fmt::Debug for EnrichProcessor {
             .field("caches", &self.caches)
             .field("enriched_topic", &self.enriched_topic)
             .field("rejected_topic", &self.rejected_topic)
+            .field("privacy", &self.privacy.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -46,13 +51,22 @@ impl EnrichProcessor {
             enriched_topic: enriched_topic.into(),
             rejected_topic: rejected_topic.into(),
             resolver,
+            privacy: None,
         }
+    }
+
+    /// With the privacy rules on.
+    pub fn with_privacy(mut self, privacy: Option<Privacy>) -> Self {
+        self.privacy = privacy;
+        self
     }
 
     /// The one output record for `input`: the enriched event on the input's partition number of
     /// the enriched topic (so per-key order and the partition's chain follow the input), or a
-    /// dead letter.
-    pub async fn handle(&self, input: &InputRecord) -> OutputRecord {
+    /// dead letter. `Err`: the privacy rules could not be applied (subject key store
+    /// unreachable); the event must not leave in the clear, so the worker stops and the input is
+    /// read again after the restart.
+    pub async fn handle(&self, input: &InputRecord) -> Result<OutputRecord, RuntimeError> {
         let decoded = match input.payload.as_deref() {
             None => Err(("null record value (tombstone)".to_owned(), UNDECODABLE)),
             Some(bytes) => framing::decode_event(bytes, Some(self.resolver.as_ref()))
@@ -61,6 +75,18 @@ impl EnrichProcessor {
         let encoded = match decoded {
             Ok(mut event) => {
                 self.caches.enrich(&mut event).await;
+                if let Some(privacy) = &self.privacy {
+                    let outcome = privacy.apply(&mut event).await.map_err(|e| {
+                        // Names the record, never a value (the error carries none).
+                        tracing::error!(topic = %input.topic, partition = input.partition,
+                            offset = input.offset, error = %e, "privacy rules could not be applied");
+                        RuntimeError::Task {
+                            task: STAGE.into(),
+                            message: format!("privacy rules: {e}"),
+                        }
+                    })?;
+                    count_privacy(&outcome);
+                }
                 framing::encode_single_object_event(&event).map_err(|e| (e.to_string(), "encode"))
             }
             Err(e) => Err(e),
@@ -75,20 +101,42 @@ impl EnrichProcessor {
                         out = out.with_header(name, v);
                     }
                 }
-                out
+                Ok(out)
             }
             Err((message, code)) => {
                 metrics::counter!("audit_enrich_rejected_total", "code" => code).increment(1);
                 tracing::warn!(topic = %input.topic, partition = input.partition,
                     offset = input.offset, code, error = %message, "event dead-lettered");
-                dead_letter(&self.rejected_topic, input, STAGE, code, &message)
+                Ok(dead_letter(
+                    &self.rejected_topic,
+                    input,
+                    STAGE,
+                    code,
+                    &message,
+                ))
             }
+        }
+    }
+}
+
+fn count_privacy(o: &crate::privacy::Outcome) {
+    for (action, n) in [
+        ("drop", o.dropped),
+        ("mask", o.masked),
+        ("tokenize", o.tokenized),
+        ("encrypt", o.encrypted),
+        ("text_mask", o.text_masked),
+        ("erased", o.erased),
+    ] {
+        if n > 0 {
+            metrics::counter!("audit_enrich_privacy_fields_total", "action" => action)
+                .increment(u64::from(n));
         }
     }
 }
 
 impl Processor for EnrichProcessor {
     async fn process(&self, input: &InputRecord) -> Result<Vec<OutputRecord>, RuntimeError> {
-        Ok(vec![self.handle(input).await])
+        Ok(vec![self.handle(input).await?])
     }
 }

@@ -175,7 +175,7 @@ fn decode(out: &OutputRecord) -> AuditEvent {
 async fn enriched_event_keeps_key_and_partition() {
     let p = processor(loaded().await);
     let bytes = framing::encode_single_object_event(&sample_event()).expect("encode");
-    let out = p.handle(&input(Some(bytes))).await;
+    let out = p.handle(&input(Some(bytes))).await.expect("handled");
     assert_eq!(out.topic, "t.enriched");
     assert_eq!(out.partition, Some(5));
     assert_eq!(out.key.as_deref(), Some(&b"team-456"[..]));
@@ -185,11 +185,17 @@ async fn enriched_event_keeps_key_and_partition() {
     assert_eq!(e.tenant.team_name.as_deref(), Some("Platform"));
     // Deterministic: the same input with the same context gives the same bytes.
     let bytes = framing::encode_single_object_event(&sample_event()).expect("encode");
-    assert_eq!(p.handle(&input(Some(bytes))).await.payload, out.payload);
+    assert_eq!(
+        p.handle(&input(Some(bytes)))
+            .await
+            .expect("handled")
+            .payload,
+        out.payload
+    );
 
     // Confluent framing is decoded too; the output is single-object.
     let bytes = framing::encode_confluent_event(&sample_event(), 1).expect("encode");
-    let out2 = p.handle(&input(Some(bytes))).await;
+    let out2 = p.handle(&input(Some(bytes))).await.expect("handled");
     assert_eq!(out2.topic, "t.enriched");
     assert_eq!(out2.payload, out.payload);
 }
@@ -202,11 +208,88 @@ async fn undecodable_input_is_dead_lettered() {
         Some(b"{\"json\": true}".to_vec()),
         Some(vec![0xC3, 0x01, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
     ] {
-        let out = p.handle(&input(payload.clone())).await;
+        let out = p.handle(&input(payload.clone())).await.expect("handled");
         assert_eq!(out.topic, "t.rejected");
         assert_eq!(out.payload, payload, "original bytes");
         assert_eq!(out.key.as_deref(), Some(&b"team-456"[..]));
         assert_eq!(header(&out, HEADER_REASON_CODE), Some(&b"undecodable"[..]));
         assert_eq!(header(&out, HEADER_STAGE), Some(&b"enrich"[..]));
     }
+}
+
+fn privacy_on(dir: &std::path::Path) -> crate::privacy::Privacy {
+    use crate::privacy::keys::NamedKey;
+    use crate::privacy::rules::Rules;
+    use crate::privacy::store::{StoreLocation, SubjectKeys};
+    let location = StoreLocation {
+        url: dir.display().to_string(),
+        s3_endpoint: String::new(),
+        s3_access_key_id: String::new(),
+        s3_secret_access_key: String::new(),
+    };
+    let keys = SubjectKeys::new(
+        location.build().expect("store"),
+        vec![NamedKey::new("m1", [8; 32]).expect("master")],
+        std::time::Duration::from_secs(60),
+    );
+    crate::privacy::Privacy::new(
+        Rules::default(),
+        NamedKey::new("t1", [9; 32]).expect("token key"),
+        Some(keys),
+    )
+}
+
+#[tokio::test]
+async fn privacy_rules_run_after_the_context_is_merged() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let p = processor(loaded().await).with_privacy(Some(privacy_on(dir.path())));
+    let bytes = framing::encode_single_object_event(&sample_event()).expect("encode");
+    let out = p.handle(&input(Some(bytes))).await.expect("handled");
+    let e = decode(&out);
+    // The name and email came from the context, after which they were encrypted: enrichment
+    // did not bring them back in the clear.
+    for v in [&e.actor.name, &e.actor.email] {
+        assert!(
+            v.as_deref().is_some_and(|v| v.starts_with("enc:v1:")),
+            "{v:?}"
+        );
+    }
+    assert!(e
+        .actor
+        .ip
+        .as_deref()
+        .is_some_and(|v| v.starts_with("tok:t1:")));
+    let payload = out.payload.as_deref().expect("payload");
+    for pii in ["Ada", "ada@example.com", "192.168.1.100"] {
+        assert!(
+            !payload.windows(pii.len()).any(|w| w == pii.as_bytes()),
+            "{pii}"
+        );
+    }
+    assert_eq!(
+        e.tenant.team_name.as_deref(),
+        Some("Platform"),
+        "context kept"
+    );
+}
+
+#[tokio::test]
+async fn an_unusable_key_store_stops_the_event_instead_of_passing_pii() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let privacy = privacy_on(dir.path());
+    // The stored key of the sample's subject is garbage (or was wrapped by another master).
+    let subject = crate::privacy::token::subject_token(privacy.token_key(), "user-123");
+    std::fs::create_dir_all(dir.path().join("subjects")).expect("dir");
+    std::fs::write(
+        dir.path().join(format!("subjects/{subject}.json")),
+        b"{\"not\":\"a key\"}",
+    )
+    .expect("write");
+    let p = processor(loaded().await).with_privacy(Some(privacy));
+    let bytes = framing::encode_single_object_event(&sample_event()).expect("encode");
+    let err = p
+        .handle(&input(Some(bytes)))
+        .await
+        .expect_err("no output at all");
+    assert!(!err.to_string().contains("ada"), "{err}");
 }

@@ -56,6 +56,9 @@ pub struct Config {
     pub http: HttpArgs,
     #[command(flatten)]
     pub otlp: OtlpArgs,
+    /// Confluent-framed Avro through a schema registry (`ingest::registry`).
+    #[command(flatten)]
+    pub registry: crate::registry::RegistryArgs,
 }
 
 /// The OTLP traces receiver (each span becomes one audit event; `ingest::otlp`).
@@ -203,6 +206,11 @@ mod tests {
         assert!(!c.otlp.enabled, "OTLP is off unless enabled");
         assert_eq!(c.otlp.grpc_addr, "0.0.0.0:4317");
         assert_eq!(c.otlp.http_addr, "0.0.0.0:4318");
+        assert!(
+            !c.registry.enabled(),
+            "no registry unless configured: the compiled-in id table"
+        );
+        assert_eq!(c.registry.retry.max_attempts, 0, "registry outages wait");
     }
 
     #[test]
@@ -234,6 +242,31 @@ mod tests {
             .expect_err("unknown key");
         assert!(err.to_string().contains("adress"), "{err}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn the_schema_registry_is_configured_from_a_file_and_its_secret_never_prints() {
+        let path = std::env::temp_dir().join(format!(
+            "ingest-registry-{}-{}.toml",
+            std::process::id(),
+            line!()
+        ));
+        std::fs::write(
+            &path,
+            "[registry]\nurl = \"http://registry:8081\"\nusername = \"svc\"\n\
+             password = \"hunter2\"\ncache_capacity = 50\n[registry.retry]\nmax_delay_ms = 500\n",
+        )
+        .expect("write config");
+        let p = path.to_str().expect("utf-8 path");
+        let c: Config = worker_runtime::config::load_from(["ingest", "--config", p]).expect("load");
+        let _ = std::fs::remove_file(&path);
+        assert!(c.registry.enabled());
+        assert_eq!(c.registry.url, "http://registry:8081");
+        assert_eq!(c.registry.password.expose(), "hunter2");
+        assert_eq!(c.registry.cache_capacity, 50);
+        assert_eq!(c.registry.retry.max_delay_ms, 500);
+        let dumped = format!("{c:?}");
+        assert!(!dumped.contains("hunter2"), "{dumped}");
     }
 
     #[test]

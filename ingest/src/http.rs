@@ -38,6 +38,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use worker_runtime::health::{self, Readiness};
 use worker_runtime::kafka::producer::await_delivery;
+use worker_runtime::kafka::trace_context::{self, KeyValue};
 use worker_runtime::kafka::{OutputRecord, Producer};
 
 use crate::processor::partition_key;
@@ -542,8 +543,18 @@ async fn post_events(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bo
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return resp;
     }
-    let response = accept_items(&door, &principal, &items).await;
+    // The caller's `traceparent` (if any) is the parent of this request's span, and so of
+    // every record it produces.
+    let span = trace_context::server_span(
+        crate::processor::STAGE,
+        "POST /v1/events",
+        headers.get("traceparent").map(HeaderValue::as_bytes),
+        headers.get("tracestate").map(HeaderValue::as_bytes),
+    );
+    let response = trace_context::in_span(&span, accept_items(&door, &principal, &items)).await;
     let status = response.status();
+    span.set_attribute(|| KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
+    span.end();
     metrics::counter!("audit_ingest_http_requests_total", "status" => status.as_u16().to_string())
         .increment(1);
     (status, axum::Json(response)).into_response()
@@ -557,7 +568,18 @@ pub async fn accept_items(door: &Door, principal: &Principal, items: &[&[u8]]) -
     for (index, bytes) in items.iter().enumerate() {
         match door.check_item(bytes, principal, receive_time_us) {
             Ok(event) => match door.record(&event) {
-                Ok(record) => pending.push((index, event.event_id, record)),
+                Ok(record) => {
+                    // The trace the event names in its own fields, linked from its send span.
+                    let link = trace_context::enabled()
+                        .then(|| {
+                            trace_context::remote_span_context(
+                                event.trace.trace_id.as_deref(),
+                                event.trace.span_id.as_deref(),
+                            )
+                        })
+                        .flatten();
+                    pending.push((index, event.event_id, record, link))
+                }
                 Err(r) => errors.push(item_error(index, 422, &r)),
             },
             Err((status, r)) => {
@@ -570,8 +592,20 @@ pub async fn accept_items(door: &Door, principal: &Principal, items: &[&[u8]]) -
     // Enqueue all, then wait for all: the broker batches them, and the answer waits for the
     // slowest acknowledgement.
     let mut deliveries = Vec::with_capacity(pending.len());
-    for (index, id, record) in pending {
+    let request = trace_context::current();
+    for (index, id, mut record, link) in pending {
+        let send = trace_context::send_span(
+            crate::processor::STAGE,
+            &request,
+            &door.validated_topic,
+            None,
+        );
+        if let Some(sc) = link {
+            send.add_link(sc, "event_trace");
+        }
+        send.inject(&mut record.headers);
         let d = door.producer.enqueue(&record).await;
+        send.end_with(&d);
         deliveries.push((index, id, d));
     }
     let mut accepted = Vec::with_capacity(deliveries.len());

@@ -10,6 +10,7 @@ mod config;
 pub mod http;
 pub mod otlp;
 pub mod processor;
+pub mod registry;
 pub mod validate;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use worker_runtime::{RuntimeError, Shutdown};
 
 pub use config::{Config, HttpArgs, OtlpArgs};
 pub use processor::{partition_key, IngestProcessor};
+pub use registry::{RegistryArgs, RegistryResolver};
 pub use validate::{derived_event_id, validate_event, validate_raw, Rejection, ValidationContext};
 
 /// Errors that stop the ingest worker.
@@ -42,6 +44,8 @@ pub enum Error {
     Http(#[from] http::HttpError),
     #[error(transparent)]
     Otlp(#[from] otlp::OtlpError),
+    #[error(transparent)]
+    Registry(#[from] registry::RegistryError),
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
 }
@@ -61,15 +65,22 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             })?;
     }
 
-    let processor = Arc::new(
-        IngestProcessor::new(
-            topics.validated.clone(),
-            topics.rejected.clone(),
-            config.limits(),
-            resolver.clone(),
-        )
-        .with_strict_labels(config.strict_labels),
-    );
+    let ready = Readiness::default();
+    let mut processor = IngestProcessor::new(
+        topics.validated.clone(),
+        topics.rejected.clone(),
+        config.limits(),
+        resolver.clone(),
+    )
+    .with_strict_labels(config.strict_labels);
+    if config.registry.enabled() {
+        // The compiled-in id table stays the default; with a registry, every Confluent id is
+        // the registry's (its ids and the table's would collide).
+        let registry = RegistryResolver::connect(&config.registry)?.with_readiness(ready.clone());
+        tracing::info!(url = %config.registry.url_for_logs(), "resolving Confluent schema ids through the schema registry");
+        processor = processor.with_registry(Arc::new(registry), shutdown.token().clone());
+    }
+    let processor = Arc::new(processor);
     let producer = Producer::new(&config.kafka, "audit-ingest")?;
     let consumer_settings = ConsumerSettings::new(
         config.group_id.clone(),
@@ -81,7 +92,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     tracing::info!(input = %topics.raw, output = %topics.validated, rejected = %topics.rejected,
         group = %config.group_id, strict_labels = config.strict_labels, "ingest starting");
 
-    let ready = Readiness::default();
     // The HTTP door is bound before anything runs, so a bad address or token file stops the
     // start instead of a half-working worker.
     let http_door = if config.http.addr.is_empty() {

@@ -61,6 +61,7 @@ use schemas::{
 use serde_json::{json, Value};
 use uuid::Uuid;
 use worker_runtime::kafka::producer::await_delivery;
+use worker_runtime::kafka::trace_context;
 use worker_runtime::kafka::{OutputRecord, Producer};
 
 use crate::processor::partition_key;
@@ -506,6 +507,7 @@ impl OtlpReceiver {
         let (events, rejected) = map_request_for(req, &self.limits, now_us(), principal.as_deref());
         let mut deliveries = Vec::with_capacity(events.len());
         let mut failed = Vec::new();
+        let request = trace_context::current();
         for e in &events {
             let record = schemas::framing::encode_single_object_event(e).map(|payload| {
                 OutputRecord::new(
@@ -515,10 +517,30 @@ impl OtlpReceiver {
                 )
             });
             match record {
-                Ok(r) => match self.producer.enqueue(&r).await {
-                    Ok(d) => deliveries.push(d),
-                    Err(err) => failed.push(err.to_string()),
-                },
+                Ok(mut r) => {
+                    // Each event is one of the caller's spans: its send span links to it.
+                    let send = trace_context::send_span(
+                        crate::processor::STAGE,
+                        &request,
+                        &self.validated_topic,
+                        None,
+                    );
+                    if let Some(sc) = send.context().and_then(|_| {
+                        trace_context::remote_span_context(
+                            e.trace.trace_id.as_deref(),
+                            e.trace.span_id.as_deref(),
+                        )
+                    }) {
+                        send.add_link(sc, "event_trace");
+                    }
+                    send.inject(&mut r.headers);
+                    let enqueued = self.producer.enqueue(&r).await;
+                    send.end_with(&enqueued);
+                    match enqueued {
+                        Ok(d) => deliveries.push(d),
+                        Err(err) => failed.push(err.to_string()),
+                    }
+                }
                 Err(err) => failed.push(err.to_string()),
             }
         }
@@ -571,7 +593,16 @@ impl TraceService for Grpc {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok());
-        match self.0.export(request.get_ref(), auth).await {
+        // The caller's `traceparent` metadata (if any) is the parent of the request's span.
+        let span = trace_context::server_span(
+            crate::processor::STAGE,
+            "opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request.metadata().get("traceparent").map(|v| v.as_bytes()),
+            request.metadata().get("tracestate").map(|v| v.as_bytes()),
+        );
+        let result = trace_context::in_span(&span, self.0.export(request.get_ref(), auth)).await;
+        span.end_with(&result);
+        match result {
             Ok(resp) => Ok(tonic::Response::new(resp)),
             Err(e @ ExportError::Unauthenticated) => {
                 Err(tonic::Status::unauthenticated(e.to_string()))
@@ -735,7 +766,15 @@ async fn post_traces(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match rx.export(&req, auth).await {
+    let span = trace_context::server_span(
+        crate::processor::STAGE,
+        "POST /v1/traces",
+        headers.get("traceparent").map(|v| v.as_bytes()),
+        headers.get("tracestate").map(|v| v.as_bytes()),
+    );
+    let result = trace_context::in_span(&span, rx.export(&req, auth)).await;
+    span.end_with(&result);
+    match result {
         Ok(resp) if json_body => match serde_json::to_vec(&resp) {
             Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, JSON)], b).into_response(),
             Err(e) => http_error(StatusCode::INTERNAL_SERVER_ERROR, true, e.to_string()),

@@ -5,13 +5,17 @@
 
 use std::sync::Arc;
 
-use schemas::framing::{self, SchemaIdResolver};
+use schemas::framing::{self, Framing, SchemaIdResolver};
 use schemas::json::JsonLimits;
 use schemas::{AuditEvent, Ingress, IngressChannel};
 use worker_runtime::kafka::dlq::dead_letter;
 use worker_runtime::kafka::pipeline::Processor;
+use worker_runtime::kafka::trace_context;
 use worker_runtime::kafka::{InputRecord, OutputRecord};
+use worker_runtime::retry::RetryError;
 use worker_runtime::RuntimeError;
+
+use crate::registry::{FetchError, PinnedId, RegistryResolver, Verdict};
 
 use crate::validate::{codes, derived_event_id, validate_raw, Rejection, ValidationContext};
 
@@ -29,6 +33,9 @@ pub struct IngestProcessor {
     limits: JsonLimits,
     strict_labels: bool,
     resolver: Arc<dyn SchemaIdResolver>,
+    /// With `--schema-registry-url`: Confluent ids are resolved through the registry (and
+    /// waited for while it is down, until this token, the worker's shutdown, fires).
+    registry: Option<(Arc<RegistryResolver>, tokio_util::sync::CancellationToken)>,
 }
 
 impl std::fmt::Debug for IngestProcessor {
@@ -38,6 +45,7 @@ impl std::fmt::Debug for IngestProcessor {
             .field("rejected_topic", &self.rejected_topic)
             .field("limits", &self.limits)
             .field("strict_labels", &self.strict_labels)
+            .field("registry", &self.registry.as_ref().map(|(r, _)| r))
             .finish_non_exhaustive()
     }
 }
@@ -55,7 +63,19 @@ impl IngestProcessor {
             limits,
             strict_labels: false,
             resolver,
+            registry: None,
         }
+    }
+
+    /// Resolves Confluent schema ids through `registry` instead of the static resolver; a
+    /// registry outage holds the record until the registry answers or `shutdown` fires.
+    pub fn with_registry(
+        mut self,
+        registry: Arc<RegistryResolver>,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Self {
+        self.registry = Some((registry, shutdown));
+        self
     }
 
     /// Strict label mode (`--strict-labels`): unknown labels are dead-lettered `invalid_value`
@@ -67,24 +87,74 @@ impl IngestProcessor {
 
     /// The one output record for `input`.
     pub fn handle(&self, input: &InputRecord) -> OutputRecord {
-        match self.accept(input) {
+        self.handle_with(input, self.resolver.as_ref())
+    }
+
+    /// [`Self::handle`] with the registry's verdict for Confluent-framed input: the record
+    /// decoded with its writer schema, or dead-lettered for an unknown id or an incompatible
+    /// schema. `Err` only when the registry stayed unavailable until shutdown (or the retry
+    /// policy's attempts ran out): the record is then not acknowledged, and read again.
+    pub async fn handle_async(&self, input: &InputRecord) -> Result<OutputRecord, RuntimeError> {
+        let Some((registry, shutdown)) = &self.registry else {
+            return Ok(self.handle(input));
+        };
+        let Some(Framing::Confluent { schema_id }) = input.payload.as_deref().map(framing::detect)
+        else {
+            return Ok(self.handle(input));
+        };
+        Ok(match registry.resolve(schema_id, shutdown).await {
+            Ok(Verdict::Accepted(schema)) => self.handle_with(
+                input,
+                &PinnedId {
+                    id: schema_id,
+                    schema,
+                },
+            ),
+            Ok(Verdict::Incompatible(why)) => self.reject(
+                input,
+                Rejection::new(codes::INCOMPATIBLE_SCHEMA, "", why.to_string()),
+            ),
+            Err(RetryError::Failed(e @ FetchError::NotFound { .. })) => self.reject(
+                input,
+                Rejection::new(codes::UNKNOWN_SCHEMA_ID, "", e.to_string()),
+            ),
+            Err(e) => {
+                return Err(RuntimeError::Task {
+                    task: STAGE.to_owned(),
+                    message: format!(
+                        "{}/{}@{} not processed (not acknowledged; read again after restart): {e}",
+                        input.topic, input.partition, input.offset
+                    ),
+                })
+            }
+        })
+    }
+
+    fn handle_with(&self, input: &InputRecord, resolver: &dyn SchemaIdResolver) -> OutputRecord {
+        match self.accept(input, resolver) {
             Ok(out) => {
                 metrics::counter!("audit_ingest_accepted_total", "channel" => "kafka").increment(1);
                 out
             }
-            Err(r) => {
-                metrics::counter!("audit_ingest_rejected_total", "channel" => "kafka", "code" => r.code)
-                    .increment(1);
-                tracing::debug!(
-                    topic = %input.topic, partition = input.partition, offset = input.offset,
-                    code = r.code, reason = %r.describe(), "record rejected"
-                );
-                dead_letter(&self.rejected_topic, input, STAGE, r.code, &r.describe())
-            }
+            Err(r) => self.reject(input, r),
         }
     }
 
-    fn accept(&self, input: &InputRecord) -> Result<OutputRecord, Rejection> {
+    fn reject(&self, input: &InputRecord, r: Rejection) -> OutputRecord {
+        metrics::counter!("audit_ingest_rejected_total", "channel" => "kafka", "code" => r.code)
+            .increment(1);
+        tracing::debug!(
+            topic = %input.topic, partition = input.partition, offset = input.offset,
+            code = r.code, reason = %r.describe(), "record rejected"
+        );
+        dead_letter(&self.rejected_topic, input, STAGE, r.code, &r.describe())
+    }
+
+    fn accept(
+        &self,
+        input: &InputRecord,
+        resolver: &dyn SchemaIdResolver,
+    ) -> Result<OutputRecord, Rejection> {
         let Some(bytes) = input.payload.as_deref() else {
             return Err(Rejection::new(
                 codes::EMPTY_PAYLOAD,
@@ -109,9 +179,17 @@ impl IngestProcessor {
             ),
             limits: self.limits.clone(),
             strict_labels: self.strict_labels,
-            resolver: self.resolver.as_ref(),
+            resolver,
         };
         let event = validate_raw(bytes, &ctx)?;
+        if input.header(PROPAGATED_HEADERS[0]).is_none() {
+            // No `traceparent`: the trace the event names in its own fields (if any) is linked
+            // from this record's `process` span, in which the pipeline runs us.
+            trace_context::link_current(
+                event.trace.trace_id.as_deref(),
+                event.trace.span_id.as_deref(),
+            );
+        }
         let payload = framing::encode_single_object_event(&event)?;
         let mut out = OutputRecord::new(
             &self.validated_topic,
@@ -129,7 +207,7 @@ impl IngestProcessor {
 
 impl Processor for IngestProcessor {
     async fn process(&self, input: &InputRecord) -> Result<Vec<OutputRecord>, RuntimeError> {
-        Ok(vec![self.handle(input)])
+        Ok(vec![self.handle_async(input).await?])
     }
 }
 

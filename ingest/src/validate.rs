@@ -25,6 +25,12 @@ pub mod codes {
     pub const INVALID_VALUE: &str = "invalid_value";
     pub const TOO_LARGE: &str = "too_large";
     pub const TIMESTAMP_OUT_OF_RANGE: &str = "timestamp_out_of_range";
+    /// Confluent framing whose schema id the schema registry does not know (HTTP 404); the
+    /// same code as `SchemaError::UnknownSchemaId` for the compiled-in id table.
+    pub const UNKNOWN_SCHEMA_ID: &str = "unknown_schema_id";
+    /// Confluent framing whose registered writer schema the `AuditEvent` reader schema cannot
+    /// read (Avro schema resolution), or that is not an Avro schema.
+    pub const INCOMPATIBLE_SCHEMA: &str = "incompatible_schema";
 }
 
 /// The event id of a Kafka record whose event carries none: UUIDv5 in

@@ -10,6 +10,8 @@
 //! - [`checkpoint`]: C2SP tlog-checkpoint bodies (c2sp.org/tlog-checkpoint) and our origin
 //!   naming `<chain id>/partition/<p>`.
 //! - [`cosignature`]: C2SP tlog-cosignature `cosignature/v1` (timestamped Ed25519).
+//! - [`pin`]: trusted chain heads (what an auditor or witness saw before) as tlog-checkpoint
+//!   notes, and the pin file that holds several.
 //! - [`witness`]: the pure state of a witness that cosigns only consistent growth.
 //!
 //! Nothing here does I/O; callers (chainer, auditctl) own storage and transport.
@@ -18,6 +20,7 @@ pub mod b64;
 pub mod checkpoint;
 pub mod cosignature;
 pub mod note;
+pub mod pin;
 pub mod tree;
 pub mod witness;
 

@@ -460,6 +460,20 @@ impl Signer {
         Ok((Self::from_seed(name, key_type, &seed)?, seed))
     }
 
+    /// Go's signer key text `PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 ‖ seed)>` for a seed:
+    /// the inverse of [`Signer::from_skey`], so a key made here is usable by Go tooling and
+    /// can be stored as one line of text.
+    pub fn skey(name: &str, seed: &[u8; 32]) -> Result<String, NoteError> {
+        let ed = Self::from_seed(name, KeyType::Ed25519, seed)?;
+        let mut raw = vec![KeyType::Ed25519.id()];
+        raw.extend_from_slice(seed);
+        Ok(format!(
+            "PRIVATE+KEY+{name}+{:08x}+{}",
+            ed.verifier.key_id,
+            b64::encode(&raw)
+        ))
+    }
+
     /// Parses Go's signer key format `PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 ‖ seed)>`
     /// (golang.org/x/mod/sumdb/note `NewSigner`), for keys made with Go tooling. `key_type`
     /// picks how it will sign: a cosigner reuses an 0x01 key under the 0x04 key ID.
@@ -525,6 +539,18 @@ impl Signer {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn skey_round_trips_through_from_skey() {
+        let (w, seed) = Signer::generate("witness.example/w1", KeyType::CosignatureV1).unwrap();
+        let text = Signer::skey(w.name(), &seed).unwrap();
+        assert!(
+            text.starts_with("PRIVATE+KEY+witness.example/w1+"),
+            "{text}"
+        );
+        let back = Signer::from_skey(&text, KeyType::CosignatureV1).unwrap();
+        assert_eq!(back.verifier_key(), w.verifier_key());
+    }
     use super::*;
 
     // golang.org/x/mod/sumdb/note/note_test.go (TestSign, TestOpen, TestNewVerifier).

@@ -420,6 +420,7 @@ fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
                     head_hash: link.hash,
                     merkle_root: tree.root(),
                     time_us: ev.receive_time_us,
+                    partition_count: 0,
                 };
                 checkpoints.push(sign(key, &fields).expect("signing"));
                 tree = MerkleBuilder::new();

@@ -42,6 +42,8 @@ pub const CANONICAL_VERSION: i32 = 1;
 pub const AUDIT_EVENT_V1_AVSC: &str = include_str!("../avro/audit_event.v1.avsc");
 pub const CHAINED_EVENT_V1_AVSC: &str = include_str!("../avro/chained_event.v1.avsc");
 pub const CHECKPOINT_V1_AVSC: &str = include_str!("../avro/checkpoint.v1.avsc");
+/// v2 adds `partition_count` (default 0), so v1 checkpoints still decode (schema resolution).
+pub const CHECKPOINT_V2_AVSC: &str = include_str!("../avro/checkpoint.v2.avsc");
 
 /// The record kinds the catalog knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -139,6 +141,12 @@ const SOURCES: &[(RecordKind, i32, &str, &str)] = &[
         "checkpoint.v1.avsc",
         CHECKPOINT_V1_AVSC,
     ),
+    (
+        RecordKind::Checkpoint,
+        2,
+        "checkpoint.v2.avsc",
+        CHECKPOINT_V2_AVSC,
+    ),
 ];
 
 /// Current (newest) version per kind: what encoders write.
@@ -146,7 +154,7 @@ const fn current_version(kind: RecordKind) -> i32 {
     match kind {
         RecordKind::AuditEvent => CANONICAL_VERSION,
         RecordKind::ChainedEvent => 1,
-        RecordKind::Checkpoint => 1,
+        RecordKind::Checkpoint => 2,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The signed checkpoint record published on `audit.checkpoints` (schema
-//! `avro/checkpoint.v1.avsc`). Signing and verification live in `checkpoint.rs`; this is only the
+//! `avro/checkpoint.v2.avsc`; v1 lacks `partition_count`). Signing and verification live in `checkpoint.rs`; this is only the
 //! data shape, so that every worker can decode checkpoints without pulling in the signing code.
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,12 @@ pub struct Checkpoint {
     pub merkle_root: Vec<u8>,
     /// Microseconds since the Unix epoch (UTC).
     pub time_us: i64,
+    /// Partition count of the chained topic when the checkpoint was signed: the signed
+    /// partition set, so a verifier can tell a partition deleted whole (records and
+    /// checkpoints) from one that never existed. 0 = not recorded (v1 checkpoints, whose
+    /// signature does not cover it; `serde(default)` and the Avro default keep them readable).
+    #[serde(default)]
+    pub partition_count: i32,
     /// Id of the signing key in the key set.
     pub key_id: String,
     /// Ed25519 signature (64 bytes).

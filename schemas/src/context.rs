@@ -10,7 +10,26 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::SchemaError;
-use crate::event::AuditEvent;
+use crate::event::{AuditEvent, KeyValue};
+
+/// Attribute in which enrich records the user's department. The event model has no department
+/// field; an attribute keeps the Avro schema (and so every canonical encoding) unchanged, and
+/// the ClickHouse sink exposes it as its own `department` column (migration 0004).
+pub const DEPARTMENT_ATTRIBUTE: &str = "audit.enrich.department";
+
+/// Sets `key` in the sorted, unique attribute list (replacing a value already there).
+fn set_attribute(attributes: &mut Vec<KeyValue>, key: &str, value: &str) {
+    match attributes.binary_search_by(|kv| kv.key.as_str().cmp(key)) {
+        Ok(i) => attributes[i].value = value.to_owned(),
+        Err(i) => attributes.insert(
+            i,
+            KeyValue {
+                key: key.to_owned(),
+                value: value.to_owned(),
+            },
+        ),
+    }
+}
 
 /// One user, as published by identity sync.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +136,10 @@ pub fn apply_context(
         event.actor.roles = roles;
         // The user's team is a fallback for events that name no team.
         fill(&mut event.tenant.team_id, u.team_id.as_ref());
+        // Identity-owned like email: the directory's value wins over a producer's attribute.
+        if let Some(d) = &u.department {
+            set_attribute(&mut event.attributes, DEPARTMENT_ATTRIBUTE, d);
+        }
     }
     if let Some(t) = team {
         let t_ = &mut event.tenant;
@@ -163,6 +186,13 @@ mod tests {
         assert_eq!(e.tenant.cost_center.as_deref(), Some("CC-1"));
         assert!(e.tenant.enrichment.enriched);
         assert!(e.tenant.enrichment.user_found && e.tenant.enrichment.team_found);
+        // The department is kept (as an attribute), in sorted position.
+        let dep = e
+            .attributes
+            .iter()
+            .find(|kv| kv.key == DEPARTMENT_ATTRIBUTE);
+        assert_eq!(dep.map(|kv| kv.value.as_str()), Some("eng"));
+        assert!(e.attributes.windows(2).all(|w| w[0].key < w[1].key));
 
         // Producer-given name wins; applying twice is idempotent.
         let mut e2 = sample_event();

@@ -723,6 +723,9 @@ pub struct CheckpointRow {
     pub key_id: String,
     pub signature: String,
     pub checkpoint_offset: i64,
+    /// The signed partition count (0: a v1 checkpoint without one). Last, so that the
+    /// column added by sink-clickhouse's migration 5 lines up with the struct.
+    pub partition_count: i32,
 }
 
 impl CheckpointRow {
@@ -738,6 +741,7 @@ impl CheckpointRow {
         "key_id",
         "signature",
         "checkpoint_offset",
+        "partition_count",
     ];
 
     /// `SELECT <every column, in order> FROM <table>`.
@@ -758,6 +762,7 @@ impl CheckpointRow {
             key_id: c.key_id.clone(),
             signature: hex::encode(&c.signature),
             checkpoint_offset,
+            partition_count: c.partition_count,
         }
     }
 
@@ -773,6 +778,7 @@ impl CheckpointRow {
             head_hash: parse_hex("head_hash", &self.head_hash)?,
             merkle_root: parse_hex("merkle_root", &self.merkle_root)?,
             time_us: self.time_us,
+            partition_count: self.partition_count,
             key_id: self.key_id.clone(),
             signature: parse_hex("signature", &self.signature)?,
         })
@@ -875,6 +881,7 @@ mod tests {
             head_hash: vec![1; 32],
             merkle_root: vec![2; 32],
             time_us: 3,
+            partition_count: 4,
             key_id: "k".into(),
             signature: vec![4; 64],
         };

@@ -179,6 +179,9 @@ pub fn producer_view(event: &AuditEvent) -> AuditEvent {
     e.actor.name = None;
     e.actor.email = None;
     e.actor.roles.clear();
+    // Attributes enrich writes (`audit.enrich.*`; ingest renames a producer's own).
+    e.attributes
+        .retain(|kv| !kv.key.starts_with(crate::json::labels::ENRICH_PREFIX));
     let t = &mut e.tenant;
     t.tenant_id = None;
     t.team_id = None;
@@ -320,8 +323,17 @@ mod tests {
             again.actor.name = Some("Renamed".into());
             again.tenant.team_name = team.clone();
             again.tenant.business_unit = team.clone();
-            again.tenant.cost_center = team;
+            again.tenant.cost_center = team.clone();
             again.tenant.project_id = Some("p".into());
+            if let Some(d) = &team {
+                // What enrich records of the user's department (schemas::context).
+                again.attributes.retain(|kv| kv.key != crate::context::DEPARTMENT_ATTRIBUTE);
+                again.attributes.push(crate::event::KeyValue {
+                    key: crate::context::DEPARTMENT_ATTRIBUTE.into(),
+                    value: d.clone(),
+                });
+                again.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+            }
             again.tenant.enrichment.user_found = found;
             again.tenant.enrichment.enriched = !again.tenant.enrichment.enriched;
             again.receive_time_us = e.receive_time_us.wrapping_add(1);

@@ -46,7 +46,7 @@
 //! | `security {dataClassification, encryptionUsed, piiDetected, retentionDays}` | `security` | |
 //! | `performance {processingTimeMs, responseTimeMs, dbQueryTimeMs, externalApiTimeMs, memoryUsedMb, resourceCount}` | `performance` | |
 //! | `metadata.processingTime`, `metadata.resourceCount` | `performance.processing_time_ms`, `.resource_count` | when `performance` does not give them |
-//! | `attributes` (object of string → string) | `attributes` | sorted by key; non-string value = `wrong_type`; a key starting `audit.original.` is kept as `producer.<key>` (prefixed again while taken) |
+//! | `attributes` (object of string → string) | `attributes` | sorted by key; non-string value = `wrong_type`; a key starting `audit.original.` or `audit.enrich.` is kept as `producer.<key>` (prefixed again while taken) |
 //! | — | `attributes` `audit.original.{category,severity,outcome,actor_type}` | the producer's label text when it is not an enum name ([labels](#labels)); not counted against `max_attributes` |
 //! | `receiveTime`, `ingress`, `enrichment` | — | written by [`event_to_json`] only; ignored on input (the pipeline owns them) |
 //! | any other key (beside the envelope, in the event, or inside a known object) | `data.metadata_json` under `_unmapped` | kept, with the same nesting, so an audit record never silently drops producer data |

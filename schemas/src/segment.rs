@@ -7,6 +7,7 @@
 //! chain=<p>/date=<YYYY-MM-DD>/<first_seq:020>-<last_seq:020>.avro            segment
 //! chain=<p>/date=<YYYY-MM-DD>/<first_seq:020>-<last_seq:020>.manifest.json   its manifest
 //! checkpoints/chain=<p>/<seq:020>-<key_id>.json                              signed checkpoint
+//! checkpoints/chain=<p>/<seq:020>-<key_id>@t<time_us>.json                   a heartbeat of it
 //! ```
 //!
 //! - `<p>` is the chain partition in plain decimal; `date` is the UTC day of the *first* event's
@@ -280,6 +281,17 @@ pub fn checkpoint_key(partition: i32, seq: i64, key_id: &str) -> String {
         checkpoint_prefix(partition),
         w = SEQ_WIDTH
     )
+}
+
+/// `checkpoints/chain=<p>/<seq:020>-<key_id>@t<time_us>.json`: a later checkpoint over the same
+/// seq by the same key (a heartbeat, re-signed with a fresh time) next to the first one, which
+/// keeps [`checkpoint_key`]. `@` never comes out of the key id escaping, so the name is
+/// unambiguous; every name stays write-once. (Not `~`: object_store percent-encodes it, and a
+/// listed `%7E` is encoded again on the next request, so the object is never found.)
+pub fn checkpoint_heartbeat_key(partition: i32, seq: i64, key_id: &str, time_us: i64) -> String {
+    let base = checkpoint_key(partition, seq, key_id);
+    let stem = base.strip_suffix(CHECKPOINT_SUFFIX).unwrap_or(&base);
+    format!("{stem}@t{time_us}{CHECKPOINT_SUFFIX}")
 }
 
 /// `checkpoints/chain=<p>/`
@@ -841,6 +853,26 @@ mod tests {
         assert_eq!(day_of(1_717_286_400_000_000), "2024-06-02");
         assert_eq!(day_of(i64::MIN), "0000-01-01");
         assert_eq!(day_of(i64::MAX), "9999-12-31");
+    }
+
+    #[test]
+    fn heartbeat_names_sit_next_to_the_first_checkpoint() {
+        assert_eq!(
+            checkpoint_heartbeat_key(2, 42, "k-1", 1_700_000_000_000_000),
+            "checkpoints/chain=2/00000000000000000042-k-1@t1700000000000000.json"
+        );
+        // Never equal to a plain name, whatever the key id.
+        assert_ne!(
+            checkpoint_heartbeat_key(2, 42, "k", 5),
+            checkpoint_key(2, 42, "k@t5")
+        );
+        // Only characters object stores keep as they are (object_store encodes `~`, `%`, …).
+        let key = checkpoint_heartbeat_key(2, 42, "k~1%", 5);
+        assert!(
+            key.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/=.-_@".contains(c)),
+            "{key}"
+        );
     }
 
     #[test]

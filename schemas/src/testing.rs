@@ -550,6 +550,7 @@ pub fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
         hash32(),
         hash32(),
         any::<i64>(),
+        any::<i32>(),
         any_string(),
         vec(any::<u8>(), 0..80),
     )
@@ -562,6 +563,7 @@ pub fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
                 head_hash,
                 merkle_root,
                 time_us,
+                partition_count,
                 key_id,
                 signature,
             )| {
@@ -573,6 +575,7 @@ pub fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
                     head_hash,
                     merkle_root,
                     time_us,
+                    partition_count,
                     key_id,
                     signature,
                 }

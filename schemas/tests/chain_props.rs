@@ -87,6 +87,7 @@ fn build(events: &[Vec<u8>], every: usize, seal_tail: bool) -> Fixture {
                     head_hash: hashes[end - 1],
                     merkle_root: merkle::root(&hashes[first - 1..end]),
                     time_us: 1_000 + end as i64,
+                    partition_count: 0,
                 },
             )
             .expect("sign"),

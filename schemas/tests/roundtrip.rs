@@ -68,6 +68,7 @@ fn wrong_kind_and_trailing_bytes_are_reported() {
         head_hash: vec![1; 32],
         merkle_root: vec![2; 32],
         time_us: 3,
+        partition_count: 0,
         key_id: "k".into(),
         signature: vec![4; 64],
     };

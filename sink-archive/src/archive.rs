@@ -11,7 +11,7 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use schemas::checkpoint::CheckpointJson;
 use schemas::segment::{self, Manifest, SegmentKey, SegmentMeta};
 use schemas::{ChainedEvent, Checkpoint};
-use worker_runtime::retry::{retry, RetryError, RetryPolicy};
+use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy};
 use worker_runtime::CancellationToken;
 
 use crate::resume::{classify_existing, plan_resume, Existing};
@@ -58,12 +58,33 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     retry: RetryPolicy,
     cancel: CancellationToken,
+    /// The object store's readiness condition, kept by every retry loop that calls it.
+    check: Option<DependencyCheck>,
 }
+
+/// The readiness condition naming the object store: false while a call to it is retried.
+pub const CHECK_OBJECT_STORE: &str = "object_store";
 
 fn fork_alarm(kind: &'static str, partition: i32, key: &str, detail: &str) {
     tracing::error!(kind, partition, key, detail, "FORK: the archive already holds different content under this name; keeping the stored object");
     metrics::counter!("audit_archive_forks_total", "kind" => kind, "partition" => partition.to_string())
         .increment(1);
+}
+
+/// Both checkpoints sign the same range and head of the same chain (their times, keys and
+/// signatures may differ).
+fn same_range(a: &CheckpointJson, b: &CheckpointJson) -> bool {
+    (
+        a.chain_id.as_str(),
+        a.first_seq,
+        a.head_hash.as_str(),
+        a.merkle_root.as_str(),
+    ) == (
+        b.chain_id.as_str(),
+        b.first_seq,
+        b.head_hash.as_str(),
+        b.merkle_root.as_str(),
+    )
 }
 
 fn now_rfc3339() -> String {
@@ -78,7 +99,14 @@ impl Archive {
             store,
             retry,
             cancel,
+            check: None,
         }
+    }
+
+    /// Reports the store's health to `check` as calls fail and succeed.
+    pub fn reporting(mut self, check: DependencyCheck) -> Self {
+        self.check = Some(check);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
@@ -99,18 +127,24 @@ impl Archive {
     pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<bool, Error> {
         let path = Path::from(key);
         let what = format!("create {key}");
-        let r = retry(&what, &self.retry, &self.cancel, || {
-            let payload = PutPayload::from(bytes.clone());
-            let opts = PutOptions::from(PutMode::Create);
-            let store = &self.store;
-            let path = &path;
-            async move {
-                store
-                    .put_opts(path, payload, opts)
-                    .await
-                    .map_err(StoreError)
-            }
-        })
+        let r = retry_reporting(
+            &what,
+            &self.retry,
+            &self.cancel,
+            self.check.as_ref(),
+            || {
+                let payload = PutPayload::from(bytes.clone());
+                let opts = PutOptions::from(PutMode::Create);
+                let store = &self.store;
+                let path = &path;
+                async move {
+                    store
+                        .put_opts(path, payload, opts)
+                        .await
+                        .map_err(StoreError)
+                }
+            },
+        )
         .await;
         match r {
             Ok(_) => Ok(true),
@@ -124,14 +158,20 @@ impl Archive {
     pub async fn get(&self, key: &str) -> Result<Bytes, Error> {
         let path = Path::from(key);
         let what = format!("get {key}");
-        retry(&what, &self.retry, &self.cancel, || {
-            let store = &self.store;
-            let path = &path;
-            async move {
-                let r = store.get(path).await.map_err(StoreError)?;
-                r.bytes().await.map_err(StoreError)
-            }
-        })
+        retry_reporting(
+            &what,
+            &self.retry,
+            &self.cancel,
+            self.check.as_ref(),
+            || {
+                let store = &self.store;
+                let path = &path;
+                async move {
+                    let r = store.get(path).await.map_err(StoreError)?;
+                    r.bytes().await.map_err(StoreError)
+                }
+            },
+        )
         .await
         .map_err(Self::store_err(what))
     }
@@ -141,22 +181,28 @@ impl Archive {
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
         let path = Path::from(prefix);
         let what = format!("list {prefix}");
-        retry(&what, &self.retry, &self.cancel, || {
-            let store = &self.store;
-            let path = &path;
-            async move {
-                match store
-                    .list(Some(path))
-                    .map_ok(|m| m.location.to_string())
-                    .try_collect()
-                    .await
-                {
-                    Ok(v) => Ok(v),
-                    Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
-                    Err(e) => Err(StoreError(e)),
+        retry_reporting(
+            &what,
+            &self.retry,
+            &self.cancel,
+            self.check.as_ref(),
+            || {
+                let store = &self.store;
+                let path = &path;
+                async move {
+                    match store
+                        .list(Some(path))
+                        .map_ok(|m| m.location.to_string())
+                        .try_collect()
+                        .await
+                    {
+                        Ok(v) => Ok(v),
+                        Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+                        Err(e) => Err(StoreError(e)),
+                    }
                 }
-            }
-        })
+            },
+        )
         .await
         .map_err(Self::store_err(what))
     }
@@ -357,16 +403,20 @@ impl Archive {
             .map(|k| k.last_seq))
     }
 
-    /// Stores a checkpoint as `checkpoints/chain=<p>/<seq>-<key_id>.json`, write-once. A second
-    /// signature over the same head (e.g. a re-published checkpoint with another time) keeps the
-    /// first; a different head at the same seq is a fork alarm.
+    /// Stores a checkpoint as `checkpoints/chain=<p>/<seq>-<key_id>.json`, write-once. A later
+    /// signature over the same range and head with another time (a heartbeat: the chainer
+    /// re-signs an idle partition's head) is stored next to it under
+    /// [`segment::checkpoint_heartbeat_key`], so that the archive shows the partition was alive
+    /// then; the same record again is already there. A different head at the same seq is a
+    /// fork alarm.
     pub async fn store_checkpoint(&self, cp: &Checkpoint) -> Result<Outcome, Error> {
         let key = segment::checkpoint_key(cp.partition, cp.seq, &cp.key_id);
         let json = CheckpointJson::from(cp);
         let mut body = serde_json::to_vec_pretty(&json)
             .map_err(|e| Error::Task(format!("checkpoint JSON: {e}")))?;
         body.push(b'\n');
-        if self.put_create(&key, Bytes::from(body)).await? {
+        let body = Bytes::from(body);
+        if self.put_create(&key, body.clone()).await? {
             metrics::counter!("audit_archive_checkpoints_total", "outcome" => "written")
                 .increment(1);
             return Ok(Outcome::Written);
@@ -374,19 +424,18 @@ impl Archive {
         let existing = self.get(&key).await?;
         match serde_json::from_slice::<CheckpointJson>(&existing) {
             Ok(stored) if stored == json => Ok(Outcome::AlreadyThere),
-            Ok(stored)
-                if (
-                    stored.chain_id.as_str(),
-                    stored.first_seq,
-                    stored.head_hash.as_str(),
-                    stored.merkle_root.as_str(),
-                ) == (
-                    json.chain_id.as_str(),
-                    json.first_seq,
-                    json.head_hash.as_str(),
-                    json.merkle_root.as_str(),
-                ) =>
-            {
+            Ok(stored) if stored.time_us != json.time_us && same_range(&stored, &json) => {
+                let hb =
+                    segment::checkpoint_heartbeat_key(cp.partition, cp.seq, &cp.key_id, cp.time_us);
+                if self.put_create(&hb, body).await? {
+                    metrics::counter!("audit_archive_checkpoints_total", "outcome" => "heartbeat")
+                        .increment(1);
+                    return Ok(Outcome::Written);
+                }
+                // Written before (a redelivery): write-once, the first copy stays.
+                Ok(Outcome::AlreadyThere)
+            }
+            Ok(stored) if same_range(&stored, &json) => {
                 tracing::info!(%key, "another signature over the same checkpoint head; keeping the stored one");
                 Ok(Outcome::AlreadyThere)
             }

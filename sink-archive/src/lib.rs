@@ -125,8 +125,10 @@ pub enum Error {
 /// Runs the sink until shutdown (then flushes open segments and commits) or a fatal error.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let store = build_store(&config.archive)?;
-    let archive = Archive::new(store, config.retry, shutdown.token().clone());
     let ready = worker_runtime::health::Readiness::default();
+    let archive = Archive::new(store, config.retry, shutdown.token().clone()).reporting(
+        worker_runtime::retry::DependencyCheck::new(ready.clone(), archive::CHECK_OBJECT_STORE),
+    );
     let mut tasks = TaskSet::new(shutdown.clone());
     let addr = config.common.health_addr.clone();
     let (r, s) = (ready.clone(), shutdown.clone());

@@ -180,6 +180,7 @@ mod tests {
             head_hash: vec![seq as u8; 32],
             merkle_root: vec![0; 32],
             time_us: 0,
+            partition_count: 0,
             key_id: "k".into(),
             signature: vec![0; 64],
         }

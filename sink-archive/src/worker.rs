@@ -22,6 +22,7 @@ use rdkafka::Offset;
 use schemas::{framing, SchemaError};
 use worker_runtime::health::Readiness;
 use worker_runtime::kafka::consumer::{commit_stored, store_next_offset, subscribe};
+use worker_runtime::kafka::trace_context::{self, BatchLinks, KeyValue};
 use worker_runtime::kafka::{
     dlq, pipeline, AuditConsumer, ConsumerSettings, InputRecord, Producer, RebalanceState, Topics,
 };
@@ -49,6 +50,9 @@ pub struct Worker {
     remote_archived: HashMap<i32, (Instant, Option<i64>)>,
     /// When the last "checkpoints still waiting" warning was logged.
     waiting_warned: Option<Instant>,
+    /// Chain partition → the record spans of its open segment, for the put span's links
+    /// (empty while tracing is off).
+    trace_links: HashMap<i32, BatchLinks>,
 }
 
 /// How often the archive is listed for a chain partition archived by another instance while
@@ -114,6 +118,7 @@ impl Worker {
             pending: PendingCheckpoints::default(),
             remote_archived: HashMap::new(),
             waiting_warned: None,
+            trace_links: HashMap::new(),
         })
     }
 
@@ -212,6 +217,7 @@ impl Worker {
             }
         }
         self.seeks.remove(&p);
+        self.trace_links.remove(&p);
     }
 
     async fn on_record(&mut self, input: InputRecord) -> Result<(), Error> {
@@ -286,8 +292,23 @@ impl Worker {
             Instant::now(),
             &self.limits,
         );
+        // This record's step of its event's trace; the put span of the segment that holds it
+        // links to it.
+        let span = trace_context::process_span(STAGE, &input);
+        span.end();
+        let in_closed = span.context().is_some()
+            && offer
+                .closed
+                .iter()
+                .any(|s| (s.first_offset..=s.last_offset).contains(&input.offset));
+        if in_closed {
+            self.trace_links.entry(p).or_default().add(&span);
+        }
         for seg in offer.closed {
             self.write(p, seg).await?;
+        }
+        if span.context().is_some() && !in_closed {
+            self.trace_links.entry(p).or_default().add(&span);
         }
         if let Some(next) = offer.store_now {
             store_next_offset(&self.consumer, &input.topic, p, next);
@@ -428,6 +449,22 @@ impl Worker {
             return Ok(());
         }
         let store_offset = seg.store_offset;
+        let span = trace_context::batch_span(
+            STAGE,
+            "archive put",
+            self.trace_links.remove(&p).unwrap_or_default(),
+            vec![
+                KeyValue::new("audit.archive.events", seg.events.len() as i64),
+                KeyValue::new("messaging.destination.partition.id", p.to_string()),
+                KeyValue::new("messaging.kafka.offset", seg.first_offset),
+            ],
+        );
+        let times: Vec<(i64, i64)> = seg
+            .events
+            .iter()
+            .map(|e| (e.event.event_time_us, e.event.receive_time_us))
+            .collect();
+        let started = Instant::now();
         let stored = self
             .archive
             .write_segment(
@@ -436,7 +473,22 @@ impl Worker {
                 seg.first_offset,
                 seg.last_offset,
             )
-            .await?;
+            .await;
+        span.end_with(&stored);
+        let stored = stored?;
+        metrics::histogram!("audit_sink_flush_seconds", "stage" => STAGE)
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("audit_sink_batch_records", "stage" => STAGE)
+            .record(times.len() as f64);
+        let now = worker_runtime::telemetry::now_us();
+        for (event_time, receive_time) in times {
+            worker_runtime::telemetry::record_stored_latency(
+                "archive",
+                event_time,
+                receive_time,
+                now,
+            );
+        }
         if let Some(state) = self.states.get_mut(&p) {
             state.stored(stored.key.last_seq, stored.meta.map(|m| m.last_hash));
         }

@@ -119,6 +119,7 @@ async fn archives_and_resumes_from_the_archive_alone() {
         head_hash: ev[4].hash.clone(),
         merkle_root: vec![0; 32],
         time_us: common::T0,
+        partition_count: 0,
         key_id: "k1".into(),
         signature: vec![0; 64],
     };
@@ -183,6 +184,7 @@ fn checkpoint(partition: i32, seq: i64, head: &[u8]) -> Checkpoint {
         head_hash: head.to_vec(),
         merkle_root: vec![0; 32],
         time_us: common::T0,
+        partition_count: 0,
         key_id: "k1".into(),
         signature: vec![0; 64],
     }

@@ -1,6 +1,5 @@
 -- Head of each partition's chain as stored here, with a quick completeness check (a full
 -- verification recomputes every hash: `auditctl verify`), and the latest stored checkpoint.
--- Parameters: none
 SELECT
     chain_partition,
     head_seq,
@@ -11,7 +10,7 @@ SELECT
     rows - distinct_seqs AS duplicate_rows,
     last_event_time,
     checkpoint_seq,
-    checkpoint_time
+    if(checkpoint_seq = 0, NULL, checkpoint_time) AS last_checkpoint_time
 FROM
 (
     SELECT

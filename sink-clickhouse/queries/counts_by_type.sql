@@ -1,6 +1,7 @@
 -- Events per type and category in a time window.
--- Parameters: {from:String}, {to:String} as 'YYYY-MM-DD hh:mm:ss' (UTC), to exclusive.
 -- Counts distinct (chain_partition, seq), so a duplicate row could never inflate a figure.
+-- @param from DateTime start (inclusive), UTC
+-- @param to DateTime end (exclusive), UTC
 SELECT
     event_type,
     category,
@@ -8,7 +9,7 @@ SELECT
     min(event_time) AS first_seen,
     max(event_time) AS last_seen
 FROM audit_events
-WHERE event_time >= toDateTime({from:String}, 'UTC')
-  AND event_time < toDateTime({to:String}, 'UTC')
+WHERE event_time >= {from:DateTime}
+  AND event_time < {to:DateTime}
 GROUP BY event_type, category
 ORDER BY events DESC, event_type, category

@@ -1,5 +1,6 @@
 -- Labels as the pipeline normalised them next to what the producers wrote, in a time window.
--- Parameters: {from:String}, {to:String} as 'YYYY-MM-DD hh:mm:ss' (UTC), to exclusive.
+-- @param from DateTime start (inclusive), UTC
+-- @param to DateTime end (exclusive), UTC
 --
 -- Ingest keeps an event whose category, severity, outcome or actor type is outside its
 -- vocabulary: the column holds the fallback (OTHER, INFO, UNKNOWN, SYSTEM) or the synonym's
@@ -33,8 +34,8 @@ FROM
         at > 0 AS kept_original,
         if(at > 0, arrayElement(attribute_values, at), lower(normalized)) AS original
     FROM audit_events
-    WHERE event_time >= toDateTime({from:String}, 'UTC')
-      AND event_time < toDateTime({to:String}, 'UTC')
+    WHERE event_time >= {from:DateTime}
+      AND event_time < {to:DateTime}
 )
 GROUP BY label, normalized, original, kept_original
 ORDER BY label, events DESC, normalized, original

@@ -1,5 +1,7 @@
 -- Denied actions (outcome DENIED) in a time window, with who asked, for what, and why.
--- Parameters: {from:String}, {to:String} ('YYYY-MM-DD hh:mm:ss' UTC, to exclusive)
+-- For blocked and escalated requests as well, see policy_violations.
+-- @param from DateTime start (inclusive), UTC
+-- @param to DateTime end (exclusive), UTC
 SELECT
     event_time,
     event_type,
@@ -18,7 +20,7 @@ SELECT
     event_id
 FROM audit_events
 WHERE outcome = 'DENIED'
-  AND event_time >= toDateTime({from:String}, 'UTC')
-  AND event_time < toDateTime({to:String}, 'UTC')
+  AND event_time >= {from:DateTime}
+  AND event_time < {to:DateTime}
 ORDER BY event_time_us, chain_partition, seq
 LIMIT 1 BY chain_partition, seq

@@ -1,5 +1,6 @@
 -- Events per team and day (UTC), with the outcome split. Events without a team count under ''.
--- Parameters: {from:String}, {to:String} ('YYYY-MM-DD hh:mm:ss' UTC, to exclusive)
+-- @param from DateTime start (inclusive), UTC
+-- @param to DateTime end (exclusive), UTC
 SELECT
     toDate(event_time) AS day,
     ifNull(team_id, '') AS team,
@@ -9,7 +10,7 @@ SELECT
     uniqExactIf(chain_partition, seq, outcome = 'DENIED') AS denials,
     uniqExact(actor_id) AS actors
 FROM audit_events
-WHERE event_time >= toDateTime({from:String}, 'UTC')
-  AND event_time < toDateTime({to:String}, 'UTC')
+WHERE event_time >= {from:DateTime}
+  AND event_time < {to:DateTime}
 GROUP BY day, team
 ORDER BY day, team

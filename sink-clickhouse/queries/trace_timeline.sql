@@ -1,6 +1,6 @@
 -- One trace's timeline: every event carrying the trace id, in event-time order (microseconds),
 -- with what the chain says about where each one is stored.
--- Parameters: {trace_id:String}
+-- @param trace_id String the trace id
 SELECT
     event_time_us,
     event_time,

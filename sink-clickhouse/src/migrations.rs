@@ -46,6 +46,14 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "audit_events", None, "0001_audit_events.sql"),
     migration!(2, "audit_checkpoints", None, "0002_audit_checkpoints.sql"),
     migration!(3, "audit_forks", None, "0003_audit_forks.sql"),
+    migration!(4, "derived_columns", None, "0004_derived_columns.sql"),
+    migration!(
+        5,
+        "checkpoint_partition_count",
+        None,
+        "0005_checkpoint_partition_count.sql"
+    ),
+    migration!(20, "report_views", None, "0020_report_views.sql"),
     migration!(
         101,
         "low_cardinality",
@@ -70,7 +78,50 @@ pub const MIGRATIONS: &[Migration] = &[
         Some((21, 8)),
         "upgrades/0104_insert_dedup.min-21.8.sql"
     ),
+    migration!(
+        105,
+        "target_metadata_json",
+        Some((21, 8)),
+        "upgrades/0105_target_metadata_json.min-21.8.sql"
+    ),
+    migration!(
+        106,
+        "lookup_indexes",
+        Some((21, 8)),
+        "upgrades/0106_lookup_indexes.min-21.8.sql"
+    ),
 ];
+
+/// Oldest server that understands `ADD COLUMN IF NOT EXISTS` as far as these migrations rely
+/// on it (18.16 does not; 21.8, the upgrades' floor, does).
+const ADD_COLUMN_IF_NOT_EXISTS: (u32, u32) = (20, 1);
+
+/// A statement `ALTER TABLE <table> ADD COLUMN IF NOT EXISTS <column> …` (one clause), split
+/// into its table, column, and the same statement without `IF NOT EXISTS` for servers that
+/// lack it. Anything else: `None` (run as written).
+pub fn add_column_guard(stmt: &str) -> Option<(String, String, String)> {
+    let words: Vec<&str> = stmt.split_whitespace().collect();
+    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
+    let head = ["ALTER", "TABLE"];
+    let clause = ["ADD", "COLUMN", "IF", "NOT", "EXISTS"];
+    if words.len() < 9 || upper[..2] != head || upper[3..8] != clause {
+        return None;
+    }
+    // One clause only: a second `ADD COLUMN` would need its own check.
+    if upper[8..]
+        .windows(2)
+        .any(|w| w[0].ends_with("ADD") && w[1] == "COLUMN")
+    {
+        return None;
+    }
+    let at = stmt.to_ascii_uppercase().find("IF NOT EXISTS")?;
+    let stripped = format!(
+        "{}{}",
+        &stmt[..at],
+        stmt[at + "IF NOT EXISTS".len()..].trim_start()
+    );
+    Some((words[2].to_owned(), words[8].to_owned(), stripped))
+}
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations \
      (version UInt32, name String, server_version String, applied_at DateTime('UTC') DEFAULT now()) \
@@ -172,6 +223,28 @@ pub async fn apply(store: &Store) -> Result<MigrationReport, Error> {
             continue;
         }
         for stmt in statements(m.sql) {
+            let stmt = match add_column_guard(&stmt) {
+                Some(_) if store.version().supports(ADD_COLUMN_IF_NOT_EXISTS) => stmt,
+                Some((table, column, stripped)) => {
+                    // Idempotent by hand on old servers: a concurrent or crashed earlier
+                    // run may have added the column already.
+                    let present: u64 = client
+                        .query(
+                            "SELECT count() FROM system.columns \
+                             WHERE database = currentDatabase() AND table = ? AND name = ?",
+                        )
+                        .bind(&table)
+                        .bind(&column)
+                        .fetch_one()
+                        .await
+                        .map_err(|e| Error::ch(format!("looking up column {table}.{column}"), e))?;
+                    if present > 0 {
+                        continue;
+                    }
+                    stripped
+                }
+                None => stmt,
+            };
             client
                 .query_raw(&stmt)
                 .execute()
@@ -270,6 +343,37 @@ mod tests {
     }
 
     #[test]
+    fn add_column_guard_strips_if_not_exists() {
+        let (t, c, s) = add_column_guard(
+            "ALTER TABLE audit_events\n    ADD COLUMN IF NOT EXISTS department Nullable(String) MATERIALIZED x",
+        )
+        .expect("guarded");
+        assert_eq!((t.as_str(), c.as_str()), ("audit_events", "department"));
+        assert_eq!(
+            s,
+            "ALTER TABLE audit_events\n    ADD COLUMN department Nullable(String) MATERIALIZED x"
+        );
+        assert!(add_column_guard("ALTER TABLE a ADD COLUMN b Int8").is_none());
+        assert!(add_column_guard(
+            "ALTER TABLE a ADD INDEX IF NOT EXISTS i b TYPE set(1) GRANULARITY 1"
+        )
+        .is_none());
+        assert!(add_column_guard(
+            "ALTER TABLE a ADD COLUMN IF NOT EXISTS b Int8, ADD COLUMN IF NOT EXISTS c Int8"
+        )
+        .is_none());
+        // Every base migration that adds a column does it one clause per statement, so the
+        // guard covers it on 18.16.
+        for m in MIGRATIONS.iter().filter(|m| m.min_server.is_none()) {
+            for stmt in statements(m.sql) {
+                if stmt.to_ascii_uppercase().contains("ADD COLUMN") {
+                    assert!(add_column_guard(&stmt).is_some(), "{}: {stmt}", m.file);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn upgrades_are_gated_by_version() {
         let old = ServerVersion::parse("18.16.1").expect("v");
         let new = ServerVersion::parse("24.8.1").expect("v");
@@ -278,7 +382,7 @@ mod tests {
             .filter(|m| applicable(m, &old))
             .map(|m| m.version)
             .collect();
-        assert_eq!(base, vec![1, 2, 3]);
+        assert_eq!(base, vec![1, 2, 3, 4, 5, 20]);
         assert!(MIGRATIONS.iter().all(|m| applicable(m, &new)));
     }
 }

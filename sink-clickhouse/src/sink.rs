@@ -28,7 +28,8 @@
 //! `auditctl verify` as `DuplicateSeq` (a warning), and the analyst recipes count distinct
 //! `(chain_partition, seq)`.
 //!
-//! Checkpoints are inserted once per `(chain_partition, seq, key_id)`, and only once the
+//! Checkpoints are inserted once per `(chain_partition, seq, key_id, time_us)` (a heartbeat
+//! re-signs the same seq at a later time and is kept), and only once the
 //! events they cover are stored (or after `checkpoint_max_defer_secs`), so that a verifier
 //! reading ClickHouse does not see a checkpoint ahead of the events (a false truncation alarm).
 
@@ -44,16 +45,20 @@ use worker_runtime::health::Readiness;
 use worker_runtime::kafka::consumer::{commit_stored, store_next_offset};
 use worker_runtime::kafka::dlq::dead_letter;
 use worker_runtime::kafka::pipeline::is_fatal;
+use worker_runtime::kafka::trace_context::{self, BatchLinks, KeyValue};
 use worker_runtime::kafka::{AuditConsumer, InputRecord, Producer, RebalanceState, Topics};
-use worker_runtime::retry::{retry, RetryError, RetryPolicy};
+use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy};
+use worker_runtime::telemetry;
 use worker_runtime::Shutdown;
 
 use crate::batch::{Batch, Entry};
 use crate::error::Error;
 use crate::store::Store;
-use crate::writer::store_batch;
+use crate::writer::store_batch_reporting;
 
 pub const STAGE: &str = "sink-clickhouse";
+/// The readiness condition naming ClickHouse: false while a call to it is being retried.
+pub const CHECK_CLICKHOUSE: &str = "clickhouse";
 
 /// Tunables of the loop (from the worker's config).
 #[derive(Debug, Clone)]
@@ -90,6 +95,11 @@ pub struct SinkLoop {
     checkpoints: HashMap<i32, CheckpointQueue>,
     /// Highest stored seq per chain partition, as far as this instance knows.
     stored_high: HashMap<i32, i64>,
+    /// ClickHouse's readiness condition, kept by every retry loop that calls it.
+    clickhouse: Option<DependencyCheck>,
+    /// Chained partition → the record spans of its open batch, for the insert span's links
+    /// (empty while tracing is off).
+    trace_links: HashMap<i32, BatchLinks>,
 }
 
 impl std::fmt::Debug for SinkLoop {
@@ -125,6 +135,8 @@ impl SinkLoop {
             batches: HashMap::new(),
             checkpoints: HashMap::new(),
             stored_high: HashMap::new(),
+            clickhouse: None,
+            trace_links: HashMap::new(),
         }
     }
 
@@ -134,6 +146,7 @@ impl SinkLoop {
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.clickhouse = Some(DependencyCheck::new(ready.clone(), CHECK_CLICKHOUSE));
         ready.set(true);
         let consumer = self.consumer.clone();
         let result: Result<(), Error> = loop {
@@ -218,11 +231,13 @@ impl SinkLoop {
             // A new assignment of p: forget what the old one held (it was not stored, so it is
             // re-read) and resume after the contiguous prefix stored in ClickHouse.
             self.batches.insert(p, Batch::new(epoch));
+            self.trace_links.remove(&p);
             let store = self.store.clone();
-            let head = retry(
+            let head = retry_reporting(
                 "clickhouse stored head",
                 &self.settings.retry,
                 self.shutdown.token(),
+                self.clickhouse.as_ref(),
                 || store.stored_head(p),
             )
             .await
@@ -253,8 +268,14 @@ impl SinkLoop {
             }
         }
         let now = Instant::now();
+        // This record's step of its event's trace; the insert span links to it.
+        let span = trace_context::process_span(STAGE, &input);
+        span.end();
         match self.decode_chained(&input) {
             Ok(row) => {
+                if span.context().is_some() {
+                    self.trace_links.entry(p).or_default().add(&span);
+                }
                 let entry = Entry {
                     row,
                     payload: input.payload.clone().unwrap_or_default(),
@@ -337,14 +358,28 @@ impl SinkLoop {
         let epoch = batch.epoch;
         let full = std::mem::replace(batch, Batch::new(epoch));
         let started = Instant::now();
-        let outcome = store_batch(
+        let span = trace_context::batch_span(
+            STAGE,
+            "INSERT audit_events",
+            self.trace_links.remove(&p).unwrap_or_default(),
+            vec![
+                KeyValue::new("db.system.name", "clickhouse"),
+                KeyValue::new("db.operation.name", "INSERT"),
+                KeyValue::new("db.collection.name", "audit_events"),
+                KeyValue::new("db.operation.batch.size", full.entries.len() as i64),
+                KeyValue::new("messaging.destination.partition.id", p.to_string()),
+            ],
+        );
+        let outcome = store_batch_reporting(
             &self.store,
             p,
             &full.entries,
             &self.settings.retry,
             self.shutdown.token(),
+            self.clickhouse.as_ref(),
         )
         .await;
+        span.end_with(&outcome);
         let outcome = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -359,6 +394,17 @@ impl SinkLoop {
         };
         metrics::histogram!("audit_sink_flush_seconds", "stage" => STAGE)
             .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("audit_sink_batch_records", "stage" => STAGE)
+            .record(full.entries.len() as f64);
+        let now = telemetry::now_us();
+        for e in &full.entries {
+            telemetry::record_stored_latency(
+                "clickhouse",
+                e.row.event_time_us,
+                e.row.receive_time_us,
+                now,
+            );
+        }
         if let Some(seq) = outcome.max_seq {
             let high = self.stored_high.entry(p).or_insert(seq);
             *high = (*high).max(seq);
@@ -464,10 +510,11 @@ impl SinkLoop {
                 if !covered && !refreshed.contains_key(&p) {
                     refreshed.insert(p, ());
                     let store = self.store.clone();
-                    let head = retry(
+                    let head = retry_reporting(
                         "clickhouse stored head",
                         &self.settings.retry,
                         self.shutdown.token(),
+                        self.clickhouse.as_ref(),
                         || store.stored_head(p),
                     )
                     .await
@@ -489,10 +536,11 @@ impl SinkLoop {
                     );
                 }
                 let store = self.store.clone();
-                let inserted = retry(
+                let inserted = retry_reporting(
                     "clickhouse store checkpoint",
                     &self.settings.retry,
                     self.shutdown.token(),
+                    self.clickhouse.as_ref(),
                     || {
                         let store = store.clone();
                         let row = row.clone();

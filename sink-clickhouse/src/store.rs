@@ -379,9 +379,13 @@ impl Store {
         insert.end().await.map_err(|e| Error::ch(what(), e))
     }
 
+    /// Whether this checkpoint is stored already: same (partition, seq, key) **and** signing
+    /// time. A heartbeat re-signs the same seq with a fresh time, and must be stored too (it
+    /// is what tells a verifier the partition was alive then); a redelivered record has the
+    /// same time and is not stored twice.
     pub async fn checkpoint_exists(&self, row: &CheckpointRow) -> Result<bool, Error> {
         let sql = format!(
-            "SELECT count() FROM {CHECKPOINTS_TABLE} WHERE chain_partition = ? AND seq = ? AND key_id = ?"
+            "SELECT count() FROM {CHECKPOINTS_TABLE} WHERE chain_partition = ? AND seq = ? AND key_id = ? AND time_us = ?"
         );
         let n: u64 = self
             .client
@@ -389,6 +393,7 @@ impl Store {
             .bind(row.chain_partition)
             .bind(row.seq)
             .bind(&row.key_id)
+            .bind(row.time_us)
             .fetch_one()
             .await
             .map_err(|e| {

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
-use worker_runtime::retry::{retry, RetryError, RetryPolicy};
+use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy};
 use worker_runtime::CancellationToken;
 
 use crate::batch::{month_runs, plan, Entry};
@@ -114,8 +114,20 @@ pub async fn store_batch(
     policy: &RetryPolicy,
     cancel: &CancellationToken,
 ) -> Result<StoreOutcome, Error> {
+    store_batch_reporting(store, partition, entries, policy, cancel, None).await
+}
+
+/// [`store_batch`], reporting ClickHouse's health to the worker's readiness as it retries.
+pub async fn store_batch_reporting(
+    store: &Store,
+    partition: i32,
+    entries: &[Entry],
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+    check: Option<&DependencyCheck>,
+) -> Result<StoreOutcome, Error> {
     let attempted = Mutex::new(HashSet::new());
-    let out = retry("clickhouse store batch", policy, cancel, || {
+    let out = retry_reporting("clickhouse store batch", policy, cancel, check, || {
         attempt(store, partition, entries, &attempted)
     })
     .await

@@ -264,6 +264,7 @@ async fn checkpoints_roundtrip_and_are_idempotent() {
         head_hash: vec![0xAB; 32],
         merkle_root: vec![0xCD; 32],
         time_us: 1_717_200_000_123_456,
+        partition_count: 0,
         key_id: "k1".into(),
         signature: vec![0x5A; 64],
     };
@@ -319,6 +320,7 @@ async fn query_recipes_run_against_the_server() {
         head_hash: vec![6; 32],
         merkle_root: vec![0; 32],
         time_us: 1_717_300_000_000_000,
+        partition_count: 0,
         key_id: "k".into(),
         signature: vec![1; 64],
     };
@@ -344,7 +346,12 @@ async fn query_recipes_run_against_the_server() {
         // one row per label and value: category, severity, actor type, outcome SUCCESS + DENIED
         ("original_labels", 5),
     ]);
-    for r in RECIPES {
+    // The recipes named here; every recipe is checked against an independent answer in
+    // auditctl/tests/query_recipes.rs.
+    for r in RECIPES
+        .iter()
+        .filter(|r| expected_rows.contains_key(r.name))
+    {
         let names = queries::parameters(r.sql);
         let given: Vec<(&str, Param)> = names
             .iter()

@@ -66,10 +66,11 @@ fn start(prefix: &str, db: &str, group: &str) -> Running {
 }
 
 fn start_with(prefix: &str, db: &str, group: &str, url: &str, extra: &[&str]) -> Running {
-    let mut args = vec![
-        "sink-clickhouse",
-        "--health-addr",
-        "",
+    let mut args = vec!["sink-clickhouse"];
+    if !extra.contains(&"--health-addr") {
+        args.extend(["--health-addr", ""]);
+    }
+    args.extend([
         "--kafka-brokers",
         BROKERS,
         "--topic-prefix",
@@ -86,7 +87,7 @@ fn start_with(prefix: &str, db: &str, group: &str, url: &str, extra: &[&str]) ->
         "200",
         "--checkpoint-max-defer-secs",
         "60",
-    ];
+    ]);
     args.extend_from_slice(extra);
     let config = Config::parse_from(args);
     let shutdown = Shutdown::new();
@@ -107,6 +108,29 @@ async fn wait_for(store: &Store, sql: &str, want: u64) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("{sql}: wanted {want}, last saw {last}");
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    l.local_addr().expect("addr").port()
+}
+
+/// Polls the sink's `/readyz` until its JSON body satisfies `want`; returns that body.
+async fn wait_readyz(addr: &str, want: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/readyz")).await {
+            if let Ok(body) = r.json::<serde_json::Value>().await {
+                if want(&body) {
+                    return body;
+                }
+                last = body;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never matched; last body: {last}");
 }
 
 async fn count(store: &Store, sql: &str) -> u64 {
@@ -185,6 +209,7 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
         head_hash: vec![5; 32],
         merkle_root: vec![0; 32],
         time_us: 1_717_200_000_000_000,
+        partition_count: 0,
         key_id: "k1".into(),
         signature: vec![9; 64],
     };
@@ -399,7 +424,15 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
         .to_owned();
     let proxy = proxy::Proxy::start(&upstream).await;
     let url = format!("http://127.0.0.1:{}", proxy.port());
-    let fast = ["--retry-min-delay-ms", "20", "--retry-max-delay-ms", "200"];
+    let health = format!("127.0.0.1:{}", free_port());
+    let fast = [
+        "--retry-min-delay-ms",
+        "20",
+        "--retry-max-delay-ms",
+        "200",
+        "--health-addr",
+        &health,
+    ];
     let produce = |range: std::ops::RangeInclusive<i64>| {
         let producer = producer.clone();
         let topic = topics.chained.clone();
@@ -443,6 +476,7 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
         head_hash: vec![8; 32],
         merkle_root: vec![0; 32],
         time_us: 1_717_200_000_000_000,
+        partition_count: 0,
         key_id: "k1".into(),
         signature: vec![9; 64],
     };
@@ -455,8 +489,13 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
     .await;
     proxy.wait_refused(refused, 5).await;
     assert!(!handle.is_finished(), "the sink stopped during the outage");
+    // Not ready while it retries ClickHouse, and `/readyz` names it.
+    let during = wait_readyz(&health, |r| r["checks"]["clickhouse"]["ok"] == false).await;
+    assert_eq!(during["ready"], false, "{during}");
     proxy.restore();
     wait_for(&store, "SELECT count() FROM audit_events", 8).await;
+    let after = wait_readyz(&health, |r| r["ready"] == true).await;
+    assert_eq!(after["checks"]["clickhouse"]["ok"], true, "{after}");
     wait_for(&store, "SELECT count() FROM audit_checkpoints", 1).await;
 
     // 3. Cut while records flow (live connections aborted, requests fail part-way).

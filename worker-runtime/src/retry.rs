@@ -2,6 +2,7 @@
 //! retryable, stopped by shutdown. Every external call that may fail transiently (ClickHouse,
 //! S3, Kafka admin) goes through it, so retry behaviour is the same everywhere.
 
+use crate::health::Readiness;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use serde::{Deserialize, Serialize};
 use std::fmt::Display;
@@ -91,6 +92,56 @@ pub async fn retry<T, E, F, Fut>(
     what: &str,
     policy: &RetryPolicy,
     cancel: &CancellationToken,
+    op: F,
+) -> Result<T, RetryError<E>>
+where
+    E: Retryable + Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    retry_reporting(what, policy, cancel, None, op).await
+}
+
+/// A dependency's named readiness condition (e.g. `clickhouse`), kept by the retry loops that
+/// call it: false from the first failed attempt, true again at the next success. A worker
+/// stuck retrying its store is then not ready, and `/readyz` says which store and why, instead
+/// of answering 200 until a stall timeout notices.
+#[derive(Debug, Clone)]
+pub struct DependencyCheck {
+    ready: Readiness,
+    name: &'static str,
+}
+
+impl DependencyCheck {
+    /// Reports healthy until a call fails with a retryable error.
+    pub fn new(ready: Readiness, name: &'static str) -> Self {
+        ready.set_check(name, true, "no failed call");
+        DependencyCheck { ready, name }
+    }
+
+    fn failing(&self, what: &str, attempt: usize, err: &dyn Display) {
+        self.ready.set_check(
+            self.name,
+            false,
+            format!("{what}: attempt {attempt} failed, retrying: {err}"),
+        );
+    }
+
+    fn succeeded(&self, what: &str) {
+        // Rewritten only when it was failing: the happy path just reads it.
+        if self.ready.check(self.name).is_some_and(|c| !c.ok) {
+            self.ready
+                .set_check(self.name, true, format!("{what} succeeded after retries"));
+        }
+    }
+}
+
+/// [`retry`], keeping `check` (when given) up to date with the outcome of each attempt.
+pub async fn retry_reporting<T, E, F, Fut>(
+    what: &str,
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+    check: Option<&DependencyCheck>,
     mut op: F,
 ) -> Result<T, RetryError<E>>
 where
@@ -113,11 +164,20 @@ where
     let mut attempt = 1usize;
     loop {
         let err = match op().await {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                if let Some(c) = check {
+                    c.succeeded(what);
+                }
+                return Ok(v);
+            }
             Err(e) => e,
         };
         if !err.is_retryable() {
+            // Not the dependency failing but an answer (e.g. "already exists") for the caller.
             return Err(RetryError::Failed(err));
+        }
+        if let Some(c) = check {
+            c.failing(what, attempt, &err);
         }
         let Some(delay) = delays.next() else {
             tracing::error!(operation = what, attempt, error = %err, "giving up after retries");
@@ -173,6 +233,69 @@ mod tests {
         .expect("succeeds");
         assert_eq!(out, 42);
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_dependency_is_not_ready_while_its_calls_fail_and_ready_after_a_success() {
+        let ready = Readiness::default();
+        ready.set(true);
+        let check = DependencyCheck::new(ready.clone(), "store");
+        assert!(ready.get());
+        let calls = AtomicUsize::new(0);
+        let seen_while_failing = std::sync::Mutex::new(Vec::new());
+        retry_reporting(
+            "store put",
+            &fast(0),
+            &CancellationToken::new(),
+            Some(&check),
+            || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                seen_while_failing
+                    .lock()
+                    .expect("lock")
+                    .push((n, ready.get()));
+                async move {
+                    if n < 2 {
+                        Err(E(true))
+                    } else {
+                        Ok(())
+                    }
+                }
+            },
+        )
+        .await
+        .expect("succeeds");
+        // Attempt 0 ran while healthy; attempts 1 and 2 ran after a failure was reported.
+        assert_eq!(
+            *seen_while_failing.lock().expect("lock"),
+            vec![(0, true), (1, false), (2, false)]
+        );
+        let c = ready.check("store").expect("reported");
+        assert!(
+            c.ok && ready.get(),
+            "not ready again after a success: {c:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_failing_dependency_is_named_with_its_error() {
+        let ready = Readiness::default();
+        ready.set(true);
+        let check = DependencyCheck::new(ready.clone(), "clickhouse");
+        let _ = retry_reporting(
+            "clickhouse insert",
+            &fast(2),
+            &CancellationToken::new(),
+            Some(&check),
+            || async { Err::<(), _>(E(true)) },
+        )
+        .await;
+        let c = ready.check("clickhouse").expect("reported");
+        assert!(!c.ok && !ready.get());
+        assert!(
+            c.detail.contains("clickhouse insert") && c.detail.contains("e(true)"),
+            "{c:?}"
+        );
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! Prometheus recorder rendered by the health server at `/metrics`.
 
 use crate::error::RuntimeError;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -39,6 +39,7 @@ pub struct TelemetryGuard {
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
         if let Some(provider) = self.provider.take() {
+            crate::kafka::trace_context::set_enabled(false);
             if let Err(e) = provider.shutdown() {
                 eprintln!("flushing traces at exit failed: {e}");
             }
@@ -56,20 +57,7 @@ pub fn init(
     let provider = if args.otlp_endpoint.is_empty() {
         None
     } else {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(args.otlp_endpoint.clone())
-            .build()
-            .map_err(|e| RuntimeError::Telemetry(format!("OTLP exporter: {e}")))?;
-        let resource = opentelemetry_sdk::Resource::builder()
-            .with_service_name(service_name)
-            .build();
-        Some(
-            SdkTracerProvider::builder()
-                .with_batch_exporter(exporter)
-                .with_resource(resource)
-                .build(),
-        )
+        Some(install_tracer_provider(&args.otlp_endpoint, service_name)?)
     };
     let otel_layer = provider
         .as_ref()
@@ -93,6 +81,54 @@ pub fn init(
     Ok(TelemetryGuard { provider })
 }
 
+/// Builds an OTLP/gRPC span exporter to `endpoint` and a batching tracer provider around it,
+/// installs it as the global provider (the one [`crate::kafka::trace_context`] makes the
+/// record spans with) and turns record spans on. The sampler is the SDK's default
+/// configuration, which reads `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (always_on,
+/// always_off, traceidratio, parentbased_* — parent-based always-on when unset).
+///
+/// [`init`] calls it when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; a test that runs several
+/// workers in one process calls it once for all of them (the global provider is process-wide;
+/// each worker's spans carry its name as instrumentation scope). Must run inside a Tokio
+/// runtime (the gRPC channel). Shut the returned provider down to flush.
+pub fn install_tracer_provider(
+    endpoint: &str,
+    service_name: &'static str,
+) -> Result<SdkTracerProvider, RuntimeError> {
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint.to_owned())
+        .build()
+        .map_err(|e| RuntimeError::Telemetry(format!("OTLP exporter: {e}")))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name(service_name)
+        .build();
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    crate::kafka::trace_context::set_parent_decides(
+        crate::kafka::trace_context::sampler_is_parent_based(
+            std::env::var("OTEL_TRACES_SAMPLER").ok().as_deref(),
+        ),
+    );
+    crate::kafka::trace_context::set_enabled(true);
+    Ok(provider)
+}
+
+/// Undoes [`install_tracer_provider`]: record spans off, a no-op global provider, and
+/// `provider` flushed and shut down.
+pub fn uninstall_tracer_provider(provider: SdkTracerProvider) -> Result<(), RuntimeError> {
+    crate::kafka::trace_context::set_enabled(false);
+    opentelemetry::global::set_tracer_provider(
+        opentelemetry::trace::noop::NoopTracerProvider::new(),
+    );
+    provider
+        .shutdown()
+        .map_err(|e| RuntimeError::Telemetry(format!("flushing traces: {e}")))
+}
+
 /// Installs a tracing subscriber for tests (idempotent; honours `RUST_LOG`).
 pub fn init_for_tests() {
     let _ = tracing_subscriber::fmt()
@@ -109,10 +145,58 @@ pub fn init_for_tests() {
 pub fn metrics_handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new().build_recorder();
+        let recorder = prometheus_builder().build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder is installed already; then ours just stays unused.
         let _ = metrics::set_global_recorder(recorder);
         handle
     })
+}
+
+/// Histogram buckets (Prometheus `_bucket` series, so dashboards can aggregate quantiles over
+/// instances): latencies in seconds, batch sizes in records. Other histograms stay summaries.
+fn prometheus_builder() -> PrometheusBuilder {
+    const SECONDS: &[f64] = &[
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+        3600.0,
+    ];
+    const RECORDS: &[f64] = &[
+        1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
+    ];
+    let builder = PrometheusBuilder::new();
+    let with = |b: PrometheusBuilder, m: Matcher, v: &[f64]| {
+        // Fails only for an empty bucket list, which these are not.
+        match b.set_buckets_for_metric(m, v) {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        }
+    };
+    let builder = with(builder, Matcher::Suffix("_seconds".into()), SECONDS);
+    with(builder, Matcher::Suffix("_records".into()), RECORDS)
+}
+
+/// Name of the end-to-end latency histogram: from the event's time, and from its receive
+/// time, to stored (labels `sink`, `from`).
+pub const END_TO_END_LATENCY: &str = "audit_end_to_end_latency_seconds";
+
+/// Records one stored event's end-to-end latency ([`END_TO_END_LATENCY`]) at `now_us`. Times
+/// in microseconds since the epoch; a time in the future (clock skew) counts as zero.
+pub fn record_stored_latency(
+    sink: &'static str,
+    event_time_us: i64,
+    receive_time_us: i64,
+    now_us: i64,
+) {
+    let secs = |from: i64| (now_us.saturating_sub(from)).max(0) as f64 / 1e6;
+    metrics::histogram!(END_TO_END_LATENCY, "sink" => sink, "from" => "event_time")
+        .record(secs(event_time_us));
+    metrics::histogram!(END_TO_END_LATENCY, "sink" => sink, "from" => "receive_time")
+        .record(secs(receive_time_us));
+}
+
+/// Microseconds since the Unix epoch, by the wall clock (0 before 1970).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }

@@ -93,6 +93,18 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// The panic lines in the broker's log.
+    fn panics(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join("tansu.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("panicked at"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -198,7 +210,7 @@ async fn a_broker_outage_longer_than_the_message_timeout_is_ridden_out() {
     let id = unique();
     let broker_port = free_port();
     let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
-    let _broker = Broker::start(broker_port, proxy.port(), &id);
+    let broker = Broker::start(broker_port, proxy.port(), &id);
     let mut args = KafkaArgs::local(&format!("127.0.0.1:{}", proxy.port()), "t-outage.");
     args.properties
         .push(format!("message.timeout.ms={MESSAGE_TIMEOUT_MS}"));
@@ -354,4 +366,75 @@ async fn a_broker_outage_longer_than_the_message_timeout_is_ridden_out() {
         .await
         .expect("join")
         .expect("the worker ends cleanly on shutdown");
+    // Records that timed out inside librdkafka would have made it bump its producer epoch
+    // locally, and tansu's storage task panics on the first batch under that epoch (after
+    // which it serves nothing). The deadline is ours, so that never happens.
+    let panics = broker.panics();
+    assert!(panics.is_empty(), "the broker panicked: {panics:?}");
+}
+
+/// A record that timed out must not change the producer id/epoch the next records are sent
+/// under: librdkafka's idempotent producer bumps its epoch locally when *it* times a record
+/// out, and tansu's storage task panics on the first batch under an epoch it never handed out
+/// (after which the broker serves nothing). The deadline is ours, so a producer that outlives
+/// a failed delivery (the HTTP and OTLP doors keep theirs) goes on under its old epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_that_outlives_a_timed_out_record_keeps_its_epoch() {
+    let id = unique();
+    let broker_port = free_port();
+    let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
+    let broker = Broker::start(broker_port, proxy.port(), &format!("epoch-{id}"));
+    let mut args = KafkaArgs::local(&format!("127.0.0.1:{}", proxy.port()), "t-epoch.");
+    args.properties.push("message.timeout.ms=5000".into());
+    // Reconnect quickly once the proxy is back, well within the next record's deadline.
+    args.properties.push("reconnect.backoff.max.ms=500".into());
+    let topic = "t-epoch.out".to_owned();
+    let specs = [TopicSpec {
+        name: topic.clone(),
+        partitions: 1,
+        compacted: false,
+    }];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = ensure_topics(&args, &specs, 1).await {
+        assert!(
+            Instant::now() < deadline,
+            "private broker never answered: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rec = |k: &str| OutputRecord {
+        topic: topic.clone(),
+        partition: Some(0),
+        key: Some(k.as_bytes().to_vec()),
+        payload: Some(k.as_bytes().to_vec()),
+        headers: Vec::new(),
+    };
+    let producer = Producer::new(&args, "t-epoch-producer").expect("producer");
+    // Until the broker has the topic's metadata and has handed out a producer id.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = producer.send(&rec("first")).await {
+        assert!(
+            Instant::now() < deadline,
+            "first record never delivered: {e}"
+        );
+    }
+
+    proxy.cut();
+    let a = producer.enqueue(&rec("a")).await.expect("enqueue a");
+    let failed = worker_runtime::kafka::producer::await_delivery(a, &topic).await;
+    assert!(failed.is_err(), "delivered through a cut proxy: {failed:?}");
+    // Same producer, after the failure: this record must go out under the epoch the broker
+    // knows.
+    let b = producer.enqueue(&rec("b")).await.expect("enqueue b");
+    proxy.restore();
+    let delivered = worker_runtime::kafka::producer::await_delivery(b, &topic).await;
+    let panics = broker.panics();
+    assert!(panics.is_empty(), "the broker panicked: {panics:?}");
+    delivered.expect("the record after a timed-out one is delivered");
+    // And the broker still serves a fresh client.
+    let fresh = Producer::new(&args, "t-epoch-fresh").expect("producer");
+    fresh
+        .send(&rec("after"))
+        .await
+        .expect("the broker serves after the outage");
 }

@@ -26,10 +26,13 @@ use schemas::segment::{checkpoint_key, day_of, write_segment, Manifest, SegmentM
 use schemas::testing::{arb_audit_event, sample_event};
 use schemas::{AuditEvent, ChainedEvent, Checkpoint};
 
-pub const MIGRATIONS: [&str; 3] = [
+pub const MIGRATIONS: [&str; 4] = [
     include_str!("../../../sink-clickhouse/migrations/0001_audit_events.sql"),
     include_str!("../../../sink-clickhouse/migrations/0002_audit_checkpoints.sql"),
     include_str!("../../../sink-clickhouse/migrations/0003_audit_forks.sql"),
+    // sink-clickhouse's 0005 (the signed partition count), as 18.16 runs it on a new table
+    // (the sink's runner strips `IF NOT EXISTS` there).
+    "ALTER TABLE audit_checkpoints ADD COLUMN partition_count Int32 DEFAULT 0",
 ];
 
 /// 2024-06-01T00:00:00Z.
@@ -100,6 +103,18 @@ pub struct Chain {
 /// A valid chain of `n` events, with a checkpoint signed by `key` every `every` seqs (each
 /// covering the seqs since the previous one) and one at the end, at `time_us`.
 pub fn build_chain(partition: u32, n: u64, key: &SigningKey, every: u64, time_us: i64) -> Chain {
+    build_chain_counted(partition, n, key, every, time_us, 0)
+}
+
+/// [`build_chain`] whose checkpoints sign `partition_count` (0: v1 checkpoints, without it).
+pub fn build_chain_counted(
+    partition: u32,
+    n: u64,
+    key: &SigningKey,
+    every: u64,
+    time_us: i64,
+    partition_count: u32,
+) -> Chain {
     let mut head = ChainHead::genesis(partition);
     let mut events = Vec::new();
     let mut hashes: Vec<Hash32> = Vec::new();
@@ -130,6 +145,7 @@ pub fn build_chain(partition: u32, n: u64, key: &SigningKey, every: u64, time_us
                 head_hash: link.hash,
                 merkle_root: merkle::root(&hashes[(first - 1) as usize..i as usize]),
                 time_us: time_us + i as i64,
+                partition_count,
             };
             checkpoints.push(sign(key, &fields).expect("sign"));
             first = i + 1;
@@ -195,6 +211,7 @@ pub fn forge_checkpoint(
         head_hash: hashes[last as usize - 1],
         merkle_root: merkle::root(&hashes[first as usize - 1..last as usize]),
         time_us,
+        partition_count: 0,
     };
     sign(key, &fields).expect("sign")
 }

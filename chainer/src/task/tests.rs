@@ -75,6 +75,7 @@ impl TaskIo for Fake {
             Ok(Recovered {
                 chain,
                 range: Some(CheckpointRange::starting_at(p as u32, 1)),
+                next_source: 0,
             })
         })
     }
@@ -112,6 +113,7 @@ impl TaskIo for Fake {
         &'a self,
         _p: i32,
         payload: &'a [u8],
+        _next_source: Option<i64>,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         let cp = decode_checkpoint(payload, None).expect("a checkpoint");
         self.checkpoints
@@ -135,6 +137,8 @@ fn signer(every: u64, interval: Duration) -> Arc<Signer> {
         chain_id: "t.chained".into(),
         every_events: every,
         interval,
+        heartbeat: Duration::ZERO,
+        partition_count: 1,
     })
 }
 

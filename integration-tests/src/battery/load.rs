@@ -43,14 +43,20 @@ const INVALID: [&[u8]; 5] = [
     b"[1, 2, 3]",
 ];
 
+/// How long a chunk may wait for its acknowledgements before it is sent again by a fresh
+/// producer, so that a long outage is retried chunk by chunk.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
-        // Fail a chunk after 30 s so that a long outage is retried chunk by chunk.
-        .set("message.timeout.ms", "30000")
+        // Never time records out inside librdkafka: its idempotent producer then bumps its epoch
+        // locally, which tansu cannot handle (docs/local-stack.md). A chunk fails after
+        // CHUNK_TIMEOUT instead, and the producer holding it is dropped (purged), not reused.
+        .set("message.timeout.ms", "0")
         .create()
         .context("creating the load producer")
 }
@@ -112,7 +118,15 @@ impl Load {
                             .or_insert_with(|| (bytes.clone(), 0))
                             .1 = attempts;
                     }
-                    match stack::produce_all(&prod, &raw, records.clone()).await {
+                    let sent = tokio::time::timeout(
+                        CHUNK_TIMEOUT,
+                        stack::produce_all(&prod, &raw, records.clone()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("not acknowledged within {CHUNK_TIMEOUT:?}"))
+                    });
+                    match sent {
                         Ok(_) => break,
                         Err(e) => {
                             tracing::warn!("load chunk failed (attempt {attempts}): {e:#}");

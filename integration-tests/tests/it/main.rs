@@ -8,3 +8,5 @@ mod crash;
 mod e2e;
 pub use integration_tests::harness;
 mod procs;
+mod registry;
+mod traces;

@@ -18,6 +18,16 @@
 //! u32 BE len ‖ key_id                   UTF-8 bytes
 //! ```
 //!
+//! # Signing input (v2): the signed partition set
+//!
+//! A checkpoint with `partition_count > 0` (every checkpoint the chainer signs since the
+//! heartbeat change) is signed over the v1 layout with two differences: the domain tag is
+//! `u32 BE 19 ‖ "audit-checkpoint/v2"`, and `u32 BE partition_count` (1 ..= 2^31-1, and
+//! `partition < partition_count`) follows `time_us`, before `key_id`. `partition_count = 0`
+//! means "not signed" and selects v1, so checkpoints signed before the field existed (decoded
+//! with the Avro default 0) verify unchanged, and a v2 checkpoint whose count is removed or
+//! changed fails its signature.
+//!
 //! The signature is plain Ed25519 (RFC 8032, not Ed25519ph) over exactly those bytes: 64 bytes.
 //! Every variable-length field is length-prefixed and every other field has a fixed width, so no
 //! two different field tuples give the same input; the tag keeps a checkpoint signature from
@@ -46,6 +56,6 @@ pub use keyset::{KeySet, PublicKeyEntry};
 pub use proof::{check_event_proof, check_proof, InclusionProof, ProofError, ProvenEvent};
 pub use signing::{
     sign, sign_fields, verify, verify_signed, CheckpointFields, SignedCheckpoint,
-    CHECKPOINT_DOMAIN, SIGNATURE_LEN,
+    CHECKPOINT_DOMAIN, CHECKPOINT_DOMAIN_V2, SIGNATURE_LEN,
 };
 pub use wire::CheckpointJson;

@@ -13,6 +13,10 @@ use super::keyset::KeySet;
 /// Domain tag of the v1 signing input.
 pub const CHECKPOINT_DOMAIN: &[u8] = b"audit-checkpoint/v1";
 
+/// Domain tag of the v2 signing input: v1 plus the signed partition count (see the module
+/// docs). Used exactly when `partition_count > 0`, so v1 checkpoints keep verifying.
+pub const CHECKPOINT_DOMAIN_V2: &[u8] = b"audit-checkpoint/v2";
+
 /// Ed25519 signature length.
 pub const SIGNATURE_LEN: usize = 64;
 
@@ -26,6 +30,9 @@ pub struct CheckpointFields {
     pub head_hash: Hash32,
     pub merkle_root: Hash32,
     pub time_us: i64,
+    /// Partition count of the chained topic at signing time (the signed partition set);
+    /// 0 = not signed (v1 layout).
+    pub partition_count: u32,
 }
 
 impl CheckpointFields {
@@ -47,6 +54,14 @@ impl CheckpointFields {
                 self.first_seq, self.seq
             )));
         }
+        if self.partition_count > i32::MAX as u32
+            || (self.partition_count > 0 && self.partition >= self.partition_count)
+        {
+            return Err(malformed(format!(
+                "partition {} is not below the signed partition count {}",
+                self.partition, self.partition_count
+            )));
+        }
         if self.chain_id.is_empty() || u32::try_from(self.chain_id.len()).is_err() {
             return Err(malformed("chain_id is empty or too long"));
         }
@@ -56,11 +71,14 @@ impl CheckpointFields {
         Ok(())
     }
 
-    /// The exact bytes signed (see the module docs). Callers validate first, so the length
-    /// prefixes fit in u32.
+    /// The exact bytes signed (see the module docs): the v1 layout when `partition_count` is
+    /// 0, else v2 (its own domain tag, and the count after `time_us`). A v2 signature never
+    /// verifies as v1 or the other way round, so the count cannot be stripped or added.
+    /// Callers validate first, so the length prefixes fit in u32.
     pub fn signing_input(&self, key_id: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(
-            4 + CHECKPOINT_DOMAIN.len()
+            4 + CHECKPOINT_DOMAIN_V2.len()
+                + 4
                 + 4
                 + self.chain_id.len()
                 + 4
@@ -76,7 +94,15 @@ impl CheckpointFields {
             out.extend_from_slice(&(s.len() as u32).to_be_bytes());
             out.extend_from_slice(s);
         };
-        put_str(&mut out, CHECKPOINT_DOMAIN);
+        let v2 = self.partition_count > 0;
+        put_str(
+            &mut out,
+            if v2 {
+                CHECKPOINT_DOMAIN_V2
+            } else {
+                CHECKPOINT_DOMAIN
+            },
+        );
         put_str(&mut out, self.chain_id.as_bytes());
         out.extend_from_slice(&self.partition.to_be_bytes());
         out.extend_from_slice(&self.first_seq.to_be_bytes());
@@ -84,6 +110,9 @@ impl CheckpointFields {
         out.extend_from_slice(&self.head_hash);
         out.extend_from_slice(&self.merkle_root);
         out.extend_from_slice(&self.time_us.to_be_bytes());
+        if v2 {
+            out.extend_from_slice(&self.partition_count.to_be_bytes());
+        }
         put_str(&mut out, key_id.as_bytes());
         out
     }

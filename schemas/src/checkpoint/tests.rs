@@ -19,6 +19,7 @@ fn fields() -> CheckpointFields {
         head_hash: [1; 32],
         merkle_root: [2; 32],
         time_us: 1_700_000_000_000_000,
+        partition_count: 0,
     }
 }
 
@@ -40,6 +41,7 @@ fn signing_input_layout_is_pinned() {
         head_hash: [0xaa; 32],
         merkle_root: [0xbb; 32],
         time_us: -1,
+        partition_count: 0,
     };
     let mut want = Vec::new();
     want.extend_from_slice(&[0, 0, 0, 19]);
@@ -250,6 +252,7 @@ fn chain_with_checkpoint(n: usize) -> (SigningKey, KeySet, Links, SignedCheckpoi
             head_hash: head.head,
             merkle_root: merkle::root(&hashes),
             time_us: 10,
+            partition_count: 0,
         },
     )
     .unwrap();
@@ -346,4 +349,102 @@ fn inclusion_proofs_check_offline_and_name_what_is_wrong() {
         InclusionProof::build("e", 5, &forged, &cp, None),
         Err(ProofError::PathMismatch)
     );
+}
+
+// ---- v2: the signed partition count ------------------------------------------------------------
+
+// The one-shot datum encoder is deprecated upstream; a test writing old-format bytes once is fine.
+#[allow(deprecated)]
+fn v1_single_object(cp: &crate::Checkpoint) -> Vec<u8> {
+    use apache_avro::types::Value;
+    let entry = crate::avro::catalog()
+        .unwrap()
+        .by_version(crate::avro::RecordKind::Checkpoint, 1)
+        .unwrap();
+    let v = Value::Record(vec![
+        ("chain_id".into(), Value::String(cp.chain_id.clone())),
+        ("partition".into(), Value::Int(cp.partition)),
+        ("first_seq".into(), Value::Long(cp.first_seq)),
+        ("seq".into(), Value::Long(cp.seq)),
+        ("head_hash".into(), Value::Bytes(cp.head_hash.clone())),
+        ("merkle_root".into(), Value::Bytes(cp.merkle_root.clone())),
+        ("time_us".into(), Value::TimestampMicros(cp.time_us)),
+        ("key_id".into(), Value::String(cp.key_id.clone())),
+        ("signature".into(), Value::Bytes(cp.signature.clone())),
+    ]);
+    let mut out = crate::framing::SINGLE_OBJECT_MAGIC.to_vec();
+    out.extend_from_slice(&entry.fingerprint.to_le_bytes());
+    out.extend_from_slice(&apache_avro::to_avro_datum(&entry.schema, v).unwrap());
+    out
+}
+
+#[test]
+fn v1_checkpoints_still_decode_and_verify() {
+    let k = key("k1");
+    let mut keys = KeySet::default();
+    keys.add(k.public_entry(0, None)).unwrap();
+    // Signed before the field existed: v1 layout (count 0), published with schema v1.
+    let old = sign(&k, &fields()).unwrap();
+    assert_eq!(old.partition_count, 0);
+    let bytes = v1_single_object(&old);
+    let back = crate::framing::decode_checkpoint(&bytes, None).unwrap();
+    assert_eq!(back, old);
+    verify(&keys, &back).unwrap();
+    // The current encoder writes v2, which round-trips the count.
+    let new = sign(
+        &k,
+        &CheckpointFields {
+            partition_count: 4,
+            ..fields()
+        },
+    )
+    .unwrap();
+    let enc = crate::framing::encode_single_object_checkpoint(&new).unwrap();
+    assert_ne!(enc[2..10], bytes[2..10], "v2 has its own fingerprint");
+    let back = crate::framing::decode_checkpoint(&enc, None).unwrap();
+    assert_eq!(back.partition_count, 4);
+    verify(&keys, &back).unwrap();
+    // JSON: absent means 0 (old archive objects), present round-trips.
+    let j = serde_json::to_value(CheckpointJson::from(&old)).unwrap();
+    assert!(j.get("partition_count").is_none());
+    let j = CheckpointJson::from(&new);
+    let s: CheckpointJson = serde_json::from_str(&serde_json::to_string(&j).unwrap()).unwrap();
+    assert_eq!(s.partition_count, 4);
+}
+
+#[test]
+fn the_partition_count_is_signed_v2_and_cannot_be_stripped_or_changed() {
+    let k = key("k1");
+    let mut keys = KeySet::default();
+    keys.add(k.public_entry(0, None)).unwrap();
+    let f = CheckpointFields {
+        partition_count: 4,
+        ..fields()
+    };
+    let input = f.signing_input("k1");
+    let mut want = Vec::new();
+    want.extend_from_slice(&19u32.to_be_bytes());
+    want.extend_from_slice(b"audit-checkpoint/v2");
+    assert!(input.starts_with(&want));
+    // time_us is followed by the count, then the key id.
+    let tail = [&4u32.to_be_bytes()[..], &2u32.to_be_bytes()[..], b"k1"].concat();
+    assert!(input.ends_with(&tail));
+    let cp = sign(&k, &f).unwrap();
+    verify(&keys, &cp).unwrap();
+    for n in [0, 5, 7] {
+        let forged = crate::Checkpoint {
+            partition_count: n,
+            ..cp.clone()
+        };
+        assert!(
+            matches!(
+                verify(&keys, &forged),
+                Err(CheckpointError::BadSignature { .. })
+            ),
+            "count {n}"
+        );
+    }
+    // A partition outside its own signed set is malformed, not signed.
+    let bad = CheckpointFields { partition: 4, ..f };
+    assert!(sign(&k, &bad).is_err());
 }

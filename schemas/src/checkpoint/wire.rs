@@ -37,6 +37,9 @@ impl TryFrom<&Checkpoint> for SignedCheckpoint {
                 head_hash: h("head_hash", &c.head_hash)?,
                 merkle_root: h("merkle_root", &c.merkle_root)?,
                 time_us: c.time_us,
+                partition_count: u32::try_from(c.partition_count).map_err(|_| {
+                    malformed(format!("negative partition_count {}", c.partition_count))
+                })?,
             },
             key_id: c.key_id.clone(),
             signature,
@@ -56,6 +59,7 @@ impl From<&SignedCheckpoint> for Checkpoint {
             head_hash: f.head_hash.to_vec(),
             merkle_root: f.merkle_root.to_vec(),
             time_us: f.time_us,
+            partition_count: i32::try_from(f.partition_count).unwrap_or(i32::MAX),
             key_id: cp.key_id.clone(),
             signature: cp.signature.to_vec(),
         }
@@ -72,8 +76,15 @@ pub struct CheckpointJson {
     pub head_hash: String,
     pub merkle_root: String,
     pub time_us: i64,
+    /// The signed partition count; absent (0) in checkpoints signed before it existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub partition_count: i32,
     pub key_id: String,
     pub signature: String,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 pub(super) fn hex32(field: &str, s: &str) -> Result<Hash32, String> {
@@ -92,6 +103,7 @@ impl From<&Checkpoint> for CheckpointJson {
             head_hash: hex::encode(&c.head_hash),
             merkle_root: hex::encode(&c.merkle_root),
             time_us: c.time_us,
+            partition_count: c.partition_count,
             key_id: c.key_id.clone(),
             signature: B64.encode(&c.signature),
         }
@@ -110,6 +122,7 @@ impl From<&SignedCheckpoint> for CheckpointJson {
             head_hash: hex::encode(f.head_hash),
             merkle_root: hex::encode(f.merkle_root),
             time_us: f.time_us,
+            partition_count: i32::try_from(f.partition_count).unwrap_or(i32::MAX),
             key_id: cp.key_id.clone(),
             signature: B64.encode(cp.signature),
         }
@@ -137,6 +150,9 @@ impl TryFrom<&CheckpointJson> for SignedCheckpoint {
                 head_hash: hex32("head_hash", &j.head_hash).map_err(malformed)?,
                 merkle_root: hex32("merkle_root", &j.merkle_root).map_err(malformed)?,
                 time_us: j.time_us,
+                partition_count: u32::try_from(j.partition_count).map_err(|_| {
+                    malformed(format!("negative partition_count {}", j.partition_count))
+                })?,
             },
             key_id: j.key_id.clone(),
             signature,

@@ -37,7 +37,12 @@ use super::{JsonError, JsonErrorCode};
 /// Attributes with keys under this prefix hold producers' original labels (module docs).
 pub const ORIGINAL_PREFIX: &str = "audit.original.";
 
-/// Prepended to a producer's own attribute key that falls in [`ORIGINAL_PREFIX`].
+/// Attributes enrich writes (e.g. `audit.enrich.department`): never a producer's. A producer's
+/// key here is renamed like one under [`ORIGINAL_PREFIX`], so it cannot pose as enrichment.
+pub const ENRICH_PREFIX: &str = "audit.enrich.";
+
+/// Prepended to a producer's own attribute key that falls in [`ORIGINAL_PREFIX`] or
+/// [`ENRICH_PREFIX`].
 pub const PRODUCER_PREFIX: &str = "producer.";
 
 /// One closed vocabulary of [`AuditEvent`].
@@ -169,13 +174,15 @@ pub fn is_consistent_original(event: &AuditEvent, kind: LabelKind, text: &str) -
     kind.classify(text) != LabelMatch::Name && kind.normalized_name(text) == kind.name_in(event)
 }
 
-/// Renames every attribute under [`ORIGINAL_PREFIX`] for which `keep` is false to
+/// Renames every attribute under [`ENRICH_PREFIX`], and under [`ORIGINAL_PREFIX`] for which
+/// `keep` is false, to
 /// `producer.<key>` (prefixing again while the key is taken), then sorts by key. Deterministic:
 /// reserved keys are renamed in key order.
 pub fn protect_reserved(attributes: &mut Vec<KeyValue>, keep: impl Fn(&KeyValue) -> bool) {
-    let (reserved, mut out): (Vec<KeyValue>, Vec<KeyValue>) = std::mem::take(attributes)
-        .into_iter()
-        .partition(|kv| kv.key.starts_with(ORIGINAL_PREFIX) && !keep(kv));
+    let (reserved, mut out): (Vec<KeyValue>, Vec<KeyValue>) =
+        std::mem::take(attributes).into_iter().partition(|kv| {
+            (kv.key.starts_with(ORIGINAL_PREFIX) && !keep(kv)) || kv.key.starts_with(ENRICH_PREFIX)
+        });
     if !reserved.is_empty() {
         let mut taken: std::collections::BTreeSet<String> =
             out.iter().map(|kv| kv.key.clone()).collect();
@@ -541,6 +548,20 @@ mod tests {
                 kv("producer.audit.original.x", "y"),
                 kv("producer.producer.audit.original.category", "spoof"),
                 kv("z", "1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_producer_cannot_pose_as_enrichment() {
+        let mut a = vec![kv("audit.enrich.department", "finance"), kv("team", "x")];
+        // Even when the caller would keep it (the rule is the namespace's, not the caller's).
+        protect_reserved(&mut a, |_| true);
+        assert_eq!(
+            a,
+            vec![
+                kv("producer.audit.enrich.department", "finance"),
+                kv("team", "x")
             ]
         );
     }

@@ -124,6 +124,7 @@ fn cp(
         head_hash: s.hashes[last as usize - 1],
         merkle_root: crate::merkle::root(&s.hashes[first as usize - 1..last as usize]),
         time_us,
+        partition_count: 0,
     };
     crate::checkpoint::sign(k, &fields).unwrap()
 }

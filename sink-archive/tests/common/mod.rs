@@ -169,6 +169,7 @@ pub async fn scenario(archive: &Archive) {
         head_hash: ev[7].hash.clone(),
         merkle_root: vec![7; 32],
         time_us: T0,
+        partition_count: 0,
         key_id: "k1".into(),
         signature: vec![1; 64],
     };
@@ -185,11 +186,20 @@ pub async fn scenario(archive: &Archive) {
         signature: vec![2; 64],
         ..cp.clone()
     };
+    // A later signature over the same range (a heartbeat) is kept next to the first one,
+    // write-once like every object: stored once, a redelivery of it changes nothing.
     assert_eq!(
         archive
             .store_checkpoint(&resigned)
             .await
             .expect("cp resigned"),
+        Outcome::Written
+    );
+    assert_eq!(
+        archive
+            .store_checkpoint(&resigned)
+            .await
+            .expect("cp resigned again"),
         Outcome::AlreadyThere
     );
     let forked = Checkpoint {
@@ -200,9 +210,21 @@ pub async fn scenario(archive: &Archive) {
         archive.store_checkpoint(&forked).await.expect("cp fork"),
         Outcome::Fork
     );
-    let cps = archive
+    let mut cps = archive
         .list(&segment::checkpoint_prefix(p))
         .await
         .expect("list cps");
-    assert_eq!(cps, vec![segment::checkpoint_key(p, 8, "k1")]);
+    cps.sort();
+    let heartbeat = segment::checkpoint_heartbeat_key(p, 8, "k1", T0 + 1);
+    assert_eq!(
+        cps,
+        vec![segment::checkpoint_key(p, 8, "k1"), heartbeat.clone()]
+    );
+    // A listed name reads back as it is (a `~` in it was percent-encoded twice on S3).
+    for k in &cps {
+        archive
+            .get(k)
+            .await
+            .expect("a listed checkpoint reads back");
+    }
 }

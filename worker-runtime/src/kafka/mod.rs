@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod producer;
 pub mod record;
 pub mod tail;
+pub mod trace_context;
 
 pub use consumer::{AuditConsumer, ConsumerSettings, RebalanceState};
 pub use offsets::{OffsetTracker, TopicPartition};

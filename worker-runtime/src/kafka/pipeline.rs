@@ -33,6 +33,7 @@ use super::liveness::{self, ConsumerProbe, LivenessSettings};
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::producer::{await_delivery, Producer};
 use super::record::{InputRecord, OutputRecord};
+use super::trace_context;
 use super::KafkaArgs;
 use crate::error::RuntimeError;
 use crate::health::Readiness;
@@ -40,6 +41,7 @@ use crate::shutdown::Shutdown;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use opentelemetry::KeyValue;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -332,7 +334,12 @@ async fn handle<P: Processor>(
         return Ok(());
     };
     st.tracker.begin(&tp, input.offset, epoch);
-    let mut outputs = processor.process(&input).await.map_err(Fault::Fatal)?;
+    // The processor runs inside the record's `process` span, so it can link the span to
+    // trace ids the event itself carries (`trace_context::link_current`).
+    let span = trace_context::process_span(stage, &input);
+    let processed = trace_context::in_span(&span, processor.process(&input)).await;
+    span.end_with(&processed);
+    let mut outputs = processed.map_err(Fault::Fatal)?;
     if outputs.iter().any(|o| o.topic == st.dead_letters.rejected) {
         let skip = dead_letter_seen(consumer, settings, st, &input, epoch).await?;
         let rejected = st.dead_letters.rejected.clone();
@@ -348,20 +355,50 @@ async fn handle<P: Processor>(
         }
     }
     let mut deliveries = Vec::with_capacity(outputs.len());
-    for out in &outputs {
+    for out in &mut outputs {
+        // Each output (dead letters too) carries its own `send` span's context, replacing the
+        // input's header the processor copied.
+        let send = trace_context::send_span(stage, &span, &out.topic, out.partition);
+        send.inject(&mut out.headers);
         // An enqueue failure leaves the input begun and never completed: its offset (and every
         // later one of the partition) is not stored until it is read and delivered again.
-        let d = st.producer.enqueue(out).await.map_err(Fault::from)?;
-        deliveries.push((d, out.topic.clone()));
+        let d = match st.producer.enqueue(out).await {
+            Ok(d) => d,
+            Err(e) => {
+                send.set_error(&e);
+                send.end();
+                return Err(Fault::from(e));
+            }
+        };
+        deliveries.push((d, out.topic.clone(), send));
     }
     metrics::counter!("audit_records_in_total", "stage" => stage).increment(1);
     let offset = input.offset;
     st.in_flight.push(Box::pin(async move {
         let mut result = Ok(());
-        for (d, topic) in deliveries {
-            if let Err(e) = await_delivery(d, &topic).await {
-                result = Err(e);
-                break;
+        for (d, topic, send) in deliveries {
+            if result.is_err() {
+                // Not awaited (as before tracing): the input is redelivered anyway.
+                send.set_error("an earlier output of the same input failed");
+                send.end();
+                continue;
+            }
+            match await_delivery(d, &topic).await {
+                Ok(at) => {
+                    send.set_attribute(|| {
+                        KeyValue::new(
+                            "messaging.destination.partition.id",
+                            at.partition.to_string(),
+                        )
+                    });
+                    send.set_attribute(|| KeyValue::new("messaging.kafka.offset", at.offset));
+                    send.end();
+                }
+                Err(e) => {
+                    send.set_error(&e);
+                    send.end();
+                    result = Err(e);
+                }
             }
         }
         (tp, offset, epoch, result)

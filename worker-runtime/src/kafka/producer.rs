@@ -1,12 +1,29 @@
 //! An idempotent, acks=all producer. Delivery futures resolve only when the broker holds the
 //! record durably, which is what lets a worker store its input offset.
+//!
+//! The delivery deadline is ours, not librdkafka's. When librdkafka times a record out
+//! (`message.timeout.ms`) its idempotent producer bumps its producer epoch *locally* (KIP-360,
+//! `rd_kafka_idemp_drain_done`) and goes on sending the records still queued under the new
+//! epoch. Brokers that do not implement that bump reject or, in tansu 0.6's case, panic in the
+//! storage task and stop serving altogether (docs/local-stack.md). So librdkafka's timeout is
+//! infinite and [`PendingDelivery`] fails a record after the configured `message.timeout.ms`
+//! itself; the worker then drops this producer (which purges whatever it still holds) and
+//! makes a fresh one, so no record is ever sent under an epoch the broker did not hand out.
 
 use super::record::OutputRecord;
 use super::KafkaArgs;
 use crate::error::RuntimeError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{OwnedMessage, Timestamp};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::time::{Instant, Sleep};
+
+/// librdkafka's default `message.timeout.ms`; long enough to ride out a broker restart.
+pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Where a record landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +37,8 @@ pub struct Producer {
     inner: FutureProducer,
     /// The settings it was made with, to make a fresh one after a fatal error ([`Self::recreate`]).
     config: rdkafka::ClientConfig,
+    /// How long a record may wait for its acknowledgement before it counts as failed.
+    delivery_timeout: Duration,
 }
 
 impl std::fmt::Debug for Producer {
@@ -30,15 +49,32 @@ impl std::fmt::Debug for Producer {
 
 impl Producer {
     pub fn new(args: &KafkaArgs, client_id: &str) -> Result<Self, RuntimeError> {
-        let cfg = Self::client_config(args, client_id);
-        Self::from_config(cfg)
+        let (config, delivery_timeout) = Self::settings(args, client_id);
+        Self::from_config(config, delivery_timeout)
     }
 
-    fn from_config(config: rdkafka::ClientConfig) -> Result<Self, RuntimeError> {
+    fn from_config(
+        config: rdkafka::ClientConfig,
+        delivery_timeout: Duration,
+    ) -> Result<Self, RuntimeError> {
         let inner: FutureProducer = config
             .create()
             .map_err(|e| RuntimeError::kafka("creating producer", e))?;
-        Ok(Producer { inner, config })
+        Ok(Producer {
+            inner,
+            config,
+            delivery_timeout,
+        })
+    }
+
+    /// How long a record may wait for its acknowledgement (the configured `message.timeout.ms`).
+    pub fn delivery_timeout(&self) -> Duration {
+        self.delivery_timeout
+    }
+
+    /// Puts this producer's delivery deadline on a future from [`Self::inner`]'s `send_result`.
+    pub fn track(&self, delivery: DeliveryFuture) -> PendingDelivery {
+        PendingDelivery::new(delivery, self.delivery_timeout)
     }
 
     /// The fatal error librdkafka raised on this producer, if any: an idempotent producer that
@@ -51,11 +87,19 @@ impl Producer {
     /// A new producer with the same settings (a new producer id, so a fresh idempotence
     /// session). Clones of `self` keep the old one.
     pub fn recreate(&self) -> Result<Self, RuntimeError> {
-        Self::from_config(self.config.clone())
+        Self::from_config(self.config.clone(), self.delivery_timeout)
     }
 
     /// The producer settings every worker uses (benchmarks measure their baseline with them).
     pub fn client_config(args: &KafkaArgs, client_id: &str) -> rdkafka::ClientConfig {
+        Self::settings(args, client_id).0
+    }
+
+    /// The librdkafka settings and our delivery deadline. A `message.timeout.ms` the user sets
+    /// becomes the deadline; librdkafka's own is made infinite for the idempotent producer (see
+    /// the module docs). A transactional producer keeps it: librdkafka requires it to be at
+    /// most `transaction.timeout.ms`, and its epoch bumps go through the coordinator.
+    pub fn settings(args: &KafkaArgs, client_id: &str) -> (rdkafka::ClientConfig, Duration) {
         let mut cfg = args.client_config(client_id);
         // Idempotence: broker-side dedup of librdkafka's own retries and per-partition order.
         cfg.set("enable.idempotence", "true")
@@ -71,12 +115,23 @@ impl Producer {
                 cfg.set(k.trim(), v.trim());
             }
         }
-        cfg
+        let deadline = cfg
+            .get("message.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_DELIVERY_TIMEOUT);
+        let idempotent = cfg.get("enable.idempotence") == Some("true");
+        if idempotent && cfg.get("transactional.id").is_none() {
+            cfg.set("message.timeout.ms", "0");
+        }
+        (cfg, deadline)
     }
 
     /// Enqueues `record`; waits (without blocking the runtime) while the local queue is full.
-    /// The returned future resolves when the broker acknowledged the record.
-    pub async fn enqueue(&self, record: &OutputRecord) -> Result<DeliveryFuture, RuntimeError> {
+    /// The returned future resolves when the broker acknowledged the record, or fails once the
+    /// delivery deadline passed.
+    pub async fn enqueue(&self, record: &OutputRecord) -> Result<PendingDelivery, RuntimeError> {
         loop {
             let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
             if let Some(k) = record.key.as_deref() {
@@ -92,7 +147,7 @@ impl Producer {
                 fr = fr.headers(h);
             }
             match self.inner.send_result(fr) {
-                Ok(delivery) => return Ok(delivery),
+                Ok(delivery) => return Ok(self.track(delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -129,9 +184,68 @@ impl Producer {
     }
 }
 
+/// A record's acknowledgement, failed with `MessageTimedOut` once the producer's delivery
+/// deadline passed. Resolves like rdkafka's [`DeliveryFuture`].
+#[must_use = "a delivery does nothing unless awaited"]
+pub struct PendingDelivery {
+    inner: DeliveryFuture,
+    deadline: Instant,
+    /// Armed at the first poll that finds the record unacknowledged (most are by then, and a
+    /// timer per record is not free).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for PendingDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDelivery")
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingDelivery {
+    pub fn new(inner: DeliveryFuture, timeout: Duration) -> Self {
+        PendingDelivery {
+            inner,
+            deadline: Instant::now() + timeout,
+            timer: None,
+        }
+    }
+}
+
+impl Future for PendingDelivery {
+    type Output = <DeliveryFuture as Future>::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll(cx) {
+            return Poll::Ready(r);
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Ok(Err((
+                KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
+                OwnedMessage::new(
+                    None,
+                    None,
+                    String::new(),
+                    Timestamp::NotAvailable,
+                    -1,
+                    -1,
+                    None,
+                ),
+            )))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// Resolves a delivery future into where the record landed, or the broker's error.
 pub async fn await_delivery(
-    delivery: DeliveryFuture,
+    delivery: impl Future<Output = <DeliveryFuture as Future>::Output>,
     topic: &str,
 ) -> Result<Delivered, RuntimeError> {
     match delivery.await {
@@ -144,5 +258,70 @@ pub async fn await_delivery(
             format!("delivering to {topic}"),
             KafkaError::Canceled,
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(props: &[&str]) -> KafkaArgs {
+        KafkaArgs {
+            // Nothing listens there: records are never acknowledged.
+            brokers: "127.0.0.1:1".into(),
+            properties: props.iter().map(|s| s.to_string()).collect(),
+            ..KafkaArgs::default()
+        }
+    }
+
+    #[test]
+    fn librdkafka_never_times_records_out_and_the_users_timeout_becomes_our_deadline() {
+        let (cfg, deadline) = Producer::settings(&args(&[]), "t");
+        assert_eq!(cfg.get("message.timeout.ms"), Some("0"));
+        assert_eq!(deadline, DEFAULT_DELIVERY_TIMEOUT);
+
+        let (cfg, deadline) = Producer::settings(&args(&["message.timeout.ms=1500"]), "t");
+        assert_eq!(cfg.get("message.timeout.ms"), Some("0"));
+        assert_eq!(deadline, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn producers_whose_epoch_bumps_go_through_the_broker_keep_librdkafkas_timeout() {
+        // Transactional: librdkafka wants message.timeout.ms <= transaction.timeout.ms.
+        let (cfg, _) = Producer::settings(
+            &args(&["transactional.id=x", "message.timeout.ms=5000"]),
+            "t",
+        );
+        assert_eq!(cfg.get("message.timeout.ms"), Some("5000"));
+        // Not idempotent: no epoch at all.
+        let (cfg, _) = Producer::settings(
+            &args(&["enable.idempotence=false", "message.timeout.ms=5000"]),
+            "t",
+        );
+        assert_eq!(cfg.get("message.timeout.ms"), Some("5000"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unacknowledged_record_fails_at_the_deadline_not_before() {
+        let p = Producer::new(&args(&["message.timeout.ms=60000"]), "t").expect("producer");
+        let rec = OutputRecord {
+            topic: "t".into(),
+            partition: Some(0),
+            key: None,
+            payload: Some(b"x".to_vec()),
+            headers: Vec::new(),
+        };
+        let mut d = p.enqueue(&rec).await.expect("enqueue");
+        // Paused clock: the runtime jumps to the next timer when idle, so this waits 59 s of
+        // virtual time without sleeping.
+        let early = tokio::time::timeout(Duration::from_secs(59), &mut d).await;
+        assert!(early.is_err(), "resolved before the deadline: {early:?}");
+        let err = await_delivery(d, "t")
+            .await
+            .expect_err("no broker acknowledged it");
+        assert!(
+            err.to_string().contains("timed out"),
+            "expected a message timeout, got {err}"
+        );
     }
 }

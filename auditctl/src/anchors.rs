@@ -1,0 +1,606 @@
+//! Trust anchors outside the stores: chain heads an auditor (or a witness) saw before.
+//!
+//! A store writer can delete a whole partition with its checkpoints, cut a tail together with
+//! the newest checkpoints, or rewrite a partition consistently from genesis: the store then
+//! holds a chain that verifies, and nothing in it can tell. A pinned head `(chain, partition,
+//! seq, hash)` kept by the auditor can: the store must still hold that partition up to at least
+//! `seq`, and the record it holds at `seq` must have exactly that hash (a link hash commits to
+//! every record before it, so this checks the whole prefix). Findings:
+//!
+//! | finding | the store … | attack it defeats |
+//! |---|---|---|
+//! | `trusted_partition_missing` | holds no record of a pinned partition | a partition deleted whole, with its checkpoints |
+//! | `rollback_below_trusted` | ends before the pinned seq | a tail cut together with the newest checkpoints (rollback) |
+//! | `trusted_checkpoint_mismatch` | holds another record (or none) at the pinned seq | a consistent rewrite from genesis (or of any prefix), a fork |
+//! | `trusted_checkpoint_invalid` | — (the pin itself does not verify against the given keys) | a pin file edited or forged by someone without the signing/witness key |
+//!
+//! Pins come from pin files (C2SP tlog-checkpoint notes, `integrity::pin`; written by
+//! `verify --save-checkpoints` and `auditctl witness`) or from checkpoints copied from the
+//! checkpoints topic / store as JSON (`schemas::checkpoint::CheckpointJson`, one object, an
+//! array, or one per line).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use integrity::checkpoint::log_key;
+use integrity::note::{NoteError, VerifierKey};
+use integrity::pin::{self, ChainHead, Pin};
+use schemas::checkpoint::{verify_signed, CheckpointJson, KeySet, SignedCheckpoint};
+use schemas::verify::{PartitionReport, Report};
+use serde::Serialize;
+
+use crate::collect::Captured;
+use crate::error::Error;
+
+/// What an anchor check found. Serialized in snake_case, like the verifier's finding kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnchorKind {
+    /// The store holds no record of a partition a trusted checkpoint names.
+    TrustedPartitionMissing,
+    /// The store's partition ends before a trusted checkpoint's seq.
+    RollbackBelowTrusted,
+    /// The store's record at a trusted checkpoint's seq has another hash (or is absent while
+    /// later records exist).
+    TrustedCheckpointMismatch,
+    /// A trusted checkpoint's own signature does not verify with the keys given.
+    TrustedCheckpointInvalid,
+}
+
+impl AnchorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AnchorKind::TrustedPartitionMissing => "trusted_partition_missing",
+            AnchorKind::RollbackBelowTrusted => "rollback_below_trusted",
+            AnchorKind::TrustedCheckpointMismatch => "trusted_checkpoint_mismatch",
+            AnchorKind::TrustedCheckpointInvalid => "trusted_checkpoint_invalid",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnchorFinding {
+    pub partition: u32,
+    /// The pinned seq.
+    pub seq: u64,
+    pub kind: AnchorKind,
+    /// Where the pin came from (`file#entry`).
+    pub pin: String,
+    pub detail: String,
+}
+
+/// A pin that passed its own signature check, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trusted {
+    pub head: ChainHead,
+    /// `file#entry`.
+    pub from: String,
+    /// How its origin was established: `unsigned (auditor's record)`, `signed by <key>`, ….
+    pub authority: String,
+}
+
+/// Pins loaded from files, plus findings about pins that failed their signature check.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedSet {
+    pub pins: Vec<Trusted>,
+    pub invalid: Vec<AnchorFinding>,
+}
+
+impl TrustedSet {
+    pub fn is_empty(&self) -> bool {
+        self.pins.is_empty() && self.invalid.is_empty()
+    }
+
+    /// The seqs whose stored hash a run must capture.
+    pub fn capture(&self) -> BTreeMap<u32, BTreeSet<u64>> {
+        let mut m: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+        for t in &self.pins {
+            m.entry(t.head.partition).or_default().insert(t.head.seq);
+        }
+        m
+    }
+
+    /// The one chain id the pins name, if they agree.
+    pub fn chain_id(&self) -> Option<&str> {
+        let ids: BTreeSet<&str> = self.pins.iter().map(|t| t.head.chain_id.as_str()).collect();
+        (ids.len() == 1).then(|| ids.into_iter().next()).flatten()
+    }
+}
+
+/// The keys pins are checked against.
+#[derive(Debug, Clone, Default)]
+pub struct PinKeys<'a> {
+    /// The chainer's key set (`--keys`): checks JSON checkpoints, and Ed25519 note signatures
+    /// under the per-partition log key name (`integrity::checkpoint::log_key`).
+    pub keyset: Option<&'a KeySet>,
+    /// Witness cosigning keys (`--witness-key`, or the witness state's own `witness.vkey`).
+    pub witnesses: Vec<VerifierKey>,
+}
+
+/// Reads pin files (`--trusted-checkpoint`), checking each pin's signature with `keys`.
+pub fn load(files: &[PathBuf], keys: &PinKeys<'_>) -> Result<TrustedSet, Error> {
+    let mut set = TrustedSet::default();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(Error::file("reading", f))?;
+        load_text(&text, &f.display().to_string(), keys, &mut set)?;
+    }
+    Ok(set)
+}
+
+/// [`load`] of one file's text; `name` labels the pins.
+pub fn load_text(
+    text: &str,
+    name: &str,
+    keys: &PinKeys<'_>,
+    set: &mut TrustedSet,
+) -> Result<(), Error> {
+    let bad = |e: String| Error::Usage(format!("trusted checkpoint file {name}: {e}"));
+    if matches!(text.trim_start().chars().next(), Some('{' | '[')) {
+        for (i, j) in json_checkpoints(text).map_err(bad)?.into_iter().enumerate() {
+            let from = format!("{name}#{}", i + 1);
+            let signed =
+                SignedCheckpoint::try_from(&j).map_err(|e| bad(format!("#{}: {e}", i + 1)))?;
+            let f = &signed.fields;
+            let head = ChainHead {
+                chain_id: f.chain_id.clone(),
+                partition: f.partition,
+                seq: f.seq,
+                head: f.head_hash,
+            };
+            match keys.keyset {
+                Some(ks) => match verify_signed(ks, &signed) {
+                    Ok(()) => set.pins.push(Trusted {
+                        head,
+                        from,
+                        authority: format!("checkpoint signed by key {}", signed.key_id),
+                    }),
+                    Err(e) => set.invalid.push(AnchorFinding {
+                        partition: f.partition,
+                        seq: f.seq,
+                        kind: AnchorKind::TrustedCheckpointInvalid,
+                        pin: from,
+                        detail: format!("the trusted checkpoint does not verify with --keys: {e}"),
+                    }),
+                },
+                None => set.pins.push(Trusted {
+                    head,
+                    from,
+                    authority: "checkpoint, signature not checked (no --keys)".into(),
+                }),
+            }
+        }
+        return Ok(());
+    }
+    let pins = pin::parse_file(text).map_err(|e| bad(e.to_string()))?;
+    for (i, p) in pins.into_iter().enumerate() {
+        let from = format!("{name}#{}", i + 1);
+        match check_note(&p, keys) {
+            Ok(authority) => set.pins.push(Trusted {
+                head: p.head,
+                from,
+                authority,
+            }),
+            Err(detail) => set.invalid.push(AnchorFinding {
+                partition: p.head.partition,
+                seq: p.head.seq,
+                kind: AnchorKind::TrustedCheckpointInvalid,
+                pin: from,
+                detail,
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// A JSON object, an array of them, or one per line / concatenated.
+fn json_checkpoints(text: &str) -> Result<Vec<CheckpointJson>, String> {
+    let mut out = Vec::new();
+    for v in serde_json::Deserializer::from_str(text).into_iter::<serde_json::Value>() {
+        let v = v.map_err(|e| format!("not JSON: {e}"))?;
+        let items = match v {
+            serde_json::Value::Array(a) => a,
+            other => vec![other],
+        };
+        for item in items {
+            out.push(
+                serde_json::from_value(item)
+                    .map_err(|e| format!("not a checkpoint (chain_id, partition, first_seq, seq, head_hash, merkle_root, time_us, key_id, signature): {e}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Who vouches for a pin note. An unsigned note is the auditor's own record. A signed one
+/// (a witness's cosignature, or one day the log's own note signature) must verify with a key
+/// given: with `--witness-key` (or a witness state) given, one of those (or a log key) must
+/// have signed it; with only `--keys`, a log-key signature must verify if there is one, and a
+/// cosignature nobody gave a key for is accepted as the file's safekeeping, and said so.
+fn check_note(p: &Pin, keys: &PinKeys<'_>) -> Result<String, String> {
+    if p.note.signatures().is_empty() {
+        return Ok("unsigned (the auditor's own record)".into());
+    }
+    let mut log_keys = Vec::new();
+    if let (Some(ks), Ok(origin)) = (keys.keyset, p.head.origin()) {
+        for e in ks.entries() {
+            let pk = B64
+                .decode(&e.public_key)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok());
+            if let Some(k) = pk.and_then(|pk| log_key(&origin, pk).ok()) {
+                log_keys.push(k);
+            }
+        }
+    }
+    let strict = !keys.witnesses.is_empty();
+    let mut trusted = keys.witnesses.clone();
+    trusted.extend(log_keys);
+    let unchecked = || "signed, signatures not checked (no --witness-key given)".to_owned();
+    if trusted.is_empty() {
+        return Ok(unchecked());
+    }
+    match p.note.verify(&trusted) {
+        Ok(v) => Ok(format!(
+            "signed by {}",
+            v.verified
+                .iter()
+                .map(|s| s.key.name().to_owned())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Err(NoteError::NoTrustedSignature) if !strict => Ok(unchecked()),
+        Err(NoteError::NoTrustedSignature) => {
+            Err("signed by none of the keys given (--witness-key, --keys): not trusted".into())
+        }
+        Err(e) => Err(format!("its signature does not verify: {e}")),
+    }
+}
+
+/// The outcome of checking pins against one store's report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct AnchorReport {
+    /// Pins checked against this store.
+    pub checked: usize,
+    pub findings: Vec<AnchorFinding>,
+    pub ok: bool,
+}
+
+/// Checks `set` against a store's `report` and the stored hashes `captured` at the pinned
+/// seqs; marks failing partitions (and the report) not ok, adding a partition entry for a
+/// pinned partition the store does not hold at all. `only`: the run's partition filter.
+pub fn check(
+    set: &TrustedSet,
+    report: &mut Report,
+    captured: &Captured,
+    only: &BTreeSet<u32>,
+) -> AnchorReport {
+    let wanted = |p: u32| only.is_empty() || only.contains(&p);
+    let mut out = AnchorReport::default();
+    out.findings
+        .extend(set.invalid.iter().filter(|f| wanted(f.partition)).cloned());
+    for t in set.pins.iter().filter(|t| wanted(t.head.partition)) {
+        out.checked += 1;
+        let h = &t.head;
+        let part = report
+            .partitions
+            .iter()
+            .find(|r| r.partition as i64 == i64::from(h.partition));
+        let (kind, detail) = match (part, captured.hashes.get(&(h.partition, h.seq))) {
+            (None, _) | (Some(PartitionReport { events: 0, .. }), _) => (
+                AnchorKind::TrustedPartitionMissing,
+                format!(
+                    "the store holds no record of partition {}, but a trusted checkpoint says it had {} records (head {})",
+                    h.partition,
+                    h.seq,
+                    short(&h.head)
+                ),
+            ),
+            (Some(_), Some(stored)) if stored.as_slice() == h.head => continue,
+            (Some(_), Some(stored)) => (
+                AnchorKind::TrustedCheckpointMismatch,
+                format!(
+                    "the record at seq {} has hash {}, but the trusted checkpoint pins {}: the history up to it was rewritten",
+                    h.seq,
+                    short(stored),
+                    short(&h.head)
+                ),
+            ),
+            (Some(r), None) if r.last_seq.is_none_or(|l| l < h.seq as i64) => (
+                AnchorKind::RollbackBelowTrusted,
+                format!(
+                    "the store ends at seq {}, below the trusted checkpoint at seq {} (head {}): records were removed from the tail",
+                    r.last_seq.unwrap_or(0),
+                    h.seq,
+                    short(&h.head)
+                ),
+            ),
+            (Some(_), None) => (
+                AnchorKind::TrustedCheckpointMismatch,
+                format!(
+                    "the store has no record at the trusted checkpoint's seq {} (head {}) although it holds later ones",
+                    h.seq,
+                    short(&h.head)
+                ),
+            ),
+        };
+        out.findings.push(AnchorFinding {
+            partition: h.partition,
+            seq: h.seq,
+            kind,
+            pin: format!("{}: {}", t.from, t.authority),
+            detail,
+        });
+    }
+    out.findings.sort_by_key(|a| (a.partition, a.seq));
+    for f in &out.findings {
+        mark_failed(report, f.partition);
+    }
+    out.ok = out.findings.is_empty();
+    out
+}
+
+/// Marks partition `p` (added if absent) and the report as failed (also used by the
+/// freshness checks).
+pub(crate) fn mark_failed(report: &mut Report, p: u32) {
+    let pi = i32::try_from(p).unwrap_or(i32::MAX);
+    match report.partitions.iter_mut().find(|r| r.partition == pi) {
+        Some(r) => r.ok = false,
+        None => {
+            report.partitions.push(PartitionReport {
+                partition: pi,
+                first_seq: None,
+                last_seq: None,
+                events: 0,
+                head_seq: 0,
+                head: hex::encode([0u8; 32]),
+                sealed_through: None,
+                findings: Vec::new(),
+                findings_dropped: 0,
+                ok: false,
+            });
+            report.partitions.sort_by_key(|r| r.partition);
+        }
+    }
+    report.ok = false;
+}
+
+fn short(h: &[u8]) -> String {
+    hex::encode(&h[..h.len().min(8)])
+}
+
+/// Writes `heads` into the pin file `path`, merged with the pins it already holds: an entry
+/// for another partition is kept, and a pin is never lowered (an existing entry at a higher
+/// seq stays, with a warning: the run did not reach it). Atomic (temporary file + rename).
+/// Returns the heads written for this run's partitions.
+pub fn save(path: &Path, heads: Vec<ChainHead>) -> Result<Vec<ChainHead>, Error> {
+    let mut by_origin: BTreeMap<(String, u32), Pin> = BTreeMap::new();
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(Error::file("reading", path))?;
+        for p in pin::parse_file(&text).map_err(|e| {
+            Error::Usage(format!(
+                "--save-checkpoints {}: the existing file is not a pin file ({e}); not overwriting it",
+                path.display()
+            ))
+        })? {
+            let key = (p.head.chain_id.clone(), p.head.partition);
+            match by_origin.get(&key) {
+                Some(q) if q.head.seq >= p.head.seq => {}
+                _ => {
+                    by_origin.insert(key, p);
+                }
+            }
+        }
+    }
+    let mut written = Vec::new();
+    for h in heads {
+        let key = (h.chain_id.clone(), h.partition);
+        if let Some(old) = by_origin.get(&key) {
+            if old.head.seq > h.seq {
+                eprintln!(
+                    "auditctl: warning: {} keeps partition {} at seq {} (this run verified up to seq {}; check it with --trusted-checkpoint {})",
+                    path.display(),
+                    h.partition,
+                    old.head.seq,
+                    h.seq,
+                    path.display()
+                );
+                continue;
+            }
+        }
+        let pin = Pin::unsigned(h.clone()).map_err(|e| Error::Usage(e.to_string()))?;
+        by_origin.insert(key, pin);
+        written.push(h);
+    }
+    let pins: Vec<Pin> = by_origin.into_values().collect();
+    write_atomic(path, pin::format_file(&pins).as_bytes())?;
+    Ok(written)
+}
+
+/// Write to a temporary file beside `path`, sync, rename: a reader sees the old or the new
+/// file, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pins".into());
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(Error::file("creating", &tmp))?;
+    f.write_all(bytes).map_err(Error::file("writing", &tmp))?;
+    f.sync_all().map_err(Error::file("syncing", &tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(Error::file("renaming into", path))
+}
+
+/// The head to pin for each partition of `reports` (one per store read): the lowest verified
+/// head among the stores (with `--source both` the archive normally lags; a pin both stores
+/// hold keeps checking both). Partitions with no verified record are skipped.
+pub fn heads_to_save(chain_id: &str, reports: &[&Report]) -> Result<Vec<ChainHead>, Error> {
+    let mut best: BTreeMap<i32, (i64, String)> = BTreeMap::new();
+    for r in reports {
+        for p in &r.partitions {
+            if p.head_seq < 1 {
+                continue;
+            }
+            let e = best
+                .entry(p.partition)
+                .or_insert((p.head_seq, p.head.clone()));
+            if p.head_seq < e.0 {
+                *e = (p.head_seq, p.head.clone());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (p, (seq, head)) in best {
+        let head: [u8; 32] = hex::decode(&head)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| {
+                Error::Usage(format!("partition {p}: head {head} is not 32 bytes of hex"))
+            })?;
+        out.push(ChainHead {
+            chain_id: chain_id.to_owned(),
+            partition: u32::try_from(p)
+                .map_err(|_| Error::Usage(format!("negative partition {p}")))?,
+            seq: u64::try_from(seq).unwrap_or(0),
+            head,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(p: i32, last: Option<i64>, events: u64) -> PartitionReport {
+        PartitionReport {
+            partition: p,
+            first_seq: last.map(|_| 1),
+            last_seq: last,
+            events,
+            head_seq: last.unwrap_or(0),
+            head: hex::encode([p as u8; 32]),
+            sealed_through: None,
+            findings: Vec::new(),
+            findings_dropped: 0,
+            ok: true,
+        }
+    }
+
+    fn pinned(p: u32, seq: u64, b: u8) -> Trusted {
+        Trusted {
+            head: ChainHead {
+                chain_id: "c".into(),
+                partition: p,
+                seq,
+                head: [b; 32],
+            },
+            from: "pins#1".into(),
+            authority: "unsigned".into(),
+        }
+    }
+
+    #[test]
+    fn each_way_a_store_can_fail_a_pin_is_named() {
+        let set = TrustedSet {
+            pins: vec![
+                pinned(0, 10, 1), // held, same hash: ok
+                pinned(1, 10, 1), // held, other hash: mismatch
+                pinned(2, 10, 1), // store ends at 5: rollback
+                pinned(3, 10, 1), // absent: partition missing
+                pinned(4, 10, 1), // hole at 10, later records: mismatch
+                pinned(5, 10, 1), // filtered out
+            ],
+            invalid: Vec::new(),
+        };
+        let mut report = Report::new(vec![
+            part(0, Some(20), 20),
+            part(1, Some(20), 20),
+            part(2, Some(5), 5),
+            part(4, Some(20), 19),
+        ]);
+        let mut cap = Captured::default();
+        cap.hashes.insert((0, 10), vec![1; 32]);
+        cap.hashes.insert((1, 10), vec![2; 32]);
+        let only: BTreeSet<u32> = (0..5).collect();
+        let a = check(&set, &mut report, &cap, &only);
+        let kinds: Vec<(u32, &str)> = a
+            .findings
+            .iter()
+            .map(|f| (f.partition, f.kind.name()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (1, "trusted_checkpoint_mismatch"),
+                (2, "rollback_below_trusted"),
+                (3, "trusted_partition_missing"),
+                (4, "trusted_checkpoint_mismatch"),
+            ]
+        );
+        assert_eq!(a.checked, 5);
+        assert!(!a.ok && !report.ok);
+        let ok: Vec<(i32, bool)> = report
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.ok))
+            .collect();
+        assert_eq!(
+            ok,
+            vec![(0, true), (1, false), (2, false), (3, false), (4, false)]
+        );
+        // serde names match `name()`.
+        assert_eq!(
+            serde_json::to_value(AnchorKind::RollbackBelowTrusted).unwrap(),
+            "rollback_below_trusted"
+        );
+    }
+
+    #[test]
+    fn json_checkpoints_in_every_shape() {
+        let j = r#"{"chain_id":"c","partition":1,"first_seq":1,"seq":5,"head_hash":"00","merkle_root":"00","time_us":1,"key_id":"k","signature":"AA=="}"#;
+        assert_eq!(json_checkpoints(j).unwrap().len(), 1);
+        assert_eq!(json_checkpoints(&format!("[{j},{j}]")).unwrap().len(), 2);
+        assert_eq!(json_checkpoints(&format!("{j}\n{j}\n")).unwrap().len(), 2);
+        assert!(json_checkpoints("{\"x\":1}").is_err());
+    }
+
+    #[test]
+    fn saving_merges_and_never_lowers_a_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pins.txt");
+        let h = |p: u32, seq: u64, b: u8| ChainHead {
+            chain_id: "c".into(),
+            partition: p,
+            seq,
+            head: [b; 32],
+        };
+        save(&path, vec![h(0, 10, 1), h(1, 10, 1)]).unwrap();
+        let written = save(&path, vec![h(0, 20, 2), h(1, 5, 3)]).unwrap();
+        assert_eq!(written, vec![h(0, 20, 2)], "partition 1 is not lowered");
+        let pins = pin::parse_file(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let heads: Vec<ChainHead> = pins.into_iter().map(|p| p.head).collect();
+        assert_eq!(heads, vec![h(0, 20, 2), h(1, 10, 1)]);
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(
+            save(&path, vec![h(0, 30, 1)]).is_err(),
+            "never clobbers a non-pin file"
+        );
+    }
+
+    #[test]
+    fn heads_to_save_takes_the_lowest_head_per_partition() {
+        let a = Report::new(vec![part(0, Some(20), 20), part(1, None, 0)]);
+        let b = Report::new(vec![part(0, Some(15), 15)]);
+        let heads = heads_to_save("c", &[&a, &b]).unwrap();
+        assert_eq!(heads.len(), 1);
+        assert_eq!((heads[0].partition, heads[0].seq), (0, 15));
+    }
+}

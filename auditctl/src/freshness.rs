@@ -1,0 +1,529 @@
+//! The signed partition set and freshness, checked on top of a store's verification report.
+//!
+//! Every checkpoint the chainer signs since checkpoint v2 carries the chain's partition count
+//! (`partition_count`, inside the signature), and the chainer re-signs an idle partition's last
+//! checkpoint every heartbeat period. From the valid checkpoints a store holds:
+//!
+//! - **Signed set.** A partition below the highest signed count of which the store holds
+//!   nothing (no record, no checkpoint) is `partition_missing_from_signed_set`: it was deleted
+//!   whole, rows and checkpoints, which the store alone otherwise cannot show (no pin needed).
+//!   A count that goes down between checkpoints is `partition_count_decreased` (Kafka cannot
+//!   shrink a topic); one that goes up is `partition_count_changed`, a warning (the input topic
+//!   was given partitions, a deliberate operator action, shown once per partition).
+//! - **Freshness.** Per partition, the newest valid checkpoint's time and age, and the unsealed
+//!   tail (stored records after the last checkpoint that matched the chain). With
+//!   `--max-checkpoint-age`, a partition whose newest valid checkpoint is older (or that has
+//!   none) is `checkpoint_stale`. With heartbeats on, an idle partition stays fresh, so a tail
+//!   cut together with its newest checkpoints (and the heartbeats after them) shows as stale.
+//!
+//! Signatures are checked here again (one Ed25519 verification per checkpoint) rather than
+//! taken from the verifier, so that this check depends only on the key set and the chain id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use schemas::checkpoint::{verify_signed, KeySet, SignedCheckpoint};
+use schemas::verify::Report;
+use schemas::Checkpoint;
+use serde::Serialize;
+
+use crate::anchors::mark_failed;
+
+/// One valid checkpoint, as far as freshness needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Signed {
+    time_us: i64,
+    seq: u64,
+    partition_count: u32,
+}
+
+/// The valid checkpoints of one store, by partition (from [`summarize`]).
+#[derive(Debug, Clone, Default)]
+pub struct SignedSummary {
+    /// `false` when no key set was given: nothing was checked.
+    pub checked: bool,
+    by_partition: BTreeMap<u32, Vec<Signed>>,
+}
+
+/// Keeps the checkpoints that verify with `keys` (and name `chain_id`, if given).
+pub fn summarize(cps: &[Checkpoint], keys: &KeySet, chain_id: Option<&str>) -> SignedSummary {
+    let mut out = SignedSummary {
+        checked: true,
+        by_partition: BTreeMap::new(),
+    };
+    for cp in cps {
+        let Ok(s) = SignedCheckpoint::try_from(cp) else {
+            continue;
+        };
+        if verify_signed(keys, &s).is_err() || chain_id.is_some_and(|c| c != s.fields.chain_id) {
+            continue;
+        }
+        out.by_partition
+            .entry(s.fields.partition)
+            .or_default()
+            .push(Signed {
+                time_us: s.fields.time_us,
+                seq: s.fields.seq,
+                partition_count: s.fields.partition_count,
+            });
+    }
+    for list in out.by_partition.values_mut() {
+        list.sort_by_key(|c| (c.time_us, c.seq));
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FreshnessKind {
+    /// The signed partition count names a partition the store holds nothing of.
+    PartitionMissingFromSignedSet,
+    /// The signed partition count went down between two checkpoints of a partition.
+    PartitionCountDecreased,
+    /// The signed partition count went up (warning: the input topic was extended).
+    PartitionCountChanged,
+    /// The newest valid checkpoint is older than `--max-checkpoint-age`, or there is none.
+    CheckpointStale,
+}
+
+impl FreshnessKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FreshnessKind::PartitionMissingFromSignedSet => "partition_missing_from_signed_set",
+            FreshnessKind::PartitionCountDecreased => "partition_count_decreased",
+            FreshnessKind::PartitionCountChanged => "partition_count_changed",
+            FreshnessKind::CheckpointStale => "checkpoint_stale",
+        }
+    }
+
+    /// Only an increase of the count is a warning; everything else fails the run.
+    pub fn is_error(self) -> bool {
+        self != FreshnessKind::PartitionCountChanged
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FreshnessFinding {
+    pub partition: u32,
+    /// The seq the finding is about (the checkpoint's, or the store's last seq; 0 if none).
+    pub seq: u64,
+    pub kind: FreshnessKind,
+    pub error: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PartitionFreshness {
+    pub partition: u32,
+    /// Highest stored seq.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<i64>,
+    /// Highest seq a valid checkpoint matched (the verifier's `sealed_through`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_through: Option<i64>,
+    /// Stored records after `sealed_through`: the unsealed tail.
+    pub unsealed_records: u64,
+    /// The newest valid checkpoint (by signing time): its seq, time and age.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_checkpoint_seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newest_checkpoint_time_us: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_age_secs: Option<u64>,
+    /// The partition count that checkpoint signs (absent: a v1 checkpoint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_partition_count: Option<u32>,
+}
+
+/// `--json`: the `freshness` object of a store.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FreshnessReport {
+    /// The highest partition count any valid checkpoint signs (absent: only v1 checkpoints,
+    /// or none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_partition_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_checkpoint_age_secs: Option<u64>,
+    pub partitions: Vec<PartitionFreshness>,
+    pub findings: Vec<FreshnessFinding>,
+    pub ok: bool,
+}
+
+/// Parses `--max-checkpoint-age`: a whole number with a unit `s`, `m`, `h` or `d` (`90s`,
+/// `5m`, `2h`, `1d`), or plain seconds.
+pub fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 5m, 2h or 1d"))?;
+    let mul = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h or d)")),
+    };
+    n.checked_mul(mul)
+        .filter(|&secs| secs > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} must be above zero and fit in u64 seconds"))
+}
+
+/// Checks the signed set and freshness of one store's `report` (partitions in `only`, all if
+/// empty), adding failed or missing partitions to it like every other finding.
+///
+/// A partition that never received an event has no record and no checkpoint either, so the
+/// store alone cannot tell it from one deleted whole: `partition_missing_from_signed_set` is a
+/// warning unless `all_written` (the operator knows every partition has received events), and
+/// pins (`trusted_partition_missing`) catch the deletion of a partition seen before.
+pub fn check(
+    summary: &SignedSummary,
+    report: &mut Report,
+    max_age: Option<Duration>,
+    now_us: i64,
+    only: &BTreeSet<u32>,
+    all_written: bool,
+) -> FreshnessReport {
+    let wanted = |p: u32| only.is_empty() || only.contains(&p);
+    let mut findings = Vec::new();
+    let signed_count = summary
+        .by_partition
+        .iter()
+        .filter(|(p, _)| wanted(**p))
+        .flat_map(|(_, l)| l.iter().map(|c| c.partition_count))
+        .filter(|&n| n > 0)
+        .max();
+    // Count changes, in signing order per partition.
+    for (&p, list) in summary.by_partition.iter().filter(|(p, _)| wanted(**p)) {
+        let mut prev: Option<Signed> = None;
+        for c in list.iter().filter(|c| c.partition_count > 0) {
+            if let Some(b) = prev.filter(|b| b.partition_count != c.partition_count) {
+                let kind = if c.partition_count < b.partition_count {
+                    FreshnessKind::PartitionCountDecreased
+                } else {
+                    FreshnessKind::PartitionCountChanged
+                };
+                findings.push(FreshnessFinding {
+                    partition: p,
+                    seq: c.seq,
+                    kind,
+                    error: kind.is_error(),
+                    detail: format!(
+                        "the checkpoint at seq {} (time_us {}) signs {} partitions, the one before it (seq {}, time_us {}) signed {}",
+                        c.seq, c.time_us, c.partition_count, b.seq, b.time_us, b.partition_count
+                    ),
+                });
+            }
+            prev = Some(*c);
+        }
+    }
+    // The signed set: every partition below the count must be in the store.
+    let present: BTreeSet<u32> = report
+        .partitions
+        .iter()
+        .filter(|r| r.events > 0 || summary.by_partition.contains_key(&(r.partition as u32)))
+        .filter_map(|r| u32::try_from(r.partition).ok())
+        .collect();
+    if let Some(n) = signed_count {
+        for p in (0..n).filter(|p| wanted(*p) && !present.contains(p)) {
+            findings.push(FreshnessFinding {
+                partition: p,
+                seq: 0,
+                kind: FreshnessKind::PartitionMissingFromSignedSet,
+                error: all_written,
+                detail: format!(
+                    "signed checkpoints say the chain has {n} partitions, but the store holds no record and no checkpoint of partition {p}: deleted whole, or never written{}",
+                    if all_written { "" } else { " (a warning; --all-partitions-written makes it an error)" }
+                ),
+            });
+        }
+    }
+    // Freshness per partition the store holds.
+    let mut partitions = Vec::new();
+    for r in &report.partitions {
+        let Ok(p) = u32::try_from(r.partition) else {
+            continue;
+        };
+        if !wanted(p) || (r.events == 0 && !summary.by_partition.contains_key(&p)) {
+            continue;
+        }
+        let newest = summary
+            .by_partition
+            .get(&p)
+            .and_then(|l| l.iter().max_by_key(|c| (c.time_us, c.seq)));
+        let age_us = newest.map(|c| now_us.saturating_sub(c.time_us).max(0));
+        let sealed = r.sealed_through.unwrap_or(0);
+        let unsealed = r
+            .last_seq
+            .map_or(0, |l| u64::try_from(l.saturating_sub(sealed)).unwrap_or(0));
+        if let Some(max) = max_age {
+            let max_us = i64::try_from(max.as_micros()).unwrap_or(i64::MAX);
+            let stale = match (newest, age_us) {
+                (Some(c), Some(a)) if a > max_us => Some(format!(
+                    "the newest valid checkpoint (seq {}, time_us {}) is {}s old, more than --max-checkpoint-age {}s: newer records and checkpoints were cut, or the chainer stopped signing ({} unsealed records after it)",
+                    c.seq,
+                    c.time_us,
+                    a / 1_000_000,
+                    max.as_secs(),
+                    unsealed
+                )),
+                (None, _) => Some(format!(
+                    "no valid checkpoint of partition {p}, and --max-checkpoint-age {}s asks for one",
+                    max.as_secs()
+                )),
+                _ => None,
+            };
+            if let Some(detail) = stale {
+                findings.push(FreshnessFinding {
+                    partition: p,
+                    seq: newest.map_or(0, |c| c.seq),
+                    kind: FreshnessKind::CheckpointStale,
+                    error: true,
+                    detail,
+                });
+            }
+        }
+        partitions.push(PartitionFreshness {
+            partition: p,
+            last_seq: r.last_seq,
+            sealed_through: r.sealed_through,
+            unsealed_records: unsealed,
+            newest_checkpoint_seq: newest.map(|c| c.seq),
+            newest_checkpoint_time_us: newest.map(|c| c.time_us),
+            checkpoint_age_secs: age_us.map(|a| u64::try_from(a / 1_000_000).unwrap_or(0)),
+            signed_partition_count: newest.map(|c| c.partition_count).filter(|&n| n > 0),
+        });
+    }
+    findings.sort_by_key(|f| (f.partition, f.seq));
+    for f in findings.iter().filter(|f| f.error) {
+        mark_failed(report, f.partition);
+    }
+    FreshnessReport {
+        signed_partition_count: signed_count,
+        max_checkpoint_age_secs: max_age.map(|d| d.as_secs()),
+        partitions,
+        ok: findings.iter().all(|f| !f.error),
+        findings,
+    }
+}
+
+/// The human lines after a store's report.
+pub fn write_human(out: &mut dyn std::io::Write, f: &FreshnessReport) -> std::io::Result<()> {
+    let count = f.signed_partition_count.map_or_else(
+        || "no signed partition count".to_owned(),
+        |n| format!("signed partition count {n}"),
+    );
+    writeln!(
+        out,
+        "freshness ({count}{}): {}",
+        f.max_checkpoint_age_secs
+            .map_or_else(String::new, |s| format!(", max checkpoint age {s}s")),
+        if f.ok { "OK" } else { "FAILED" }
+    )?;
+    for p in &f.partitions {
+        let age = match (p.newest_checkpoint_seq, p.checkpoint_age_secs) {
+            (Some(s), Some(a)) => format!("newest checkpoint seq {s}, {a}s old"),
+            _ => "no valid checkpoint".to_owned(),
+        };
+        writeln!(
+            out,
+            "    partition {}: {age}, {} unsealed records",
+            p.partition, p.unsealed_records
+        )?;
+    }
+    for x in &f.findings {
+        writeln!(
+            out,
+            "    partition {} seq {}: {}: {}",
+            x.partition,
+            x.seq,
+            x.kind.name(),
+            x.detail
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use schemas::checkpoint::{generate_pkcs8, sign, CheckpointFields, SigningKey};
+    use schemas::verify::PartitionReport;
+
+    const T0: i64 = 1_700_000_000_000_000;
+
+    fn key() -> (SigningKey, KeySet) {
+        let pkcs8 = generate_pkcs8().unwrap();
+        let k = SigningKey::from_pkcs8("k1", pkcs8.expose()).unwrap();
+        let mut ks = KeySet::default();
+        ks.add(k.public_entry(0, None)).unwrap();
+        (k, ks)
+    }
+
+    fn cp(k: &SigningKey, p: u32, seq: u64, time_us: i64, count: u32) -> Checkpoint {
+        sign(
+            k,
+            &CheckpointFields {
+                chain_id: "c".into(),
+                partition: p,
+                first_seq: 1,
+                seq,
+                head_hash: [1; 32],
+                merkle_root: [2; 32],
+                time_us,
+                partition_count: count,
+            },
+        )
+        .unwrap()
+    }
+
+    fn part(p: i32, last: i64, sealed: i64) -> PartitionReport {
+        PartitionReport {
+            partition: p,
+            first_seq: Some(1),
+            last_seq: Some(last),
+            events: last as u64,
+            head_seq: last,
+            head: String::new(),
+            sealed_through: Some(sealed),
+            findings: Vec::new(),
+            findings_dropped: 0,
+            ok: true,
+        }
+    }
+
+    #[test]
+    fn ages_parse() {
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_age("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_age("1d"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_age("45"), Ok(Duration::from_secs(45)));
+        for bad in ["", "5x", "m", "0", "-5m", "1.5h"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_partition_the_signed_count_names_but_the_store_lacks_is_a_finding() {
+        let (k, ks) = key();
+        let cps = vec![cp(&k, 0, 5, T0, 3), cp(&k, 2, 7, T0, 3)];
+        let s = summarize(&cps, &ks, Some("c"));
+        // By default a warning (a partition never written looks the same) …
+        let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
+        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), false);
+        assert_eq!(f.findings.len(), 1, "{:?}", f.findings);
+        assert!(!f.findings[0].error && f.ok && r.ok, "{f:?}");
+        // … an error when every partition is known to have received events.
+        let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
+        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        assert_eq!(f.signed_partition_count, Some(3));
+        assert_eq!(f.findings.len(), 1, "{:?}", f.findings);
+        assert_eq!(
+            (f.findings[0].partition, f.findings[0].kind),
+            (1, FreshnessKind::PartitionMissingFromSignedSet)
+        );
+        assert!(!r.ok);
+        assert!(r.partitions.iter().any(|p| p.partition == 1 && !p.ok));
+        // Restricted to other partitions: not asked about, no finding.
+        let mut r = Report::new(vec![part(0, 5, 5)]);
+        let only: BTreeSet<u32> = [0].into();
+        assert!(check(&s, &mut r, None, T0, &only, true).ok);
+    }
+
+    #[test]
+    fn v1_checkpoints_sign_no_set_and_forged_counts_do_not_count() {
+        let (k, ks) = key();
+        let (other, _) = key();
+        // v1 (count 0) checkpoints: no set to check; a count signed by an unknown key is
+        // ignored (it fails its signature).
+        let cps = vec![cp(&k, 0, 5, T0, 0), cp(&other, 0, 5, T0, 9)];
+        let s = summarize(&cps, &ks, None);
+        let mut r = Report::new(vec![part(0, 5, 5)]);
+        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        assert!(f.ok && r.ok, "{f:?}");
+        assert_eq!(f.signed_partition_count, None);
+    }
+
+    #[test]
+    fn count_changes_are_reported_a_decrease_fails() {
+        let (k, ks) = key();
+        let cps = vec![
+            cp(&k, 0, 5, T0, 2),
+            cp(&k, 0, 6, T0 + 1, 4),
+            cp(&k, 0, 7, T0 + 2, 3),
+        ];
+        let s = summarize(&cps, &ks, None);
+        let mut r = Report::new(vec![
+            part(0, 7, 7),
+            part(1, 1, 0),
+            part(2, 1, 0),
+            part(3, 1, 0),
+        ]);
+        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        let kinds: Vec<_> = f.findings.iter().map(|x| (x.seq, x.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (6, FreshnessKind::PartitionCountChanged),
+                (7, FreshnessKind::PartitionCountDecreased)
+            ]
+        );
+        assert!(!f.ok && !r.ok);
+    }
+
+    #[test]
+    fn stale_newest_checkpoint_fails_only_past_the_max_age() {
+        let (k, ks) = key();
+        // A heartbeat (same seq, later time) is the newest.
+        let cps = vec![cp(&k, 0, 5, T0, 1), cp(&k, 0, 5, T0 + 60_000_000, 1)];
+        let s = summarize(&cps, &ks, None);
+        let now = T0 + 120_000_000;
+        let mut r = Report::new(vec![part(0, 8, 5)]);
+        let f = check(&s, &mut r, None, now, &BTreeSet::new(), true);
+        assert!(f.ok);
+        let p = &f.partitions[0];
+        assert_eq!(
+            (
+                p.newest_checkpoint_seq,
+                p.checkpoint_age_secs,
+                p.unsealed_records
+            ),
+            (Some(5), Some(60), 3)
+        );
+        let mut r = Report::new(vec![part(0, 8, 5)]);
+        let f = check(
+            &s,
+            &mut r,
+            Some(Duration::from_secs(90)),
+            now,
+            &BTreeSet::new(),
+            true,
+        );
+        assert!(f.ok && r.ok);
+        let mut r = Report::new(vec![part(0, 8, 5)]);
+        let f = check(
+            &s,
+            &mut r,
+            Some(Duration::from_secs(30)),
+            now,
+            &BTreeSet::new(),
+            true,
+        );
+        assert_eq!(f.findings[0].kind, FreshnessKind::CheckpointStale);
+        assert!(!f.ok && !r.ok);
+        // No valid checkpoint at all is stale too when an age is asked for.
+        let mut r = Report::new(vec![part(1, 8, 0)]);
+        let f = check(
+            &SignedSummary::default(),
+            &mut r,
+            Some(Duration::from_secs(30)),
+            now,
+            &BTreeSet::new(),
+            true,
+        );
+        assert_eq!(f.findings[0].kind, FreshnessKind::CheckpointStale);
+    }
+}
