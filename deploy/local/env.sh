@@ -48,6 +48,8 @@ export AUDIT_S3_FILER_PORT="${AUDIT_S3_FILER_PORT:-8888}"
 export AUDIT_S3_FILER_GRPC_PORT="${AUDIT_S3_FILER_GRPC_PORT:-$((AUDIT_S3_FILER_PORT + 10000))}"
 export S3_ENDPOINT="${S3_ENDPOINT:-http://127.0.0.1:$AUDIT_S3_PORT}"
 export S3_BUCKET="${S3_BUCKET:-audit-archive}"
+# The privacy key store's bucket (docs/privacy.md): its own, never the archive's.
+export AUDIT_SUBJECT_KEYS_BUCKET="${AUDIT_SUBJECT_KEYS_BUCKET:-audit-subject-keys}"
 export S3_REGION="${S3_REGION:-us-east-1}"
 export S3_ACCESS_KEY_ID="${S3_ACCESS_KEY_ID:-audit-local-test-access-key}"
 export S3_SECRET_ACCESS_KEY="${S3_SECRET_ACCESS_KEY:-audit-local-test-secret-NOT-A-SECRET}"

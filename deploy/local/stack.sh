@@ -635,6 +635,8 @@ cmd_up() {
   done
   [ "$i" -lt 60 ] || die "s3: bucket $S3_BUCKET exists but writes to it fail (see $LOGS/s3.log)"
   log "s3: bucket $S3_BUCKET ready (write probe OK)"
+  s3_make_bucket "$AUDIT_SUBJECT_KEYS_BUCKET" || die "s3: cannot create bucket $AUDIT_SUBJECT_KEYS_BUCKET"
+  log "s3: privacy key-store bucket $AUDIT_SUBJECT_KEYS_BUCKET ready"
   log "stack up in $(($(now) - t0))s (state: $STACK; endpoints: source deploy/local/env.sh)"
 }
 
