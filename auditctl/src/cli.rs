@@ -213,6 +213,11 @@ pub struct VerifyArgs {
     /// never received an event looks the same.
     #[arg(long, env = "AUDITCTL_ALL_PARTITIONS_WRITTEN")]
     pub all_partitions_written: bool,
+    /// Also write the run's outcome (findings per kind, ok, records, heads, checkpoint ages,
+    /// duration) here in the Prometheus text format, atomically, for node_exporter's textfile
+    /// collector (name it `*.prom` in its directory; docs/observability.md).
+    #[arg(long, env = "AUDITCTL_METRICS_FILE")]
+    pub metrics_file: Option<PathBuf>,
     /// Findings kept per partition (the rest are counted).
     #[arg(long, env = "AUDITCTL_MAX_FINDINGS", default_value_t = 1000)]
     pub max_findings: usize,

@@ -26,6 +26,7 @@ pub mod erase;
 pub mod error;
 pub mod freshness;
 pub mod keygen;
+pub mod metrics_file;
 pub mod output;
 pub mod prove;
 pub mod query;

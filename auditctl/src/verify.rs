@@ -95,6 +95,9 @@ pub struct StoreRun {
     pub captured: Captured,
     /// The store's valid checkpoints (with --keys), for the signed set and freshness.
     pub signed: SignedSummary,
+    /// The pins checked against this store, and its freshness (for --metrics-file).
+    pub anchors: Option<AnchorReport>,
+    pub freshness: Option<FreshnessReport>,
 }
 
 /// What a run must capture beyond the report (see [`CollectOptions::capture`]).
@@ -188,6 +191,8 @@ fn finish(mut c: Collector, signed: SignedSummary) -> StoreRun {
         hashes,
         captured,
         signed,
+        anchors: None,
+        freshness: None,
     }
 }
 
@@ -509,8 +514,8 @@ async fn single(
             out,
             &SingleReport {
                 report: run.report.clone(),
-                trusted_checkpoints: anchors,
-                freshness: fresh,
+                trusted_checkpoints: anchors.clone(),
+                freshness: fresh.clone(),
             },
         )?;
     } else {
@@ -523,10 +528,13 @@ async fn single(
         }
         summary(out, run.report.ok, &[&run.report]).map_err(io)?;
     }
+    run.anchors = anchors;
+    run.freshness = fresh;
     Ok((run.report.ok, run))
 }
 
 pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
+    let started = std::time::Instant::now();
     let unsealed = args.keys.is_none();
     if unsealed {
         eprintln!(
@@ -563,14 +571,14 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
         capture_checkpoint_seqs: false,
     };
     let only: BTreeSet<u32> = args.partitions.iter().copied().collect();
-    let (ok, runs) = match args.source {
+    let (ok, runs, cross) = match args.source {
         SourceKind::Clickhouse => {
             let (ok, run) = single(args, &trusted, &extras, true, out).await?;
-            (ok, vec![run])
+            (ok, vec![run], None)
         }
         SourceKind::Archive => {
             let (ok, run) = single(args, &trusted, &extras, false, out).await?;
-            (ok, vec![run])
+            (ok, vec![run], None)
         }
         SourceKind::Both => {
             // Both configurations are checked before reading anything.
@@ -607,9 +615,9 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
                         ok,
                         clickhouse: ch.report.clone(),
                         archive: ar.report.clone(),
-                        cross_check: x,
-                        trusted_checkpoints: anchors,
-                        freshness: fresh,
+                        cross_check: x.clone(),
+                        trusted_checkpoints: anchors.clone(),
+                        freshness: fresh.clone(),
                     },
                 )?;
             } else {
@@ -651,9 +659,28 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
                 }
                 summary(out, ok, &[&ch.report, &ar.report]).map_err(io)?;
             }
-            (ok, vec![ch, ar])
+            if let Some(a) = anchors {
+                ch.anchors = Some(a.clickhouse);
+                ar.anchors = Some(a.archive);
+            }
+            if let Some(f) = fresh {
+                ch.freshness = Some(f.clickhouse);
+                ar.freshness = Some(f.archive);
+            }
+            (ok, vec![ch, ar], Some(x))
         }
     };
+    if let Some(path) = &args.metrics_file {
+        if let Err(e) =
+            crate::metrics_file::write_run(path, args.source, &runs, cross.as_ref(), started)
+        {
+            // Tampering keeps its exit code 1; the file's failure is then only reported.
+            if ok {
+                return Err(e);
+            }
+            eprintln!("auditctl: {e}");
+        }
+    }
     if let Some(path) = &args.save_checkpoints {
         if ok {
             save_pins(args, &trusted, &runs, path)?;

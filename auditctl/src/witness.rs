@@ -189,6 +189,7 @@ fn verify_args(a: &WitnessArgs) -> VerifyArgs {
         witness_states: Vec::new(),
         witness_keys: Vec::new(),
         save_checkpoints: None,
+        metrics_file: None,
         max_checkpoint_age: None,
         all_partitions_written: false,
         max_findings: 1000,

@@ -718,7 +718,7 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
         // read_tail only stops undecided at the log start, where resolve always decides.
         Resolution::NeedMore => return Err(recovery_err("the chained tail is undecidable".into())),
     };
-    let tail = reader.finish_at(head_seq).map_err(recovery_err)?;
+    let mut tail = reader.finish_at(head_seq).map_err(recovery_err)?;
     if tail.anomalies > 0 {
         tracing::error!(partition = p, anomalies = tail.anomalies,
             "the chained tail has repeated, missing or unlinked records; `auditctl verify` will report them");
@@ -783,6 +783,10 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
             );
             metrics::counter!(m::RESUMED_FROM_CHECKPOINT, "partition" => p.to_string())
                 .increment(1);
+            // The chained records that held the dedup window are gone: rebuild it from the
+            // inputs before `next`, which are what was chained (a redelivered copy of one of
+            // them arriving later must still be dropped).
+            rebuild_window_from_input(&a, p, next, &mut tail.dedup).await?;
             (
                 ChainHead::resume(p32, cp_seq, cp_hash).map_err(|source| Error::Chain {
                     partition: p,
@@ -865,6 +869,61 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
         range,
         next_source: expected,
     })
+}
+
+/// Refills `window` with the inputs of enriched/`p` before `next` (up to twice its capacity of
+/// them, oldest first), as the live chainer would have recorded them: new and conflicting keys
+/// recorded, duplicates and undecodable records (dead letters) skipped.
+async fn rebuild_window_from_input(
+    a: &RecoverArgs<'_>,
+    p: i32,
+    next: i64,
+    window: &mut DedupWindow,
+) -> Result<(), Error> {
+    let cap = window.capacity() as i64;
+    if cap == 0 || next <= 0 {
+        return Ok(());
+    }
+    let from = next.saturating_sub(cap.saturating_mul(2));
+    let keys: Arc<Mutex<Vec<(IdDigest, ContentDigest)>>> = Arc::default();
+    let sink = keys.clone();
+    let (_reader, _marks) = scan(
+        a.kafka,
+        &a.topics.enriched,
+        p,
+        ScanStart::Range { from, until: next },
+        a.scan_idle_timeout,
+        move |msg| {
+            let Some(event) = msg
+                .payload()
+                .and_then(|b| schemas::framing::decode_event(b, None).ok())
+            else {
+                return;
+            };
+            if let Ok(content) = content_digest(&event) {
+                sink.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((dedup_key(&event), content));
+            }
+        },
+    )
+    .await?;
+    let keys = std::mem::take(&mut *keys.lock().unwrap_or_else(|e| e.into_inner()));
+    let n = keys.len();
+    for (key, content) in keys {
+        if window.check(&key, &content) != schemas::chain::Seen::Duplicate {
+            window.record(key, content);
+        }
+    }
+    tracing::info!(
+        partition = p,
+        from,
+        until = next,
+        inputs = n,
+        window = window.len(),
+        "dedup window rebuilt from the input before the resume offset"
+    );
+    Ok(())
 }
 
 /// The chainer group's committed offset of `topic`/p (the next offset to read), if any. A

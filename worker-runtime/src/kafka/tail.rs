@@ -19,6 +19,8 @@ pub enum ScanStart {
     LastN(i64),
     /// This offset (clamped to the low watermark).
     Offset(i64),
+    /// The records in `[from, until)` (clamped to the watermarks).
+    Range { from: i64, until: i64 },
 }
 
 /// The partition's offsets when the scan started: records in `[low, high)` exist.
@@ -78,11 +80,12 @@ where
         .fetch_watermarks(topic, partition, Duration::from_secs(10))
         .map_err(|e| RuntimeError::kafka(ctx("fetching watermarks of"), e))?;
     let marks = Watermarks { low, high };
-    let from = match start {
-        ScanStart::LastN(n) => (high - n.max(0)).max(low),
-        ScanStart::Offset(o) => o.max(low),
+    let (from, end) = match start {
+        ScanStart::LastN(n) => ((high - n.max(0)).max(low), high),
+        ScanStart::Offset(o) => (o.max(low), high),
+        ScanStart::Range { from, until } => (from.max(low), until.min(high)),
     };
-    if from >= high {
+    if from >= end {
         return Ok((f, marks));
     }
     let mut tpl = TopicPartitionList::new();
@@ -97,8 +100,11 @@ where
             Some(Ok(m)) => {
                 last_progress = Instant::now();
                 let offset = m.offset();
+                if offset >= end {
+                    break;
+                }
                 f(&m);
-                if offset >= high - 1 {
+                if offset >= end - 1 {
                     break;
                 }
             }
