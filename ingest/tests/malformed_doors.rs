@@ -530,7 +530,28 @@ async fn feed_http(base: &str, rng: &mut Rng) -> HttpTally {
                 "invalid_body",
             ),
         };
-        let resp = req.send().await.expect("send");
+        let resp = match req.send().await {
+            Ok(r) => r,
+            // The door answers from the headers alone (413 for a declared length over the
+            // limit, 401, 415) and closes the connection without reading the body; a client
+            // still writing it may see the connection end instead of the answer (a known limit,
+            // noted on issue 8). Any other transport error is a failure.
+            Err(e)
+                if matches!(
+                    want_code,
+                    "body_too_large" | "unauthorized" | "unsupported_media_type"
+                ) && e.is_request() =>
+            {
+                *t.codes
+                    .entry(format!(
+                        "request:{want_code} (connection closed while sending)"
+                    ))
+                    .or_default() += 1;
+                t.bad_requests += 1;
+                continue;
+            }
+            Err(e) => panic!("send: {e:?}"),
+        };
         let status = resp.status().as_u16();
         let answer: Value = resp.json().await.expect("JSON answer");
         assert_eq!(status, want_status, "{answer}");
