@@ -207,12 +207,13 @@ pub struct VerifyArgs {
     /// (`partition_missing_from_signed_set`).
     #[arg(long, env = "AUDITCTL_MAX_CHECKPOINT_AGE", value_parser = crate::freshness::parse_age)]
     pub max_checkpoint_age: Option<std::time::Duration>,
-    /// Every partition of the chain has received events, so one the signed partition count
-    /// names but the store lacks entirely was deleted: `partition_missing_from_signed_set` then
-    /// fails the run (exit 1). Without it the finding is a warning, because a partition that
-    /// never received an event looks the same.
-    #[arg(long, env = "AUDITCTL_ALL_PARTITIONS_WRITTEN")]
-    pub all_partitions_written: bool,
+    /// Make `partition_missing_from_signed_set` (a partition the signed partition count names
+    /// but of which the store holds no record and no checkpoint) a warning instead of an
+    /// error. Only for stores written by chainers before genesis checkpoints: since then the
+    /// chainer signs a size-0 checkpoint for every partition it takes over empty, so a
+    /// partition with nothing at all was deleted whole (or its sink is behind).
+    #[arg(long, env = "AUDITCTL_ALLOW_UNATTESTED_PARTITIONS")]
+    pub allow_unattested_partitions: bool,
     /// Also write the run's outcome (findings per kind, ok, records, heads, checkpoint ages,
     /// duration) here in the Prometheus text format, atomically, for node_exporter's textfile
     /// collector (name it `*.prom` in its directory; docs/observability.md).

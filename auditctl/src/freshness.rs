@@ -174,10 +174,12 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 /// Checks the signed set and freshness of one store's `report` (partitions in `only`, all if
 /// empty), adding failed or missing partitions to it like every other finding.
 ///
-/// A partition that never received an event has no record and no checkpoint either, so the
-/// store alone cannot tell it from one deleted whole: `partition_missing_from_signed_set` is a
-/// warning unless `all_written` (the operator knows every partition has received events), and
-/// pins (`trusted_partition_missing`) catch the deletion of a partition seen before.
+/// A partition that never received an event still has its genesis checkpoint (size 0, signed
+/// by the chainer that took it over), so one of which the store holds nothing was deleted
+/// whole: `partition_missing_from_signed_set` is an error when `all_written` (the default;
+/// `--allow-unattested-partitions` clears it, for stores from chainers before genesis
+/// checkpoints), and pins (`trusted_partition_missing`) catch the deletion of a partition seen
+/// before.
 pub fn check(
     summary: &SignedSummary,
     report: &mut Report,
@@ -220,11 +222,13 @@ pub fn check(
         }
     }
     // The signed set: every partition below the count must be in the store.
+    // A valid checkpoint of the partition (its genesis one at least) or a record.
     let present: BTreeSet<u32> = report
         .partitions
         .iter()
-        .filter(|r| r.events > 0 || summary.by_partition.contains_key(&(r.partition as u32)))
+        .filter(|r| r.events > 0)
         .filter_map(|r| u32::try_from(r.partition).ok())
+        .chain(summary.by_partition.keys().copied())
         .collect();
     if let Some(n) = signed_count {
         for p in (0..n).filter(|p| wanted(*p) && !present.contains(p)) {
@@ -234,8 +238,8 @@ pub fn check(
                 kind: FreshnessKind::PartitionMissingFromSignedSet,
                 error: all_written,
                 detail: format!(
-                    "signed checkpoints say the chain has {n} partitions, but the store holds no record and no checkpoint of partition {p}: deleted whole, or never written{}",
-                    if all_written { "" } else { " (a warning; --all-partitions-written makes it an error)" }
+                    "signed checkpoints say the chain has {n} partitions, but the store holds no record and no checkpoint of partition {p}, not even its genesis checkpoint: deleted whole{}",
+                    if all_written { "" } else { " (a warning under --allow-unattested-partitions)" }
                 ),
             });
         }
@@ -411,12 +415,12 @@ mod tests {
         let (k, ks) = key();
         let cps = vec![cp(&k, 0, 5, T0, 3), cp(&k, 2, 7, T0, 3)];
         let s = summarize(&cps, &ks, Some("c"));
-        // By default a warning (a partition never written looks the same) …
+        // A warning under --allow-unattested-partitions …
         let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
         let f = check(&s, &mut r, None, T0, &BTreeSet::new(), false);
         assert_eq!(f.findings.len(), 1, "{:?}", f.findings);
         assert!(!f.findings[0].error && f.ok && r.ok, "{f:?}");
-        // … an error when every partition is known to have received events.
+        // … an error by default: an empty partition has its genesis checkpoint.
         let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
         let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
         assert_eq!(f.signed_partition_count, Some(3));
@@ -431,6 +435,18 @@ mod tests {
         let mut r = Report::new(vec![part(0, 5, 5)]);
         let only: BTreeSet<u32> = [0].into();
         assert!(check(&s, &mut r, None, T0, &only, true).ok);
+    }
+
+    #[test]
+    fn an_empty_partition_attested_by_its_genesis_checkpoint_is_present() {
+        let (k, ks) = key();
+        let genesis = sign(&k, &CheckpointFields::genesis("c", 1, T0, 3)).unwrap();
+        let cps = vec![cp(&k, 0, 5, T0, 3), genesis, cp(&k, 2, 7, T0, 3)];
+        let s = summarize(&cps, &ks, Some("c"));
+        // Partition 1 holds no record, and the report does not even list it.
+        let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
+        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        assert!(f.findings.is_empty() && f.ok && r.ok, "{f:?}");
     }
 
     #[test]

@@ -215,7 +215,7 @@ fn check_freshness(
         args.max_checkpoint_age,
         now_us,
         only,
-        args.all_partitions_written,
+        !args.allow_unattested_partitions,
     ))
 }
 

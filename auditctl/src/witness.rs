@@ -191,7 +191,7 @@ fn verify_args(a: &WitnessArgs) -> VerifyArgs {
         save_checkpoints: None,
         metrics_file: None,
         max_checkpoint_age: None,
-        all_partitions_written: false,
+        allow_unattested_partitions: false,
         max_findings: 1000,
         window: a.window,
         quiet: true,

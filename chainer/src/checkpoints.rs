@@ -27,6 +27,10 @@ pub struct CheckpointRange {
     /// The last range signed (by this task or, after recovery, the latest checkpoint found):
     /// what a heartbeat re-signs while the partition is idle.
     signed: Option<CheckpointFields>,
+    /// The partition holds nothing chained and no checkpoint: the next heartbeat signs its
+    /// genesis checkpoint ([`CheckpointFields::genesis`]), published without waiting for the
+    /// heartbeat period.
+    genesis_due: bool,
 }
 
 impl CheckpointRange {
@@ -38,7 +42,20 @@ impl CheckpointRange {
             tree: MerkleBuilder::new(),
             last: None,
             signed: None,
+            genesis_due: false,
         }
+    }
+
+    /// After recovery of a partition with nothing chained: its genesis checkpoint is due (only
+    /// for a range at the very start of the chain with nothing signed).
+    pub fn expect_genesis(&mut self) {
+        self.genesis_due =
+            self.first_seq == 1 && self.is_empty() && self.last.is_none() && self.signed.is_none();
+    }
+
+    /// Whether the genesis checkpoint is still to be signed (see [`Self::expect_genesis`]).
+    pub fn genesis_due(&self) -> bool {
+        self.genesis_due
     }
 
     /// After recovery: the latest signed checkpoint ends exactly where this (empty) range
@@ -67,6 +84,8 @@ impl CheckpointRange {
     /// if it is not (a bug upstream of here), the range restarts at `seq` rather than sign a
     /// root a verifier could not reproduce.
     pub fn push(&mut self, seq: u64, hash: Hash32) {
+        // Links: the range's own checkpoint will attest the partition.
+        self.genesis_due = false;
         let want = self.first_seq + self.tree.len();
         if seq != want {
             tracing::error!(
@@ -115,9 +134,22 @@ impl CheckpointRange {
     /// acknowledged. `None` if the range holds links (a real checkpoint is due instead) or
     /// nothing was signed yet. A time not after the last one is moved just past it, so
     /// checkpoint times never go backwards with size.
-    pub fn heartbeat(&mut self, time_us: i64, partition_count: u32) -> Option<CheckpointFields> {
+    ///
+    /// While [`Self::genesis_due`], the heartbeat is the genesis checkpoint of `chain_id`
+    /// instead (and later heartbeats re-sign it).
+    pub fn heartbeat(
+        &mut self,
+        chain_id: &str,
+        time_us: i64,
+        partition_count: u32,
+    ) -> Option<CheckpointFields> {
         if !self.is_empty() {
             return None;
+        }
+        if std::mem::take(&mut self.genesis_due) {
+            let g = CheckpointFields::genesis(chain_id, self.partition, time_us, partition_count);
+            self.signed = Some(g.clone());
+            return Some(g);
         }
         let last = self.signed.as_mut()?;
         last.time_us = time_us.max(last.time_us.saturating_add(1));
@@ -259,14 +291,14 @@ mod tests {
     fn heartbeat_re_signs_the_last_range_only_while_idle() {
         let mut r = CheckpointRange::starting_at(0, 1);
         // Nothing signed yet: no heartbeat.
-        assert!(r.heartbeat(10, 2).is_none());
+        assert!(r.heartbeat("c", 10, 2).is_none());
         for s in 1..=3 {
             r.push(s, h(s));
         }
         // Links waiting: a real checkpoint is due, not a heartbeat.
-        assert!(r.heartbeat(10, 2).is_none());
+        assert!(r.heartbeat("c", 10, 2).is_none());
         let first = r.take("c", 100, 2).unwrap();
-        let hb = r.heartbeat(200, 2).unwrap();
+        let hb = r.heartbeat("c", 200, 2).unwrap();
         assert_eq!(
             hb,
             CheckpointFields {
@@ -275,13 +307,39 @@ mod tests {
             }
         );
         // A clock that went back still gives a later time than the last signature.
-        assert_eq!(r.heartbeat(150, 2).unwrap().time_us, 201);
+        assert_eq!(r.heartbeat("c", 150, 2).unwrap().time_us, 201);
         // The next range follows the last checkpoint, unchanged by heartbeats.
         r.push(4, h(4));
-        assert!(r.heartbeat(300, 2).is_none());
+        assert!(r.heartbeat("c", 300, 2).is_none());
         let next = r.take("c", 300, 2).unwrap();
         assert_eq!((next.first_seq, next.seq), (4, 4));
-        assert_eq!(r.heartbeat(400, 2).unwrap().seq, 4);
+        assert_eq!(r.heartbeat("c", 400, 2).unwrap().seq, 4);
+    }
+
+    #[test]
+    fn an_empty_partition_signs_its_genesis_once_then_heartbeats_it() {
+        let mut r = CheckpointRange::starting_at(2, 1);
+        assert!(!r.genesis_due());
+        r.expect_genesis();
+        assert!(r.genesis_due());
+        let g = r.heartbeat("c", 10, 4).expect("the genesis checkpoint");
+        assert_eq!(g, CheckpointFields::genesis("c", 2, 10, 4));
+        assert!(!r.genesis_due());
+        // Later heartbeats re-sign it; the first real range starts at seq 1.
+        assert_eq!(r.heartbeat("c", 20, 4).expect("heartbeat").seq, 0);
+        r.push(1, h(1));
+        let f = r.take("c", 30, 4).expect("range");
+        assert_eq!((f.first_seq, f.seq), (1, 1));
+
+        // Not for a range that does not start the chain, nor once links arrived.
+        let mut later = CheckpointRange::starting_at(2, 7);
+        later.expect_genesis();
+        assert!(!later.genesis_due());
+        let mut busy = CheckpointRange::starting_at(2, 1);
+        busy.expect_genesis();
+        busy.push(1, h(1));
+        assert!(!busy.genesis_due());
+        assert!(busy.heartbeat("c", 10, 4).is_none());
     }
 
     #[test]
@@ -294,11 +352,14 @@ mod tests {
         // Recovery: the range starts right after the checkpoint.
         let mut r = CheckpointRange::starting_at(1, 10);
         r.seed_signed(last.clone());
-        assert_eq!(r.heartbeat(60, 3).unwrap().merkle_root, last.merkle_root);
+        assert_eq!(
+            r.heartbeat("c", 60, 3).unwrap().merkle_root,
+            last.merkle_root
+        );
         // A checkpoint that does not end where the range starts is not re-signed.
         let mut r = CheckpointRange::starting_at(1, 12);
         r.seed_signed(last);
-        assert!(r.heartbeat(60, 3).is_none());
+        assert!(r.heartbeat("c", 60, 3).is_none());
     }
 
     #[test]

@@ -677,7 +677,12 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
             .await?,
         ),
     };
-    let checkpoint = finder.as_ref().and_then(CheckpointFinder::latest);
+    // A genesis checkpoint (seq 0) says only that the partition was empty: for where the chain
+    // resumes it is no checkpoint at all.
+    let checkpoint = finder
+        .as_ref()
+        .and_then(CheckpointFinder::latest)
+        .filter(|(seq, _)| *seq > 0);
     let checkpoint_next_source = finder
         .as_ref()
         .and_then(CheckpointFinder::latest_next_source);
@@ -835,6 +840,11 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
                     if checkpoint.is_some_and(|(s, h)| s == f.seq && h == f.head_hash) {
                         range.seed_signed(f);
                     }
+                }
+                // Nothing chained: sign the partition's genesis (again, with a fresh time, if
+                // an earlier owner did), so that its presence in the signed set is attested.
+                if head.seq == 0 {
+                    range.expect_genesis();
                 }
                 Some(range)
             }

@@ -603,7 +603,8 @@ impl<I: TaskIo> Task<I> {
     }
 
     /// A time-triggered checkpoint of the open range, or, while the partition is idle (the
-    /// range is empty), a heartbeat re-signing the last one.
+    /// range is empty), a heartbeat re-signing the last one; a partition with nothing chained
+    /// gets its genesis checkpoint at once.
     async fn timed_checkpoint(&mut self) -> Result<(), Error> {
         let Some((interval, heartbeat)) = self.signer.as_ref().map(|s| (s.interval, s.heartbeat))
         else {
@@ -614,7 +615,8 @@ impl<I: TaskIo> Task<I> {
         if !idle && !interval.is_zero() && elapsed >= interval {
             return self.publish_checkpoint().await;
         }
-        if idle && !heartbeat.is_zero() && elapsed >= heartbeat {
+        let genesis = self.range.as_ref().is_some_and(|r| r.genesis_due());
+        if idle && (genesis || (!heartbeat.is_zero() && elapsed >= heartbeat)) {
             return self.publish_heartbeat().await;
         }
         Ok(())
@@ -640,7 +642,7 @@ impl<I: TaskIo> Task<I> {
             return Ok(());
         };
         let fields = if heartbeat {
-            range.heartbeat(now_us(), signer.partition_count)
+            range.heartbeat(&signer.chain_id, now_us(), signer.partition_count)
         } else {
             range.take(&signer.chain_id, now_us(), signer.partition_count)
         };

@@ -626,10 +626,11 @@ impl Worker {
             .iter()
             .filter_map(|(p, s)| {
                 let idle = s.range.as_ref().is_none_or(|r| r.is_empty());
+                let genesis = s.range.as_ref().is_some_and(|r| r.genesis_due());
                 let elapsed = s.last_checkpoint.elapsed();
                 if !idle && !interval.is_zero() && elapsed >= interval {
                     Some((*p, false))
-                } else if idle && !heartbeat.is_zero() && elapsed >= heartbeat {
+                } else if idle && (genesis || (!heartbeat.is_zero() && elapsed >= heartbeat)) {
                     Some((*p, true))
                 } else {
                     None
@@ -659,7 +660,7 @@ impl Worker {
             return Ok(());
         };
         let fields = if heartbeat {
-            range.heartbeat(now_us(), signer.partition_count)
+            range.heartbeat(&signer.chain_id, now_us(), signer.partition_count)
         } else {
             range.take(&signer.chain_id, now_us(), signer.partition_count)
         };

@@ -41,9 +41,12 @@ done
 
 rc=0
 t1=$(now)
-# The crash tests run the real worker binaries as processes (kill -9, SIGSTOP): build them.
-log "cargo build --workspace --bins --locked"
-cargo build --workspace --bins --locked 2>&1 | tee -a "$out" || rc=$?
+# The crash tests run the real worker binaries as processes (kill -9, SIGSTOP): build them,
+# together with the tests so that both see the same unified features (with `--bins`
+# alone, dev-dependencies' features differ and the test build compiles half the
+# dependency graph a second time: twice the time and the disk).
+log "cargo build --workspace --bins --tests --locked"
+cargo build --workspace --bins --tests --locked 2>&1 | tee -a "$out" || rc=$?
 if [ "$rc" -ne 0 ]; then
   log "build failed; not running the tests"
 elif [ "$runner" = nextest ]; then

@@ -6,10 +6,16 @@
 //! stamped, and the valid items are produced to `<prefix>validated` (ingress channel `HTTP`). The
 //! answer is sent only after the broker acknowledged them, so a 202 means "durable".
 //!
-//! Event ids: the caller's id is kept; an item without one gets a UUIDv7 assigned here and
+//! Event ids: the caller's id is kept; an item without one gets an id assigned here and
 //! returned. Both live in the chainer's "door" id namespace (`schemas::identity`: channel +
 //! `source_component` + id), so a caller that retries with the returned ids sends idempotent
-//! duplicates, which the chainer drops.
+//! duplicates, which the chainer drops. A 503 (`not_delivered`) does not mean "not written":
+//! the broker may still store an event whose acknowledgement came too late, so an id-less item
+//! retried as it was would be chained twice under two ids. Two ways out, both idempotent:
+//! retry with the returned `eventId`s, or send an `Idempotency-Key` header (IETF
+//! draft-ietf-httpapi-idempotency-key-header): the ids of id-less items are then UUIDv5s of
+//! (token, key, item index) ([`idempotent_event_id`]) instead of fresh UUIDv7s, so the same
+//! request retried with the same key carries the same ids.
 //!
 //! Authentication: `Authorization: Bearer <token>`. Ingest holds only SHA-256 hashes of the
 //! tokens ([`TokenTable`]); each maps to a tenant (and optionally teams). An event naming another
@@ -58,6 +64,74 @@ pub mod codes {
     pub const INVALID_BODY: &str = "invalid_body";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const RATE_LIMITED: &str = "rate_limited";
+    /// The `Idempotency-Key` header is empty, too long, or not printable ASCII.
+    pub const INVALID_IDEMPOTENCY_KEY: &str = "invalid_idempotency_key";
+}
+
+/// UUIDv5 namespace of the ids of id-less items sent with an `Idempotency-Key`.
+pub const IDEMPOTENCY_ID_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x8b2f_61c4_0d9e_4a7b_b3e5_5c18_f2a6_d047);
+
+/// The longest `Idempotency-Key` taken (the draft leaves the length to the server).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// The id of item `index` of a request sent with `Idempotency-Key: key` under the token whose
+/// hash is `token_hash`: the same for every retry of that request, different across tokens,
+/// keys and items.
+pub fn idempotent_event_id(token_hash: &[u8; 32], key: &str, index: usize) -> String {
+    let mut name = Vec::with_capacity(32 + key.len() + 24);
+    name.extend_from_slice(token_hash);
+    name.extend_from_slice(&(key.len() as u64).to_be_bytes());
+    name.extend_from_slice(key.as_bytes());
+    name.extend_from_slice(&(index as u64).to_be_bytes());
+    uuid::Uuid::new_v5(&IDEMPOTENCY_ID_NAMESPACE, &name).to_string()
+}
+
+/// The `Idempotency-Key` of a request: `None` when absent, `Err` with the reason when present
+/// but unusable. The draft's form is a structured-field string (`"…"`); a bare token is taken
+/// too, as most clients send one.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let raw = v
+        .to_str()
+        .map_err(|_| "Idempotency-Key must be printable ASCII".to_owned())?
+        .trim();
+    let key = match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) => inner,
+        None => raw,
+    };
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(format!(
+            "Idempotency-Key must hold 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"
+        ));
+    }
+    if !key.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err("Idempotency-Key must be printable ASCII".to_owned());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+/// How the ids of id-less items of one request are made.
+#[derive(Debug, Clone, Copy)]
+pub enum ItemIds<'a> {
+    /// A fresh UUIDv7 per item.
+    Fresh,
+    /// [`idempotent_event_id`] of the request's token and key.
+    Idempotent {
+        token_hash: &'a [u8; 32],
+        key: &'a str,
+    },
+}
+
+impl ItemIds<'_> {
+    fn id(&self, index: usize) -> String {
+        match self {
+            ItemIds::Fresh => uuid::Uuid::now_v7().to_string(),
+            ItemIds::Idempotent { token_hash, key } => idempotent_event_id(token_hash, key, index),
+        }
+    }
 }
 
 /// Errors loading the door's configuration.
@@ -506,6 +580,17 @@ async fn post_events(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bo
             "Content-Type must be application/json or application/x-ndjson",
         );
     };
+    let idempotency = match idempotency_key(&headers) {
+        Ok(k) => k,
+        Err(m) => return request_error(StatusCode::BAD_REQUEST, codes::INVALID_IDEMPOTENCY_KEY, m),
+    };
+    let ids = match &idempotency {
+        Some(k) => ItemIds::Idempotent {
+            token_hash: &key,
+            key: k,
+        },
+        None => ItemIds::Fresh,
+    };
     let limit = door.door_limits.max_body_bytes;
     // Refuse a declared oversize body before reading it.
     let declared = headers
@@ -551,7 +636,8 @@ async fn post_events(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bo
         headers.get("traceparent").map(HeaderValue::as_bytes),
         headers.get("tracestate").map(HeaderValue::as_bytes),
     );
-    let response = trace_context::in_span(&span, accept_items(&door, &principal, &items)).await;
+    let response =
+        trace_context::in_span(&span, accept_items(&door, &principal, &items, ids)).await;
     let status = response.status();
     span.set_attribute(|| KeyValue::new("http.response.status_code", i64::from(status.as_u16())));
     span.end();
@@ -561,12 +647,17 @@ async fn post_events(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bo
 }
 
 /// Validates, stamps and produces `items`; answers after the broker acknowledged them.
-pub async fn accept_items(door: &Door, principal: &Principal, items: &[&[u8]]) -> EventsResponse {
+pub async fn accept_items(
+    door: &Door,
+    principal: &Principal,
+    items: &[&[u8]],
+    ids: ItemIds<'_>,
+) -> EventsResponse {
     let receive_time_us = now_us();
     let mut errors = Vec::new();
     let mut pending = Vec::new();
     for (index, bytes) in items.iter().enumerate() {
-        match door.check_item(bytes, principal, receive_time_us) {
+        match door.check_item_with_id(bytes, principal, receive_time_us, ids.id(index)) {
             Ok(event) => match door.record(&event) {
                 Ok(record) => {
                     // The trace the event names in its own fields, linked from its send span.
@@ -627,7 +718,8 @@ pub async fn accept_items(door: &Door, principal: &Principal, items: &[&[u8]]) -
                     code: codes::NOT_DELIVERED.into(),
                     path: String::new(),
                     message: format!(
-                        "not acknowledged by the broker ({e}); retry with eventId {event_id}"
+                        "not acknowledged by the broker ({e}); it may still be stored: retry \
+                         with eventId {event_id} (or the same Idempotency-Key)"
                     ),
                 });
             }
@@ -649,12 +741,24 @@ fn item_error(index: usize, status: u16, r: &Rejection) -> ItemError {
 
 impl Door {
     /// The gate for one item: the Kafka path's validation, then the tenant check and stamp.
-    /// `Err` carries the item's HTTP status (422 or 403).
+    /// `Err` carries the item's HTTP status (422 or 403). An id-less item gets a fresh UUIDv7.
     pub fn check_item(
         &self,
         bytes: &[u8],
         principal: &Principal,
         receive_time_us: i64,
+    ) -> Result<AuditEvent, (u16, Rejection)> {
+        let id = uuid::Uuid::now_v7().to_string();
+        self.check_item_with_id(bytes, principal, receive_time_us, id)
+    }
+
+    /// [`Self::check_item`], an id-less item getting `derived_event_id`.
+    pub fn check_item_with_id(
+        &self,
+        bytes: &[u8],
+        principal: &Principal,
+        receive_time_us: i64,
+        derived_event_id: String,
     ) -> Result<AuditEvent, (u16, Rejection)> {
         let ctx = ValidationContext {
             receive_time_us,
@@ -666,7 +770,7 @@ impl Door {
                 format: String::new(),
             },
             // Assigned at acceptance, returned to the caller; used only if the item has no id.
-            derived_event_id: uuid::Uuid::now_v7().to_string(),
+            derived_event_id,
             limits: self.limits.clone(),
             strict_labels: self.strict_labels,
             resolver: self.resolver.as_ref(),
@@ -776,6 +880,47 @@ fn now_us() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotent_ids_are_stable_and_scoped_to_token_key_and_item() {
+        let (t1, t2) = (token_hash("a"), token_hash("b"));
+        let id = idempotent_event_id(&t1, "k", 0);
+        assert_eq!(id, idempotent_event_id(&t1, "k", 0));
+        for other in [
+            idempotent_event_id(&t2, "k", 0),
+            idempotent_event_id(&t1, "k2", 0),
+            idempotent_event_id(&t1, "k", 1),
+        ] {
+            assert_ne!(id, other);
+        }
+        // Length-prefixed: a key cannot borrow the index's bytes.
+        assert_ne!(
+            idempotent_event_id(&t1, "k\0\0\0\0\0\0\0\0", 1),
+            idempotent_event_id(&t1, "k", 0)
+        );
+        let u = uuid::Uuid::parse_str(&id).expect("uuid");
+        assert_eq!(u.get_version_num(), 5);
+    }
+
+    #[test]
+    fn idempotency_keys_are_parsed_quoted_or_bare_and_bounded() {
+        let key = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "idempotency-key",
+                HeaderValue::from_bytes(v).expect("value"),
+            );
+            idempotency_key(&h)
+        };
+        assert_eq!(idempotency_key(&HeaderMap::new()), Ok(None));
+        assert_eq!(key(b"\"abc-1\""), Ok(Some("abc-1".into())));
+        assert_eq!(key(b"abc-1"), Ok(Some("abc-1".into())));
+        assert_eq!(key(b" abc-1 "), Ok(Some("abc-1".into())));
+        assert!(key(&[b'k'; 255]).is_ok());
+        for bad in [&b"\"\""[..], b"", &[b'k'; 256], b"caf\xc3\xa9", b"a\tb"] {
+            assert!(key(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn token_table_holds_hashes_only() {

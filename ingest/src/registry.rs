@@ -37,7 +37,7 @@ use schemas::framing::SchemaIdResolver;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use worker_runtime::health::Readiness;
-use worker_runtime::retry::{retry, RetryError, RetryPolicy, Retryable};
+use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy, Retryable};
 use worker_runtime::secret::Secret;
 
 /// The `/readyz` condition that fails while the registry cannot be reached.
@@ -319,7 +319,7 @@ pub struct RegistryResolver {
     cache: moka::future::Cache<u32, Verdict>,
     reader: Arc<Schema>,
     policy: RetryPolicy,
-    ready: Option<Readiness>,
+    check: Option<DependencyCheck>,
     /// A fetch failed for lack of a registry and none has succeeded since.
     degraded: AtomicBool,
 }
@@ -350,7 +350,7 @@ impl RegistryResolver {
                 .build(),
             reader,
             policy,
-            ready: None,
+            check: None,
             degraded: AtomicBool::new(false),
         }
     }
@@ -369,7 +369,7 @@ impl RegistryResolver {
 
     /// Reports registry outages on `ready` ([`CHECK_SCHEMA_REGISTRY`]).
     pub fn with_readiness(mut self, ready: Readiness) -> Self {
-        self.ready = Some(ready);
+        self.check = Some(DependencyCheck::new(ready, CHECK_SCHEMA_REGISTRY));
         self
     }
 
@@ -392,44 +392,37 @@ impl RegistryResolver {
     }
 
     /// [`Self::verdict`], retried while the registry is unavailable (until it answers, the
-    /// policy's attempts run out, or `cancel` fires), with `/readyz` saying so meanwhile.
+    /// policy's attempts run out, or `cancel` fires), with `/readyz` saying so meanwhile
+    /// (the shared [`retry_reporting`], as for every other dependency).
     pub async fn resolve(
         &self,
         id: u32,
         cancel: &CancellationToken,
     ) -> Result<Verdict, RetryError<FetchError>> {
-        let result = retry("schema_registry_fetch", &self.policy, cancel, || async {
-            let r = self.verdict(id).await;
-            if let Err(e @ FetchError::Unavailable { .. }) = &r {
-                self.report(false, format!("{e}; Confluent-framed records wait"));
-            }
-            r
-        })
-        .await;
-        if !matches!(
-            result,
-            Err(RetryError::Failed(FetchError::Unavailable { .. }) | RetryError::Cancelled(_))
-        ) {
-            self.report(true, "the registry answers".to_owned());
-        }
-        result
+        retry_reporting(
+            "schema_registry_fetch",
+            &self.policy,
+            cancel,
+            self.check.as_ref(),
+            || async {
+                let r = self.verdict(id).await;
+                self.gauge(!matches!(r, Err(FetchError::Unavailable { .. })));
+                r
+            },
+        )
+        .await
     }
 
-    fn report(&self, ok: bool, detail: String) {
-        // Only transitions touch the readiness map: this runs once per cache miss.
-        let degraded = !ok;
-        let was_degraded = self.degraded.swap(degraded, Ordering::AcqRel);
-        if was_degraded == degraded {
+    /// `audit_ingest_schema_registry_up`, written on transitions only (this runs per record).
+    fn gauge(&self, up: bool) {
+        let was_down = self.degraded.swap(!up, Ordering::AcqRel);
+        if was_down != up {
+            // No transition: down and still down, or up and still up.
             return;
         }
-        metrics::gauge!("audit_ingest_schema_registry_up").set(if ok { 1.0 } else { 0.0 });
-        if ok {
+        metrics::gauge!("audit_ingest_schema_registry_up").set(if up { 1.0 } else { 0.0 });
+        if up {
             tracing::info!("schema registry reachable again");
-        } else {
-            tracing::warn!(%detail, "schema registry unavailable; retrying");
-        }
-        if let Some(r) = &self.ready {
-            r.set_check(CHECK_SCHEMA_REGISTRY, ok, detail);
         }
     }
 

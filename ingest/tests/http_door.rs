@@ -323,3 +323,106 @@ async fn strict_labels_apply_to_the_http_door() {
     );
     run.stop().await;
 }
+
+async fn post_with_key(
+    base: &str,
+    key: &str,
+    body: &Value,
+) -> (StatusCode, Value, reqwest::header::HeaderMap) {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/events"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .bearer_auth(TOKEN)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    (status, resp.json().await.expect("JSON answer"), headers)
+}
+
+/// A 503 item may still be stored by the broker; a caller that retries the whole request
+/// unchanged with its `Idempotency-Key` must not create a second event. The door gives the
+/// retry's id-less items the same ids, so the chainer's dedup sees one event each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_gives_a_retried_request_the_same_ids() {
+    let run = start_ingest(&tokens(), &["--strict-labels=false"]).await;
+    let base = run.base.clone();
+    let batch = json!([
+        seed_event(json!({"requestId": "k1"})),
+        seed_event(json!({"requestId": "k2", "id": "evt-own-k2"})),
+        seed_event(json!({"requestId": "k3"})),
+    ]);
+
+    let (status, first, _) = post_with_key(&base, "\"order-7731\"", &batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let first = ids(&first);
+    assert_eq!(first.len(), 3);
+    assert_eq!(first[1].1, "evt-own-k2", "the caller's own id is kept");
+    assert_ne!(
+        first[0].1, first[2].1,
+        "items of one request get their own ids"
+    );
+    assert_eq!(
+        uuid::Uuid::parse_str(&first[0].1)
+            .expect("UUID")
+            .get_version_num(),
+        5,
+        "derived from token, key and index"
+    );
+
+    // The same request, the same key (bare this time: the same key): the same ids.
+    let (status, again, _) = post_with_key(&base, "order-7731", &batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{again}");
+    assert_eq!(ids(&again), first);
+
+    // Another key: other ids. A key that is not printable ASCII or too long: refused whole.
+    let (_, other, _) = post_with_key(&base, "order-7732", &batch).await;
+    let other = ids(&other);
+    assert_ne!(other[0].1, first[0].1);
+    assert_ne!(other[2].1, first[2].1);
+    for bad in ["\"\"".to_owned(), "k".repeat(256), "caf\u{e9}".to_owned()] {
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/events"))
+            .header("content-type", "application/json")
+            .header(
+                "idempotency-key",
+                reqwest::header::HeaderValue::from_bytes(bad.as_bytes()).expect("header"),
+            )
+            .bearer_auth(TOKEN)
+            .body(batch.to_string())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        let body: Value = resp.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "invalid_idempotency_key");
+    }
+
+    // On the topic: 9 records, and the retry's records are the first's duplicates for the
+    // chainer (same dedup key, same content digest).
+    let kafka = run.kafka.clone();
+    run.stop().await;
+    let events = validated_events(&kafka).await;
+    assert_eq!(events.len(), 9);
+    for (request, id) in [("k1", &first[0].1), ("k3", &first[2].1)] {
+        let mut keys: HashMap<_, Vec<&schemas::AuditEvent>> = HashMap::new();
+        for e in events
+            .iter()
+            .filter(|e| e.request_id.as_deref() == Some(request))
+        {
+            keys.entry(identity::dedup_key(e)).or_default().push(e);
+        }
+        assert_eq!(keys.len(), 2, "{request}: the two keys' events");
+        let twice: Vec<_> = keys.values().filter(|v| v.len() == 2).collect();
+        assert_eq!(twice.len(), 1, "{request}: the retried event, twice");
+        let (a, b) = (twice[0][0], twice[0][1]);
+        assert_eq!(&a.event_id, id);
+        assert_eq!(
+            identity::content_digest(a).expect("digest"),
+            identity::content_digest(b).expect("digest")
+        );
+    }
+}

@@ -124,8 +124,9 @@ async fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<(Vec<u8>, Option<String
     std::mem::take(&mut *all)
 }
 
-/// Record count of `topic` (sum of high watermarks).
-async fn count(kafka: &KafkaArgs, topic: &str) -> i64 {
+/// Record count of `topic` (sum of high watermarks); `Err` when the broker did not answer in
+/// time (a loaded local broker can miss a metadata deadline: the caller polls again).
+async fn count(kafka: &KafkaArgs, topic: &str) -> Result<i64, String> {
     let mut n = 0;
     for p in 0..PARTITIONS {
         let (_, marks) = scan(
@@ -137,10 +138,10 @@ async fn count(kafka: &KafkaArgs, topic: &str) -> i64 {
             |_: &BorrowedMessage<'_>| {},
         )
         .await
-        .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+        .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))?;
         n += marks.high - marks.low;
     }
-    n
+    Ok(n)
 }
 
 /// Waits until `validated + rejected` hold `want` records (ingest writes exactly one output per
@@ -149,17 +150,15 @@ async fn wait_for_outputs(kafka: &KafkaArgs, want: i64) {
     let topics = kafka.topics();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let (v, r) = (
+        let counts = match (
             count(kafka, &topics.validated).await,
             count(kafka, &topics.rejected).await,
-        );
-        if v + r >= want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ingest produced {v} validated + {r} rejected of {want}"
-        );
+        ) {
+            (Ok(v), Ok(r)) if v + r >= want => return,
+            (Ok(v), Ok(r)) => format!("ingest produced {v} validated + {r} rejected of {want}"),
+            (Err(e), _) | (_, Err(e)) => e,
+        };
+        assert!(Instant::now() < deadline, "{counts}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

@@ -99,7 +99,10 @@ impl PendingCheckpoints {
         let mut out = Vec::new();
         for (&partition, part) in &self.parts {
             for (&offset, w) in &part.waiting {
-                if archived(w.checkpoint.partition).is_some_and(|s| s >= w.checkpoint.seq) {
+                // A genesis checkpoint (seq 0) covers no record: nothing to wait for.
+                if w.checkpoint.seq == 0
+                    || archived(w.checkpoint.partition).is_some_and(|s| s >= w.checkpoint.seq)
+                {
                     out.push(Ready {
                         partition,
                         offset,
@@ -184,6 +187,16 @@ mod tests {
             key_id: "k".into(),
             signature: vec![0; 64],
         }
+    }
+
+    #[test]
+    fn a_genesis_checkpoint_waits_for_nothing() {
+        let mut p = PendingCheckpoints::default();
+        p.offer(0, 1, 5, Some(cp(3, 0)), Instant::now());
+        // Partition 3 has no archived segment at all.
+        let ready = p.ready(|_| None);
+        assert_eq!(ready.len(), 1);
+        assert_eq!((ready[0].offset, ready[0].checkpoint.seq), (5, 0));
     }
 
     #[test]

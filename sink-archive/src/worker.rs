@@ -322,7 +322,8 @@ impl Worker {
         };
         let payload = input.payload.as_deref().unwrap_or_default();
         match framing::decode_checkpoint(payload, None) {
-            Ok(cp) if cp.partition >= 0 && cp.seq >= 1 => {
+            // seq 0: a genesis checkpoint (an empty partition's attestation).
+            Ok(cp) if cp.partition >= 0 && cp.seq >= 0 => {
                 self.pending.offer(
                     input.partition,
                     epoch,

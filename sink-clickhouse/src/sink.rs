@@ -506,7 +506,9 @@ impl SinkLoop {
                 };
                 let waited = front.received.elapsed();
                 let p = row.chain_partition;
-                let mut covered = self.stored_high.get(&p).is_some_and(|&h| h >= row.seq);
+                // A genesis checkpoint (seq 0) covers no event: nothing to wait for.
+                let mut covered =
+                    row.seq == 0 || self.stored_high.get(&p).is_some_and(|&h| h >= row.seq);
                 if !covered && !refreshed.contains_key(&p) {
                     refreshed.insert(p, ());
                     let store = self.store.clone();

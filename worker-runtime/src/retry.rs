@@ -130,8 +130,11 @@ impl DependencyCheck {
     fn succeeded(&self, what: &str) {
         // Rewritten only when it was failing: the happy path just reads it.
         if self.ready.check(self.name).is_some_and(|c| !c.ok) {
-            self.ready
-                .set_check(self.name, true, format!("{what} succeeded after retries"));
+            self.ready.set_check(
+                self.name,
+                true,
+                format!("{what}: the dependency answers again"),
+            );
         }
     }
 }
@@ -173,7 +176,11 @@ where
             Err(e) => e,
         };
         if !err.is_retryable() {
-            // Not the dependency failing but an answer (e.g. "already exists") for the caller.
+            // Not the dependency failing but an answer (e.g. "already exists", "no such
+            // schema") for the caller: the dependency is up.
+            if let Some(c) = check {
+                c.succeeded(what);
+            }
             return Err(RetryError::Failed(err));
         }
         if let Some(c) = check {
@@ -296,6 +303,30 @@ mod tests {
             c.detail.contains("clickhouse insert") && c.detail.contains("e(true)"),
             "{c:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_permanent_answer_after_an_outage_means_the_dependency_is_back() {
+        let ready = Readiness::default();
+        ready.set(true);
+        let check = DependencyCheck::new(ready.clone(), "registry");
+        let calls = AtomicUsize::new(0);
+        let err = retry_reporting(
+            "registry fetch",
+            &fast(0),
+            &CancellationToken::new(),
+            Some(&check),
+            || {
+                let n = calls.fetch_add(1, Ordering::SeqCst);
+                // Unreachable twice, then "no such id": an answer, so the registry is up.
+                async move { Err::<(), _>(E(n < 2)) }
+            },
+        )
+        .await
+        .expect_err("the permanent error is the caller's");
+        assert!(matches!(err, RetryError::Failed(E(false))));
+        let c = ready.check("registry").expect("reported");
+        assert!(c.ok && ready.get(), "still failing after an answer: {c:?}");
     }
 
     #[tokio::test]

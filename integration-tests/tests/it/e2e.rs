@@ -194,3 +194,162 @@ async fn events_land_exactly_once_bad_ones_are_dead_lettered_and_tampering_is_na
     }
     Ok(())
 }
+
+/// Issue 7: a partition that never received an event is attested by the genesis checkpoint
+/// (size 0) the chainer signs when it takes it over, in both stores, so the verifier can fail a
+/// partition deleted whole: the stores verify with the empty partitions, and deleting one
+/// partition's genesis checkpoint (SQL on ClickHouse, an object DELETE on the archive, as an
+/// attacker with write access would) is `partition_missing_from_signed_set`, an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn empty_partitions_are_attested_by_genesis_checkpoints_in_both_stores() -> anyhow::Result<()>
+{
+    use futures::TryStreamExt as _;
+    use object_store::ObjectStore as _;
+
+    const PARTITIONS: i32 = 3;
+    let p = Pipeline::new("genesis", PARTITIONS).await?;
+    let topics = p.kafka.topics();
+    let producer = stack::producer(&p.kafka.brokers)?;
+    // One request of one user: one team, so one partition (the partition key).
+    let events = demo::lifecycle(1, 5, now_us() - 60_000_000);
+    let n = events.len();
+    stack::produce_all(
+        &producer,
+        &topics.raw,
+        events.iter().map(|e| (e.key.clone(), e.value.clone())),
+    )
+    .await?;
+    let workers = [
+        p.start_ingest(),
+        p.start_enrich(),
+        p.start_chainer(),
+        p.start_sink_clickhouse(),
+        p.start_sink_archive(),
+    ];
+    stack::poll_until("all events in ClickHouse", DEADLINE, || async {
+        let c = clickhouse_count(&p).await?;
+        Ok(if c >= n as u64 { Ok(c) } else { Err(c) })
+    })
+    .await?;
+    let used: Vec<i32> = p
+        .clickhouse()
+        .query("SELECT DISTINCT chain_partition FROM audit_events")
+        .fetch_all::<i32>()
+        .await?;
+    ensure!(used.len() == 1, "one partition expected, got {used:?}");
+    let empty: Vec<i32> = (0..PARTITIONS).filter(|q| !used.contains(q)).collect();
+
+    // Both stores hold a genesis checkpoint of each partition that stayed empty.
+    stack::poll_until("genesis checkpoints in ClickHouse", DEADLINE, || async {
+        let got: Vec<i32> = p
+            .clickhouse()
+            .query("SELECT DISTINCT chain_partition FROM audit_checkpoints WHERE seq = 0 AND first_seq = 1 ORDER BY chain_partition")
+            .fetch_all::<i32>()
+            .await?;
+        // Every partition taken over empty has one (the used one too, if the chainer got it
+        // before its first event).
+        Ok(if empty.iter().all(|q| got.contains(q)) {
+            Ok(())
+        } else {
+            Err(got)
+        })
+    })
+    .await?;
+    let archive = sink_archive::build_store(&p.archive_config().archive)
+        .map_err(|e| anyhow::anyhow!("archive store: {e}"))?;
+    let genesis_objects = |q: i32| {
+        let archive = archive.clone();
+        async move {
+            let prefix = object_store::path::Path::from(schemas::segment::checkpoint_prefix(q));
+            let all: Vec<_> = archive.list(Some(&prefix)).try_collect().await?;
+            let genesis: Vec<object_store::path::Path> = all
+                .into_iter()
+                .map(|m| m.location)
+                .filter(|l| {
+                    l.filename()
+                        .is_some_and(|f| f.starts_with(&format!("{:020}-", 0)))
+                })
+                .collect();
+            anyhow::Ok(genesis)
+        }
+    };
+    stack::poll_until("genesis checkpoints archived", DEADLINE, || async {
+        let mut missing = Vec::new();
+        for &q in &empty {
+            if genesis_objects(q).await?.is_empty() {
+                missing.push(q);
+            }
+        }
+        Ok(if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        })
+    })
+    .await?;
+    let all_archived = stack::poll_until("all events archived", DEADLINE, || async {
+        let (code, report) = p.verify("archive").await?;
+        let got = report_events(&report);
+        Ok(if code == 0 && got == n as u64 {
+            Ok(report)
+        } else {
+            Err((code, got))
+        })
+    })
+    .await?;
+    ensure!(all_archived["freshness"]["findings"] == serde_json::json!([]));
+    let (code, report) = p.verify("both").await?;
+    ensure!(code == 0, "verify --source both: {report}");
+    for w in workers {
+        let name = w.name;
+        w.stop().await.with_context(|| format!("stopping {name}"))?;
+    }
+
+    // The attack: the empty partition deleted whole, i.e. its genesis checkpoint removed.
+    let victim = empty[0];
+    let missing = |report: &serde_json::Value| {
+        report["freshness"]["findings"]
+            .as_array()
+            .map(|f| {
+                f.iter()
+                    .filter(|x| x["kind"] == "partition_missing_from_signed_set")
+                    .filter_map(|x| x["partition"].as_i64())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    p.clickhouse()
+        .query(&format!(
+            "ALTER TABLE audit_checkpoints DELETE WHERE chain_partition = {victim}"
+        ))
+        .execute()
+        .await?;
+    // Mutations apply in the background.
+    stack::poll_until("the deletion applied", Duration::from_secs(60), || async {
+        let left: u64 = p
+            .clickhouse()
+            .query(&format!(
+                "SELECT count() FROM audit_checkpoints WHERE chain_partition = {victim}"
+            ))
+            .fetch_one::<u64>()
+            .await?;
+        Ok(if left == 0 { Ok(()) } else { Err(left) })
+    })
+    .await?;
+    let (code, report) = p.verify("clickhouse").await?;
+    ensure!(
+        code == 1,
+        "ClickHouse without the genesis verified: {report}"
+    );
+    ensure!(missing(&report) == vec![i64::from(victim)], "{report}");
+    for path in genesis_objects(victim).await? {
+        archive.delete(&path).await?;
+    }
+    let (code, report) = p.verify("archive").await?;
+    ensure!(
+        code == 1,
+        "the archive without the genesis verified: {report}"
+    );
+    ensure!(missing(&report) == vec![i64::from(victim)], "{report}");
+    Ok(())
+}

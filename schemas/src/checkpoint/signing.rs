@@ -3,7 +3,7 @@
 
 use ring::signature;
 
-use crate::chain::Hash32;
+use crate::chain::{Hash32, GENESIS};
 use crate::checkpoint_record::Checkpoint;
 
 use super::error::{malformed, CheckpointError};
@@ -36,9 +36,32 @@ pub struct CheckpointFields {
 }
 
 impl CheckpointFields {
-    /// Number of leaves under `merkle_root`.
+    /// The genesis checkpoint of a partition: nothing chained yet (`first_seq` 1, `seq` 0, the
+    /// head [`GENESIS`], the empty tree's root). The chainer signs one when it takes over a
+    /// partition that holds no record, so that a verifier can require a signed statement for
+    /// every partition of the signed partition set, and a partition deleted whole (records
+    /// and checkpoints) cannot pass for one that never received an event.
+    pub fn genesis(chain_id: &str, partition: u32, time_us: i64, partition_count: u32) -> Self {
+        CheckpointFields {
+            chain_id: chain_id.to_owned(),
+            partition,
+            first_seq: 1,
+            seq: 0,
+            head_hash: GENESIS,
+            merkle_root: crate::merkle::empty_root(),
+            time_us,
+            partition_count,
+        }
+    }
+
+    /// Whether this is a [`Self::genesis`] checkpoint (an empty range, size 0).
+    pub fn is_genesis(&self) -> bool {
+        self.seq == 0
+    }
+
+    /// Number of leaves under `merkle_root` (0 for a genesis checkpoint).
     pub fn tree_size(&self) -> u64 {
-        self.seq.saturating_sub(self.first_seq).saturating_add(1)
+        self.seq.saturating_add(1).saturating_sub(self.first_seq)
     }
 
     fn validate(&self, key_id: &str) -> Result<(), CheckpointError> {
@@ -48,7 +71,19 @@ impl CheckpointFields {
                 self.partition
             )));
         }
-        if self.first_seq == 0 || self.first_seq > self.seq || self.seq > i64::MAX as u64 {
+        if self.seq == 0 {
+            // Genesis: exactly the empty range at the start of the chain.
+            if self.first_seq != 1
+                || self.head_hash != GENESIS
+                || self.merkle_root != crate::merkle::empty_root()
+            {
+                return Err(malformed(format!(
+                    "a checkpoint at seq 0 must be the genesis checkpoint (range 1..=0, head \
+                     all zeros, the empty tree's root); got range {}..=0",
+                    self.first_seq
+                )));
+            }
+        } else if self.first_seq == 0 || self.first_seq > self.seq || self.seq > i64::MAX as u64 {
             return Err(malformed(format!(
                 "range {}..={} is not 1 ≤ first_seq ≤ seq ≤ i64::MAX",
                 self.first_seq, self.seq

@@ -448,3 +448,45 @@ fn the_partition_count_is_signed_v2_and_cannot_be_stripped_or_changed() {
     let bad = CheckpointFields { partition: 4, ..f };
     assert!(sign(&k, &bad).is_err());
 }
+
+#[test]
+fn a_genesis_checkpoint_signs_an_empty_partition_and_nothing_else_has_size_zero() {
+    let k = key("k1");
+    let keys = set_of(&[k.public_entry(0, None)]);
+    let g = CheckpointFields::genesis("audit", 3, 1_700_000_000_000_000, 4);
+    assert!(g.is_genesis());
+    assert_eq!(g.tree_size(), 0);
+    assert_eq!(fields().tree_size(), fields().seq - fields().first_seq + 1);
+    let cp = sign_fields(&k, &g).expect("a genesis checkpoint signs");
+    assert_eq!(verify_signed(&keys, &cp), Ok(()));
+    // Through the record form and back, as the sinks store it.
+    let rec = crate::Checkpoint::from(&cp);
+    let back = SignedCheckpoint::try_from(&rec).expect("decodes");
+    assert_eq!(verify_signed(&keys, &back), Ok(()));
+
+    // Size 0 is only ever the genesis: another head, root or start is malformed, signed or not.
+    type Mutation = Box<dyn Fn(&mut CheckpointFields)>;
+    let mutations: Vec<Mutation> = vec![
+        Box::new(|f| f.head_hash[0] = 1),
+        Box::new(|f| f.merkle_root = [0; 32]),
+        Box::new(|f| f.first_seq = 0),
+        Box::new(|f| f.first_seq = 2),
+    ];
+    for (i, m) in mutations.iter().enumerate() {
+        let mut bad = g.clone();
+        m(&mut bad);
+        assert!(
+            matches!(sign_fields(&k, &bad), Err(CheckpointError::Malformed(_))),
+            "mutation {i} signed"
+        );
+        let mut forged = cp.clone();
+        m(&mut forged.fields);
+        assert!(
+            matches!(
+                verify_signed(&keys, &forged),
+                Err(CheckpointError::Malformed(_))
+            ),
+            "mutation {i} verified"
+        );
+    }
+}

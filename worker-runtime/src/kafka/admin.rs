@@ -13,12 +13,14 @@
 
 use super::KafkaArgs;
 use crate::error::RuntimeError;
+use crate::retry::{retry, RetryPolicy, Retryable};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
 use std::collections::HashMap;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// The topic configs of a topic that keeps its records forever (`-1` = no limit).
 pub const INFINITE_RETENTION: [(&str, &str); 2] =
@@ -106,34 +108,91 @@ pub fn pipeline_topic_specs(args: &KafkaArgs, partitions: i32) -> Vec<TopicSpec>
         .collect()
 }
 
-/// Number of partitions of `topic` (an error if it does not exist).
+/// Number of partitions of `topic` (an error if it does not exist). A broker that does not
+/// answer in time (restarting, or loaded) is asked again for about a minute, so that a worker
+/// starting during a broker restart or rollout does not crash-loop on one timeout; a missing
+/// topic is final at once.
 pub async fn partition_count(args: &KafkaArgs, topic: &str) -> Result<i32, RuntimeError> {
+    const METADATA_RETRY: RetryPolicy = RetryPolicy {
+        min_delay_ms: 500,
+        max_delay_ms: 5_000,
+        max_attempts: 6,
+    };
+    retry(
+        "topic_metadata",
+        &METADATA_RETRY,
+        &CancellationToken::new(),
+        || partition_count_once(args, topic),
+    )
+    .await
+    .map_err(|e| e.into_inner().error)
+}
+
+/// One metadata request's failure, and whether asking again may help.
+#[derive(Debug)]
+struct MetadataError {
+    error: RuntimeError,
+    transient: bool,
+}
+
+impl std::fmt::Display for MetadataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl Retryable for MetadataError {
+    fn is_retryable(&self) -> bool {
+        self.transient
+    }
+}
+
+async fn partition_count_once(args: &KafkaArgs, topic: &str) -> Result<i32, MetadataError> {
     let cfg = args.client_config("audit-metadata");
     let topic = topic.to_owned();
+    let transient = |error| MetadataError {
+        error,
+        transient: true,
+    };
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = cfg
             .create()
-            .map_err(|e| RuntimeError::kafka("creating metadata client", e))?;
+            .map_err(|e| RuntimeError::kafka("creating metadata client", e))
+            .map_err(|error| MetadataError {
+                error,
+                transient: false,
+            })?;
         let md = consumer
             .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .map_err(|e| RuntimeError::kafka(format!("fetching metadata of {topic}"), e))?;
+            .map_err(|e| {
+                transient(RuntimeError::kafka(
+                    format!("fetching metadata of {topic}"),
+                    e,
+                ))
+            })?;
         let t = md.topics().iter().find(|t| t.name() == topic);
         match t {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                 Ok(t.partitions().len() as i32)
             }
-            _ => Err(RuntimeError::kafka(
-                format!("topic {topic} does not exist"),
-                rdkafka::error::KafkaError::MetadataFetch(
-                    RDKafkaErrorCode::UnknownTopicOrPartition,
+            _ => Err(MetadataError {
+                error: RuntimeError::kafka(
+                    format!("topic {topic} does not exist"),
+                    rdkafka::error::KafkaError::MetadataFetch(
+                        RDKafkaErrorCode::UnknownTopicOrPartition,
+                    ),
                 ),
-            )),
+                transient: false,
+            }),
         }
     })
     .await
-    .map_err(|e| RuntimeError::Task {
-        task: "metadata".into(),
-        message: e.to_string(),
+    .map_err(|e| MetadataError {
+        error: RuntimeError::Task {
+            task: "metadata".into(),
+            message: e.to_string(),
+        },
+        transient: false,
     })?
 }
 
