@@ -4,6 +4,19 @@
 //! Bodies may be gzip-compressed on both transports; `--otlp-max-request-bytes` bounds the
 //! request before and after decompression.
 //!
+//! A request refused as a whole carries a machine code besides its status and text: a
+//! `google.rpc.ErrorInfo` detail (domain [`ERROR_DOMAIN`], reason = the code) in the gRPC status,
+//! and in the `google.rpc.Status` body of an OTLP/HTTP error. The codes are the HTTP door's
+//! ([`crate::http::codes`]):
+//!
+//! | refusal | OTLP/HTTP | gRPC | reason |
+//! |---|---|---|---|
+//! | not protobuf/JSON, unsupported compression | 415 | UNIMPLEMENTED (compression) | `unsupported_media_type` |
+//! | undecodable body, bad gzip, empty gRPC message | 400 | INVALID_ARGUMENT | `invalid_body` |
+//! | over the request limit (before or after decompression) | 413 | RESOURCE_EXHAUSTED | `body_too_large` |
+//! | no or wrong token (`--otlp-require-token`) | 401 | UNAUTHENTICATED | `unauthorized` |
+//! | broker did not acknowledge (retryable) | 503 | UNAVAILABLE | `not_delivered` |
+//!
 //! Each span becomes one audit event ([`span_event`]), passes the same semantic gate as every
 //! other door (`validate_event`), and is produced to `<prefix>validated` (ingress channel
 //! `OTLP`). The answer is sent after the broker acknowledged the accepted spans; rejected spans
@@ -64,8 +77,43 @@ use worker_runtime::kafka::producer::await_delivery;
 use worker_runtime::kafka::trace_context;
 use worker_runtime::kafka::{OutputRecord, Producer};
 
+use crate::http::codes as refusal;
 use crate::processor::partition_key;
 use crate::validate::{codes, validate_event, Rejection};
+
+/// `google.rpc.ErrorInfo.domain` of the receiver's whole-request refusals (the reason is the
+/// machine code).
+pub const ERROR_DOMAIN: &str = "audit-ingest";
+
+/// A gRPC status whose details carry `reason` as a `google.rpc.ErrorInfo` (domain
+/// [`ERROR_DOMAIN`]). Its `details()` are the encoded `google.rpc.Status` (code, message,
+/// detail), which is also the OTLP/HTTP error body.
+pub fn refusal_status(
+    code: tonic::Code,
+    reason: &str,
+    message: impl Into<String>,
+) -> tonic::Status {
+    refusal_status_with_metadata(code, reason, message, tonic::metadata::MetadataMap::new())
+}
+
+fn refusal_status_with_metadata(
+    code: tonic::Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: tonic::metadata::MetadataMap,
+) -> tonic::Status {
+    use tonic_types::{ErrorDetails, StatusExt};
+    tonic::Status::with_error_details_and_metadata(
+        code,
+        message,
+        ErrorDetails::with_error_info(
+            reason,
+            ERROR_DOMAIN,
+            std::collections::HashMap::<String, String>::new(),
+        ),
+        metadata,
+    )
+}
 
 /// UUIDv5 namespace of event ids derived from a span's trace and span ids.
 pub const OTLP_ID_NAMESPACE: Uuid = Uuid::from_u128(0x3c1d_9a5e_7b20_4f6e_8d41_a2c5_e9b0_7f13);
@@ -604,13 +652,88 @@ impl TraceService for Grpc {
         span.end_with(&result);
         match result {
             Ok(resp) => Ok(tonic::Response::new(resp)),
-            Err(e @ ExportError::Unauthenticated) => {
-                Err(tonic::Status::unauthenticated(e.to_string()))
-            }
+            Err(e @ ExportError::Unauthenticated) => Err(refusal_status(
+                tonic::Code::Unauthenticated,
+                refusal::UNAUTHORIZED,
+                e.to_string(),
+            )),
             // UNAVAILABLE is retryable for OTLP exporters.
-            Err(e) => Err(tonic::Status::unavailable(e.to_string())),
+            Err(e) => Err(refusal_status(
+                tonic::Code::Unavailable,
+                refusal::NOT_DELIVERED,
+                e.to_string(),
+            )),
         }
     }
+}
+
+/// The gRPC service with a machine code on the refusals tonic makes itself, before the handler
+/// runs (an undecodable, oversized or oddly compressed request): the same `ErrorInfo` as the
+/// handler's own refusals. Their codes change too: tonic answers an undecodable message
+/// INTERNAL and an oversized one OUT_OF_RANGE, and OTLP exporters retry OUT_OF_RANGE (the
+/// same refused request, forever) while INTERNAL says the fault is ours. INVALID_ARGUMENT and
+/// RESOURCE_EXHAUSTED (without RetryInfo) are the client's fault and not retried.
+#[derive(Debug, Clone)]
+struct WithRefusalCodes<S>(S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for WithRefusalCodes<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tonic::codegen::Service<axum::http::Request<B>> for WithRefusalCodes<S>
+where
+    S: tonic::codegen::Service<
+        axum::http::Request<B>,
+        Response = axum::http::Response<tonic::body::Body>,
+        Error = std::convert::Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = axum::http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
+        let answer = self.0.call(req);
+        Box::pin(async move { Ok(with_refusal_code(answer.await?)) })
+    }
+}
+
+/// `resp` with its status's machine code added (see [`WithRefusalCodes`]). A status that
+/// already has details (the handler's), a success and codes tonic does not refuse requests
+/// with are left as they are.
+fn with_refusal_code(
+    resp: axum::http::Response<tonic::body::Body>,
+) -> axum::http::Response<tonic::body::Body> {
+    // tonic keeps the status it answered with (trailers-only) in the response's extensions.
+    let Some(status) = resp.extensions().get::<tonic::Status>() else {
+        return resp;
+    };
+    if !status.details().is_empty() {
+        return resp;
+    }
+    let (code, reason) = match status.code() {
+        // Undecodable protobuf, a missing message, bad compression or framing.
+        tonic::Code::Internal | tonic::Code::InvalidArgument => {
+            (tonic::Code::InvalidArgument, refusal::INVALID_BODY)
+        }
+        // Over `max_decoding_message_size`, before or after decompression.
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => {
+            (tonic::Code::ResourceExhausted, refusal::BODY_TOO_LARGE)
+        }
+        // A `grpc-encoding` the server does not accept (tonic adds `grpc-accept-encoding`).
+        tonic::Code::Unimplemented => (tonic::Code::Unimplemented, refusal::UNSUPPORTED_MEDIA_TYPE),
+        _ => return resp,
+    };
+    refusal_status_with_metadata(code, reason, status.message(), status.metadata().clone())
+        .into_http()
 }
 
 /// Serves OTLP/gRPC on `listener` until `shutdown`.
@@ -622,9 +745,11 @@ pub async fn serve_grpc(
     let max = receiver.max_request_bytes;
     // gzip: what the OpenTelemetry Collector's exporters send by default. The decoding limit
     // applies to the decompressed message.
-    let service = TraceServiceServer::new(Grpc(receiver))
-        .max_decoding_message_size(max)
-        .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+    let service = WithRefusalCodes(
+        TraceServiceServer::new(Grpc(receiver))
+            .max_decoding_message_size(max)
+            .accept_compressed(tonic::codec::CompressionEncoding::Gzip),
+    );
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     tonic::transport::Server::builder()
         .add_service(service)
@@ -657,25 +782,32 @@ pub async fn serve_http(
         .map_err(OtlpError::Http)
 }
 
-/// An OTLP/HTTP error answer: a `google.rpc.Status` in the request's encoding.
-fn http_error(status: StatusCode, json_body: bool, message: String) -> Response {
-    // gRPC codes: INVALID_ARGUMENT 3, UNAVAILABLE 14, RESOURCE_EXHAUSTED 8, UNAUTHENTICATED 16.
+/// An OTLP/HTTP error answer: a `google.rpc.Status` in the request's encoding, its machine code
+/// `reason` in a `google.rpc.ErrorInfo` detail (domain [`ERROR_DOMAIN`]).
+fn http_error(status: StatusCode, json_body: bool, reason: &str, message: String) -> Response {
     let code = match status {
-        StatusCode::SERVICE_UNAVAILABLE => 14,
-        StatusCode::UNAUTHORIZED => 16,
-        StatusCode::PAYLOAD_TOO_LARGE => 8,
-        _ => 3,
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable,
+        StatusCode::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted,
+        StatusCode::INTERNAL_SERVER_ERROR => tonic::Code::Internal,
+        _ => tonic::Code::InvalidArgument,
     };
     if json_body {
-        let body = json!({"code": code, "message": message}).to_string();
+        // The protobuf JSON mapping of google.rpc.Status: an `Any` detail is its message's
+        // fields beside `@type`.
+        let body = json!({
+            "code": code as i32,
+            "message": message,
+            "details": [{
+                "@type": tonic_types::ErrorInfo::TYPE_URL,
+                "reason": reason,
+                "domain": ERROR_DOMAIN,
+            }],
+        })
+        .to_string();
         (status, [(header::CONTENT_TYPE, JSON)], body).into_response()
     } else {
-        let body = tonic_types::Status {
-            code,
-            message,
-            details: vec![],
-        }
-        .encode_to_vec();
+        let body = refusal_status(code, reason, message).details().to_vec();
         (status, [(header::CONTENT_TYPE, PROTOBUF)], body).into_response()
     }
 }
@@ -711,6 +843,7 @@ async fn post_traces(
             return http_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 false,
+                refusal::UNSUPPORTED_MEDIA_TYPE,
                 format!("Content-Type must be {PROTOBUF} or {JSON}"),
             )
         }
@@ -726,6 +859,7 @@ async fn post_traces(
             return http_error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 json_body,
+                refusal::UNSUPPORTED_MEDIA_TYPE,
                 format!("Content-Encoding {enc} is not supported (gzip or none)"),
             )
         }
@@ -738,6 +872,7 @@ async fn post_traces(
             return http_error(
                 StatusCode::BAD_REQUEST,
                 json_body,
+                refusal::INVALID_BODY,
                 "reading the body".into(),
             );
         };
@@ -754,6 +889,7 @@ async fn post_traces(
                 return http_error(
                     StatusCode::BAD_REQUEST,
                     json_body,
+                    refusal::INVALID_BODY,
                     format!("invalid gzip body: {e}"),
                 )
             }
@@ -761,7 +897,7 @@ async fn post_traces(
     }
     let req = match decode_http_body(&bytes, json_body) {
         Ok(r) => r,
-        Err(m) => return http_error(StatusCode::BAD_REQUEST, json_body, m),
+        Err(m) => return http_error(StatusCode::BAD_REQUEST, json_body, refusal::INVALID_BODY, m),
     };
     let auth = headers
         .get(header::AUTHORIZATION)
@@ -777,7 +913,12 @@ async fn post_traces(
     match result {
         Ok(resp) if json_body => match serde_json::to_vec(&resp) {
             Ok(b) => (StatusCode::OK, [(header::CONTENT_TYPE, JSON)], b).into_response(),
-            Err(e) => http_error(StatusCode::INTERNAL_SERVER_ERROR, true, e.to_string()),
+            Err(e) => http_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                true,
+                "internal",
+                e.to_string(),
+            ),
         },
         Ok(resp) => (
             StatusCode::OK,
@@ -785,10 +926,18 @@ async fn post_traces(
             resp.encode_to_vec(),
         )
             .into_response(),
-        Err(e @ ExportError::Unauthenticated) => {
-            http_error(StatusCode::UNAUTHORIZED, json_body, e.to_string())
-        }
-        Err(e) => http_error(StatusCode::SERVICE_UNAVAILABLE, json_body, e.to_string()),
+        Err(e @ ExportError::Unauthenticated) => http_error(
+            StatusCode::UNAUTHORIZED,
+            json_body,
+            refusal::UNAUTHORIZED,
+            e.to_string(),
+        ),
+        Err(e) => http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json_body,
+            refusal::NOT_DELIVERED,
+            e.to_string(),
+        ),
     }
 }
 
@@ -796,6 +945,7 @@ fn too_large(json_body: bool, limit: usize) -> Response {
     http_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         json_body,
+        refusal::BODY_TOO_LARGE,
         format!("the request is larger than {limit} bytes"),
     )
 }

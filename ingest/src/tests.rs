@@ -191,7 +191,35 @@ async fn each_rejection_code_gives_one_dead_letter() {
     expect_rejected(Some(b""), "empty_payload").await;
     let m = expect_rejected(Some(b"hello"), "unknown_format").await;
     assert!(m.contains("68656c6c6f"), "{m}");
-    expect_rejected(Some(b"[1,2]"), "unknown_format").await;
+    // Valid JSON that is not an object: the HTTP door's code, not `unknown_format`.
+    for doc in [
+        &b"[1,2]"[..],
+        b"\"x\"",
+        b"42",
+        b"null",
+        b" \n-1.5e3",
+        b"true",
+    ] {
+        expect_rejected(Some(doc), "not_an_object").await;
+    }
+    // Binary that only starts like a JSON value (a digit, `[`, `n`) is still no format we know.
+    for doc in [
+        &b"7\xff\x00garbage"[..],
+        b"[\x01\x02",
+        b"nope",
+        b"\xef\xbb\xbf",
+    ] {
+        expect_rejected(Some(doc), "unknown_format").await;
+    }
+    // Too deep has its own code, whether the object is deep or an array at the top is.
+    let deep = format!("{}1{}", "[".repeat(40), "]".repeat(40));
+    expect_rejected(Some(deep.as_bytes()), "too_deep").await;
+    let deep_event =
+        SEED_EVENT.replace(r#""confidence": 0.95"#, &format!(r#""confidence": {deep}"#));
+    let m = expect_rejected(Some(deep_event.as_bytes()), "too_deep").await;
+    assert!(m.starts_with("event.data.confidence"), "{m}");
+    let deeper = format!("{}{}", "[".repeat(300), "]".repeat(300));
+    expect_rejected(Some(deeper.as_bytes()), "too_deep").await;
     expect_rejected(Some(b"{\"event\": {"), "invalid_json").await;
     expect_rejected(Some(&[b'{', 0xff, 0xfe, b'}']), "not_utf8").await;
     let m = expect_rejected(

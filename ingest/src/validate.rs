@@ -10,7 +10,7 @@
 
 use schemas::framing::{self, Framing, SchemaIdResolver};
 use schemas::identity;
-use schemas::json::{self, labels, JsonContext, JsonError, JsonLimits};
+use schemas::json::{self, labels, JsonContext, JsonError, JsonErrorCode, JsonLimits};
 use schemas::{AuditEvent, EnrichmentStatus, Ingress, SchemaError};
 
 /// Rejection codes that ingest adds to those of `schemas::json::JsonErrorCode` (for JSON input)
@@ -177,6 +177,12 @@ pub fn validate_raw(bytes: &[u8], ctx: &ValidationContext<'_>) -> Result<AuditEv
             event
         }
         Framing::Unknown => {
+            // Valid JSON that is not an object (`[1,2]`, `"x"`, `42`, `null`) gets the code the
+            // HTTP door gives it (`not_an_object`, or `too_deep` for a deep array), not
+            // `unknown_format`: the producer sent JSON, just not an event.
+            if let Some(r) = json_but_not_an_object(bytes, ctx) {
+                return Err(r);
+            }
             let n = bytes.len().min(8);
             return Err(Rejection::new(
                 codes::UNKNOWN_FORMAT,
@@ -192,6 +198,32 @@ pub fn validate_raw(bytes: &[u8], ctx: &ValidationContext<'_>) -> Result<AuditEv
     };
     validate_event(&event, &ctx.limits, ctx.receive_time_us)?;
     Ok(event)
+}
+
+/// The JSON mapping's rejection of `bytes` when they start like a JSON value other than an
+/// object and the mapping says so (`not_an_object`, `too_deep`); `None` for anything else, which
+/// stays `unknown_format` (binary that merely starts with a digit or `[` is not JSON).
+fn json_but_not_an_object(bytes: &[u8], ctx: &ValidationContext<'_>) -> Option<Rejection> {
+    let body = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]).unwrap_or(bytes);
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))?;
+    if !matches!(first, b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n') {
+        return None;
+    }
+    let jctx = JsonContext {
+        receive_time_us: ctx.receive_time_us,
+        ingress: ctx.ingress.clone(),
+        derived_event_id: ctx.derived_event_id.clone(),
+        limits: ctx.limits.clone(),
+        strict_labels: ctx.strict_labels,
+    };
+    match json::event_from_json(bytes, &jctx) {
+        Err(e) if matches!(e.code, JsonErrorCode::NotAnObject | JsonErrorCode::TooDeep) => {
+            Some(e.into())
+        }
+        _ => None,
+    }
 }
 
 /// Makes a decoded Avro event look like one the JSON mapping would build: the pipeline owns the

@@ -28,6 +28,7 @@ fn known_codes() -> Vec<&'static str> {
         JsonErrorCode::WrongType,
         JsonErrorCode::InvalidValue,
         JsonErrorCode::TooLarge,
+        JsonErrorCode::TooDeep,
         JsonErrorCode::TimestampOutOfRange,
         JsonErrorCode::NotAnObject,
     ]

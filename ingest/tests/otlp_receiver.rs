@@ -302,25 +302,47 @@ async fn partial_success_limits_and_retries_on_every_transport() {
     assert_partial(resp.get_ref());
 
     // Refusals with reasons, and the receiver keeps going.
+    // Each with its machine code: a google.rpc.ErrorInfo (domain audit-ingest) in the Status.
+    let reason_of = |body: &[u8]| {
+        use tonic_types::RpcStatusExt;
+        let st = tonic_types::Status::decode(body).expect("a google.rpc.Status body");
+        let info = st.get_details_error_info().expect("an ErrorInfo detail");
+        assert_eq!(info.domain, "audit-ingest");
+        (st.message, info.reason)
+    };
     let huge = vec![0u8; 70_000];
     let resp = post("application/x-protobuf", huge).await.expect("send");
     assert_eq!(resp.status(), 413);
+    let (_, reason) = reason_of(&resp.bytes().await.expect("body"));
+    assert_eq!(reason, "body_too_large");
     let resp = post("application/x-protobuf", b"\xff\xff\xff\xff".to_vec())
         .await
         .expect("send");
     assert_eq!(resp.status(), 400);
-    let status = tonic_types::Status::decode(resp.bytes().await.expect("body")).expect("Status");
-    assert!(status.message.contains("protobuf"), "{}", status.message);
+    let (message, reason) = reason_of(&resp.bytes().await.expect("body"));
+    assert!(message.contains("protobuf"), "{message}");
+    assert_eq!(reason, "invalid_body");
     let resp = post("application/json", b"{\"resourceSpans\": 7}".to_vec())
         .await
         .expect("send");
     assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.expect("JSON Status");
+    assert_eq!(body["details"][0]["reason"], "invalid_body", "{body}");
     let resp = post("text/plain", b"x".to_vec()).await.expect("send");
     assert_eq!(resp.status(), 415);
+    let (_, reason) = reason_of(&resp.bytes().await.expect("body"));
+    assert_eq!(reason, "unsupported_media_type");
+    // gRPC: tonic's own refusal of an oversized message, RESOURCE_EXHAUSTED (not OUT_OF_RANGE,
+    // which exporters retry) with the same machine code.
     let mut big = request("svc-grpc", 4);
     big.resource_spans[0].scope_spans[0].spans[0].name = "x".repeat(70_000);
     let err = grpc.export(big).await.expect_err("over the limit");
-    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err}");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err}");
+    let info = tonic_types::StatusExt::get_details_error_info(&err).expect("ErrorInfo");
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("body_too_large", "audit-ingest")
+    );
 
     let kafka = st.run.kafka.clone();
     st.run.stop().await;
@@ -381,6 +403,8 @@ async fn with_require_token_exporters_authenticate_and_keep_to_their_tenant() {
         .expect("connect");
     let err = grpc.export(own.clone()).await.expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let info = tonic_types::StatusExt::get_details_error_info(&err).expect("ErrorInfo");
+    assert_eq!(info.reason, "unauthorized");
     let mut req = tonic::Request::new(own.clone());
     req.metadata_mut()
         .insert("authorization", "Bearer wrong".parse().expect("ascii"));
@@ -412,6 +436,10 @@ async fn with_require_token_exporters_authenticate_and_keep_to_their_tenant() {
         .await
         .expect("send");
     assert_eq!(resp.status(), 401);
+    let body = resp.bytes().await.expect("body");
+    let st = tonic_types::Status::decode(body).expect("a google.rpc.Status body");
+    let info = tonic_types::RpcStatusExt::get_details_error_info(&st).expect("ErrorInfo");
+    assert_eq!(info.reason, "unauthorized");
 
     let kafka = run.kafka.clone();
     run.stop().await;

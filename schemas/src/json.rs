@@ -152,6 +152,9 @@ pub enum JsonErrorCode {
     WrongType,
     InvalidValue,
     TooLarge,
+    /// Nested deeper than [`JsonLimits::max_depth`] (or serde_json's own recursion limit): its
+    /// own code, so a producer can tell "too big" from "too deep".
+    TooDeep,
     TimestampOutOfRange,
     NotAnObject,
 }
@@ -165,6 +168,7 @@ impl JsonErrorCode {
             JsonErrorCode::WrongType => "wrong_type",
             JsonErrorCode::InvalidValue => "invalid_value",
             JsonErrorCode::TooLarge => "too_large",
+            JsonErrorCode::TooDeep => "too_deep",
             JsonErrorCode::TimestampOutOfRange => "timestamp_out_of_range",
             JsonErrorCode::NotAnObject => "not_an_object",
         }
@@ -1084,7 +1088,7 @@ fn classify_parse_error(text: &str, e: &serde_json::Error) -> JsonError {
     let msg = e.to_string();
     if msg.contains("recursion limit exceeded") {
         return JsonError::new(
-            JsonErrorCode::TooLarge,
+            JsonErrorCode::TooDeep,
             "",
             format!("nesting too deep ({msg})"),
         );
@@ -1170,7 +1174,7 @@ fn check_depth(v: &Value, max: usize) -> JResult<()> {
                 path.push_str(seg);
             }
             Err(JsonError::new(
-                JsonErrorCode::TooLarge,
+                JsonErrorCode::TooDeep,
                 path,
                 format!("nesting deeper than {max} levels"),
             ))

@@ -370,16 +370,15 @@ fn limits() {
         run(&with(r#""attributes":{"a":"1","b":"2","c":"3"}"#)),
         (TooLarge, "event.attributes".into())
     );
+    // Depth has its own code: a producer can tell "too deep" from "too big".
     assert_eq!(
         run(&with(r#""data":{"a":{"b":{"c":1}}}"#)),
-        (TooLarge, "event.data.a.b".into())
+        (TooDeep, "event.data.a.b".into())
     );
-    // Beyond serde_json's own recursion limit it is still `too_large`, not `invalid_json`.
+    // Beyond serde_json's own recursion limit it is still `too_deep`, not `invalid_json`.
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
-    assert_eq!(
-        err(&format!(r#"{{"event":{{"data":{deep}}}}}"#)).0,
-        TooLarge
-    );
+    assert_eq!(err(&format!(r#"{{"event":{{"data":{deep}}}}}"#)).0, TooDeep);
+    assert_eq!(JsonErrorCode::TooDeep.as_str(), "too_deep");
 }
 
 // ---- labels outside their vocabulary -----------------------------------------------------------

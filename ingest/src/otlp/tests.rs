@@ -305,3 +305,188 @@ fn gzip_bodies_inflate_within_the_limit_only() {
         Err(GunzipError::Invalid(_))
     ));
 }
+
+fn receiver(max_request_bytes: usize) -> Arc<OtlpReceiver> {
+    Arc::new(OtlpReceiver {
+        // Never used: every request below is refused before anything is produced, and
+        // creating a producer does not connect.
+        producer: Producer::new(&worker_runtime::kafka::KafkaArgs::default(), "otlp-test")
+            .expect("producer"),
+        validated_topic: "t.validated".into(),
+        limits: JsonLimits::default(),
+        max_request_bytes,
+        tokens: None,
+    })
+}
+
+/// POSTs to the OTLP/HTTP router: status, content type, body.
+async fn post(
+    router: &Router,
+    ct: &str,
+    encoding: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, String, Vec<u8>) {
+    use tower::ServiceExt;
+    let mut req = axum::http::Request::post("/v1/traces").header(header::CONTENT_TYPE, ct);
+    if let Some(enc) = encoding {
+        req = req.header(header::CONTENT_ENCODING, enc);
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::from(body)).expect("request"))
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let ct = resp.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (status, ct, body.to_vec())
+}
+
+/// Content type, content encoding, body, HTTP status, gRPC code, reason.
+type RefusalCase<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, tonic::Code, &'a str);
+
+#[tokio::test]
+async fn http_refusals_carry_a_machine_code() {
+    use tonic_types::RpcStatusExt;
+    let router = http_router(receiver(1000));
+    let valid = ExportTraceServiceRequest::default().encode_to_vec();
+    let cases: Vec<RefusalCase<'_>> = vec![
+        (
+            "text/plain",
+            None,
+            valid.clone(),
+            415,
+            tonic::Code::InvalidArgument,
+            "unsupported_media_type",
+        ),
+        (
+            PROTOBUF,
+            Some("br"),
+            valid.clone(),
+            415,
+            tonic::Code::InvalidArgument,
+            "unsupported_media_type",
+        ),
+        (
+            PROTOBUF,
+            None,
+            b"\xff\xff\xff\xff".to_vec(),
+            400,
+            tonic::Code::InvalidArgument,
+            "invalid_body",
+        ),
+        (
+            PROTOBUF,
+            Some("gzip"),
+            b"not gzip".to_vec(),
+            400,
+            tonic::Code::InvalidArgument,
+            "invalid_body",
+        ),
+        (
+            PROTOBUF,
+            None,
+            vec![0x0a; 1001],
+            413,
+            tonic::Code::ResourceExhausted,
+            "body_too_large",
+        ),
+    ];
+    for (ct, enc, body, want_status, want_code, want_reason) in cases {
+        let (status, answer_ct, answer) = post(&router, ct, enc, body).await;
+        assert_eq!(status.as_u16(), want_status, "{ct} {enc:?}");
+        assert_eq!(answer_ct, PROTOBUF);
+        let st = tonic_types::Status::decode(answer.as_slice()).expect("a google.rpc.Status");
+        assert_eq!(st.code, want_code as i32, "{}", st.message);
+        assert!(!st.message.is_empty());
+        let info = st.get_details_error_info().expect("an ErrorInfo detail");
+        assert_eq!(info.reason, want_reason, "{}", st.message);
+        assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+    // OTLP/JSON: the same Status in the protobuf JSON mapping.
+    for (enc, body, want_status, want_reason) in [
+        (
+            None,
+            b"{\"resourceSpans\": 7}".to_vec(),
+            400,
+            "invalid_body",
+        ),
+        (None, vec![b' '; 1001], 413, "body_too_large"),
+        (
+            Some("deflate"),
+            b"{}".to_vec(),
+            415,
+            "unsupported_media_type",
+        ),
+    ] {
+        let (status, answer_ct, answer) = post(&router, JSON, enc, body).await;
+        assert_eq!(status.as_u16(), want_status);
+        assert_eq!(answer_ct, JSON);
+        let v: Value = serde_json::from_slice(&answer).expect("JSON");
+        assert_eq!(
+            v["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.ErrorInfo"
+        );
+        assert_eq!(v["details"][0]["reason"], want_reason, "{v}");
+        assert_eq!(v["details"][0]["domain"], ERROR_DOMAIN);
+        assert!(v["code"].as_i64().is_some_and(|c| c > 0), "{v}");
+    }
+}
+
+#[test]
+fn grpc_refusals_made_by_tonic_get_a_machine_code_and_a_code_not_retried() {
+    use tonic_types::StatusExt;
+    let fix = |st: tonic::Status| {
+        let resp = with_refusal_code(st.into_http());
+        tonic::Status::from_header_map(resp.headers()).expect("a status")
+    };
+    for (tonic_says, want_code, want_reason) in [
+        // Undecodable protobuf (tonic-prost), a stream ending early, bad compression.
+        (
+            tonic::Status::internal("failed to decode Protobuf message: invalid wire type"),
+            tonic::Code::InvalidArgument,
+            "invalid_body",
+        ),
+        // Over `max_decoding_message_size`: OUT_OF_RANGE would be retried by exporters.
+        (
+            tonic::Status::out_of_range("Error, decoded message length too large"),
+            tonic::Code::ResourceExhausted,
+            "body_too_large",
+        ),
+        (
+            tonic::Status::resource_exhausted("size limit exceeded while decompressing"),
+            tonic::Code::ResourceExhausted,
+            "body_too_large",
+        ),
+        (
+            tonic::Status::unimplemented("Content is compressed with `br` which isn't supported"),
+            tonic::Code::Unimplemented,
+            "unsupported_media_type",
+        ),
+    ] {
+        let message = tonic_says.message().to_owned();
+        let st = fix(tonic_says);
+        assert_eq!(st.code(), want_code, "{message}");
+        assert_eq!(st.message(), message, "the text is kept");
+        let info = st.get_details_error_info().expect("an ErrorInfo detail");
+        assert_eq!(info.reason, want_reason);
+        assert_eq!(info.domain, ERROR_DOMAIN);
+    }
+    // The handler's own refusals already carry their code: kept as they are.
+    let own = refusal_status(tonic::Code::Unavailable, "not_delivered", "broker down");
+    let st = fix(own);
+    assert_eq!(st.code(), tonic::Code::Unavailable);
+    assert_eq!(
+        st.get_details_error_info().expect("ErrorInfo").reason,
+        "not_delivered"
+    );
+    // Codes tonic does not refuse a request with are left alone.
+    let st = fix(tonic::Status::cancelled("gone"));
+    assert_eq!(st.code(), tonic::Code::Cancelled);
+    assert!(st.details().is_empty());
+}
