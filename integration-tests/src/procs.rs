@@ -20,11 +20,13 @@ use tokio::sync::watch;
 
 use crate::harness::Pipeline;
 
-/// Flags every worker process gets on top of the in-process harness's: fast group membership
-/// (a `kill -9`ed member is evicted after 6 s instead of 10), and uncoloured text logs.
+/// Flags every worker process gets on top of the in-process harness's: the workers' default
+/// 10 s session (6 s evicted a `kill -9`ed member sooner, but a local broker loaded by the
+/// rest of the suite can miss that deadline for a live member and start rebalance storms),
+/// frequent heartbeats, and uncoloured text logs.
 pub const PROCESS_FLAGS: &[&str] = &[
     "--kafka-property",
-    "session.timeout.ms=6000",
+    "session.timeout.ms=10000",
     "--kafka-property",
     "heartbeat.interval.ms=1000",
     "--shutdown-timeout-secs",
