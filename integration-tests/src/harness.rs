@@ -178,6 +178,13 @@ impl Pipeline {
         let cfg = ingest::Config::parse_from(self.ingest_args());
         spawn("ingest", |s| async move { Ok(ingest::run(cfg, s).await?) })
     }
+    /// enrich with `extra` flags after the harness's (e.g. the privacy options).
+    pub fn start_enrich_with(&self, extra: &[String]) -> Running {
+        let mut args = self.enrich_args();
+        args.extend(extra.iter().cloned());
+        let cfg = enrich::Config::parse_from(args);
+        spawn("enrich", |s| async move { Ok(enrich::run(cfg, s).await?) })
+    }
     pub fn start_enrich(&self) -> Running {
         let cfg = enrich::Config::parse_from(self.enrich_args());
         spawn("enrich", |s| async move { Ok(enrich::run(cfg, s).await?) })
