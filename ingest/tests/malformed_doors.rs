@@ -347,26 +347,6 @@ async fn read_dead_letters(
     std::mem::take(&mut *all)
 }
 
-/// Record count of `topic`, or `None` when the watermarks could not be fetched.
-async fn try_count(kafka: &KafkaArgs, topic: &str) -> Option<i64> {
-    let mut n = 0;
-    for p in 0..PARTITIONS {
-        let (_, marks) = scan(
-            kafka,
-            topic,
-            p,
-            ScanStart::LastN(0),
-            Duration::from_secs(10),
-            |_: &BorrowedMessage<'_>| {},
-        )
-        .await
-        .map_err(|e| eprintln!("watermarks of {topic}/{p}: {e}"))
-        .ok()?;
-        n += marks.high - marks.low;
-    }
-    Some(n)
-}
-
 /// Kafka door: produces the inputs (pipelined); returns kind per bad key and the good keys.
 async fn feed_kafka(kafka: &KafkaArgs, rng: &mut Rng) -> (HashMap<String, Kind>, usize) {
     let producer: FutureProducer = ClientConfig::new()
@@ -691,6 +671,30 @@ struct OtlpTally {
     codes: BTreeMap<String, usize>,
 }
 
+/// One request's spans: five bad ones (with the reason each must be refused for, by its index
+/// in the request) and one good one at a random place, until the door's good quota is full.
+fn five_bad_one_good(n: &mut u64, t: &mut OtlpTally, rng: &mut Rng) -> (Vec<Span>, Vec<String>) {
+    let mut spans = Vec::new();
+    let mut whys = Vec::new();
+    let good_at = rng.below(6);
+    for k in 0..6 {
+        *n += 1;
+        if k == good_at && t.good < GOOD_PER_DOOR {
+            spans.push(good_span(*n, 1));
+            t.good += 1;
+        } else if k != good_at {
+            let (s, why) = bad_span(*n, rng);
+            whys.push(format!(
+                "resource_spans[0].scope_spans[0].spans[{}]: {why}",
+                spans.len()
+            ));
+            spans.push(s);
+            t.bad_spans += 1;
+        }
+    }
+    (spans, whys)
+}
+
 /// OTLP/HTTP protobuf: requests of five bad spans and one good (the partial-success message
 /// names up to five rejections, so each bad span's reason is checked), and whole requests that
 /// are garbage, truncated, too large, of the wrong type or badly compressed.
@@ -706,24 +710,7 @@ async fn feed_otlp(http: &str, rng: &mut Rng) -> OtlpTally {
     };
     let mut n = 0u64;
     while t.bad_spans < BAD_PER_DOOR {
-        let mut spans = Vec::new();
-        let mut whys = Vec::new();
-        let good_at = rng.below(6);
-        for k in 0..6 {
-            n += 1;
-            if k == good_at && t.good < GOOD_PER_DOOR {
-                spans.push(good_span(n, 1));
-                t.good += 1;
-            } else if k != good_at {
-                let (s, why) = bad_span(n, rng);
-                whys.push(format!(
-                    "resource_spans[0].scope_spans[0].spans[{}]: {why}",
-                    spans.len()
-                ));
-                spans.push(s);
-                t.bad_spans += 1;
-            }
-        }
+        let (spans, whys) = five_bad_one_good(&mut n, &mut t, rng);
         jobs.push((
             span_request(&spans).encode_to_vec(),
             "application/x-protobuf",
@@ -896,24 +883,7 @@ async fn feed_grpc(addr: &str, rng: &mut Rng) -> OtlpTally {
     let mut refusals: Vec<GrpcRefusal> = Vec::new();
     let mut n = GRPC_SPAN_BASE;
     while t.bad_spans < GRPC_BAD_SPANS {
-        let mut spans = Vec::new();
-        let mut whys = Vec::new();
-        let good_at = rng.below(6);
-        for k in 0..6 {
-            n += 1;
-            if k == good_at && t.good < GOOD_PER_DOOR {
-                spans.push(good_span(n, 1));
-                t.good += 1;
-            } else if k != good_at {
-                let (s, why) = bad_span(n, rng);
-                whys.push(format!(
-                    "resource_spans[0].scope_spans[0].spans[{}]: {why}",
-                    spans.len()
-                ));
-                spans.push(s);
-                t.bad_spans += 1;
-            }
-        }
+        let (spans, whys) = five_bad_one_good(&mut n, &mut t, rng);
         exports.push((service_request(OTLP_GRPC_SERVICE, &spans), whys));
         if exports.len() % 5 == 0 {
             let valid = service_request(OTLP_GRPC_SERVICE, &[good_span(n, 3)]).encode_to_vec();

@@ -9,6 +9,8 @@
 //! recoverable, and none on the dead-letter topic; with `--strict-labels` exactly those with an
 //! unknown label are dead-lettered `invalid_value` (the old behaviour, kept as configuration).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -124,26 +126,6 @@ async fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<(Vec<u8>, Option<String
     std::mem::take(&mut *all)
 }
 
-/// Record count of `topic` (sum of high watermarks); `Err` when the broker did not answer in
-/// time (a loaded local broker can miss a metadata deadline: the caller polls again).
-async fn count(kafka: &KafkaArgs, topic: &str) -> Result<i64, String> {
-    let mut n = 0;
-    for p in 0..PARTITIONS {
-        let (_, marks) = scan(
-            kafka,
-            topic,
-            p,
-            ScanStart::LastN(0),
-            Duration::from_secs(10),
-            |_: &BorrowedMessage<'_>| {},
-        )
-        .await
-        .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))?;
-        n += marks.high - marks.low;
-    }
-    Ok(n)
-}
-
 /// Waits until `validated + rejected` hold `want` records (ingest writes exactly one output per
 /// input), polling with a deadline instead of sleeping a guessed time.
 async fn wait_for_outputs(kafka: &KafkaArgs, want: i64) {
@@ -151,8 +133,8 @@ async fn wait_for_outputs(kafka: &KafkaArgs, want: i64) {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let counts = match (
-            count(kafka, &topics.validated).await,
-            count(kafka, &topics.rejected).await,
+            common::try_count(kafka, &topics.validated).await,
+            common::try_count(kafka, &topics.rejected).await,
         ) {
             (Ok(v), Ok(r)) if v + r >= want => return,
             (Ok(v), Ok(r)) => format!("ingest produced {v} validated + {r} rejected of {want}"),

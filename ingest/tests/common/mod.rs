@@ -135,8 +135,9 @@ pub async fn read_all(kafka: &KafkaArgs, topic: &str) -> Vec<Vec<u8>> {
     std::mem::take(&mut *all)
 }
 
-/// Record count of `topic` (sum of high − low watermarks).
-pub async fn count(kafka: &KafkaArgs, topic: &str) -> i64 {
+/// Record count of `topic` (sum of high − low watermarks); `Err` when the broker did not
+/// answer in time (a loaded local broker can miss a metadata deadline: pollers ask again).
+pub async fn try_count(kafka: &KafkaArgs, topic: &str) -> Result<i64, String> {
     let mut n = 0;
     for p in 0..PARTITIONS {
         let (_, marks) = scan(
@@ -148,10 +149,17 @@ pub async fn count(kafka: &KafkaArgs, topic: &str) -> i64 {
             |_: &BorrowedMessage<'_>| {},
         )
         .await
-        .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+        .map_err(|e| format!("watermarks of {topic}/{p}: {e}"))?;
         n += marks.high - marks.low;
     }
-    n
+    Ok(n)
+}
+
+/// [`try_count`], or a panic.
+pub async fn count(kafka: &KafkaArgs, topic: &str) -> i64 {
+    try_count(kafka, topic)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub async fn validated_events(kafka: &KafkaArgs) -> Vec<AuditEvent> {
