@@ -7,7 +7,13 @@
 #   deploy/local/demo.sh [run]   (default) everything above; the workers keep running
 #   deploy/local/demo.sh stop    stop the demo's workers (SIGTERM: they drain and commit)
 #
-# Options through the environment: DEMO_REQUESTS (default 200), DEMO_INVALID (default 12).
+# ingest also opens its front doors: the HTTP API on 127.0.0.1:19180 (bearer token
+# $DEMO_TOKEN, tenant bank-eu) and the OTLP receiver (HTTP 127.0.0.1:19318, gRPC
+# 127.0.0.1:19317); the demo posts two events twice with one Idempotency-Key (chained once)
+# and one OTLP/JSON span, and shows their trace timeline.
+#
+# Options through the environment: DEMO_REQUESTS (default 200), DEMO_INVALID (default 12),
+# DEMO_TOKEN (default demo-token-change-me).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -20,6 +26,9 @@ LOGS="$AUDIT_STACK_DIR/logs"
 BIN="$AUDIT_REPO_ROOT/target/release"
 WORKERS=(ingest enrich chainer sink-clickhouse sink-archive)
 CHAIN_ID="audit-demo"
+DEMO_TOKEN="${DEMO_TOKEN:-demo-token-change-me}"
+HTTP_DOOR="127.0.0.1:19180"
+OTLP_HTTP="127.0.0.1:19318"
 ARCHIVE_URL="s3://$S3_BUCKET/demo"
 
 log() { printf '\n[demo] %s\n' "$*"; }
@@ -82,9 +91,15 @@ args_for() {
       --checkpoint-every-events 500 --checkpoint-interval-secs 2 ;;
     sink-clickhouse) echo --clickhouse-url "$CLICKHOUSE_URL" --clickhouse-database "$CLICKHOUSE_DATABASE" --batch-max-age-ms 500 ;;
     sink-archive) echo --archive-url "$ARCHIVE_URL" --s3-endpoint "$S3_ENDPOINT" --s3-allow-http true --segment-max-age-secs 3 ;;
+    ingest) echo --http-addr "$HTTP_DOOR" --otlp true --otlp-http-addr "$OTLP_HTTP" --otlp-grpc-addr 127.0.0.1:19317 ;;
     *) echo ;;
   esac
 }
+
+# The HTTP door's token table holds only the token's SHA-256 (here through the environment:
+# the entry has a space, and only ingest reads it).
+AUDIT_INGEST_HTTP_TOKENS="sha256:$(printf '%s' "$DEMO_TOKEN" | sha256sum | cut -d' ' -f1) bank-eu"
+export AUDIT_INGEST_HTTP_TOKENS
 
 log "starting the workers (logs in $LOGS/demo-*.log)"
 for w in "${WORKERS[@]}"; do
@@ -124,6 +139,38 @@ for i in $(seq 1 600); do
 done
 ms=$(($(now_ms) - t0 + 1))
 echo "[demo] $valid events through ingest → enrich → chainer → ClickHouse in ${ms} ms after the last publish ack (~$((valid * 1000 / ms)) events/s)"
+
+log "the front doors: two events over HTTP, sent twice with one Idempotency-Key, and one OTLP span"
+door_trace="$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+door_span="$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"
+key="demo-$(date +%s%N)"
+body="$(python3 - "$door_trace" <<'PY'
+import json, sys, datetime
+t = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+ev = lambda n, a: {"eventType": "manual_change", "timestamp": t, "userId": "user-alice", "teamId": "team-payments",
+                   "source": "ops_portal", "category": "change_management", "action": a,
+                   "traceId": sys.argv[1], "requestId": "demo-door-%d" % n}
+print(json.dumps([ev(1, "open_change_ticket"), ev(2, "close_change_ticket")]))
+PY
+)"
+for attempt in 1 2; do
+  resp="$(curl -sS -X POST "http://$HTTP_DOOR/v1/events" -H "Authorization: Bearer $DEMO_TOKEN" \
+    -H 'Content-Type: application/json' -H "Idempotency-Key: $key" --data-binary "$body")"
+  echo "[demo] POST /v1/events attempt $attempt: $resp"
+done
+now_ns="$(date +%s%N)"
+span="{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":{\"stringValue\":\"deploy-controller\"}}]},\"scopeSpans\":[{\"spans\":[{\"traceId\":\"$door_trace\",\"spanId\":\"$door_span\",\"name\":\"apply_change\",\"kind\":2,\"startTimeUnixNano\":\"$now_ns\",\"endTimeUnixNano\":\"$((now_ns + 5000000))\",\"attributes\":[{\"key\":\"enduser.id\",\"value\":{\"stringValue\":\"user-alice\"}}],\"status\":{\"code\":1}}]}]}]}"
+echo "[demo] POST /v1/traces (OTLP/JSON): $(curl -sS -X POST "http://$OTLP_HTTP/v1/traces" \
+  -H "Authorization: Bearer $DEMO_TOKEN" -H 'Content-Type: application/json' --data-binary "$span")"
+for i in $(seq 1 120); do
+  n="$(ch "SELECT count() FROM audit_events WHERE trace_id = '$door_trace'" 2>/dev/null || echo 0)"
+  [ "$n" -ge 3 ] && break
+  [ "$i" -eq 120 ] && echo "[demo] only $n of the 3 door events reached ClickHouse after 60 s"
+  sleep 0.5
+done
+echo "[demo] the door events' trace in ClickHouse (auditctl query trace_timeline; the retried request is stored once):"
+"$BIN/auditctl" query trace_timeline --param "trace_id=$door_trace" \
+  --clickhouse-url "$CLICKHOUSE_URL" --clickhouse-database "$CLICKHOUSE_DATABASE" --format table || true
 
 log "events by type (ClickHouse)"
 ch "SELECT event_type, category, count() AS events, countIf(outcome != 'SUCCESS') AS not_success
