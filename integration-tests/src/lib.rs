@@ -4,6 +4,7 @@
 //! battery, a schema-registry REST fixture, and small helpers to talk to the local stack.
 
 pub mod battery;
+pub mod bench;
 pub mod demo;
 pub mod harness;
 pub mod procs;

@@ -1,0 +1,266 @@
+//! Per-worker bench (issue 10): each worker's release binary alone as a process on N
+//! pre-filled realistic records, against the raw path of its hop (consume+produce,
+//! consume+insert, consume+put) on the same records and broker, in the same run. Reports
+//! events/s, CPU µs per event (user, system, from `/proc/<pid>/stat`), peak RSS (`VmHWM`) and
+//! the broker's CPU, each as a ratio to the raw path; prints a table, writes JSON.
+//!
+//! ```text
+//! cargo build --release -p ingest -p enrich -p chainer -p sink-clickhouse -p sink-archive
+//! cargo run --release -p integration-tests --bin worker-bench -- --events 20000 --out wb.json
+//! ```
+//!
+//! It never touches the shared local stack: like the fault battery it starts a stack of its
+//! own with `deploy/local/stack.sh` in `.local/worker-bench` on the battery's ports moved by
+//! `--port-offset` (default 300: Kafka 29392, ClickHouse 28423, S3 28633), runs itself again
+//! inside that stack's environment, and stops the stack at the end (`--keep-stack` keeps it).
+//! `--perf WORKER` records that worker with `perf record -g` while it runs. Nothing asserts a
+//! time. See `src/bench/`.
+
+use clap::Parser;
+use integration_tests::bench::{self, raw};
+use integration_tests::procs::Worker;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+/// The fault battery's stack ports (none is a port of the default stack), moved by
+/// `--port-offset`; gRPC ports are these + 10000.
+const PORTS: &[(&str, u16)] = &[
+    ("AUDIT_KAFKA_PORT", 29092),
+    ("AUDIT_CLICKHOUSE_HTTP_PORT", 28123),
+    ("AUDIT_CLICKHOUSE_TCP_PORT", 29000),
+    ("AUDIT_S3_PORT", 28333),
+    ("AUDIT_S3_MASTER_PORT", 29333),
+    ("AUDIT_S3_VOLUME_PORT", 28080),
+    ("AUDIT_S3_FILER_PORT", 28888),
+];
+
+/// Variables env.sh derives from the ports: cleared so that the caller's (default stack's)
+/// values do not win over the bench's ports.
+const DERIVED: &[&str] = &[
+    "AUDIT_STACK_DIR",
+    "KAFKA_BROKERS",
+    "AUDIT_KAFKA_BROKERS",
+    "CLICKHOUSE_URL",
+    "AUDIT_CLICKHOUSE_URL",
+    "S3_ENDPOINT",
+    "AUDIT_S3_ENDPOINT",
+    "AWS_ENDPOINT",
+    "AWS_ENDPOINT_URL",
+    "AUDIT_S3_GRPC_PORT",
+    "AUDIT_S3_MASTER_GRPC_PORT",
+    "AUDIT_S3_VOLUME_GRPC_PORT",
+    "AUDIT_S3_FILER_GRPC_PORT",
+    "AUDIT_KAFKA_PROPERTIES",
+];
+
+const CHILD: &str = "AUDIT_WORKER_BENCH_CHILD";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "worker-bench",
+    about = "Each worker alone against the raw path of its hop (issue 10)"
+)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Records per stage.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// Seed of the demo generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Give up on a process that has not stored N after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Write the JSON report here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Record this worker (ingest, enrich, chainer, sink-clickhouse, sink-archive) with
+    /// `perf record -g` while it runs, into `--perf-out`.
+    #[arg(long)]
+    perf: Option<String>,
+    #[arg(long, default_value = "worker-bench.perf.data")]
+    perf_out: PathBuf,
+    /// An extra librdkafka property `key=value` for every worker and raw path (repeatable).
+    #[arg(long = "kafka-property")]
+    kafka_property: Vec<String>,
+    /// State directory of the bench's own stack.
+    #[arg(long)]
+    stack_dir: Option<PathBuf>,
+    /// Added to every port of the bench's stack.
+    #[arg(long, default_value_t = 300)]
+    port_offset: u16,
+    /// Leave the bench's stack running at the end.
+    #[arg(long)]
+    keep_stack: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Cmd {
+    /// (internal) The raw path of one hop, as a process the bench measures.
+    RawHop(raw::RawArgs),
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn with_stack_env(mut cmd: Command, stack_dir: &Path, offset: u16) -> Command {
+    for v in DERIVED {
+        cmd.env_remove(v);
+    }
+    for (k, base) in PORTS {
+        cmd.env(k, (base + offset).to_string());
+    }
+    cmd.env("AUDIT_STACK_DIR", stack_dir);
+    cmd
+}
+
+fn stack(cmd: &str, stack_dir: &Path, offset: u16) -> std::io::Result<bool> {
+    let mut c = Command::new("bash");
+    c.arg(repo_root().join("deploy/local/stack.sh")).arg(cmd);
+    Ok(with_stack_env(c, stack_dir, offset).status()?.success())
+}
+
+/// Parent: starts the bench's stack, runs the bench in it, stops the stack.
+fn parent(args: &Args) -> ExitCode {
+    let offset = args.port_offset;
+    if PORTS
+        .iter()
+        .any(|(_, p)| u32::from(*p) + u32::from(offset) + 10_000 > u32::from(u16::MAX))
+    {
+        eprintln!("[worker-bench] --port-offset too large");
+        return ExitCode::from(2);
+    }
+    let stack_dir = args
+        .stack_dir
+        .clone()
+        .unwrap_or_else(|| repo_root().join(".local/worker-bench"));
+    println!(
+        "[worker-bench] starting its own stack in {} (kafka {}, clickhouse {}, s3 {})",
+        stack_dir.display(),
+        PORTS[0].1 + offset,
+        PORTS[1].1 + offset,
+        PORTS[3].1 + offset
+    );
+    match stack("up", &stack_dir, offset) {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("[worker-bench] deploy/local/stack.sh up failed");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("[worker-bench] cannot run deploy/local/stack.sh: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    let status = std::env::current_exe().and_then(|exe| {
+        let mut c = Command::new("bash");
+        c.arg("-c")
+            .arg("source \"$AUDIT_ENV_SH\" && exec \"$@\"")
+            .arg("worker-bench")
+            .arg(exe)
+            .args(std::env::args_os().skip(1))
+            .env("AUDIT_ENV_SH", repo_root().join("deploy/local/env.sh"))
+            .env(CHILD, "1");
+        with_stack_env(c, &stack_dir, offset).status()
+    });
+    if !args.keep_stack {
+        match stack("down", &stack_dir, offset) {
+            Ok(true) => {}
+            Ok(false) => eprintln!("[worker-bench] stopping its stack failed"),
+            Err(e) => eprintln!("[worker-bench] stopping its stack: {e}"),
+        }
+    }
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("[worker-bench] cannot run itself: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+/// Child: the stack's environment is set; runs the bench.
+fn child(args: &Args) -> ExitCode {
+    let perf = match args.perf.as_deref() {
+        None => None,
+        Some(name) => match Worker::ALL.iter().find(|w| w.binary_name() == name) {
+            Some(w) => Some((*w, args.perf_out.clone())),
+            None => {
+                eprintln!("[worker-bench] --perf: unknown worker {name:?}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let stack_dir = std::env::var_os("AUDIT_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".local/worker-bench"));
+    let opts = bench::Options {
+        events: args.events.max(1),
+        partitions: args.partitions.max(1),
+        seed: args.seed,
+        timeout: Duration::from_secs(args.timeout_secs),
+        log_dir: stack_dir.join("worker-bench-logs"),
+        perf,
+        broker_pid_file: stack_dir.join("run/kafka.pid"),
+        kafka_properties: args.kafka_property.clone(),
+    };
+    let outcome = match runtime() {
+        Ok(rt) => rt.block_on(bench::run(&opts)),
+        Err(e) => Err(e.into()),
+    };
+    match outcome {
+        Ok(report) => {
+            if let Some(path) = &args.out {
+                let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+                if let Err(e) = std::fs::write(path, text) {
+                    eprintln!("[worker-bench] cannot write {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+                println!("[worker-bench] report written to {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("[worker-bench] failed: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Cmd::RawHop(raw_args)) = args.cmd {
+        return match runtime().map(|rt| rt.block_on(raw::run(raw_args))) {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(e)) => {
+                eprintln!("raw-hop failed: {e:#}");
+                ExitCode::from(1)
+            }
+            Err(e) => {
+                eprintln!("raw-hop: cannot start the runtime: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if std::env::var_os(CHILD).is_some() {
+        child(&args)
+    } else {
+        parent(&args)
+    }
+}
