@@ -4,63 +4,26 @@
 //! without adding a record to the chain; every checkpoint signs the chain's partition count, and
 //! the chain with all its repeated-seq checkpoints verifies without a finding.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use schemas::checkpoint::{generate_pkcs8, verify, KeySet, SigningKey};
-use schemas::framing::{decode_chained, decode_checkpoint, encode_single_object_event};
+use common::{brokers_or_skip, chainer_config, fresh_prefix, read_checkpoints, TestKey};
+use schemas::checkpoint::verify;
+use schemas::framing::{decode_chained, encode_single_object_event};
 use schemas::testing::sample_event;
 use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use schemas::Checkpoint;
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 use worker_runtime::Shutdown;
 
 const PARTITIONS: i32 = 2;
-
-fn brokers() -> String {
-    std::env::var("CHAINER_SMOKE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn broker_up(brokers: &str) -> bool {
-    brokers
-        .split(',')
-        .filter_map(|b| b.parse::<std::net::SocketAddr>().ok())
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-}
-
-async fn read_all(args: &KafkaArgs, topic: &str, p: i32) -> Vec<Vec<u8>> {
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let o = out.clone();
-    let _ = scan(
-        args,
-        topic,
-        p,
-        ScanStart::Offset(0),
-        Duration::from_secs(20),
-        move |m| {
-            use rdkafka::Message;
-            o.lock()
-                .unwrap()
-                .push(m.payload().unwrap_or_default().to_vec());
-        },
-    )
-    .await
-    .unwrap();
-    let v = out.lock().unwrap().clone();
-    v
-}
+/// How long a read of a partition waits for more records.
+const SCAN_IDLE: Duration = Duration::from_secs(20);
 
 async fn checkpoints(args: &KafkaArgs) -> Vec<Checkpoint> {
-    let mut out = Vec::new();
-    for p in 0..PARTITIONS {
-        for b in read_all(args, &args.topics().checkpoints, p).await {
-            out.push(decode_checkpoint(&b, None).unwrap());
-        }
-    }
-    out
+    read_checkpoints(args, PARTITIONS, SCAN_IDLE).await
 }
 
 /// Polls the checkpoints topic until `done` holds for partition 0's checkpoints (deadline 60 s).
@@ -85,49 +48,21 @@ async fn wait_checkpoints(args: &KafkaArgs, what: &str, done: impl Fn(&[Checkpoi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery() {
-    let brokers = brokers();
-    if !broker_up(&brokers) {
-        eprintln!("SKIPPED: no Kafka broker at {brokers}");
+    let Some(brokers) = brokers_or_skip() else {
         return;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("chainer-hb-{}-{nanos}.", std::process::id());
+    };
+    let prefix = fresh_prefix("chainer-hb");
     let args = KafkaArgs::local(&brokers, &prefix);
     let topics = args.topics();
     ensure_topics(&args, &pipeline_topic_specs(&args, PARTITIONS), 1)
         .await
         .unwrap();
     let producer = Producer::new(&args, "hb").unwrap();
-    let key_dir = std::env::temp_dir().join(format!("chainer-hb-{nanos}"));
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let key_path = key_dir.join("k.pk8");
-    let der = generate_pkcs8().unwrap();
-    std::fs::write(&key_path, der.expose()).unwrap();
-    let mut keys = KeySet::default();
-    keys.add(
-        SigningKey::from_pkcs8("k1", der.expose())
-            .unwrap()
-            .public_entry(0, None),
-    )
-    .unwrap();
+    let key = TestKey::new(std::env::temp_dir().join(prefix.trim_end_matches('.')));
+    let keys = &key.keys;
     let group = format!("{prefix}chainer");
-    let config = chainer::Config::parse_from([
-        "chainer",
-        "--kafka-brokers",
-        &brokers,
-        "--topic-prefix",
-        &prefix,
-        "--health-addr",
-        "",
-        "--group-id",
-        &group,
-        "--checkpoint-key-file",
-        key_path.to_str().unwrap(),
-        "--checkpoint-key-id",
-        "k1",
+    let mut extra = key.args().to_vec();
+    extra.extend([
         "--checkpoint-every-events",
         "1000",
         "--checkpoint-interval-secs",
@@ -137,6 +72,7 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
         "--shutdown-timeout-secs",
         "20",
     ]);
+    let config = chainer_config(&brokers, &prefix, &group, &extra);
     for i in 0..3 {
         let mut e = sample_event();
         e.event_id = format!("hb{i}");
@@ -180,7 +116,7 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
     let empty: Vec<&Checkpoint> = all.iter().filter(|c| c.partition == 1).collect();
     assert!(empty.len() >= 2, "a genesis per run: {all:?}");
     for c in &empty {
-        verify(&keys, c).unwrap();
+        verify(keys, c).unwrap();
         assert_eq!(
             (
                 c.first_seq,
@@ -202,7 +138,7 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
     assert!(p0.iter().skip(1).all(|c| c.seq != 0), "{p0:?}");
     let cps: Vec<Checkpoint> = p0.iter().filter(|c| c.seq != 0).cloned().collect();
     for c in &cps {
-        verify(&keys, c).unwrap();
+        verify(keys, c).unwrap();
         assert_eq!(
             (c.first_seq, c.seq, c.partition_count),
             (1, 3, PARTITIONS),
@@ -215,7 +151,7 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
     }
     // Heartbeats add no record: the chain is still seqs 1..=3, and it verifies with all of
     // them (a repeated seq is no finding).
-    let recs: Vec<OwnedRecord> = read_all(&args, &topics.chained, 0)
+    let recs: Vec<OwnedRecord> = common::read_all(&args, &topics.chained, 0, SCAN_IDLE)
         .await
         .iter()
         .map(|b| OwnedRecord::from_chained(&decode_chained(b, None).unwrap()).unwrap())
@@ -226,7 +162,7 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
     );
     let report = verify_partition(
         0,
-        &keys,
+        keys,
         &p0,
         VerifyOptions {
             chain_id: Some(cps[0].chain_id.clone()),
@@ -236,4 +172,5 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
     );
     assert!(report.findings.is_empty(), "{:?}", report.findings);
     assert_eq!(report.sealed_through, Some(3));
+    key.remove();
 }

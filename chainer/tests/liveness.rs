@@ -9,49 +9,26 @@
 //!   restart, without any consumer group membership.
 //! - A group member that dies without leaving (SIGKILL) does not strand its partitions.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use common::{brokers_or_skip, chainer_config, ev, fresh_prefix, produce_pipelined as produce};
+use common::{read_checkpoints, TestKey};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::FutureRecord;
-use schemas::checkpoint::{generate_pkcs8, KeySet, SigningKey};
-use schemas::framing::{decode_chained, decode_checkpoint, encode_single_object_event};
-use schemas::testing::sample_event;
+use schemas::framing::decode_chained;
 use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, Producer};
-use worker_runtime::Shutdown;
 
 const PARTITIONS: i32 = 2;
-
-fn brokers() -> String {
-    std::env::var("CHAINER_SMOKE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn broker_up(brokers: &str) -> bool {
-    brokers
-        .split(',')
-        .filter_map(|b| b.parse::<std::net::SocketAddr>().ok())
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-}
-
-fn prefix(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("chainer-{tag}-{}-{nanos}.", std::process::id())
-}
+/// How long a read of a partition waits for more records.
+const SCAN_IDLE: Duration = Duration::from_secs(30);
 
 async fn setup(tag: &str) -> Option<(String, KafkaArgs, Producer)> {
-    let brokers = brokers();
-    if !broker_up(&brokers) {
-        eprintln!("SKIPPED: no Kafka broker at {brokers}");
-        return None;
-    }
-    let prefix = prefix(tag);
+    let brokers = brokers_or_skip()?;
+    let prefix = fresh_prefix(&format!("chainer-{tag}"));
     let args = KafkaArgs::local(&brokers, &prefix);
     ensure_topics(&args, &pipeline_topic_specs(&args, PARTITIONS), 1)
         .await
@@ -60,79 +37,25 @@ async fn setup(tag: &str) -> Option<(String, KafkaArgs, Producer)> {
     Some((prefix, args, producer))
 }
 
-fn ev(id: &str) -> Vec<u8> {
-    let mut e = sample_event();
-    e.event_id = id.to_owned();
-    encode_single_object_event(&e).unwrap()
-}
-
-/// Produces `payloads` to `topic`/`p` in order, pipelined (one idempotent producer keeps the
-/// order), and waits for every acknowledgement.
-async fn produce(producer: &Producer, topic: &str, p: i32, payloads: &[Vec<u8>]) {
-    let mut pending = Vec::with_capacity(payloads.len());
-    for v in payloads {
-        loop {
-            let r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(p).payload(v);
-            match producer.inner().send_result(r) {
-                Ok(d) => {
-                    pending.push(d);
-                    break;
-                }
-                Err((e, _)) => {
-                    assert!(
-                        matches!(
-                            e,
-                            rdkafka::error::KafkaError::MessageProduction(
-                                rdkafka::types::RDKafkaErrorCode::QueueFull
-                            )
-                        ),
-                        "{e}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        }
-    }
-    for d in pending {
-        d.await.unwrap().unwrap();
-    }
-}
-
-async fn read_all(args: &KafkaArgs, topic: &str, p: i32) -> Vec<Vec<u8>> {
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let o = out.clone();
-    let _ = scan(
+/// High watermark of `topic`/`p`; -1 when the busy broker does not answer in time.
+async fn high(args: &KafkaArgs, topic: &str, p: i32) -> i64 {
+    common::high(
         args,
+        "liveness-watermarks",
         topic,
         p,
-        ScanStart::Offset(0),
-        Duration::from_secs(30),
-        move |m| {
-            use rdkafka::Message;
-            o.lock()
-                .unwrap()
-                .push(m.payload().unwrap_or_default().to_vec());
-        },
+        Duration::from_secs(10),
     )
     .await
-    .unwrap();
-    let v = out.lock().unwrap().clone();
-    v
 }
 
-/// High watermark of `topic`/`p` (cheap to poll, unlike reading the partition); -1 when the
-/// busy broker does not answer in time (the callers poll again).
-async fn high(args: &KafkaArgs, topic: &str, p: i32) -> i64 {
-    let c: BaseConsumer = args
-        .client_config("liveness-watermarks")
-        .set("group.id", "liveness-watermarks-unused")
-        .create()
-        .unwrap();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || c.fetch_watermarks(&topic, p, Duration::from_secs(10)))
-        .await
-        .unwrap()
-        .map_or(-1, |(_, h)| h)
+/// Polls `f` every 100 ms until it holds (see [`common::until`]).
+async fn until<F, Fut>(what: &str, limit: Duration, f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    common::until(what, limit, Duration::from_millis(100), f).await
 }
 
 /// The group's committed offsets of the enriched partitions.
@@ -161,21 +84,9 @@ async fn committed(args: &KafkaArgs, group: &str) -> Vec<Option<i64>> {
     .unwrap()
 }
 
-async fn until<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Every record of `chained`/p: seqs 1..=n exactly once, distinct event ids.
 async fn assert_exactly_once(args: &KafkaArgs, p: i32, n: i64) -> Vec<schemas::ChainedEvent> {
-    let recs: Vec<_> = read_all(args, &args.topics().chained, p)
+    let recs: Vec<_> = common::read_all(args, &args.topics().chained, p, SCAN_IDLE)
         .await
         .iter()
         .map(|b| decode_chained(b, None).unwrap())
@@ -226,32 +137,26 @@ async fn a_slow_recovery_does_not_hold_up_the_other_partitions() {
 
     let group = format!("{prefix}chainer");
     let window = N.to_string();
-    let config = chainer::Config::parse_from([
-        "chainer",
-        "--kafka-brokers",
+    let config = chainer_config(
         &args.brokers,
-        "--topic-prefix",
         &prefix,
-        "--health-addr",
-        "",
-        "--group-id",
         &group,
-        "--dedup-window",
-        &window,
-        "--partition-queue",
-        "16",
-        "--fault-recovery-delay",
-        "0=20000",
-        "--shutdown-timeout-secs",
-        "20",
-    ]);
-    let status = chainer::status::WorkerStatus::default();
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(chainer::run_with_status(
-        config,
-        shutdown.clone(),
-        status.clone(),
-    ));
+        &[
+            "--dedup-window",
+            &window,
+            "--partition-queue",
+            "16",
+            "--fault-recovery-delay",
+            "0=20000",
+            "--shutdown-timeout-secs",
+            "20",
+        ],
+    );
+    let common::RunningChainer {
+        status,
+        shutdown,
+        task,
+    } = common::spawn_chainer(config);
 
     until("partition 0 recovering", Duration::from_secs(60), || {
         let s = status.clone();
@@ -312,54 +217,27 @@ async fn static_assignment_chains_exactly_once_and_resumes_after_a_restart() {
         return;
     };
     let topics = args.topics();
-    let key_dir = std::env::temp_dir().join(prefix.trim_end_matches('.'));
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let key_path = key_dir.join("k.pk8");
-    let der = generate_pkcs8().unwrap();
-    std::fs::write(&key_path, der.expose()).unwrap();
-    let mut keys = KeySet::default();
-    keys.add(
-        SigningKey::from_pkcs8("k1", der.expose())
-            .unwrap()
-            .public_entry(0, None),
-    )
-    .unwrap();
+    let key = TestKey::new(std::env::temp_dir().join(prefix.trim_end_matches('.')));
     let group = format!("{prefix}chainer");
     let config = |partitions: &str| {
-        chainer::Config::parse_from([
-            "chainer",
-            "--kafka-brokers",
-            &args.brokers,
-            "--topic-prefix",
-            &prefix,
-            "--health-addr",
-            "",
-            "--group-id",
-            &group,
-            "--partitions",
-            partitions,
-            "--dedup-window",
-            "100",
-            "--checkpoint-key-file",
-            key_path.to_str().unwrap(),
-            "--checkpoint-key-id",
-            "k1",
+        let mut extra = vec!["--partitions", partitions, "--dedup-window", "100"];
+        extra.extend(key.args());
+        extra.extend([
             "--checkpoint-every-events",
             "7",
             "--shutdown-timeout-secs",
             "20",
-        ])
+        ]);
+        chainer_config(&args.brokers, &prefix, &group, &extra)
     };
     let run_until = |config: chainer::Config, want: [i64; 2]| {
         let args = args.clone();
         async move {
-            let status = chainer::status::WorkerStatus::default();
-            let shutdown = Shutdown::new();
-            let task = tokio::spawn(chainer::run_with_status(
-                config,
-                shutdown.clone(),
-                status.clone(),
-            ));
+            let common::RunningChainer {
+                status,
+                shutdown,
+                task,
+            } = common::spawn_chainer(config);
             until("chained", Duration::from_secs(90), || {
                 let a = args.clone();
                 async move {
@@ -395,12 +273,7 @@ async fn static_assignment_chains_exactly_once_and_resumes_after_a_restart() {
     produce(&producer, &topics.enriched, 1, &e("b", 10..15)).await;
     run_until(config("0,1"), [30, 15]).await;
 
-    let mut cps = Vec::new();
-    for p in 0..PARTITIONS {
-        for b in read_all(&args, &topics.checkpoints, p).await {
-            cps.push(decode_checkpoint(&b, None).unwrap());
-        }
-    }
+    let cps = read_checkpoints(&args, PARTITIONS, SCAN_IDLE).await;
     for (p, n) in [(0, 30i64), (1, 15)] {
         let recs = assert_exactly_once(&args, p, n).await;
         let owned: Vec<OwnedRecord> = recs
@@ -414,7 +287,7 @@ async fn static_assignment_chains_exactly_once_and_resumes_after_a_restart() {
         };
         let report = verify_partition(
             p as u32,
-            &keys,
+            &key.keys,
             &mine,
             opts,
             owned.iter().map(|r| r.as_stored()),
@@ -422,7 +295,7 @@ async fn static_assignment_chains_exactly_once_and_resumes_after_a_restart() {
         assert!(report.ok, "{report:#?}");
         assert_eq!(report.sealed_through, Some(n), "partition {p}");
     }
-    let _ = std::fs::remove_dir_all(&key_dir);
+    key.remove();
 }
 
 /// Run as a child process by `a_member_dying_without_leaving_does_not_strand_its_partitions`
@@ -510,30 +383,24 @@ async fn a_member_dying_without_leaving_does_not_strand_its_partitions() {
     )
     .await;
 
-    let config = chainer::Config::parse_from([
-        "chainer",
-        "--kafka-brokers",
+    let config = chainer_config(
         &args.brokers,
-        "--topic-prefix",
         &prefix,
-        "--health-addr",
-        "",
-        "--group-id",
         &group,
-        "--session-timeout-ms",
-        "6000",
-        "--consumer-stall-timeout-secs",
-        "8",
-        "--shutdown-timeout-secs",
-        "20",
-    ]);
-    let status = chainer::status::WorkerStatus::default();
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(chainer::run_with_status(
-        config,
-        shutdown.clone(),
-        status.clone(),
-    ));
+        &[
+            "--session-timeout-ms",
+            "6000",
+            "--consumer-stall-timeout-secs",
+            "8",
+            "--shutdown-timeout-secs",
+            "20",
+        ],
+    );
+    let common::RunningChainer {
+        status,
+        shutdown,
+        task,
+    } = common::spawn_chainer(config);
     until("the group split", Duration::from_secs(60), || {
         let (s, g) = (status.clone(), ghost_assigned.clone());
         async move { s.partitions().len() == 1 && g.load(Ordering::SeqCst) == 1 }

@@ -3,6 +3,8 @@
 //! timeout, a zombie, retention or truncation leave, then `recover_partition` is asked where to
 //! resume. Skipped (passes with a note) when no broker answers.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,17 +23,6 @@ use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::consumer::{subscribe, ConsumerSettings};
 use worker_runtime::kafka::{AuditConsumer, KafkaArgs, OutputRecord, Producer, Topics};
 
-fn brokers() -> String {
-    std::env::var("CHAINER_SMOKE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn broker_up(brokers: &str) -> bool {
-    brokers
-        .split(',')
-        .filter_map(|b| b.parse::<std::net::SocketAddr>().ok())
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-}
-
 struct Env {
     args: KafkaArgs,
     topics: Topics,
@@ -41,16 +32,8 @@ struct Env {
 }
 
 async fn env(name: &str) -> Option<Env> {
-    let brokers = brokers();
-    if !broker_up(&brokers) {
-        eprintln!("SKIPPED: no Kafka broker at {brokers}");
-        return None;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("recovery-{name}-{}-{nanos}.", std::process::id());
+    let brokers = common::brokers_or_skip()?;
+    let prefix = common::fresh_prefix(&format!("recovery-{name}"));
     let args = KafkaArgs::local(&brokers, &prefix);
     let topics = args.topics();
     ensure_topics(&args, &pipeline_topic_specs(&args, 1), 1)

@@ -5,54 +5,25 @@
 //! between: the chain continues without gap, fork or duplicate; duplicates and garbage are
 //! handled; checkpoints verify and seal the whole chain after a clean shutdown.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use common::{brokers_or_skip, chainer_config, ev, fresh_prefix, read_checkpoints, TestKey};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::checkpoint::{generate_pkcs8, KeySet, SigningKey};
-use schemas::framing::{decode_chained, decode_checkpoint, encode_single_object_event};
-use schemas::testing::sample_event;
+use schemas::framing::decode_chained;
 use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 use worker_runtime::Shutdown;
 
 const PARTITIONS: i32 = 2;
-
-fn brokers() -> String {
-    std::env::var("CHAINER_SMOKE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn broker_up(brokers: &str) -> bool {
-    brokers
-        .split(',')
-        .filter_map(|b| b.parse::<std::net::SocketAddr>().ok())
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-}
+/// How long a read of a partition waits for more records.
+const SCAN_IDLE: Duration = Duration::from_secs(20);
 
 async fn read_all(args: &KafkaArgs, topic: &str, p: i32) -> Vec<Vec<u8>> {
-    let out = Arc::new(Mutex::new(Vec::new()));
-    let o = out.clone();
-    let _ = scan(
-        args,
-        topic,
-        p,
-        ScanStart::Offset(0),
-        Duration::from_secs(20),
-        move |m| {
-            use rdkafka::Message;
-            o.lock()
-                .unwrap()
-                .push(m.payload().unwrap_or_default().to_vec());
-        },
-    )
-    .await
-    .unwrap();
-    let v = out.lock().unwrap().clone();
-    v
+    common::read_all(args, topic, p, SCAN_IDLE).await
 }
 
 async fn produce(producer: &Producer, topic: &str, p: i32, payloads: Vec<Vec<u8>>) {
@@ -60,12 +31,6 @@ async fn produce(producer: &Producer, topic: &str, p: i32, payloads: Vec<Vec<u8>
         let rec = OutputRecord::new(topic, Some(format!("k{i}").into_bytes()), v).with_partition(p);
         producer.send(&rec).await.unwrap();
     }
-}
-
-fn ev(id: &str) -> Vec<u8> {
-    let mut e = sample_event();
-    e.event_id = id.to_owned();
-    encode_single_object_event(&e).unwrap()
 }
 
 async fn wait_for(args: &KafkaArgs, topic: &str, want: &[usize]) {
@@ -96,16 +61,10 @@ async fn run_once(config: &chainer::Config, args: &KafkaArgs, want: &[usize]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_runs_continue_the_chain_exactly_once() {
-    let brokers = brokers();
-    if !broker_up(&brokers) {
-        eprintln!("SKIPPED: no Kafka broker at {brokers}");
+    let Some(brokers) = brokers_or_skip() else {
         return;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let prefix = format!("chainer-smoke-{}-{nanos}.", std::process::id());
+    };
+    let prefix = fresh_prefix("chainer-smoke");
     let args = KafkaArgs::local(&brokers, &prefix);
     let topics = args.topics();
     ensure_topics(&args, &pipeline_topic_specs(&args, PARTITIONS), 1)
@@ -113,41 +72,19 @@ async fn two_runs_continue_the_chain_exactly_once() {
         .unwrap();
     let producer = Producer::new(&args, "smoke").unwrap();
 
-    let key_dir = std::env::temp_dir().join(format!("chainer-smoke-{nanos}"));
-    std::fs::create_dir_all(&key_dir).unwrap();
-    let key_path = key_dir.join("k.pk8");
-    let der = generate_pkcs8().unwrap();
-    std::fs::write(&key_path, der.expose()).unwrap();
-    let mut keys = KeySet::default();
-    keys.add(
-        SigningKey::from_pkcs8("k1", der.expose())
-            .unwrap()
-            .public_entry(0, None),
-    )
-    .unwrap();
+    let key = TestKey::new(std::env::temp_dir().join(prefix.trim_end_matches('.')));
+    let keys = &key.keys;
 
     let group = format!("{prefix}chainer");
-    let config = chainer::Config::parse_from([
-        "chainer",
-        "--kafka-brokers",
-        &brokers,
-        "--topic-prefix",
-        &prefix,
-        "--health-addr",
-        "",
-        "--group-id",
-        &group,
-        "--dedup-window",
-        "100",
-        "--checkpoint-key-file",
-        key_path.to_str().unwrap(),
-        "--checkpoint-key-id",
-        "k1",
+    let mut extra = vec!["--dedup-window", "100"];
+    extra.extend(key.args());
+    extra.extend([
         "--checkpoint-every-events",
         "7",
         "--shutdown-timeout-secs",
         "20",
     ]);
+    let config = chainer_config(&brokers, &prefix, &group, &extra);
 
     // Phase 1: p0 = 20 events + a duplicate + garbage; p1 = 5 events.
     let mut p0: Vec<Vec<u8>> = (0..20).map(|i| ev(&format!("a{i}"))).collect();
@@ -189,12 +126,7 @@ async fn two_runs_continue_the_chain_exactly_once() {
     run_once(&config, &args, &[30, 8]).await;
 
     // Every partition: seqs 1..=n exactly once, chain and checkpoints verify, sealed to the end.
-    let mut cps = Vec::new();
-    for p in 0..PARTITIONS {
-        for b in read_all(&args, &topics.checkpoints, p).await {
-            cps.push(decode_checkpoint(&b, None).unwrap());
-        }
-    }
+    let cps = read_checkpoints(&args, PARTITIONS, SCAN_IDLE).await;
     for (p, n) in [(0, 30i64), (1, 8)] {
         let recs: Vec<_> = read_all(&args, &topics.chained, p)
             .await
@@ -218,7 +150,7 @@ async fn two_runs_continue_the_chain_exactly_once() {
         };
         let report = verify_partition(
             p as u32,
-            &keys,
+            keys,
             &mine,
             opts,
             owned.iter().map(|r| r.as_stored()),
@@ -234,5 +166,5 @@ async fn two_runs_continue_the_chain_exactly_once() {
         rejected += read_all(&args, &topics.rejected, p).await.len();
     }
     assert_eq!(rejected, 1);
-    let _ = std::fs::remove_dir_all(&key_dir);
+    key.remove();
 }

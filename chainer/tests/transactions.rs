@@ -7,9 +7,10 @@
 //!    `init_transactions` *succeeds* and only the commit fails; that failure is classified as
 //!    fatal at once (not retried forever), and the producer can still be dropped.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::consumer::{subscribe, ConsumerSettings};
 use worker_runtime::kafka::{KafkaArgs, Producer};
@@ -19,52 +20,31 @@ use chainer::txn::{
     client_args, CommitError, KafkaTransactions, NextOffset, Outgoing, Transactor, TxnSettings,
 };
 
-fn brokers() -> String {
-    std::env::var("CHAINER_SMOKE_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
-}
-
-fn broker_up(brokers: &str) -> bool {
-    brokers
-        .split(',')
-        .filter_map(|b| b.parse::<std::net::SocketAddr>().ok())
-        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
-}
-
 fn prefix(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("chainer-txn-{tag}-{}-{nanos}.", std::process::id())
+    common::fresh_prefix(&format!("chainer-txn-{tag}"))
 }
 
 fn config(brokers: &str, prefix: &str) -> chainer::Config {
-    chainer::Config::parse_from([
-        "chainer",
-        "--kafka-brokers",
+    common::chainer_config(
         brokers,
-        "--topic-prefix",
         prefix,
-        "--health-addr",
-        "",
-        "--group-id",
         &format!("{prefix}chainer"),
-        "--transactional-id",
-        &format!("{prefix}chainer-0"),
-        "--transaction-timeout-ms",
-        "3000",
-        "--shutdown-timeout-secs",
-        "5",
-    ])
+        &[
+            "--transactional-id",
+            &format!("{prefix}chainer-0"),
+            "--transaction-timeout-ms",
+            "3000",
+            "--shutdown-timeout-secs",
+            "5",
+        ],
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn starting_with_transactions_on_a_broker_without_them_fails_fast_and_clearly() {
-    let brokers = brokers();
-    if !broker_up(&brokers) {
-        eprintln!("SKIPPED: no Kafka broker at {brokers}");
+    let Some(brokers) = common::brokers_or_skip() else {
         return;
-    }
+    };
     let prefix = prefix("start");
     let args = KafkaArgs::local(&brokers, &prefix);
     ensure_topics(&args, &pipeline_topic_specs(&args, 1), 1)
@@ -94,11 +74,9 @@ async fn starting_with_transactions_on_a_broker_without_them_fails_fast_and_clea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_check_the_first_commit_fails_at_once_as_fatal_and_nothing_hangs() {
-    let brokers = brokers();
-    if !broker_up(&brokers) {
-        eprintln!("SKIPPED: no Kafka broker at {brokers}");
+    let Some(brokers) = common::brokers_or_skip() else {
         return;
-    }
+    };
     let prefix = prefix("commit");
     let args = KafkaArgs::local(&brokers, &prefix);
     ensure_topics(&args, &pipeline_topic_specs(&args, 1), 1)

@@ -2,7 +2,11 @@
 //! http://127.0.0.1:8123; start it with `deploy/local/stack.sh up`). They FAIL when the server
 //! is absent: a skipped storage test would pass a broken sink. Each test uses its own database.
 
+mod common;
+
 use std::collections::HashMap;
+
+use common::{count, drop_db, month_us, settings};
 
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config as PtConfig, RngAlgorithm, TestRng, TestRunner};
@@ -13,20 +17,10 @@ use schemas::{ChainedEvent, Checkpoint, Outcome};
 use sink_clickhouse::batch::Entry;
 use sink_clickhouse::migrations::{self, MIGRATIONS};
 use sink_clickhouse::queries::{self, Param, RECIPES};
-use sink_clickhouse::store::{Store, StoreSettings};
+use sink_clickhouse::store::Store;
 use sink_clickhouse::writer::store_batch;
 use worker_runtime::retry::RetryPolicy;
-use worker_runtime::{CancellationToken, Secret};
-
-fn settings(database: &str) -> StoreSettings {
-    StoreSettings {
-        url: std::env::var("AUDIT_CLICKHOUSE_URL")
-            .unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
-        database: database.into(),
-        user: std::env::var("AUDIT_CLICKHOUSE_USER").unwrap_or_else(|_| "default".into()),
-        password: Secret::new(std::env::var("AUDIT_CLICKHOUSE_PASSWORD").unwrap_or_default()),
-    }
-}
+use worker_runtime::CancellationToken;
 
 /// A fresh, migrated database of its own (each test drops it at the end).
 async fn fresh(tag: &str) -> (Store, String) {
@@ -36,14 +30,6 @@ async fn fresh(tag: &str) -> (Store, String) {
     });
     migrations::apply(&store).await.expect("migrate");
     (store, db)
-}
-
-async fn drop_db(store: &Store, db: &str) {
-    let _ = store
-        .client()
-        .query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute()
-        .await;
 }
 
 fn fast_retry() -> RetryPolicy {
@@ -75,13 +61,11 @@ fn entry(c: &ChainedEvent, offset: i64) -> Entry {
     }
 }
 
-async fn count(store: &Store, sql: &str) -> u64 {
-    store
-        .client()
-        .query_raw(sql)
-        .fetch_one::<u64>()
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+/// Entries of partition `p` for `seqs`, each hashed with its seq's byte, at chained offset
+/// 100 + seq.
+fn entries(p: i32, seqs: std::ops::RangeInclusive<i64>) -> Vec<Entry> {
+    seqs.map(|s| entry(&chained(p, s, s as u8), 100 + s))
+        .collect()
 }
 
 #[tokio::test]
@@ -187,32 +171,24 @@ async fn existing_seqs_are_skipped_and_forks_recorded_never_overwritten() {
     let (store, db) = fresh("skip").await;
     let cancel = CancellationToken::new();
     let p = 1;
-    let first: Vec<Entry> = (1..=5)
-        .map(|s| entry(&chained(p, s, s as u8), 100 + s))
-        .collect();
+    let first: Vec<Entry> = entries(p, 1..=5);
     let out = store_batch(&store, p, &first, &fast_retry(), &cancel)
         .await
         .expect("first");
     assert_eq!((out.inserted, out.duplicates), (5, 0));
 
     // Re-delivery overlapping what is stored (a crash after insert, before commit).
-    let second: Vec<Entry> = (3..=8)
-        .map(|s| entry(&chained(p, s, s as u8), 100 + s))
-        .collect();
+    let second: Vec<Entry> = entries(p, 3..=8);
     let out = store_batch(&store, p, &second, &fast_retry(), &cancel)
         .await
         .expect("second");
     assert_eq!((out.inserted, out.duplicates), (3, 3));
 
     // A previous attempt landed partially (9 and 10), then the retry sends 9..=12.
-    let partial: Vec<Entry> = (9..=10)
-        .map(|s| entry(&chained(p, s, s as u8), 100 + s))
-        .collect();
+    let partial: Vec<Entry> = entries(p, 9..=10);
     let rows: Vec<&AuditRow> = partial.iter().map(|e| &e.row).collect();
     store.insert_events(&rows).await.expect("partial landing");
-    let retry: Vec<Entry> = (9..=12)
-        .map(|s| entry(&chained(p, s, s as u8), 100 + s))
-        .collect();
+    let retry: Vec<Entry> = entries(p, 9..=12);
     let out = store_batch(&store, p, &retry, &fast_retry(), &cancel)
         .await
         .expect("retry");
@@ -384,11 +360,6 @@ async fn query_recipes_run_against_the_server() {
         .expect("chain heads");
     assert_eq!((head, missing, cp_seq), (6, 0, 6));
     drop_db(&store, &db).await;
-}
-
-/// `event_time_us` of 2024-01-01 plus `m` × 31 days: one month further for each `m` < 200.
-fn month_us(m: i64) -> i64 {
-    1_704_067_200_000_000 + m * 31 * 86_400_000_000
 }
 
 /// A batch whose events span 150 months (more than the server's

@@ -8,28 +8,27 @@
 //! applied insert over several months resumed without a gap, and ClickHouse outages (through
 //! a proxy the test cuts) survived without loss or duplicates.
 
+mod common;
+
 use worker_runtime::testing::proxy;
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use common::{ch_url, connect_when_created, count, drop_db, month_us, settings};
 use rdkafka::Message;
 use schemas::framing::{self, CatalogIdResolver};
 use schemas::testing::sample_event;
 use schemas::{ChainedEvent, Checkpoint};
-use sink_clickhouse::store::{Store, StoreSettings};
+use sink_clickhouse::store::Store;
 use sink_clickhouse::{run, Config};
 use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
 use worker_runtime::kafka::dlq::HEADER_STAGE;
 use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
-use worker_runtime::{Secret, Shutdown};
+use worker_runtime::Shutdown;
 
 const BROKERS: &str = "127.0.0.1:9092";
-
-fn ch_url() -> String {
-    std::env::var("AUDIT_CLICKHOUSE_URL").unwrap_or_else(|_| "http://127.0.0.1:8123".into())
-}
 
 fn chained(p: i32, seq: i64, hash_byte: u8) -> ChainedEvent {
     let mut event = sample_event();
@@ -54,6 +53,64 @@ async fn send(producer: &Producer, topic: &str, p: i32, payload: Vec<u8>) {
         )
         .await
         .expect("produce");
+}
+
+/// Sends `chained(p, s, s)` for each seq `s` of `seqs` to `topic`/`p`, single-object framed.
+async fn send_seqs(producer: &Producer, topic: &str, p: i32, seqs: std::ops::RangeInclusive<i64>) {
+    for s in seqs {
+        send(
+            producer,
+            topic,
+            p,
+            framing::encode_single_object_chained(&chained(p, s, s as u8)).expect("enc"),
+        )
+        .await;
+    }
+}
+
+/// A checkpoint of partition 0 through `seq` (head hash all `seq`), as the e2e tests send it:
+/// the sink stores it without verifying the signature.
+fn checkpoint_through(seq: i64) -> Checkpoint {
+    Checkpoint {
+        chain_id: "e2e".into(),
+        partition: 0,
+        first_seq: 1,
+        seq,
+        head_hash: vec![seq as u8; 32],
+        merkle_root: vec![0; 32],
+        time_us: 1_717_200_000_000_000,
+        partition_count: 0,
+        key_id: "k1".into(),
+        signature: vec![9; 64],
+    }
+}
+
+/// A proxy to the local ClickHouse that the test can cut, and the URL the sink reaches
+/// ClickHouse by through it.
+async fn clickhouse_proxy() -> (proxy::Proxy, String) {
+    let upstream = ch_url()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = proxy::Proxy::start(&upstream).await;
+    let url = format!("http://127.0.0.1:{}", proxy.port());
+    (proxy, url)
+}
+
+/// Creates the chained, checkpoints and rejected topics of `kafka`'s prefix, `partitions` each.
+async fn create_topics(kafka: &KafkaArgs, partitions: i32) {
+    let topics = kafka.topics();
+    let specs: Vec<TopicSpec> = [&topics.chained, &topics.checkpoints, &topics.rejected]
+        .into_iter()
+        .map(|t| TopicSpec {
+            name: t.clone(),
+            partitions,
+            compacted: false,
+        })
+        .collect();
+    ensure_topics(kafka, &specs, 1)
+        .await
+        .expect("Kafka must be running (deploy/local/stack.sh up)");
 }
 
 type Running = (
@@ -133,15 +190,6 @@ async fn wait_readyz(addr: &str, want: impl Fn(&serde_json::Value) -> bool) -> s
     panic!("/readyz never matched; last body: {last}");
 }
 
-async fn count(store: &Store, sql: &str) -> u64 {
-    store
-        .client()
-        .query_raw(sql)
-        .fetch_one::<u64>()
-        .await
-        .expect(sql)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_end_to_end_with_restart_under_a_new_group() {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -149,17 +197,7 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
     let db = format!("audit_e2e_{}", &id[..12]);
     let kafka = KafkaArgs::local(BROKERS, &prefix);
     let topics = kafka.topics();
-    let specs: Vec<TopicSpec> = [&topics.chained, &topics.checkpoints, &topics.rejected]
-        .into_iter()
-        .map(|t| TopicSpec {
-            name: t.clone(),
-            partitions: 2,
-            compacted: false,
-        })
-        .collect();
-    ensure_topics(&kafka, &specs, 1)
-        .await
-        .expect("Kafka must be running (deploy/local/stack.sh up)");
+    create_topics(&kafka, 2).await;
     let producer = Producer::new(&kafka, "e2e-producer").expect("producer");
     let ids = CatalogIdResolver::new().expect("ids");
     let chained_id = ids
@@ -167,15 +205,7 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
         .expect("id");
 
     // Partition 0: seqs 1..=5 single-object, garbage, an identical copy of 2, a fork of 3.
-    for s in 1..=5 {
-        send(
-            &producer,
-            &topics.chained,
-            0,
-            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
-        )
-        .await;
-    }
+    send_seqs(&producer, &topics.chained, 0, 1..=5).await;
     send(&producer, &topics.chained, 0, b"not avro".to_vec()).await;
     send(
         &producer,
@@ -201,18 +231,7 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
         )
         .await;
     }
-    let cp = Checkpoint {
-        chain_id: "e2e".into(),
-        partition: 0,
-        first_seq: 1,
-        seq: 5,
-        head_hash: vec![5; 32],
-        merkle_root: vec![0; 32],
-        time_us: 1_717_200_000_000_000,
-        partition_count: 0,
-        key_id: "k1".into(),
-        signature: vec![9; 64],
-    };
+    let cp = checkpoint_through(5);
     send(
         &producer,
         &topics.checkpoints,
@@ -222,19 +241,8 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
     .await;
 
     let (shutdown, handle) = start(&prefix, &db, &format!("g1-{id}"));
-    let store = loop {
-        // The worker creates the database; connect once it is there.
-        let s = StoreSettings {
-            url: ch_url(),
-            database: db.clone(),
-            user: "default".into(),
-            password: Secret::default(),
-        };
-        if let Ok(store) = Store::connect(&s).await {
-            break store;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // The worker creates the database; connect once it is there.
+    let store = connect_when_created(&db).await;
     wait_for(&store, "SELECT count() FROM audit_events", 8).await;
     wait_for(&store, "SELECT count() FROM audit_forks", 1).await;
     wait_for(&store, "SELECT count() FROM audit_checkpoints", 1).await;
@@ -256,15 +264,7 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
 
     // More records, then a restart under a brand-new group (nothing committed): the sink must
     // resume from ClickHouse, not from the beginning, and store each seq exactly once.
-    for s in 6..=7 {
-        send(
-            &producer,
-            &topics.chained,
-            0,
-            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
-        )
-        .await;
-    }
+    send_seqs(&producer, &topics.chained, 0, 6..=7).await;
     let (shutdown, handle) = start(&prefix, &db, &format!("g2-{id}"));
     wait_for(&store, "SELECT count() FROM audit_events", 10).await;
     // Give it time to (wrongly) re-insert anything, then check there are no duplicates.
@@ -285,11 +285,7 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
     );
     shutdown.trigger();
     handle.await.expect("join").expect("clean stop");
-    let _ = store
-        .client()
-        .query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute()
-        .await;
+    drop_db(&store, &db).await;
 }
 
 /// Every record of both partitions of `topic`: (payload, stage header).
@@ -324,39 +320,14 @@ async fn read_partition(kafka: &KafkaArgs, topic: &str) -> Vec<(Vec<u8>, Option<
     all
 }
 
-fn settings(db: &str) -> StoreSettings {
-    StoreSettings {
-        url: ch_url(),
-        database: db.to_owned(),
-        user: "default".into(),
-        password: Secret::default(),
-    }
-}
-
 /// Topics of a fresh prefix (one partition each) and the ids a test needs.
 async fn setup(tag: &str) -> (String, String, String, KafkaArgs) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("t{tag}{}.", &id[..12]);
     let db = format!("audit_{tag}_{}", &id[..12]);
     let kafka = KafkaArgs::local(BROKERS, &prefix);
-    let topics = kafka.topics();
-    let specs: Vec<TopicSpec> = [&topics.chained, &topics.checkpoints, &topics.rejected]
-        .into_iter()
-        .map(|t| TopicSpec {
-            name: t.clone(),
-            partitions: 1,
-            compacted: false,
-        })
-        .collect();
-    ensure_topics(&kafka, &specs, 1)
-        .await
-        .expect("Kafka must be running (deploy/local/stack.sh up)");
+    create_topics(&kafka, 1).await;
     (id, prefix, db, kafka)
-}
-
-/// `event_time_us` of 2024-01-01 plus `m` × 31 days: month `m` after January 2024.
-fn month_us(m: i64) -> i64 {
-    1_704_067_200_000_000 + m * 31 * 86_400_000_000
 }
 
 /// An older sink inserted seqs 1..=9 (three months) in one INSERT, which ClickHouse applies
@@ -402,11 +373,7 @@ async fn a_partly_applied_insert_over_months_is_resumed_without_a_gap() {
     assert_eq!(count(&store, "SELECT count() FROM audit_events").await, 9);
     shutdown.trigger();
     handle.await.expect("join").expect("clean stop");
-    let _ = store
-        .client()
-        .query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute()
-        .await;
+    drop_db(&store, &db).await;
 }
 
 /// ClickHouse goes away three times (the sink reaches it through a proxy the test cuts): at
@@ -418,12 +385,7 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
     let (id, prefix, db, kafka) = setup("out").await;
     let topics = kafka.topics();
     let producer = Producer::new(&kafka, "e2e-producer").expect("producer");
-    let upstream = ch_url()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let proxy = proxy::Proxy::start(&upstream).await;
-    let url = format!("http://127.0.0.1:{}", proxy.port());
+    let (proxy, url) = clickhouse_proxy().await;
     let health = format!("127.0.0.1:{}", free_port());
     let fast = [
         "--retry-min-delay-ms",
@@ -436,17 +398,7 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
     let produce = |range: std::ops::RangeInclusive<i64>| {
         let producer = producer.clone();
         let topic = topics.chained.clone();
-        async move {
-            for s in range {
-                send(
-                    &producer,
-                    &topic,
-                    0,
-                    framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
-                )
-                .await;
-            }
-        }
+        async move { send_seqs(&producer, &topic, 0, range).await }
     };
 
     // 1. Away at start: the sink must wait for it, not exit.
@@ -456,30 +408,14 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
     proxy.wait_refused(0, 5).await;
     assert!(!handle.is_finished(), "the sink stopped during the outage");
     proxy.restore();
-    let store = loop {
-        if let Ok(store) = Store::connect(&settings(&db)).await {
-            break store;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let store = connect_when_created(&db).await;
     wait_for(&store, "SELECT count() FROM audit_events", 4).await;
 
     // 2. Away with a batch and a checkpoint due.
     let refused = proxy.refused();
     proxy.cut();
     produce(5..=8).await;
-    let cp = Checkpoint {
-        chain_id: "e2e".into(),
-        partition: 0,
-        first_seq: 1,
-        seq: 8,
-        head_hash: vec![8; 32],
-        merkle_root: vec![0; 32],
-        time_us: 1_717_200_000_000_000,
-        partition_count: 0,
-        key_id: "k1".into(),
-        signature: vec![9; 64],
-    };
+    let cp = checkpoint_through(8);
     send(
         &producer,
         &topics.checkpoints,
@@ -519,11 +455,7 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
     assert_eq!(count(&store, "SELECT count() FROM audit_forks").await, 0);
     shutdown.trigger();
     handle.await.expect("join").expect("clean stop");
-    let _ = store
-        .client()
-        .query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute()
-        .await;
+    drop_db(&store, &db).await;
 }
 
 /// An outage longer than the consumer's `max.poll.interval.ms` (lowered to 10 s here; 5
@@ -535,12 +467,7 @@ async fn an_outage_longer_than_the_poll_interval_is_survived() {
     let (id, prefix, db, kafka) = setup("long").await;
     let topics = kafka.topics();
     let producer = Producer::new(&kafka, "e2e-producer").expect("producer");
-    let upstream = ch_url()
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let proxy = proxy::Proxy::start(&upstream).await;
-    let url = format!("http://127.0.0.1:{}", proxy.port());
+    let (proxy, url) = clickhouse_proxy().await;
     let args = [
         "--retry-min-delay-ms",
         "100",
@@ -549,46 +476,17 @@ async fn an_outage_longer_than_the_poll_interval_is_survived() {
         "--kafka-property",
         "max.poll.interval.ms=10000",
     ];
-    for s in 1..=3 {
-        send(
-            &producer,
-            &topics.chained,
-            0,
-            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
-        )
-        .await;
-    }
+    send_seqs(&producer, &topics.chained, 0, 1..=3).await;
     let (shutdown, handle) = start_with(&prefix, &db, &format!("g-{id}"), &url, &args);
-    let store = loop {
-        if let Ok(store) = Store::connect(&settings(&db)).await {
-            break store;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let store = connect_when_created(&db).await;
     wait_for(&store, "SELECT count() FROM audit_events", 3).await;
     proxy.cut();
-    for s in 4..=9 {
-        send(
-            &producer,
-            &topics.chained,
-            0,
-            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
-        )
-        .await;
-    }
+    send_seqs(&producer, &topics.chained, 0, 4..=9).await;
     // About 20 s of refused attempts (one per 100 ms): twice the poll interval.
     proxy.wait_refused(0, 200).await;
     assert!(!handle.is_finished(), "the sink stopped during the outage");
     proxy.restore();
-    for s in 10..=12 {
-        send(
-            &producer,
-            &topics.chained,
-            0,
-            framing::encode_single_object_chained(&chained(0, s, s as u8)).expect("enc"),
-        )
-        .await;
-    }
+    send_seqs(&producer, &topics.chained, 0, 10..=12).await;
     wait_for(&store, "SELECT count() FROM audit_events", 12).await;
     assert_eq!(
         count(&store, "SELECT uniqExact(seq) FROM audit_events").await,
@@ -597,9 +495,5 @@ async fn an_outage_longer_than_the_poll_interval_is_survived() {
     assert!(!handle.is_finished(), "the sink stopped");
     shutdown.trigger();
     handle.await.expect("join").expect("clean stop");
-    let _ = store
-        .client()
-        .query(&format!("DROP DATABASE IF EXISTS {db}"))
-        .execute()
-        .await;
+    drop_db(&store, &db).await;
 }

@@ -3,21 +3,13 @@
 //! retried without error, and the derived columns compute from the chained ones. Real server
 //! (`AUDIT_CLICKHOUSE_URL`, default http://127.0.0.1:8123); FAILS when it is absent.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::settings;
 use sink_clickhouse::migrations;
-use sink_clickhouse::store::{Store, StoreSettings};
-use worker_runtime::Secret;
-
-fn settings(database: &str) -> StoreSettings {
-    StoreSettings {
-        url: std::env::var("AUDIT_CLICKHOUSE_URL")
-            .unwrap_or_else(|_| "http://127.0.0.1:8123".into()),
-        database: database.into(),
-        user: std::env::var("AUDIT_CLICKHOUSE_USER").unwrap_or_else(|_| "default".into()),
-        password: Secret::new(std::env::var("AUDIT_CLICKHOUSE_PASSWORD").unwrap_or_default()),
-    }
-}
+use sink_clickhouse::store::Store;
 
 async fn exec(store: &Store, sql: &str) {
     store

@@ -166,6 +166,31 @@ fn a_deleted_middle_checkpoint_is_a_missing_checkpoint() {
     );
 }
 
+/// The same range signed twice with different ends (a checkpoint that landed after its writer
+/// gave up on it, then the recovered task's own): both are prefixes of the chain and verify; a
+/// shorter one whose root does not match is still a mismatch.
+#[test]
+fn a_range_signed_again_with_another_end_verifies_and_a_wrong_root_does_not() {
+    let s = signed_chain(30, 1_000);
+    let k = key("k1");
+    let mut keys = KeySet::default();
+    keys.add(k.public_entry(0, None)).unwrap();
+    let both = vec![
+        cp(&s, &k, 1, 10, 2_000),
+        cp(&s, &k, 11, 17, 2_001),
+        cp(&s, &k, 11, 30, 2_002),
+    ];
+    let r = run_timed(&s, &keys, &both, true);
+    assert!(r.ok && r.findings.is_empty(), "{:?}", r.findings);
+    assert_eq!(r.sealed_through, Some(30));
+    // The short one over other leaves: named at its seq.
+    let mut bad = crate::checkpoint::SignedCheckpoint::try_from(&both[1]).unwrap();
+    bad.fields.merkle_root = crate::merkle::root(&s.hashes[11..17]);
+    let bad = crate::checkpoint::sign(&k, &bad.fields).unwrap();
+    let r = run_timed(&s, &keys, &[both[0].clone(), bad, both[2].clone()], true);
+    assert_eq!(kinds(&r), vec![(FindingKind::CheckpointMismatch, 17)]);
+}
+
 /// A retired key's holder re-seals the tail with a checkpoint whose time is set back into the
 /// key's validity window: the signature and key window check, but the time is before the
 /// events it covers were received and before the previous checkpoint.
