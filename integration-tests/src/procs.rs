@@ -20,13 +20,15 @@ use tokio::sync::watch;
 
 use crate::harness::Pipeline;
 
-/// Flags every worker process gets on top of the in-process harness's: the workers' default
-/// 10 s session (6 s evicted a `kill -9`ed member sooner, but a local broker loaded by the
-/// rest of the suite can miss that deadline for a live member and start rebalance storms),
-/// frequent heartbeats, and uncoloured text logs.
+/// Flags every worker process gets on top of the in-process harness's: fast group membership
+/// (a `kill -9`ed member is evicted after 6 s instead of 10), and uncoloured text logs. Not
+/// longer: a restarted chainer joins ~9-12 s after its predecessor's kill, and when its join
+/// beats the dead member's session expiry, tansu 0.6 completes the rebalance with the dead
+/// member holding every partition and later evicts it without a new generation, leaving the
+/// new member idle until its liveness watchdog re-joins (tried with 10 s: it hit that race).
 pub const PROCESS_FLAGS: &[&str] = &[
     "--kafka-property",
-    "session.timeout.ms=10000",
+    "session.timeout.ms=6000",
     "--kafka-property",
     "heartbeat.interval.ms=1000",
     "--shutdown-timeout-secs",
