@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 /// The battery stack's ports: none is a port of the default stack (9092, 8123, 9000, 8333,
-/// 9333, 8080, 8888, 18080, 18333, 18888, 19333); gRPC ports are these + 10000.
+/// 9333, 8080, 8888, 18080, 18333, 18888, 19333). SeaweedFS's gRPC ports are set too, below
+/// Linux's ephemeral range (32768+): weed's default (HTTP port + 10000 = 38080, …) lies inside
+/// it, and once an outgoing connection (weed's own, between its components) held 38080 just
+/// as the volume server bound it, so the battery's stack did not start.
 const PORTS: &[(&str, &str)] = &[
     ("AUDIT_KAFKA_PORT", "29092"),
     ("AUDIT_CLICKHOUSE_HTTP_PORT", "28123"),
@@ -27,6 +30,10 @@ const PORTS: &[(&str, &str)] = &[
     ("AUDIT_S3_MASTER_PORT", "29333"),
     ("AUDIT_S3_VOLUME_PORT", "28080"),
     ("AUDIT_S3_FILER_PORT", "28888"),
+    ("AUDIT_S3_GRPC_PORT", "28433"),
+    ("AUDIT_S3_MASTER_GRPC_PORT", "29433"),
+    ("AUDIT_S3_VOLUME_GRPC_PORT", "28180"),
+    ("AUDIT_S3_FILER_GRPC_PORT", "28988"),
 ];
 
 /// Variables env.sh derives from the ports: cleared so that a caller's (default stack's)
@@ -143,6 +150,10 @@ fn parent(args: &Args) -> ExitCode {
                 "[battery] deploy/local/stack.sh up failed for {}",
                 stack_dir.display()
             );
+            // Stop what did start, so no server of a failed stack outlives the run.
+            if let Err(e) = stack("down", &stack_dir, args.port_offset) {
+                eprintln!("[battery] stopping its stack: {e}");
+            }
             return ExitCode::from(2);
         }
         Err(e) => {

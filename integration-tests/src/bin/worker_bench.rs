@@ -24,7 +24,7 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 /// The fault battery's stack ports (none is a port of the default stack), moved by
-/// `--port-offset`; gRPC ports are these + 10000.
+/// `--port-offset`; SeaweedFS's gRPC ports below the ephemeral range, as the battery's.
 const PORTS: &[(&str, u16)] = &[
     ("AUDIT_KAFKA_PORT", 29092),
     ("AUDIT_CLICKHOUSE_HTTP_PORT", 28123),
@@ -33,6 +33,10 @@ const PORTS: &[(&str, u16)] = &[
     ("AUDIT_S3_MASTER_PORT", 29333),
     ("AUDIT_S3_VOLUME_PORT", 28080),
     ("AUDIT_S3_FILER_PORT", 28888),
+    ("AUDIT_S3_GRPC_PORT", 28433),
+    ("AUDIT_S3_MASTER_GRPC_PORT", 29433),
+    ("AUDIT_S3_VOLUME_GRPC_PORT", 28180),
+    ("AUDIT_S3_FILER_GRPC_PORT", 28988),
 ];
 
 /// Variables env.sh derives from the ports: cleared so that the caller's (default stack's)
