@@ -2,13 +2,46 @@
 //! folded into an RFC 6962 tree so that a checkpoint signs `(first_seq..=seq, head, root)` and
 //! any event of the range can be proven with O(log n) hashes.
 //!
+//! Each range also carries the partition's whole tree (an O(log n) [`CompactRange`] of every
+//! link hash from seq 1), so every checkpoint signs the root of the whole partition so far
+//! (v3, a C2SP tlog-checkpoint: consecutive checkpoints are then provably consistent trees).
+//! Recovery restores the whole tree from the latest checkpoint record's
+//! [`HEADER_TREE_PEAKS`] (checked against its signed root) plus the chained tail.
+//!
 //! Pure: the worker feeds hashes in seq order only once the broker acknowledged their records,
 //! so a checkpoint never covers a record that is not durable.
 
+use integrity::tree::CompactRange;
 use schemas::chain::Hash32;
 use schemas::checkpoint::{sign, CheckpointError, CheckpointFields, SigningKey};
-use schemas::merkle::MerkleBuilder;
+use schemas::merkle::{leaf_hash, MerkleBuilder};
 use schemas::Checkpoint;
+
+/// Header of a checkpoint record: the peaks of the partition's whole tree at the checkpoint's
+/// seq (the roots of its perfect subtrees, largest first, 32 bytes each, concatenated). Not
+/// signed and not needed to verify: recovery checks them against the signed `tree_root` and
+/// resumes the whole tree from them instead of re-reading the partition from seq 1.
+pub const HEADER_TREE_PEAKS: &str = "audit.tree_peaks";
+
+/// The [`HEADER_TREE_PEAKS`] value of a tree.
+pub fn encode_peaks(tree: &CompactRange) -> Vec<u8> {
+    tree.peaks().concat()
+}
+
+/// The whole tree of a checkpoint from its [`HEADER_TREE_PEAKS`] value, only if the peaks fit
+/// its size and fold to its signed `tree_root`.
+pub fn decode_peaks(fields: &CheckpointFields, peaks: &[u8]) -> Option<CompactRange> {
+    let root = fields.tree_root?;
+    if peaks.len() % 32 != 0 {
+        return None;
+    }
+    let list = peaks
+        .chunks_exact(32)
+        .map(|c| <Hash32>::try_from(c).ok())
+        .collect::<Option<Vec<_>>>()?;
+    let tree = CompactRange::from_parts(fields.seq, list).ok()?;
+    (tree.root() == root).then_some(tree)
+}
 
 /// Checkpoints of chain partition `p` go to one fixed partition of the checkpoints topic, so
 /// recovery reads exactly one partition's tail. (Same rule as `worker::checkpoint_partition`,
@@ -23,10 +56,16 @@ pub struct CheckpointRange {
     partition: u32,
     first_seq: u64,
     tree: MerkleBuilder,
+    /// The partition's whole tree through the last pushed seq (through `first_seq - 1` while
+    /// the range is empty); `None` when unknown (recovered without it): checkpoints are then
+    /// range-only (no `tree_root`).
+    whole: Option<CompactRange>,
     last: Option<(u64, Hash32)>,
     /// The last range signed (by this task or, after recovery, the latest checkpoint found):
     /// what a heartbeat re-signs while the partition is idle.
     signed: Option<CheckpointFields>,
+    /// The whole tree's peaks at `signed` (its record's [`HEADER_TREE_PEAKS`]).
+    signed_peaks: Option<Vec<u8>>,
     /// The partition holds nothing chained and no checkpoint: the next heartbeat signs its
     /// genesis checkpoint ([`CheckpointFields::genesis`]), published without waiting for the
     /// heartbeat period.
@@ -40,10 +79,34 @@ impl CheckpointRange {
             partition,
             first_seq: first_seq.max(1),
             tree: MerkleBuilder::new(),
+            // At the start of the chain the whole tree is the empty tree; later it comes from
+            // recovery ([`Self::set_whole_tree`]).
+            whole: (first_seq <= 1).then(CompactRange::new),
             last: None,
             signed: None,
+            signed_peaks: None,
             genesis_due: false,
         }
+    }
+
+    /// After recovery: the whole tree through `first_seq - 1` (from the latest checkpoint's
+    /// peaks). Ignored unless the range is empty and the tree ends right before it.
+    pub fn set_whole_tree(&mut self, tree: CompactRange) {
+        if self.is_empty() && self.last.is_none() && tree.size().checked_add(1) == Some(self.first_seq)
+        {
+            self.whole = Some(tree);
+        }
+    }
+
+    /// Whether checkpoints of this range sign the whole tree's root (v3).
+    pub fn has_whole_tree(&self) -> bool {
+        self.whole.is_some()
+    }
+
+    /// The [`HEADER_TREE_PEAKS`] of the checkpoint last returned by [`Self::take`] or
+    /// [`Self::heartbeat`] (`None` for a range-only one).
+    pub fn signed_peaks(&self) -> Option<&[u8]> {
+        self.signed_peaks.as_deref()
     }
 
     /// After recovery of a partition with nothing chained: its genesis checkpoint is due (only
@@ -61,8 +124,9 @@ impl CheckpointRange {
     /// After recovery: the latest signed checkpoint ends exactly where this (empty) range
     /// starts, so an idle partition's heartbeats can re-sign it. Anything else is ignored
     /// (the next range's checkpoint comes first).
-    pub fn seed_signed(&mut self, fields: CheckpointFields) {
+    pub fn seed_signed(&mut self, fields: CheckpointFields, peaks: Option<Vec<u8>>) {
         if self.is_empty() && self.last.is_none() && fields.seq + 1 == self.first_seq {
+            self.signed_peaks = peaks.filter(|_| fields.tree_root.is_some());
             self.signed = Some(fields);
         }
     }
@@ -95,9 +159,20 @@ impl CheckpointRange {
                 "non-contiguous link in checkpoint range; restarting the range"
             );
             let signed = self.signed.take();
+            let peaks = self.signed_peaks.take();
+            // The whole tree cannot skip seqs either: unknown from here (range-only).
             *self = Self::starting_at(self.partition, seq);
+            if seq > 1 {
+                self.whole = None;
+            }
             // Not re-signed while the range is non-empty anyway; kept for clarity of state.
             self.signed = signed;
+            self.signed_peaks = peaks;
+        }
+        if let Some(w) = self.whole.as_mut() {
+            if w.size().checked_add(1) != Some(seq) || w.append(leaf_hash(&hash)).is_err() {
+                self.whole = None;
+            }
         }
         self.tree.push(&hash);
         self.last = Some((seq, hash));
@@ -112,6 +187,7 @@ impl CheckpointRange {
         partition_count: u32,
     ) -> Option<CheckpointFields> {
         let (seq, head_hash) = self.last?;
+        let whole = self.whole.take().filter(|w| w.size() == seq);
         let fields = CheckpointFields {
             chain_id: chain_id.to_owned(),
             partition: self.partition,
@@ -121,8 +197,11 @@ impl CheckpointRange {
             merkle_root: self.tree.root(),
             time_us,
             partition_count,
+            tree_root: whole.as_ref().map(CompactRange::root),
         };
         *self = Self::starting_at(self.partition, seq + 1);
+        self.signed_peaks = whole.as_ref().map(encode_peaks);
+        self.whole = whole;
         self.signed = Some(fields.clone());
         Some(fields)
     }
@@ -149,6 +228,7 @@ impl CheckpointRange {
         if std::mem::take(&mut self.genesis_due) {
             let g = CheckpointFields::genesis(chain_id, self.partition, time_us, partition_count);
             self.signed = Some(g.clone());
+            self.signed_peaks = Some(Vec::new());
             return Some(g);
         }
         let last = self.signed.as_mut()?;
@@ -351,15 +431,81 @@ mod tests {
         let last = cp.take("c", 50, 3).unwrap();
         // Recovery: the range starts right after the checkpoint.
         let mut r = CheckpointRange::starting_at(1, 10);
-        r.seed_signed(last.clone());
+        r.seed_signed(last.clone(), None);
         assert_eq!(
             r.heartbeat("c", 60, 3).unwrap().merkle_root,
             last.merkle_root
         );
         // A checkpoint that does not end where the range starts is not re-signed.
         let mut r = CheckpointRange::starting_at(1, 12);
-        r.seed_signed(last);
+        r.seed_signed(last, None);
         assert!(r.heartbeat("c", 60, 3).is_none());
+    }
+
+    /// Every checkpoint signs the root of the whole partition so far (RFC 9162 over the link
+    /// hashes from seq 1), through genesis, count- and time-triggered ranges and heartbeats;
+    /// a recovered range resumes the tree from the checkpoint's peaks and signs the same roots
+    /// as one that never stopped.
+    #[test]
+    fn checkpoints_sign_the_whole_tree_and_recovery_resumes_it_from_the_peaks() {
+        let whole = |n: u64| {
+            let leaves: Vec<Hash32> = (1..=n).map(|s| leaf_hash(&h(s))).collect();
+            integrity::tree::root_of(&leaves)
+        };
+        let mut r = CheckpointRange::starting_at(0, 1);
+        r.expect_genesis();
+        let g = r.heartbeat("c", 1, 2).unwrap();
+        assert_eq!(g.tree_root, Some(whole(0)));
+        assert_eq!(r.signed_peaks(), Some(&[][..]));
+        let mut signed = Vec::new();
+        for s in 1..=13 {
+            r.push(s, h(s));
+            if s % 5 == 0 || s == 13 {
+                signed.push(r.take("c", 10 + s as i64, 2).unwrap());
+                let f = signed.last().unwrap();
+                assert_eq!(f.tree_root, Some(whole(s)), "seq {s}");
+                // The header peaks are the tree at the checkpoint, checked against its root.
+                let tree = decode_peaks(f, r.signed_peaks().unwrap()).unwrap();
+                assert_eq!((tree.size(), tree.root()), (s, whole(s)));
+            }
+        }
+        // A heartbeat re-signs the same tree.
+        let hb = r.heartbeat("c", 99, 2).unwrap();
+        assert_eq!(hb.tree_root, Some(whole(13)));
+
+        // Recovery after the checkpoint at seq 10, with seqs 11..=12 in the tail.
+        let at10 = &signed[1];
+        assert_eq!(at10.seq, 10);
+        let mut fresh = CheckpointRange::starting_at(0, 1);
+        for s in 1..=10 {
+            fresh.push(s, h(s));
+        }
+        fresh.take("c", 20, 2).unwrap();
+        let peaks = fresh.signed_peaks().unwrap().to_vec();
+        let mut back = CheckpointRange::starting_at(0, 11);
+        assert!(!back.has_whole_tree());
+        back.set_whole_tree(decode_peaks(at10, &peaks).unwrap());
+        assert!(back.has_whole_tree());
+        for s in 11..=12 {
+            back.push(s, h(s));
+        }
+        assert_eq!(back.take("c", 30, 2).unwrap().tree_root, Some(whole(12)));
+
+        // Peaks that do not fold to the signed root, or of the wrong size, are refused.
+        let mut wrong = peaks.clone();
+        wrong[0] ^= 1;
+        assert!(decode_peaks(at10, &wrong).is_none());
+        assert!(decode_peaks(at10, &peaks[..32]).is_none());
+        assert!(decode_peaks(at10, &peaks[..31]).is_none());
+        // A tree that does not end right before the range is not taken; without it the range
+        // signs range-only checkpoints.
+        let mut off = CheckpointRange::starting_at(0, 12);
+        off.set_whole_tree(decode_peaks(at10, &peaks).unwrap());
+        assert!(!off.has_whole_tree());
+        off.push(12, h(12));
+        let f = off.take("c", 40, 2).unwrap();
+        assert_eq!(f.tree_root, None);
+        assert!(off.signed_peaks().is_none());
     }
 
     #[test]

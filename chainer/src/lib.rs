@@ -302,6 +302,15 @@ pub fn load_signer(config: &Config) -> Result<Option<Signer>, Error> {
         ));
     }
     let chain_id = config.effective_chain_id();
+    // Checkpoints are C2SP tlog-checkpoints named `<chain id>/partition/<p>` and signed by a
+    // key named in their extension line: both must be note key names (see schemas::checkpoint).
+    for (what, name) in [("--chain-id", chain_id.as_str()), ("the key id", key_id)] {
+        if !integrity::note::is_valid_key_name(name) {
+            return Err(Error::Config(format!(
+                "{what} {name:?} cannot name a transparency log: no spaces and no '+'"
+            )));
+        }
+    }
     tracing::info!(key_id, public_key = %hex::encode(key.public_key()), %chain_id,
         every_events = config.checkpoint_every_events, interval_secs = config.checkpoint_interval_secs,
         heartbeat_secs = config.checkpoint_heartbeat_secs,

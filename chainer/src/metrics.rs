@@ -33,6 +33,9 @@ pub const DEAD_LETTERS_REPLAYED: &str = "audit_chainer_dead_letters_replayed_tot
 pub const RESUMED_FROM_CHECKPOINT: &str = "audit_chainer_resumed_from_checkpoint_total";
 /// Recoveries whose chained tail ended before a signed checkpoint (truncated chained topic).
 pub const TAIL_BEHIND_CHECKPOINT: &str = "audit_chainer_tail_behind_checkpoint_total";
+/// Recoveries after which the partition's checkpoints sign ranges only (no whole-tree root):
+/// the latest checkpoint had no usable tree peaks, or link hashes were missing.
+pub const RANGE_ONLY_CHECKPOINTS: &str = "audit_chainer_range_only_checkpoints_total";
 /// Recoveries that found a gap in the chained tail and resumed before it.
 pub const TAIL_GAPS: &str = "audit_chainer_tail_gaps_total";
 /// Partitions held by this instance (one task each).

@@ -373,6 +373,8 @@ pub struct CheckpointFinder {
     /// The input offset after `best`'s last link, from its record's header (chainers before
     /// this header did not write it).
     best_next_source: Option<i64>,
+    /// `best`'s [`HEADER_TREE_PEAKS`](crate::checkpoints::HEADER_TREE_PEAKS), if any.
+    best_peaks: Option<Vec<u8>>,
     unreadable: u64,
 }
 
@@ -384,6 +386,7 @@ impl CheckpointFinder {
             best: None,
             best_record: None,
             best_next_source: None,
+            best_peaks: None,
             unreadable: 0,
         }
     }
@@ -391,6 +394,17 @@ impl CheckpointFinder {
     /// One record of the checkpoints topic: its payload and its
     /// [`HEADER_NEXT_SOURCE_OFFSET`](crate::task::HEADER_NEXT_SOURCE_OFFSET) header, if any.
     pub fn push(&mut self, payload: Option<&[u8]>, next_source: Option<i64>) {
+        self.push_with_peaks(payload, next_source, None);
+    }
+
+    /// [`Self::push`], with the record's
+    /// [`HEADER_TREE_PEAKS`](crate::checkpoints::HEADER_TREE_PEAKS) header, if any.
+    pub fn push_with_peaks(
+        &mut self,
+        payload: Option<&[u8]>,
+        next_source: Option<i64>,
+        peaks: Option<&[u8]>,
+    ) {
         let Some(cp) = payload.and_then(|b| decode_checkpoint(b, None).ok()) else {
             self.unreadable += 1;
             return;
@@ -406,10 +420,14 @@ impl CheckpointFinder {
             self.best = Some((seq, head));
             self.best_record = Some(cp);
             self.best_next_source = next_source;
+            self.best_peaks = peaks.map(<[u8]>::to_vec);
         } else if self.best == Some((seq, head)) {
             // A heartbeat of the same head, read later (newer): keep its time.
             self.best_record = Some(cp);
             self.best_next_source = next_source.or(self.best_next_source);
+            if let Some(p) = peaks {
+                self.best_peaks = Some(p.to_vec());
+            }
         }
     }
 
@@ -423,6 +441,18 @@ impl CheckpointFinder {
 
     pub fn latest(&self) -> Option<(u64, Hash32)> {
         self.best
+    }
+
+    /// The latest checkpoint's header peaks, as recorded (see [`Self::latest_whole_tree`]).
+    pub fn latest_peaks(&self) -> Option<Vec<u8>> {
+        self.best_peaks.clone()
+    }
+
+    /// The partition's whole tree at the latest checkpoint: its header peaks, only if they
+    /// fold to the root the checkpoint signs (a v3 checkpoint; range-only ones have none).
+    pub fn latest_whole_tree(&self) -> Option<integrity::tree::CompactRange> {
+        let fields = self.latest_fields()?;
+        crate::checkpoints::decode_peaks(&fields, self.best_peaks.as_deref()?)
     }
 
     /// Where the input resumes after the latest checkpoint's last link, if its record says.
@@ -581,6 +611,15 @@ fn next_source_header(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<i64
         .filter(|o| *o >= 0)
 }
 
+/// The [`HEADER_TREE_PEAKS`](crate::checkpoints::HEADER_TREE_PEAKS) of a checkpoint record.
+fn tree_peaks_header<'m>(msg: &'m rdkafka::message::BorrowedMessage<'_>) -> Option<&'m [u8]> {
+    use rdkafka::message::{Headers, Message};
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == crate::checkpoints::HEADER_TREE_PEAKS)
+        .and_then(|h| h.value)
+}
+
 pub async fn scan_checkpoints(
     args: &KafkaArgs,
     topic: &str,
@@ -601,7 +640,7 @@ pub async fn scan_checkpoints(
         idle_timeout,
         move |msg| {
             if let Some(f) = inner.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                f.push(msg.payload(), next_source_header(msg));
+                f.push_with_peaks(msg.payload(), next_source_header(msg), tree_peaks_header(msg));
             }
         },
     )
@@ -832,13 +871,34 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
                     );
                 }
                 let mut range = CheckpointRange::starting_at(head.partition, start.first_seq);
+                // The whole tree resumes at the latest checkpoint (from its record's peaks);
+                // from seq 1 it is the empty tree anyway.
+                if let Some(tree) = finder
+                    .as_ref()
+                    .filter(|_| checkpoint.is_some())
+                    .and_then(CheckpointFinder::latest_whole_tree)
+                {
+                    range.set_whole_tree(tree);
+                }
                 for (seq, hash) in start.preload {
                     range.push(seq, hash);
+                }
+                if !range.has_whole_tree() {
+                    tracing::warn!(
+                        partition = p,
+                        first_seq = start.first_seq,
+                        "the partition's whole Merkle tree cannot be resumed (the latest \
+                         checkpoint has no tree peaks, or link hashes are missing): its \
+                         checkpoints sign ranges only (no tree_root) from here"
+                    );
+                    metrics::counter!(m::RANGE_ONLY_CHECKPOINTS, "partition" => p.to_string())
+                        .increment(1);
                 }
                 // An idle partition's heartbeats re-sign the checkpoint the range follows.
                 if let Some(f) = finder.as_ref().and_then(CheckpointFinder::latest_fields) {
                     if checkpoint.is_some_and(|(s, h)| s == f.seq && h == f.head_hash) {
-                        range.seed_signed(f);
+                        let peaks = finder.as_ref().and_then(CheckpointFinder::latest_peaks);
+                        range.seed_signed(f, peaks);
                     }
                 }
                 // Nothing chained: sign the partition's genesis (again, with a fresh time, if

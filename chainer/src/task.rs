@@ -117,12 +117,14 @@ pub trait TaskIo: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Ack, Error>>;
     /// `next_source`: the input offset after the last link the checkpoint covers, carried in
     /// the record's [`HEADER_NEXT_SOURCE_OFFSET`] header for recovery (not signed: it is where
-    /// the chainer resumes, not a claim about the chain).
+    /// the chainer resumes, not a claim about the chain). `tree_peaks`: the
+    /// [`HEADER_TREE_PEAKS`](crate::checkpoints::HEADER_TREE_PEAKS) header (v3 checkpoints).
     fn send_checkpoint<'a>(
         &'a self,
         p: i32,
         payload: &'a [u8],
         next_source: Option<i64>,
+        tree_peaks: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Ack, Error>>;
     /// Stores the next input offset to commit.
     fn store_offset(&self, p: i32, next: i64);
@@ -661,9 +663,10 @@ impl<I: TaskIo> Task<I> {
                 partition: p,
                 source,
             })?;
+        let peaks = range.signed_peaks().map(<[u8]>::to_vec);
         let ack = self
             .io
-            .send_checkpoint(p, &payload, self.next_source)
+            .send_checkpoint(p, &payload, self.next_source, peaks.as_deref())
             .await?;
         if heartbeat {
             tracing::debug!(partition = p, seq, "heartbeat checkpoint signed");

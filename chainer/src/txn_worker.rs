@@ -30,13 +30,16 @@ use worker_runtime::kafka::{AuditConsumer, InputRecord, KafkaArgs, Producer, Reb
 use worker_runtime::{RuntimeError, Shutdown};
 
 use crate::acks::AckQueue;
-use crate::checkpoints::{CheckpointRange, Signer};
+use crate::checkpoints::{CheckpointRange, Signer, HEADER_TREE_PEAKS};
 use crate::error::Error;
 use crate::metrics as m;
 use crate::partition::{Decision, Input, PartitionChain};
 use crate::recovery::{recover_partition, RecoverArgs};
 use crate::txn::{CommitError, KafkaTransactions, NextOffset, OffsetPath, Outgoing, Transactor};
-use crate::worker::{checkpoint_partition, now_us, send, Settings, SEEK_TIMEOUT, STAGE};
+use crate::worker::{
+    checkpoint_partition, now_us, owned_headers, send, send_with_headers, Settings, SEEK_TIMEOUT,
+    STAGE,
+};
 
 /// One assigned partition.
 #[derive(Debug)]
@@ -681,6 +684,11 @@ impl Worker {
             })?;
         let key = p.to_string();
         let cp_partition = checkpoint_partition(p, self.ctx.checkpoint_partitions);
+        let headers: Vec<(String, Vec<u8>)> = range
+            .signed_peaks()
+            .map(|peaks| (HEADER_TREE_PEAKS.to_owned(), peaks.to_vec()))
+            .into_iter()
+            .collect();
         // With transactions the checkpoint commits atomically with the links it covers.
         let delivery = match self.txn.as_mut() {
             Some(txn) => txn
@@ -692,19 +700,20 @@ impl Worker {
                         key: Some(key.as_bytes()),
                         payload: Some(&payload),
                         timestamp_ms: None,
-                        headers: &[],
+                        headers: &headers,
                     },
                 )
                 .await
                 .map(|d| self.ctx.producer.track(d))?,
             None => {
-                send(
+                send_with_headers(
                     &self.ctx.producer,
                     &self.ctx.topics.checkpoints,
                     cp_partition,
                     Some(key.as_bytes()),
                     &payload,
                     None,
+                    owned_headers(&headers),
                 )
                 .await?
             }

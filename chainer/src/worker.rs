@@ -26,6 +26,7 @@ use worker_runtime::RuntimeError;
 use crate::checkpoints::Signer;
 use crate::error::Error;
 use crate::recovery::{recover_partition, RecoverArgs, Recovered};
+use crate::checkpoints::HEADER_TREE_PEAKS;
 use crate::task::{Ack, TaskIo, HEADER_NEXT_SOURCE_OFFSET};
 
 pub const STAGE: &str = "chainer";
@@ -305,6 +306,7 @@ impl TaskIo for KafkaIo {
         p: i32,
         payload: &'a [u8],
         next_source: Option<i64>,
+        tree_peaks: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         Box::pin(async move {
             let key = p.to_string();
@@ -323,6 +325,9 @@ impl TaskIo for KafkaIo {
                     HEADER_NEXT_SOURCE_OFFSET.to_owned(),
                     next.to_string().into_bytes(),
                 ));
+            }
+            if let Some(peaks) = tree_peaks {
+                headers.push((HEADER_TREE_PEAKS.to_owned(), peaks.to_vec()));
             }
             publish.inject(&mut headers);
             let d = send_with_headers(
@@ -435,7 +440,7 @@ fn trace_headers(
     owned_headers(&headers)
 }
 
-fn owned_headers(headers: &[(String, Vec<u8>)]) -> Option<rdkafka::message::OwnedHeaders> {
+pub(crate) fn owned_headers(headers: &[(String, Vec<u8>)]) -> Option<rdkafka::message::OwnedHeaders> {
     if headers.is_empty() {
         return None;
     }

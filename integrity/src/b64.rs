@@ -13,17 +13,17 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::tree::Hash32;
 
-pub(crate) fn encode(bytes: &[u8]) -> String {
+pub fn encode(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
 /// Decodes `s` only if it is the canonical encoding of its bytes.
-pub(crate) fn decode(s: &str) -> Option<Vec<u8>> {
+pub fn decode(s: &str) -> Option<Vec<u8>> {
     let bytes = STANDARD.decode(s).ok()?;
     (STANDARD.encode(&bytes) == s).then_some(bytes)
 }
 
-pub(crate) fn decode_hash(s: &str) -> Option<Hash32> {
+pub fn decode_hash(s: &str) -> Option<Hash32> {
     decode(s)?.try_into().ok()
 }
 

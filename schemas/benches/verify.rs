@@ -421,6 +421,7 @@ fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
                     merkle_root: tree.root(),
                     time_us: ev.receive_time_us,
                     partition_count: 0,
+                    tree_root: None,
                 };
                 checkpoints.push(sign(key, &fields).expect("signing"));
                 tree = MerkleBuilder::new();

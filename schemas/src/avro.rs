@@ -44,6 +44,8 @@ pub const CHAINED_EVENT_V1_AVSC: &str = include_str!("../avro/chained_event.v1.a
 pub const CHECKPOINT_V1_AVSC: &str = include_str!("../avro/checkpoint.v1.avsc");
 /// v2 adds `partition_count` (default 0), so v1 checkpoints still decode (schema resolution).
 pub const CHECKPOINT_V2_AVSC: &str = include_str!("../avro/checkpoint.v2.avsc");
+/// v3 adds `tree_root` (default empty: a range-only checkpoint), the whole-tree root.
+pub const CHECKPOINT_V3_AVSC: &str = include_str!("../avro/checkpoint.v3.avsc");
 
 /// The record kinds the catalog knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,6 +149,12 @@ const SOURCES: &[(RecordKind, i32, &str, &str)] = &[
         "checkpoint.v2.avsc",
         CHECKPOINT_V2_AVSC,
     ),
+    (
+        RecordKind::Checkpoint,
+        3,
+        "checkpoint.v3.avsc",
+        CHECKPOINT_V3_AVSC,
+    ),
 ];
 
 /// Current (newest) version per kind: what encoders write.
@@ -154,7 +162,7 @@ const fn current_version(kind: RecordKind) -> i32 {
     match kind {
         RecordKind::AuditEvent => CANONICAL_VERSION,
         RecordKind::ChainedEvent => 1,
-        RecordKind::Checkpoint => 2,
+        RecordKind::Checkpoint => 3,
     }
 }
 

@@ -1,5 +1,5 @@
 //! The signed checkpoint record published on `audit.checkpoints` (schema
-//! `avro/checkpoint.v2.avsc`; v1 lacks `partition_count`). Signing and verification live in `checkpoint.rs`; this is only the
+//! `avro/checkpoint.v3.avsc`; v1 lacks `partition_count`, v2 `tree_root`). Signing and verification live in `checkpoint.rs`; this is only the
 //! data shape, so that every worker can decode checkpoints without pulling in the signing code.
 
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,10 @@ pub struct Checkpoint {
     /// signature does not cover it; `serde(default)` and the Avro default keep them readable).
     #[serde(default)]
     pub partition_count: i32,
+    /// RFC 9162 root of the partition's whole tree at `seq` (32 bytes; v3, signed as a C2SP
+    /// tlog-checkpoint note body). Empty in range-only checkpoints signed before v3.
+    #[serde(default, with = "crate::event::serde_bytes_vec")]
+    pub tree_root: Vec<u8>,
     /// Id of the signing key in the key set.
     pub key_id: String,
     /// Ed25519 signature (64 bytes).

@@ -726,6 +726,9 @@ pub struct CheckpointRow {
     /// The signed partition count (0: a v1 checkpoint without one). Last, so that the
     /// column added by sink-clickhouse's migration 5 lines up with the struct.
     pub partition_count: i32,
+    /// The whole-tree root, hex ('' in range-only checkpoints); migration 6, after
+    /// `partition_count` for the same reason.
+    pub tree_root: String,
 }
 
 impl CheckpointRow {
@@ -742,6 +745,7 @@ impl CheckpointRow {
         "signature",
         "checkpoint_offset",
         "partition_count",
+        "tree_root",
     ];
 
     /// `SELECT <every column, in order> FROM <table>`.
@@ -763,6 +767,7 @@ impl CheckpointRow {
             signature: hex::encode(&c.signature),
             checkpoint_offset,
             partition_count: c.partition_count,
+            tree_root: hex::encode(&c.tree_root),
         }
     }
 
@@ -779,6 +784,7 @@ impl CheckpointRow {
             merkle_root: parse_hex("merkle_root", &self.merkle_root)?,
             time_us: self.time_us,
             partition_count: self.partition_count,
+            tree_root: parse_hex("tree_root", &self.tree_root)?,
             key_id: self.key_id.clone(),
             signature: parse_hex("signature", &self.signature)?,
         })
@@ -884,6 +890,7 @@ mod tests {
             partition_count: 4,
             key_id: "k".into(),
             signature: vec![4; 64],
+            tree_root: Vec::new(),
         };
         let cp = CheckpointRow::from_checkpoint(&cp, 0);
         let json = serde_json::to_value(&cp).expect("to json");

@@ -551,6 +551,7 @@ pub fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
         hash32(),
         any::<i64>(),
         any::<i32>(),
+        prop_oneof![Just(Vec::new()), hash32()],
         any_string(),
         vec(any::<u8>(), 0..80),
     )
@@ -564,6 +565,7 @@ pub fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
                 merkle_root,
                 time_us,
                 partition_count,
+                tree_root,
                 key_id,
                 signature,
             )| {
@@ -576,6 +578,7 @@ pub fn arb_checkpoint() -> impl Strategy<Value = Checkpoint> {
                     merkle_root,
                     time_us,
                     partition_count,
+                    tree_root,
                     key_id,
                     signature,
                 }

@@ -88,6 +88,7 @@ fn build(events: &[Vec<u8>], every: usize, seal_tail: bool) -> Fixture {
                     merkle_root: merkle::root(&hashes[first - 1..end]),
                     time_us: 1_000 + end as i64,
                     partition_count: 0,
+                    tree_root: None,
                 },
             )
             .expect("sign"),

@@ -71,6 +71,7 @@ fn wrong_kind_and_trailing_bytes_are_reported() {
         partition_count: 0,
         key_id: "k".into(),
         signature: vec![4; 64],
+        tree_root: Vec::new(),
     };
     let bytes = framing::encode_single_object_checkpoint(&cp).expect("encode");
     let err = framing::decode_event(&bytes, None).expect_err("kind");

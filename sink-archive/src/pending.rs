@@ -184,6 +184,7 @@ mod tests {
             merkle_root: vec![0; 32],
             time_us: 0,
             partition_count: 0,
+            tree_root: Vec::new(),
             key_id: "k".into(),
             signature: vec![0; 64],
         }

@@ -122,6 +122,7 @@ async fn archives_and_resumes_from_the_archive_alone() {
         partition_count: 0,
         key_id: "k1".into(),
         signature: vec![0; 64],
+        tree_root: Vec::new(),
     };
     produce(
         &kafka,
@@ -185,6 +186,7 @@ fn checkpoint(partition: i32, seq: i64, head: &[u8]) -> Checkpoint {
         merkle_root: vec![0; 32],
         time_us: common::T0,
         partition_count: 0,
+        tree_root: Vec::new(),
         key_id: "k1".into(),
         signature: vec![0; 64],
     }

@@ -53,6 +53,7 @@ pub const MIGRATIONS: &[Migration] = &[
         None,
         "0005_checkpoint_partition_count.sql"
     ),
+    migration!(6, "checkpoint_tree_root", None, "0006_checkpoint_tree_root.sql"),
     migration!(20, "report_views", None, "0020_report_views.sql"),
     migration!(
         101,
@@ -382,7 +383,7 @@ mod tests {
             .filter(|m| applicable(m, &old))
             .map(|m| m.version)
             .collect();
-        assert_eq!(base, vec![1, 2, 3, 4, 5, 20]);
+        assert_eq!(base, vec![1, 2, 3, 4, 5, 6, 20]);
         assert!(MIGRATIONS.iter().all(|m| applicable(m, &new)));
     }
 }

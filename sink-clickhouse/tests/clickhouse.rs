@@ -243,6 +243,7 @@ async fn checkpoints_roundtrip_and_are_idempotent() {
         partition_count: 0,
         key_id: "k1".into(),
         signature: vec![0x5A; 64],
+        tree_root: Vec::new(),
     };
     let row = CheckpointRow::from_checkpoint(&cp, 7);
     assert!(!store.checkpoint_exists(&row).await.expect("exists"));
@@ -299,6 +300,7 @@ async fn query_recipes_run_against_the_server() {
         partition_count: 0,
         key_id: "k".into(),
         signature: vec![1; 64],
+        tree_root: Vec::new(),
     };
     store
         .insert_checkpoint(&CheckpointRow::from_checkpoint(&cp, 0))

@@ -82,6 +82,7 @@ fn checkpoint_through(seq: i64) -> Checkpoint {
         partition_count: 0,
         key_id: "k1".into(),
         signature: vec![9; 64],
+        tree_root: Vec::new(),
     }
 }
 

@@ -134,6 +134,14 @@ impl KeySet {
             .map(|(e, _)| e)
     }
 
+    /// The raw Ed25519 public key of `key_id` (what a note's key hash and vkey commit to).
+    pub fn public_key(&self, key_id: &str) -> Option<[u8; 32]> {
+        self.entries
+            .iter()
+            .find(|(e, _)| e.key_id == key_id)
+            .map(|(_, pk)| *pk)
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = &PublicKeyEntry> {
         self.entries.iter().map(|(e, _)| e)
     }

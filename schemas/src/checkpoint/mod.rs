@@ -28,6 +28,29 @@
 //! with the Avro default 0) verify unchanged, and a v2 checkpoint whose count is removed or
 //! changed fails its signature.
 //!
+//! # Signing input (v3): a C2SP tlog-checkpoint of the partition's whole tree
+//!
+//! A checkpoint with a `tree_root` (every checkpoint the chainer signs since whole-tree roots)
+//! is signed over a C2SP tlog-checkpoint note body (c2sp.org/tlog-checkpoint), UTF-8:
+//!
+//! ```text
+//! <chain_id>/partition/<partition>\n      origin: one log per partition
+//! <seq>\n                                 tree size, ASCII decimal ("0" for genesis)
+//! <base64 tree_root>\n                    RFC 9162 root over the link hashes of 1 ..= seq
+//! audit-checkpoint/v3 <first_seq> <base64 head_hash> <base64 merkle_root> <time_us> <partition_count> <key_id>\n
+//! ```
+//!
+//! (one space between the extension line's fields; numbers in ASCII decimal, `time_us` with a
+//! `-` when negative; base64 standard and padded). The chain id and key id must be valid note
+//! key names (no spaces, no `+`). The signature is Ed25519 over exactly that text, so the
+//! checkpoint is also a C2SP signed note whose signer's key name is the origin:
+//! [`SignedCheckpoint::to_note`] renders it, and any note verifier holding the vkey (key hash =
+//! SHA-256(origin ‖ `\n` ‖ 0x01 ‖ public key)[:4]) accepts it. Consecutive checkpoints of a
+//! partition are then consistent trees, provable with RFC 9162 consistency proofs. A v1/v2
+//! input starts with the bytes `00 00 00 13`, which no note text does (the origin has no
+//! control characters), so one key signing both never signs one message twice in two
+//! meanings.
+//!
 //! The signature is plain Ed25519 (RFC 8032, not Ed25519ph) over exactly those bytes: 64 bytes.
 //! Every variable-length field is length-prefixed and every other field has a fixed width, so no
 //! two different field tuples give the same input; the tag keeps a checkpoint signature from
@@ -56,6 +79,6 @@ pub use keyset::{KeySet, PublicKeyEntry};
 pub use proof::{check_event_proof, check_proof, InclusionProof, ProofError, ProvenEvent};
 pub use signing::{
     sign, sign_fields, verify, verify_signed, CheckpointFields, SignedCheckpoint,
-    CHECKPOINT_DOMAIN, CHECKPOINT_DOMAIN_V2, SIGNATURE_LEN,
+    CHECKPOINT_DOMAIN, CHECKPOINT_DOMAIN_V2, CHECKPOINT_EXTENSION_V3, SIGNATURE_LEN,
 };
 pub use wire::CheckpointJson;

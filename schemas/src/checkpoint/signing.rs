@@ -17,6 +17,10 @@ pub const CHECKPOINT_DOMAIN: &[u8] = b"audit-checkpoint/v1";
 /// docs). Used exactly when `partition_count > 0`, so v1 checkpoints keep verifying.
 pub const CHECKPOINT_DOMAIN_V2: &[u8] = b"audit-checkpoint/v2";
 
+/// First word of the v3 extension line (see the module docs): the signed fields that the
+/// C2SP tlog-checkpoint body does not already hold.
+pub const CHECKPOINT_EXTENSION_V3: &str = "audit-checkpoint/v3";
+
 /// Ed25519 signature length.
 pub const SIGNATURE_LEN: usize = 64;
 
@@ -33,6 +37,10 @@ pub struct CheckpointFields {
     /// Partition count of the chained topic at signing time (the signed partition set);
     /// 0 = not signed (v1 layout).
     pub partition_count: u32,
+    /// RFC 9162 root of the partition's whole tree (leaves: the link hashes of seqs `1..=seq`);
+    /// `Some` selects the v3 signing input, a C2SP tlog-checkpoint note body (module docs).
+    /// `None`: a range-only checkpoint (v1/v2, signed before whole-tree roots existed).
+    pub tree_root: Option<Hash32>,
 }
 
 impl CheckpointFields {
@@ -51,6 +59,7 @@ impl CheckpointFields {
             merkle_root: crate::merkle::empty_root(),
             time_us,
             partition_count,
+            tree_root: Some(crate::merkle::empty_root()),
         }
     }
 
@@ -76,6 +85,9 @@ impl CheckpointFields {
             if self.first_seq != 1
                 || self.head_hash != GENESIS
                 || self.merkle_root != crate::merkle::empty_root()
+                || self
+                    .tree_root
+                    .is_some_and(|r| r != crate::merkle::empty_root())
             {
                 return Err(malformed(format!(
                     "a checkpoint at seq 0 must be the genesis checkpoint (range 1..=0, head \
@@ -103,14 +115,55 @@ impl CheckpointFields {
         if key_id.is_empty() || u32::try_from(key_id.len()).is_err() {
             return Err(malformed("key_id is empty or too long"));
         }
+        if self.tree_root.is_some() {
+            // The note body has one text per checkpoint only if the origin is a valid note key
+            // name and the key id cannot break or blur the extension line.
+            if !integrity::note::is_valid_key_name(&self.chain_id) {
+                return Err(malformed(format!(
+                    "chain_id {:?} cannot name a transparency log (no spaces, no '+')",
+                    self.chain_id
+                )));
+            }
+            if !integrity::note::is_valid_key_name(key_id) {
+                return Err(malformed(format!(
+                    "key_id {key_id:?} has spaces or '+' (not allowed in v3 checkpoints)"
+                )));
+            }
+        }
         Ok(())
     }
 
-    /// The exact bytes signed (see the module docs): the v1 layout when `partition_count` is
-    /// 0, else v2 (its own domain tag, and the count after `time_us`). A v2 signature never
+    /// The log origin of this partition: `<chain id>/partition/<p>` (C2SP tlog-checkpoint).
+    pub fn origin(&self) -> String {
+        format!("{}/partition/{}", self.chain_id, self.partition)
+    }
+
+    /// The v3 note body (C2SP tlog-checkpoint): origin, size (= seq), base64 whole-tree root,
+    /// and one extension line with the other signed fields. `None` for a range-only checkpoint.
+    pub fn note_body(&self, key_id: &str) -> Option<String> {
+        let root = self.tree_root?;
+        Some(format!(
+            "{origin}\n{size}\n{root}\n{ext} {first} {head} {range} {time} {count} {key_id}\n",
+            origin = self.origin(),
+            size = self.seq,
+            root = integrity::b64::encode(&root),
+            ext = CHECKPOINT_EXTENSION_V3,
+            first = self.first_seq,
+            head = integrity::b64::encode(&self.head_hash),
+            range = integrity::b64::encode(&self.merkle_root),
+            time = self.time_us,
+            count = self.partition_count,
+        ))
+    }
+
+    /// The exact bytes signed (see the module docs): the v3 note body when `tree_root` is set;
+    /// otherwise the v1 layout when `partition_count` is 0, else v2 (its own domain tag, and the count after `time_us`). A v2 signature never
     /// verifies as v1 or the other way round, so the count cannot be stripped or added.
     /// Callers validate first, so the length prefixes fit in u32.
     pub fn signing_input(&self, key_id: &str) -> Vec<u8> {
+        if let Some(body) = self.note_body(key_id) {
+            return body.into_bytes();
+        }
         let mut out = Vec::with_capacity(
             4 + CHECKPOINT_DOMAIN_V2.len()
                 + 4
@@ -159,6 +212,27 @@ pub struct SignedCheckpoint {
     pub fields: CheckpointFields,
     pub key_id: String,
     pub signature: [u8; SIGNATURE_LEN],
+}
+
+impl SignedCheckpoint {
+    /// The checkpoint as a C2SP signed note (`tlog-checkpoint` body, blank line, one Ed25519
+    /// note signature by the key named after the origin), readable by any transparency-log
+    /// tool holding the vkey `<origin>+<key hash>+<base64(0x01 ‖ public key)>` (see
+    /// [`integrity::checkpoint::log_key`]). `None` for a range-only (v1/v2) checkpoint.
+    ///
+    /// `public_key` is the signer's raw Ed25519 key, which the note's key hash commits to.
+    pub fn to_note(&self, public_key: [u8; 32]) -> Option<String> {
+        let body = self.fields.note_body(&self.key_id)?;
+        let origin = self.fields.origin();
+        let key_hash =
+            integrity::note::key_id(&origin, integrity::note::KeyType::Ed25519, &public_key);
+        let sig = integrity::note::Signature {
+            name: origin,
+            key_id: key_hash,
+            bytes: self.signature.to_vec(),
+        };
+        Some(format!("{body}\n{}", sig.line()))
+    }
 }
 
 /// Sign `fields` with `key`, giving the wire record published on `audit.checkpoints`.

@@ -20,6 +20,7 @@ fn fields() -> CheckpointFields {
         merkle_root: [2; 32],
         time_us: 1_700_000_000_000_000,
         partition_count: 0,
+        tree_root: None,
     }
 }
 
@@ -42,6 +43,7 @@ fn signing_input_layout_is_pinned() {
         merkle_root: [0xbb; 32],
         time_us: -1,
         partition_count: 0,
+        tree_root: None,
     };
     let mut want = Vec::new();
     want.extend_from_slice(&[0, 0, 0, 19]);
@@ -253,6 +255,7 @@ fn chain_with_checkpoint(n: usize) -> (SigningKey, KeySet, Links, SignedCheckpoi
             merkle_root: merkle::root(&hashes),
             time_us: 10,
             partition_count: 0,
+            tree_root: None,
         },
     )
     .unwrap();
@@ -489,4 +492,92 @@ fn a_genesis_checkpoint_signs_an_empty_partition_and_nothing_else_has_size_zero(
             "mutation {i} verified"
         );
     }
+}
+
+/// v3: the signing input is a C2SP tlog-checkpoint note body (pinned here byte for byte), the
+/// checkpoint renders as a signed note that the independent note/checkpoint code of the
+/// `integrity` crate opens with the log's vkey, and the whole-tree root can be neither
+/// stripped (downgrade to v2), changed, nor moved to another partition's origin.
+#[test]
+fn v3_checkpoints_are_c2sp_signed_notes_of_the_whole_tree() {
+    let mut f = fields();
+    f.partition_count = 8;
+    f.tree_root = Some([3; 32]);
+    let want = format!(
+        "prod-eu/partition/3\n10\n{}\naudit-checkpoint/v3 1 {} {} 1700000000000000 8 k1\n",
+        B64.encode([3u8; 32]),
+        B64.encode([1u8; 32]),
+        B64.encode([2u8; 32])
+    );
+    assert_eq!(f.signing_input("k1"), want.as_bytes());
+
+    let k = key("k1");
+    let keys = set_of(&[k.public_entry(0, None)]);
+    let cp = sign_fields(&k, &f).unwrap();
+    verify_signed(&keys, &cp).unwrap();
+    // Through the Avro record and the JSON document form and back.
+    let rec = crate::Checkpoint::from(&cp);
+    assert_eq!(rec.tree_root, vec![3; 32]);
+    verify(&keys, &rec).unwrap();
+    let json = CheckpointJson::from(&rec);
+    assert_eq!(SignedCheckpoint::try_from(&json).unwrap(), cp);
+
+    // The note, opened by integrity's C2SP code with the vkey derived from the public key.
+    let note = cp.to_note(k.public_key()).unwrap();
+    let origin = "prod-eu/partition/3";
+    let vkey = integrity::checkpoint::log_key(origin, k.public_key()).unwrap();
+    let opened =
+        integrity::checkpoint::Checkpoint::open(note.as_bytes(), origin, &[vkey.clone()]).unwrap();
+    assert_eq!(opened.checkpoint.size(), 10);
+    assert_eq!(opened.checkpoint.root(), &[3; 32]);
+    // Another partition's origin does not accept it.
+    let other = integrity::checkpoint::log_key("prod-eu/partition/4", k.public_key()).unwrap();
+    assert!(integrity::checkpoint::Checkpoint::open(
+        note.as_bytes(),
+        "prod-eu/partition/4",
+        &[other]
+    )
+    .is_err());
+    // An edited note body fails.
+    let edited = note.replacen("\n10\n", "\n11\n", 1);
+    assert!(integrity::checkpoint::Checkpoint::open(edited.as_bytes(), origin, &[vkey]).is_err());
+
+    // Stripping the tree root (a v2 reading of the same fields) or changing it fails.
+    let mut stripped = cp.clone();
+    stripped.fields.tree_root = None;
+    assert!(matches!(
+        verify_signed(&keys, &stripped),
+        Err(CheckpointError::BadSignature { .. })
+    ));
+    let mut changed = cp.clone();
+    changed.fields.tree_root = Some([4; 32]);
+    assert!(matches!(
+        verify_signed(&keys, &changed),
+        Err(CheckpointError::BadSignature { .. })
+    ));
+    // A range-only checkpoint has no note form.
+    assert!(sign_fields(&k, &fields()).unwrap().to_note(k.public_key()).is_none());
+}
+
+#[test]
+fn v3_refuses_names_that_would_blur_the_note_and_a_genesis_with_a_non_empty_tree() {
+    let k = key("k1");
+    let mut f = fields();
+    f.tree_root = Some([3; 32]);
+    f.chain_id = "prod eu".into();
+    assert!(matches!(sign_fields(&k, &f), Err(CheckpointError::Malformed(_))));
+    f.chain_id = "prod+eu".into();
+    assert!(matches!(sign_fields(&k, &f), Err(CheckpointError::Malformed(_))));
+    let spaced = SigningKey::from_pkcs8("k 1", generate_pkcs8().unwrap().expose()).unwrap();
+    f.chain_id = "prod-eu".into();
+    assert!(matches!(sign_fields(&spaced, &f), Err(CheckpointError::Malformed(_))));
+
+    let mut g = CheckpointFields::genesis("prod-eu", 0, 5, 2);
+    assert_eq!(g.tree_root, Some(merkle::empty_root()));
+    let cp = sign_fields(&k, &g).unwrap();
+    verify_signed(&set_of(&[k.public_entry(0, None)]), &cp).unwrap();
+    let note = cp.to_note(k.public_key()).unwrap();
+    assert!(note.starts_with("prod-eu/partition/0\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"));
+    g.tree_root = Some([9; 32]);
+    assert!(matches!(sign_fields(&k, &g), Err(CheckpointError::Malformed(_))));
 }

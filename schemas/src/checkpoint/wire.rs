@@ -40,6 +40,11 @@ impl TryFrom<&Checkpoint> for SignedCheckpoint {
                 partition_count: u32::try_from(c.partition_count).map_err(|_| {
                     malformed(format!("negative partition_count {}", c.partition_count))
                 })?,
+                tree_root: if c.tree_root.is_empty() {
+                    None
+                } else {
+                    Some(h("tree_root", &c.tree_root)?)
+                },
             },
             key_id: c.key_id.clone(),
             signature,
@@ -60,6 +65,7 @@ impl From<&SignedCheckpoint> for Checkpoint {
             merkle_root: f.merkle_root.to_vec(),
             time_us: f.time_us,
             partition_count: i32::try_from(f.partition_count).unwrap_or(i32::MAX),
+            tree_root: f.tree_root.map(|r| r.to_vec()).unwrap_or_default(),
             key_id: cp.key_id.clone(),
             signature: cp.signature.to_vec(),
         }
@@ -79,6 +85,9 @@ pub struct CheckpointJson {
     /// The signed partition count; absent (0) in checkpoints signed before it existed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub partition_count: i32,
+    /// The whole-tree root (hex), v3; absent in range-only checkpoints.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tree_root: String,
     pub key_id: String,
     pub signature: String,
 }
@@ -104,6 +113,7 @@ impl From<&Checkpoint> for CheckpointJson {
             merkle_root: hex::encode(&c.merkle_root),
             time_us: c.time_us,
             partition_count: c.partition_count,
+            tree_root: hex::encode(&c.tree_root),
             key_id: c.key_id.clone(),
             signature: B64.encode(&c.signature),
         }
@@ -123,6 +133,7 @@ impl From<&SignedCheckpoint> for CheckpointJson {
             merkle_root: hex::encode(f.merkle_root),
             time_us: f.time_us,
             partition_count: i32::try_from(f.partition_count).unwrap_or(i32::MAX),
+            tree_root: f.tree_root.map(hex::encode).unwrap_or_default(),
             key_id: cp.key_id.clone(),
             signature: B64.encode(cp.signature),
         }
@@ -153,6 +164,11 @@ impl TryFrom<&CheckpointJson> for SignedCheckpoint {
                 partition_count: u32::try_from(j.partition_count).map_err(|_| {
                     malformed(format!("negative partition_count {}", j.partition_count))
                 })?,
+                tree_root: if j.tree_root.is_empty() {
+                    None
+                } else {
+                    Some(hex32("tree_root", &j.tree_root).map_err(malformed)?)
+                },
             },
             key_id: j.key_id.clone(),
             signature,

@@ -15,6 +15,8 @@ pub(super) struct CpCheck {
     pub(super) first_seq: u64,
     pub(super) head: Hash32,
     pub(super) root: Hash32,
+    /// v3: the signed root of the partition's whole tree at this seq.
+    pub(super) tree_root: Option<Hash32>,
     pub(super) key_id: String,
 }
 
@@ -145,6 +147,7 @@ impl PartitionVerifier {
             first_seq: f.first_seq,
             head: f.head_hash,
             root: f.merkle_root,
+            tree_root: f.tree_root,
             key_id: cp.key_id.clone(),
         });
         true
@@ -231,6 +234,18 @@ impl PartitionVerifier {
     pub(super) fn accept(&mut self, t: u64, h: Hash32) {
         self.head = h;
         self.resolved_seq = t;
+        let mut leaf = None;
+        if self.opts.check_merkle_roots {
+            // The whole tree grows with every accepted link; a hole (reported elsewhere) ends
+            // it, since no later root could be recomputed.
+            if let Some(w) = self.whole.as_mut() {
+                let l = leaf_hash(&h);
+                leaf = Some(l);
+                if w.size().checked_add(1) != Some(t) || w.append(l).is_err() {
+                    self.whole = None;
+                }
+            }
+        }
         if t < self.next_mark && self.active.is_empty() {
             return;
         }
@@ -238,7 +253,7 @@ impl PartitionVerifier {
             self.active.push(t);
         }
         if !self.active.is_empty() {
-            let leaf = leaf_hash(&h);
+            let leaf = leaf.unwrap_or_else(|| leaf_hash(&h));
             for fs in &self.active {
                 if let Some(rt) = self.trees.get_mut(fs) {
                     if !rt.broken && rt.tree.len() == t - fs {
@@ -259,7 +274,21 @@ impl PartitionVerifier {
                     .filter(|rt| !rt.broken && rt.tree.len() == t - c.first_seq + 1);
                 let head_ok = c.head == h;
                 let root_ok = root.is_none_or(|rt| rt.tree.root() == c.root);
-                if head_ok && root_ok {
+                // The whole tree is known only when verifying from seq 1 with no hole.
+                let whole = self.whole.as_ref().filter(|w| w.size() == t);
+                let tree_ok = match (c.tree_root, whole) {
+                    (Some(signed), Some(w)) => w.root() == signed,
+                    _ => true,
+                };
+                if head_ok && root_ok && !tree_ok {
+                    problems.push(format!(
+                        "checkpoint (key {}, seq {}..={t}) signs tree root {} for the partition's {t} links, recomputed {}",
+                        c.key_id,
+                        c.first_seq,
+                        short(&c.tree_root.unwrap_or_default()),
+                        whole.map_or_else(String::new, |w| short(&w.root())),
+                    ));
+                } else if head_ok && root_ok {
                     matched = true;
                 } else {
                     problems.push(format!(

@@ -52,6 +52,10 @@ pub struct PartitionVerifier {
     /// Newest `receive_time_us` seen among the records each checkpoint (by seq) covers.
     pub(super) recv_max: BTreeMap<u64, i64>,
     pub(super) sealed_through: Option<u64>,
+    /// The partition's whole tree (leaves: link hashes from seq 1) through `resolved_seq`,
+    /// for v3 checkpoints' `tree_root`. `None` when verification starts mid-chain (its left
+    /// part is unknown) or after a hole in the accepted chain (reported for itself).
+    pub(super) whole: Option<integrity::tree::CompactRange>,
     pub(super) findings: Vec<Finding>,
     pub(super) dropped: u64,
     pub(super) dropped_errors: bool,
@@ -65,6 +69,7 @@ impl PartitionVerifier {
         checkpoints: &[Checkpoint],
         opts: VerifyOptions,
     ) -> Self {
+        let opts_start_seq = opts.start.seq;
         let mut v = Self {
             partition,
             partition_i32: i32::try_from(partition).unwrap_or(i32::MAX),
@@ -89,6 +94,7 @@ impl PartitionVerifier {
             cp_cover: BTreeMap::new(),
             recv_max: BTreeMap::new(),
             sealed_through: None,
+            whole: (opts_start_seq == 0).then(integrity::tree::CompactRange::new),
             findings: Vec::new(),
             dropped: 0,
             dropped_errors: false,

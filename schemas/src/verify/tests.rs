@@ -125,6 +125,7 @@ fn cp(
         merkle_root: crate::merkle::root(&s.hashes[first as usize - 1..last as usize]),
         time_us,
         partition_count: 0,
+        tree_root: None,
     };
     crate::checkpoint::sign(k, &fields).unwrap()
 }
@@ -232,4 +233,61 @@ fn a_checkpoint_backdated_into_a_retired_keys_window_is_found() {
     first[0] = cp(&s, &old, 1, 10, retired_at - 1);
     let r = run_timed(&s, &keys, &first, true);
     assert_eq!(kinds(&r), vec![(FindingKind::CheckpointBackdated, 10)]);
+}
+
+/// v3 checkpoints sign the root of the partition's whole tree: each must be the RFC 9162 root
+/// over the link hashes of seqs 1..=seq, recomputed while streaming. A consistent rewrite of
+/// an earlier range under a later valid checkpoint cannot keep the later whole-tree root.
+#[test]
+fn whole_tree_roots_of_v3_checkpoints_are_recomputed() {
+    let s = signed_chain(30, 1_000);
+    let k = key("k1");
+    let mut keys = KeySet::default();
+    keys.add(k.public_entry(0, None)).unwrap();
+    let v3 = |first: u64, last: u64, time: i64, tree: crate::chain::Hash32| {
+        let mut f = crate::checkpoint::SignedCheckpoint::try_from(&cp(&s, &k, first, last, time))
+            .unwrap()
+            .fields;
+        f.tree_root = Some(tree);
+        crate::checkpoint::sign(&k, &f).unwrap()
+    };
+    let whole = |n: usize| integrity::tree::root_of(&leaves(&s.hashes[..n]));
+    let good = vec![
+        v3(1, 10, 2_000, whole(10)),
+        v3(11, 20, 2_001, whole(20)),
+        v3(21, 30, 2_002, whole(30)),
+    ];
+    let r = run_timed(&s, &keys, &good, true);
+    assert!(r.ok && r.findings.is_empty(), "{:?}", r.findings);
+    assert_eq!(r.sealed_through, Some(30));
+
+    // Signed by the key, but over another tree (here: only the range's leaves, the v2 root).
+    let wrong = v3(11, 20, 2_001, integrity::tree::root_of(&leaves(&s.hashes[10..20])));
+    let r = run_timed(&s, &keys, &[good[0].clone(), wrong, good[2].clone()], true);
+    assert_eq!(kinds(&r), vec![(FindingKind::CheckpointMismatch, 20)]);
+    assert!(r.findings[0].detail.contains("tree root"), "{:?}", r.findings);
+    assert_eq!(r.sealed_through, Some(30));
+
+    // Verifying from a trusted mid-chain start: the left part of the tree is unknown, so the
+    // whole-tree root is not checked (and not failed).
+    let opts = VerifyOptions {
+        start: crate::verify::ExpectedStart {
+            seq: 10,
+            prev_hash: s.hashes[9],
+        },
+        ..VerifyOptions::default()
+    };
+    let mut v = PartitionVerifier::new(0, &keys, &good, opts);
+    for (r, t) in &s.recs[10..] {
+        v.push_timed(&r.as_stored(), Some(*t));
+    }
+    let r = v.finish();
+    assert!(r.ok && r.findings.is_empty(), "{:?}", r.findings);
+}
+
+fn leaves(hashes: &[crate::chain::Hash32]) -> Vec<crate::chain::Hash32> {
+    hashes
+        .iter()
+        .map(|h| integrity::tree::leaf_hash(h))
+        .collect()
 }

@@ -172,6 +172,7 @@ pub async fn scenario(archive: &Archive) {
         partition_count: 0,
         key_id: "k1".into(),
         signature: vec![1; 64],
+        tree_root: Vec::new(),
     };
     assert_eq!(
         archive.store_checkpoint(&cp).await.expect("cp"),
