@@ -40,6 +40,15 @@ Findings they add (exit 1), and the attack each defeats:
   rollback_below_trusted       tail deleted together with the newest checkpoints
   trusted_checkpoint_mismatch  consistent rewrite from genesis / fork below a pinned head
   trusted_checkpoint_invalid   a pin whose signature fails with --keys / --witness-key
+Findings with --keys alone, no pin needed (exit 1, but the warning; docs/verification.md):
+  partition_missing_from_signed_set  partition deleted whole, with its genesis checkpoint
+  genesis_checkpoint_superseded      partition deleted but for its genesis checkpoints
+                                     (--max-genesis-lag, default 10m)
+  checkpoint_stale                   tail deleted together with its newest checkpoints and
+                                     heartbeats (--max-checkpoint-age)
+  partition_count_decreased          checkpoints of another deployment, or a misconfigured
+                                     signer
+  partition_count_changed            a warning: the input topic got partitions
 
 ",
     exit_codes_text!()
@@ -87,6 +96,19 @@ pub enum Command {
     SubjectReport(crate::subject::SubjectReportArgs),
     /// Decrypt one event's personal fields; the reveal is chained (published) first.
     Reveal(crate::subject::RevealArgs),
+    // ---- consistency proofs (crate::consistency) ----
+    /// RFC 9162 consistency proof that a partition's signed whole-tree checkpoint of size
+    /// --new extends the one of size --old, after rebuilding the tree from the stored records;
+    /// a JSON document with both C2SP signed notes (docs/verification.md).
+    #[command(after_help = EXIT_CODES)]
+    Consistency(crate::consistency::ConsistencyArgs),
+    /// Check a consistency document offline, with only the public key set.
+    #[command(after_help = EXIT_CODES)]
+    CheckConsistency(crate::consistency::CheckConsistencyArgs),
+    /// Print each partition's newest valid whole-tree checkpoint as a C2SP signed note (what
+    /// an auditor pins or hands to any transparency-log tool); --vkeys adds its verifier key.
+    #[command(after_help = EXIT_CODES)]
+    Checkpoints(crate::consistency::CheckpointsArgs),
 }
 
 const WITNESS_HELP: &str = "\
@@ -207,6 +229,26 @@ pub struct VerifyArgs {
     /// (`partition_missing_from_signed_set`).
     #[arg(long, env = "AUDITCTL_MAX_CHECKPOINT_AGE", value_parser = crate::freshness::parse_age)]
     pub max_checkpoint_age: Option<std::time::Duration>,
+    /// Fail (`genesis_checkpoint_superseded`, exit 1; with --keys) when a partition of which
+    /// the store holds no record has, as its newest valid checkpoint, a genesis checkpoint
+    /// (size 0) older than another partition's newest valid checkpoint by more than this
+    /// (`90s`, `10m`, `2h`, `1d`; `0` or `off` disables). Why: an attacker who deletes a
+    /// partition's records and every checkpoint but its genesis ones makes it look like a
+    /// partition that never received an event. The chainer re-signs an empty partition's
+    /// genesis every heartbeat period, as fresh as the other partitions' checkpoints, and
+    /// stops once the partition gets events, so a genesis left behind is the finding. The
+    /// default is ten default heartbeat periods (`--checkpoint-heartbeat-secs` 60). Raise it
+    /// above ten times a longer heartbeat period; disable it for stores of chainers running
+    /// with heartbeats off (`--checkpoint-heartbeat-secs 0`: a genesis is then signed once).
+    /// A chainer instance that owns only empty partitions and is down while the others run
+    /// is reported too, on purpose: its partitions are no longer attested.
+    #[arg(
+        long,
+        env = "AUDITCTL_MAX_GENESIS_LAG",
+        value_parser = crate::freshness::parse_lag,
+        default_value = crate::freshness::DEFAULT_MAX_GENESIS_LAG
+    )]
+    pub max_genesis_lag: std::time::Duration,
     /// Make `partition_missing_from_signed_set` (a partition the signed partition count names
     /// but of which the store holds no record and no checkpoint) a warning instead of an
     /// error. Only for stores written by chainers before genesis checkpoints: since then the
@@ -432,6 +474,17 @@ mod tests {
                 "consistent rewrite from genesis",
             ),
             ("trusted_checkpoint_invalid", "signature fails"),
+            (
+                "partition_missing_from_signed_set",
+                "partition deleted whole",
+            ),
+            (
+                "genesis_checkpoint_superseded",
+                "deleted but for its genesis checkpoints",
+            ),
+            ("checkpoint_stale", "tail deleted together"),
+            ("partition_count_decreased", "another deployment"),
+            ("partition_count_changed", "warning"),
         ] {
             let line = verify
                 .lines()

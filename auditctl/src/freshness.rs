@@ -15,6 +15,14 @@
 //!   `--max-checkpoint-age`, a partition whose newest valid checkpoint is older (or that has
 //!   none) is `checkpoint_stale`. With heartbeats on, an idle partition stays fresh, so a tail
 //!   cut together with its newest checkpoints (and the heartbeats after them) shows as stale.
+//! - **Superseded genesis.** A partition whose newest valid checkpoint is its genesis
+//!   checkpoint (size 0) and of which the store holds no record looks like one that never
+//!   received an event. Heartbeats keep a truly empty partition's genesis as fresh as the other
+//!   partitions' checkpoints, while a partition that got events stops re-signing its genesis.
+//!   So when that genesis is older than the newest valid checkpoint of any other partition by
+//!   more than `--max-genesis-lag` (default 10m), it is `genesis_checkpoint_superseded`: the
+//!   partition's records and every later checkpoint were deleted, keeping only the genesis
+//!   ones (or its chainer stopped heartbeating while the others ran).
 //!
 //! Signatures are checked here again (one Ed25519 verification per checkpoint) rather than
 //! taken from the verifier, so that this check depends only on the key set and the chain id.
@@ -35,6 +43,8 @@ struct Signed {
     time_us: i64,
     seq: u64,
     partition_count: u32,
+    /// A genesis checkpoint (size 0): what an empty partition is re-signed as.
+    genesis: bool,
 }
 
 /// The valid checkpoints of one store, by partition (from [`summarize`]).
@@ -65,6 +75,7 @@ pub fn summarize(cps: &[Checkpoint], keys: &KeySet, chain_id: Option<&str>) -> S
                 time_us: s.fields.time_us,
                 seq: s.fields.seq,
                 partition_count: s.fields.partition_count,
+                genesis: s.fields.is_genesis(),
             });
     }
     for list in out.by_partition.values_mut() {
@@ -84,6 +95,9 @@ pub enum FreshnessKind {
     PartitionCountChanged,
     /// The newest valid checkpoint is older than `--max-checkpoint-age`, or there is none.
     CheckpointStale,
+    /// A partition without records whose newest valid checkpoint is its genesis one, older than
+    /// another partition's newest valid checkpoint by more than `--max-genesis-lag`.
+    GenesisCheckpointSuperseded,
 }
 
 impl FreshnessKind {
@@ -93,6 +107,7 @@ impl FreshnessKind {
             FreshnessKind::PartitionCountDecreased => "partition_count_decreased",
             FreshnessKind::PartitionCountChanged => "partition_count_changed",
             FreshnessKind::CheckpointStale => "checkpoint_stale",
+            FreshnessKind::GenesisCheckpointSuperseded => "genesis_checkpoint_superseded",
         }
     }
 
@@ -144,6 +159,9 @@ pub struct FreshnessReport {
     pub signed_partition_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_checkpoint_age_secs: Option<u64>,
+    /// `--max-genesis-lag` (absent: the check is off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_genesis_lag_secs: Option<u64>,
     pub partitions: Vec<PartitionFreshness>,
     pub findings: Vec<FreshnessFinding>,
     pub ok: bool,
@@ -171,6 +189,87 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} must be above zero and fit in u64 seconds"))
 }
 
+/// The default `--max-genesis-lag`: ten default heartbeat periods (`--checkpoint-heartbeat-secs`
+/// 60), so that a missed beat or two, the sinks' lag and clock skew between chainer instances
+/// never reach it.
+pub const DEFAULT_MAX_GENESIS_LAG: &str = "10m";
+
+/// Parses `--max-genesis-lag`: a duration as [`parse_age`], or `0` / `off` (the check is off:
+/// [`Duration::ZERO`]).
+pub fn parse_lag(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "0" | "off" => Ok(Duration::ZERO),
+        _ => parse_age(s),
+    }
+}
+
+/// The limits of [`check`] (from the verify flags).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-checkpoint-age` (`None`: no age limit).
+    pub max_age: Option<Duration>,
+    /// `--max-genesis-lag` (`None` or zero: off).
+    pub max_genesis_lag: Option<Duration>,
+}
+
+/// `genesis_checkpoint_superseded`: for each partition asked about (`wanted`) of which the
+/// store holds no record and whose newest valid checkpoint is a genesis one, compares that
+/// genesis's time with the newest valid checkpoint of every other partition the store holds.
+/// A chainer re-signs an empty partition's genesis every heartbeat period, like the heads of
+/// its idle partitions, so a genesis far behind them is no longer the partition's newest
+/// statement: the partition got events, and they were deleted with every checkpoint but the
+/// genesis ones.
+fn superseded_genesis(
+    summary: &SignedSummary,
+    report: &Report,
+    wanted: impl Fn(u32) -> bool,
+    max_lag: Duration,
+) -> Vec<FreshnessFinding> {
+    let max_us = i64::try_from(max_lag.as_micros()).unwrap_or(i64::MAX);
+    let with_records: BTreeSet<u32> = report
+        .partitions
+        .iter()
+        .filter(|r| r.events > 0)
+        .filter_map(|r| u32::try_from(r.partition).ok())
+        .collect();
+    let newest: BTreeMap<u32, Signed> = summary
+        .by_partition
+        .iter()
+        .filter_map(|(&p, l)| l.iter().max_by_key(|c| (c.time_us, c.seq)).map(|c| (p, *c)))
+        .collect();
+    let mut out = Vec::new();
+    for (&p, g) in &newest {
+        if !wanted(p) || !g.genesis || with_records.contains(&p) {
+            continue;
+        }
+        let Some((&q, o)) = newest
+            .iter()
+            .filter(|(&q, _)| q != p)
+            .max_by_key(|(_, c)| (c.time_us, c.seq))
+        else {
+            continue;
+        };
+        let lag = o.time_us.saturating_sub(g.time_us);
+        if lag > max_us {
+            out.push(FreshnessFinding {
+                partition: p,
+                seq: g.seq,
+                kind: FreshnessKind::GenesisCheckpointSuperseded,
+                error: true,
+                detail: format!(
+                    "the store holds no record of partition {p} and its newest valid checkpoint is its genesis checkpoint (size 0, time_us {}), but partition {q}'s newest valid checkpoint (seq {}, time_us {}) is {}s newer, more than --max-genesis-lag {}s: heartbeats re-sign an empty partition's genesis, so this partition's records and later checkpoints were deleted (or its chainer stopped heartbeating while the others ran)",
+                    g.time_us,
+                    o.seq,
+                    o.time_us,
+                    lag / 1_000_000,
+                    max_lag.as_secs()
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// Checks the signed set and freshness of one store's `report` (partitions in `only`, all if
 /// empty), adding failed or missing partitions to it like every other finding.
 ///
@@ -179,16 +278,19 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 /// whole: `partition_missing_from_signed_set` is an error when `all_written` (the default;
 /// `--allow-unattested-partitions` clears it, for stores from chainers before genesis
 /// checkpoints), and pins (`trusted_partition_missing`) catch the deletion of a partition seen
-/// before.
+/// before. A partition deleted but for its genesis checkpoints is caught by
+/// [`superseded_genesis`] under `limits.max_genesis_lag`.
 pub fn check(
     summary: &SignedSummary,
     report: &mut Report,
-    max_age: Option<Duration>,
+    limits: Limits,
     now_us: i64,
     only: &BTreeSet<u32>,
     all_written: bool,
 ) -> FreshnessReport {
     let wanted = |p: u32| only.is_empty() || only.contains(&p);
+    let max_age = limits.max_age;
+    let max_genesis_lag = limits.max_genesis_lag.filter(|d| !d.is_zero());
     let mut findings = Vec::new();
     let signed_count = summary
         .by_partition
@@ -243,6 +345,9 @@ pub fn check(
                 ),
             });
         }
+    }
+    if let Some(lag) = max_genesis_lag {
+        findings.extend(superseded_genesis(summary, report, wanted, lag));
     }
     // Freshness per partition the store holds.
     let mut partitions = Vec::new();
@@ -307,6 +412,7 @@ pub fn check(
     FreshnessReport {
         signed_partition_count: signed_count,
         max_checkpoint_age_secs: max_age.map(|d| d.as_secs()),
+        max_genesis_lag_secs: max_genesis_lag.map(|d| d.as_secs()),
         partitions,
         ok: findings.iter().all(|f| !f.error),
         findings,
@@ -321,9 +427,11 @@ pub fn write_human(out: &mut dyn std::io::Write, f: &FreshnessReport) -> std::io
     );
     writeln!(
         out,
-        "freshness ({count}{}): {}",
+        "freshness ({count}{}{}): {}",
         f.max_checkpoint_age_secs
             .map_or_else(String::new, |s| format!(", max checkpoint age {s}s")),
+        f.max_genesis_lag_secs
+            .map_or_else(String::new, |s| format!(", max genesis lag {s}s")),
         if f.ok { "OK" } else { "FAILED" }
     )?;
     for p in &f.partitions {
@@ -357,6 +465,15 @@ mod tests {
     use schemas::verify::PartitionReport;
 
     const T0: i64 = 1_700_000_000_000_000;
+    const HOUR_US: i64 = 3_600_000_000;
+
+    /// The limits of a default run (no age limit, `--max-genesis-lag` at its default).
+    fn lim(max_age: Option<Duration>) -> Limits {
+        Limits {
+            max_age,
+            max_genesis_lag: Some(parse_lag(DEFAULT_MAX_GENESIS_LAG).unwrap()),
+        }
+    }
 
     fn key() -> (SigningKey, KeySet) {
         let pkcs8 = generate_pkcs8().unwrap();
@@ -378,6 +495,7 @@ mod tests {
                 merkle_root: [2; 32],
                 time_us,
                 partition_count: count,
+                tree_root: None,
             },
         )
         .unwrap()
@@ -417,12 +535,12 @@ mod tests {
         let s = summarize(&cps, &ks, Some("c"));
         // A warning under --allow-unattested-partitions …
         let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
-        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), false);
+        let f = check(&s, &mut r, lim(None), T0, &BTreeSet::new(), false);
         assert_eq!(f.findings.len(), 1, "{:?}", f.findings);
         assert!(!f.findings[0].error && f.ok && r.ok, "{f:?}");
         // … an error by default: an empty partition has its genesis checkpoint.
         let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
-        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        let f = check(&s, &mut r, lim(None), T0, &BTreeSet::new(), true);
         assert_eq!(f.signed_partition_count, Some(3));
         assert_eq!(f.findings.len(), 1, "{:?}", f.findings);
         assert_eq!(
@@ -434,7 +552,7 @@ mod tests {
         // Restricted to other partitions: not asked about, no finding.
         let mut r = Report::new(vec![part(0, 5, 5)]);
         let only: BTreeSet<u32> = [0].into();
-        assert!(check(&s, &mut r, None, T0, &only, true).ok);
+        assert!(check(&s, &mut r, lim(None), T0, &only, true).ok);
     }
 
     #[test]
@@ -445,7 +563,7 @@ mod tests {
         let s = summarize(&cps, &ks, Some("c"));
         // Partition 1 holds no record, and the report does not even list it.
         let mut r = Report::new(vec![part(0, 5, 5), part(2, 7, 7)]);
-        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        let f = check(&s, &mut r, lim(None), T0, &BTreeSet::new(), true);
         assert!(f.findings.is_empty() && f.ok && r.ok, "{f:?}");
     }
 
@@ -458,7 +576,7 @@ mod tests {
         let cps = vec![cp(&k, 0, 5, T0, 0), cp(&other, 0, 5, T0, 9)];
         let s = summarize(&cps, &ks, None);
         let mut r = Report::new(vec![part(0, 5, 5)]);
-        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        let f = check(&s, &mut r, lim(None), T0, &BTreeSet::new(), true);
         assert!(f.ok && r.ok, "{f:?}");
         assert_eq!(f.signed_partition_count, None);
     }
@@ -478,7 +596,7 @@ mod tests {
             part(2, 1, 0),
             part(3, 1, 0),
         ]);
-        let f = check(&s, &mut r, None, T0, &BTreeSet::new(), true);
+        let f = check(&s, &mut r, lim(None), T0, &BTreeSet::new(), true);
         let kinds: Vec<_> = f.findings.iter().map(|x| (x.seq, x.kind)).collect();
         assert_eq!(
             kinds,
@@ -498,7 +616,7 @@ mod tests {
         let s = summarize(&cps, &ks, None);
         let now = T0 + 120_000_000;
         let mut r = Report::new(vec![part(0, 8, 5)]);
-        let f = check(&s, &mut r, None, now, &BTreeSet::new(), true);
+        let f = check(&s, &mut r, lim(None), now, &BTreeSet::new(), true);
         assert!(f.ok);
         let p = &f.partitions[0];
         assert_eq!(
@@ -513,7 +631,7 @@ mod tests {
         let f = check(
             &s,
             &mut r,
-            Some(Duration::from_secs(90)),
+            lim(Some(Duration::from_secs(90))),
             now,
             &BTreeSet::new(),
             true,
@@ -523,7 +641,7 @@ mod tests {
         let f = check(
             &s,
             &mut r,
-            Some(Duration::from_secs(30)),
+            lim(Some(Duration::from_secs(30))),
             now,
             &BTreeSet::new(),
             true,
@@ -535,11 +653,152 @@ mod tests {
         let f = check(
             &SignedSummary::default(),
             &mut r,
-            Some(Duration::from_secs(30)),
+            lim(Some(Duration::from_secs(30))),
             now,
             &BTreeSet::new(),
             true,
         );
         assert_eq!(f.findings[0].kind, FreshnessKind::CheckpointStale);
+    }
+
+    fn genesis(k: &SigningKey, p: u32, time_us: i64, count: u32) -> Checkpoint {
+        sign(k, &CheckpointFields::genesis("c", p, time_us, count)).unwrap()
+    }
+
+    fn kinds(f: &FreshnessReport) -> Vec<(u32, FreshnessKind)> {
+        f.findings.iter().map(|x| (x.partition, x.kind)).collect()
+    }
+
+    #[test]
+    fn genesis_lags_parse_and_zero_or_off_disable() {
+        assert_eq!(parse_lag("off"), Ok(Duration::ZERO));
+        assert_eq!(parse_lag("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_lag("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(
+            parse_lag(DEFAULT_MAX_GENESIS_LAG),
+            Ok(Duration::from_secs(600))
+        );
+        for bad in ["", "on", "5x", "-1m"] {
+            assert!(parse_lag(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Partition 1 kept only its genesis checkpoint (signed an hour before partition 0's
+    /// newest): its records and later checkpoints were deleted.
+    #[test]
+    fn a_genesis_far_behind_another_partitions_newest_checkpoint_is_superseded() {
+        let (k, ks) = key();
+        let cps = vec![
+            cp(&k, 0, 5, T0, 2),
+            cp(&k, 0, 9, T0 + HOUR_US, 2),
+            genesis(&k, 1, T0, 2),
+        ];
+        let s = summarize(&cps, &ks, Some("c"));
+        let mut r = Report::new(vec![part(0, 9, 9)]);
+        let f = check(&s, &mut r, lim(None), T0 + HOUR_US, &BTreeSet::new(), true);
+        assert_eq!(
+            kinds(&f),
+            vec![(1, FreshnessKind::GenesisCheckpointSuperseded)]
+        );
+        let x = &f.findings[0];
+        assert!(x.error && x.seq == 0, "{x:?}");
+        for part in [
+            format!("time_us {T0}"),
+            format!(
+                "partition 0's newest valid checkpoint (seq 9, time_us {})",
+                T0 + HOUR_US
+            ),
+            "3600s newer".to_owned(),
+            "--max-genesis-lag 600s".to_owned(),
+        ] {
+            assert!(x.detail.contains(&part), "{part} not in {}", x.detail);
+        }
+        assert_eq!(f.max_genesis_lag_secs, Some(600));
+        assert!(!f.ok && !r.ok);
+        assert!(r.partitions.iter().any(|p| p.partition == 1 && !p.ok));
+        // Just within the lag: no finding; a larger lag or the check off: none either.
+        let cps2 = vec![cp(&k, 0, 9, T0 + 600_000_000, 2), genesis(&k, 1, T0, 2)];
+        let s2 = summarize(&cps2, &ks, Some("c"));
+        let mut r = Report::new(vec![part(0, 9, 9)]);
+        assert!(check(&s2, &mut r, lim(None), T0, &BTreeSet::new(), true).ok);
+        for off in [None, Some(Duration::ZERO), Some(Duration::from_secs(7200))] {
+            let mut r = Report::new(vec![part(0, 9, 9)]);
+            let limits = Limits {
+                max_age: None,
+                max_genesis_lag: off,
+            };
+            let f = check(&s, &mut r, limits, T0, &BTreeSet::new(), true);
+            assert!(f.findings.is_empty() && f.ok && r.ok, "{off:?}: {f:?}");
+            assert_eq!(
+                f.max_genesis_lag_secs,
+                off.filter(|d| !d.is_zero()).map(|d| d.as_secs())
+            );
+        }
+        // Not asked about partition 1: no finding.
+        let mut r = Report::new(vec![part(0, 9, 9)]);
+        let only: BTreeSet<u32> = [0].into();
+        assert!(check(&s, &mut r, lim(None), T0, &only, true).ok);
+    }
+
+    /// An empty partition whose genesis heartbeats keep up with the other partitions (the
+    /// chainer re-signs it every heartbeat period) is no finding, nor is an old genesis
+    /// followed by real checkpoints. Another empty partition's fresh genesis heartbeat is a
+    /// newest checkpoint like any other.
+    #[test]
+    fn heartbeated_genesis_and_genesis_followed_by_checkpoints_are_no_finding() {
+        let (k, ks) = key();
+        let cps = vec![
+            cp(&k, 0, 9, T0 + HOUR_US, 3),
+            genesis(&k, 1, T0, 3),
+            genesis(&k, 1, T0 + HOUR_US - 60_000_000, 3),
+            genesis(&k, 2, T0, 3),
+            cp(&k, 2, 4, T0 + HOUR_US, 3),
+        ];
+        let s = summarize(&cps, &ks, Some("c"));
+        let mut r = Report::new(vec![part(0, 9, 9), part(2, 4, 4)]);
+        let f = check(&s, &mut r, lim(None), T0 + HOUR_US, &BTreeSet::new(), true);
+        assert!(f.findings.is_empty() && f.ok && r.ok, "{f:?}");
+        // Only empty partitions: the one whose genesis stopped being re-signed is found.
+        let cps = vec![
+            genesis(&k, 0, T0, 2),
+            genesis(&k, 1, T0, 2),
+            genesis(&k, 1, T0 + HOUR_US, 2),
+        ];
+        let s = summarize(&cps, &ks, Some("c"));
+        let mut r = Report::new(Vec::new());
+        let f = check(&s, &mut r, lim(None), T0 + HOUR_US, &BTreeSet::new(), true);
+        assert_eq!(
+            kinds(&f),
+            vec![(0, FreshnessKind::GenesisCheckpointSuperseded)]
+        );
+    }
+
+    /// One partition only: nothing to compare its genesis with (`--max-checkpoint-age` is the
+    /// check then). Records present: the chain verifier judges them, not this rule.
+    #[test]
+    fn a_single_partition_or_one_with_records_is_no_genesis_finding() {
+        let (k, ks) = key();
+        let s = summarize(&[genesis(&k, 0, T0, 1)], &ks, Some("c"));
+        let mut r = Report::new(Vec::new());
+        let f = check(
+            &s,
+            &mut r,
+            lim(None),
+            T0 + 24 * HOUR_US,
+            &BTreeSet::new(),
+            true,
+        );
+        assert!(f.findings.is_empty() && f.ok && r.ok, "{f:?}");
+
+        let cps = vec![cp(&k, 0, 9, T0 + HOUR_US, 2), genesis(&k, 1, T0, 2)];
+        let s = summarize(&cps, &ks, Some("c"));
+        let mut r = Report::new(vec![part(0, 9, 9), part(1, 3, 0)]);
+        let f = check(&s, &mut r, lim(None), T0 + HOUR_US, &BTreeSet::new(), true);
+        assert!(
+            !kinds(&f)
+                .iter()
+                .any(|(_, k)| *k == FreshnessKind::GenesisCheckpointSuperseded),
+            "{f:?}"
+        );
     }
 }

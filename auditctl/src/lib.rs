@@ -8,6 +8,9 @@
 //! - `report`: a report over the sink's report views, up to a self-contained HTML page
 //!   ([`report`]).
 //! - `rehydrate`: load a verified archive range back into ClickHouse ([`rehydrate`]).
+//! - `consistency` / `check-consistency` / `checkpoints`: RFC 9162 consistency proofs between
+//!   two signed whole-tree checkpoints, checked offline; checkpoints as C2SP signed notes
+//!   ([`consistency`]).
 //! - `witness`: cosign each partition's newest verified head only if it extends the head
 //!   cosigned before (rollback and fork are refusals); `verify --trusted-checkpoint` /
 //!   `--witness-state` check a store against heads seen before ([`anchors`]).
@@ -22,6 +25,7 @@ pub mod archive;
 pub mod cli;
 pub mod clickhouse;
 pub mod collect;
+pub mod consistency;
 pub mod erase;
 pub mod error;
 pub mod freshness;
@@ -84,6 +88,9 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         Command::Erase(a) => erase::run(&a, out).await,
         Command::SubjectReport(a) => subject::report(&a, out).await,
         Command::Reveal(a) => subject::reveal(&a, out).await,
+        Command::Consistency(a) => consistency::consistency(&a, out).await,
+        Command::CheckConsistency(a) => consistency::check(&a, out),
+        Command::Checkpoints(a) => consistency::checkpoints(&a, out).await,
     }
 }
 

@@ -59,11 +59,12 @@ const ANCHOR_KINDS: [AnchorKind; 4] = [
     AnchorKind::TrustedCheckpointInvalid,
 ];
 
-const FRESHNESS_KINDS: [FreshnessKind; 4] = [
+const FRESHNESS_KINDS: [FreshnessKind; 5] = [
     FreshnessKind::PartitionMissingFromSignedSet,
     FreshnessKind::PartitionCountDecreased,
     FreshnessKind::PartitionCountChanged,
     FreshnessKind::CheckpointStale,
+    FreshnessKind::GenesisCheckpointSuperseded,
 ];
 
 /// The `source` label of the `--source both` cross-check (findings `store_disagreement`).

@@ -212,7 +212,10 @@ fn check_freshness(
     Some(freshness::check(
         &run.signed,
         &mut run.report,
-        args.max_checkpoint_age,
+        freshness::Limits {
+            max_age: args.max_checkpoint_age,
+            max_genesis_lag: Some(args.max_genesis_lag),
+        },
         now_us,
         only,
         !args.allow_unattested_partitions,

@@ -191,6 +191,10 @@ fn verify_args(a: &WitnessArgs) -> VerifyArgs {
         save_checkpoints: None,
         metrics_file: None,
         max_checkpoint_age: None,
+        // Off: the witness has no flag to tune it (a store of a chainer with heartbeats off
+        // would be refused for good), and its cosigned sizes already catch a partition cut
+        // back to its genesis once cosigned (`rollback_below_trusted`).
+        max_genesis_lag: std::time::Duration::ZERO,
         allow_unattested_partitions: false,
         max_findings: 1000,
         window: a.window,

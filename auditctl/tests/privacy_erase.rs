@@ -320,6 +320,7 @@ async fn seal_and_archive(
             merkle_root: schemas::merkle::root(&hashes),
             time_us: now,
             partition_count: 0,
+            tree_root: None,
         };
         let cp = schemas::checkpoint::sign(key, &fields).expect("sign");
         db.insert_checkpoints(std::slice::from_ref(&cp)).await;

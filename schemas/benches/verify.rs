@@ -404,6 +404,9 @@ fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
             events / partitions as usize + usize::from((p as usize) < events % partitions as usize);
         let mut head = ChainHead::genesis(p);
         let mut tree = MerkleBuilder::new();
+        // The whole partition's tree: checkpoints are v3, as the chainer signs them, so
+        // `verify` also recomputes every whole-tree root.
+        let mut whole = integrity::tree::CompactRange::new();
         let mut first_seq = 1u64;
         let (mut canonical, mut chained, mut checkpoints) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..n {
@@ -411,6 +414,9 @@ fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
             let mut buf = Vec::with_capacity(1024);
             let link = head.next_event(&ev, &mut buf).expect("canonical encoding");
             tree.push(&link.hash);
+            whole
+                .append(schemas::merkle::leaf_hash(&link.hash))
+                .expect("far from full");
             if tree.len() as usize == CHECKPOINT_EVERY || i + 1 == n {
                 let fields = CheckpointFields {
                     chain_id: CHAIN_ID.into(),
@@ -421,7 +427,7 @@ fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
                     merkle_root: tree.root(),
                     time_us: ev.receive_time_us,
                     partition_count: 0,
-                    tree_root: None,
+                    tree_root: Some(whole.root()),
                 };
                 checkpoints.push(sign(key, &fields).expect("signing"));
                 tree = MerkleBuilder::new();

@@ -26,13 +26,15 @@ use schemas::segment::{checkpoint_key, day_of, write_segment, Manifest, SegmentM
 use schemas::testing::{arb_audit_event, sample_event};
 use schemas::{AuditEvent, ChainedEvent, Checkpoint};
 
-pub const MIGRATIONS: [&str; 4] = [
+pub const MIGRATIONS: [&str; 5] = [
     include_str!("../../../sink-clickhouse/migrations/0001_audit_events.sql"),
     include_str!("../../../sink-clickhouse/migrations/0002_audit_checkpoints.sql"),
     include_str!("../../../sink-clickhouse/migrations/0003_audit_forks.sql"),
     // sink-clickhouse's 0005 (the signed partition count), as 18.16 runs it on a new table
     // (the sink's runner strips `IF NOT EXISTS` there).
     "ALTER TABLE audit_checkpoints ADD COLUMN partition_count Int32 DEFAULT 0",
+    // 0006 (the whole-tree root of v3 checkpoints), likewise.
+    "ALTER TABLE audit_checkpoints ADD COLUMN tree_root String DEFAULT ''",
 ];
 
 /// 2024-06-01T00:00:00Z.
@@ -146,6 +148,7 @@ pub fn build_chain_counted(
                 merkle_root: merkle::root(&hashes[(first - 1) as usize..i as usize]),
                 time_us: time_us + i as i64,
                 partition_count,
+                tree_root: None,
             };
             checkpoints.push(sign(key, &fields).expect("sign"));
             first = i + 1;
@@ -212,6 +215,7 @@ pub fn forge_checkpoint(
         merkle_root: merkle::root(&hashes[first as usize - 1..last as usize]),
         time_us,
         partition_count: 0,
+        tree_root: None,
     };
     sign(key, &fields).expect("sign")
 }

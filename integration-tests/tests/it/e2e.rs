@@ -145,6 +145,17 @@ async fn events_land_exactly_once_bad_ones_are_dead_lettered_and_tampering_is_na
     ensure!(report_events(&archive) == n as u64);
     let (code, report) = p.verify("both").await?;
     ensure!(code == 0, "verify --source both failed: {report}");
+    // Every checkpoint the chainer signed is v3: it carries the whole partition tree's root
+    // (which `verify` just recomputed), readable by analysts' SQL.
+    let (with_root, without): (u64, u64) = p
+        .clickhouse()
+        .query("SELECT countIf(length(tree_root) = 64), countIf(tree_root = '') FROM audit_checkpoints")
+        .fetch_one::<(u64, u64)>()
+        .await?;
+    ensure!(
+        with_root > 0 && without == 0,
+        "checkpoints with a whole-tree root: {with_root}, without: {without}"
+    );
 
     // Tamper one stored row; the verifier must name its partition and seq.
     let (part, seq) = per_partition
