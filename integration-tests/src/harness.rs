@@ -246,6 +246,33 @@ impl Pipeline {
             .with_context(|| format!("auditctl verify output is not JSON (exit {code}): {out}"))?;
         Ok((code, json))
     }
+
+    /// Runs an auditctl command that reads one store (`consistency`, `checkpoints`, …) with this
+    /// pipeline's key set, chain id and store addresses appended to `args`.
+    pub async fn auditctl_on_store(&self, args: &[&str]) -> anyhow::Result<(u8, String)> {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend([
+            "--keys".into(),
+            self.keyset.display().to_string(),
+            "--chain-id".into(),
+            self.chain_id.clone(),
+            "--clickhouse-url".into(),
+            stack::clickhouse_url(),
+            "--clickhouse-database".into(),
+            self.database.clone(),
+            "--archive-url".into(),
+            self.archive_url(),
+            "--s3-endpoint".into(),
+            stack::s3_endpoint(),
+        ]);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        run_auditctl(&refs).await
+    }
+
+    /// The key set file the chainer's checkpoints verify with.
+    pub fn keyset_path(&self) -> &std::path::Path {
+        &self.keyset
+    }
 }
 
 impl Drop for Pipeline {
