@@ -17,7 +17,9 @@
 //! Pins come from pin files (C2SP tlog-checkpoint notes, `integrity::pin`; written by
 //! `verify --save-checkpoints` and `auditctl witness`) or from checkpoints copied from the
 //! checkpoints topic / store as JSON (`schemas::checkpoint::CheckpointJson`, one object, an
-//! array, or one per line).
+//! array, or one per line), or from a write-once anchor (`verify --anchor`, [`AnchorReadArgs`]:
+//! sink-archive's `--anchor-url`, where every checkpoint is copied out of the stores' writers'
+//! reach), of which each partition's newest checkpoint that verifies with `--keys` is pinned.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +30,7 @@ use integrity::checkpoint::log_key;
 use integrity::note::{NoteError, VerifierKey};
 use integrity::pin::{self, ChainHead, Pin};
 use schemas::checkpoint::{verify_signed, CheckpointJson, KeySet, SignedCheckpoint};
+use schemas::segment;
 use schemas::verify::{PartitionReport, Report};
 use serde::Serialize;
 
@@ -475,6 +478,347 @@ pub fn heads_to_save(chain_id: &str, reports: &[&Report]) -> Result<Vec<ChainHea
     Ok(out)
 }
 
+// ---- the write-once anchor (`verify --anchor`) ------------------------------------------------
+
+/// Where sink-archive's write-once anchor (`--anchor-url`) is, and how to read it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AnchorReadArgs {
+    /// The write-once anchor sink-archive copies every checkpoint to (`--anchor-url` there):
+    /// `s3://<bucket>[/<prefix>]`, `file:///<dir>` or a folder path. Every anchored checkpoint
+    /// is read and checked with --keys (required); per partition the newest valid one is pinned
+    /// exactly like --trusted-checkpoint, so a tail or a whole partition deleted from the
+    /// store together with its checkpoints is a finding (`rollback_below_trusted`,
+    /// `trusted_partition_missing`, `trusted_checkpoint_mismatch`) while the anchor holds them;
+    /// an anchored checkpoint that does not verify is `trusted_checkpoint_invalid`. Verify a
+    /// store once its sink has caught up with the checkpoints (a lagging sink shows as a
+    /// rollback). See docs/verification.md, "Write-once anchor".
+    #[arg(long = "anchor", env = "AUDITCTL_ANCHOR")]
+    pub anchor: Option<String>,
+    /// The anchor's S3 endpoint (e.g. `http://127.0.0.1:8333`); empty = `AWS_ENDPOINT`, else
+    /// AWS. An `http://` endpoint allows plain HTTP.
+    #[arg(long, env = "AUDITCTL_ANCHOR_S3_ENDPOINT", default_value = "")]
+    pub anchor_s3_endpoint: String,
+    /// The anchor's S3 region; default `AWS_REGION`, else us-east-1.
+    #[arg(long, env = "AUDITCTL_ANCHOR_S3_REGION")]
+    pub anchor_s3_region: Option<String>,
+    /// Access key id for reading the anchor (read-only credentials of its own are enough);
+    /// empty = the standard AWS environment/instance credentials.
+    #[arg(
+        long,
+        env = "AUDITCTL_ANCHOR_S3_ACCESS_KEY_ID",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub anchor_s3_access_key_id: crate::cli::Secret,
+    /// Secret access key for reading the anchor. Never printed; prefer the environment or
+    /// --anchor-s3-secret-access-key-file.
+    #[arg(
+        long,
+        env = "AUDITCTL_ANCHOR_S3_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub anchor_s3_secret_access_key: crate::cli::Secret,
+    /// File holding the anchor's secret access key; wins over --anchor-s3-secret-access-key.
+    #[arg(long, env = "AUDITCTL_ANCHOR_S3_SECRET_ACCESS_KEY_FILE")]
+    pub anchor_s3_secret_access_key_file: Option<PathBuf>,
+    /// Virtual-hosted-style addressing for the anchor (default: path-style).
+    #[arg(long, env = "AUDITCTL_ANCHOR_S3_VIRTUAL_HOSTED_STYLE")]
+    pub anchor_s3_virtual_hosted_style: bool,
+}
+
+/// How many anchored checkpoints are read at once.
+const ANCHOR_READ_CONCURRENCY: usize = 16;
+
+impl AnchorReadArgs {
+    /// The anchor's store (rooted at the URL's bucket prefix or folder) and its description.
+    fn open(
+        &self,
+        url: &str,
+    ) -> Result<(std::sync::Arc<dyn object_store::ObjectStore>, String), Error> {
+        use object_store::aws::AmazonS3Builder;
+        use object_store::prefix::PrefixStore;
+        let url = url.trim();
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Usage(format!("--anchor {url:?} names no bucket")));
+            }
+            let mut b = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_virtual_hosted_style_request(self.anchor_s3_virtual_hosted_style)
+                .with_retry(object_store::RetryConfig {
+                    max_retries: worker_runtime::object_store::READ_REQUEST_MAX_RETRIES,
+                    retry_timeout: std::time::Duration::from_secs(
+                        worker_runtime::object_store::READ_REQUEST_RETRY_SECS,
+                    ),
+                    ..Default::default()
+                });
+            if let Some(r) = self.anchor_s3_region.as_deref().filter(|r| !r.is_empty()) {
+                b = b.with_region(r);
+            }
+            if !self.anchor_s3_endpoint.is_empty() {
+                b = b.with_endpoint(&self.anchor_s3_endpoint);
+                if self.anchor_s3_endpoint.starts_with("http://") {
+                    b = b.with_allow_http(true);
+                }
+            }
+            if !self.anchor_s3_access_key_id.is_empty() {
+                b = b.with_access_key_id(self.anchor_s3_access_key_id.expose());
+            }
+            let secret = match self
+                .anchor_s3_secret_access_key_file
+                .as_deref()
+                .filter(|p| !p.as_os_str().is_empty())
+            {
+                Some(path) => crate::cli::Secret::new(
+                    std::fs::read_to_string(path)
+                        .map_err(Error::file("reading the anchor's S3 secret key file", path))?
+                        .trim(),
+                ),
+                None => self.anchor_s3_secret_access_key.clone(),
+            };
+            if !secret.is_empty() {
+                b = b.with_secret_access_key(secret.expose());
+            }
+            let s3 = b
+                .build()
+                .map_err(|e| Error::Usage(format!("--anchor S3 store for bucket {bucket}: {e}")))?;
+            let prefix = prefix.trim_matches('/');
+            let store: std::sync::Arc<dyn object_store::ObjectStore> = if prefix.is_empty() {
+                std::sync::Arc::new(s3)
+            } else {
+                std::sync::Arc::new(PrefixStore::new(s3, prefix))
+            };
+            return Ok((store, format!("anchor {url}")));
+        }
+        let dir = PathBuf::from(url.strip_prefix("file://").unwrap_or(url));
+        if !dir.is_dir() {
+            return Err(Error::Usage(format!(
+                "--anchor {url:?}: {} is not a folder (s3://bucket[/prefix], file:///dir or a folder)",
+                dir.display()
+            )));
+        }
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| Error::Usage(format!("--anchor {url:?}: {e}")))?;
+        Ok((std::sync::Arc::new(fs), format!("anchor {}", dir.display())))
+    }
+}
+
+/// An anchored object as read: its key, what its name says (partition, seq), its bytes.
+type Anchored = (String, Option<(u32, u64)>, bytes::Bytes);
+
+/// What an anchored object's name says: (chain dir, partition, seq), when it parses.
+fn anchored_name(key: &str) -> Option<(&str, u32, u64)> {
+    let rest = key.strip_prefix(segment::ANCHOR_DIR)?.strip_prefix('/')?;
+    let (chain, rest) = rest.split_once('/')?;
+    let (part, file) = rest.split_once('/')?;
+    let partition = part.strip_prefix("partition=")?.parse().ok()?;
+    let seq = file.get(..segment::SEQ_WIDTH)?.parse().ok()?;
+    Some((chain, partition, seq))
+}
+
+/// The pins of a write-once anchor: reads every checkpoint under `anchor/` (of `chain_id`
+/// only, when given; of `only` partitions, when not empty), checks each with `keyset`, and adds
+/// to `set` the newest valid one per partition (highest seq, then latest time) as a pin, and a
+/// `trusted_checkpoint_invalid` finding for each that does not verify (or whose name does not
+/// match its content: the anchor is write-once, so either is tampering or corruption).
+/// Returns how many anchored checkpoints were read.
+pub async fn load_anchor(
+    args: &AnchorReadArgs,
+    url: &str,
+    keyset: &KeySet,
+    chain_id: Option<&str>,
+    only: &BTreeSet<u32>,
+    reads: &crate::reads::Reads,
+    set: &mut TrustedSet,
+) -> Result<usize, Error> {
+    use futures::{StreamExt, TryStreamExt};
+    let (store, describe) = args.open(url)?;
+    let dir = match chain_id {
+        Some(c) => segment::anchor_chain_prefix(c),
+        None => format!("{}/", segment::ANCHOR_DIR),
+    };
+    let listed: Vec<String> = reads
+        .run(&format!("listing {dir} of {describe}"), || {
+            let store = store.clone();
+            let (dir, describe) = (dir.clone(), describe.clone());
+            async move {
+                let path = object_store::path::Path::from(dir.trim_end_matches('/'));
+                match store
+                    .list(Some(&path))
+                    .map_ok(|m| m.location.to_string())
+                    .try_collect::<Vec<_>>()
+                    .await
+                {
+                    Ok(v) => Ok(v),
+                    Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+                    Err(e) => Err(Error::os(format!("listing {dir} of {describe}"))(e)),
+                }
+            }
+        })
+        .await?;
+    let mut keys: Vec<(String, Option<(u32, u64)>)> = listed
+        .into_iter()
+        // Staging files of a local anchor, and anything that is not a checkpoint.
+        .filter(|k| k.ends_with(segment::CHECKPOINT_SUFFIX))
+        .map(|k| {
+            let parsed = anchored_name(&k).map(|(_, p, s)| (p, s));
+            (k, parsed)
+        })
+        .filter(|(_, p)| only.is_empty() || p.is_none_or(|(p, _)| only.contains(&p)))
+        .collect();
+    keys.sort();
+    let bodies: Vec<Anchored> = futures::stream::iter(keys.into_iter().map(|(key, parsed)| {
+        let store = store.clone();
+        let describe = describe.clone();
+        async move {
+            let doing = format!("reading {key} from {describe}");
+            let path = object_store::path::Path::from(key.as_str());
+            let bytes = reads
+                .run(&doing, || {
+                    let (store, path, doing) = (store.clone(), path.clone(), doing.clone());
+                    async move {
+                        let r = store.get(&path).await.map_err(Error::os(doing.clone()))?;
+                        r.bytes().await.map_err(Error::os(doing))
+                    }
+                })
+                .await?;
+            Ok::<_, Error>((key, parsed, bytes))
+        }
+    }))
+    .buffer_unordered(ANCHOR_READ_CONCURRENCY)
+    .try_collect()
+    .await?;
+    let read = bodies.len();
+    // Partition → (seq, time) → the pin.
+    let mut newest: BTreeMap<u32, ((u64, i64), Trusted)> = BTreeMap::new();
+    let mut chains: BTreeSet<String> = BTreeSet::new();
+    for (key, parsed, bytes) in bodies {
+        let from = format!("{describe}/{key}");
+        let (np, ns) = parsed.unwrap_or((0, 0));
+        let invalid = |detail: String| AnchorFinding {
+            partition: np,
+            seq: ns,
+            kind: AnchorKind::TrustedCheckpointInvalid,
+            pin: from.clone(),
+            detail,
+        };
+        let signed = match serde_json::from_slice::<CheckpointJson>(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|j| SignedCheckpoint::try_from(&j).map_err(|e| e.to_string()))
+        {
+            Ok(s) => s,
+            Err(e) => {
+                set.invalid.push(invalid(format!(
+                    "the anchored object is not a checkpoint: {e}"
+                )));
+                continue;
+            }
+        };
+        let f = &signed.fields;
+        let expected = segment::anchor_key(
+            &f.chain_id,
+            i32::try_from(f.partition).unwrap_or(i32::MAX),
+            i64::try_from(f.seq).unwrap_or(i64::MAX),
+            &signed.key_id,
+            f.time_us,
+        );
+        let finding = |detail: String| AnchorFinding {
+            partition: f.partition,
+            seq: f.seq,
+            kind: AnchorKind::TrustedCheckpointInvalid,
+            pin: from.clone(),
+            detail,
+        };
+        if expected != key {
+            set.invalid.push(finding(format!(
+                "the anchored checkpoint (partition {} seq {} key {:?} time {}) is stored under another name than its own ({expected})",
+                f.partition, f.seq, signed.key_id, f.time_us
+            )));
+            continue;
+        }
+        if let Err(e) = verify_signed(keyset, &signed) {
+            set.invalid.push(finding(format!(
+                "the anchored checkpoint does not verify with --keys: {e}"
+            )));
+            continue;
+        }
+        if chain_id.is_some_and(|c| c != f.chain_id) {
+            continue;
+        }
+        chains.insert(f.chain_id.clone());
+        let rank = (f.seq, f.time_us);
+        if newest.get(&f.partition).is_none_or(|(r, _)| rank > *r) {
+            let trusted = Trusted {
+                head: ChainHead {
+                    chain_id: f.chain_id.clone(),
+                    partition: f.partition,
+                    seq: f.seq,
+                    head: f.head_hash,
+                },
+                from,
+                authority: format!("anchored checkpoint signed by key {}", signed.key_id),
+            };
+            newest.insert(f.partition, (rank, trusted));
+        }
+    }
+    if chains.len() > 1 {
+        return Err(Error::Usage(format!(
+            "{describe} holds checkpoints of several chains ({}): pass --chain-id",
+            chains.into_iter().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    if read == 0 {
+        return Err(Error::Usage(format!(
+            "{describe} holds no checkpoint under {dir}{}: a wrong URL or prefix? (an anchor that was written to is never empty)",
+            if only.is_empty() { String::new() } else { " for the partitions asked".into() }
+        )));
+    }
+    set.pins.extend(newest.into_values().map(|(_, t)| t));
+    Ok(read)
+}
+
+/// `verify --anchor`: the anchor's pins added to `set` (nothing without `--anchor`). Needs
+/// `--keys`: an unsigned anchored checkpoint could have been written by anyone.
+pub async fn add_anchored(
+    args: &crate::cli::VerifyArgs,
+    set: &mut TrustedSet,
+) -> Result<(), Error> {
+    let Some(url) = args
+        .anchor
+        .anchor
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    else {
+        return Ok(());
+    };
+    let Some(keys) = args.keys.as_deref() else {
+        return Err(Error::Usage(
+            "--anchor needs --keys: the anchored checkpoints are trusted only through their signatures (without keys anyone able to write to the anchor could pin anything)".into(),
+        ));
+    };
+    let keyset = crate::verify::load_keys(keys)?;
+    let only: BTreeSet<u32> = args.partitions.iter().copied().collect();
+    let reads = crate::reads::Reads::new(args.reads.retry_attempts);
+    let read = load_anchor(
+        &args.anchor,
+        url,
+        &keyset,
+        args.chain_id.as_deref(),
+        &only,
+        &reads,
+        set,
+    )
+    .await?;
+    if !args.json && !args.quiet {
+        eprintln!(
+            "auditctl: {read} anchored checkpoints read from {url}; newest valid one per partition pinned"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,6 +905,20 @@ mod tests {
             serde_json::to_value(AnchorKind::RollbackBelowTrusted).unwrap(),
             "rollback_below_trusted"
         );
+    }
+
+    #[test]
+    fn anchored_names_parse_as_the_sink_writes_them() {
+        let k = segment::anchor_key("prod/eu", 3, 42, "k1", 7);
+        assert_eq!(anchored_name(&k), Some(("prod_2Feu", 3, 42)));
+        for bad in [
+            "anchor/c/partition=x/00000000000000000042-k1@t7.json",
+            "anchor/c/p=3/00000000000000000042-k1@t7.json",
+            "checkpoints/chain=3/00000000000000000042-k1.json",
+            "anchor/c/partition=3/42-k1@t7.json",
+        ] {
+            assert_eq!(anchored_name(bad), None, "{bad}");
+        }
     }
 
     #[test]

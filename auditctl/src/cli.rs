@@ -89,6 +89,9 @@ pub enum Command {
     /// Load a partition's seq range back from the archive into ClickHouse, verifying it first;
     /// idempotent (rows already there are not doubled) and resumable.
     Rehydrate(crate::rehydrate::RehydrateArgs),
+    /// S3 Object Lock legal hold on the archive objects (segments, manifests, sealing
+    /// checkpoints) of a partition's seq range: on, off (each recorded in the chain), or status.
+    Hold(crate::hold::HoldArgs),
     /// Erase a data subject (crypto-shredding): destroy its key, chain an erasure event, and
     /// report which partitions and seq ranges hold its ciphertext (docs/privacy.md).
     Erase(crate::erase::EraseArgs),
@@ -280,6 +283,9 @@ pub struct VerifyArgs {
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub archive: ArchiveStoreArgs,
+    /// `--anchor URL` and its S3 options: the write-once anchor's checkpoints as pins.
+    #[command(flatten)]
+    pub anchor: crate::anchors::AnchorReadArgs,
 }
 
 /// How store reads are retried.

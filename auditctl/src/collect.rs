@@ -287,6 +287,7 @@ impl Collector {
             canonical: &[],
             event_id,
             copy: None,
+            canonical_version: schemas::avro::CANONICAL_VERSION,
         };
         self.push(partition, &r);
     }

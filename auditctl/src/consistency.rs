@@ -36,8 +36,7 @@ use integrity::checkpoint::{log_key, parse_decimal, parse_partition_origin, Chec
 use integrity::tree::{
     consistency_proof, leaf_hash, verify_consistency, CompactRange, Hash32, NodeSource, TreeError,
 };
-use schemas::avro::canonical_bytes_version_into;
-use schemas::chain::link_hash;
+use schemas::chain::rehash_stored;
 use schemas::checkpoint::{
     verify_signed, CheckpointFields, KeySet, SignedCheckpoint, CHECKPOINT_EXTENSION_V3,
     SIGNATURE_LEN,
@@ -616,7 +615,7 @@ async fn stream_leaves(
             let expected = stored as i64 + 1;
             if ev.seq == expected - 1 && stored > 0 {
                 // A second copy of a stored seq (duplicates before merges): the same link.
-                if prev_link != Some(rehash(partition, &ev, &mut buf).map_err(bad)?) {
+                if prev_link != Some(rehash_stored(partition, &ev, &mut buf).map_err(bad)?) {
                     return Err(bad("two different records at this seq".into()));
                 }
                 continue;
@@ -638,7 +637,7 @@ async fn stream_leaves(
                     }
                 }
             }
-            let link = rehash(partition, &ev, &mut buf).map_err(bad)?;
+            let link = rehash_stored(partition, &ev, &mut buf).map_err(bad)?;
             tree.push(leaf_hash(&link))
                 .map_err(|e| Error::Integrity(format!("partition {partition}: {e}")))?;
             prev_link = Some(link);
@@ -652,19 +651,6 @@ async fn stream_leaves(
         )));
     }
     Ok(first_break)
-}
-
-fn rehash(partition: u32, ev: &ChainedEvent, buf: &mut Vec<u8>) -> Result<Hash32, String> {
-    buf.clear();
-    canonical_bytes_version_into(&ev.event, ev.canonical_version, buf)
-        .map_err(|e| format!("cannot re-encode the event: {e}"))?;
-    let prev: Hash32 = ev
-        .prev_hash
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("prev_hash is {} bytes, not 32", ev.prev_hash.len()))?;
-    let seq = u64::try_from(ev.seq).map_err(|_| format!("seq {} is negative", ev.seq))?;
-    Ok(link_hash(partition, seq, &prev, buf))
 }
 
 /// The recomputed root at the checkpoint's size must be the one it signs.

@@ -8,6 +8,7 @@
 //! - `report`: a report over the sink's report views, up to a self-contained HTML page
 //!   ([`report`]).
 //! - `rehydrate`: load a verified archive range back into ClickHouse ([`rehydrate`]).
+//! - `hold`: S3 legal hold on the archive objects of a partition's range, chained ([`hold`]).
 //! - `consistency` / `check-consistency` / `checkpoints`: RFC 9162 consistency proofs between
 //!   two signed whole-tree checkpoints, checked offline; checkpoints as C2SP signed notes
 //!   ([`consistency`]).
@@ -29,6 +30,7 @@ pub mod consistency;
 pub mod erase;
 pub mod error;
 pub mod freshness;
+pub mod hold;
 pub mod keygen;
 pub mod metrics_file;
 pub mod output;
@@ -85,6 +87,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         Command::Query(a) => query::run(&a, out).await,
         Command::Report(a) => report::run(&a, out).await,
         Command::Rehydrate(a) => rehydrate::run(&a, out).await,
+        Command::Hold(a) => hold::run(&a, out).await,
         Command::Erase(a) => erase::run(&a, out).await,
         Command::SubjectReport(a) => subject::report(&a, out).await,
         Command::Reveal(a) => subject::reveal(&a, out).await,

@@ -10,7 +10,7 @@ use std::io::Write;
 
 use base64::Engine as _;
 use schemas::avro::canonical_bytes_version_into;
-use schemas::chain::{link_hash, Hash32};
+use schemas::chain::{rehash_stored, Hash32};
 use schemas::checkpoint::{
     check_event_proof, check_proof, verify_signed, InclusionProof, KeySet, ProvenEvent,
     SignedCheckpoint,
@@ -103,7 +103,7 @@ fn recompute_leaves(
         if ev.seq == prev_seq && !hashes.is_empty() {
             // A second copy of the same seq (sinks may hold duplicates before merges): it must
             // be the same link.
-            let h = rehash(partition, ev, &mut buf).map_err(&bad)?;
+            let h = rehash_stored(partition, ev, &mut buf).map_err(&bad)?;
             if hashes.last() != Some(&h) {
                 return Err(bad("two different records at this seq".into()));
             }
@@ -123,7 +123,7 @@ fn recompute_leaves(
                 ));
             }
         }
-        hashes.push(rehash(partition, ev, &mut buf).map_err(&bad)?);
+        hashes.push(rehash_stored(partition, ev, &mut buf).map_err(&bad)?);
         prev_seq = ev.seq;
     }
     if prev_seq != last {
@@ -132,19 +132,6 @@ fn recompute_leaves(
         )));
     }
     Ok(hashes)
-}
-
-fn rehash(partition: u32, ev: &ChainedEvent, buf: &mut Vec<u8>) -> Result<Hash32, String> {
-    buf.clear();
-    canonical_bytes_version_into(&ev.event, ev.canonical_version, buf)
-        .map_err(|e| format!("cannot re-encode the event: {e}"))?;
-    let prev: Hash32 = ev
-        .prev_hash
-        .as_slice()
-        .try_into()
-        .map_err(|_| format!("prev_hash is {} bytes, not 32", ev.prev_hash.len()))?;
-    let seq = u64::try_from(ev.seq).map_err(|_| format!("seq {} is negative", ev.seq))?;
-    Ok(link_hash(partition, seq, &prev, buf))
 }
 
 /// The smallest checkpoint range covering `seq` (among those valid under `keys`, if given).

@@ -555,7 +555,9 @@ pub async fn run(args: &VerifyArgs, out: &mut dyn Write) -> Result<Outcome, Erro
                 .into(),
         ));
     }
-    let trusted = load_trusted(args)?;
+    let mut trusted = load_trusted(args)?;
+    // `--anchor`: the write-once anchor's newest valid checkpoints, pinned like the above.
+    anchors::add_anchored(args, &mut trusted).await?;
     // Pins name their chain: without --chain-id, checkpoints of another chain id than the
     // pins' are then mismatches too (a partition of another chain signed by the same key).
     let pinned_chain;

@@ -202,6 +202,7 @@ fn verify_args(a: &WitnessArgs) -> VerifyArgs {
         reads: a.reads.clone(),
         clickhouse: a.clickhouse.clone(),
         archive: a.archive.clone(),
+        anchor: Default::default(),
     }
 }
 

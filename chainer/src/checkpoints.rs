@@ -12,7 +12,7 @@
 //! so a checkpoint never covers a record that is not durable.
 
 use integrity::tree::CompactRange;
-use schemas::chain::Hash32;
+use schemas::chain::{ChainRule, Hash32};
 use schemas::checkpoint::{sign, CheckpointError, CheckpointFields, SigningKey};
 use schemas::merkle::{leaf_hash, MerkleBuilder};
 use schemas::Checkpoint;
@@ -22,6 +22,42 @@ use schemas::Checkpoint;
 /// signed and not needed to verify: recovery checks them against the signed `tree_root` and
 /// resumes the whole tree from them instead of re-reading the partition from seq 1.
 pub const HEADER_TREE_PEAKS: &str = "audit.tree_peaks";
+
+/// Header of a checkpoint record: the link rule of the partition's chain (`1` or `2`, see
+/// `schemas::chain::ChainRule`). Not signed: recovery reads it only when the chained partition
+/// was emptied (retention) and the chain must resume from the checkpoint alone, under the rule
+/// its records used (a wrong one would only make every later link fail verification).
+pub const HEADER_CHAIN_RULE: &str = "audit.chain_rule";
+
+/// What a checkpoint record carries besides its payload (its headers; see
+/// [`HEADER_TREE_PEAKS`], [`HEADER_CHAIN_RULE`] and `task::HEADER_NEXT_SOURCE_OFFSET`).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointMeta<'a> {
+    /// The input offset after the last link the checkpoint covers.
+    pub next_source: Option<i64>,
+    pub tree_peaks: Option<&'a [u8]>,
+    pub chain_rule: ChainRule,
+}
+
+impl CheckpointMeta<'_> {
+    /// The record headers (name, value).
+    pub fn headers(&self) -> Vec<(String, Vec<u8>)> {
+        let mut h = vec![(
+            HEADER_CHAIN_RULE.to_owned(),
+            self.chain_rule.number().to_string().into_bytes(),
+        )];
+        if let Some(next) = self.next_source {
+            h.push((
+                crate::task::HEADER_NEXT_SOURCE_OFFSET.to_owned(),
+                next.to_string().into_bytes(),
+            ));
+        }
+        if let Some(peaks) = self.tree_peaks {
+            h.push((HEADER_TREE_PEAKS.to_owned(), peaks.to_vec()));
+        }
+        h
+    }
+}
 
 /// The [`HEADER_TREE_PEAKS`] value of a tree.
 pub fn encode_peaks(tree: &CompactRange) -> Vec<u8> {
@@ -70,6 +106,9 @@ pub struct CheckpointRange {
     /// genesis checkpoint ([`CheckpointFields::genesis`]), published without waiting for the
     /// heartbeat period.
     genesis_due: bool,
+    /// The partition chain's link rule (its genesis checkpoint's head and the records'
+    /// [`HEADER_CHAIN_RULE`]).
+    rule: ChainRule,
 }
 
 impl CheckpointRange {
@@ -86,13 +125,25 @@ impl CheckpointRange {
             signed: None,
             signed_peaks: None,
             genesis_due: false,
+            rule: ChainRule::V1,
         }
+    }
+
+    /// The partition chain's link rule (set by recovery; v1 until then).
+    pub fn set_rule(&mut self, rule: ChainRule) {
+        self.rule = rule;
+    }
+
+    pub fn rule(&self) -> ChainRule {
+        self.rule
     }
 
     /// After recovery: the whole tree through `first_seq - 1` (from the latest checkpoint's
     /// peaks). Ignored unless the range is empty and the tree ends right before it.
     pub fn set_whole_tree(&mut self, tree: CompactRange) {
-        if self.is_empty() && self.last.is_none() && tree.size().checked_add(1) == Some(self.first_seq)
+        if self.is_empty()
+            && self.last.is_none()
+            && tree.size().checked_add(1) == Some(self.first_seq)
         {
             self.whole = Some(tree);
         }
@@ -111,7 +162,8 @@ impl CheckpointRange {
 
     /// After recovery of a partition with nothing chained: its genesis checkpoint is due (only
     /// for a range at the very start of the chain with nothing signed).
-    pub fn expect_genesis(&mut self) {
+    pub fn expect_genesis(&mut self, rule: ChainRule) {
+        self.rule = rule;
         self.genesis_due =
             self.first_seq == 1 && self.is_empty() && self.last.is_none() && self.signed.is_none();
     }
@@ -160,8 +212,10 @@ impl CheckpointRange {
             );
             let signed = self.signed.take();
             let peaks = self.signed_peaks.take();
+            let rule = self.rule;
             // The whole tree cannot skip seqs either: unknown from here (range-only).
             *self = Self::starting_at(self.partition, seq);
+            self.rule = rule;
             if seq > 1 {
                 self.whole = None;
             }
@@ -199,7 +253,9 @@ impl CheckpointRange {
             partition_count,
             tree_root: whole.as_ref().map(CompactRange::root),
         };
+        let rule = self.rule;
         *self = Self::starting_at(self.partition, seq + 1);
+        self.rule = rule;
         self.signed_peaks = whole.as_ref().map(encode_peaks);
         self.whole = whole;
         self.signed = Some(fields.clone());
@@ -226,7 +282,13 @@ impl CheckpointRange {
             return None;
         }
         if std::mem::take(&mut self.genesis_due) {
-            let g = CheckpointFields::genesis(chain_id, self.partition, time_us, partition_count);
+            let g = CheckpointFields::genesis_of(
+                self.rule,
+                chain_id,
+                self.partition,
+                time_us,
+                partition_count,
+            );
             self.signed = Some(g.clone());
             self.signed_peaks = Some(Vec::new());
             return Some(g);
@@ -400,7 +462,7 @@ mod tests {
     fn an_empty_partition_signs_its_genesis_once_then_heartbeats_it() {
         let mut r = CheckpointRange::starting_at(2, 1);
         assert!(!r.genesis_due());
-        r.expect_genesis();
+        r.expect_genesis(ChainRule::V1);
         assert!(r.genesis_due());
         let g = r.heartbeat("c", 10, 4).expect("the genesis checkpoint");
         assert_eq!(g, CheckpointFields::genesis("c", 2, 10, 4));
@@ -413,10 +475,10 @@ mod tests {
 
         // Not for a range that does not start the chain, nor once links arrived.
         let mut later = CheckpointRange::starting_at(2, 7);
-        later.expect_genesis();
+        later.expect_genesis(ChainRule::V1);
         assert!(!later.genesis_due());
         let mut busy = CheckpointRange::starting_at(2, 1);
-        busy.expect_genesis();
+        busy.expect_genesis(ChainRule::V1);
         busy.push(1, h(1));
         assert!(!busy.genesis_due());
         assert!(busy.heartbeat("c", 10, 4).is_none());
@@ -453,7 +515,7 @@ mod tests {
             integrity::tree::root_of(&leaves)
         };
         let mut r = CheckpointRange::starting_at(0, 1);
-        r.expect_genesis();
+        r.expect_genesis(ChainRule::V1);
         let g = r.heartbeat("c", 1, 2).unwrap();
         assert_eq!(g.tree_root, Some(whole(0)));
         assert_eq!(r.signed_peaks(), Some(&[][..]));

@@ -404,6 +404,7 @@ pub async fn run_with_status(
 
     let drain = Duration::from_secs(config.common.shutdown_timeout_secs);
     let settings = Settings {
+        chain_id: config.effective_chain_id(),
         window: config.dedup_window,
         max_in_flight: config.max_in_flight.max(1),
         scan_idle_timeout: Duration::from_secs(config.scan_idle_timeout_secs.max(1)),

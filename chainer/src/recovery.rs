@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use schemas::chain::{hash32, seq_u64, ChainHead, DedupWindow, Hash32, IdDigest};
+use schemas::chain::{
+    hash32, schema_fingerprint, seq_u64, ChainHead, ChainRule, DedupWindow, Hash32, IdDigest,
+};
 use schemas::framing::{decode_chained, decode_checkpoint};
 use schemas::identity::{content_digest, dedup_key, ContentDigest};
 use schemas::Checkpoint;
@@ -69,6 +71,9 @@ pub struct TailSummary {
     /// head are re-chained.
     pub beyond_gap: Option<u64>,
     pub records: u64,
+    /// The link rule the partition's records use (`None`: no record read recomputed under
+    /// either rule, e.g. an empty partition).
+    pub rule: Option<ChainRule>,
 }
 
 /// One distinct chained seq, as recovery needs it.
@@ -105,6 +110,8 @@ pub struct TailReader {
     forks: u64,
     records: u64,
     error: Option<String>,
+    /// The partition's link rule, from the first record that recomputes under one.
+    rule: Option<ChainRule>,
 }
 
 /// Default for [`TailReader::max_burst`]: the chainer's default `max_in_flight`.
@@ -124,6 +131,7 @@ impl TailReader {
             forks: 0,
             records: 0,
             error: None,
+            rule: None,
         }
     }
 
@@ -164,6 +172,23 @@ impl TailReader {
         let seq = seq_u64(rec.seq).map_err(|e| e.to_string())?;
         let hash = hash32("hash", &rec.hash).map_err(|e| e.to_string())?;
         let prev = hash32("prev_hash", &rec.prev_hash).map_err(|e| e.to_string())?;
+        if self.rule.is_none() {
+            // A partition keeps the rule it was started with: the chain resumes under the rule
+            // its records recompute under (one record decides; a tampered one decides nothing).
+            let mut canonical = Vec::with_capacity(1024);
+            if schemas::avro::canonical_bytes_version_into(
+                &rec.event,
+                rec.canonical_version,
+                &mut canonical,
+            )
+            .is_ok()
+            {
+                if let Some(fp) = schema_fingerprint(rec.canonical_version) {
+                    let p = u32::try_from(self.partition).unwrap_or_default();
+                    self.rule = ChainRule::detect(p, seq, fp, &prev, &canonical, &hash);
+                }
+            }
+        }
         let entry = TailEntry {
             offset,
             hash,
@@ -347,17 +372,34 @@ impl TailReader {
             anomalies: self.repeats + self.forks + broken + u64::from(beyond_gap.is_some()),
             beyond_gap,
             records: self.records,
+            rule: self.rule,
         })
     }
 }
 
 impl TailSummary {
     /// The chain head to resume from.
-    pub fn chain_head(&self, partition: i32) -> Result<ChainHead, schemas::chain::ChainError> {
+    pub fn chain_head(
+        &self,
+        partition: i32,
+        chain_id: &str,
+    ) -> Result<ChainHead, schemas::chain::ChainError> {
         let p = schemas::chain::partition_u32(partition)?;
+        let rule = self.resume_rule();
         match self.head {
-            Some(h) => ChainHead::resume(p, h.seq, h.hash),
-            None => Ok(ChainHead::genesis(p)),
+            Some(h) => ChainHead::resume_with(rule, p, h.seq, h.hash),
+            None => Ok(ChainHead::genesis_with(rule, chain_id, p)),
+        }
+    }
+
+    /// The rule the chain goes on with: its records' rule; `audit-chain/v2` for a new chain.
+    /// Records that recompute under neither rule (only a tampered tail) resume under v1, the
+    /// rule of every chain written before v2, and the verifier reports them.
+    pub fn resume_rule(&self) -> ChainRule {
+        match (self.rule, self.records) {
+            (Some(r), _) => r,
+            (None, 0) => ChainRule::V2,
+            (None, _) => ChainRule::V1,
         }
     }
 }
@@ -375,6 +417,8 @@ pub struct CheckpointFinder {
     best_next_source: Option<i64>,
     /// `best`'s [`HEADER_TREE_PEAKS`](crate::checkpoints::HEADER_TREE_PEAKS), if any.
     best_peaks: Option<Vec<u8>>,
+    /// `best`'s [`HEADER_CHAIN_RULE`](crate::checkpoints::HEADER_CHAIN_RULE), if any.
+    best_rule: Option<ChainRule>,
     unreadable: u64,
 }
 
@@ -387,6 +431,7 @@ impl CheckpointFinder {
             best_record: None,
             best_next_source: None,
             best_peaks: None,
+            best_rule: None,
             unreadable: 0,
         }
     }
@@ -394,7 +439,7 @@ impl CheckpointFinder {
     /// One record of the checkpoints topic: its payload and its
     /// [`HEADER_NEXT_SOURCE_OFFSET`](crate::task::HEADER_NEXT_SOURCE_OFFSET) header, if any.
     pub fn push(&mut self, payload: Option<&[u8]>, next_source: Option<i64>) {
-        self.push_with_peaks(payload, next_source, None);
+        self.push_with_peaks(payload, next_source, None, None);
     }
 
     /// [`Self::push`], with the record's
@@ -404,6 +449,7 @@ impl CheckpointFinder {
         payload: Option<&[u8]>,
         next_source: Option<i64>,
         peaks: Option<&[u8]>,
+        rule: Option<ChainRule>,
     ) {
         let Some(cp) = payload.and_then(|b| decode_checkpoint(b, None).ok()) else {
             self.unreadable += 1;
@@ -421,6 +467,7 @@ impl CheckpointFinder {
             self.best_record = Some(cp);
             self.best_next_source = next_source;
             self.best_peaks = peaks.map(<[u8]>::to_vec);
+            self.best_rule = rule;
         } else if self.best == Some((seq, head)) {
             // A heartbeat of the same head, read later (newer): keep its time.
             self.best_record = Some(cp);
@@ -428,6 +475,7 @@ impl CheckpointFinder {
             if let Some(p) = peaks {
                 self.best_peaks = Some(p.to_vec());
             }
+            self.best_rule = rule.or(self.best_rule);
         }
     }
 
@@ -441,6 +489,11 @@ impl CheckpointFinder {
 
     pub fn latest(&self) -> Option<(u64, Hash32)> {
         self.best
+    }
+
+    /// The link rule of the chain at the latest checkpoint, from its record's header.
+    pub fn latest_rule(&self) -> Option<ChainRule> {
+        self.best_rule
     }
 
     /// The latest checkpoint's header peaks, as recorded (see [`Self::latest_whole_tree`]).
@@ -620,6 +673,18 @@ fn tree_peaks_header<'m>(msg: &'m rdkafka::message::BorrowedMessage<'_>) -> Opti
         .and_then(|h| h.value)
 }
 
+/// The [`HEADER_CHAIN_RULE`](crate::checkpoints::HEADER_CHAIN_RULE) of a checkpoint record.
+fn chain_rule_header(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<ChainRule> {
+    use rdkafka::message::{Headers, Message};
+    msg.headers()?
+        .iter()
+        .find(|h| h.key == crate::checkpoints::HEADER_CHAIN_RULE)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<u8>().ok())
+        .and_then(ChainRule::from_number)
+}
+
 pub async fn scan_checkpoints(
     args: &KafkaArgs,
     topic: &str,
@@ -640,7 +705,12 @@ pub async fn scan_checkpoints(
         idle_timeout,
         move |msg| {
             if let Some(f) = inner.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
-                f.push_with_peaks(msg.payload(), next_source_header(msg), tree_peaks_header(msg));
+                f.push_with_peaks(
+                    msg.payload(),
+                    next_source_header(msg),
+                    tree_peaks_header(msg),
+                    chain_rule_header(msg),
+                );
             }
         },
     )
@@ -656,6 +726,8 @@ pub async fn scan_checkpoints(
 
 /// What [`recover_partition`] needs: the clients, the topics and the recovery settings.
 pub struct RecoverArgs<'a> {
+    /// The chain id (a new partition's `audit-chain/v2` genesis is bound to it).
+    pub chain_id: &'a str,
     pub kafka: &'a KafkaArgs,
     pub topics: &'a Topics,
     /// The group consumer of the enriched topic: its committed offset of the partition is
@@ -785,9 +857,11 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
     // 3. Where the chain resumes.
     let (head, expected) = match (tail.head, tail.beyond_gap) {
         (Some(h), _) => (
-            ChainHead::resume(p32, h.seq, h.hash).map_err(|source| Error::Chain {
-                partition: p,
-                source,
+            ChainHead::resume_with(tail.resume_rule(), p32, h.seq, h.hash).map_err(|source| {
+                Error::Chain {
+                    partition: p,
+                    source,
+                }
             })?,
             h.source_offset + 1,
         ),
@@ -831,18 +905,27 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
             // inputs before `next`, which are what was chained (a redelivered copy of one of
             // them arriving later must still be dropped).
             rebuild_window_from_input(&a, p, next, &mut tail.dedup).await?;
+            // The chain's rule is in the checkpoint record's header (older chainers: v1).
+            let rule = finder
+                .as_ref()
+                .and_then(CheckpointFinder::latest_rule)
+                .unwrap_or(ChainRule::V1);
             (
-                ChainHead::resume(p32, cp_seq, cp_hash).map_err(|source| Error::Chain {
-                    partition: p,
-                    source,
+                ChainHead::resume_with(rule, p32, cp_seq, cp_hash).map_err(|source| {
+                    Error::Chain {
+                        partition: p,
+                        source,
+                    }
                 })?,
                 next,
             )
         }
         // Nothing chained yet (or its first records were lost): everything still in the input
         // must be chained.
+        // (Records above a lost seq 1 are chained again with identical bytes, so under their
+        // rule; a new chain is v2, bound to the chain id.)
         (None, _) => (
-            ChainHead::genesis(p32),
+            ChainHead::genesis_with(tail.resume_rule(), a.chain_id, p32),
             low_watermark(a.consumer, &a.topics.enriched, p).await?,
         ),
     };
@@ -871,6 +954,7 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
                     );
                 }
                 let mut range = CheckpointRange::starting_at(head.partition, start.first_seq);
+                range.set_rule(head.rule);
                 // The whole tree resumes at the latest checkpoint (from its record's peaks);
                 // from seq 1 it is the empty tree anyway.
                 if let Some(tree) = finder
@@ -904,7 +988,7 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
                 // Nothing chained: sign the partition's genesis (again, with a fresh time, if
                 // an earlier owner did), so that its presence in the signed set is attested.
                 if head.seq == 0 {
-                    range.expect_genesis();
+                    range.expect_genesis(head.rule);
                 }
                 Some(range)
             }
@@ -1105,7 +1189,7 @@ mod tests {
             P,
             "t.enriched",
             Resume {
-                head: t.chain_head(P).unwrap(),
+                head: t.chain_head(P, "c").unwrap(),
                 dedup: t.dedup.clone(),
                 expected: h.source_offset + 1,
             },
@@ -1178,7 +1262,7 @@ mod tests {
             P,
             "t.enriched",
             Resume {
-                head: t.chain_head(P).unwrap(),
+                head: t.chain_head(P, "c").unwrap(),
                 dedup: t.dedup,
                 expected: 6,
             },

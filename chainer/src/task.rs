@@ -44,7 +44,7 @@ use worker_runtime::kafka::InputRecord;
 use worker_runtime::{RuntimeError, Shutdown};
 
 use crate::acks::AckQueue;
-use crate::checkpoints::{CheckpointRange, Signer};
+use crate::checkpoints::{CheckpointMeta, CheckpointRange, Signer};
 use crate::error::Error;
 use crate::metrics as m;
 use crate::partition::{Decision, Input, PartitionChain};
@@ -115,16 +115,13 @@ pub trait TaskIo: Send + Sync + 'static {
         code: &'static str,
         message: &'a str,
     ) -> BoxFuture<'a, Result<Ack, Error>>;
-    /// `next_source`: the input offset after the last link the checkpoint covers, carried in
-    /// the record's [`HEADER_NEXT_SOURCE_OFFSET`] header for recovery (not signed: it is where
-    /// the chainer resumes, not a claim about the chain). `tree_peaks`: the
-    /// [`HEADER_TREE_PEAKS`](crate::checkpoints::HEADER_TREE_PEAKS) header (v3 checkpoints).
+    /// `meta`: the record's headers for recovery (not signed: where the chainer resumes and
+    /// how, not a claim about the chain; see [`CheckpointMeta`]).
     fn send_checkpoint<'a>(
         &'a self,
         p: i32,
         payload: &'a [u8],
-        next_source: Option<i64>,
-        tree_peaks: Option<&'a [u8]>,
+        meta: CheckpointMeta<'a>,
     ) -> BoxFuture<'a, Result<Ack, Error>>;
     /// Stores the next input offset to commit.
     fn store_offset(&self, p: i32, next: i64);
@@ -664,10 +661,12 @@ impl<I: TaskIo> Task<I> {
                 source,
             })?;
         let peaks = range.signed_peaks().map(<[u8]>::to_vec);
-        let ack = self
-            .io
-            .send_checkpoint(p, &payload, self.next_source, peaks.as_deref())
-            .await?;
+        let meta = CheckpointMeta {
+            next_source: self.next_source,
+            tree_peaks: peaks.as_deref(),
+            chain_rule: range.rule(),
+        };
+        let ack = self.io.send_checkpoint(p, &payload, meta).await?;
         if heartbeat {
             tracing::debug!(partition = p, seq, "heartbeat checkpoint signed");
         } else {

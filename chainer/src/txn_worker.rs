@@ -30,7 +30,7 @@ use worker_runtime::kafka::{AuditConsumer, InputRecord, KafkaArgs, Producer, Reb
 use worker_runtime::{RuntimeError, Shutdown};
 
 use crate::acks::AckQueue;
-use crate::checkpoints::{CheckpointRange, Signer, HEADER_TREE_PEAKS};
+use crate::checkpoints::{CheckpointMeta, CheckpointRange, Signer};
 use crate::error::Error;
 use crate::metrics as m;
 use crate::partition::{Decision, Input, PartitionChain};
@@ -684,11 +684,12 @@ impl Worker {
             })?;
         let key = p.to_string();
         let cp_partition = checkpoint_partition(p, self.ctx.checkpoint_partitions);
-        let headers: Vec<(String, Vec<u8>)> = range
-            .signed_peaks()
-            .map(|peaks| (HEADER_TREE_PEAKS.to_owned(), peaks.to_vec()))
-            .into_iter()
-            .collect();
+        let headers = CheckpointMeta {
+            next_source: None,
+            tree_peaks: range.signed_peaks(),
+            chain_rule: range.rule(),
+        }
+        .headers();
         // With transactions the checkpoint commits atomically with the links it covers.
         let delivery = match self.txn.as_mut() {
             Some(txn) => txn
@@ -789,6 +790,7 @@ impl Ctx {
     /// Rebuilds partition `p` from durable state ([`recover_partition`]).
     async fn recover(&self, p: i32, epoch: u64) -> Result<Slot, Error> {
         let recovered = recover_partition(RecoverArgs {
+            chain_id: &self.settings.chain_id,
             kafka: &self.kafka,
             topics: &self.topics,
             consumer: &self.consumer,

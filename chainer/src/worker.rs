@@ -23,17 +23,19 @@ use worker_runtime::kafka::Topics;
 use worker_runtime::kafka::{AuditConsumer, InputRecord, KafkaArgs, Producer, RebalanceState};
 use worker_runtime::RuntimeError;
 
+use crate::checkpoints::CheckpointMeta;
 use crate::checkpoints::Signer;
 use crate::error::Error;
 use crate::recovery::{recover_partition, RecoverArgs, Recovered};
-use crate::checkpoints::HEADER_TREE_PEAKS;
-use crate::task::{Ack, TaskIo, HEADER_NEXT_SOURCE_OFFSET};
+use crate::task::{Ack, TaskIo};
 
 pub const STAGE: &str = "chainer";
 pub(crate) const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The chain id (new partitions' `audit-chain/v2` genesis is bound to it).
+    pub chain_id: String,
     pub window: usize,
     /// Per partition task (transactions mode: for the whole loop).
     pub max_in_flight: usize,
@@ -191,6 +193,7 @@ impl TaskIo for KafkaIo {
     fn recover(&self, p: i32, epoch: u64) -> BoxFuture<'_, Result<Recovered, Error>> {
         let delay = self.recovery_delays.get(&p).copied();
         let recover = recover_partition(RecoverArgs {
+            chain_id: &self.settings.chain_id,
             kafka: &self.kafka,
             topics: &self.topics,
             consumer: &self.consumer,
@@ -305,8 +308,7 @@ impl TaskIo for KafkaIo {
         &'a self,
         p: i32,
         payload: &'a [u8],
-        next_source: Option<i64>,
-        tree_peaks: Option<&'a [u8]>,
+        meta: CheckpointMeta<'a>,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         Box::pin(async move {
             let key = p.to_string();
@@ -319,16 +321,7 @@ impl TaskIo for KafkaIo {
                 Some(q),
             );
             publish.set_attribute(|| KeyValue::new("audit.chain.partition", i64::from(p)));
-            let mut headers = Vec::new();
-            if let Some(next) = next_source {
-                headers.push((
-                    HEADER_NEXT_SOURCE_OFFSET.to_owned(),
-                    next.to_string().into_bytes(),
-                ));
-            }
-            if let Some(peaks) = tree_peaks {
-                headers.push((HEADER_TREE_PEAKS.to_owned(), peaks.to_vec()));
-            }
+            let mut headers = meta.headers();
             publish.inject(&mut headers);
             let d = send_with_headers(
                 &self.producer.get().1,
@@ -440,7 +433,9 @@ fn trace_headers(
     owned_headers(&headers)
 }
 
-pub(crate) fn owned_headers(headers: &[(String, Vec<u8>)]) -> Option<rdkafka::message::OwnedHeaders> {
+pub(crate) fn owned_headers(
+    headers: &[(String, Vec<u8>)],
+) -> Option<rdkafka::message::OwnedHeaders> {
     if headers.is_empty() {
         return None;
     }

@@ -112,11 +112,13 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
 
     let all = checkpoints(&args).await;
     // Partition 1 never had a record: each run signed its genesis checkpoint (size 0, head
-    // all zeros), which attests it in the signed partition set.
+    // the audit-chain/v2 genesis of this chain id and partition), which attests it in the
+    // signed partition set.
     let empty: Vec<&Checkpoint> = all.iter().filter(|c| c.partition == 1).collect();
     assert!(empty.len() >= 2, "a genesis per run: {all:?}");
     for c in &empty {
         verify(keys, c).unwrap();
+        let genesis = schemas::chain::genesis_v2(&c.chain_id, 1);
         assert_eq!(
             (
                 c.first_seq,
@@ -124,7 +126,7 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
                 c.head_hash.as_slice(),
                 c.partition_count
             ),
-            (1, 0, &[0u8; 32][..], PARTITIONS),
+            (1, 0, &genesis[..], PARTITIONS),
             "{c:?}"
         );
     }

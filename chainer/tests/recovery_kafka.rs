@@ -71,6 +71,7 @@ impl Env {
         window: usize,
     ) -> Result<Recovered, chainer::Error> {
         recover_partition(RecoverArgs {
+            chain_id: "c",
             kafka: &self.args,
             topics: &self.topics,
             consumer: &self.consumer,

@@ -7,7 +7,7 @@ use chainer::recovery::{CheckpointFinder, TailReader, TailSummary};
 use clap::Parser;
 use proptest::prelude::*;
 use schemas::avro::canonical_bytes;
-use schemas::chain::{hash32, link_hash, ChainHead, DedupWindow, GENESIS};
+use schemas::chain::{hash32, ChainHead, DedupWindow};
 use schemas::checkpoint::{generate_pkcs8, KeySet, SigningKey};
 use schemas::framing::{
     decode_chained, encode_single_object_chained, encode_single_object_checkpoint,
@@ -27,8 +27,18 @@ fn event_bytes(id: &str, n: i64) -> Vec<u8> {
     encode_single_object_event(&e).unwrap()
 }
 
+/// A new partition as the chainer starts it: `audit-chain/v2`, bound to chain id "c" (the id
+/// recovery is given in `resume_from`).
 fn genesis(window: usize) -> PartitionChain {
-    PartitionChain::genesis(P, SRC, window, 0).unwrap()
+    PartitionChain::new(
+        P,
+        SRC,
+        Resume {
+            head: ChainHead::genesis_v2("c", P as u32),
+            dedup: DedupWindow::new(window),
+            expected: 0,
+        },
+    )
 }
 
 fn feed(m: &mut PartitionChain, offset: i64, bytes: &[u8]) -> Decision {
@@ -72,7 +82,10 @@ fn chains_contiguously_and_every_link_verifies() {
         let d = feed(&mut m, i, &event_bytes(&format!("e{i}"), i));
         out.push(chained(&d));
     }
-    let mut prev = GENESIS;
+    // A new partition's chain is audit-chain/v2: seq 1 links to the chain id's genesis, and
+    // every link binds the canonical schema's fingerprint.
+    let mut prev = schemas::chain::genesis_v2("c", P as u32);
+    let fp = schemas::chain::schema_fingerprint(schemas::avro::CANONICAL_VERSION).unwrap();
     for (i, r) in out.iter().enumerate() {
         assert_eq!(r.seq, i as i64 + 1);
         assert_eq!(
@@ -82,9 +95,10 @@ fn chains_contiguously_and_every_link_verifies() {
         assert_eq!(r.source_topic, SRC);
         assert_eq!(r.canonical_version, schemas::avro::CANONICAL_VERSION);
         assert_eq!(r.prev_hash, prev.to_vec());
-        let h = link_hash(
+        let h = schemas::chain::link_hash_v2(
             P as u32,
             r.seq as u64,
+            fp,
             &prev,
             &canonical_bytes(&r.event).unwrap(),
         );
@@ -291,7 +305,7 @@ fn tail_of(decisions: &[Decision], cut: usize, window: usize, keep: usize) -> Ta
 }
 
 fn resume_from(tail: &TailSummary) -> PartitionChain {
-    let head = tail.chain_head(P).unwrap();
+    let head = tail.chain_head(P, "c").unwrap();
     let expected = tail.head.map_or(0, |h| h.source_offset + 1);
     PartitionChain::new(
         P,
@@ -379,7 +393,7 @@ fn checkpoints_cover_contiguous_ranges_that_the_verifier_accepts_across_a_restar
     let key = test_key();
     let mut keys = KeySet::default();
     keys.add(key.public_entry(0, None)).unwrap();
-    let chain_id = "t.chained";
+    let chain_id = "c";
     let every = 10u64;
 
     let log: Vec<Vec<u8>> = (0..47).map(|i| event_bytes(&format!("e{i}"), i)).collect();
@@ -555,4 +569,62 @@ proptest! {
             prop_assert_eq!(&feed(&mut m, o as i64, bytes), &whole[o]);
         }
     }
+}
+
+/// A chain written before `audit-chain/v2` (v1 records in the tail) goes on under v1 after a
+/// restart, byte for byte as if it never stopped: the rule is the records', not the new-chain
+/// default; and the checkpoint finder keeps the rule header of the latest checkpoint (the
+/// only source of the rule when retention emptied the chained partition).
+#[test]
+fn a_v1_chain_resumes_under_v1_and_the_finder_keeps_the_rule_header() {
+    let window = 8;
+    let log = mixed_log(30);
+    let mut v1 = PartitionChain::genesis(P, SRC, window, 0).unwrap();
+    let whole: Vec<Decision> = log
+        .iter()
+        .enumerate()
+        .map(|(o, b)| feed(&mut v1, o as i64, b))
+        .collect();
+    for cut in [1, 7, 30] {
+        let tail = tail_of(&whole, cut, window, 0);
+        assert_eq!(tail.rule, Some(schemas::chain::ChainRule::V1), "cut {cut}");
+        let mut m = resume_from(&tail);
+        assert_eq!(m.head().rule, schemas::chain::ChainRule::V1);
+        let resume_point = tail.head.map_or(0, |h| h.source_offset as usize + 1);
+        for (o, bytes) in log.iter().enumerate().skip(resume_point) {
+            assert_eq!(
+                feed(&mut m, o as i64, bytes),
+                whole[o],
+                "cut {cut} offset {o}"
+            );
+        }
+    }
+    // An empty tail starts a new chain: v2.
+    let empty = tail_of(&whole, 0, window, 0);
+    assert_eq!(empty.resume_rule(), schemas::chain::ChainRule::V2);
+
+    let key = test_key();
+    let cp = schemas::checkpoint::sign(
+        &key,
+        &schemas::checkpoint::CheckpointFields {
+            chain_id: "c".into(),
+            partition: P as u32,
+            first_seq: 1,
+            seq: 5,
+            head_hash: [5; 32],
+            merkle_root: [6; 32],
+            time_us: 1,
+            partition_count: 4,
+            tree_root: None,
+        },
+    )
+    .unwrap();
+    let mut finder = CheckpointFinder::new("c", P);
+    finder.push_with_peaks(
+        Some(&encode_single_object_checkpoint(&cp).unwrap()),
+        None,
+        Some(&[]),
+        Some(schemas::chain::ChainRule::V2),
+    );
+    assert_eq!(finder.latest_rule(), Some(schemas::chain::ChainRule::V2));
 }

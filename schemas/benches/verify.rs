@@ -607,6 +607,7 @@ fn main() {
                         canonical: c,
                         event_id: &ce.event.event_id,
                         copy: None,
+                        canonical_version: schemas::avro::CANONICAL_VERSION,
                     });
                 }
                 n += check(v.finish(), p.chained.len());

@@ -299,6 +299,42 @@ pub fn checkpoint_prefix(partition: i32) -> String {
     format!("{CHECKPOINTS_DIR}/chain={partition}/")
 }
 
+/// Top folder of the write-once anchor (sink-archive `--anchor-url`, auditctl `verify --anchor`).
+pub const ANCHOR_DIR: &str = "anchor";
+
+/// `anchor/<chain id>/`, the chain id escaped like a key id in [`checkpoint_key`].
+pub fn anchor_chain_prefix(chain_id: &str) -> String {
+    format!("{ANCHOR_DIR}/{}/", escape_name(chain_id))
+}
+
+/// `anchor/<chain id>/partition=<p>/<seq:020>-<key_id>@t<time_us>.json`: one name per signed
+/// checkpoint (heartbeats included: the time is part of the name), so each is written once.
+pub fn anchor_key(chain_id: &str, partition: i32, seq: i64, key_id: &str, time_us: i64) -> String {
+    let hb = checkpoint_heartbeat_key(partition, seq, key_id, time_us);
+    let file = hb
+        .strip_prefix(&checkpoint_prefix(partition))
+        .unwrap_or(&hb);
+    format!(
+        "{}partition={partition}/{file}",
+        anchor_chain_prefix(chain_id)
+    )
+}
+
+fn escape_name(s: &str) -> String {
+    let mut id = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-') {
+            id.push(char::from(b));
+        } else {
+            id.push_str(&format!("_{b:02X}"));
+        }
+    }
+    if id.is_empty() {
+        id.push('_');
+    }
+    id
+}
+
 // ---- metadata ----------------------------------------------------------------------------------
 
 /// What a segment says about itself (its container metadata).
@@ -873,6 +909,15 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || "/=.-_@".contains(c)),
             "{key}"
         );
+    }
+
+    #[test]
+    fn anchor_names_carry_chain_partition_seq_key_and_time() {
+        assert_eq!(
+            anchor_key("prod/eu", 2, 42, "k-1", 7),
+            "anchor/prod_2Feu/partition=2/00000000000000000042-k-1@t7.json"
+        );
+        assert!(anchor_key("c", 1, 1, "k", 1).starts_with(&anchor_chain_prefix("c")));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
-use schemas::chain::{link_hash, ChainHead, Hash32, GENESIS};
+use schemas::chain::{ChainHead, ChainRule, Hash32};
 use schemas::checkpoint::{
     generate_pkcs8, sign, CheckpointFields, KeySet, PublicKeyEntry, SignedCheckpoint, SigningKey,
 };
@@ -53,7 +53,12 @@ impl Fixture {
 /// A chain of `events` with a checkpoint every `every` records and, if `seal_tail`, one at the
 /// last record too.
 fn build(events: &[Vec<u8>], every: usize, seal_tail: bool) -> Fixture {
-    let mut head = ChainHead::genesis(P);
+    build_in(events, every, seal_tail, ChainRule::V1)
+}
+
+/// [`build`] under `rule` (v2 chains belong to chain id "test", like the checkpoints).
+fn build_in(events: &[Vec<u8>], every: usize, seal_tail: bool, rule: ChainRule) -> Fixture {
+    let mut head = ChainHead::genesis_with(rule, "test", P);
     let mut records = Vec::new();
     let mut hashes = Vec::new();
     for (i, ev) in events.iter().enumerate() {
@@ -66,6 +71,7 @@ fn build(events: &[Vec<u8>], every: usize, seal_tail: bool) -> Fixture {
             canonical: ev.clone(),
             event_id: format!("evt-{i}"),
             copy: None,
+            canonical_version: schemas::avro::CANONICAL_VERSION,
         });
     }
     let n = events.len();
@@ -102,6 +108,12 @@ fn build(events: &[Vec<u8>], every: usize, seal_tail: bool) -> Fixture {
     }
 }
 
+/// The link hash under `rule` (the current canonical schema's fingerprint for v2).
+fn link(rule: ChainRule, seq: u64, prev: &Hash32, content: &[u8]) -> Hash32 {
+    let fp = schemas::chain::schema_fingerprint(schemas::avro::CANONICAL_VERSION).unwrap();
+    rule.link(P, seq, fp, prev, content)
+}
+
 fn run_with(records: &[OwnedRecord], cps: &[Checkpoint], opts: VerifyOptions) -> PartitionReport {
     verify_partition(
         P,
@@ -112,19 +124,31 @@ fn run_with(records: &[OwnedRecord], cps: &[Checkpoint], opts: VerifyOptions) ->
     )
 }
 
+/// Verifies as auditctl does with `--chain-id test` (for v2 chains the chain id fixes the
+/// genesis seq 1 must link to).
 fn run(fx: &Fixture, records: &[OwnedRecord]) -> PartitionReport {
-    run_with(records, &fx.checkpoints, VerifyOptions::default())
+    run_with(records, &fx.checkpoints, opts())
+}
+
+fn opts() -> VerifyOptions {
+    VerifyOptions {
+        chain_id: Some("test".into()),
+        ..VerifyOptions::default()
+    }
 }
 
 fn kinds(r: &PartitionReport) -> Vec<(FindingKind, i64)> {
     r.findings.iter().map(|f| (f.kind, f.seq)).collect()
 }
 
-fn arb_chain() -> impl Strategy<Value = (Vec<Vec<u8>>, usize, bool)> {
+/// Events, checkpoint spacing, whether the tail is sealed, and the chain rule: every property
+/// holds under both rules.
+fn arb_chain() -> impl Strategy<Value = (Vec<Vec<u8>>, usize, bool, ChainRule)> {
     (
         prop::collection::vec(prop::collection::vec(any::<u8>(), 1..48), 1..40),
         1usize..12,
         any::<bool>(),
+        prop_oneof![Just(ChainRule::V1), Just(ChainRule::V2)],
     )
 }
 
@@ -134,8 +158,8 @@ fn pick(i: prop::sample::Index, n: usize) -> usize {
 
 proptest! {
     #[test]
-    fn valid_chains_verify((events, every, seal) in arb_chain()) {
-        let fx = build(&events, every, seal);
+    fn valid_chains_verify((events, every, seal, rule) in arb_chain()) {
+        let fx = build_in(&events, every, seal, rule);
         let r = run(&fx, &fx.records);
         prop_assert!(r.findings.is_empty(), "{:?}", r.findings);
         prop_assert!(r.ok);
@@ -147,10 +171,10 @@ proptest! {
 
     #[test]
     fn flipped_event_byte_is_a_modified_event(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(),
         j in any::<prop::sample::Index>(), bit in 0u8..8,
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let k = pick(i, events.len());
         let mut recs = fx.records.clone();
         let b = pick(j, recs[k].canonical.len());
@@ -163,10 +187,10 @@ proptest! {
 
     #[test]
     fn changed_stored_hash_is_a_modified_hash(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(),
         j in 0usize..32, truncate in any::<bool>(),
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let n = events.len();
         let k = pick(i, n);
         let mut recs = fx.records.clone();
@@ -185,9 +209,9 @@ proptest! {
 
     #[test]
     fn changed_prev_hash_is_a_broken_link(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(), j in 0usize..32,
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(), j in 0usize..32,
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let k = pick(i, events.len());
         let mut recs = fx.records.clone();
         recs[k].prev_hash[j] ^= 0x01;
@@ -198,10 +222,10 @@ proptest! {
 
     #[test]
     fn deleted_record_is_missing(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(),
         renumber in any::<bool>(),
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let n = events.len();
         let k = pick(i, n);
         let mut recs = fx.records.clone();
@@ -228,22 +252,23 @@ proptest! {
 
     #[test]
     fn inserted_record_is_named(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(),
         forged in prop::collection::vec(any::<u8>(), 1..32), valid_hash in any::<bool>(),
         renumber in any::<bool>(),
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let n = events.len();
         let k = pick(i, n); // index the forged record takes
-        let prev: Hash32 = if k == 0 { GENESIS } else { fx.hashes[k - 1] };
+        let prev: Hash32 = if k == 0 { rule.genesis("test", P) } else { fx.hashes[k - 1] };
         let mut content = b"forged:".to_vec();
         content.extend_from_slice(&forged);
         let seq = k as i64 + 1;
-        let hash = if valid_hash { link_hash(P, seq as u64, &prev, &content) } else { [0x5a; 32] };
+        let hash = if valid_hash { link(rule, seq as u64, &prev, &content) } else { [0x5a; 32] };
         let mut recs = fx.records.clone();
         recs.insert(k, OwnedRecord {
             seq, prev_hash: prev.to_vec(), hash: hash.to_vec(), canonical: content,
             event_id: "forged".into(), copy: None,
+            canonical_version: schemas::avro::CANONICAL_VERSION,
         });
         if renumber {
             for r in recs.iter_mut().skip(k + 1) { r.seq += 1; }
@@ -257,11 +282,11 @@ proptest! {
 
     #[test]
     fn swapped_adjacent_records_are_reordered(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(),
         swap_seqs in any::<bool>(),
     ) {
         prop_assume!(events.len() >= 2);
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let k = pick(i, events.len() - 1);
         let mut recs = fx.records.clone();
         recs.swap(k, k + 1);
@@ -279,10 +304,10 @@ proptest! {
 
     #[test]
     fn duplicates_are_told_apart_from_forks(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(),
         change in any::<bool>(), before in any::<bool>(), j in any::<prop::sample::Index>(),
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let k = pick(i, events.len());
         let mut dup = fx.records[k].clone();
         dup.copy = Some(2);
@@ -305,9 +330,9 @@ proptest! {
 
     #[test]
     fn truncation_past_a_checkpoint_is_named(
-        (events, every, _seal) in arb_chain(), cut in any::<prop::sample::Index>(),
+        (events, every, _seal, rule) in arb_chain(), cut in any::<prop::sample::Index>(),
     ) {
-        let fx = build(&events, every, true);
+        let fx = build_in(&events, every, true, rule);
         let last_cp = fx.last_cp().unwrap_or(0) as usize;
         let keep = pick(cut, last_cp.max(1)); // keep 0..last_cp-1 records
         let recs = fx.records[..keep].to_vec();
@@ -317,10 +342,10 @@ proptest! {
 
     #[test]
     fn tampered_checkpoints_are_named(
-        (events, every, seal) in arb_chain(), c in any::<prop::sample::Index>(), what in 0usize..11,
+        (events, every, seal, rule) in arb_chain(), c in any::<prop::sample::Index>(), what in 0usize..11,
         j in 0usize..32,
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         prop_assume!(!fx.checkpoints.is_empty());
         let ci = pick(c, fx.checkpoints.len());
         let mut cps = fx.checkpoints.clone();
@@ -349,15 +374,15 @@ proptest! {
 
     #[test]
     fn consistent_rewrite_is_caught_by_the_next_checkpoint(
-        (events, every, seal) in arb_chain(), i in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), i in any::<prop::sample::Index>(),
     ) {
         // The strongest attacker without the key: rewrite an event and recompute every hash
         // after it. Links all check; only a signed checkpoint at or after it can tell.
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let k = pick(i, events.len());
         let mut evs = events.clone();
         evs[k].push(0xee);
-        let forged = build(&evs, usize::MAX, false);
+        let forged = build_in(&evs, usize::MAX, false, rule);
         let r = run_with(&forged.records, &fx.checkpoints, VerifyOptions::default());
         let next_cp = fx.cp_seqs().into_iter().find(|&s| s > k as i64);
         match next_cp {
@@ -369,14 +394,14 @@ proptest! {
 
     #[test]
     fn a_range_store_verifies_from_a_given_start(
-        (events, every, seal) in arb_chain(), a in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), a in any::<prop::sample::Index>(),
         b in any::<prop::sample::Index>(), bad_start in any::<bool>(),
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         let n = events.len();
         let lo = pick(a, n);
         let hi = lo + pick(b, n - lo); // records lo..=hi (0-based)
-        let mut prev = if lo == 0 { GENESIS } else { fx.hashes[lo - 1] };
+        let mut prev = if lo == 0 { rule.genesis("test", P) } else { fx.hashes[lo - 1] };
         if bad_start { prev[0] ^= 1; }
         let opts = VerifyOptions {
             start: ExpectedStart::after(lo as u64, prev),
@@ -433,6 +458,7 @@ proptest! {
         let fx = build(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()], 2, true);
         let owned: Vec<OwnedRecord> = recs.into_iter().map(|(seq, p, h, c)| OwnedRecord {
             seq, prev_hash: p, hash: h, canonical: c, event_id: String::new(), copy: None,
+            canonical_version: schemas::avro::CANONICAL_VERSION,
         }).collect();
         let opts = VerifyOptions { reorder_window: window, ..VerifyOptions::default() };
         let r = run_with(&owned, &fx.checkpoints, opts);
@@ -443,10 +469,10 @@ proptest! {
     /// is noticed.
     #[test]
     fn combined_mutations_never_panic_and_are_noticed(
-        (events, every, _seal) in arb_chain(),
+        (events, every, _seal, rule) in arb_chain(),
         ops in prop::collection::vec((0u8..7, any::<prop::sample::Index>(), any::<u8>()), 1..6),
     ) {
-        let fx = build(&events, every, true);
+        let fx = build_in(&events, every, true, rule);
         let mut recs = fx.records.clone();
         for (op, i, b) in ops {
             if recs.is_empty() { break; }
@@ -556,9 +582,9 @@ proptest! {
     /// the tail it seals, is the truncation that needs heartbeats.)
     #[test]
     fn a_deleted_checkpoint_leaves_a_gap_unless_it_is_the_newest(
-        (events, every, seal) in arb_chain(), c in any::<prop::sample::Index>(),
+        (events, every, seal, rule) in arb_chain(), c in any::<prop::sample::Index>(),
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         prop_assume!(!fx.checkpoints.is_empty());
         let ci = pick(c, fx.checkpoints.len());
         let mut cps = fx.checkpoints.clone();
@@ -575,9 +601,9 @@ proptest! {
     /// `CheckpointBackdated`, and nothing else.
     #[test]
     fn a_checkpoint_signed_before_an_earlier_one_is_backdated(
-        (events, every, seal) in arb_chain(), c in any::<prop::sample::Index>(), back in 1i64..1_000,
+        (events, every, seal, rule) in arb_chain(), c in any::<prop::sample::Index>(), back in 1i64..1_000,
     ) {
-        let fx = build(&events, every, seal);
+        let fx = build_in(&events, every, seal, rule);
         prop_assume!(fx.checkpoints.len() >= 2);
         let ci = 1 + pick(c, fx.checkpoints.len() - 1);
         let mut cps = fx.checkpoints.clone();
@@ -587,4 +613,73 @@ proptest! {
         let r = run_with(&fx.records, &cps, VerifyOptions::default());
         prop_assert_eq!(kinds(&r), vec![(FindingKind::CheckpointBackdated, cps[ci].seq)]);
     }
+}
+
+/// `audit-chain/v2` binds the chain id into the first link: records of another chain's
+/// partition (even with no checkpoint to give them away) fail at seq 1 when verified for this
+/// chain, while the same records verify for their own chain.
+#[test]
+fn a_v2_partition_of_another_chain_fails_at_its_genesis() {
+    let events: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 20]).collect();
+    let mut head = ChainHead::genesis_v2("other", P);
+    let records: Vec<OwnedRecord> = events
+        .iter()
+        .enumerate()
+        .map(|(i, ev)| {
+            let l = head.next(ev);
+            OwnedRecord {
+                seq: l.seq as i64,
+                prev_hash: l.prev_hash.to_vec(),
+                hash: l.hash.to_vec(),
+                canonical: ev.clone(),
+                canonical_version: schemas::avro::CANONICAL_VERSION,
+                event_id: format!("evt-{i}"),
+                copy: None,
+            }
+        })
+        .collect();
+    let own = run_with(
+        &records,
+        &[],
+        VerifyOptions {
+            chain_id: Some("other".into()),
+            ..VerifyOptions::default()
+        },
+    );
+    assert!(own.findings.is_empty(), "{:?}", own.findings);
+    let r = run_with(&records, &[], opts());
+    assert_eq!(kinds(&r), vec![(FindingKind::GenesisMismatch, 1)]);
+}
+
+/// v2 binds the canonical schema into every link: the same bytes presented as encoded under
+/// another canonical version do not verify; and a v2 chain does not verify under v1.
+#[test]
+fn v2_links_bind_the_schema_and_the_rule() {
+    let events: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 30]).collect();
+    let fx = build_in(&events, 2, true, ChainRule::V2);
+    assert!(run(&fx, &fx.records).findings.is_empty());
+    let mut recs = fx.records.clone();
+    recs[2].canonical_version = 99;
+    let got = kinds(&run(&fx, &recs));
+    assert_eq!(
+        got.first(),
+        Some(&(FindingKind::ModifiedEvent, 3)),
+        "{got:?}"
+    );
+    let as_v1 = run_with(
+        &fx.records,
+        &fx.checkpoints,
+        VerifyOptions {
+            rule: Some(ChainRule::V1),
+            ..opts()
+        },
+    );
+    assert!(
+        !as_v1.ok,
+        "a v2 chain verified under v1: {:?}",
+        as_v1.findings
+    );
+    // Same events, v1 and v2: different hashes from the first link on.
+    let v1 = build_in(&events, 2, true, ChainRule::V1);
+    assert_ne!(v1.hashes[0], fx.hashes[0]);
 }

@@ -5,9 +5,12 @@
 //!   the reader as [`segment`].
 //! - Closing rules and gap/duplicate handling: [`buffer`].
 //! - Write-once puts, fork detection, resume from the archive: [`archive`], [`resume`].
+//! - The write-once anchor (`--anchor-url`): every checkpoint also copied where the stores'
+//!   writers cannot delete it: [`anchor`].
 //! - The consume loop (offsets stored only after the segment and manifest are durable, seek to
 //!   the archive's end on every assignment): [`worker`].
 
+pub mod anchor;
 pub mod archive;
 pub mod buffer;
 pub mod pending;
@@ -25,6 +28,7 @@ use worker_runtime::retry::RetryPolicy;
 use worker_runtime::shutdown::TaskSet;
 use worker_runtime::Shutdown;
 
+pub use anchor::{Anchor, AnchorArgs};
 pub use archive::{Archive, Outcome, ResumePoint, StoredSegment};
 pub use store::{build_store, ArchiveStoreArgs};
 
@@ -50,6 +54,8 @@ pub struct Config {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub archive: ArchiveStoreArgs,
+    #[command(flatten)]
+    pub anchor: AnchorArgs,
     #[command(flatten)]
     pub retry: RetryPolicy,
     /// Consumer group of the archive sink.
@@ -129,13 +135,25 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let archive = Archive::new(store, config.retry, shutdown.token().clone()).reporting(
         worker_runtime::retry::DependencyCheck::new(ready.clone(), archive::CHECK_OBJECT_STORE),
     );
+    let anchor = Anchor::build(
+        &config.anchor,
+        &config.archive,
+        config.retry,
+        shutdown.token().clone(),
+    )?
+    .map(|a| {
+        a.reporting(worker_runtime::retry::DependencyCheck::new(
+            ready.clone(),
+            anchor::CHECK_ANCHOR_STORE,
+        ))
+    });
     let mut tasks = TaskSet::new(shutdown.clone());
     let addr = config.common.health_addr.clone();
     let (r, s) = (ready.clone(), shutdown.clone());
     tasks.spawn("health", async move {
         worker_runtime::health::serve(&addr, r, s).await
     });
-    let worker = worker::Worker::new(&config, archive)?;
+    let worker = worker::Worker::new(&config, archive, anchor)?;
     // Consumer watchdog: `/readyz` says why when this sink holds nothing (or nothing moves)
     // while the chained topic has lag, and the consumer re-joins its group (healing a group
     // the broker's coordinator left stuck: docs/local-stack.md, tansu 0.6.0).
@@ -185,6 +203,34 @@ mod tests {
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 
+    #[test]
+    fn anchor_flags_are_their_own_and_redacted() {
+        let c = Config::parse_from([
+            "sink-archive",
+            "--health-addr",
+            "",
+            "--anchor-url",
+            "s3://audit-anchor/prod",
+            "--anchor-s3-access-key-id",
+            "anchor-id",
+            "--anchor-s3-secret-access-key",
+            "anchor-hunter2",
+        ]);
+        assert!(c.anchor.enabled());
+        assert_eq!(c.anchor.anchor_s3_access_key_id.expose(), "anchor-id");
+        assert!(c.archive.s3_access_key_id.is_empty(), "not the archive's");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("anchor-hunter2") && !shown.contains("anchor-id"));
+        assert!(!Config::parse_from(["sink-archive"]).anchor.enabled());
+        // `--help` says why the anchor needs its own credentials and Object Lock.
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for needle in ["COMPLIANCE", "OWN credentials", "default retention"] {
+            assert!(help.contains(needle), "{needle}");
+        }
+    }
+
     /// The `[archive]` section of a config file holds the archive store's keys, optional ones
     /// included.
     #[test]
@@ -221,6 +267,16 @@ mod tests {
             worker_runtime::config::load_from(["sink-archive", "--config", &path]).expect("load");
         assert_eq!(c.segment_max_events, 7);
         assert_eq!(c.archive.s3_request_retry_secs, None);
+        // The anchor's settings are a section of their own.
+        std::fs::write(
+            &file,
+            "[anchor]\nanchor_url = \"file:///srv/anchor\"\nanchor_s3_region = \"eu-west-1\"\n",
+        )
+        .expect("write config");
+        let c: Config =
+            worker_runtime::config::load_from(["sink-archive", "--config", &path]).expect("load");
+        assert_eq!(c.anchor.anchor_url, "file:///srv/anchor");
+        assert_eq!(c.anchor.anchor_s3_region.as_deref(), Some("eu-west-1"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

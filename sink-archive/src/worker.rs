@@ -12,6 +12,9 @@
 //!
 //! A checkpoint is archived only once the segments covering its seq are ([`crate::pending`]):
 //! until then it waits in memory and holds back the checkpoints topic's stored offset.
+//! With `--anchor-url` it is then written to the anchor too, and only once both hold it is it
+//! done: an anchor outage stalls the loop (retried, `/readyz` names `anchor_store`) and never
+//! lets the offset pass a checkpoint the anchor lacks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use worker_runtime::kafka::{
 };
 use worker_runtime::Shutdown;
 
+use crate::anchor::Anchor;
 use crate::archive::Archive;
 use crate::buffer::{Limits, PartitionState, Segment};
 use crate::pending::PendingCheckpoints;
@@ -38,6 +42,8 @@ pub struct Worker {
     rebalance: Arc<RebalanceState>,
     producer: Producer,
     archive: Archive,
+    /// The write-once anchor (`--anchor-url`), if any.
+    anchor: Option<Anchor>,
     topics: Topics,
     limits: Limits,
     states: HashMap<i32, PartitionState>,
@@ -96,7 +102,7 @@ impl Worker {
         )
     }
 
-    pub fn new(config: &Config, archive: Archive) -> Result<Self, Error> {
+    pub fn new(config: &Config, archive: Archive, anchor: Option<Anchor>) -> Result<Self, Error> {
         let topics = config.kafka.topics();
         let settings = Self::consumer_settings(config);
         let (consumer, rebalance) = subscribe(&config.kafka, &settings)?;
@@ -111,6 +117,7 @@ impl Worker {
             rebalance,
             producer,
             archive,
+            anchor,
             topics,
             limits: config.limits(),
             states: HashMap::new(),
@@ -378,6 +385,10 @@ impl Worker {
         });
         for r in ready {
             self.archive.store_checkpoint(&r.checkpoint).await?;
+            // Both copies before `done`: the offset passes it only once the anchor holds it.
+            if let Some(anchor) = &self.anchor {
+                anchor.store_checkpoint(&r.checkpoint).await?;
+            }
             tracing::debug!(
                 chain_partition = r.checkpoint.partition,
                 seq = r.checkpoint.seq,

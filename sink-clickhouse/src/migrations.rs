@@ -53,7 +53,12 @@ pub const MIGRATIONS: &[Migration] = &[
         None,
         "0005_checkpoint_partition_count.sql"
     ),
-    migration!(6, "checkpoint_tree_root", None, "0006_checkpoint_tree_root.sql"),
+    migration!(
+        6,
+        "checkpoint_tree_root",
+        None,
+        "0006_checkpoint_tree_root.sql"
+    ),
     migration!(20, "report_views", None, "0020_report_views.sql"),
     migration!(
         101,

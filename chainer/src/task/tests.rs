@@ -113,8 +113,7 @@ impl TaskIo for Fake {
         &'a self,
         _p: i32,
         payload: &'a [u8],
-        _next_source: Option<i64>,
-        _tree_peaks: Option<&'a [u8]>,
+        _meta: crate::checkpoints::CheckpointMeta<'a>,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         let cp = decode_checkpoint(payload, None).expect("a checkpoint");
         self.checkpoints

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::chain::{link_hash, Hash32};
+use crate::chain::{ChainRule, Hash32};
 use crate::merkle;
 
 use super::error::CheckpointError;
@@ -237,7 +237,11 @@ pub fn check_proof(keys: &KeySet, proof: &InclusionProof) -> Result<(), ProofErr
         let canonical = B64
             .decode(ev.canonical.trim())
             .map_err(|_| ProofError::Malformed("event.canonical is not base64".into()))?;
-        if link_hash(f.partition, seq, &prev, &canonical) != event_hash {
+        // The bytes must recompute to the proven leaf under a chain rule (v2 binds the schema
+        // of `canonical_version`); two rules cannot give one hash for different inputs (their
+        // domain tags differ), so accepting either proves exactly these bytes.
+        let fp = crate::chain::schema_fingerprint(ev.canonical_version).unwrap_or(0);
+        if ChainRule::detect(f.partition, seq, fp, &prev, &canonical, &event_hash).is_none() {
             return Err(ProofError::EventHashMismatch);
         }
     }

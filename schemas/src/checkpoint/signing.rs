@@ -3,7 +3,7 @@
 
 use ring::signature;
 
-use crate::chain::{Hash32, GENESIS};
+use crate::chain::{genesis_v2, ChainRule, Hash32, GENESIS};
 use crate::checkpoint_record::Checkpoint;
 
 use super::error::{malformed, CheckpointError};
@@ -50,12 +50,24 @@ impl CheckpointFields {
     /// every partition of the signed partition set, and a partition deleted whole (records
     /// and checkpoints) cannot pass for one that never received an event.
     pub fn genesis(chain_id: &str, partition: u32, time_us: i64, partition_count: u32) -> Self {
+        Self::genesis_of(ChainRule::V1, chain_id, partition, time_us, partition_count)
+    }
+
+    /// [`Self::genesis`] of a chain under `rule`: the head is the rule's genesis value (for
+    /// `audit-chain/v2`, bound to the chain id and partition).
+    pub fn genesis_of(
+        rule: ChainRule,
+        chain_id: &str,
+        partition: u32,
+        time_us: i64,
+        partition_count: u32,
+    ) -> Self {
         CheckpointFields {
             chain_id: chain_id.to_owned(),
             partition,
             first_seq: 1,
             seq: 0,
-            head_hash: GENESIS,
+            head_hash: rule.genesis(chain_id, partition),
             merkle_root: crate::merkle::empty_root(),
             time_us,
             partition_count,
@@ -83,7 +95,8 @@ impl CheckpointFields {
         if self.seq == 0 {
             // Genesis: exactly the empty range at the start of the chain.
             if self.first_seq != 1
-                || self.head_hash != GENESIS
+                || (self.head_hash != GENESIS
+                    && self.head_hash != genesis_v2(&self.chain_id, self.partition))
                 || self.merkle_root != crate::merkle::empty_root()
                 || self
                     .tree_root
@@ -91,7 +104,7 @@ impl CheckpointFields {
             {
                 return Err(malformed(format!(
                     "a checkpoint at seq 0 must be the genesis checkpoint (range 1..=0, head \
-                     all zeros, the empty tree's root); got range {}..=0",
+                     the chain rule's genesis, the empty tree's root); got range {}..=0",
                     self.first_seq
                 )));
             }

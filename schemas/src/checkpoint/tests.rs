@@ -526,8 +526,12 @@ fn v3_checkpoints_are_c2sp_signed_notes_of_the_whole_tree() {
     let note = cp.to_note(k.public_key()).unwrap();
     let origin = "prod-eu/partition/3";
     let vkey = integrity::checkpoint::log_key(origin, k.public_key()).unwrap();
-    let opened =
-        integrity::checkpoint::Checkpoint::open(note.as_bytes(), origin, &[vkey.clone()]).unwrap();
+    let opened = integrity::checkpoint::Checkpoint::open(
+        note.as_bytes(),
+        origin,
+        std::slice::from_ref(&vkey),
+    )
+    .unwrap();
     assert_eq!(opened.checkpoint.size(), 10);
     assert_eq!(opened.checkpoint.root(), &[3; 32]);
     // Another partition's origin does not accept it.
@@ -556,7 +560,10 @@ fn v3_checkpoints_are_c2sp_signed_notes_of_the_whole_tree() {
         Err(CheckpointError::BadSignature { .. })
     ));
     // A range-only checkpoint has no note form.
-    assert!(sign_fields(&k, &fields()).unwrap().to_note(k.public_key()).is_none());
+    assert!(sign_fields(&k, &fields())
+        .unwrap()
+        .to_note(k.public_key())
+        .is_none());
 }
 
 #[test]
@@ -565,19 +572,33 @@ fn v3_refuses_names_that_would_blur_the_note_and_a_genesis_with_a_non_empty_tree
     let mut f = fields();
     f.tree_root = Some([3; 32]);
     f.chain_id = "prod eu".into();
-    assert!(matches!(sign_fields(&k, &f), Err(CheckpointError::Malformed(_))));
+    assert!(matches!(
+        sign_fields(&k, &f),
+        Err(CheckpointError::Malformed(_))
+    ));
     f.chain_id = "prod+eu".into();
-    assert!(matches!(sign_fields(&k, &f), Err(CheckpointError::Malformed(_))));
+    assert!(matches!(
+        sign_fields(&k, &f),
+        Err(CheckpointError::Malformed(_))
+    ));
     let spaced = SigningKey::from_pkcs8("k 1", generate_pkcs8().unwrap().expose()).unwrap();
     f.chain_id = "prod-eu".into();
-    assert!(matches!(sign_fields(&spaced, &f), Err(CheckpointError::Malformed(_))));
+    assert!(matches!(
+        sign_fields(&spaced, &f),
+        Err(CheckpointError::Malformed(_))
+    ));
 
     let mut g = CheckpointFields::genesis("prod-eu", 0, 5, 2);
     assert_eq!(g.tree_root, Some(merkle::empty_root()));
     let cp = sign_fields(&k, &g).unwrap();
     verify_signed(&set_of(&[k.public_entry(0, None)]), &cp).unwrap();
     let note = cp.to_note(k.public_key()).unwrap();
-    assert!(note.starts_with("prod-eu/partition/0\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n"));
+    assert!(
+        note.starts_with("prod-eu/partition/0\n0\n47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=\n")
+    );
     g.tree_root = Some([9; 32]);
-    assert!(matches!(sign_fields(&k, &g), Err(CheckpointError::Malformed(_))));
+    assert!(matches!(
+        sign_fields(&k, &g),
+        Err(CheckpointError::Malformed(_))
+    ));
 }

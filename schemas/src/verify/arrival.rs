@@ -1,8 +1,6 @@
 //! A record arrives: by its seq relative to the pending record it is the first record, a copy
 //! of the pending one (duplicate or fork), a late one, the successor, or past a gap.
 
-use crate::chain::link_hash;
-
 use super::finding::FindingKind;
 use super::partition::PartitionVerifier;
 use super::pending::{to_h, Pending};
@@ -111,7 +109,7 @@ impl PartitionVerifier {
     fn duplicate(&mut self, p: Pending, r: &StoredRecord<'_>) {
         let sp = to_h(r.prev_hash);
         let sh = to_h(r.hash);
-        let rr = link_hash(self.partition, p.t, &p.head_before, r.canonical);
+        let rr = self.link(p.t, &p.head_before, r);
         let copies = format!(
             "copies {} and {}",
             p.copy.map_or_else(|| "first".to_owned(), |c| c.to_string()),

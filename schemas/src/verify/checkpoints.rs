@@ -108,10 +108,14 @@ impl PartitionVerifier {
                 return false;
             }
         }
+        self.cp_chain_ids.insert(f.chain_id.clone());
         let start = self.opts.start;
         if f.seq <= start.seq {
-            // Before this store's range: only the boundary one can be checked.
-            if f.seq == start.seq && f.head_hash != start.prev_hash {
+            // Before this store's range: only the boundary one can be checked. A genesis
+            // checkpoint from the start of the chain names the rule's genesis, which `validate`
+            // already tied to its (checked) chain id and partition.
+            let from_genesis = start.seq == 0 && start.prev_hash == crate::chain::GENESIS;
+            if f.seq == start.seq && f.head_hash != start.prev_hash && !from_genesis {
                 self.finding(
                     seq_label,
                     FindingKind::CheckpointMismatch,

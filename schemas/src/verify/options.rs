@@ -47,6 +47,11 @@ pub struct VerifyOptions {
     /// finding: tolerance for the clocks of producers and chainer instances. It is also how
     /// far a holder of a retired key could backdate a checkpoint undetected.
     pub clock_skew_us: i64,
+    /// The link rule of the partition's chain; `None`: detected from the first record (the
+    /// rule under which its stored hash recomputes; a tampered first record falls back to v1
+    /// if it links to 32 zero bytes at seq 1, else v2). For `audit-chain/v2`, `chain_id` (if
+    /// given) fixes the genesis seq 1 must link to.
+    pub rule: Option<crate::chain::ChainRule>,
 }
 
 impl Default for VerifyOptions {
@@ -59,6 +64,7 @@ impl Default for VerifyOptions {
             reorder_window: 1024,
             check_merkle_roots: true,
             clock_skew_us: 0,
+            rule: None,
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::chain::Hash32;
+use crate::chain::{genesis_v2, schema_fingerprint, ChainRule, Hash32, GENESIS};
 use crate::checkpoint::KeySet;
 use crate::checkpoint_record::Checkpoint;
 
@@ -56,6 +56,10 @@ pub struct PartitionVerifier {
     /// for v3 checkpoints' `tree_root`. `None` when verification starts mid-chain (its left
     /// part is unknown) or after a hole in the accepted chain (reported for itself).
     pub(super) whole: Option<integrity::tree::CompactRange>,
+    /// The chain's link rule, fixed at the first record (see [`VerifyOptions::rule`]).
+    pub(super) rule: Option<ChainRule>,
+    /// Chain ids named by the valid checkpoints (see `chain_id`).
+    pub(super) cp_chain_ids: std::collections::BTreeSet<String>,
     pub(super) findings: Vec<Finding>,
     pub(super) dropped: u64,
     pub(super) dropped_errors: bool,
@@ -95,6 +99,8 @@ impl PartitionVerifier {
             recv_max: BTreeMap::new(),
             sealed_through: None,
             whole: (opts_start_seq == 0).then(integrity::tree::CompactRange::new),
+            rule: None,
+            cp_chain_ids: std::collections::BTreeSet::new(),
             findings: Vec::new(),
             dropped: 0,
             dropped_errors: false,
@@ -170,8 +176,86 @@ impl PartitionVerifier {
         self.push(r);
     }
 
+    /// The link hash of `r` as true seq `t` after `prev`, under the chain's rule.
+    pub(super) fn link(&self, t: u64, prev: &Hash32, r: &StoredRecord<'_>) -> Hash32 {
+        // An unknown canonical version cannot have produced `r.canonical` (the store decoding
+        // fails first); 0 only makes the v2 link not match.
+        let fp = schema_fingerprint(r.canonical_version).unwrap_or(0);
+        self.rule
+            .unwrap_or_default()
+            .link(self.partition, t, fp, prev, r.canonical)
+    }
+
+    /// Fixes the chain's rule at the first record, and for `audit-chain/v2` from genesis the
+    /// head seq 1 must link to: the chain id's genesis (or, without a chain id, whatever the
+    /// stored seq 1 links to: the binding is then not checked).
+    fn resolve_rule(&mut self, r: &StoredRecord<'_>) {
+        // The rule under which the record recomputes, at its seq or one off (a store renumbered
+        // or swapped around a deleted record), from its stored prev_hash or, at seq 1, from the
+        // rule's genesis (a prev_hash field altered). A record that recomputes under no rule
+        // (its content was altered) leaves the choice to the fallback below; either way a
+        // wrong choice can only add findings, never make a link match.
+        let detected = || {
+            let s = u64::try_from(r.seq).ok()?;
+            let stored_prev: Hash32 = r.prev_hash.try_into().ok()?;
+            let fp = schema_fingerprint(r.canonical_version)?;
+            let chain_id = self.chain_id();
+            [ChainRule::V2, ChainRule::V1].into_iter().find(|rule| {
+                [s, s.saturating_add(1), s.saturating_sub(1)]
+                    .into_iter()
+                    .filter(|&t| t >= 1)
+                    .any(|t| {
+                        let genesis = match (t, rule, chain_id) {
+                            (1, ChainRule::V1, _) => Some(GENESIS),
+                            (1, ChainRule::V2, Some(c)) => Some(genesis_v2(c, self.partition)),
+                            _ => None,
+                        };
+                        std::iter::once(stored_prev).chain(genesis).any(|prev| {
+                            rule.link(self.partition, t, fp, &prev, r.canonical) == r.hash
+                        })
+                    })
+            })
+        };
+        let rule = self.opts.rule.or_else(detected).unwrap_or({
+            if r.seq == 1 && r.prev_hash == GENESIS {
+                ChainRule::V1
+            } else {
+                ChainRule::V2
+            }
+        });
+        self.rule = Some(rule);
+        let from_genesis = self.opts.start.seq == 0 && self.opts.start.prev_hash == GENESIS;
+        if rule == ChainRule::V2 && from_genesis && self.resolved_seq == 0 {
+            self.head = match self.chain_id() {
+                Some(c) => genesis_v2(c, self.partition),
+                None if r.seq == 1 => r.prev_hash.try_into().unwrap_or(GENESIS),
+                None => GENESIS,
+            };
+        }
+    }
+
+    /// The chain id the records belong to: the one given, else the one every valid checkpoint
+    /// of the partition names (they are signed), if they agree.
+    fn chain_id(&self) -> Option<&str> {
+        self.opts.chain_id.as_deref().or_else(|| {
+            let mut ids = self.cp_chain_ids.iter();
+            match (ids.next(), ids.next()) {
+                (Some(one), None) => Some(one.as_str()),
+                _ => None,
+            }
+        })
+    }
+
+    /// The chain's rule, once a record was seen.
+    pub fn rule(&self) -> Option<ChainRule> {
+        self.rule
+    }
+
     /// Feed the next record in store order.
     pub fn push(&mut self, r: &StoredRecord<'_>) {
+        if self.rule.is_none() {
+            self.resolve_rule(r);
+        }
         self.events += 1;
         self.first_seq = Some(self.first_seq.map_or(r.seq, |f| f.min(r.seq)));
         self.last_seq = Some(self.last_seq.map_or(r.seq, |l| l.max(r.seq)));

@@ -1,7 +1,7 @@
 //! The record under judgement. Its verdict waits for its successor (see the module docs of
 //! `verify`), so what was recomputed about it is kept here until then.
 
-use crate::chain::{link_hash, Hash32};
+use crate::chain::Hash32;
 
 use super::partition::PartitionVerifier;
 use super::record::StoredRecord;
@@ -54,16 +54,15 @@ impl PartitionVerifier {
     ) -> Pending {
         let stored_prev = to_h(r.prev_hash);
         let stored_hash = to_h(r.hash);
-        let recomputed = link_hash(self.partition, t, &head_before, r.canonical);
+        let recomputed = self.link(t, &head_before, r);
         let link_ok = resync || stored_prev == Some(head_before);
         let hash_ok = stored_hash == Some(recomputed);
         let (mut self_consistent, mut as_next) = (false, false);
         if !link_ok && !hash_ok {
             if let (Some(sp), Some(sh)) = (stored_prev, stored_hash) {
-                self_consistent = link_hash(self.partition, t, &sp, r.canonical) == sh;
+                self_consistent = self.link(t, &sp, r) == sh;
                 if !self_consistent {
-                    as_next =
-                        link_hash(self.partition, t.saturating_add(1), &sp, r.canonical) == sh;
+                    as_next = self.link(t.saturating_add(1), &sp, r) == sh;
                 }
             }
         }

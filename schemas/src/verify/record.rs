@@ -10,6 +10,9 @@ pub struct StoredRecord<'a> {
     /// Canonical bytes recomputed from the stored event fields (never a stored copy of them,
     /// unless the store keeps the Avro bytes themselves).
     pub canonical: &'a [u8],
+    /// The canonical schema version `canonical` was encoded with (bound into `audit-chain/v2`
+    /// links through its schema's fingerprint).
+    pub canonical_version: i32,
     pub event_id: &'a str,
     /// Which copy this is when the store keeps duplicates (e.g. ClickHouse before merges).
     pub copy: Option<u32>,
@@ -22,6 +25,7 @@ pub struct OwnedRecord {
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
     pub canonical: Vec<u8>,
+    pub canonical_version: i32,
     pub event_id: String,
     pub copy: Option<u32>,
 }
@@ -33,6 +37,7 @@ impl OwnedRecord {
             prev_hash: &self.prev_hash,
             hash: &self.hash,
             canonical: &self.canonical,
+            canonical_version: self.canonical_version,
             event_id: &self.event_id,
             copy: self.copy,
         }
@@ -44,6 +49,7 @@ impl OwnedRecord {
             prev_hash: r.prev_hash.to_vec(),
             hash: r.hash.to_vec(),
             canonical: r.canonical.to_vec(),
+            canonical_version: r.canonical_version,
             event_id: r.event_id.to_owned(),
             copy: r.copy,
         }
@@ -59,6 +65,7 @@ impl OwnedRecord {
             prev_hash: ev.prev_hash.clone(),
             hash: ev.hash.clone(),
             canonical,
+            canonical_version: ev.canonical_version,
             event_id: ev.event.event_id.clone(),
             copy: None,
         })

@@ -262,10 +262,19 @@ fn whole_tree_roots_of_v3_checkpoints_are_recomputed() {
     assert_eq!(r.sealed_through, Some(30));
 
     // Signed by the key, but over another tree (here: only the range's leaves, the v2 root).
-    let wrong = v3(11, 20, 2_001, integrity::tree::root_of(&leaves(&s.hashes[10..20])));
+    let wrong = v3(
+        11,
+        20,
+        2_001,
+        integrity::tree::root_of(&leaves(&s.hashes[10..20])),
+    );
     let r = run_timed(&s, &keys, &[good[0].clone(), wrong, good[2].clone()], true);
     assert_eq!(kinds(&r), vec![(FindingKind::CheckpointMismatch, 20)]);
-    assert!(r.findings[0].detail.contains("tree root"), "{:?}", r.findings);
+    assert!(
+        r.findings[0].detail.contains("tree root"),
+        "{:?}",
+        r.findings
+    );
     assert_eq!(r.sealed_through, Some(30));
 
     // Verifying from a trusted mid-chain start: the left part of the tree is unknown, so the

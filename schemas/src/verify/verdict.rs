@@ -2,7 +2,7 @@
 //! this is where one mutation is told apart from another (see the table in the module docs of
 //! `verify`).
 
-use crate::chain::{link_hash, Hash32};
+use crate::chain::Hash32;
 
 use super::finding::{short, short_opt, FindingKind};
 use super::partition::PartitionVerifier;
@@ -25,11 +25,10 @@ impl PartitionVerifier {
             self.set_pending(np, r.event_id);
             return;
         }
-        let part = self.partition;
         let shn = to_h(r.hash);
         // Does the successor's content belong at p's seq, after p's predecessor?
-        let n_at_p = x == Some(p.head_before)
-            && shn.is_some_and(|h| link_hash(part, p.t, &p.head_before, r.canonical) == h);
+        let n_at_p =
+            x == Some(p.head_before) && shn.is_some_and(|h| self.link(p.t, &p.head_before, r) == h);
         if n_at_p && p.as_next && p.stored_prev == shn {
             if let (Some(shn), Some(psh)) = (shn, p.stored_hash) {
                 self.pending_finding(
@@ -92,7 +91,7 @@ impl PartitionVerifier {
         }
         if p.good() {
             if let (Some(xv), Some(shn)) = (x, shn) {
-                if link_hash(part, t, &xv, r.canonical) == shn {
+                if self.link(t, &xv, r) == shn {
                     self.pending_finding(
                         p.s,
                         FindingKind::ModifiedEvent,

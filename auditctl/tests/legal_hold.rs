@@ -1,0 +1,551 @@
+//! `auditctl hold` on the local stack (SeaweedFS S3 on 8333, tansu on 9092;
+//! `deploy/local/stack.sh up`). FAILS when they are absent.
+//!
+//! Each test creates its own bucket with Object Lock enabled (legal hold needs one), writes a
+//! small archive into it with the fixtures' segment writer (partition 0: seqs 1..=30 in three
+//! segments of ten, checkpoints at 10, 20, 30), and its own topics. What the tests check is
+//! seen through other clients than auditctl's: S3 requests signed by curl (`--aws-sigv4`), the
+//! legal-hold view of boto3, and the events read back from the chain's input topic.
+
+mod common;
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use object_store::aws::AmazonS3Builder;
+use object_store::path::Path as ObjPath;
+use object_store::ObjectStore;
+use rdkafka::Message;
+use schemas::segment::checkpoint_key;
+use schemas::AuditEvent;
+use serde_json::Value;
+use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
+use worker_runtime::kafka::tail::{scan, ScanStart};
+use worker_runtime::kafka::KafkaArgs;
+
+const BROKERS: &str = "127.0.0.1:9092";
+/// The archive's key prefix inside each test bucket.
+const PREFIX: &str = "lh";
+
+fn endpoint() -> String {
+    env_or("S3_ENDPOINT", "http://127.0.0.1:8333")
+}
+
+fn access_key() -> String {
+    env_or("S3_ACCESS_KEY_ID", "audit-local-test-access-key")
+}
+
+fn secret_key() -> String {
+    env_or(
+        "S3_SECRET_ACCESS_KEY",
+        "audit-local-test-secret-NOT-A-SECRET",
+    )
+}
+
+fn region() -> String {
+    env_or("S3_REGION", "us-east-1")
+}
+
+/// A plain S3 request signed by curl (credentials on stdin, never on the command line):
+/// (HTTP status, body).
+fn curl(method: &str, path_and_query: &str, headers: &[&str]) -> (u16, Vec<u8>) {
+    let body = tempfile::NamedTempFile::new().expect("tmp");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-K", "-", "-sS", "--max-time", "20", "-o"])
+        .arg(body.path())
+        .args(["-w", "%{http_code}", "-X", method])
+        .args(["--aws-sigv4", &format!("aws:amz:{}:s3", region())]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("{}{path_and_query}", endpoint()));
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("user = \"{}:{}\"\n", access_key(), secret_key()).as_bytes())
+        .expect("credentials");
+    let out = child.wait_with_output().expect("curl ran");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {method} {path_and_query}: {out:?}"));
+    (code, std::fs::read(body.path()).expect("body"))
+}
+
+/// A key of the archive in the bucket, URL-encoded for curl (`=` as `%3D`, as SigV4 wants).
+fn url_key(key: &str) -> String {
+    format!("{PREFIX}/{key}")
+        .replace('=', "%3D")
+        .replace('@', "%40")
+}
+
+/// A fresh bucket (S3 names: lowercase, digits, hyphens).
+fn bucket_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "auditctl-lh-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn make_bucket(object_lock: bool) -> String {
+    let bucket = bucket_name();
+    let lock = ["x-amz-bucket-object-lock-enabled: true"];
+    let (code, body) = curl(
+        "PUT",
+        &format!("/{bucket}"),
+        if object_lock { &lock[..] } else { &[] },
+    );
+    assert_eq!(
+        code,
+        200,
+        "creating bucket {bucket} (SeaweedFS must be up: deploy/local/stack.sh up): {}",
+        String::from_utf8_lossy(&body)
+    );
+    bucket
+}
+
+struct Lab {
+    bucket: String,
+    store: Arc<dyn ObjectStore>,
+    kafka: KafkaArgs,
+    /// Segment object keys (relative to the archive root), in seq order.
+    segments: Vec<String>,
+    _keys: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn new(tag: &str, object_lock: bool) -> Self {
+        let bucket = make_bucket(object_lock);
+        let store: Arc<dyn ObjectStore> = Arc::new(
+            AmazonS3Builder::new()
+                .with_bucket_name(&bucket)
+                .with_endpoint(endpoint())
+                .with_region(region())
+                .with_access_key_id(access_key())
+                .with_secret_access_key(secret_key())
+                .with_allow_http(true)
+                .build()
+                .expect("s3 client"),
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let (key, _) = test_key(dir.path(), "k1");
+        let chain = build_chain(0, 30, &key, 10, BASE_US);
+        let segments = write_archive(&*store, PREFIX, &chain, 10).await;
+        assert_eq!(segments.len(), 3);
+        let kafka = KafkaArgs::local(BROKERS, &format!("{}.", unique(tag)));
+        ensure_topics(&kafka, &pipeline_topic_specs(&kafka, 1), 1)
+            .await
+            .expect("topics (tansu on 9092 must be up: deploy/local/stack.sh up)");
+        Self {
+            bucket,
+            store,
+            kafka,
+            segments,
+            _keys: dir,
+        }
+    }
+
+    fn args(&self, action: &str, extra: &[&str]) -> Vec<String> {
+        let mut a = s(&["hold", action, "--partition", "0", "--json"]);
+        a.extend(s(extra));
+        a.extend(s(&[
+            "--archive-url",
+            &format!("s3://{}/{PREFIX}", self.bucket),
+            "--s3-endpoint",
+            &endpoint(),
+            "--s3-region",
+            &region(),
+            "--s3-access-key-id",
+            &access_key(),
+            "--s3-secret-access-key",
+            &secret_key(),
+            "--kafka-brokers",
+            &self.kafka.brokers,
+            "--topic-prefix",
+            &self.kafka.topic_prefix,
+        ]));
+        a
+    }
+
+    async fn hold(&self, action: &str, extra: &[&str]) -> (u8, String, Value) {
+        let (code, out) = auditctl(&self.args(action, extra)).await;
+        let json = out
+            .split("\nerror: ")
+            .next()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or(Value::Null);
+        (code, out, json)
+    }
+
+    /// The version id of the current version of an archive key.
+    async fn version(&self, key: &str) -> String {
+        let meta = self
+            .store
+            .head(&ObjPath::from(format!("{PREFIX}/{key}")))
+            .await
+            .unwrap_or_else(|e| panic!("head {key}: {e}"));
+        meta.version
+            .unwrap_or_else(|| panic!("{key}: no version id (is the bucket versioned?)"))
+    }
+
+    async fn bytes(&self, key: &str) -> Vec<u8> {
+        self.store
+            .get(&ObjPath::from(format!("{PREFIX}/{key}")))
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("bytes")
+            .to_vec()
+    }
+
+    fn delete_version(&self, key: &str, version: &str) -> (u16, String) {
+        let (code, body) = curl(
+            "DELETE",
+            &format!("/{}/{}?versionId={version}", self.bucket, url_key(key)),
+            &[],
+        );
+        (code, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get_version(&self, key: &str, version: &str) -> (u16, Vec<u8>) {
+        curl(
+            "GET",
+            &format!("/{}/{}?versionId={version}", self.bucket, url_key(key)),
+            &[],
+        )
+    }
+
+    /// Every event on the chain's input topic (`<prefix>validated`).
+    async fn recorded(&self) -> Vec<AuditEvent> {
+        let all: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let sink = all.clone();
+        let _collector = scan(
+            &self.kafka,
+            &self.kafka.topics().validated,
+            0,
+            ScanStart::Offset(0),
+            Duration::from_secs(10),
+            move |m| {
+                if let Ok(mut v) = sink.lock() {
+                    v.push(m.payload().unwrap_or_default().to_vec());
+                }
+            },
+        )
+        .await
+        .expect("scan");
+        let v = all.lock().expect("lock").clone();
+        v.iter()
+            .map(|p| schemas::framing::decode_event(p, None).expect("an AuditEvent"))
+            .collect()
+    }
+}
+
+/// Segment `i` (0-based) of the lab archive: its object and manifest keys.
+fn seg_keys(lab: &Lab, i: usize) -> (String, String) {
+    let (k, _) = schemas::segment::parse_key(&lab.segments[i]).expect("segment key");
+    (k.object_key(), k.manifest_key())
+}
+
+fn attr<'a>(e: &'a AuditEvent, key: &str) -> Option<&'a str> {
+    e.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.as_str())
+}
+
+fn keys_of(report: &Value) -> Vec<String> {
+    report["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no objects in {report}"))
+        .iter()
+        .map(|o| o["key"].as_str().expect("key").to_owned())
+        .collect()
+}
+
+fn holds_of(report: &Value) -> Vec<String> {
+    report["objects"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no objects in {report}"))
+        .iter()
+        .map(|o| o["legal_hold"].as_str().unwrap_or("-").to_owned())
+        .collect()
+}
+
+/// boto3's `get_object_legal_hold` of each key: "ON", "OFF", or the error code.
+fn boto3_holds(bucket: &str, keys: &[String]) -> Vec<String> {
+    let script = r#"
+import json, os, sys
+try:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import ClientError
+except ImportError:
+    sys.exit("boto3 is missing: python3 -m pip install boto3")
+s3 = boto3.client("s3", endpoint_url=os.environ["LH_ENDPOINT"], region_name=os.environ["LH_REGION"],
+    aws_access_key_id=os.environ["LH_KEY"], aws_secret_access_key=os.environ["LH_SECRET"],
+    config=Config(s3={"addressing_style": "path"}))
+out = []
+for k in json.loads(os.environ["LH_KEYS"]):
+    try:
+        out.append(s3.get_object_legal_hold(Bucket=os.environ["LH_BUCKET"], Key=k)["LegalHold"]["Status"])
+    except ClientError as e:
+        out.append(e.response["Error"]["Code"])
+print(json.dumps(out))
+"#;
+    let full: Vec<String> = keys.iter().map(|k| format!("{PREFIX}/{k}")).collect();
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .env("LH_ENDPOINT", endpoint())
+        .env("LH_REGION", region())
+        .env("LH_KEY", access_key())
+        .env("LH_SECRET", secret_key())
+        .env("LH_BUCKET", bucket)
+        .env("LH_KEYS", serde_json::to_string(&full).expect("json"))
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("boto3 output")
+}
+
+/// `hold on` over seqs 12..=15: exactly segment 11..=20, its manifest and checkpoint 20 are
+/// held. A plain S3 DELETE of the segment only hides it behind a delete marker, a DELETE of
+/// its version is refused and the locked bytes stay readable; the same DELETE of an uncovered
+/// segment succeeds. Status and boto3 both say ON, and the hold is an event on the chain's
+/// input with who, partition, range, reason, case and object counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_on_blocks_deleting_the_covered_objects_and_is_chained() {
+    let lab = Lab::new("hold_on", true).await;
+    let (seg, manifest) = seg_keys(&lab, 1);
+    let cp = checkpoint_key(0, 20, "k1");
+    let covered = vec![seg.clone(), manifest.clone(), cp.clone()];
+
+    // A dry run lists them and changes nothing.
+    let (code, out, report) = lab.hold("on", &["--seq", "12..15", "--dry-run"]).await;
+    assert_eq!(code, 0, "{out}");
+    let mut listed = keys_of(&report);
+    listed.sort();
+    let mut want = covered.clone();
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(report["recorded"], Value::Null);
+    let (code, out, before) = lab.hold("status", &["--seq", "12..15"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(holds_of(&before), ["none", "none", "none"], "{out}");
+    assert!(lab.recorded().await.is_empty(), "a dry run records nothing");
+
+    let (code, out, report) = lab
+        .hold(
+            "on",
+            &[
+                "--seq",
+                "12..15",
+                "--reason",
+                "litigation: Doe v. Roe",
+                "--case",
+                "CASE-42",
+                "--held-by",
+                "legal-ops",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["changed"], 3, "{out}");
+    assert_eq!(report["recorded"]["event_type"], "audit.legal_hold.set");
+
+    // Status (auditctl's GET ?legal-hold) and a third-party client agree.
+    let (code, out, status) = lab.hold("status", &["--seq", "12..15"]).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(holds_of(&status), ["ON", "ON", "ON"], "{out}");
+    let mut probe = covered.clone();
+    probe.push(lab.segments[0].clone());
+    assert_eq!(
+        boto3_holds(&lab.bucket, &probe),
+        ["ON", "ON", "ON", "NoSuchObjectLegalHold"]
+    );
+
+    // A plain DELETE (no version id) of the held segment: SeaweedFS, like S3 on a versioned
+    // bucket, only adds a delete marker; the held version is untouched.
+    let original = lab.bytes(&seg).await;
+    let version = lab.version(&seg).await;
+    let (code, body) = curl("DELETE", &format!("/{}/{}", lab.bucket, url_key(&seg)), &[]);
+    assert_eq!(code, 204, "{}", String::from_utf8_lossy(&body));
+    let (code, bytes) = lab.get_version(&seg, &version);
+    assert_eq!((code, bytes == original), (200, true));
+    // Deleting the held version itself is refused, and its bytes stay readable.
+    let (code, body) = lab.delete_version(&seg, &version);
+    assert_eq!(code, 403, "deleting a held version: {body}");
+    assert!(body.contains("AccessDenied"), "{body}");
+    let (code, bytes) = lab.get_version(&seg, &version);
+    assert_eq!((code, bytes == original), (200, true), "the locked bytes");
+    for k in [&manifest, &cp] {
+        let v = lab.version(k).await;
+        let (code, body) = lab.delete_version(k, &v);
+        assert_eq!(code, 403, "deleting held {k}: {body}");
+    }
+    // An uncovered segment's version goes.
+    let free = &lab.segments[0];
+    let v = lab.version(free).await;
+    let (code, body) = lab.delete_version(free, &v);
+    assert_eq!(code, 204, "deleting an unheld version: {body}");
+    assert_eq!(lab.get_version(free, &v).0, 404);
+
+    // The hold is on the chain's input, saying who, what and why.
+    let events = lab.recorded().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!(e.event_type, "audit.legal_hold.set");
+    assert_eq!(
+        e.event_id,
+        report["recorded"]["event_id"].as_str().unwrap_or("")
+    );
+    assert_eq!(e.actor.id, "legal-ops");
+    assert_eq!(e.reason.as_deref(), Some("litigation: Doe v. Roe"));
+    assert_eq!(attr(e, "audit.legal_hold.partition"), Some("0"));
+    assert_eq!(attr(e, "audit.legal_hold.seq_range"), Some("12..=15"));
+    assert_eq!(
+        attr(e, "audit.legal_hold.covered_seq_range"),
+        Some("11..=20")
+    );
+    assert_eq!(attr(e, "audit.legal_hold.case_id"), Some("CASE-42"));
+    assert_eq!(attr(e, "audit.legal_hold.objects"), Some("3"));
+    assert_eq!(attr(e, "audit.legal_hold.segments"), Some("1"));
+    assert_eq!(attr(e, "audit.legal_hold.manifests"), Some("1"));
+    assert_eq!(attr(e, "audit.legal_hold.checkpoints"), Some("1"));
+    assert!(attr(e, "audit.legal_hold.archive").is_some_and(|a| a.contains(&lab.bucket)));
+}
+
+/// `hold off` releases: the versions can be deleted again, and the release is chained after
+/// the hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_off_releases_the_objects_and_is_chained() {
+    let lab = Lab::new("hold_off", true).await;
+    let (seg, manifest) = seg_keys(&lab, 2);
+    let common = [
+        "--seq",
+        "21..",
+        "--held-by",
+        "legal-ops",
+        "--case",
+        "CASE-9",
+    ];
+    let mut on = common.to_vec();
+    on.extend(["--reason", "preserve the tail"]);
+    let (code, out, _) = lab.hold("on", &on).await;
+    assert_eq!(code, 0, "{out}");
+    let version = lab.version(&seg).await;
+    assert_eq!(lab.delete_version(&seg, &version).0, 403, "held");
+
+    let mut off = common.to_vec();
+    off.extend(["--reason", "case closed"]);
+    let (code, out, report) = lab.hold("off", &off).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        report["recorded"]["event_type"],
+        "audit.legal_hold.released"
+    );
+    // `--check` is `status`.
+    let (_, out, status) = lab.hold("off", &["--seq", "21..", "--check"]).await;
+    assert!(holds_of(&status).iter().all(|h| h == "OFF"), "{out}");
+    assert_eq!(
+        boto3_holds(&lab.bucket, std::slice::from_ref(&seg)),
+        ["OFF"]
+    );
+
+    let (code, body) = lab.delete_version(&seg, &version);
+    assert_eq!(code, 204, "deleting a released version: {body}");
+    assert_eq!(lab.get_version(&seg, &version).0, 404);
+    let mv = lab.version(&manifest).await;
+    assert_eq!(lab.delete_version(&manifest, &mv).0, 204);
+
+    let events = lab.recorded().await;
+    let kinds: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(kinds, ["audit.legal_hold.set", "audit.legal_hold.released"]);
+    let r = &events[1];
+    assert_eq!(r.actor.id, "legal-ops");
+    assert_eq!(r.reason.as_deref(), Some("case closed"));
+    assert_eq!(attr(r, "audit.legal_hold.seq_range"), Some("21.."));
+    assert_eq!(attr(r, "audit.legal_hold.case_id"), Some("CASE-9"));
+    // Segment 21..=30, its manifest, checkpoint 30.
+    assert_eq!(attr(r, "audit.legal_hold.objects"), Some("3"));
+}
+
+/// When the event cannot be published, the hold is still set: the command exits 3 and says
+/// so, and running it again (broker back) records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_cannot_be_recorded_says_it_is_set() {
+    let lab = Lab::new("hold_unrecorded", true).await;
+    let mut args = lab.args(
+        "on",
+        &[
+            "--seq",
+            "1..5",
+            "--reason",
+            "r",
+            "--held-by",
+            "ops",
+            "--kafka-property",
+            "message.timeout.ms=2000",
+        ],
+    );
+    let i = args
+        .iter()
+        .position(|a| a == "--kafka-brokers")
+        .expect("flag");
+    args[i + 1] = "127.0.0.1:1".into();
+    let (code, out) = auditctl(&args).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("the legal hold IS SET on 3 object(s)"),
+        "{out}"
+    );
+    assert!(out.contains("Run the same command again"), "{out}");
+    let (_, out, status) = lab.hold("status", &["--seq", "1..5"]).await;
+    assert_eq!(holds_of(&status), ["ON", "ON", "ON"], "{out}");
+    assert!(lab.recorded().await.is_empty());
+
+    let (code, out, _) = lab
+        .hold(
+            "on",
+            &["--seq", "1..5", "--reason", "r", "--held-by", "ops"],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lab.recorded().await.len(), 1);
+}
+
+/// A bucket without Object Lock refuses legal holds: exit 3, with the reason, and nothing
+/// recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_without_object_lock_is_a_clear_error() {
+    let lab = Lab::new("hold_nolock", false).await;
+    let (code, out, report) = lab
+        .hold(
+            "on",
+            &["--seq", "1..5", "--reason", "r", "--held-by", "ops"],
+        )
+        .await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("Object Lock enabled"), "{out}");
+    assert_eq!(report["changed"], 0, "{out}");
+    assert!(lab.recorded().await.is_empty());
+}
