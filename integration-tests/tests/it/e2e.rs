@@ -156,6 +156,21 @@ async fn events_land_exactly_once_bad_ones_are_dead_lettered_and_tampering_is_na
         with_root > 0 && without == 0,
         "checkpoints with a whole-tree root: {with_root}, without: {without}"
     );
+    // The chain rule is audit-chain/v2: every partition's seq 1 links to its chain id's genesis.
+    let firsts: Vec<(i32, String)> = p
+        .clickhouse()
+        .query("SELECT chain_partition, prev_hash FROM audit_events WHERE seq = 1 ORDER BY chain_partition")
+        .fetch_all::<(i32, String)>()
+        .await?;
+    ensure!(!firsts.is_empty(), "no seq 1 stored");
+    for (part, prev) in &firsts {
+        let want = hex::encode(schemas::chain::genesis_v2(&p.chain_id, *part as u32));
+        ensure!(
+            *prev == want,
+            "partition {part}: seq 1 links to {prev}, not the v2 genesis {want} of {}",
+            p.chain_id
+        );
+    }
     // An auditor's consistency proof between the oldest and the newest checkpoint of one
     // partition, from each store, checks offline with the key set alone.
     let (part, old, new): (i32, i64, i64) = p
