@@ -75,7 +75,8 @@ pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Fails if a source the binary is built from (its crate, `worker-runtime`, `schemas`) changed
+/// Fails if a source the binary is built from (its crate, `worker-runtime`, `schemas`,
+/// `integrity`) changed
 /// after the binary was linked: testing an old binary would test old code.
 fn ensure_fresh(bin: &Path, crate_dir: &str) -> anyhow::Result<()> {
     fn newest(dir: &Path, best: &mut Option<(std::time::SystemTime, PathBuf)>) {
@@ -104,7 +105,7 @@ fn ensure_fresh(bin: &Path, crate_dir: &str) -> anyhow::Result<()> {
         .parent()
         .context("no workspace above integration-tests")?;
     let mut latest = None;
-    for dir in [crate_dir, "worker-runtime", "schemas"] {
+    for dir in [crate_dir, "worker-runtime", "schemas", "integrity"] {
         newest(&root.join(dir).join("src"), &mut latest);
     }
     newest(&root.join("schemas").join("avro"), &mut latest);
