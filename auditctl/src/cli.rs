@@ -99,6 +99,10 @@ pub enum Command {
     SubjectReport(crate::subject::SubjectReportArgs),
     /// Decrypt one event's personal fields; the reveal is chained (published) first.
     Reveal(crate::subject::RevealArgs),
+    /// Master-key rotation: re-wrap every stored subject key under the current master key
+    /// (only objects unchanged since read; tombstones never touched), so the retired master
+    /// keys can be destroyed; exit 1 if a key opens with no given master (docs/privacy.md).
+    RewrapSubjectKeys(crate::rewrap::RewrapArgs),
     // ---- consistency proofs (crate::consistency) ----
     /// RFC 9162 consistency proof that a partition's signed whole-tree checkpoint of size
     /// --new extends the one of size --old, after rebuilding the tree from the stored records;

@@ -12,6 +12,8 @@
 //! - `consistency` / `check-consistency` / `checkpoints`: RFC 9162 consistency proofs between
 //!   two signed whole-tree checkpoints, checked offline; checkpoints as C2SP signed notes
 //!   ([`consistency`]).
+//! - `erase` / `subject-report` / `reveal` / `rewrap-subject-keys`: privacy (crypto-shredding,
+//!   the audited reveal, master-key rotation), docs/privacy.md.
 //! - `witness`: cosign each partition's newest verified head only if it extends the head
 //!   cosigned before (rollback and fork are refusals); `verify --trusted-checkpoint` /
 //!   `--witness-state` check a store against heads seen before ([`anchors`]).
@@ -39,6 +41,7 @@ pub mod query;
 pub mod reads;
 pub mod rehydrate;
 pub mod report;
+pub mod rewrap;
 pub mod subject;
 pub mod verify;
 pub mod witness;
@@ -91,6 +94,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         Command::Erase(a) => erase::run(&a, out).await,
         Command::SubjectReport(a) => subject::report(&a, out).await,
         Command::Reveal(a) => subject::reveal(&a, out).await,
+        Command::RewrapSubjectKeys(a) => rewrap::run(&a, out).await,
         Command::Consistency(a) => consistency::consistency(&a, out).await,
         Command::CheckConsistency(a) => consistency::check(&a, out),
         Command::Checkpoints(a) => consistency::checkpoints(&a, out).await,

@@ -255,9 +255,11 @@ async fn clickhouse_consistent_rewrite_from_genesis_is_trusted_checkpoint_mismat
     db.drop().await;
 }
 
-/// Pins name their chain: without --chain-id, a partition whose checkpoints belong to another
-/// chain (same key, e.g. a second deployment's data copied in) passes today, and is a
-/// `checkpoint_mismatch` once pins of this chain are given.
+/// Pins name their chain. A partition whose checkpoints belong to another chain (same key, e.g.
+/// a second deployment's checkpoints copied in) fails even without pins or --chain-id since
+/// `audit-chain/v2`: the records link to this chain's genesis, the checkpoints sign another
+/// chain id (`genesis_mismatch` at seq 1); with pins of this chain it is also a
+/// `checkpoint_mismatch`.
 #[tokio::test]
 async fn pins_bind_the_chain_id_of_the_checkpoints() {
     let (db, dir, keyset, p0, key) = ch_setup("pin_chain").await;
@@ -280,8 +282,21 @@ async fn pins_bind_the_chain_id_of_the_checkpoints() {
     db.insert_checkpoints(&other).await;
     let (code, out) = auditctl(&verify_ch(&db, Some(&keyset), &[])).await;
     assert_eq!(
-        code, 0,
+        code, 1,
         "another chain's checkpoints pass without --chain-id: {out}"
+    );
+    let v = json(&out);
+    let f = &v["partitions"][0]["findings"][0];
+    assert_eq!(
+        (&f["kind"], &f["seq"]),
+        (&"genesis_mismatch".into(), &1.into()),
+        "{out}"
+    );
+    assert!(
+        f["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("another chain or partition") && d.contains("other-chain")),
+        "{out}"
     );
 
     let (code, out) = auditctl(&verify_ch(

@@ -117,7 +117,10 @@ pub fn build_chain_counted(
     time_us: i64,
     partition_count: u32,
 ) -> Chain {
-    let mut head = ChainHead::genesis(partition);
+    // As the chainer writes them today: chain rule audit-chain/v2 bound to CHAIN_ID, and
+    // checkpoints that also sign the whole tree's root (v3).
+    let mut head = ChainHead::genesis_v2(CHAIN_ID, partition);
+    let mut whole = integrity::tree::CompactRange::new();
     let mut events = Vec::new();
     let mut hashes: Vec<Hash32> = Vec::new();
     let mut checkpoints = Vec::new();
@@ -127,6 +130,9 @@ pub fn build_chain_counted(
         let canonical = canonical_bytes(&ev).expect("canonical");
         let link = head.next(&canonical);
         hashes.push(link.hash);
+        whole
+            .append(integrity::tree::leaf_hash(&link.hash))
+            .expect("tree");
         events.push(ChainedEvent {
             chain_partition: partition as i32,
             seq: link.seq as i64,
@@ -148,7 +154,7 @@ pub fn build_chain_counted(
                 merkle_root: merkle::root(&hashes[(first - 1) as usize..i as usize]),
                 time_us: time_us + i as i64,
                 partition_count,
-                tree_root: None,
+                tree_root: Some(whole.root()),
             };
             checkpoints.push(sign(key, &fields).expect("sign"));
             first = i + 1;

@@ -236,7 +236,7 @@ impl PartitionVerifier {
 
     /// The chain id the records belong to: the one given, else the one every valid checkpoint
     /// of the partition names (they are signed), if they agree.
-    fn chain_id(&self) -> Option<&str> {
+    pub(super) fn chain_id(&self) -> Option<&str> {
         self.opts.chain_id.as_deref().or_else(|| {
             let mut ids = self.cp_chain_ids.iter();
             match (ids.next(), ids.next()) {

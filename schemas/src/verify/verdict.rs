@@ -2,7 +2,7 @@
 //! this is where one mutation is told apart from another (see the table in the module docs of
 //! `verify`).
 
-use crate::chain::Hash32;
+use crate::chain::{ChainRule, Hash32};
 
 use super::finding::{short, short_opt, FindingKind};
 use super::partition::PartitionVerifier;
@@ -226,12 +226,21 @@ impl PartitionVerifier {
                 "and the event does not match its stored hash either",
             )
         };
-        let detail = format!(
+        let mut detail = format!(
             "stored prev_hash {} ≠ hash of seq {} {}; {why}",
             short_opt(&p.stored_prev),
             self.stored(p.t - 1),
             short(&p.head_before)
         );
+        if p.is_first && p.t == 1 && p.self_consistent && self.rule == Some(ChainRule::V2) {
+            // Under v2 seq 1's predecessor is the chain id's genesis: name what it means.
+            detail.push_str(&format!(
+                "; seq 1 does not link to the audit-chain/v2 genesis of chain {:?} partition {}: \
+                 these records belong to another chain or partition",
+                self.chain_id().unwrap_or("?"),
+                self.partition
+            ));
+        }
         self.pending_finding(p.s, kind, detail);
         self.accept(p.t, committed);
     }

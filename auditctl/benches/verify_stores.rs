@@ -1,0 +1,131 @@
+//! Verification speed against the real stores, as ratios to raw SHA-256 measured in the same
+//! run (these machines are noisy: ratios travel, absolute rates do not).
+//!
+//! `cargo bench -p auditctl --bench verify_stores` (needs the local stack: deploy/local/stack.sh
+//! up, and `source deploy/local/env.sh`) writes a chain of N events over P partitions, with
+//! signed v3 checkpoints every 1000 events, into a fresh ClickHouse database and an archive
+//! prefix on the local SeaweedFS, exactly as the auditctl tests do, then times, best of R:
+//!
+//! - the baseline: SHA-256 over the events' canonical bytes (one digest per event);
+//! - `auditctl verify --source clickhouse --keys …` (SQL reads over HTTP, row decode, canonical
+//!   re-encoding, links, whole-tree roots, signatures, freshness);
+//! - `auditctl verify --source archive --keys …` (S3 GETs, segment digests, Avro decode, the
+//!   same checks).
+//!
+//! Knobs: `AUDIT_BENCH_EVENTS` (default 100000), `AUDIT_BENCH_PARTITIONS` (default 4),
+//! `AUDIT_BENCH_REPS` (default 3). Nothing here asserts a time. The database and prefix are
+//! dropped/left as the tests leave theirs.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn best<F: FnMut()>(reps: usize, mut f: F) -> Duration {
+    (0..reps.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+fn main() {
+    let events = knob("AUDIT_BENCH_EVENTS", 100_000);
+    let partitions = knob("AUDIT_BENCH_PARTITIONS", 4).max(1) as u32;
+    let reps = knob("AUDIT_BENCH_REPS", 3);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, keyset) = common::test_key(dir.path(), "bench");
+    let per = events / partitions as usize;
+    let chains: Vec<common::Chain> = (0..partitions)
+        .map(|p| common::build_chain(p, per as u64, &key, 1000, common::BASE_US))
+        .collect();
+    let canonical: Vec<Vec<u8>> = chains
+        .iter()
+        .flat_map(|c| c.events.iter())
+        .map(|e| schemas::avro::canonical_bytes(&e.event).expect("canonical"))
+        .collect();
+    let n = canonical.len();
+    let bytes: usize = canonical.iter().map(Vec::len).sum();
+
+    let prefix = common::unique("bench-verify");
+    let db = rt.block_on(async {
+        let db = common::TestDb::new("bench_verify").await;
+        let store = common::s3_store();
+        for c in &chains {
+            db.insert_chain(c).await;
+            common::write_archive(store.as_ref(), &prefix, c, 10_000).await;
+        }
+        db
+    });
+
+    let sha = best(reps, || {
+        for c in &canonical {
+            black_box(Sha256::digest(black_box(c)));
+        }
+    });
+    let keys = keyset.display().to_string();
+    let base = common::s(&[
+        "--keys",
+        &keys,
+        "--chain-id",
+        common::CHAIN_ID,
+        "--json",
+        "--quiet",
+    ]);
+    let mut ch_args = common::s(&["verify", "--source", "clickhouse"]);
+    ch_args.extend(base.clone());
+    ch_args.extend(db.args());
+    let mut ar_args = common::s(&["verify", "--source", "archive"]);
+    ar_args.extend(base);
+    ar_args.extend(common::s3_args(&prefix));
+    let run = |args: &[String]| {
+        best(reps, || {
+            let (code, out) = rt.block_on(common::auditctl(args));
+            assert_eq!(code, 0, "verify failed: {out}");
+        })
+    };
+    let ch = run(&ch_args);
+    let ar = run(&ar_args);
+
+    println!(
+        "{n} events over {partitions} partitions, {:.1} MB of canonical bytes (mean {} B), v3 checkpoints every 1000, best of {reps}",
+        bytes as f64 / 1e6,
+        bytes / n.max(1)
+    );
+    println!(
+        "{:<44} {:>10} {:>9} {:>11}",
+        "stage", "events/s", "MB/s", "vs sha256"
+    );
+    let line = |name: &str, d: Duration| {
+        let s = d.as_secs_f64().max(1e-9);
+        println!(
+            "{name:<44} {:>10.0} {:>9.1} {:>10.4}x",
+            n as f64 / s,
+            bytes as f64 / 1e6 / s,
+            sha.as_secs_f64() / s
+        );
+    };
+    line("sha256 of canonical bytes (baseline)", sha);
+    line("auditctl verify --source clickhouse", ch);
+    line("auditctl verify --source archive", ar);
+    println!("(MB/s counts canonical bytes on every line; 'vs sha256' = throughput ÷ baseline throughput)");
+    rt.block_on(db.drop());
+}
