@@ -17,7 +17,14 @@
    AUDIT_* variable and every `--flag` given to a worker container (in the manifests and in
    deploy/compose/compose.yaml) must exist in that worker's clap/serde `Config` as read from
    its Rust sources, so the manifests cannot drift from the options the binaries accept.
-4. KEDA ScaledObjects against the rest: their target Deployment exists, consumerGroup is that
+4. Overlays rendered: each overlay's kustomization (its resources, with the inline strategic
+   merge `patches` applied as kustomize does: lists with a Kubernetes merge key merged by it,
+   other lists replaced, `$patch: delete`) is checked as a whole: the patched documents against
+   the schemas, every container's options against the sources (3), the KEDA checks (5), and
+   the privacy wiring: key files (AUDIT_PRIVACY_*KEY_FILE[S]) only from Secret volumes, the
+   rules file from a ConfigMap volume, no key as an environment literal, and the rules file
+   (`rules.toml` of a ConfigMap) against enrich's rules structs, actions and field names.
+5. KEDA ScaledObjects against the rest: their target Deployment exists, consumerGroup is that
    worker's group_id, the topic is a pipeline topic under AUDIT_TOPIC_PREFIX, the brokers are
    AUDIT_KAFKA_BROKERS, trigger keys are ones KEDA's kafka scaler reads, and every place that
    encodes the partition count (maxReplicaCount, the static chainer's replicas) agrees.
@@ -276,7 +283,7 @@ def check_container(where, worker, opts, env_names, args, pending):
                     fail(f"{where}: {worker} has no flag {flag}")
 
 
-def check_config(docs) -> None:
+def check_config(docs, compose: bool = True) -> None:
     opts = {w: worker_options(c) for w, c in WORKERS.items()}
     for w, names in PENDING.items():
         _, envs, flags = opts[w]
@@ -290,6 +297,9 @@ def check_config(docs) -> None:
         if doc.get("kind") == "ConfigMap":
             data = doc.get("data", {})
             shared_env[doc["metadata"]["name"]] = set(k for k in data if not k.endswith(".toml"))
+            if doc["metadata"]["name"] in RULES_CONFIGMAPS:
+                check_rules(f"{rel}: ConfigMap/{doc['metadata']['name']}", data)
+                continue
             for key, text in data.items():
                 if key.endswith(".toml"):
                     worker = key[: -len(".toml")]
@@ -316,7 +326,7 @@ def check_config(docs) -> None:
             check_container(f"{rel}: {doc['kind']}/{doc['metadata']['name']}", worker,
                             opts[worker], names, c.get("args", []), PENDING.get(worker, set()))
             checked += 1
-    if COMPOSE.exists():
+    if compose and COMPOSE.exists():
         compose = yaml.safe_load(COMPOSE.read_text())
         anchors_env = {}
         for name, svc in compose.get("services", {}).items():
@@ -395,10 +405,206 @@ def check_keda(docs) -> None:
         print(f"keda: scaled objects consistent with config.yaml (partitions: {sorted(counts)})")
 
 
+# ---------------------------------------------------------------------------------------------
+# Privacy rules files (enrich/src/privacy/rules.rs) and the overlays as kustomize renders them
+
+# ConfigMaps holding an enrich privacy rules file (`rules.toml`), not a worker's --config.
+RULES_CONFIGMAPS = {"audit-privacy-rules"}
+RULES_RS = REPO / "enrich" / "src" / "privacy" / "rules.rs"
+
+
+def rules_schema():
+    """(keys of RulesFile, FieldRuleSpec, TextRuleSpec; actions; field names) from rules.rs."""
+    text = RULES_RS.read_text().split("#[cfg(test)]")[0]
+
+    def fields(struct):
+        m = re.search(r"pub struct " + struct + r" \{(.*?)\n\}", text, re.S)
+        if not m:
+            raise SystemExit(f"{RULES_RS}: no struct {struct}")
+        return set(re.findall(r"pub (\w+):", m.group(1)))
+
+    m = re.search(r"pub enum ActionKind \{(.*?)\}", text, re.S)
+    actions = {re.sub(r"(?<!^)([A-Z])", r"_\1", v).lower() for v in re.findall(r"(\w+),", m.group(1))}
+    names = set(re.findall(r'\("([a-z_.]+)", Field::', text))
+    if not (actions and names):
+        raise SystemExit(f"{RULES_RS}: actions or field names not found")
+    return fields("RulesFile"), fields("FieldRuleSpec"), fields("TextRuleSpec"), actions, names
+
+
+def check_rules(where: str, data: dict) -> None:
+    top, field_keys, text_keys, actions, names = rules_schema()
+    before = len(errors)
+    if set(data) != {"rules.toml"}:
+        fail(f"{where}: expected exactly one key, rules.toml (got {sorted(data)})")
+        return
+    try:
+        rules = tomllib.loads(data["rules.toml"])
+    except tomllib.TOMLDecodeError as e:
+        fail(f"{where}: rules.toml: {e}")
+        return
+
+    def known(name):
+        return name in names or (name.startswith("attributes.") and not name.startswith("attributes.audit."))
+
+    for key in sorted(set(rules) - top):
+        fail(f"{where}: rules.toml: unknown key {key}")
+    for i, rule in enumerate(rules.get("field", [])):
+        for key in sorted(set(rule) - field_keys):
+            fail(f"{where}: rules.toml: field[{i}]: unknown key {key}")
+        if rule.get("action") not in actions:
+            fail(f"{where}: rules.toml: field[{i}]: action {rule.get('action')!r} not one of {sorted(actions)}")
+        if not known(rule.get("field", "")):
+            fail(f"{where}: rules.toml: field[{i}]: unknown field {rule.get('field')!r}")
+    text = rules.get("text", {})
+    for key in sorted(set(text) - text_keys):
+        fail(f"{where}: rules.toml: [text]: unknown key {key}")
+    for name in text.get("fields", []):
+        if not known(name):
+            fail(f"{where}: rules.toml: [text]: unknown field {name!r}")
+    if len(errors) == before:
+        print(f"ok   {where}: rules.toml against {RULES_RS.relative_to(REPO)}")
+
+
+# Lists the Kubernetes API merges by a key in a strategic merge patch (patchMergeKey); every
+# other list (envFrom, args, command, ...) is replaced whole by the patch's.
+MERGE_KEYS = {
+    "containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+    "volumeMounts": "mountPath", "ports": "containerPort", "imagePullSecrets": "name",
+}
+
+
+def strategic_merge(base, patch, key=None):
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = copy.deepcopy(base)
+        for k, v in patch.items():
+            if v is None:
+                out.pop(k, None)
+            elif k in out:
+                out[k] = strategic_merge(out[k], v, k)
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and key in MERGE_KEYS:
+        mk = MERGE_KEYS[key]
+        out = copy.deepcopy(base)
+        new = []
+        for item in patch:
+            at = next((i for i, b in enumerate(out) if b.get(mk) == item.get(mk)), None)
+            if at is None:
+                new.append(copy.deepcopy(item))
+            else:
+                out[at] = strategic_merge(out[at], item)
+        # kustomize puts the patch's new items first.
+        return new + out
+    return copy.deepcopy(patch)
+
+
+def render(kdir: pathlib.Path) -> list[tuple[pathlib.Path, dict]]:
+    """The documents of a kustomization directory, with its inline patches applied."""
+    kpath = kdir / "kustomization.yaml"
+    kdoc = yaml.safe_load(kpath.read_text())
+    docs = []
+    for res in kdoc.get("resources", []):
+        target = (kdir / res).resolve()
+        if target.is_dir():
+            docs.extend(render(target))
+        else:
+            docs.extend((target, d) for d in yaml.safe_load_all(target.read_text()) if d)
+    for i, p in enumerate(kdoc.get("patches", [])):
+        if "patch" not in p:
+            fail(f"{kpath.relative_to(REPO)}: patches[{i}]: only inline patches are checked")
+            continue
+        patch = yaml.safe_load(p["patch"])
+        kind = p.get("target", {}).get("kind", patch.get("kind"))
+        name = p.get("target", {}).get("name", patch.get("metadata", {}).get("name"))
+        hits = [j for j, (_, d) in enumerate(docs)
+                if d.get("kind") == kind and d.get("metadata", {}).get("name") == name]
+        if len(hits) != 1:
+            fail(f"{kpath.relative_to(REPO)}: patches[{i}]: {len(hits)} {kind}/{name} to patch")
+            continue
+        j = hits[0]
+        if patch.get("$patch") == "delete":
+            del docs[j]
+            continue
+        merged = strategic_merge(docs[j][1], patch)
+        docs[j] = (kpath, merged)
+    return docs
+
+
+KEY_FILE_VARS = {"AUDIT_PRIVACY_TOKEN_KEY_FILE", "AUDIT_PRIVACY_MASTER_KEY_FILE"}
+KEY_LIST_VARS = {"AUDIT_PRIVACY_RETIRED_TOKEN_KEY_FILES", "AUDIT_PRIVACY_RETIRED_MASTER_KEY_FILES"}
+KEY_LITERAL_VARS = {"AUDIT_PRIVACY_TOKEN_KEY", "AUDIT_PRIVACY_MASTER_KEY"}
+
+
+def check_privacy_wiring(where: str, docs) -> None:
+    """Key files only from Secret volumes, the rules from a ConfigMap, no key literals."""
+    maps = {d["metadata"]["name"]: d.get("data", {}) for _, d in docs if d.get("kind") == "ConfigMap"}
+    for _, doc in docs:
+        spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec.get("containers", []):
+            env = {}
+            for ef in c.get("envFrom", []):
+                env.update(maps.get(ef.get("configMapRef", {}).get("name"), {}))
+            for e in c.get("env", []):
+                env[e["name"]] = e.get("value") if "value" in e else e.get("valueFrom")
+            what = f"{where}: {doc['kind']}/{doc['metadata']['name']}/{c['name']}"
+            before = len(errors)
+
+            def source(path):
+                for m in c.get("volumeMounts", []):
+                    mp = m["mountPath"].rstrip("/") + "/"
+                    if path.startswith(mp) or path == m["mountPath"]:
+                        return volumes.get(m["name"], {})
+                return {}
+
+            for var in sorted(KEY_LITERAL_VARS & set(env)):
+                if isinstance(env[var], str) and env[var]:
+                    fail(f"{what}: {var} holds a key as a literal: use {var}_FILE and a Secret volume")
+            paths = [(v, env[v]) for v in KEY_FILE_VARS if isinstance(env.get(v), str)]
+            for v in KEY_LIST_VARS:
+                for entry in (env.get(v) or "").split(","):
+                    if entry.strip():
+                        paths.append((v, entry.split("=", 1)[-1].strip()))
+            for var, path in sorted(paths):
+                if "secret" not in source(path):
+                    fail(f"{what}: {var} = {path} is not on a Secret volume")
+            rules = env.get("AUDIT_PRIVACY_RULES_FILE")
+            if isinstance(rules, str) and rules:
+                vol = source(rules)
+                if vol.get("configMap", {}).get("name") not in RULES_CONFIGMAPS:
+                    fail(f"{what}: AUDIT_PRIVACY_RULES_FILE = {rules} is not on a rules ConfigMap volume")
+            if (paths or rules) and len(errors) == before:
+                print(f"ok   {what}: privacy keys from Secret files, rules from a ConfigMap")
+
+
+def check_overlays() -> None:
+    for kpath in sorted((HERE / "overlays").glob("*/kustomization.yaml")):
+        before = len(errors)
+        rel = kpath.parent.relative_to(REPO)
+        docs = render(kpath.parent)
+        for path, doc in docs:
+            if path != kpath:
+                continue  # unpatched: validated as its own file above
+            try:
+                kubernetes_validate.validate(doc, TARGET_VERSION, strict=True)
+                print(f"ok   {rel} (rendered): {doc['kind']}/{doc['metadata']['name']} "
+                      f"(Kubernetes {TARGET_VERSION}, strict)")
+            except kubernetes_validate.ValidationError as e:
+                where = "/".join(str(p) for p in e.path)
+                fail(f"{rel} (rendered): {doc['kind']}/{doc['metadata']['name']}: {where}: {e.message}")
+        check_config(docs, compose=False)
+        check_keda(docs)
+        check_privacy_wiring(f"{rel} (rendered)", docs)
+        if len(errors) == before:
+            print(f"overlay {rel}: OK ({len(docs)} documents rendered)")
+
+
 def main() -> int:
     docs = validate_manifests()
     check_config(docs)
     check_keda(docs)
+    check_overlays()
     if errors:
         print(f"\n{len(errors)} problem(s)")
         return 1

@@ -8,7 +8,8 @@
 #    CRD schemas (crd-schemas/), kustomization files for completeness, and every worker option,
 #    TOML key and AUDIT_* variable of the manifests and of deploy/compose/compose.yaml against
 #    the workers' Rust sources; KEDA ScaledObjects against config.yaml (groups, topics, brokers,
-#    max replicas = partitions).
+#    max replicas = partitions); each overlay again rendered (inline patches applied as kustomize
+#    does), with the privacy overlay's key files, rules file and rules checked.
 # 2. checkov on deploy/k8s (Kubernetes checks) and deploy/docker/Dockerfile. Every finding is
 #    either fixed or skipped in the file itself with a reason (checkov.io/skipN annotations,
 #    `# checkov:skip=` in the Dockerfile); nothing is skipped here.

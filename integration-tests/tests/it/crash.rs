@@ -223,6 +223,7 @@ struct ChainSummary {
 fn check_chained(
     records: &[InputRecord],
     expected: &HashSet<String>,
+    chain_id: &str,
 ) -> anyhow::Result<ChainSummary> {
     struct Link<'a> {
         record: &'a InputRecord,
@@ -294,7 +295,8 @@ fn check_chained(
                     *seq == 1,
                     "partition {part}: chain starts at seq {seq}, not 1"
                 );
-                vec![0u8; 32]
+                // audit-chain/v2: seq 1 links to the chain id's genesis for the partition.
+                schemas::chain::genesis_v2(chain_id, *part as u32).to_vec()
             }
         };
         ensure!(
@@ -415,7 +417,7 @@ async fn settle_and_assert(
         c.terminate().await?;
     }
     let records = stack::read_all(&p.kafka, &p.kafka.topics().chained).await?;
-    let summary = check_chained(&records, &expected)?;
+    let summary = check_chained(&records, &expected, &p.chain_id)?;
 
     let alive: Vec<&Proc> = other_procs.iter().collect();
     poll_alive("every event in ClickHouse", DEADLINE, &alive, || async {
