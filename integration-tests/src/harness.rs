@@ -219,35 +219,15 @@ impl Pipeline {
 
     /// `auditctl verify --source <source> --json` on this pipeline's stores.
     pub async fn verify(&self, source: &str) -> anyhow::Result<(u8, serde_json::Value)> {
-        let mut args: Vec<String> = vec![
-            "verify".into(),
-            "--source".into(),
-            source.into(),
-            "--json".into(),
-            "--quiet".into(),
-            "--keys".into(),
-            self.keyset.display().to_string(),
-            "--chain-id".into(),
-            self.chain_id.clone(),
-            "--clickhouse-url".into(),
-            stack::clickhouse_url(),
-            "--clickhouse-database".into(),
-            self.database.clone(),
-        ];
-        args.extend([
-            "--archive-url".into(),
-            self.archive_url(),
-            "--s3-endpoint".into(),
-            stack::s3_endpoint(),
-        ]);
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, out) = run_auditctl(&refs).await?;
+        let (code, out) = self
+            .auditctl_on_store(&["verify", "--source", source, "--json", "--quiet"])
+            .await?;
         let json = serde_json::from_str(&out)
             .with_context(|| format!("auditctl verify output is not JSON (exit {code}): {out}"))?;
         Ok((code, json))
     }
 
-    /// Runs an auditctl command that reads one store (`consistency`, `checkpoints`, …) with this
+    /// Runs an auditctl command that reads the stores (`verify`, `consistency`, …) with this
     /// pipeline's key set, chain id and store addresses appended to `args`.
     pub async fn auditctl_on_store(&self, args: &[&str]) -> anyhow::Result<(u8, String)> {
         let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
