@@ -349,8 +349,10 @@ pub async fn run_with_status(
     let txn_settings = TxnSettings::from_config(&config)?;
     let topics = config.kafka.topics();
 
-    let enriched_partitions = partition_count(&config.kafka, &topics.enriched).await?;
-    let chained_partitions = partition_count(&config.kafka, &topics.chained).await?;
+    let enriched_partitions =
+        partition_count(&config.kafka, &topics.enriched, shutdown.token()).await?;
+    let chained_partitions =
+        partition_count(&config.kafka, &topics.chained, shutdown.token()).await?;
     if chained_partitions < enriched_partitions {
         return Err(Error::TooFewChainedPartitions {
             enriched: topics.enriched.clone(),
@@ -367,14 +369,14 @@ pub async fn run_with_status(
         Arc::new(s)
     });
     // Fail at startup, not at the first bad record, if the dead-letter topic is missing.
-    partition_count(&config.kafka, &topics.rejected).await?;
+    partition_count(&config.kafka, &topics.rejected, shutdown.token()).await?;
     // The chain and its checkpoints must outlive every retention policy: warn (without
     // delaying the start) when the broker says they don't.
     tokio::spawn(worker_runtime::kafka::admin::warn_on_finite_retention(
         config.kafka.clone(),
     ));
     let checkpoint_partitions = match signer {
-        Some(_) => partition_count(&config.kafka, &topics.checkpoints).await?,
+        Some(_) => partition_count(&config.kafka, &topics.checkpoints, shutdown.token()).await?,
         None => 1,
     };
 

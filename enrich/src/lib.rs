@@ -82,8 +82,9 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let resolver = Arc::new(CatalogIdResolver::new().map_err(Error::Catalog)?);
     let count = |topic: String| {
         let kafka = config.kafka.clone();
+        let cancel = shutdown.token().clone();
         async move {
-            admin::partition_count(&kafka, &topic)
+            admin::partition_count(&kafka, &topic, &cancel)
                 .await
                 .map_err(|source| Error::Topic {
                     topic,

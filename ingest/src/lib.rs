@@ -57,7 +57,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     schemas::avro::catalog().map_err(Error::Catalog)?;
     let resolver = Arc::new(CatalogIdResolver::new().map_err(Error::Catalog)?);
     for topic in [&topics.validated, &topics.rejected] {
-        admin::partition_count(&config.kafka, topic)
+        admin::partition_count(&config.kafka, topic, shutdown.token())
             .await
             .map_err(|source| Error::OutputTopic {
                 topic: topic.clone(),

@@ -103,7 +103,8 @@ pub async fn read_all(
     kafka: &KafkaArgs,
     topic: &str,
 ) -> anyhow::Result<Vec<worker_runtime::kafka::InputRecord>> {
-    let partitions = worker_runtime::kafka::admin::partition_count(kafka, topic).await?;
+    let partitions =
+        worker_runtime::kafka::admin::partition_count(kafka, topic, &Default::default()).await?;
     let sink = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     for p in 0..partitions {
         let out = sink.clone();

@@ -111,19 +111,21 @@ pub fn pipeline_topic_specs(args: &KafkaArgs, partitions: i32) -> Vec<TopicSpec>
 /// Number of partitions of `topic` (an error if it does not exist). A broker that does not
 /// answer in time (restarting, or loaded) is asked again for about a minute, so that a worker
 /// starting during a broker restart or rollout does not crash-loop on one timeout; a missing
-/// topic is final at once.
-pub async fn partition_count(args: &KafkaArgs, topic: &str) -> Result<i32, RuntimeError> {
+/// topic is final at once. `cancel` (the worker's shutdown) ends the waiting: a SIGTERM during
+/// start-up returns the last error at once instead of after the remaining attempts.
+pub async fn partition_count(
+    args: &KafkaArgs,
+    topic: &str,
+    cancel: &CancellationToken,
+) -> Result<i32, RuntimeError> {
     const METADATA_RETRY: RetryPolicy = RetryPolicy {
         min_delay_ms: 500,
         max_delay_ms: 5_000,
         max_attempts: 6,
     };
-    retry(
-        "topic_metadata",
-        &METADATA_RETRY,
-        &CancellationToken::new(),
-        || partition_count_once(args, topic),
-    )
+    retry("topic_metadata", &METADATA_RETRY, cancel, || {
+        partition_count_once(args, topic)
+    })
     .await
     .map_err(|e| e.into_inner().error)
 }
@@ -299,6 +301,23 @@ pub async fn warn_on_finite_retention(args: KafkaArgs) -> Vec<RetentionFinding> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SIGTERM during start-up ends the metadata retries: against a broker that never
+    /// answers, a cancelled token returns after the first 10 s attempt instead of six attempts
+    /// and their back-off (over a minute). The deadline is a bound on waiting, not a speed claim.
+    #[tokio::test]
+    async fn a_cancelled_start_stops_asking_for_metadata() {
+        let args = KafkaArgs::local("127.0.0.1:1", "p.");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let res = tokio::time::timeout(
+            Duration::from_secs(40),
+            partition_count(&args, "p.raw", &cancel),
+        )
+        .await
+        .expect("cancelled metadata retries must stop after the first attempt");
+        assert!(res.is_err(), "{res:?}");
+    }
 
     fn cfg(pairs: &[(&str, Option<&str>)]) -> HashMap<String, Option<String>> {
         pairs

@@ -441,7 +441,14 @@ async fn dead_letter_seen(
         let n = match st.dead_letters.partitions {
             Some(n) => n,
             None => {
-                let n = admin::partition_count(&settings.kafka, &st.dead_letters.rejected).await?;
+                // Mid-run, on the record path: a failure here is a transient fault the loop
+                // retries with its own back-off and shutdown check.
+                let n = admin::partition_count(
+                    &settings.kafka,
+                    &st.dead_letters.rejected,
+                    &tokio_util::sync::CancellationToken::new(),
+                )
+                .await?;
                 st.dead_letters.partitions = Some(n);
                 n
             }
@@ -523,7 +530,9 @@ async fn recover(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
-        match admin::partition_count(&settings.kafka, &st.dead_letters.rejected).await {
+        match admin::partition_count(&settings.kafka, &st.dead_letters.rejected, shutdown.token())
+            .await
+        {
             Ok(n) => {
                 st.dead_letters.partitions = Some(n);
                 break;
