@@ -116,7 +116,26 @@ pub enum Command {
     /// an auditor pins or hands to any transparency-log tool); --vkeys adds its verifier key.
     #[command(after_help = EXIT_CODES)]
     Checkpoints(crate::consistency::CheckpointsArgs),
+    // ---- a C2SP tlog-witness over the v3 checkpoints (crate::tlog_witness) ----
+    /// A witness of the partitions' whole-tree checkpoints with no store access: `request`
+    /// turns a consistency document into an add-checkpoint request, `add-checkpoint` cosigns
+    /// it only if it extends the cosigned head (exit 1 with the reason otherwise), `status`.
+    #[command(after_help = TLOG_WITNESS_HELP)]
+    TlogWitness(crate::tlog_witness::TlogWitnessArgs),
 }
+
+const TLOG_WITNESS_HELP: &str = "\
+STATE DIRECTORY (--state): witness.key / witness.vkey (as `auditctl witness`), lock, and
+  tlog-witness.json (per origin: the last cosigned size and root), written atomically before
+  the cosignature line is printed.
+
+REFUSALS (exit 1, state unchanged; the tlog-witness HTTP status in brackets):
+  unknown_origin (404), untrusted_checkpoint (403), bad_request (400),
+  rollback / conflict (409, with the cosigned size), fork (409), inconsistent_proof (422)
+
+EXIT CODES:
+  0  cosigned (the cosignature line is printed)   1  refused
+  2  usage or configuration error                 3  a file could not be read or written";
 
 const WITNESS_HELP: &str = "\
 STATE DIRECTORY (--state):

@@ -41,14 +41,12 @@ use schemas::checkpoint::{
     verify_signed, CheckpointFields, KeySet, SignedCheckpoint, CHECKPOINT_EXTENSION_V3,
     SIGNATURE_LEN,
 };
-use schemas::{ChainedEvent, Checkpoint};
+use schemas::Checkpoint;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::ArchiveStore;
 use crate::cli::{ArchiveStoreArgs, ClickHouseArgs, ReadArgs, SingleSource};
-use crate::clickhouse::ClickHouseStore;
 use crate::error::Error;
-use crate::reads::Reads;
+use crate::one_store::Source;
 use crate::verify::load_keys;
 use crate::Outcome;
 
@@ -339,62 +337,6 @@ pub fn check(args: &CheckConsistencyArgs, out: &mut dyn Write) -> Result<Outcome
 }
 
 // ---- reading the store --------------------------------------------------------------------------
-
-enum Source {
-    ClickHouse(Box<ClickHouseStore>),
-    Archive(ArchiveStore),
-}
-
-impl Source {
-    fn open(
-        kind: SingleSource,
-        reads: &ReadArgs,
-        ch: &ClickHouseArgs,
-        archive: &ArchiveStoreArgs,
-    ) -> Result<Self, Error> {
-        let r = Reads::new(reads.retry_attempts);
-        Ok(match kind {
-            SingleSource::Clickhouse => Source::ClickHouse(Box::new(ClickHouseStore::new(ch, r)?)),
-            SingleSource::Archive => Source::Archive(ArchiveStore::open(archive, r)?),
-        })
-    }
-
-    /// The stored checkpoints of `partitions` (all if empty). Unreadable ones are not
-    /// candidates (`verify` reports them).
-    async fn checkpoints(&self, partitions: &[u32]) -> Result<Vec<Checkpoint>, Error> {
-        match self {
-            Source::ClickHouse(s) => Ok(s.checkpoints(partitions).await?.0),
-            Source::Archive(s) => {
-                let set: BTreeSet<u32> = partitions.iter().copied().collect();
-                Ok(s.checkpoints(&set).await?.0)
-            }
-        }
-    }
-
-    async fn range(
-        &self,
-        partition: u32,
-        first: i64,
-        last: i64,
-    ) -> Result<Vec<ChainedEvent>, Error> {
-        match self {
-            Source::ClickHouse(s) => s
-                .range(partition, first, last)
-                .await?
-                .iter()
-                .map(|row| {
-                    row.to_chained().map_err(|e| {
-                        Error::Integrity(format!(
-                            "partition {partition} seq {}: row cannot be read back into an event: {e}",
-                            row.seq
-                        ))
-                    })
-                })
-                .collect(),
-            Source::Archive(s) => s.range(partition, first, last).await,
-        }
-    }
-}
 
 /// The valid v3 checkpoints among `cps`: whole-tree root present, signature and key window
 /// checked with `keys`, of `chain_id` if given, signing one of `partitions` (all if empty: a

@@ -17,6 +17,8 @@
 //! - `witness`: cosign each partition's newest verified head only if it extends the head
 //!   cosigned before (rollback and fork are refusals); `verify --trusted-checkpoint` /
 //!   `--witness-state` check a store against heads seen before ([`anchors`]).
+//! - `tlog-witness`: a C2SP tlog-witness over the whole-tree checkpoints, from consistency
+//!   proofs alone (no store access) ([`tlog_witness`]).
 //!
 //! Exit codes: 0 verified, 1 integrity finding, 2 usage/config error, 3 store or file I/O,
 //! 4 unsealed (`verify` without `--keys` or `--no-signatures`: nothing signed was checked).
@@ -35,14 +37,17 @@ pub mod freshness;
 pub mod hold;
 pub mod keygen;
 pub mod metrics_file;
+mod one_store;
 pub mod output;
 pub mod prove;
 pub mod query;
+pub mod query_reveal;
 pub mod reads;
 pub mod rehydrate;
 pub mod report;
 pub mod rewrap;
 pub mod subject;
+pub mod tlog_witness;
 pub mod verify;
 pub mod witness;
 
@@ -98,6 +103,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<Outcome, Error> {
         Command::Consistency(a) => consistency::consistency(&a, out).await,
         Command::CheckConsistency(a) => consistency::check(&a, out),
         Command::Checkpoints(a) => consistency::checkpoints(&a, out).await,
+        Command::TlogWitness(a) => tlog_witness::run(&a, out).await,
     }
 }
 

@@ -17,70 +17,13 @@ use schemas::checkpoint::{
 };
 use schemas::{ChainedEvent, Checkpoint};
 
-use crate::archive::ArchiveStore;
-use crate::cli::{CheckProofArgs, ProveArgs, SingleSource};
-use crate::clickhouse::ClickHouseStore;
+use crate::cli::{CheckProofArgs, ProveArgs};
 use crate::error::Error;
-use crate::reads::Reads;
+use crate::one_store::Source;
 use crate::verify::load_keys;
 use crate::Outcome;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
-
-enum Source {
-    ClickHouse(Box<ClickHouseStore>),
-    Archive(ArchiveStore),
-}
-
-impl Source {
-    fn name(&self) -> String {
-        match self {
-            Source::ClickHouse(s) => format!("clickhouse ({})", s.describe()),
-            Source::Archive(s) => format!("archive ({})", s.describe()),
-        }
-    }
-
-    async fn locate(&self, id: &str, partition: Option<u32>) -> Result<Vec<(i32, i64)>, Error> {
-        match self {
-            Source::ClickHouse(s) => s.locate(id, partition).await,
-            Source::Archive(s) => s.locate(id, partition).await,
-        }
-    }
-
-    async fn checkpoints(&self, partition: u32) -> Result<Vec<Checkpoint>, Error> {
-        match self {
-            Source::ClickHouse(s) => {
-                // Unreadable checkpoint rows are simply not candidates here; `verify` reports them.
-                Ok(s.checkpoints(&[partition]).await?.0)
-            }
-            Source::Archive(s) => Ok(s.checkpoints(&[partition].into_iter().collect()).await?.0),
-        }
-    }
-
-    async fn range(
-        &self,
-        partition: u32,
-        first: i64,
-        last: i64,
-    ) -> Result<Vec<ChainedEvent>, Error> {
-        match self {
-            Source::ClickHouse(s) => s
-                .range(partition, first, last)
-                .await?
-                .iter()
-                .map(|row| {
-                    row.to_chained().map_err(|e| {
-                        Error::Integrity(format!(
-                            "partition {partition} seq {}: row cannot be read back into an event: {e}",
-                            row.seq
-                        ))
-                    })
-                })
-                .collect(),
-            Source::Archive(s) => s.range(partition, first, last).await,
-        }
-    }
-}
 
 /// The link hashes of `first ..= last`, recomputed from the events (never the stored hashes),
 /// checking that the stored range is complete and links up.
@@ -168,16 +111,7 @@ fn pick_checkpoint(
 
 pub async fn prove(args: &ProveArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     let keys = args.keys.as_deref().map(load_keys).transpose()?;
-    let src = match args.source {
-        SingleSource::Clickhouse => Source::ClickHouse(Box::new(ClickHouseStore::new(
-            &args.clickhouse,
-            Reads::new(args.reads.retry_attempts),
-        )?)),
-        SingleSource::Archive => Source::Archive(ArchiveStore::open(
-            &args.archive,
-            Reads::new(args.reads.retry_attempts),
-        )?),
-    };
+    let src = Source::open(args.source, &args.reads, &args.clickhouse, &args.archive)?;
     let id = &args.event_id;
     let locs = src.locate(id, args.partition).await?;
     let Some(&(part, seq)) = locs.first() else {
@@ -196,7 +130,7 @@ pub async fn prove(args: &ProveArgs, out: &mut dyn Write) -> Result<Outcome, Err
             "event {id:?} is stored with negative partition {part}"
         ))
     })?;
-    let cps = src.checkpoints(p).await?;
+    let cps = src.checkpoints(&[p]).await?;
     let cp = pick_checkpoint(&cps, seq, keys.as_ref()).map_err(|why| {
         let latest = cps.iter().map(|c| c.seq).max();
         let mut msg = format!(

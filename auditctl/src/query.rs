@@ -5,6 +5,9 @@
 //! Values given with `--param k=v` are checked against the recipe's declared types and bound
 //! with the `clickhouse` crate's `bind` (escaped by the client), never spliced into the SQL
 //! text; this works on every server, including 18.16, which has no server-side parameters.
+//!
+//! Personal fields print as stored (ciphertext, tokens), those of erased subjects as
+//! `[erased]`; `--reveal --reason …` decrypts them, audited (crate::query_reveal).
 
 use std::fmt::Write as _;
 
@@ -36,6 +39,9 @@ pub struct QueryArgs {
     pub format: Format,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
+    /// `--reveal --reason …` and the key store options (crate::query_reveal).
+    #[command(flatten)]
+    pub reveal: crate::query_reveal::RevealOpts,
 }
 
 /// A client for the audit database (plain identifiers only; http(s) URL).
@@ -152,8 +158,20 @@ pub async fn run(args: &QueryArgs, out: &mut dyn std::io::Write) -> Result<Outco
                 names.join(", ")
             ))
         })?;
+        crate::query_reveal::check(&args.reveal)?;
         let client = client(&args.clickhouse)?;
-        let table = run_recipe(&client, recipe, &args.params).await?;
+        let mut table = run_recipe(&client, recipe, &args.params).await?;
+        if args.reveal.reveal {
+            // Chains the reveal before decrypting; on any failure nothing is printed.
+            crate::query_reveal::reveal(&args.reveal, name, &args.params, &mut table).await?;
+        } else {
+            crate::query_reveal::redact_erased(
+                &client,
+                &args.clickhouse.clickhouse_database,
+                &mut table,
+            )
+            .await?;
+        }
         let summary = recipe.header().map(|h| h.summary()).unwrap_or_default();
         output::render(args.format, &format!("{name}: {summary}"), &[table], &[])
     };
