@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use clap::{Args, Subcommand};
 use integrity::b64;
 use integrity::checkpoint::{log_key, parse_partition_origin};
-use integrity::note::{KeyType, Note, Signer, VerifierKey};
+use integrity::note::{Note, VerifierKey};
 use integrity::witness::{AddCheckpointRequest, Witness, WitnessError, WitnessState};
 use serde::Serialize;
 
@@ -31,13 +31,12 @@ use crate::anchors::write_atomic;
 use crate::consistency::{check_document, open_note, ConsistencyDocument};
 use crate::error::Error;
 use crate::verify::load_keys;
-use crate::witness::{KEY_FILE, VKEY_FILE};
+use crate::witness::{load_or_create_key, Lock, VKEY_FILE};
 use crate::Outcome;
 
 /// The per-origin cosigned heads (JSON of [`WitnessState`]).
 pub const STATE_FILE: &str = "tlog-witness.json";
 /// The same lock file name as `auditctl witness`: both roles serialise on one directory.
-const LOCK_FILE: &str = "lock";
 
 // ---- arguments ----------------------------------------------------------------------------------
 
@@ -373,66 +372,6 @@ fn load_state(dir: &Path) -> Result<WitnessState, Error> {
     let text = std::fs::read_to_string(&path).map_err(Error::file("reading", &path))?;
     serde_json::from_str(&text)
         .map_err(|e| Error::Integrity(format!("witness state {}: {e}", path.display())))
-}
-
-/// The witness's key: read from the state dir, or made (and stored, 0600) on the first run.
-/// Mirrors `auditctl witness` (same files, so one directory is one witness identity).
-fn load_or_create_key(dir: &Path, name: &str) -> Result<Signer, Error> {
-    let path = dir.join(KEY_FILE);
-    if path.exists() {
-        let text = std::fs::read_to_string(&path).map_err(Error::file("reading", &path))?;
-        return Signer::from_skey(text.trim(), KeyType::CosignatureV1)
-            .map_err(|e| Error::Usage(format!("{}: {e}", path.display())));
-    }
-    let bad = |e: integrity::note::NoteError| Error::Usage(format!("witness key {name:?}: {e}"));
-    let (signer, seed) = Signer::generate(name, KeyType::CosignatureV1).map_err(bad)?;
-    let skey = Signer::skey(name, &seed).map_err(bad)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&path).map_err(Error::file("creating", &path))?;
-    writeln!(f, "{skey}").map_err(Error::file("writing", &path))?;
-    f.sync_all().map_err(Error::file("syncing", &path))?;
-    write_atomic(
-        &dir.join(VKEY_FILE),
-        format!("{}\n", signer.verifier_key()).as_bytes(),
-    )?;
-    Ok(signer)
-}
-
-/// Serialises runs on one state directory (the tlog-witness atomicity rule); removed when the
-/// run ends, however it ends.
-struct Lock(PathBuf);
-
-impl Lock {
-    fn take(dir: &Path) -> Result<Self, Error> {
-        let path = dir.join(LOCK_FILE);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::Usage(format!(
-                        "{} exists: another witness run holds this state (remove it if none is running)",
-                        path.display()
-                    ))
-                } else {
-                    Error::file("creating", &path)(e)
-                }
-            })?;
-        Ok(Lock(path))
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
 
 #[cfg(test)]

@@ -60,7 +60,9 @@ fn read_vkey(dir: &Path) -> Result<VerifierKey, Error> {
 }
 
 /// The witness's key: read from the state dir, or made (and stored, 0600) on the first run.
-fn load_or_create_key(dir: &Path, name: &str) -> Result<Signer, Error> {
+/// The witness's cosigning key in `dir` (made on the first run, mode 0600), shared by
+/// `auditctl witness` and `auditctl tlog-witness`.
+pub(crate) fn load_or_create_key(dir: &Path, name: &str) -> Result<Signer, Error> {
     let path = dir.join(KEY_FILE);
     if path.exists() {
         let text = std::fs::read_to_string(&path).map_err(Error::file("reading", &path))?;
@@ -89,10 +91,10 @@ fn load_or_create_key(dir: &Path, name: &str) -> Result<Signer, Error> {
 
 /// Serialises witness runs on one state directory (the tlog-witness atomicity rule); removed
 /// when the run ends, however it ends.
-struct Lock(PathBuf);
+pub(crate) struct Lock(PathBuf);
 
 impl Lock {
-    fn take(dir: &Path) -> Result<Self, Error> {
+    pub(crate) fn take(dir: &Path) -> Result<Self, Error> {
         let path = dir.join(LOCK_FILE);
         std::fs::OpenOptions::new()
             .write(true)

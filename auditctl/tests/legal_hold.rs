@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,57 +28,6 @@ use worker_runtime::kafka::KafkaArgs;
 const BROKERS: &str = "127.0.0.1:9092";
 /// The archive's key prefix inside each test bucket.
 const PREFIX: &str = "lh";
-
-fn endpoint() -> String {
-    env_or("S3_ENDPOINT", "http://127.0.0.1:8333")
-}
-
-fn access_key() -> String {
-    env_or("S3_ACCESS_KEY_ID", "audit-local-test-access-key")
-}
-
-fn secret_key() -> String {
-    env_or(
-        "S3_SECRET_ACCESS_KEY",
-        "audit-local-test-secret-NOT-A-SECRET",
-    )
-}
-
-fn region() -> String {
-    env_or("S3_REGION", "us-east-1")
-}
-
-/// A plain S3 request signed by curl (credentials on stdin, never on the command line):
-/// (HTTP status, body).
-fn curl(method: &str, path_and_query: &str, headers: &[&str]) -> (u16, Vec<u8>) {
-    let body = tempfile::NamedTempFile::new().expect("tmp");
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["-K", "-", "-sS", "--max-time", "20", "-o"])
-        .arg(body.path())
-        .args(["-w", "%{http_code}", "-X", method])
-        .args(["--aws-sigv4", &format!("aws:amz:{}:s3", region())]);
-    for h in headers {
-        cmd.args(["-H", h]);
-    }
-    cmd.arg(format!("{}{path_and_query}", endpoint()));
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("user = \"{}:{}\"\n", access_key(), secret_key()).as_bytes())
-        .expect("credentials");
-    let out = child.wait_with_output().expect("curl ran");
-    let code = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("curl {method} {path_and_query}: {out:?}"));
-    (code, std::fs::read(body.path()).expect("body"))
-}
 
 /// A key of the archive in the bucket, URL-encoded for curl (`=` as `%3D`, as SigV4 wants).
 fn url_key(key: &str) -> String {
@@ -105,7 +53,7 @@ fn bucket_name() -> String {
 fn make_bucket(object_lock: bool) -> String {
     let bucket = bucket_name();
     let lock = ["x-amz-bucket-object-lock-enabled: true"];
-    let (code, body) = curl(
+    let (code, body) = common::s3_curl(
         "PUT",
         &format!("/{bucket}"),
         if object_lock { &lock[..] } else { &[] },
@@ -134,10 +82,10 @@ impl Lab {
         let store: Arc<dyn ObjectStore> = Arc::new(
             AmazonS3Builder::new()
                 .with_bucket_name(&bucket)
-                .with_endpoint(endpoint())
-                .with_region(region())
-                .with_access_key_id(access_key())
-                .with_secret_access_key(secret_key())
+                .with_endpoint(common::s3_endpoint())
+                .with_region(common::s3_region())
+                .with_access_key_id(common::s3_access_key())
+                .with_secret_access_key(common::s3_secret_key())
                 .with_allow_http(true)
                 .build()
                 .expect("s3 client"),
@@ -167,13 +115,13 @@ impl Lab {
             "--archive-url",
             &format!("s3://{}/{PREFIX}", self.bucket),
             "--s3-endpoint",
-            &endpoint(),
+            &common::s3_endpoint(),
             "--s3-region",
-            &region(),
+            &common::s3_region(),
             "--s3-access-key-id",
-            &access_key(),
+            &common::s3_access_key(),
             "--s3-secret-access-key",
-            &secret_key(),
+            &common::s3_secret_key(),
             "--kafka-brokers",
             &self.kafka.brokers,
             "--topic-prefix",
@@ -215,7 +163,7 @@ impl Lab {
     }
 
     fn delete_version(&self, key: &str, version: &str) -> (u16, String) {
-        let (code, body) = curl(
+        let (code, body) = common::s3_curl(
             "DELETE",
             &format!("/{}/{}?versionId={version}", self.bucket, url_key(key)),
             &[],
@@ -224,7 +172,7 @@ impl Lab {
     }
 
     fn get_version(&self, key: &str, version: &str) -> (u16, Vec<u8>) {
-        curl(
+        common::s3_curl(
             "GET",
             &format!("/{}/{}?versionId={version}", self.bucket, url_key(key)),
             &[],
@@ -311,10 +259,10 @@ print(json.dumps(out))
     let full: Vec<String> = keys.iter().map(|k| format!("{PREFIX}/{k}")).collect();
     let out = std::process::Command::new("python3")
         .args(["-c", script])
-        .env("LH_ENDPOINT", endpoint())
-        .env("LH_REGION", region())
-        .env("LH_KEY", access_key())
-        .env("LH_SECRET", secret_key())
+        .env("LH_ENDPOINT", common::s3_endpoint())
+        .env("LH_REGION", common::s3_region())
+        .env("LH_KEY", common::s3_access_key())
+        .env("LH_SECRET", common::s3_secret_key())
         .env("LH_BUCKET", bucket)
         .env("LH_KEYS", serde_json::to_string(&full).expect("json"))
         .output()
@@ -387,7 +335,8 @@ async fn hold_on_blocks_deleting_the_covered_objects_and_is_chained() {
     // bucket, only adds a delete marker; the held version is untouched.
     let original = lab.bytes(&seg).await;
     let version = lab.version(&seg).await;
-    let (code, body) = curl("DELETE", &format!("/{}/{}", lab.bucket, url_key(&seg)), &[]);
+    let (code, body) =
+        common::s3_curl("DELETE", &format!("/{}/{}", lab.bucket, url_key(&seg)), &[]);
     assert_eq!(code, 204, "{}", String::from_utf8_lossy(&body));
     let (code, bytes) = lab.get_version(&seg, &version);
     assert_eq!((code, bytes == original), (200, true));

@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,41 +46,7 @@ fn secret_key() -> String {
 
 /// The key store's own bucket (as privacy_erase.rs makes it), created if missing.
 fn make_key_bucket() {
-    let user = format!("user = \"{}:{}\"\n", access_key(), secret_key());
-    let mut child = std::process::Command::new("curl")
-        .args([
-            "-K",
-            "-",
-            "-sS",
-            "--max-time",
-            "20",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args([
-            "--aws-sigv4",
-            &format!("aws:amz:{}:s3", env_or("S3_REGION", "us-east-1")),
-        ])
-        .args(["-X", "PUT", &format!("{}/{KEY_BUCKET}", endpoint())])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(user.as_bytes())
-        .expect("write credentials");
-    let out = child.wait_with_output().expect("curl ran");
-    let code = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        code == "200" || code == "409",
-        "creating bucket {KEY_BUCKET} (SeaweedFS on 8333 must be up: deploy/local/stack.sh up): \
-         HTTP {code}"
-    );
+    common::ensure_bucket(KEY_BUCKET);
 }
 
 /// A test's own corner of the key store.

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,63 +40,12 @@ const SUBJECTS: [(&str, &str, &str); 3] = [
 ];
 const ERASED_SUBJECT: usize = 1;
 
-/// The key store's own bucket, created if missing (as tests/privacy_erase.rs does).
 fn make_key_bucket() {
-    let endpoint = env_or("S3_ENDPOINT", "http://127.0.0.1:8333");
-    let user = format!(
-        "user = \"{}:{}\"\n",
-        env_or("S3_ACCESS_KEY_ID", "audit-local-test-access-key"),
-        env_or(
-            "S3_SECRET_ACCESS_KEY",
-            "audit-local-test-secret-NOT-A-SECRET"
-        )
-    );
-    let mut child = std::process::Command::new("curl")
-        .args(["-K", "-", "-sS", "--max-time", "20", "-o", "/dev/null"])
-        .args(["-w", "%{http_code}"])
-        .args([
-            "--aws-sigv4",
-            &format!("aws:amz:{}:s3", env_or("S3_REGION", "us-east-1")),
-        ])
-        .args(["-X", "PUT", &format!("{endpoint}/{KEY_BUCKET}")])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("curl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(user.as_bytes())
-        .expect("write credentials");
-    let out = child.wait_with_output().expect("curl ran");
-    let code = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        code == "200" || code == "409",
-        "creating bucket {KEY_BUCKET}: HTTP {code}"
-    );
+    common::ensure_bucket(KEY_BUCKET);
 }
 
 fn privacy_flags(prefix: &str) -> Vec<String> {
-    s(&[
-        "--privacy-token-key",
-        TOKEN_KEY,
-        "--privacy-master-key",
-        MASTER_KEY,
-        "--privacy-key-store-url",
-        &format!("s3://{KEY_BUCKET}/{prefix}"),
-        "--privacy-key-store-s3-endpoint",
-        &env_or("S3_ENDPOINT", "http://127.0.0.1:8333"),
-        "--privacy-key-store-s3-access-key-id",
-        &env_or("S3_ACCESS_KEY_ID", "audit-local-test-access-key"),
-        "--privacy-key-store-s3-secret-access-key",
-        &env_or(
-            "S3_SECRET_ACCESS_KEY",
-            "audit-local-test-secret-NOT-A-SECRET",
-        ),
-        "--privacy-key-cache-ttl-secs",
-        "1",
-    ])
+    common::privacy_flags(KEY_BUCKET, prefix, TOKEN_KEY, MASTER_KEY)
 }
 
 fn privacy_args(prefix: &str) -> PrivacyArgs {

@@ -461,3 +461,89 @@ pub async fn write_archive(
     }
     keys
 }
+
+// ---- plain S3 requests and the privacy key store ----------------------------------------------
+
+pub fn s3_endpoint() -> String {
+    env_or("S3_ENDPOINT", "http://127.0.0.1:8333")
+}
+
+pub fn s3_access_key() -> String {
+    env_or("S3_ACCESS_KEY_ID", "audit-local-test-access-key")
+}
+
+pub fn s3_secret_key() -> String {
+    env_or(
+        "S3_SECRET_ACCESS_KEY",
+        "audit-local-test-secret-NOT-A-SECRET",
+    )
+}
+
+pub fn s3_region() -> String {
+    env_or("S3_REGION", "us-east-1")
+}
+
+/// A plain S3 request signed by curl (credentials on stdin, never on the command line):
+/// (HTTP status, body). For what the object_store client cannot say (bucket creation, Object
+/// Lock, version ids) and as a third party's view of the bucket.
+pub fn s3_curl(method: &str, path_and_query: &str, headers: &[&str]) -> (u16, Vec<u8>) {
+    use std::io::Write as _;
+    let body = tempfile::NamedTempFile::new().expect("tmp");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-K", "-", "-sS", "--max-time", "20", "-o"])
+        .arg(body.path())
+        .args(["-w", "%{http_code}", "-X", method])
+        .args(["--aws-sigv4", &format!("aws:amz:{}:s3", s3_region())]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("{}{path_and_query}", s3_endpoint()));
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(format!("user = \"{}:{}\"\n", s3_access_key(), s3_secret_key()).as_bytes())
+        .expect("credentials");
+    let out = child.wait_with_output().expect("curl ran");
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {method} {path_and_query}: {out:?}"));
+    (code, std::fs::read(body.path()).expect("body"))
+}
+
+/// Creates `bucket` if it is missing (an existing one is fine).
+pub fn ensure_bucket(bucket: &str) {
+    let (code, body) = s3_curl("PUT", &format!("/{bucket}"), &[]);
+    assert!(
+        code == 200 || code == 409,
+        "creating bucket {bucket} (SeaweedFS must be up: deploy/local/stack.sh up): HTTP {code} {}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+/// The privacy options of erase/reveal/query for a key store at `s3://<bucket>/<prefix>` on the
+/// local S3, with the given token and master keys (hex), and a 1 s key cache.
+pub fn privacy_flags(bucket: &str, prefix: &str, token_key: &str, master_key: &str) -> Vec<String> {
+    s(&[
+        "--privacy-token-key",
+        token_key,
+        "--privacy-master-key",
+        master_key,
+        "--privacy-key-store-url",
+        &format!("s3://{bucket}/{prefix}"),
+        "--privacy-key-store-s3-endpoint",
+        &s3_endpoint(),
+        "--privacy-key-store-s3-access-key-id",
+        &s3_access_key(),
+        "--privacy-key-store-s3-secret-access-key",
+        &s3_secret_key(),
+        "--privacy-key-cache-ttl-secs",
+        "1",
+    ])
+}
