@@ -547,11 +547,58 @@ async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Response> {
             )
         })?;
         if out.len() + chunk.len() > limit {
-            return Err(body_too_large(limit));
+            return Err(drain_then_too_large(stream, out.len() + chunk.len(), limit).await);
         }
         out.extend_from_slice(&chunk);
     }
     Ok(out)
+}
+
+/// How far past the limit an oversize body is read (and thrown away) before the 413: a client
+/// still sending when the door answers and hangs up sees a broken pipe instead of the 413
+/// (Python's http.client, curl), and never learns why. Beyond this the door stops reading and
+/// answers with `Connection: close` (the bound keeps a huge body from costing more than this
+/// much input).
+const OVERSIZE_DRAIN_BYTES: usize = 16 << 20;
+
+/// Reads the rest of an oversize body (up to [`OVERSIZE_DRAIN_BYTES`] past the limit, `seen`
+/// bytes already read) and answers 413; past the bound, 413 with `Connection: close`.
+async fn drain_then_too_large(
+    stream: axum::body::BodyDataStream,
+    seen: usize,
+    limit: usize,
+) -> Response {
+    let resp = body_too_large(limit);
+    if drain_oversize(stream, seen, limit).await {
+        resp
+    } else {
+        closing(resp)
+    }
+}
+
+/// Reads and discards the rest of an oversize body, at most [`OVERSIZE_DRAIN_BYTES`] past
+/// `limit` (`seen` bytes already read): `true` if it ended (or broke off) within that bound,
+/// `false` if the door stopped reading (answer with [`closing`]). Shared by the OTLP door.
+pub(crate) async fn drain_oversize(
+    mut stream: axum::body::BodyDataStream,
+    mut seen: usize,
+    limit: usize,
+) -> bool {
+    let bound = limit.saturating_add(OVERSIZE_DRAIN_BYTES);
+    while seen <= bound {
+        match stream.next().await {
+            Some(Ok(chunk)) => seen = seen.saturating_add(chunk.len()),
+            Some(Err(_)) | None => return true,
+        }
+    }
+    false
+}
+
+/// `resp` with `Connection: close` (the rest of the request body is not read).
+pub(crate) fn closing(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 fn body_too_large(limit: usize) -> Response {
@@ -597,8 +644,14 @@ async fn post_events(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bo
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return body_too_large(limit);
+    if let Some(n) = declared.filter(|&n| n > limit) {
+        // Read a bounded overshoot first (see `OVERSIZE_DRAIN_BYTES`), so the sender gets
+        // the answer rather than a broken pipe; a declared size past the bound is refused
+        // without reading it.
+        if n - limit > OVERSIZE_DRAIN_BYTES {
+            return closing(body_too_large(limit));
+        }
+        return drain_then_too_large(body.into_data_stream(), 0, limit).await;
     }
     let bytes = match read_body(body, limit).await {
         Ok(b) => b,

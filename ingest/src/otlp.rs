@@ -877,7 +877,15 @@ async fn post_traces(
             );
         };
         if bytes.len() + chunk.len() > limit {
-            return too_large(json_body, limit);
+            // Read a bounded overshoot first, so the exporter gets the 413 (and its
+            // ErrorInfo) rather than a connection torn down while it is still sending.
+            let seen = bytes.len() + chunk.len();
+            let resp = too_large(json_body, limit);
+            return if crate::http::drain_oversize(stream, seen, limit).await {
+                resp
+            } else {
+                crate::http::closing(resp)
+            };
         }
         bytes.extend_from_slice(&chunk);
     }

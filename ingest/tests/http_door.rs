@@ -426,3 +426,66 @@ async fn an_idempotency_key_gives_a_retried_request_the_same_ids() {
         );
     }
 }
+
+/// What Python's own HTTP client (`http.client`, a third party to this code) sees when it
+/// sends `size` bytes of JSON to the door: `(status, error code)`, or the client-side error
+/// (e.g. "BrokenPipeError") if the door hung up while the body was still being sent.
+fn python_post(base: &str, size: usize, chunked: bool) -> Result<(u16, String), String> {
+    const SCRIPT: &str = r#"
+import http.client, json, sys, urllib.parse
+base, token, size, chunked = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+u = urllib.parse.urlsplit(base)
+c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+body = b'{"pad": "' + b"x" * size + b'"}'
+headers = {"Authorization": "Bearer " + token, "Content-Type": "application/json"}
+try:
+    if chunked:
+        parts = (body[i:i + 65536] for i in range(0, len(body), 65536))
+        c.request("POST", "/v1/events", body=parts, headers=headers, encode_chunked=True)
+    else:
+        c.request("POST", "/v1/events", body=body, headers=headers)
+    r = c.getresponse()
+    print(json.dumps({"status": r.status, "body": r.read().decode()}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__ + ": " + str(e)}))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, base, TOKEN, &size.to_string()])
+        .arg(if chunked { "1" } else { "0" })
+        .output()
+        .expect("python3");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python output {e}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    if let Some(e) = v["error"].as_str() {
+        return Err(e.to_owned());
+    }
+    let body: Value = serde_json::from_str(v["body"].as_str().unwrap_or("")).unwrap_or(Value::Null);
+    Ok((
+        v["status"].as_u64().unwrap_or(0) as u16,
+        body["error"]["code"].as_str().unwrap_or("").to_owned(),
+    ))
+}
+
+/// A body well over the limit gets its 413 with the `body_too_large` code, not a connection
+/// torn down under the sender: the door reads and discards a bounded overshoot before
+/// answering, whether the size was declared (Content-Length) or streamed (chunked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_body_gets_its_413_not_a_broken_pipe() {
+    let run = start_ingest(&tokens(), &["--http-max-body-bytes", "262144"]).await;
+    for chunked in [false, true] {
+        for size in [300_000, 8 << 20] {
+            let got = python_post(&run.base, size, chunked);
+            assert_eq!(
+                got,
+                Ok((413, "body_too_large".to_owned())),
+                "{size} bytes, chunked {chunked}"
+            );
+        }
+    }
+    run.stop().await;
+}

@@ -451,3 +451,49 @@ async fn with_require_token_exporters_authenticate_and_keep_to_their_tenant() {
         "stamped"
     );
 }
+
+/// An OTLP/HTTP export far over the request limit, sent by Python's own HTTP client (a third
+/// party to this code), streamed (chunked) or declared: the exporter gets the 413 with its
+/// JSON refusal, not a broken pipe while it is still sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_export_gets_its_413_not_a_broken_pipe() {
+    const SCRIPT: &str = r#"
+import http.client, json, sys, urllib.parse
+base, size, chunked = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+u = urllib.parse.urlsplit(base)
+c = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+body = b'{"resourceSpans": [], "pad": "' + b"x" * size + b'"}'
+headers = {"Content-Type": "application/json"}
+try:
+    if chunked:
+        parts = (body[i:i + 65536] for i in range(0, len(body), 65536))
+        c.request("POST", "/v1/traces", body=parts, headers=headers, encode_chunked=True)
+    else:
+        c.request("POST", "/v1/traces", body=body, headers=headers)
+    r = c.getresponse()
+    print(json.dumps({"status": r.status, "body": r.read().decode()}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__ + ": " + str(e)}))
+"#;
+    let st = start(&["--otlp-max-request-bytes", "65536"]).await;
+    for chunked in ["0", "1"] {
+        let out = std::process::Command::new("python3")
+            .args(["-c", SCRIPT, &st.http, &(8 << 20).to_string(), chunked])
+            .output()
+            .expect("python3");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "python output {e}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert_eq!(v["status"], 413, "chunked {chunked}: {v}");
+        assert!(
+            v["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("body_too_large")),
+            "chunked {chunked}: {v}"
+        );
+    }
+    st.run.stop().await;
+}
