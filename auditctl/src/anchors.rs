@@ -176,6 +176,12 @@ pub fn load_text(
         }
         return Ok(());
     }
+    if text
+        .lines()
+        .any(|l| l.starts_with(schemas::checkpoint::CHECKPOINT_EXTENSION_V3))
+    {
+        return load_chainer_notes(text, name, keys, set);
+    }
     let pins = pin::parse_file(text).map_err(|e| bad(e.to_string()))?;
     for (i, p) in pins.into_iter().enumerate() {
         let from = format!("{name}#{}", i + 1);
@@ -195,6 +201,97 @@ pub fn load_text(
         }
     }
     Ok(())
+}
+
+/// The chainer's own signed notes (v3 checkpoints, as `auditctl checkpoints` prints them:
+/// each C2SP note optionally after its vkey line, separated by blank lines) as trusted heads:
+/// each must open with its key from `--keys` (required) and pass the key window; the head is
+/// the link hash its extension line signs. A note that does not verify is
+/// `trusted_checkpoint_invalid`; a genesis note (size 0) pins nothing.
+fn load_chainer_notes(
+    text: &str,
+    name: &str,
+    keys: &PinKeys<'_>,
+    set: &mut TrustedSet,
+) -> Result<(), Error> {
+    let Some(ks) = keys.keyset else {
+        return Err(Error::Usage(format!(
+            "trusted checkpoint file {name}: the chainer's signed notes are checked with the \
+             key set: give --keys"
+        )));
+    };
+    for (i, (origin, note)) in split_notes(text).into_iter().enumerate() {
+        let from = format!("{name}#{}", i + 1);
+        let (partition, seq) = integrity::checkpoint::parse_partition_origin(&origin)
+            .map(|(_, p)| p)
+            .zip(
+                note.lines()
+                    .nth(1)
+                    .and_then(integrity::checkpoint::parse_decimal),
+            )
+            .unwrap_or((0, 0));
+        let opened = crate::consistency::open_note(ks, &origin, &note).and_then(|cp| {
+            verify_signed(ks, &cp)
+                .map(|()| cp)
+                .map_err(|e| e.to_string())
+        });
+        match opened {
+            Ok(cp) if cp.fields.seq == 0 => {}
+            Ok(cp) => set.pins.push(Trusted {
+                head: ChainHead {
+                    chain_id: cp.fields.chain_id.clone(),
+                    partition: cp.fields.partition,
+                    seq: cp.fields.seq,
+                    head: cp.fields.head_hash,
+                },
+                from,
+                authority: format!("the chainer's signed note (key {})", cp.key_id),
+            }),
+            Err(detail) => set.invalid.push(AnchorFinding {
+                partition,
+                seq,
+                kind: AnchorKind::TrustedCheckpointInvalid,
+                pin: from,
+                detail: format!("the chainer's note does not verify with --keys: {detail}"),
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// The signed notes in `text`: (origin, note text). A note is its body lines (origin, size,
+/// root, extension lines), one blank line and its signature lines (`— …`); other lines (vkeys,
+/// `#` comments, blank separators) are skipped.
+fn split_notes(text: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let l = lines[i];
+        let starts_note = !l.is_empty()
+            && !l.starts_with('#')
+            && !l.starts_with('\u{2014}')
+            && integrity::checkpoint::parse_partition_origin(l).is_some();
+        if !starts_note {
+            i += 1;
+            continue;
+        }
+        let mut j = i;
+        while j < lines.len() && !lines[j].is_empty() {
+            j += 1;
+        }
+        let mut note: String = lines[i..j].iter().map(|l| format!("{l}\n")).collect();
+        note.push('\n');
+        j += 1;
+        while j < lines.len() && lines[j].starts_with('\u{2014}') {
+            note.push_str(lines[j]);
+            note.push('\n');
+            j += 1;
+        }
+        out.push((l.to_owned(), note));
+        i = j;
+    }
+    out
 }
 
 /// A JSON object, an array of them, or one per line / concatenated.

@@ -209,7 +209,8 @@ pub struct VerifyArgs {
     #[arg(long, env = "AUDIT_CHAIN_ID")]
     pub chain_id: Option<String>,
     /// A file of chain heads seen before (repeatable; comma-separated in the env var): the output of --save-checkpoints or of a
-    /// witness, or checkpoints copied from the checkpoints topic/table as JSON. For each pinned
+    /// witness, checkpoints copied from the checkpoints topic/table as JSON, or the chainer's
+    /// own signed notes as `auditctl checkpoints` prints them (with --keys). For each pinned
     /// (partition, seq, head) the store must hold the partition up to at least that seq with
     /// exactly that head, else a finding: `trusted_partition_missing` (partition deleted with
     /// its checkpoints), `rollback_below_trusted` (tail deleted with the newest checkpoints),

@@ -257,3 +257,68 @@ async fn an_s3_anchor_is_read_with_its_own_settings() {
     );
     db.drop().await;
 }
+
+/// The chainer's own signed notes, as `auditctl checkpoints --vkeys` prints them (what an
+/// auditor keeps, or hands to any transparency-log tool), pin the heads they sign: a tail cut
+/// with its newest checkpoints is `rollback_below_trusted`; an edited note is
+/// `trusted_checkpoint_invalid`; without --keys the file is refused.
+#[tokio::test]
+async fn the_chainers_signed_notes_are_trusted_checkpoints() {
+    let (db, dir, keyset, _anchor, _) = setup("anchor_notes").await;
+    let ks = keyset.display().to_string();
+    let mut a = s(&[
+        "checkpoints",
+        "--source",
+        "clickhouse",
+        "--keys",
+        &ks,
+        "--vkeys",
+    ]);
+    a.extend(db.args());
+    let (code, notes) = auditctl(&a).await;
+    assert_eq!(code, 0, "{notes}");
+    let notes = notes.trim_end_matches(|c: char| c != '\n').to_owned();
+    let file = dir.path().join("notes.txt");
+    std::fs::write(&file, &notes).expect("notes");
+    let pin = file.display().to_string();
+    let (code, out) = auditctl(&verify(&db, &keyset, &["--trusted-checkpoint", &pin])).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(anchor_findings(&out), (2, vec![]), "one pin per partition");
+
+    db.mutate("ALTER TABLE audit_events DELETE WHERE chain_partition = 0 AND seq > 250")
+        .await;
+    db.mutate("ALTER TABLE audit_checkpoints DELETE WHERE chain_partition = 0 AND seq > 200")
+        .await;
+    let (code, out) = auditctl(&verify(&db, &keyset, &["--trusted-checkpoint", &pin])).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        anchor_findings(&out).1,
+        vec![(0, 300, "rollback_below_trusted".to_owned())]
+    );
+
+    // One note edited (its size): invalid, named at the size it claims.
+    let edited = notes.replacen("/partition/1\n120\n", "/partition/1\n121\n", 1);
+    assert_ne!(edited, notes, "partition 1's note is in the file: {notes}");
+    std::fs::write(&file, &edited).expect("notes");
+    let (code, out) = auditctl(&verify(&db, &keyset, &["--trusted-checkpoint", &pin])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        anchor_findings(&out)
+            .1
+            .contains(&(1, 121, "trusted_checkpoint_invalid".to_owned())),
+        "{out}"
+    );
+    // The notes need the key set.
+    let mut no_keys = s(&[
+        "verify",
+        "--source",
+        "clickhouse",
+        "--json",
+        "--no-signatures",
+    ]);
+    no_keys.extend(db.args());
+    no_keys.extend(s(&["--trusted-checkpoint", &pin]));
+    let (code, out) = auditctl(&no_keys).await;
+    assert_eq!(code, 2, "{out}");
+    db.drop().await;
+}
