@@ -585,14 +585,24 @@ pub(crate) async fn drain_oversize(
     limit: usize,
 ) -> bool {
     let bound = limit.saturating_add(OVERSIZE_DRAIN_BYTES);
-    while seen <= bound {
-        match stream.next().await {
-            Some(Ok(chunk)) => seen = seen.saturating_add(chunk.len()),
-            Some(Err(_)) | None => return true,
+    let drain = async {
+        while seen <= bound {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen = seen.saturating_add(chunk.len()),
+                Some(Err(_)) | None => return true,
+            }
         }
-    }
-    false
+        false
+    };
+    // A sender trickling its oversize body does not hold the request open for long: past
+    // this, the door answers and closes as for a body past the byte bound.
+    tokio::time::timeout(OVERSIZE_DRAIN_TIME, drain)
+        .await
+        .unwrap_or(false)
 }
+
+/// How long an oversize body is drained at most (see [`OVERSIZE_DRAIN_BYTES`]).
+const OVERSIZE_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `resp` with `Connection: close` (the rest of the request body is not read).
 pub(crate) fn closing(mut resp: Response) -> Response {
