@@ -6,11 +6,19 @@
 //!    at or after B); without `--seq`, every segment, manifest and checkpoint of P.
 //! 2. `on` / `off`: PUT `?legal-hold` (`<LegalHold><Status>ON|OFF</Status></LegalHold>`) on
 //!    the current version of each. `status`: GET `?legal-hold` of each. `--dry-run` lists them.
-//! 3. `on` / `off` then append an operator event to the chain (published to
+//! 3. ClickHouse (unless `--no-clickhouse`): `on` / `off` set / clear the `legal_hold` flag
+//!    of the range's rows in the events table (sink-clickhouse migration 0007) with an
+//!    `ALTER TABLE … UPDATE` mutation, and wait until it is applied. Every retention TTL rule
+//!    of sink-clickhouse requires `legal_hold = 0`, so held rows are never deleted by TTL.
+//!    The flag is not part of the chain: no verifier reads it. Rows of the range stored later
+//!    (not yet sunk, rehydrated) are not flagged: run `hold on` again after them (idempotent).
+//!    `status` and `--dry-run` count the range's rows and the held ones.
+//! 4. `on` / `off` then append an operator event to the chain (published to
 //!    `<prefix>validated`, as `erase` does): `audit.legal_hold.set` / `.released`, with who,
-//!    the partition and range, reason, case id and object counts. The hold comes first: an
-//!    event must never claim a hold that is not there. If recording fails, the command says
-//!    the hold IS changed and exits 3; running it again records it (a hold is idempotent).
+//!    the partition and range, reason, case id, object counts and ClickHouse rows. The hold
+//!    comes first: an event must never claim a hold that is not there. If recording fails,
+//!    the command says the hold IS changed and exits 3; running it again records it (a hold
+//!    is idempotent). A ClickHouse failure is recorded as such, and exits 3 after recording.
 //!
 //! `object_store` has no legal-hold call, so the requests are signed with its own SigV4 signer
 //! (`AwsAuthorizer`, the code that signs every archive read and write) with the credentials
@@ -36,8 +44,8 @@ use serde::Serialize;
 use worker_runtime::kafka::KafkaArgs;
 use worker_runtime::object_store::{build_store, Access};
 
-use crate::cli::{ArchiveStoreArgs, ReadArgs, Secret};
-use crate::erase::{operator_event, publish, who, OperatorEvent, Published};
+use crate::cli::{ArchiveStoreArgs, ClickHouseArgs, ReadArgs, Secret};
+use crate::erase::{client, events_table, operator_event, publish, who, OperatorEvent, Published};
 use crate::error::Error;
 use crate::reads::Reads;
 use crate::rehydrate::parse_range;
@@ -60,6 +68,12 @@ pub const ATTR_FAILED: &str = "audit.legal_hold.failed";
 pub const ATTR_ARCHIVE: &str = "audit.legal_hold.archive";
 /// SHA-256 (hex) of the sorted object keys, one a line: which objects, without listing them.
 pub const ATTR_OBJECTS_SHA256: &str = "audit.legal_hold.objects_sha256";
+/// ClickHouse: `<database>.<table>` whose rows were flagged, or `skipped` / `failed: …`.
+pub const ATTR_CLICKHOUSE: &str = "audit.legal_hold.clickhouse";
+/// ClickHouse: rows of the range flagged held (on) or released (off).
+pub const ATTR_CLICKHOUSE_ROWS: &str = "audit.legal_hold.clickhouse_rows";
+/// The ClickHouse column that spares a row from retention TTL (sink-clickhouse 0007).
+pub const HOLD_COLUMN: &str = "legal_hold";
 
 /// Concurrent legal-hold requests.
 const PARALLEL: usize = 8;
@@ -111,6 +125,15 @@ pub struct HoldArgs {
     pub kafka: KafkaArgs,
     #[command(flatten)]
     pub archive: ArchiveStoreArgs,
+    /// Do not flag the rows in ClickHouse (archive only): they then stay subject to
+    /// sink-clickhouse's retention TTL.
+    #[arg(long)]
+    pub no_clickhouse: bool,
+    /// How long to wait for ClickHouse to apply the flag mutation (seconds).
+    #[arg(long, default_value_t = 300)]
+    pub clickhouse_mutation_timeout_secs: u64,
+    #[command(flatten)]
+    pub clickhouse: ClickHouseArgs,
 }
 
 /// What an archive object is, for the covering set.
@@ -436,6 +459,114 @@ fn non_2xx(status: http::StatusCode, body: &str) -> String {
     format!("Server returned non-2xx status code: {status}: {code} {message}{hint}")
 }
 
+/// The range's rows in ClickHouse.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClickHouseHold {
+    /// `<database>.<table>`.
+    pub table: String,
+    /// Rows of the range there.
+    pub rows: u64,
+    /// Of those, flagged `legal_hold = 1`.
+    pub held: u64,
+}
+
+/// The rows of `partition`'s `range` (`None`: all of them), as a SQL condition (integers
+/// only: nothing to escape).
+pub fn range_condition(partition: i32, range: Option<(i64, i64)>) -> String {
+    match range {
+        None => format!("chain_partition = {partition}"),
+        Some((a, i64::MAX)) => format!("chain_partition = {partition} AND seq >= {a}"),
+        Some((a, b)) => format!("chain_partition = {partition} AND seq >= {a} AND seq <= {b}"),
+    }
+}
+
+/// The mutation that flags (`on`) or clears the range's rows; only rows not already so.
+pub fn hold_mutation(table: &str, partition: i32, range: Option<(i64, i64)>, on: bool) -> String {
+    let v = u8::from(on);
+    format!(
+        "ALTER TABLE {table} UPDATE {HOLD_COLUMN} = {v} WHERE {} AND {HOLD_COLUMN} != {v}",
+        range_condition(partition, range)
+    )
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct Counts {
+    rows: u64,
+    held: u64,
+}
+
+/// Counts the range's rows and held rows; with `set`, first flags (`Some(true)`) or clears
+/// them and waits until ClickHouse has applied the mutation (18.16 runs mutations in the
+/// background and has no `mutations_sync`).
+async fn clickhouse_hold(
+    a: &HoldArgs,
+    partition: i32,
+    set: Option<bool>,
+) -> Result<ClickHouseHold, Error> {
+    let ch = &a.clickhouse;
+    let table = events_table(ch)?;
+    let c = client(ch);
+    let qualified = format!("{}.{table}", ch.clickhouse_database);
+    let has_column: u64 = c
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(&ch.clickhouse_database)
+        .bind(table)
+        .bind(HOLD_COLUMN)
+        .fetch_one()
+        .await
+        .map_err(Error::ch(format!("looking up {qualified}.{HOLD_COLUMN}")))?;
+    if has_column == 0 {
+        return Err(Error::Service(format!(
+            "{qualified} has no {HOLD_COLUMN} column: start sink-clickhouse once (its migration              0007 adds it), or pass --no-clickhouse to hold the archive only"
+        )));
+    }
+    let cond = range_condition(partition, a.seq);
+    if let Some(on) = set {
+        c.query(&hold_mutation(table, partition, a.seq, on))
+            .execute()
+            .await
+            .map_err(Error::ch(format!("flagging the held rows of {qualified}")))?;
+        // Done when no flag mutation of the table is pending (a count of unflagged rows could
+        // stay above zero for ever while the sink keeps storing rows of an open range).
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(a.clickhouse_mutation_timeout_secs);
+        loop {
+            let pending: u64 = c
+                .query(
+                    "SELECT count() FROM system.mutations WHERE database = ? AND table = ?                      AND is_done = 0 AND position(command, ?) > 0",
+                )
+                .bind(&ch.clickhouse_database)
+                .bind(table)
+                .bind(HOLD_COLUMN)
+                .fetch_one()
+                .await
+                .map_err(Error::ch(format!("waiting for the mutation of {qualified}")))?;
+            if pending == 0 {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Service(format!(
+                    "the {HOLD_COLUMN} mutation of {qualified} is not applied after {} s                      (see system.mutations); run the same command again",
+                    a.clickhouse_mutation_timeout_secs
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let counts: Counts = c
+        .query(&format!(
+            "SELECT count() AS rows, countIf({HOLD_COLUMN} = 1) AS held FROM {table} WHERE {cond}"
+        ))
+        .fetch_one()
+        .await
+        .map_err(Error::ch(format!("counting the held rows of {qualified}")))?;
+    Ok(ClickHouseHold {
+        table: qualified,
+        rows: counts.rows,
+        held: counts.held,
+    })
+}
+
 /// Per-object outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct ObjectOutcome {
@@ -465,6 +596,12 @@ pub struct HoldReport {
     /// The chained event (on/off, when something changed and it was published).
     pub recorded: Option<Recorded>,
     pub objects: Vec<ObjectOutcome>,
+    /// The range's rows in ClickHouse after the command (absent with --no-clickhouse or when
+    /// ClickHouse failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clickhouse: Option<ClickHouseHold>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clickhouse_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -512,6 +649,16 @@ pub struct HoldEvent<'a> {
     pub objects: &'a [Covered],
     pub failed: u64,
     pub archive: &'a str,
+    /// What happened in ClickHouse: the rows flagged, or why not.
+    pub clickhouse: ClickHouseOutcome<'a>,
+}
+
+/// The ClickHouse side of a hold, for its event.
+#[derive(Debug, Clone, Copy)]
+pub enum ClickHouseOutcome<'a> {
+    Skipped,
+    Failed,
+    Done(&'a ClickHouseHold),
 }
 
 /// The chained event of a hold set or released: governance, by the operator, about the
@@ -544,6 +691,16 @@ pub fn hold_event(h: &HoldEvent<'_>) -> AuditEvent {
     if let Some(c) = h.case_id.filter(|c| !c.is_empty()) {
         attributes.push((ATTR_CASE, c.to_owned()));
     }
+    match h.clickhouse {
+        ClickHouseOutcome::Skipped => attributes.push((ATTR_CLICKHOUSE, "skipped".to_owned())),
+        ClickHouseOutcome::Failed => attributes.push((ATTR_CLICKHOUSE, "failed".to_owned())),
+        ClickHouseOutcome::Done(ch) => {
+            attributes.push((ATTR_CLICKHOUSE, ch.table.clone()));
+            // on: the rows now held; off: the rows now free.
+            let n = if h.on { ch.held } else { ch.rows - ch.held };
+            attributes.push((ATTR_CLICKHOUSE_ROWS, n.to_string()));
+        }
+    }
     let target = format!("chain={}/{}", h.partition, range_text(h.range));
     let mut e = operator_event(OperatorEvent {
         id_prefix: "legal-hold",
@@ -554,9 +711,11 @@ pub fn hold_event(h: &HoldEvent<'_>) -> AuditEvent {
         },
         verb: if h.on { "hold" } else { "release" },
         description: if h.on {
-            "S3 Object Lock legal hold set on the archive objects of the range"
+            "S3 Object Lock legal hold set on the archive objects of the range; its ClickHouse \
+             rows are exempt from retention TTL"
         } else {
-            "S3 Object Lock legal hold released on the archive objects of the range"
+            "S3 Object Lock legal hold released on the archive objects of the range; its \
+             ClickHouse rows are subject to retention TTL again"
         },
         operator: h.operator,
         target_type: "archive_range",
@@ -661,6 +820,8 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         failed: 0,
         recorded: None,
         objects: Vec::new(),
+        clickhouse: None,
+        clickhouse_error: None,
     };
     let mut changed = Vec::new();
     let mut first_error = None;
@@ -690,7 +851,27 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     }
     report.changed = changed.len() as u64;
 
-    // 3. Record every change (also a partial one: the trail must show each hold that
+    // 3. ClickHouse: flag or clear the rows (status / dry run: count them). Not when the
+    // archive refused every object: the command then changed nothing anywhere.
+    let mut ch_error = None;
+    let archive_refused_all = changes && changed.is_empty();
+    if !a.no_clickhouse && !archive_refused_all {
+        let set = changes.then_some(on);
+        match clickhouse_hold(a, partition, set).await {
+            Ok(ch) => report.clickhouse = Some(ch),
+            Err(e) => {
+                report.clickhouse_error = Some(e.to_string());
+                ch_error = Some(e);
+            }
+        }
+    }
+    let ch_outcome = match (&report.clickhouse, a.no_clickhouse) {
+        (Some(ch), _) => ClickHouseOutcome::Done(ch),
+        (None, _) if a.no_clickhouse => ClickHouseOutcome::Skipped,
+        (None, _) => ClickHouseOutcome::Failed,
+    };
+
+    // 4. Record every change (also a partial one: the trail must show each hold that
     // changed), after the hold itself.
     let mut record_error = None;
     if let (Some(operator), false) = (&operator, changed.is_empty()) {
@@ -704,6 +885,7 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
             objects: &changed,
             failed: report.failed,
             archive: &describe,
+            clickhouse: ch_outcome,
         });
         match publish(&a.kafka, &event).await {
             Ok(published) => {
@@ -722,6 +904,20 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         return Err(Error::Service(format!(
             "the legal hold IS {state} on {} object(s) of partition {}, but recording it in the chain failed: {e}. Run the same command again to record it (the hold itself is idempotent).",
             report.changed, a.partition
+        )));
+    }
+    if let Some(e) = ch_error {
+        return Err(Error::Service(format!(
+            "the legal hold IS {state} on {} archive object(s) of partition {}{}, but its \
+             ClickHouse rows were not {}: {e}. Run the same command again (it is idempotent).",
+            report.changed,
+            a.partition,
+            if report.recorded.is_some() {
+                " and recorded in the chain"
+            } else {
+                ""
+            },
+            if on { "flagged" } else { "released" }
         )));
     }
     if let Some(e) = first_error {
@@ -811,6 +1007,19 @@ fn write_report(r: &HoldReport, json: bool, out: &mut dyn Write) -> Result<(), E
                 kind_name(o.object.kind),
                 o.object.key
             );
+        }
+        match (&r.clickhouse, &r.clickhouse_error) {
+            (Some(ch), _) => {
+                let _ = writeln!(
+                    t,
+                    "clickhouse {}: {} row(s) of the range, {} held (exempt from retention TTL)",
+                    ch.table, ch.rows, ch.held
+                );
+            }
+            (None, Some(e)) => {
+                let _ = writeln!(t, "clickhouse: FAILED: {e}");
+            }
+            (None, None) => {}
         }
         if let Some(rec) = &r.recorded {
             let _ = write!(
@@ -961,6 +1170,11 @@ mod tests {
             objects: &objects,
             failed: 0,
             archive: "s3://b at http://x, prefix p/",
+            clickhouse: ClickHouseOutcome::Done(&ClickHouseHold {
+                table: "audit.audit_events".into(),
+                rows: 4,
+                held: 4,
+            }),
         });
         schemas::validate::validate_event(
             &e,
@@ -984,6 +1198,8 @@ mod tests {
         assert_eq!(attr(ATTR_OBJECTS), Some("3"));
         assert_eq!(attr(ATTR_SEGMENTS), Some("1"));
         assert_eq!(attr(ATTR_CHECKPOINTS), Some("1"));
+        assert_eq!(attr(ATTR_CLICKHOUSE), Some("audit.audit_events"));
+        assert_eq!(attr(ATTR_CLICKHOUSE_ROWS), Some("4"));
         let off = hold_event(&HoldEvent {
             on: false,
             operator: "ops-1",
@@ -994,6 +1210,7 @@ mod tests {
             objects: &objects,
             failed: 0,
             archive: "a",
+            clickhouse: ClickHouseOutcome::Skipped,
         });
         assert_eq!(off.event_type, HOLD_RELEASED_EVENT_TYPE);
         assert_eq!(
@@ -1003,5 +1220,22 @@ mod tests {
                 .map(|kv| kv.value.as_str()),
             Some("whole partition")
         );
+        assert!(off
+            .attributes
+            .iter()
+            .any(|kv| kv.key == ATTR_CLICKHOUSE && kv.value == "skipped"));
+    }
+
+    #[test]
+    fn the_clickhouse_flag_mutation_covers_exactly_the_range() {
+        assert_eq!(
+            hold_mutation("audit_events", 0, Some((12, 15)), true),
+            "ALTER TABLE audit_events UPDATE legal_hold = 1 WHERE chain_partition = 0 AND seq >= 12 AND seq <= 15 AND legal_hold != 1"
+        );
+        assert_eq!(
+            hold_mutation("audit_events", 3, Some((21, i64::MAX)), false),
+            "ALTER TABLE audit_events UPDATE legal_hold = 0 WHERE chain_partition = 3 AND seq >= 21 AND legal_hold != 0"
+        );
+        assert_eq!(range_condition(2, None), "chain_partition = 2");
     }
 }

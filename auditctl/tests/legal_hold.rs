@@ -6,6 +6,11 @@
 //! segments of ten, checkpoints at 10, 20, 30), and its own topics. What the tests check is
 //! seen through other clients than auditctl's: S3 requests signed by curl (`--aws-sigv4`), the
 //! legal-hold view of boto3, and the events read back from the chain's input topic.
+//!
+//! Each test also has its own ClickHouse database (the local 18.16 on 8123), migrated by
+//! sink-clickhouse's own runner and holding the same chain: `hold on|off` flags and clears
+//! the range's rows there (`legal_hold`, which spares them from retention TTL), checked with
+//! plain SQL; and `verify --source clickhouse` still passes on held rows.
 
 mod common;
 
@@ -28,6 +33,29 @@ use worker_runtime::kafka::KafkaArgs;
 const BROKERS: &str = "127.0.0.1:9092";
 /// The archive's key prefix inside each test bucket.
 const PREFIX: &str = "lh";
+
+/// A fresh database migrated by sink-clickhouse's own runner (so it has the `legal_hold`
+/// column of migration 0007, as a database the sink writes has).
+async fn migrated_db(tag: &str) -> TestDb {
+    let name = unique(&format!("lh_{tag}"));
+    let settings = sink_clickhouse::store::StoreSettings {
+        url: clickhouse_url(),
+        database: name.clone(),
+        user: "default".into(),
+        password: worker_runtime::Secret::new(String::new()),
+    };
+    let store = sink_clickhouse::store::Store::connect(&settings)
+        .await
+        .unwrap_or_else(|e| panic!("ClickHouse must be up (deploy/local/stack.sh up): {e}"));
+    sink_clickhouse::migrations::apply(&store)
+        .await
+        .expect("sink-clickhouse migrations");
+    let client = clickhouse::Client::default()
+        .with_url(clickhouse_url())
+        .with_database(&name)
+        .with_validation(false);
+    TestDb { name, client }
+}
 
 /// A key of the archive in the bucket, URL-encoded for curl (`=` as `%3D`, as SigV4 wants).
 fn url_key(key: &str) -> String {
@@ -69,6 +97,8 @@ fn make_bucket(object_lock: bool) -> String {
 
 struct Lab {
     bucket: String,
+    db: TestDb,
+    keyset: std::path::PathBuf,
     store: Arc<dyn ObjectStore>,
     kafka: KafkaArgs,
     /// Segment object keys (relative to the archive root), in seq order.
@@ -91,9 +121,11 @@ impl Lab {
                 .expect("s3 client"),
         );
         let dir = tempfile::tempdir().expect("tmp");
-        let (key, _) = test_key(dir.path(), "k1");
+        let (key, keyset) = test_key(dir.path(), "k1");
         let chain = build_chain(0, 30, &key, 10, BASE_US);
         let segments = write_archive(&*store, PREFIX, &chain, 10).await;
+        let db = migrated_db(tag).await;
+        db.insert_chain(&chain).await;
         assert_eq!(segments.len(), 3);
         let kafka = KafkaArgs::local(BROKERS, &format!("{}.", unique(tag)));
         ensure_topics(&kafka, &pipeline_topic_specs(&kafka, 1), 1)
@@ -101,6 +133,8 @@ impl Lab {
             .expect("topics (tansu on 9092 must be up: deploy/local/stack.sh up)");
         Self {
             bucket,
+            db,
+            keyset,
             store,
             kafka,
             segments,
@@ -127,7 +161,26 @@ impl Lab {
             "--topic-prefix",
             &self.kafka.topic_prefix,
         ]));
+        a.extend(self.db.args());
         a
+    }
+
+    /// The seqs of partition 0 flagged `legal_hold = 1` in ClickHouse.
+    async fn held_rows(&self) -> Vec<i64> {
+        self.db
+            .client
+            .query("SELECT seq FROM audit_events WHERE chain_partition = 0 AND legal_hold = 1 ORDER BY seq")
+            .fetch_all()
+            .await
+            .expect("held rows")
+    }
+
+    /// `auditctl verify --source clickhouse` of the lab database.
+    async fn verify(&self) -> (u8, String) {
+        let mut args = s(&["verify", "--source", "clickhouse", "--keys"]);
+        args.push(self.keyset.display().to_string());
+        args.extend(self.db.args());
+        auditctl(&args).await
     }
 
     async fn hold(&self, action: &str, extra: &[&str]) -> (u8, String, Value) {
@@ -296,9 +349,12 @@ async fn hold_on_blocks_deleting_the_covered_objects_and_is_chained() {
     want.sort();
     assert_eq!(listed, want);
     assert_eq!(report["recorded"], Value::Null);
+    assert_eq!(report["clickhouse"]["rows"], 4, "{out}");
+    assert_eq!(report["clickhouse"]["held"], 0, "{out}");
     let (code, out, before) = lab.hold("status", &["--seq", "12..15"]).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(holds_of(&before), ["none", "none", "none"], "{out}");
+    assert!(lab.held_rows().await.is_empty(), "a dry run flags nothing");
     assert!(lab.recorded().await.is_empty(), "a dry run records nothing");
 
     let (code, out, report) = lab
@@ -319,6 +375,13 @@ async fn hold_on_blocks_deleting_the_covered_objects_and_is_chained() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(report["changed"], 3, "{out}");
     assert_eq!(report["recorded"]["event_type"], "audit.legal_hold.set");
+    // ClickHouse: exactly the range's rows are flagged (spared by retention TTL).
+    assert_eq!(report["clickhouse"]["held"], 4, "{out}");
+    assert_eq!(lab.held_rows().await, [12, 13, 14, 15]);
+    // The flag is not part of the chain: the stored chain still verifies.
+    let (code, out) = lab.verify().await;
+    assert_eq!(code, 0, "verify on held rows: {out}");
+    assert!(out.contains("result: OK"), "{out}");
 
     // Status (auditctl's GET ?legal-hold) and a third-party client agree.
     let (code, out, status) = lab.hold("status", &["--seq", "12..15"]).await;
@@ -381,6 +444,12 @@ async fn hold_on_blocks_deleting_the_covered_objects_and_is_chained() {
     assert_eq!(attr(e, "audit.legal_hold.manifests"), Some("1"));
     assert_eq!(attr(e, "audit.legal_hold.checkpoints"), Some("1"));
     assert!(attr(e, "audit.legal_hold.archive").is_some_and(|a| a.contains(&lab.bucket)));
+    assert_eq!(
+        attr(e, "audit.legal_hold.clickhouse"),
+        Some(format!("{}.audit_events", lab.db.name).as_str())
+    );
+    assert_eq!(attr(e, "audit.legal_hold.clickhouse_rows"), Some("4"));
+    lab.db.drop().await;
 }
 
 /// `hold off` releases: the versions can be deleted again, and the release is chained after
@@ -403,6 +472,8 @@ async fn hold_off_releases_the_objects_and_is_chained() {
     assert_eq!(code, 0, "{out}");
     let version = lab.version(&seg).await;
     assert_eq!(lab.delete_version(&seg, &version).0, 403, "held");
+    let tail: Vec<i64> = (21..=30).collect();
+    assert_eq!(lab.held_rows().await, tail);
 
     let mut off = common.to_vec();
     off.extend(["--reason", "case closed"]);
@@ -412,6 +483,10 @@ async fn hold_off_releases_the_objects_and_is_chained() {
         report["recorded"]["event_type"],
         "audit.legal_hold.released"
     );
+    assert!(lab.held_rows().await.is_empty(), "off clears the flag");
+    assert_eq!(report["clickhouse"]["held"], 0, "{out}");
+    let (code, out) = lab.verify().await;
+    assert_eq!(code, 0, "{out}");
     // `--check` is `status`.
     let (_, out, status) = lab.hold("off", &["--seq", "21..", "--check"]).await;
     assert!(holds_of(&status).iter().all(|h| h == "OFF"), "{out}");
@@ -436,6 +511,9 @@ async fn hold_off_releases_the_objects_and_is_chained() {
     assert_eq!(attr(r, "audit.legal_hold.case_id"), Some("CASE-9"));
     // Segment 21..=30, its manifest, checkpoint 30.
     assert_eq!(attr(r, "audit.legal_hold.objects"), Some("3"));
+    // off: the rows now subject to retention again.
+    assert_eq!(attr(r, "audit.legal_hold.clickhouse_rows"), Some("10"));
+    lab.db.drop().await;
 }
 
 /// When the event cannot be published, the hold is still set: the command exits 3 and says
@@ -471,6 +549,7 @@ async fn a_hold_that_cannot_be_recorded_says_it_is_set() {
     let (_, out, status) = lab.hold("status", &["--seq", "1..5"]).await;
     assert_eq!(holds_of(&status), ["ON", "ON", "ON"], "{out}");
     assert!(lab.recorded().await.is_empty());
+    assert_eq!(lab.held_rows().await, [1, 2, 3, 4, 5]);
 
     let (code, out, _) = lab
         .hold(
@@ -480,6 +559,7 @@ async fn a_hold_that_cannot_be_recorded_says_it_is_set() {
         .await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(lab.recorded().await.len(), 1);
+    lab.db.drop().await;
 }
 
 /// A bucket without Object Lock refuses legal holds: exit 3, with the reason, and nothing
@@ -497,4 +577,63 @@ async fn a_bucket_without_object_lock_is_a_clear_error() {
     assert!(out.contains("Object Lock enabled"), "{out}");
     assert_eq!(report["changed"], 0, "{out}");
     assert!(lab.recorded().await.is_empty());
+    assert!(
+        lab.held_rows().await.is_empty(),
+        "nothing held in the archive: nothing flagged either"
+    );
+    lab.db.drop().await;
+}
+
+/// A database the sink never migrated to 0007 (no `legal_hold` column): the archive hold is
+/// set and recorded (saying ClickHouse failed), and the command exits 3 saying so;
+/// `--no-clickhouse` holds the archive only and records that ClickHouse was skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clickhouse_without_the_hold_column_is_reported_and_recorded() {
+    let mut lab = Lab::new("hold_nocol", true).await;
+    let old = TestDb::new("lh_old").await;
+    let migrated = std::mem::replace(&mut lab.db, old);
+    let (code, out, report) = lab
+        .hold(
+            "on",
+            &["--seq", "1..5", "--reason", "r", "--held-by", "ops"],
+        )
+        .await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("has no legal_hold column"), "{out}");
+    assert!(
+        out.contains("the legal hold IS SET on 3 archive object(s)"),
+        "{out}"
+    );
+    assert_eq!(report["changed"], 3, "{out}");
+    let events = lab.recorded().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(
+        attr(&events[0], "audit.legal_hold.clickhouse"),
+        Some("failed")
+    );
+
+    let (code, out, report) = lab
+        .hold(
+            "on",
+            &[
+                "--seq",
+                "1..5",
+                "--reason",
+                "r",
+                "--held-by",
+                "ops",
+                "--no-clickhouse",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report.get("clickhouse"), None, "{out}");
+    let events = lab.recorded().await;
+    assert_eq!(
+        attr(&events[1], "audit.legal_hold.clickhouse"),
+        Some("skipped")
+    );
+    let old = std::mem::replace(&mut lab.db, migrated);
+    old.drop().await;
+    lab.db.drop().await;
 }

@@ -90,7 +90,7 @@ args_for() {
     chainer) echo --checkpoint-key-file "$KEY" --checkpoint-key-id demo-1 --chain-id "$CHAIN_ID" \
       --checkpoint-every-events 500 --checkpoint-interval-secs 2 ;;
     sink-clickhouse) echo --clickhouse-url "$CLICKHOUSE_URL" --clickhouse-database "$CLICKHOUSE_DATABASE" --batch-max-age-ms 500 ;;
-    sink-archive) echo --archive-url "$ARCHIVE_URL" --s3-endpoint "$S3_ENDPOINT" --s3-allow-http true --segment-max-age-secs 3 ;;
+    sink-archive) echo --archive-url "$ARCHIVE_URL" --s3-endpoint "$S3_ENDPOINT" --s3-allow-http true --segment-max-age-secs 3 --retention-mode off ;;  # the local bucket has no Object Lock (docs/retention.md)
     ingest) echo --http-addr "$HTTP_DOOR" --otlp true --otlp-http-addr "$OTLP_HTTP" --otlp-grpc-addr 127.0.0.1:19317 ;;
     *) echo ;;
   esac

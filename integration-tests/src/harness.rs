@@ -146,6 +146,9 @@ impl Pipeline {
         let mut a = self.base_args("sink-archive");
         a.extend(self.archive_store_args());
         a.extend(["--segment-max-age-secs".into(), "1".into()]);
+        // The shared local bucket has no Object Lock (sink-archive/tests/retention.rs tests
+        // locking on buckets of its own), and tests must not leave undeletable objects.
+        a.extend(["--retention-mode".into(), "off".into()]);
         if self.test_tuning {
             a.extend(["--segment-max-events".into(), "100".into()]);
         }

@@ -2,7 +2,8 @@
 //! partition resumes (repairing missing manifests), store checkpoints. Every call goes through
 //! `worker_runtime::retry` with [`StoreError`]'s classification.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -11,8 +12,12 @@ use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 use schemas::checkpoint::CheckpointJson;
 use schemas::segment::{self, Manifest, SegmentKey, SegmentMeta};
 use schemas::{ChainedEvent, Checkpoint};
+use time::OffsetDateTime;
 use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy};
 use worker_runtime::CancellationToken;
+
+use crate::lock::LockedBucket;
+use crate::retention::{Retention, RetentionMode};
 
 use crate::resume::{classify_existing, plan_resume, Existing};
 use crate::store::StoreError;
@@ -60,6 +65,18 @@ pub struct Archive {
     cancel: CancellationToken,
     /// The object store's readiness condition, kept by every retry loop that calls it.
     check: Option<DependencyCheck>,
+    /// Object Lock on every put (`--retention-mode` compliance/governance on S3).
+    lock: Option<ArchiveLock>,
+}
+
+/// How the archive's puts are locked: the policy, the bucket to put through with the lock
+/// headers (crate::lock), and per chain partition the latest retain-until of the segments
+/// archived by this process (a checkpoint lives at least that long).
+#[derive(Debug, Clone)]
+struct ArchiveLock {
+    retention: Retention,
+    bucket: Arc<LockedBucket>,
+    covered: Arc<Mutex<HashMap<i32, OffsetDateTime>>>,
 }
 
 /// The readiness condition naming the object store: false while a call to it is retried.
@@ -100,7 +117,72 @@ impl Archive {
             retry,
             cancel,
             check: None,
+            lock: None,
         }
+    }
+
+    /// Puts every object through `bucket` with Object Lock as `retention` says (from
+    /// `retention::prepare`). A mode of off changes nothing.
+    pub fn locking(mut self, retention: Retention, bucket: Arc<LockedBucket>) -> Self {
+        if retention.mode != RetentionMode::Off {
+            self.lock = Some(ArchiveLock {
+                retention,
+                bucket,
+                covered: Arc::default(),
+            });
+        }
+        self
+    }
+
+    /// The retention in force on this archive's puts (`None`: not locked).
+    pub fn retention(&self) -> Option<&Retention> {
+        self.lock.as_ref().map(|l| &l.retention)
+    }
+
+    /// The lock of an object whose retention ends at `until`.
+    fn lock_for(&self, until: Option<OffsetDateTime>) -> Option<(RetentionMode, OffsetDateTime)> {
+        let l = self.lock.as_ref()?;
+        let lock = l.retention.lock(until, OffsetDateTime::now_utc());
+        if lock.is_none() && until.is_some() {
+            // Events older than their retention: nothing left to retain, and S3 refuses a
+            // retain-until date in the past.
+            metrics::counter!("audit_archive_unlocked_objects_total", "reason" => "retention_past")
+                .increment(1);
+        }
+        lock
+    }
+
+    /// Retain-until of a segment of `events` under the policy in force.
+    fn segment_until(&self, events: &[ChainedEvent]) -> Option<OffsetDateTime> {
+        self.lock.as_ref()?.retention.policy.retain_until(events)
+    }
+
+    /// Retain-until of the segment `bytes` (a stored one: its own events decide).
+    fn stored_until(&self, bytes: &[u8]) -> Option<OffsetDateTime> {
+        let l = self.lock.as_ref()?;
+        let (_, events) = segment::read_segment(bytes).ok()?;
+        l.retention.policy.retain_until(&events)
+    }
+
+    fn note_covered(&self, partition: i32, until: Option<OffsetDateTime>) {
+        let (Some(l), Some(until)) = (&self.lock, until) else {
+            return;
+        };
+        if let Ok(mut m) = l.covered.lock() {
+            let e = m.entry(partition).or_insert(until);
+            *e = (*e).max(until);
+        }
+    }
+
+    /// Retain-until of a checkpoint of `partition` signed at `time_us`.
+    fn checkpoint_until(&self, partition: i32, time_us: i64) -> Option<OffsetDateTime> {
+        let l = self.lock.as_ref()?;
+        let covered = l
+            .covered
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&partition).copied());
+        Some(l.retention.checkpoint_until(time_us, covered))
     }
 
     /// Reports the store's health to `check` as calls fail and succeed.
@@ -123,10 +205,27 @@ impl Archive {
         }
     }
 
-    /// Put `bytes` at `key` only if nothing is there. `Ok(false)` = it already exists.
+    /// Put `bytes` at `key` only if nothing is there. `Ok(false)` = it already exists. On a
+    /// locking archive the object is locked for the longest span of the policy from now.
     pub async fn put_create(&self, key: &str, bytes: Bytes) -> Result<bool, Error> {
+        let until = self
+            .lock
+            .as_ref()
+            .map(|l| l.retention.policy.longest_after(OffsetDateTime::now_utc()));
+        self.put_create_until(key, bytes, until).await
+    }
+
+    /// [`Self::put_create`] of an object to retain until `until` (on a locking archive; a
+    /// date already past puts it unlocked).
+    pub async fn put_create_until(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        until: Option<OffsetDateTime>,
+    ) -> Result<bool, Error> {
         let path = Path::from(key);
         let what = format!("create {key}");
+        let lock = self.lock_for(until);
         let r = retry_reporting(
             &what,
             &self.retry,
@@ -137,11 +236,14 @@ impl Archive {
                 let opts = PutOptions::from(PutMode::Create);
                 let store = &self.store;
                 let path = &path;
+                let bytes = bytes.clone();
                 async move {
-                    store
-                        .put_opts(path, payload, opts)
-                        .await
-                        .map_err(StoreError)
+                    match &self.lock {
+                        // Through our own signed PUT: object_store cannot send lock headers.
+                        Some(l) => l.bucket.put_create(key, bytes, lock).await,
+                        None => store.put_opts(path, payload, opts).await.map(|_| ()),
+                    }
+                    .map_err(StoreError)
                 }
             },
         )
@@ -229,8 +331,13 @@ impl Archive {
         let key = meta.key()?;
         let object_key = key.object_key();
         let bytes = Bytes::from(bytes);
-        if self.put_create(&object_key, bytes.clone()).await? {
-            self.ensure_manifest(&meta, &bytes).await?;
+        let until = self.segment_until(&events);
+        if self
+            .put_create_until(&object_key, bytes.clone(), until)
+            .await?
+        {
+            self.note_covered(meta.partition, until);
+            self.ensure_manifest(&meta, &bytes, until).await?;
             metrics::counter!("audit_archive_segments_total", "outcome" => "written").increment(1);
             metrics::counter!("audit_archive_events_total").increment(meta.count);
             tracing::info!(key = %object_key, count = meta.count, size = bytes.len(), "segment written");
@@ -244,7 +351,8 @@ impl Archive {
         match classify_existing(&bytes, &events, &existing) {
             Existing::Identical => {
                 tracing::info!(key = %object_key, "segment already stored with the same bytes (retry after a crash)");
-                self.ensure_manifest(&meta, &existing).await?;
+                self.note_covered(meta.partition, until);
+                self.ensure_manifest(&meta, &existing, until).await?;
                 metrics::counter!("audit_archive_segments_total", "outcome" => "already_there")
                     .increment(1);
                 Ok(StoredSegment {
@@ -255,7 +363,9 @@ impl Archive {
             }
             Existing::Equivalent(stored) => {
                 tracing::warn!(key = %object_key, stored_writer = %stored.writer, "segment already stored with the same records, other bytes; keeping it");
-                self.ensure_manifest(&stored, &existing).await?;
+                // The same records: the same retention.
+                self.note_covered(meta.partition, until);
+                self.ensure_manifest(&stored, &existing, until).await?;
                 metrics::counter!("audit_archive_segments_total", "outcome" => "already_there")
                     .increment(1);
                 Ok(StoredSegment {
@@ -270,7 +380,10 @@ impl Archive {
             } => {
                 fork_alarm("segment", meta.partition, &object_key, &detail);
                 if let Some(stored) = &stored {
-                    self.ensure_manifest(stored, &existing).await?;
+                    let stored_until = self.stored_until(&existing);
+                    self.note_covered(meta.partition, stored_until);
+                    self.ensure_manifest(stored, &existing, stored_until)
+                        .await?;
                 }
                 Ok(StoredSegment {
                     key,
@@ -282,16 +395,18 @@ impl Archive {
     }
 
     /// Writes the manifest of the stored segment `bytes` (described by `meta`) unless an
-    /// equivalent one exists; a different one is a fork alarm and is kept.
+    /// equivalent one exists; a different one is a fork alarm and is kept. `until`: the
+    /// segment's retain-until (a manifest lives as long as its segment).
     pub async fn ensure_manifest(
         &self,
         meta: &SegmentMeta,
         bytes: &[u8],
+        until: Option<OffsetDateTime>,
     ) -> Result<Outcome, Error> {
         let manifest = Manifest::for_segment(meta, bytes, &now_rfc3339())?;
         let key = meta.key()?.manifest_key();
         if self
-            .put_create(&key, Bytes::from(manifest.to_json()))
+            .put_create_until(&key, Bytes::from(manifest.to_json()), until)
             .await?
         {
             return Ok(Outcome::Written);
@@ -342,9 +457,10 @@ impl Archive {
         for key in &plan.missing_manifests {
             let bytes = self.get(&key.object_key()).await?;
             match segment::read_segment(&bytes) {
-                Ok((meta, _)) => {
+                Ok((meta, events)) => {
                     tracing::warn!(key = %key, "segment without manifest (crash between the two puts): writing it now");
-                    self.ensure_manifest(&meta, &bytes).await?;
+                    let until = self.segment_until(&events);
+                    self.ensure_manifest(&meta, &bytes, until).await?;
                     if plan.latest.as_ref() == Some(key) {
                         latest_meta = Some(meta);
                     }
@@ -416,7 +532,9 @@ impl Archive {
             .map_err(|e| Error::Task(format!("checkpoint JSON: {e}")))?;
         body.push(b'\n');
         let body = Bytes::from(body);
-        if self.put_create(&key, body.clone()).await? {
+        // A checkpoint seals every earlier record of its partition.
+        let until = self.checkpoint_until(cp.partition, cp.time_us);
+        if self.put_create_until(&key, body.clone(), until).await? {
             metrics::counter!("audit_archive_checkpoints_total", "outcome" => "written")
                 .increment(1);
             return Ok(Outcome::Written);
@@ -427,7 +545,7 @@ impl Archive {
             Ok(stored) if stored.time_us != json.time_us && same_range(&stored, &json) => {
                 let hb =
                     segment::checkpoint_heartbeat_key(cp.partition, cp.seq, &cp.key_id, cp.time_us);
-                if self.put_create(&hb, body).await? {
+                if self.put_create_until(&hb, body, until).await? {
                     metrics::counter!("audit_archive_checkpoints_total", "outcome" => "heartbeat")
                         .increment(1);
                     return Ok(Outcome::Written);

@@ -7,14 +7,18 @@
 //! - Write-once puts, fork detection, resume from the archive: [`archive`], [`resume`].
 //! - The write-once anchor (`--anchor-url`): every checkpoint also copied where the stores'
 //!   writers cannot delete it: [`anchor`].
+//! - Retention under S3 Object Lock, per event class, and the record of each policy change
+//!   in the chain: [`retention`] (the policy, recording), [`lock`] (the locked puts).
 //! - The consume loop (offsets stored only after the segment and manifest are durable, seek to
 //!   the archive's end on every assignment): [`worker`].
 
 pub mod anchor;
 pub mod archive;
 pub mod buffer;
+pub mod lock;
 pub mod pending;
 pub mod resume;
+pub mod retention;
 pub mod store;
 pub mod worker;
 
@@ -30,6 +34,7 @@ use worker_runtime::Shutdown;
 
 pub use anchor::{Anchor, AnchorArgs};
 pub use archive::{Archive, Outcome, ResumePoint, StoredSegment};
+pub use retention::{RetentionArgs, RetentionMode};
 pub use store::{build_store, ArchiveStoreArgs};
 
 /// The segment format (from `schemas::segment`, so the verifier shares it without depending on
@@ -56,6 +61,8 @@ pub struct Config {
     pub archive: ArchiveStoreArgs,
     #[command(flatten)]
     pub anchor: AnchorArgs,
+    #[command(flatten)]
+    pub retention: RetentionArgs,
     #[command(flatten)]
     pub retry: RetryPolicy,
     /// Consumer group of the archive sink.
@@ -122,6 +129,16 @@ pub enum Error {
         #[source]
         source: schemas::SchemaError,
     },
+    #[error(
+        "retention mode {mode}: the archive bucket {bucket} does not have S3 Object Lock \
+         enabled, so its objects cannot be locked. Object Lock is set when a bucket is \
+         created: create the bucket with Object Lock enabled (e.g. `aws s3api create-bucket \
+         --bucket {bucket} --object-lock-enabled-for-bucket`; on AWS an existing versioned \
+         bucket can also get it with put-object-lock-configuration) and point --archive-url \
+         at it, or run with --retention-mode off to archive without retention \
+         (docs/retention.md)"
+    )]
+    ObjectLockDisabled { bucket: String, mode: &'static str },
     #[error(transparent)]
     Runtime(#[from] worker_runtime::RuntimeError),
     #[error("{0}")]
@@ -135,6 +152,17 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let archive = Archive::new(store, config.retry, shutdown.token().clone()).reporting(
         worker_runtime::retry::DependencyCheck::new(ready.clone(), archive::CHECK_OBJECT_STORE),
     );
+    // Before anything is archived: the bucket can lock, and the policy in force is in the
+    // chain (docs/retention.md).
+    let archive = retention::prepare(
+        &config.retention,
+        &config.archive,
+        &config.kafka,
+        archive,
+        &config.retry,
+        shutdown.token(),
+    )
+    .await?;
     let anchor = Anchor::build(
         &config.anchor,
         &config.archive,
@@ -231,6 +259,42 @@ mod tests {
         }
     }
 
+    /// Retention: defaults (seven years, COMPLIANCE), flags, `--help`, and a bad policy
+    /// refused by the parser.
+    #[test]
+    fn retention_flags_and_help() {
+        let c = Config::parse_from(["sink-archive"]);
+        assert_eq!(c.retention.retention, "default=7y");
+        assert_eq!(c.retention.retention_mode, RetentionMode::Compliance);
+        let c = Config::parse_from([
+            "sink-archive",
+            "--retention",
+            "default=7y,security=10y",
+            "--retention-mode",
+            "governance",
+        ]);
+        assert_eq!(
+            c.retention.policy().expect("policy").canonical(),
+            "default=7y,security=10y"
+        );
+        assert_eq!(c.retention.retention_mode, RetentionMode::Governance);
+        assert!(Config::try_parse_from(["sink-archive", "--retention", "secret=1y"]).is_err());
+        assert!(Config::try_parse_from(["sink-archive", "--retention-mode", "lax"]).is_err());
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "--retention <RETENTION>",
+            "security=10y",
+            "audit.retention.policy_set",
+            "--retention-mode",
+            "governance",
+            "Object Lock",
+        ] {
+            assert!(help.contains(needle), "{needle}");
+        }
+    }
+
     /// The `[archive]` section of a config file holds the archive store's keys, optional ones
     /// included.
     #[test]
@@ -277,6 +341,23 @@ mod tests {
             worker_runtime::config::load_from(["sink-archive", "--config", &path]).expect("load");
         assert_eq!(c.anchor.anchor_url, "file:///srv/anchor");
         assert_eq!(c.anchor.anchor_s3_region.as_deref(), Some("eu-west-1"));
+        // So are the retention settings; an unknown key there is refused.
+        std::fs::write(
+            &file,
+            "[retention]\nretention = \"default=1y,security=2y\"\nretention_mode = \"off\"\n",
+        )
+        .expect("write config");
+        let c: Config =
+            worker_runtime::config::load_from(["sink-archive", "--config", &path]).expect("load");
+        assert_eq!(c.retention.retention, "default=1y,security=2y");
+        assert_eq!(c.retention.retention_mode, RetentionMode::Off);
+        std::fs::write(&file, "[retention]\nretention_days = 3\n").expect("write config");
+        assert!(worker_runtime::config::load_from::<Config, _, _>([
+            "sink-archive",
+            "--config",
+            &path
+        ])
+        .is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -384,6 +384,9 @@ async fn s3_outages_are_survived_without_loss_or_overlap() {
         // Outage 2 outlasts this, so the sink, blocked retrying, also drops out of its group.
         "--kafka-property",
         "max.poll.interval.ms=10000",
+        // The shared bucket has no Object Lock (tests/retention.rs covers locking).
+        "--retention-mode",
+        "off",
     ]);
     let archived = |direct: &sink_archive::Archive| {
         let direct = direct.clone();

@@ -9,6 +9,7 @@ pub mod batch;
 pub mod error;
 pub mod migrations;
 pub mod queries;
+pub mod retention;
 pub mod sink;
 pub mod store;
 pub mod writer;
@@ -89,6 +90,10 @@ pub struct Config {
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub retry: RetryPolicy,
+    /// Retention per event class (`[retention]` in the config file).
+    #[command(flatten)]
+    #[serde(default)]
+    pub retention: retention::RetentionArgs,
     /// Consumer group of the sink (both input topics).
     #[arg(
         long = "group-id",
@@ -131,6 +136,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     if config.batch_max_rows == 0 {
         return Err(Error::Config("--batch-max-rows must be at least 1".into()));
     }
+    // A bad retention option stops the sink before it connects to anything.
+    let retention_policy = retention::RetentionPolicy::from_args(&config.retention)?;
     let ready = Readiness::default();
     let mut tasks = TaskSet::new(shutdown.clone());
     {
@@ -153,6 +160,10 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     tracing::info!(applied = ?report.applied, skipped = ?report.skipped, "migrations up to date");
 
     let topics = config.kafka.topics();
+    let producer = Producer::new(&config.kafka, "sink-clickhouse-dlq")?;
+    // Before consuming: a changed policy is chained, then applied (or, on a server without
+    // TTL, reported as unsupported, once).
+    retention::ensure(&store, &retention_policy, &producer, &topics.validated).await?;
     let settings = ConsumerSettings::new(
         config.group_id.clone(),
         "sink-clickhouse",
@@ -176,7 +187,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     tokio::spawn(worker_runtime::kafka::admin::warn_on_finite_retention(
         config.kafka.clone(),
     ));
-    let producer = Producer::new(&config.kafka, "sink-clickhouse-dlq")?;
     let resolver = schemas::framing::CatalogIdResolver::new()
         .map_err(|e| Error::Config(format!("compiled-in schema catalog: {e}")))?;
     let sink = sink::SinkLoop::new(

@@ -3,7 +3,8 @@
 //! - Base migrations (`migrations/NNNN_*.sql`) work on every supported server, including the
 //!   local 18.16: they use `CREATE TABLE IF NOT EXISTS` and only old-server types.
 //! - Upgrades (`migrations/upgrades/NNNN_*.min-X.Y.sql`) use features 18.16 lacks
-//!   (LowCardinality, DateTime64, skip indexes, insert dedup) and are applied only when
+//!   (LowCardinality, DateTime64, skip indexes, insert dedup, the retention policy table) and
+//!   are applied only when
 //!   `SELECT version()` is at least `X.Y`. On an older server they are skipped (logged) and
 //!   applied at the first start after the server is upgraded.
 //!
@@ -59,6 +60,7 @@ pub const MIGRATIONS: &[Migration] = &[
         None,
         "0006_checkpoint_tree_root.sql"
     ),
+    migration!(7, "legal_hold", None, "0007_legal_hold.sql"),
     migration!(20, "report_views", None, "0020_report_views.sql"),
     migration!(
         101,
@@ -95,6 +97,12 @@ pub const MIGRATIONS: &[Migration] = &[
         "lookup_indexes",
         Some((21, 8)),
         "upgrades/0106_lookup_indexes.min-21.8.sql"
+    ),
+    migration!(
+        107,
+        "retention_policy",
+        Some((21, 8)),
+        "upgrades/0107_retention_policy.min-21.8.sql"
     ),
 ];
 
@@ -388,7 +396,7 @@ mod tests {
             .filter(|m| applicable(m, &old))
             .map(|m| m.version)
             .collect();
-        assert_eq!(base, vec![1, 2, 3, 4, 5, 6, 20]);
+        assert_eq!(base, vec![1, 2, 3, 4, 5, 6, 7, 20]);
         assert!(MIGRATIONS.iter().all(|m| applicable(m, &new)));
     }
 }

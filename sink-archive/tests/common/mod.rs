@@ -18,12 +18,25 @@ pub const T0: i64 = 1_717_200_000_000_000; // 2024-06-01T00:00:00Z
 
 /// A real hash chain of `n` events on `partition`; event `i` (1-based) happens at `time(i)`.
 pub fn chain(partition: i32, n: i64, time: impl Fn(i64) -> i64) -> Vec<ChainedEvent> {
+    chain_classes(partition, n, time, |_| {
+        schemas::testing::sample_event().category
+    })
+}
+
+/// [`chain`] with event `i` of category `class(i)` (retention differs per class).
+pub fn chain_classes(
+    partition: i32,
+    n: i64,
+    time: impl Fn(i64) -> i64,
+    class: impl Fn(i64) -> schemas::EventCategory,
+) -> Vec<ChainedEvent> {
     let mut head = ChainHead::genesis(partition as u32);
     (1..=n)
         .map(|i| {
             let mut event = schemas::testing::sample_event();
             event.event_id = format!("evt-{partition}-{i}");
             event.event_time_us = time(i);
+            event.category = class(i);
             let link = head.next(&canonical_bytes(&event).expect("canonical"));
             ChainedEvent {
                 chain_partition: partition,

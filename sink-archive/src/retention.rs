@@ -1,0 +1,952 @@
+//! Retention of the archive (docs/retention.md): how long each archived object is kept under
+//! S3 Object Lock, per event class, and the record of every policy change in the chain.
+//!
+//! - The policy: a default span (seven years, seed 004) and overrides keyed by the event's
+//!   `category` (`--retention default=7y,security=10y`), in a mode (`compliance`, the default;
+//!   `governance`; `off`).
+//! - Each segment is locked until the latest of (event time + its class's span) over its
+//!   events; its manifest until the same date (a manifest must live as long as its segment).
+//!   A checkpoint seals every earlier record of its chain partition, so it is locked until its
+//!   own time + the longest span of the policy, or later if a segment of that partition
+//!   archived by this process is locked longer (an event dated after the checkpoint).
+//! - A date already past (events older than their retention) is not sent: S3 refuses it, and
+//!   there is nothing left to retain. The object is then written unlocked (or under the
+//!   bucket's default retention, if it has one).
+//! - At start ([`prepare`]): the bucket must have Object Lock enabled unless the mode is
+//!   `off`; then the effective policy is compared with the last one recorded in the archive
+//!   (`_retention/policy-<n>.json`); a different one is published as an operator event
+//!   `audit.retention.policy_set` to `<prefix>validated`, and only after the broker's ack is
+//!   the record written. A crash in between publishes again at the next start, with the same
+//!   event id (derived from the archive, n and the policy), so the repeat is recognisable.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use schemas::{
+    Action, Actor, ActorType, AuditEvent, ChainedEvent, EnrichmentStatus, EventCategory, EventData,
+    Ingress, IngressChannel, KeyValue, Outcome as EventOutcome, Severity, Target, TenantContext,
+    TraceContext,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use time::{Date, Month, OffsetDateTime};
+use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
+use worker_runtime::object_store::{Access, ArchiveStoreArgs};
+use worker_runtime::retry::{retry, RetryPolicy};
+use worker_runtime::CancellationToken;
+
+use crate::archive::Archive;
+use crate::lock::{LockConfig, LockedBucket};
+use crate::store::StoreError;
+use crate::Error;
+
+/// Event type of a retention policy change.
+pub const POLICY_SET_EVENT_TYPE: &str = "audit.retention.policy_set";
+pub const ATTR_MODE: &str = "audit.retention.mode";
+pub const ATTR_POLICY: &str = "audit.retention.policy";
+pub const ATTR_PREVIOUS_MODE: &str = "audit.retention.previous_mode";
+pub const ATTR_PREVIOUS_POLICY: &str = "audit.retention.previous_policy";
+pub const ATTR_ARCHIVE: &str = "audit.retention.archive";
+pub const ATTR_RECORD: &str = "audit.retention.record";
+/// Folder of the policy records, relative to the archive root.
+pub const POLICY_DIR: &str = "_retention";
+/// Default policy: seven years for every class (seed 004).
+pub const DEFAULT_POLICY: &str = "default=7y";
+/// A retain-until date closer than this is not worth a lock (and S3 refuses past ones).
+const MIN_LOCK_SECS: i64 = 60;
+
+/// How the archive's objects are locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionMode {
+    /// Object Lock COMPLIANCE: no one, root included, can delete or shorten it before the date.
+    #[default]
+    Compliance,
+    /// Object Lock GOVERNANCE: holders of `s3:BypassGovernanceRetention` can.
+    Governance,
+    /// No lock headers (the bucket's default retention, if any, still applies).
+    Off,
+}
+
+impl RetentionMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetentionMode::Compliance => "compliance",
+            RetentionMode::Governance => "governance",
+            RetentionMode::Off => "off",
+        }
+    }
+
+    /// The `x-amz-object-lock-mode` value (`None` for off).
+    pub fn header(self) -> Option<&'static str> {
+        match self {
+            RetentionMode::Compliance => Some("COMPLIANCE"),
+            RetentionMode::Governance => Some("GOVERNANCE"),
+            RetentionMode::Off => None,
+        }
+    }
+}
+
+/// A retention span: whole calendar years, days or hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    Years(u32),
+    Days(u32),
+    Hours(u32),
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Span::Years(n) => write!(f, "{n}y"),
+            Span::Days(n) => write!(f, "{n}d"),
+            Span::Hours(n) => write!(f, "{n}h"),
+        }
+    }
+}
+
+impl FromStr for Span {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let bad = || {
+            format!("retention span {s:?}: a whole number then y (years), d (days) or h (hours), e.g. 7y")
+        };
+        let (digits, unit) = s.split_at(s.len().saturating_sub(1));
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let n: u32 = digits.parse().map_err(|_| bad())?;
+        match unit {
+            "y" | "Y" if n <= 1000 => Ok(Span::Years(n)),
+            "d" | "D" if n <= 366_000 => Ok(Span::Days(n)),
+            "h" | "H" if n <= 8_784_000 => Ok(Span::Hours(n)),
+            "y" | "Y" | "d" | "D" | "h" | "H" => {
+                Err(format!("retention span {s:?} is over 1000 years"))
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Span {
+    /// `t` + this span. Years are calendar years (the same day and time, `n` years later); a
+    /// 29 February lands on 1 March when the target year has none: never shorter than asked.
+    pub fn after(self, t: OffsetDateTime) -> OffsetDateTime {
+        match self {
+            Span::Hours(n) => t + time::Duration::hours(i64::from(n)),
+            Span::Days(n) => t + time::Duration::days(i64::from(n)),
+            Span::Years(n) => {
+                let year = t.year() + n as i32;
+                let date = Date::from_calendar_date(year, t.month(), t.day())
+                    .or_else(|_| Date::from_calendar_date(year, Month::March, 1))
+                    .unwrap_or(Date::MAX);
+                t.replace_date(date)
+            }
+        }
+    }
+}
+
+/// The event classes a policy may name: `EventCategory` in snake case.
+pub const CLASSES: [(&str, EventCategory); 7] = [
+    ("user_interaction", EventCategory::UserInteraction),
+    ("system_processing", EventCategory::SystemProcessing),
+    ("governance", EventCategory::Governance),
+    ("infrastructure", EventCategory::Infrastructure),
+    ("security", EventCategory::Security),
+    ("telemetry", EventCategory::Telemetry),
+    ("other", EventCategory::Other),
+];
+
+pub fn class_name(c: EventCategory) -> &'static str {
+    CLASSES
+        .iter()
+        .find(|(_, k)| *k == c)
+        .map_or("other", |(n, _)| n)
+}
+
+/// Retention spans: a default and per-class overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub default: Span,
+    /// Class name (from [`CLASSES`]) → span.
+    pub overrides: BTreeMap<&'static str, Span>,
+}
+
+impl Policy {
+    /// Parses `default=7y,security=10y` (class names as in [`CLASSES`], case and `-`/`_`
+    /// insensitive). Without `default=`, the default is seven years.
+    pub fn parse(text: &str) -> Result<Policy, String> {
+        let mut default = None;
+        let mut overrides = BTreeMap::new();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let (key, value) = entry.split_once('=').ok_or_else(|| {
+                format!("retention entry {entry:?}: expected <class>=<span>, e.g. security=10y")
+            })?;
+            let span: Span = value.parse()?;
+            let key = key.trim().to_ascii_lowercase().replace('-', "_");
+            if key == "default" {
+                if default.replace(span).is_some() {
+                    return Err("retention: `default` given twice".into());
+                }
+                continue;
+            }
+            let Some((name, _)) = CLASSES.iter().find(|(n, _)| *n == key) else {
+                let names: Vec<&str> = CLASSES.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "retention: unknown event class {key:?} (default or one of {})",
+                    names.join(", ")
+                ));
+            };
+            if overrides.insert(*name, span).is_some() {
+                return Err(format!("retention: class {name} given twice"));
+            }
+        }
+        Ok(Policy {
+            default: default.unwrap_or(Span::Years(7)),
+            overrides,
+        })
+    }
+
+    /// The canonical text: `default=…` then the overrides by class name. Two policies are the
+    /// same exactly when their canonical texts are.
+    pub fn canonical(&self) -> String {
+        let mut s = format!("default={}", self.default);
+        for (k, v) in &self.overrides {
+            s.push_str(&format!(",{k}={v}"));
+        }
+        s
+    }
+
+    pub fn span(&self, c: EventCategory) -> Span {
+        self.overrides
+            .get(class_name(c))
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// The latest end of retention of an event of any class at `t`.
+    pub fn longest_after(&self, t: OffsetDateTime) -> OffsetDateTime {
+        self.overrides
+            .values()
+            .map(|s| s.after(t))
+            .fold(self.default.after(t), OffsetDateTime::max)
+    }
+
+    /// max over `events` of (event time + its class's span); `None` for no events.
+    pub fn retain_until<'a>(
+        &self,
+        events: impl IntoIterator<Item = &'a ChainedEvent>,
+    ) -> Option<OffsetDateTime> {
+        events
+            .into_iter()
+            .map(|e| {
+                self.span(e.event.category)
+                    .after(from_us(e.event.event_time_us))
+            })
+            .max()
+    }
+}
+
+/// Microseconds since the epoch as a UTC time (clamped to the representable range).
+pub fn from_us(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).unwrap_or(if us < 0 {
+        OffsetDateTime::UNIX_EPOCH
+    } else {
+        Date::MAX.midnight().assume_utc()
+    })
+}
+
+/// RFC 3339 in whole seconds, rounded up (a lock never ends before the policy says).
+pub fn rfc3339_seconds(t: OffsetDateTime) -> String {
+    let whole = t.replace_nanosecond(0).unwrap_or(t);
+    let up = if whole < t {
+        whole + time::Duration::seconds(1)
+    } else {
+        whole
+    };
+    up.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Retention settings of the archive sink.
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionArgs {
+    /// Retention of archived objects under S3 Object Lock, per event class (the event's
+    /// `category`): `default=<span>[,<class>=<span>…]`, spans in whole y (calendar years), d
+    /// or h; classes: user_interaction, system_processing, governance, infrastructure,
+    /// security, telemetry, other. E.g. `default=7y,security=10y`. Each segment is locked
+    /// until the latest (event time + its class's span) of its events, its manifest as long
+    /// as its segment, each checkpoint until its time + the longest span. A change is
+    /// recorded in the chain at start (event `audit.retention.policy_set`, published to
+    /// `<prefix>validated`) before anything is archived under it (docs/retention.md).
+    #[arg(long, env = "AUDIT_SINK_ARCHIVE_RETENTION", default_value = DEFAULT_POLICY,
+          value_parser = parse_policy_text)]
+    pub retention: String,
+    /// Object Lock mode of the archive's puts: `compliance` (nobody can delete or shorten the
+    /// retention, root included), `governance` (principals with
+    /// s3:BypassGovernanceRetention can) or `off` (no lock headers). Unless off, the sink
+    /// refuses to start on a bucket without Object Lock (which can only be enabled when the
+    /// bucket is created). A local-folder archive cannot be locked: there the mode is
+    /// treated as off, with a warning.
+    #[arg(long, env = "AUDIT_SINK_ARCHIVE_RETENTION_MODE", value_enum,
+          default_value_t = RetentionMode::Compliance)]
+    pub retention_mode: RetentionMode,
+    /// Who the policy events name as having set the policy; empty = this worker
+    /// (`sink-archive@<host>`, the pod name in Kubernetes).
+    #[arg(long, env = "AUDIT_SINK_ARCHIVE_RETENTION_SET_BY", default_value = "")]
+    pub retention_set_by: String,
+}
+
+impl Default for RetentionArgs {
+    fn default() -> Self {
+        RetentionArgs {
+            retention: DEFAULT_POLICY.into(),
+            retention_mode: RetentionMode::Compliance,
+            retention_set_by: String::new(),
+        }
+    }
+}
+
+fn parse_policy_text(s: &str) -> Result<String, String> {
+    Policy::parse(s).map(|_| s.to_owned())
+}
+
+impl RetentionArgs {
+    pub fn policy(&self) -> Result<Policy, Error> {
+        Policy::parse(&self.retention).map_err(Error::Config)
+    }
+
+    /// `sink-archive@<host>` unless `--retention-set-by` names someone.
+    pub fn set_by(&self) -> String {
+        if !self.retention_set_by.trim().is_empty() {
+            return self.retention_set_by.trim().to_owned();
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.trim().is_empty())
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+            })
+            .unwrap_or_else(|| "unknown-host".into());
+        format!("sink-archive@{host}")
+    }
+}
+
+/// The policy in force, and what it locks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    pub mode: RetentionMode,
+    pub policy: Policy,
+}
+
+impl Retention {
+    /// The lock to put an object with, if its retention ends after `now` (+ a minute).
+    pub fn lock(
+        &self,
+        until: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Option<(RetentionMode, OffsetDateTime)> {
+        let until = until?;
+        self.mode.header()?;
+        (until - now >= time::Duration::seconds(MIN_LOCK_SECS)).then_some((self.mode, until))
+    }
+
+    /// Retain-until of a checkpoint signed at `time_us`: its time + the longest span, or
+    /// `covered` (the latest lock of its partition's segments seen here) if later.
+    pub fn checkpoint_until(
+        &self,
+        time_us: i64,
+        covered: Option<OffsetDateTime>,
+    ) -> OffsetDateTime {
+        let own = self.policy.longest_after(from_us(time_us));
+        covered.map_or(own, |c| c.max(own))
+    }
+}
+
+/// The policy record `_retention/policy-<n>.json` (write-once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub n: u64,
+    pub mode: RetentionMode,
+    /// Canonical policy text ([`Policy::canonical`]).
+    pub policy: String,
+    pub set_by: String,
+    pub archive: String,
+    pub event_id: String,
+    pub recorded_at: String,
+}
+
+pub fn record_key(n: u64) -> String {
+    format!("{POLICY_DIR}/policy-{n:010}.json")
+}
+
+/// `n` of a record key (`None` for anything else).
+pub fn record_n(key: &str) -> Option<u64> {
+    let digits = key
+        .strip_prefix(POLICY_DIR)?
+        .strip_prefix("/policy-")?
+        .strip_suffix(".json")?;
+    if digits.len() != 10 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Whether `new` must be recorded after `last`. No record at all means no retention was ever
+/// applied by this sink (mode off), so starting with `off` records nothing.
+pub fn needs_record(last: Option<&PolicyRecord>, new: &Retention) -> bool {
+    match last {
+        None => new.mode != RetentionMode::Off,
+        Some(r) => r.mode != new.mode || r.policy != new.policy.canonical(),
+    }
+}
+
+/// Stable id of the event recording policy `n` of `archive`: a republish after a crash
+/// between the ack and the record carries the same id.
+pub fn event_id(archive: &str, n: u64, r: &Retention) -> String {
+    let mut h = Sha256::new();
+    for part in [
+        archive,
+        &n.to_string(),
+        r.mode.as_str(),
+        &r.policy.canonical(),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    format!("retention-{}", &hex::encode(h.finalize())[..32])
+}
+
+fn policy_json(mode: RetentionMode, canonical: &str) -> String {
+    // Keys in order and no whitespace: the normalised JSON the event schema wants.
+    serde_json::json!({ "mode": mode.as_str(), "policy": canonical }).to_string()
+}
+
+/// What the policy event says.
+#[derive(Debug)]
+pub struct PolicyChange<'a> {
+    pub previous: Option<&'a PolicyRecord>,
+    pub new: &'a Retention,
+    pub set_by: &'a str,
+    pub archive: &'a str,
+    pub record: &'a str,
+    pub event_id: String,
+    pub now_us: i64,
+}
+
+/// The chained event of a policy change: governance, by the worker (or `--retention-set-by`),
+/// about the archive; old and new policy in before/after and in attributes.
+pub fn policy_event(c: &PolicyChange<'_>) -> AuditEvent {
+    let canonical = c.new.policy.canonical();
+    let (prev_mode, prev_policy) = match c.previous {
+        Some(p) => (p.mode.as_str().to_owned(), p.policy.clone()),
+        None => ("none".to_owned(), "none".to_owned()),
+    };
+    let mut attributes: Vec<KeyValue> = [
+        (ATTR_ARCHIVE, c.archive.to_owned()),
+        (ATTR_MODE, c.new.mode.as_str().to_owned()),
+        (ATTR_POLICY, canonical.clone()),
+        (ATTR_PREVIOUS_MODE, prev_mode),
+        (ATTR_PREVIOUS_POLICY, prev_policy),
+        (ATTR_RECORD, c.record.to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| KeyValue {
+        key: key.into(),
+        value,
+    })
+    .collect();
+    attributes.sort();
+    AuditEvent {
+        event_id: c.event_id.clone(),
+        event_type: POLICY_SET_EVENT_TYPE.into(),
+        category: EventCategory::Governance,
+        severity: Severity::Notice,
+        outcome: EventOutcome::Success,
+        event_time_us: c.now_us,
+        receive_time_us: c.now_us,
+        source_component: "sink-archive".into(),
+        ingress: Ingress {
+            channel: IngressChannel::Kafka,
+            topic: None,
+            partition: None,
+            offset: None,
+            format: "avro-single-object".into(),
+        },
+        actor: Actor {
+            actor_type: ActorType::Service,
+            id: c.set_by.into(),
+            name: None,
+            email: None,
+            ip: None,
+            user_agent: Some(crate::archive::WRITER.into()),
+            session_id: None,
+            roles: vec![],
+        },
+        tenant: TenantContext {
+            tenant_id: None,
+            team_id: None,
+            team_name: None,
+            project_id: None,
+            business_unit: None,
+            cost_center: None,
+            enrichment: EnrichmentStatus {
+                enriched: false,
+                user_found: false,
+                team_found: false,
+            },
+        },
+        target: Some(Target {
+            target_type: "archive".into(),
+            id: c.archive.into(),
+            name: None,
+        }),
+        action: Action {
+            verb: "set_retention".into(),
+            description: Some(format!(
+                "archive retention set to {} ({})",
+                canonical,
+                c.new.mode.as_str()
+            )),
+            status: Some("success".into()),
+            error: None,
+        },
+        trace: TraceContext {
+            trace_id: None,
+            span_id: None,
+            parent_span_id: None,
+        },
+        request_id: None,
+        parent_event_id: None,
+        reason: Some(
+            "sink-archive started with a retention policy other than the last recorded one".into(),
+        ),
+        data: EventData {
+            payload_json: None,
+            result_json: None,
+            metadata_json: None,
+            before_json: c.previous.map(|p| policy_json(p.mode, &p.policy)),
+            after_json: Some(policy_json(c.new.mode, &canonical)),
+            changes: vec![],
+        },
+        ai: None,
+        compliance: None,
+        security: None,
+        performance: None,
+        attributes,
+    }
+}
+
+fn now_us() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// At start: the effective policy (checking the bucket's Object Lock unless the mode is off),
+/// recorded in the chain and the archive if it changed. Returns `archive` locking its puts
+/// as the policy says; only then may archiving begin.
+pub async fn prepare(
+    args: &RetentionArgs,
+    store_args: &ArchiveStoreArgs,
+    kafka: &KafkaArgs,
+    archive: Archive,
+    retry_policy: &RetryPolicy,
+    cancel: &CancellationToken,
+) -> Result<Archive, Error> {
+    let policy = args.policy()?;
+    let mut mode = args.retention_mode;
+    let bucket = match mode {
+        RetentionMode::Off => None,
+        _ => match LockedBucket::open(store_args)? {
+            None => {
+                tracing::warn!(
+                    mode = mode.as_str(),
+                    "the archive is a local folder, which cannot be locked: retention is NOT enforced (use an S3 bucket with Object Lock)"
+                );
+                mode = RetentionMode::Off;
+                None
+            }
+            Some(b) => {
+                let what = format!(
+                    "reading the Object Lock configuration of bucket {}",
+                    b.bucket()
+                );
+                let config = retry(&what, retry_policy, cancel, || async {
+                    b.lock_config().await.map_err(StoreError)
+                })
+                .await
+                .map_err(|e| match e {
+                    worker_runtime::retry::RetryError::Failed(e) => Error::Store {
+                        what: what.clone(),
+                        source: e.0,
+                    },
+                    worker_runtime::retry::RetryError::Cancelled(e) => Error::Cancelled {
+                        what: what.clone(),
+                        last: e.0.to_string(),
+                    },
+                })?;
+                if config != LockConfig::Enabled {
+                    return Err(Error::ObjectLockDisabled {
+                        bucket: b.bucket().to_owned(),
+                        mode: mode.as_str(),
+                    });
+                }
+                Some(Arc::new(b))
+            }
+        },
+    };
+    let retention = Retention { mode, policy };
+    let archive = match bucket {
+        Some(b) => archive.locking(retention.clone(), b),
+        None => archive,
+    };
+    let archive_name = store_args.describe(Access::Write);
+    record(args, &retention, &archive_name, kafka, &archive).await?;
+    tracing::info!(
+        mode = retention.mode.as_str(),
+        policy = %retention.policy.canonical(),
+        "archive retention"
+    );
+    Ok(archive)
+}
+
+/// The last policy record in the archive, if any.
+pub async fn last_record(archive: &Archive) -> Result<Option<PolicyRecord>, Error> {
+    let keys = archive.list(&format!("{POLICY_DIR}/")).await?;
+    let Some(key) = keys
+        .iter()
+        .filter_map(|k| record_n(k).map(|n| (n, k)))
+        .max()
+        .map(|(_, k)| k.clone())
+    else {
+        return Ok(None);
+    };
+    let bytes = archive.get(&key).await?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Task(format!("policy record {key} is unreadable: {e}")))
+}
+
+async fn record(
+    args: &RetentionArgs,
+    retention: &Retention,
+    archive_name: &str,
+    kafka: &KafkaArgs,
+    archive: &Archive,
+) -> Result<(), Error> {
+    let last = last_record(archive).await?;
+    if !needs_record(last.as_ref(), retention) {
+        tracing::info!("retention policy unchanged since its last record");
+        return Ok(());
+    }
+    let n = last.as_ref().map_or(1, |r| r.n + 1);
+    let key = record_key(n);
+    let set_by = args.set_by();
+    let id = event_id(archive_name, n, retention);
+    let now = now_us();
+    let event = policy_event(&PolicyChange {
+        previous: last.as_ref(),
+        new: retention,
+        set_by: &set_by,
+        archive: archive_name,
+        record: &key,
+        event_id: id.clone(),
+        now_us: now,
+    });
+    // The event first, acknowledged: the record then claims only what the chain will show.
+    let payload =
+        schemas::framing::encode_single_object_event(&event).map_err(|e| Error::Schema {
+            what: format!("the {POLICY_SET_EVENT_TYPE} event"),
+            source: e,
+        })?;
+    let topic = kafka.topics().validated;
+    let producer = Producer::new(kafka, "sink-archive-retention")?;
+    let delivered = producer
+        .send(&OutputRecord::new(
+            &topic,
+            Some(id.clone().into_bytes()),
+            payload,
+        ))
+        .await?;
+    tracing::info!(event_id = %id, %topic, partition = delivered.partition, offset = delivered.offset, "retention policy change recorded in the chain");
+    metrics::counter!("audit_archive_retention_policy_events_total").increment(1);
+    let rec = PolicyRecord {
+        n,
+        mode: retention.mode,
+        policy: retention.policy.canonical(),
+        set_by,
+        archive: archive_name.to_owned(),
+        event_id: id,
+        recorded_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    };
+    let mut body = serde_json::to_vec_pretty(&rec)
+        .map_err(|e| Error::Task(format!("policy record JSON: {e}")))?;
+    body.push(b'\n');
+    // On a locking archive, the record lives as long as anything archived under it may.
+    let until = retention.policy.longest_after(from_us(now));
+    if !archive
+        .put_create_until(&key, Bytes::from(body), Some(until))
+        .await?
+    {
+        // Another instance recorded the same change at the same time: its record stands.
+        tracing::info!(%key, "policy record written by another instance meanwhile");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> OffsetDateTime {
+        OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+    }
+
+    #[test]
+    fn spans_parse_and_print() {
+        assert_eq!("7y".parse::<Span>(), Ok(Span::Years(7)));
+        assert_eq!(" 30d".parse::<Span>(), Ok(Span::Days(30)));
+        assert_eq!("36h".parse::<Span>(), Ok(Span::Hours(36)));
+        for bad in [
+            "",
+            "y",
+            "7",
+            "7w",
+            "-1d",
+            "1.5y",
+            "7 y",
+            "99999999999y",
+            "1001y",
+        ] {
+            assert!(bad.parse::<Span>().is_err(), "{bad}");
+        }
+        assert_eq!(Span::Years(10).to_string(), "10y");
+    }
+
+    #[test]
+    fn years_are_calendar_years_never_shorter() {
+        assert_eq!(
+            Span::Years(7).after(t("2024-06-01T12:30:00Z")),
+            t("2031-06-01T12:30:00Z")
+        );
+        // 29 February + 1 year: 1 March, not 28 February.
+        assert_eq!(
+            Span::Years(1).after(t("2024-02-29T10:00:00Z")),
+            t("2025-03-01T10:00:00Z")
+        );
+        assert_eq!(
+            Span::Days(1).after(t("2024-02-28T23:00:00Z")),
+            t("2024-02-29T23:00:00Z")
+        );
+        assert_eq!(
+            Span::Hours(25).after(t("2024-01-01T00:00:00Z")),
+            t("2024-01-02T01:00:00Z")
+        );
+    }
+
+    #[test]
+    fn policies_parse_canonically() {
+        let p = Policy::parse("security=10y, default=7y,User-Interaction=1y").unwrap();
+        assert_eq!(p.default, Span::Years(7));
+        assert_eq!(p.span(EventCategory::Security), Span::Years(10));
+        assert_eq!(p.span(EventCategory::UserInteraction), Span::Years(1));
+        assert_eq!(p.span(EventCategory::Telemetry), Span::Years(7));
+        assert_eq!(p.canonical(), "default=7y,security=10y,user_interaction=1y");
+        assert_eq!(Policy::parse("").unwrap().canonical(), "default=7y");
+        assert_eq!(
+            Policy::parse("security=1d").unwrap().default,
+            Span::Years(7)
+        );
+        for bad in [
+            "default",
+            "default=7y,default=8y",
+            "secret=1y",
+            "security=1y,security=2y",
+            "security=1w",
+        ] {
+            assert!(Policy::parse(bad).is_err(), "{bad}");
+        }
+        let e = Policy::parse("secret=1y").unwrap_err();
+        assert!(e.contains("security") && e.contains("secret"), "{e}");
+        // Every category has a name.
+        for (name, c) in CLASSES {
+            assert_eq!(class_name(c), name);
+        }
+    }
+
+    fn event(category: EventCategory, time: &str) -> ChainedEvent {
+        let mut event = schemas::testing::sample_event();
+        event.category = category;
+        event.event_time_us = (t(time).unix_timestamp_nanos() / 1000) as i64;
+        ChainedEvent {
+            chain_partition: 0,
+            seq: 1,
+            prev_hash: vec![0; 32],
+            hash: vec![0; 32],
+            canonical_version: 1,
+            source_topic: "t".into(),
+            source_partition: 0,
+            source_offset: 0,
+            event,
+        }
+    }
+
+    #[test]
+    fn retain_until_is_the_max_over_events_of_their_class() {
+        let p = Policy::parse("default=1d,security=3d").unwrap();
+        let evs = [
+            event(EventCategory::UserInteraction, "2026-01-05T00:00:00Z"),
+            event(EventCategory::Security, "2026-01-01T00:00:00Z"),
+            event(EventCategory::Telemetry, "2026-01-02T00:00:00Z"),
+        ];
+        // security at 01-01 + 3d = 01-04 < user_interaction at 01-05 + 1d = 01-06
+        assert_eq!(p.retain_until(&evs), Some(t("2026-01-06T00:00:00Z")));
+        // without the late user event, the old security event decides
+        assert_eq!(p.retain_until(&evs[1..]), Some(t("2026-01-04T00:00:00Z")));
+        assert_eq!(p.retain_until(&evs[..0]), None);
+        assert_eq!(
+            p.longest_after(t("2026-01-01T00:00:00Z")),
+            t("2026-01-04T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn locks_and_checkpoints() {
+        let r = Retention {
+            mode: RetentionMode::Compliance,
+            policy: Policy::parse("default=1d,security=2d").unwrap(),
+        };
+        let now = t("2026-01-01T00:00:00Z");
+        let later = t("2026-01-02T00:00:00Z");
+        assert_eq!(
+            r.lock(Some(later), now),
+            Some((RetentionMode::Compliance, later))
+        );
+        // Past (and nearly past) dates are not sent: S3 refuses them.
+        assert_eq!(r.lock(Some(now), now), None);
+        assert_eq!(r.lock(Some(now + time::Duration::seconds(30)), now), None);
+        assert_eq!(r.lock(None, now), None);
+        let off = Retention {
+            mode: RetentionMode::Off,
+            ..r.clone()
+        };
+        assert_eq!(off.lock(Some(later), now), None);
+        let cp_us = (now.unix_timestamp_nanos() / 1000) as i64;
+        assert_eq!(r.checkpoint_until(cp_us, None), t("2026-01-03T00:00:00Z"));
+        let far = t("2026-02-01T00:00:00Z");
+        assert_eq!(r.checkpoint_until(cp_us, Some(far)), far);
+        assert_eq!(
+            r.checkpoint_until(cp_us, Some(later)),
+            t("2026-01-03T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn dates_round_up_to_seconds() {
+        assert_eq!(
+            rfc3339_seconds(t("2026-01-01T00:00:00.000001Z")),
+            "2026-01-01T00:00:01Z"
+        );
+        assert_eq!(
+            rfc3339_seconds(t("2026-01-01T00:00:00Z")),
+            "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn records_and_when_to_write_them() {
+        assert_eq!(record_key(3), "_retention/policy-0000000003.json");
+        assert_eq!(record_n(&record_key(3)), Some(3));
+        for bad in [
+            "_retention/policy-3.json",
+            "_retention/x.json",
+            "policy-0000000003.json",
+        ] {
+            assert_eq!(record_n(bad), None, "{bad}");
+        }
+        let r = Retention {
+            mode: RetentionMode::Compliance,
+            policy: Policy::parse("default=7y").unwrap(),
+        };
+        assert!(needs_record(None, &r));
+        let off = Retention {
+            mode: RetentionMode::Off,
+            ..r.clone()
+        };
+        assert!(!needs_record(None, &off), "never locked, still not locked");
+        let rec = PolicyRecord {
+            n: 1,
+            mode: RetentionMode::Compliance,
+            policy: "default=7y".into(),
+            set_by: "x".into(),
+            archive: "a".into(),
+            event_id: "e".into(),
+            recorded_at: "t".into(),
+        };
+        assert!(!needs_record(Some(&rec), &r));
+        assert!(needs_record(Some(&rec), &off), "turning it off is recorded");
+        let longer = Retention {
+            policy: Policy::parse("default=7y,security=10y").unwrap(),
+            ..r.clone()
+        };
+        assert!(needs_record(Some(&rec), &longer));
+        assert_eq!(event_id("a", 1, &r), event_id("a", 1, &r));
+        assert_ne!(event_id("a", 1, &r), event_id("a", 2, &r));
+        assert_ne!(event_id("a", 1, &r), event_id("b", 1, &r));
+    }
+
+    #[test]
+    fn the_policy_event() {
+        let r = Retention {
+            mode: RetentionMode::Governance,
+            policy: Policy::parse("default=7y,security=10y").unwrap(),
+        };
+        let prev = PolicyRecord {
+            n: 1,
+            mode: RetentionMode::Compliance,
+            policy: "default=7y".into(),
+            set_by: "x".into(),
+            archive: "a".into(),
+            event_id: "e".into(),
+            recorded_at: "t".into(),
+        };
+        let e = policy_event(&PolicyChange {
+            previous: Some(&prev),
+            new: &r,
+            set_by: "sink-archive@pod-1",
+            archive: "s3://b at http://s3, prefix p/",
+            record: "_retention/policy-0000000002.json",
+            event_id: "retention-x".into(),
+            now_us: 5,
+        });
+        assert_eq!(e.event_type, POLICY_SET_EVENT_TYPE);
+        assert_eq!(e.category, EventCategory::Governance);
+        assert_eq!(e.actor.id, "sink-archive@pod-1");
+        let attr = |k: &str| {
+            e.attributes
+                .iter()
+                .find(|a| a.key == k)
+                .map(|a| a.value.as_str())
+        };
+        assert_eq!(attr(ATTR_POLICY), Some("default=7y,security=10y"));
+        assert_eq!(attr(ATTR_MODE), Some("governance"));
+        assert_eq!(attr(ATTR_PREVIOUS_POLICY), Some("default=7y"));
+        assert_eq!(attr(ATTR_PREVIOUS_MODE), Some("compliance"));
+        assert_eq!(
+            e.data.before_json.as_deref(),
+            Some(r#"{"mode":"compliance","policy":"default=7y"}"#)
+        );
+        // It encodes as any event does.
+        let bytes = schemas::framing::encode_single_object_event(&e).unwrap();
+        assert_eq!(schemas::framing::decode_event(&bytes, None).unwrap(), e);
+    }
+}
