@@ -16,7 +16,7 @@
 //!
 //! Pins come from pin files (C2SP tlog-checkpoint notes, `integrity::pin`; written by
 //! `verify --save-checkpoints` and `auditctl witness`) or from checkpoints copied from the
-//! checkpoints topic / store as JSON (`schemas::checkpoint::CheckpointJson`, one object, an
+//! checkpoints topic / store as JSON (`integrity::checkpoint::CheckpointJson`, one object, an
 //! array, or one per line), or from a write-once anchor (`verify --anchor`, [`AnchorReadArgs`]:
 //! sink-archive's `--anchor-url`, where every checkpoint is copied out of the stores' writers'
 //! reach), of which each partition's newest checkpoint that verifies with `--keys` is pinned.
@@ -26,12 +26,12 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use integrity::checkpoint::log_key;
+use integrity::checkpoint::{verify_signed, CheckpointJson, KeySet, SignedCheckpoint};
 use integrity::note::{NoteError, VerifierKey};
 use integrity::pin::{self, ChainHead, Pin};
-use schemas::checkpoint::{verify_signed, CheckpointJson, KeySet, SignedCheckpoint};
+use integrity::tlog::log_key;
+use integrity::verify::{PartitionReport, Report};
 use schemas::segment;
-use schemas::verify::{PartitionReport, Report};
 use serde::Serialize;
 
 use crate::collect::Captured;
@@ -116,7 +116,7 @@ impl TrustedSet {
 #[derive(Debug, Clone, Default)]
 pub struct PinKeys<'a> {
     /// The chainer's key set (`--keys`): checks JSON checkpoints, and Ed25519 note signatures
-    /// under the per-partition log key name (`integrity::checkpoint::log_key`).
+    /// under the per-partition log key name (`integrity::tlog::log_key`).
     pub keyset: Option<&'a KeySet>,
     /// Witness cosigning keys (`--witness-key`, or the witness state's own `witness.vkey`).
     pub witnesses: Vec<VerifierKey>,
@@ -178,7 +178,7 @@ pub fn load_text(
     }
     if text
         .lines()
-        .any(|l| l.starts_with(schemas::checkpoint::CHECKPOINT_EXTENSION_V3))
+        .any(|l| l.starts_with(integrity::checkpoint::CHECKPOINT_EXTENSION_V3))
     {
         return load_chainer_notes(text, name, keys, set);
     }
@@ -222,13 +222,9 @@ fn load_chainer_notes(
     };
     for (i, (origin, note)) in split_notes(text).into_iter().enumerate() {
         let from = format!("{name}#{}", i + 1);
-        let (partition, seq) = integrity::checkpoint::parse_partition_origin(&origin)
+        let (partition, seq) = integrity::tlog::parse_partition_origin(&origin)
             .map(|(_, p)| p)
-            .zip(
-                note.lines()
-                    .nth(1)
-                    .and_then(integrity::checkpoint::parse_decimal),
-            )
+            .zip(note.lines().nth(1).and_then(integrity::tlog::parse_decimal))
             .unwrap_or((0, 0));
         let opened = crate::consistency::open_note(ks, &origin, &note).and_then(|cp| {
             verify_signed(ks, &cp)
@@ -271,7 +267,7 @@ fn split_notes(text: &str) -> Vec<(String, String)> {
         let starts_note = !l.is_empty()
             && !l.starts_with('#')
             && !l.starts_with('\u{2014}')
-            && integrity::checkpoint::parse_partition_origin(l).is_some();
+            && integrity::tlog::parse_partition_origin(l).is_some();
         if !starts_note {
             i += 1;
             continue;

@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
+use integrity::checkpoint::{CheckpointJson, SignedCheckpoint};
+use integrity::verify::{Finding, FindingKind};
 use object_store::path::Path as ObjPath;
 use object_store::ObjectStore;
-use schemas::checkpoint::{CheckpointJson, SignedCheckpoint};
 use schemas::segment::{
     self, parse_key, read_segment, stream_segment, verify_segment_digest, verify_segment_digest_of,
     Manifest, ObjectDigest, ObjectKind, SegmentKey, SegmentMeta, CHECKPOINTS_DIR,
 };
-use schemas::verify::{Finding, FindingKind};
 use schemas::{ChainedEvent, Checkpoint};
 use tokio::sync::mpsc;
 use worker_runtime::object_store::{build_store, Access, ArchiveStoreArgs, StoreConfigError};
@@ -585,7 +585,7 @@ impl ArchiveStore {
             let events = self.read_listed(l, &mut findings).await?;
             if let Some(f) = findings
                 .iter()
-                .find(|f| f.severity == schemas::verify::Severity::Error)
+                .find(|f| f.severity == integrity::verify::Severity::Error)
             {
                 return Err(Error::Integrity(format!(
                     "partition {} seq {}: {}; run `auditctl verify --source archive`",

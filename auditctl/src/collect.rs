@@ -1,4 +1,4 @@
-//! Feeding stored records into `schemas::verify`, whatever the store: one
+//! Feeding stored records into `integrity::verify`, whatever the store: one
 //! [`PartitionVerifier`] per partition, plus findings the verifier cannot make itself because
 //! they happen before a record exists (an unreadable row, a segment object whose digest does not
 //! match its manifest, a malformed checkpoint row).
@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use schemas::checkpoint::KeySet;
-use schemas::verify::{
+use integrity::checkpoint::KeySet;
+use integrity::verify::{
     Finding, FindingKind, OwnedRecord, PartitionReport, PartitionVerifier, Report, StoredRecord,
     VerifyOptions,
 };
@@ -361,7 +361,7 @@ fn bar_style() -> ProgressStyle {
 fn merge(rep: &mut PartitionReport, extra: &mut Vec<Finding>) {
     if extra
         .iter()
-        .any(|f| f.severity == schemas::verify::Severity::Error)
+        .any(|f| f.severity == integrity::verify::Severity::Error)
     {
         rep.ok = false;
     }

@@ -30,8 +30,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use schemas::checkpoint::{verify_signed, KeySet, SignedCheckpoint};
-use schemas::verify::Report;
+use integrity::checkpoint::{verify_signed, KeySet, SignedCheckpoint};
+use integrity::verify::Report;
 use schemas::Checkpoint;
 use serde::Serialize;
 
@@ -461,8 +461,8 @@ pub fn write_human(out: &mut dyn std::io::Write, f: &FreshnessReport) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::checkpoint::{generate_pkcs8, sign, CheckpointFields, SigningKey};
-    use schemas::verify::PartitionReport;
+    use integrity::checkpoint::{generate_pkcs8, sign, CheckpointFields, SigningKey};
+    use integrity::verify::PartitionReport;
 
     const T0: i64 = 1_700_000_000_000_000;
     const HOUR_US: i64 = 3_600_000_000;

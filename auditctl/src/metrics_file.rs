@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use schemas::verify::{FindingKind, Report};
+use integrity::verify::{FindingKind, Report};
 
 use crate::anchors::{self, AnchorKind, AnchorReport};
 use crate::cli::SourceKind;
@@ -324,7 +324,7 @@ pub fn render(m: &RunMetrics<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::verify::{Finding, PartitionReport, Severity};
+    use integrity::verify::{Finding, PartitionReport, Severity};
 
     /// Exhaustive on purpose: a new `FindingKind` fails to compile here until it is added to
     /// [`FINDING_KINDS`] (and so gets its zero series).

@@ -1,11 +1,11 @@
-//! `auditctl verify`: read a store, feed `schemas::verify`, print the report.
+//! `auditctl verify`: read a store, feed `integrity::verify`, print the report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use schemas::checkpoint::KeySet;
-use schemas::verify::{Finding, FindingKind, Report};
+use integrity::checkpoint::KeySet;
+use integrity::verify::{Finding, FindingKind, Report};
 use serde::Serialize;
 
 use crate::anchors::{self, AnchorReport, PinKeys, TrustedSet};
@@ -367,7 +367,7 @@ pub fn write_human(out: &mut dyn Write, title: &str, r: &Report) -> std::io::Res
         let errors: Vec<_> = p
             .findings
             .iter()
-            .filter(|f| f.severity == schemas::verify::Severity::Error)
+            .filter(|f| f.severity == integrity::verify::Severity::Error)
             .collect();
         if p.ok {
             let warnings = p.findings.len();

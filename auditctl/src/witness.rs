@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use integrity::checkpoint::partition_origin;
 use integrity::cosignature;
 use integrity::note::{KeyType, Note, Signer, VerifierKey};
 use integrity::pin::{self, ChainHead, Pin};
-use schemas::verify::Severity;
+use integrity::tlog::partition_origin;
+use integrity::verify::Severity;
 use serde::Serialize;
 
 use crate::anchors::{self, Trusted, TrustedSet};
@@ -344,7 +344,7 @@ pub async fn run(args: &WitnessArgs, out: &mut dyn Write) -> Result<Outcome, Err
 /// one since the partition verified); without, the verified head.
 fn candidate(
     signed: bool,
-    part: &schemas::verify::PartitionReport,
+    part: &integrity::verify::PartitionReport,
     captured: &crate::collect::Captured,
     p: u32,
 ) -> Option<(u64, [u8; 32])> {

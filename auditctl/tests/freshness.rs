@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use schemas::checkpoint::{sign, CheckpointFields, SignedCheckpoint};
+use integrity::checkpoint::{sign, CheckpointFields, SignedCheckpoint};
 use serde_json::Value;
 
 fn verify_ch(db: &TestDb, keyset: &Path, extra: &[&str]) -> Vec<String> {
@@ -304,7 +304,7 @@ async fn genesis_superseded_is_checked_in_each_store_with_source_both() {
         store.as_ref(),
         &prefix,
         &schemas::segment::checkpoint_key(1, 0, &genesis.key_id),
-        serde_json::to_vec_pretty(&schemas::checkpoint::CheckpointJson::from(&genesis))
+        serde_json::to_vec_pretty(&integrity::checkpoint::CheckpointJson::from(&genesis))
             .expect("json"),
     )
     .await;

@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use futures::TryStreamExt;
+use integrity::chain::ChainHead;
+use integrity::checkpoint::{CheckpointJson, SigningKey};
 use object_store::ObjectStore;
 use schemas::avro::canonical_bytes;
-use schemas::chain::ChainHead;
-use schemas::checkpoint::{CheckpointJson, SigningKey};
 use schemas::ChainedEvent;
 use serde_json::Value;
 
@@ -270,11 +270,11 @@ async fn pins_bind_the_chain_id_of_the_checkpoints() {
         .checkpoints
         .iter()
         .map(|c| {
-            let mut f = schemas::checkpoint::SignedCheckpoint::try_from(c)
+            let mut f = integrity::checkpoint::SignedCheckpoint::try_from(c)
                 .expect("checkpoint")
                 .fields;
             f.chain_id = "other-chain".into();
-            schemas::checkpoint::sign(&key, &f).expect("sign")
+            integrity::checkpoint::sign(&key, &f).expect("sign")
         })
         .collect();
     db.mutate("ALTER TABLE audit_checkpoints DELETE WHERE chain_partition = 0")

@@ -9,7 +9,7 @@
 //! an extension line so that no reader mistakes it for an RFC 9162 root:
 //!
 //! ```text
-//! <chain id>/partition/<p>      origin (crate::checkpoint::partition_origin)
+//! <chain id>/partition/<p>      origin (crate::tlog::partition_origin)
 //! <seq>                         tree size = seq of the pinned record (≥ 1)
 //! <base64 link hash of seq>     the hash-chain head at that seq, 32 bytes
 //! audit-chain/v1 head           extension: "the root line is an audit-chain/v1 head"
@@ -31,8 +31,8 @@
 
 use thiserror::Error;
 
-use crate::checkpoint::{parse_partition_origin, partition_origin, Checkpoint, CheckpointError};
 use crate::note::{Note, NoteError};
+use crate::tlog::{parse_partition_origin, partition_origin, Checkpoint, CheckpointError};
 use crate::tree::Hash32;
 
 /// The extension line that says "the root line is an `audit-chain/v1` hash-chain head".

@@ -1,6 +1,6 @@
 //! Where verification time goes, per event, on a realistic chain.
 //!
-//! `cargo bench -p schemas --bench verify` builds a chain of realistic enriched events (the
+//! `cargo bench -p integrity --bench verify` builds a chain of realistic enriched events (the
 //! platform lifecycle of the seeds: request → intent → policy → approval → IaC → deployment,
 //! 0.5–1.5 KB of canonical bytes each), over several partitions with signed checkpoints, stores
 //! it the way both sinks do (ClickHouse rows via `flat::AuditRow`, archive segments via
@@ -25,16 +25,16 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use schemas::avro::{canonical_bytes_into, CANONICAL_VERSION};
-use schemas::chain::{link_hash, ChainHead, Hash32};
-use schemas::checkpoint::{generate_pkcs8, sign, CheckpointFields, KeySet, SigningKey};
-use schemas::flat::AuditRow;
-use schemas::merkle::MerkleBuilder;
-use schemas::segment::{read_segment, verify_segment_digest, write_segment, Manifest, SegmentMeta};
-use schemas::testing::sample_event;
-use schemas::verify::{
+use integrity::chain::{link_hash, ChainHead, Hash32};
+use integrity::checkpoint::{generate_pkcs8, sign, CheckpointFields, KeySet, SigningKey};
+use integrity::merkle::MerkleBuilder;
+use integrity::verify::{
     OwnedRecord, PartitionReport, PartitionVerifier, StoredRecord, VerifyOptions,
 };
+use schemas::avro::{canonical_bytes_into, CANONICAL_VERSION};
+use schemas::flat::AuditRow;
+use schemas::segment::{read_segment, verify_segment_digest, write_segment, Manifest, SegmentMeta};
+use schemas::testing::sample_event;
 use schemas::{
     Action, Actor, ActorType, AiContext, AuditEvent, ChainedEvent, Checkpoint, ComplianceContext,
     EventCategory, KeyValue, Outcome, SecurityContext, Severity, Target,
@@ -415,7 +415,7 @@ fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
             let link = head.next_event(&ev, &mut buf).expect("canonical encoding");
             tree.push(&link.hash);
             whole
-                .append(schemas::merkle::leaf_hash(&link.hash))
+                .append(integrity::merkle::leaf_hash(&link.hash))
                 .expect("far from full");
             if tree.len() as usize == CHECKPOINT_EVERY || i + 1 == n {
                 let fields = CheckpointFields {
@@ -715,7 +715,7 @@ fn main() {
     println!("(MB/s counts canonical bytes on every line; 'vs sha256' = throughput ÷ baseline throughput)");
     if !full {
         println!(
-            "(smoke run without --bench: use `cargo bench -p schemas --bench verify` for figures)"
+            "(smoke run without --bench: use `cargo bench -p integrity --bench verify` for figures)"
         );
     }
 }
