@@ -45,6 +45,10 @@ pub struct CollectOptions {
 pub struct Captured {
     pub hashes: BTreeMap<(u32, u64), Vec<u8>>,
     pub chain_ids: BTreeSet<String>,
+    /// The store's whole-tree (v3) checkpoint records by (partition, seq), as read (not yet
+    /// checked): `verify --save-checkpoints` and `auditctl witness` pin the chainer's own
+    /// signed note at the seq the verifier sealed, after checking it with the key set.
+    pub v3: BTreeMap<(u32, u64), Vec<Checkpoint>>,
 }
 
 /// One stored (partition, seq) and the hash the store holds for it.
@@ -90,6 +94,13 @@ impl Collector {
         if opts.check_checkpoints {
             for cp in checkpoints {
                 captured.chain_ids.insert(cp.chain_id.clone());
+                if let (false, Ok(p), Ok(seq)) = (
+                    cp.tree_root.is_empty(),
+                    u32::try_from(cp.partition),
+                    u64::try_from(cp.seq),
+                ) {
+                    captured.v3.entry((p, seq)).or_default().push(cp.clone());
+                }
                 if let (true, Ok(p), Ok(seq)) = (
                     opts.capture_checkpoint_seqs,
                     u32::try_from(cp.partition),

@@ -59,12 +59,13 @@ const ANCHOR_KINDS: [AnchorKind; 4] = [
     AnchorKind::TrustedCheckpointInvalid,
 ];
 
-const FRESHNESS_KINDS: [FreshnessKind; 5] = [
+const FRESHNESS_KINDS: [FreshnessKind; 6] = [
     FreshnessKind::PartitionMissingFromSignedSet,
     FreshnessKind::PartitionCountDecreased,
     FreshnessKind::PartitionCountChanged,
     FreshnessKind::CheckpointStale,
     FreshnessKind::GenesisCheckpointSuperseded,
+    FreshnessKind::CheckpointSuperseded,
 ];
 
 /// The `source` label of the `--source both` cross-check (findings `store_disagreement`).
