@@ -273,6 +273,21 @@ impl Collector {
         }
     }
 
+    /// A record read as stored bytes (an archive segment, `schemas::raw_segment`): its event's
+    /// canonical bytes are hashed as they are, with no decode and re-encode.
+    pub fn push_raw(&mut self, r: &schemas::raw_segment::RawChained) {
+        let rec = StoredRecord {
+            seq: r.seq,
+            prev_hash: &r.prev_hash,
+            hash: &r.hash,
+            canonical: &r.canonical,
+            canonical_version: r.canonical_version,
+            event_id: &r.event_id,
+            copy: None,
+        };
+        self.push_timed(r.chain_partition, &rec, Some(r.receive_time_us));
+    }
+
     /// A record whose event cannot be rebuilt: reported as malformed, and fed to the verifier
     /// with no content so that the chain around it is still judged.
     pub fn push_unreadable(

@@ -16,6 +16,7 @@ pub mod flat;
 pub mod framing;
 pub mod identity;
 pub mod json;
+pub mod raw_segment;
 pub mod segment;
 pub mod validate;
 
