@@ -16,7 +16,7 @@
 //!
 //! Pins come from pin files (C2SP tlog-checkpoint notes, `integrity::pin`; written by
 //! `verify --save-checkpoints` and `auditctl witness`) or from checkpoints copied from the
-//! checkpoints topic / store as JSON (`schemas::checkpoint::CheckpointJson`, one object, an
+//! checkpoints topic / store as JSON (`integrity::checkpoint::CheckpointJson`, one object, an
 //! array, or one per line), or from a write-once anchor (`verify --anchor`, [`AnchorReadArgs`]:
 //! sink-archive's `--anchor-url`, where every checkpoint is copied out of the stores' writers'
 //! reach), of which each partition's newest checkpoint that verifies with `--keys` is pinned.
@@ -26,12 +26,12 @@ use std::path::{Path, PathBuf};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use integrity::checkpoint::log_key;
+use integrity::checkpoint::{verify_signed, CheckpointJson, KeySet, SignedCheckpoint};
 use integrity::note::{NoteError, VerifierKey};
 use integrity::pin::{self, ChainHead, Pin};
-use schemas::checkpoint::{verify_signed, CheckpointJson, KeySet, SignedCheckpoint};
+use integrity::tlog::log_key;
+use integrity::verify::{PartitionReport, Report};
 use schemas::segment;
-use schemas::verify::{PartitionReport, Report};
 use serde::Serialize;
 
 use crate::collect::Captured;
@@ -116,7 +116,7 @@ impl TrustedSet {
 #[derive(Debug, Clone, Default)]
 pub struct PinKeys<'a> {
     /// The chainer's key set (`--keys`): checks JSON checkpoints, and Ed25519 note signatures
-    /// under the per-partition log key name (`integrity::checkpoint::log_key`).
+    /// under the per-partition log key name (`integrity::tlog::log_key`).
     pub keyset: Option<&'a KeySet>,
     /// Witness cosigning keys (`--witness-key`, or the witness state's own `witness.vkey`).
     pub witnesses: Vec<VerifierKey>,
@@ -176,16 +176,31 @@ pub fn load_text(
         }
         return Ok(());
     }
-    if text
+    let has_log_notes = text
         .lines()
-        .any(|l| l.starts_with(schemas::checkpoint::CHECKPOINT_EXTENSION_V3))
+        .any(|l| l.starts_with(integrity::checkpoint::CHECKPOINT_EXTENSION_V3));
+    let pins = match pin::parse_file(text) {
+        Ok(pins) => pins,
+        // `auditctl checkpoints --vkeys` output (vkey lines before the notes), or with a
+        // genesis note: read note by note.
+        Err(_) if has_log_notes => return load_chainer_notes(text, name, keys, set),
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    if keys.keyset.is_none() && keys.witnesses.is_empty() && pins.iter().any(Pin::is_log_checkpoint)
     {
-        return load_chainer_notes(text, name, keys, set);
+        return Err(bad(
+            "it holds the chainer's signed notes, which are checked with the key set: give --keys"
+                .into(),
+        ));
     }
-    let pins = pin::parse_file(text).map_err(|e| bad(e.to_string()))?;
     for (i, p) in pins.into_iter().enumerate() {
         let from = format!("{name}#{}", i + 1);
-        match check_note(&p, keys) {
+        let checked = if p.is_log_checkpoint() {
+            check_log_pin(&p, keys)
+        } else {
+            check_note(&p, keys)
+        };
+        match checked {
             Ok(authority) => set.pins.push(Trusted {
                 head: p.head,
                 from,
@@ -222,13 +237,9 @@ fn load_chainer_notes(
     };
     for (i, (origin, note)) in split_notes(text).into_iter().enumerate() {
         let from = format!("{name}#{}", i + 1);
-        let (partition, seq) = integrity::checkpoint::parse_partition_origin(&origin)
+        let (partition, seq) = integrity::tlog::parse_partition_origin(&origin)
             .map(|(_, p)| p)
-            .zip(
-                note.lines()
-                    .nth(1)
-                    .and_then(integrity::checkpoint::parse_decimal),
-            )
+            .zip(note.lines().nth(1).and_then(integrity::tlog::parse_decimal))
             .unwrap_or((0, 0));
         let opened = crate::consistency::open_note(ks, &origin, &note).and_then(|cp| {
             verify_signed(ks, &cp)
@@ -271,7 +282,7 @@ fn split_notes(text: &str) -> Vec<(String, String)> {
         let starts_note = !l.is_empty()
             && !l.starts_with('#')
             && !l.starts_with('\u{2014}')
-            && integrity::checkpoint::parse_partition_origin(l).is_some();
+            && integrity::tlog::parse_partition_origin(l).is_some();
         if !starts_note {
             i += 1;
             continue;
@@ -311,6 +322,30 @@ fn json_checkpoints(text: &str) -> Result<Vec<CheckpointJson>, String> {
         }
     }
     Ok(out)
+}
+
+/// Who vouches for a pin that is the chainer's own signed note (as `verify --save-checkpoints`
+/// with `--keys` and `auditctl witness` write them): the log's signature, checked with the key
+/// set and its key windows exactly as `auditctl consistency` checks a note; with witness keys
+/// given, a witness must also have cosigned it. Without the key set (witness keys only), the
+/// witness's cosignature alone vouches, and the report says the log's was not checked.
+fn check_log_pin(p: &Pin, keys: &PinKeys<'_>) -> Result<String, String> {
+    let Some(ks) = keys.keyset else {
+        return check_note(p, keys)
+            .map(|a| format!("{a}; the chainer's signature not checked (no --keys)"));
+    };
+    let origin = p.head.origin().map_err(|e| e.to_string())?;
+    let cp = crate::consistency::open_note(ks, &origin, &p.note.to_text())?;
+    let mut authority = format!("the chainer's signed note (key {})", cp.key_id);
+    if !keys.witnesses.is_empty() {
+        let v = p
+            .note
+            .verify(&keys.witnesses)
+            .map_err(|e| format!("not cosigned by a --witness-key: {e}"))?;
+        let names: Vec<&str> = v.verified.iter().map(|s| s.key.name()).collect();
+        authority.push_str(&format!(", cosigned by {}", names.join(", ")));
+    }
+    Ok(authority)
 }
 
 /// Who vouches for a pin note. An unsigned note is the auditor's own record. A signed one
@@ -470,11 +505,11 @@ fn short(h: &[u8]) -> String {
     hex::encode(&h[..h.len().min(8)])
 }
 
-/// Writes `heads` into the pin file `path`, merged with the pins it already holds: an entry
+/// Writes `pins` into the pin file `path`, merged with the pins it already holds: an entry
 /// for another partition is kept, and a pin is never lowered (an existing entry at a higher
 /// seq stays, with a warning: the run did not reach it). Atomic (temporary file + rename).
 /// Returns the heads written for this run's partitions.
-pub fn save(path: &Path, heads: Vec<ChainHead>) -> Result<Vec<ChainHead>, Error> {
+pub fn save(path: &Path, pins: Vec<Pin>) -> Result<Vec<ChainHead>, Error> {
     let mut by_origin: BTreeMap<(String, u32), Pin> = BTreeMap::new();
     if path.exists() {
         let text = std::fs::read_to_string(path).map_err(Error::file("reading", path))?;
@@ -494,7 +529,8 @@ pub fn save(path: &Path, heads: Vec<ChainHead>) -> Result<Vec<ChainHead>, Error>
         }
     }
     let mut written = Vec::new();
-    for h in heads {
+    for pin in pins {
+        let h = pin.head.clone();
         let key = (h.chain_id.clone(), h.partition);
         if let Some(old) = by_origin.get(&key) {
             if old.head.seq > h.seq {
@@ -509,7 +545,6 @@ pub fn save(path: &Path, heads: Vec<ChainHead>) -> Result<Vec<ChainHead>, Error>
                 continue;
             }
         }
-        let pin = Pin::unsigned(h.clone()).map_err(|e| Error::Usage(e.to_string()))?;
         by_origin.insert(key, pin);
         written.push(h);
     }
@@ -573,6 +608,67 @@ pub fn heads_to_save(chain_id: &str, reports: &[&Report]) -> Result<Vec<ChainHea
         });
     }
     Ok(out)
+}
+
+/// The chainer's signed note for `(partition, seq)` of chain `chain_id` among the stores' v3
+/// checkpoints, as a pin, if one verifies with `keys` (signature, key window, chain id).
+pub fn log_pin_at(
+    chain_id: &str,
+    keys: &KeySet,
+    captured: &[&Captured],
+    partition: u32,
+    seq: u64,
+) -> Option<Pin> {
+    captured
+        .iter()
+        .filter_map(|c| c.v3.get(&(partition, seq)))
+        .flatten()
+        .find_map(|cp| {
+            let signed = SignedCheckpoint::try_from(cp).ok()?;
+            (signed.fields.chain_id == chain_id && verify_signed(keys, &signed).is_ok())
+                .then_some(())?;
+            let pk = keys.public_key(&signed.key_id)?;
+            Pin::from_log_note(&signed.to_note(pk)?).ok()
+        })
+}
+
+/// The pins `verify --save-checkpoints` writes with `--keys`: per partition, the chainer's own
+/// signed note at the seq every store sealed (the lowest `sealed_through` among the reports),
+/// taken from the stores' v3 checkpoints and checked with the key set (signature, key window,
+/// chain id). Anyone with the key set can then check the pin without trusting the file. A
+/// partition with no such note (sealed only by v1/v2 checkpoints, or not sealed) keeps an
+/// unsigned pin of its verified head from `heads`; its number is returned in the second list.
+pub fn signed_pins(
+    chain_id: &str,
+    keys: &KeySet,
+    reports: &[&Report],
+    captured: &[&Captured],
+    heads: Vec<ChainHead>,
+) -> Result<(Vec<Pin>, Vec<u32>), Error> {
+    let mut pins = Vec::new();
+    let mut unsigned = Vec::new();
+    for h in heads {
+        let sealed = reports
+            .iter()
+            .map(|r| {
+                r.partitions
+                    .iter()
+                    .find(|p| u32::try_from(p.partition).ok() == Some(h.partition))
+                    .and_then(|p| p.sealed_through)
+                    .and_then(|s| u64::try_from(s).ok())
+            })
+            .min()
+            .flatten()
+            .filter(|&s| s >= 1);
+        match sealed.and_then(|s| log_pin_at(chain_id, keys, captured, h.partition, s)) {
+            Some(pin) => pins.push(pin),
+            None => {
+                unsigned.push(h.partition);
+                pins.push(Pin::unsigned(h).map_err(|e| Error::Usage(e.to_string()))?);
+            }
+        }
+    }
+    Ok((pins, unsigned))
 }
 
 // ---- the write-once anchor (`verify --anchor`) ------------------------------------------------
@@ -1037,15 +1133,18 @@ mod tests {
             seq,
             head: [b; 32],
         };
-        save(&path, vec![h(0, 10, 1), h(1, 10, 1)]).unwrap();
-        let written = save(&path, vec![h(0, 20, 2), h(1, 5, 3)]).unwrap();
+        let pins = |hs: Vec<ChainHead>| -> Vec<Pin> {
+            hs.into_iter().map(|h| Pin::unsigned(h).unwrap()).collect()
+        };
+        save(&path, pins(vec![h(0, 10, 1), h(1, 10, 1)])).unwrap();
+        let written = save(&path, pins(vec![h(0, 20, 2), h(1, 5, 3)])).unwrap();
         assert_eq!(written, vec![h(0, 20, 2)], "partition 1 is not lowered");
-        let pins = pin::parse_file(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        let heads: Vec<ChainHead> = pins.into_iter().map(|p| p.head).collect();
+        let read = pin::parse_file(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let heads: Vec<ChainHead> = read.into_iter().map(|p| p.head).collect();
         assert_eq!(heads, vec![h(0, 20, 2), h(1, 10, 1)]);
         std::fs::write(&path, "garbage").unwrap();
         assert!(
-            save(&path, vec![h(0, 30, 1)]).is_err(),
+            save(&path, pins(vec![h(0, 30, 1)])).is_err(),
             "never clobbers a non-pin file"
         );
     }

@@ -11,14 +11,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
+use integrity::checkpoint::{CheckpointJson, SignedCheckpoint};
+use integrity::verify::{Finding, FindingKind};
 use object_store::path::Path as ObjPath;
 use object_store::ObjectStore;
-use schemas::checkpoint::{CheckpointJson, SignedCheckpoint};
+use schemas::raw_segment::{self, RawChained};
 use schemas::segment::{
-    self, parse_key, read_segment, stream_segment, verify_segment_digest, verify_segment_digest_of,
-    Manifest, ObjectDigest, ObjectKind, SegmentKey, SegmentMeta, CHECKPOINTS_DIR,
+    self, parse_key, read_segment, verify_segment_digest, verify_segment_digest_of, Manifest,
+    ObjectDigest, ObjectKind, SegmentKey, SegmentMeta, CHECKPOINTS_DIR,
 };
-use schemas::verify::{Finding, FindingKind};
 use schemas::{ChainedEvent, Checkpoint};
 use tokio::sync::mpsc;
 use worker_runtime::object_store::{build_store, Access, ArchiveStoreArgs, StoreConfigError};
@@ -375,7 +376,9 @@ impl ArchiveStore {
                 rx: chunk_rx,
                 cur: bytes::Bytes::new(),
             };
-            match stream_segment(reader) {
+            // Records as stored bytes (no decode and re-encode of each event where the
+            // segment's schema allows it), handed over in batches.
+            match raw_segment::stream(reader) {
                 Err(e) => {
                     let _ = rec_tx.blocking_send(Decoded::Meta(Err(e.to_string())));
                 }
@@ -383,14 +386,32 @@ impl ArchiveStore {
                     if rec_tx.blocking_send(Decoded::Meta(Ok(meta))).is_err() {
                         return;
                     }
+                    let mut batch = Vec::with_capacity(STREAM_BATCH);
                     for r in records {
-                        let stop = r.is_err();
-                        let sent = rec_tx.blocking_send(Decoded::Record(
-                            r.map(Box::new).map_err(|e| e.to_string()),
-                        ));
-                        if sent.is_err() || stop {
-                            return;
+                        match r {
+                            Ok(r) => {
+                                batch.push(r);
+                                if batch.len() == STREAM_BATCH {
+                                    let full = std::mem::replace(
+                                        &mut batch,
+                                        Vec::with_capacity(STREAM_BATCH),
+                                    );
+                                    if rec_tx.blocking_send(Decoded::Records(Ok(full))).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                if !batch.is_empty() {
+                                    let _ = rec_tx.blocking_send(Decoded::Records(Ok(batch)));
+                                }
+                                let _ = rec_tx.blocking_send(Decoded::Records(Err(e.to_string())));
+                                return;
+                            }
                         }
+                    }
+                    if !batch.is_empty() {
+                        let _ = rec_tx.blocking_send(Decoded::Records(Ok(batch)));
                     }
                 }
             }
@@ -425,7 +446,7 @@ impl ArchiveStore {
         for (p, listed) in &segs {
             c.set_stage(&format!("partition {p}"));
             // First copies that a later segment may repeat: seq -> (record, its segment).
-            let mut kept: BTreeMap<i64, (ChainedEvent, Arc<str>)> = BTreeMap::new();
+            let mut kept: BTreeMap<i64, (RawChained, Arc<str>)> = BTreeMap::new();
             for (i, l) in listed.iter().enumerate() {
                 let k = &l.key;
                 if !l.segment {
@@ -461,10 +482,10 @@ impl ArchiveStore {
                 let name: Arc<str> = Arc::from(k.object_key());
                 let mut same: Option<(i64, i64, Arc<str>)> = None;
                 let mut read_ok = meta.is_some();
-                while let Some(msg) = seg.rx.recv().await {
-                    let ev = match msg {
-                        Decoded::Record(Ok(ev)) => *ev,
-                        Decoded::Record(Err(e)) => {
+                'segment: while let Some(msg) = seg.rx.recv().await {
+                    let batch = match msg {
+                        Decoded::Records(Ok(batch)) => batch,
+                        Decoded::Records(Err(e)) => {
                             read_ok = false;
                             c.add_finding(finding(
                                 k.partition,
@@ -473,37 +494,39 @@ impl ArchiveStore {
                                 None,
                                 format!("segment {} cannot be read: {e}", k.object_key()),
                             ));
-                            break;
+                            break 'segment;
                         }
                         Decoded::Meta(_) => continue,
                     };
-                    if let Some(ch) = &mut check {
-                        ch.observe(&ev);
-                    }
-                    if let Some((first, first_in)) = kept.get(&ev.seq) {
-                        if *first == ev {
-                            same = Some(match same.take() {
-                                Some((a, _, s)) => (a, ev.seq, s),
-                                None => (ev.seq, ev.seq, first_in.clone()),
-                            });
-                        } else {
-                            c.add_finding(finding(
+                    for ev in batch {
+                        if let Some(ch) = &mut check {
+                            ch.observe_parts(ev.chain_partition, ev.seq, &ev.prev_hash, &ev.hash);
+                        }
+                        if let Some((first, first_in)) = kept.get(&ev.seq) {
+                            if *first == ev {
+                                same = Some(match same.take() {
+                                    Some((a, _, s)) => (a, ev.seq, s),
+                                    None => (ev.seq, ev.seq, first_in.clone()),
+                                });
+                            } else {
+                                c.add_finding(finding(
                                 ev.chain_partition,
                                 ev.seq,
                                 FindingKind::Fork,
-                                Some(&ev.event.event_id),
+                                Some(&ev.event_id),
                                 format!(
                                     "segment {name} holds a different record at this seq than segment {first_in} (hash {} vs {}); the first copy is the one verified",
                                     short_hex(&ev.hash),
                                     short_hex(&first.hash)
                                 ),
                             ));
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    c.push_chained(&ev);
-                    if ev.seq >= keep_from {
-                        kept.insert(ev.seq, (ev, name.clone()));
+                        c.push_raw(&ev);
+                        if ev.seq >= keep_from {
+                            kept.insert(ev.seq, (ev, name.clone()));
+                        }
                     }
                 }
                 let (sha, size) = seg.finish().await?;
@@ -585,7 +608,7 @@ impl ArchiveStore {
             let events = self.read_listed(l, &mut findings).await?;
             if let Some(f) = findings
                 .iter()
-                .find(|f| f.severity == schemas::verify::Severity::Error)
+                .find(|f| f.severity == integrity::verify::Severity::Error)
             {
                 return Err(Error::Integrity(format!(
                     "partition {} seq {}: {}; run `auditctl verify --source archive`",
@@ -620,14 +643,16 @@ impl ArchiveStore {
 
 /// Chunks of the object body in flight to the decoder.
 const STREAM_CHUNKS: usize = 4;
-/// Decoded records in flight to the verifier.
-const STREAM_RECORDS: usize = 64;
+/// Batches of records in flight to the verifier.
+const STREAM_RECORDS: usize = 8;
+/// Records per batch (one channel message each: the per-record hand-over cost is amortised).
+const STREAM_BATCH: usize = 256;
 
 /// What the decoding task hands over: the segment's metadata first, then its records.
 enum Decoded {
     Meta(Result<SegmentMeta, String>),
-    /// Boxed: a record is large, and the channel holds a few of them.
-    Record(Result<Box<ChainedEvent>, String>),
+    /// A batch of records as stored; an error ends the segment.
+    Records(Result<Vec<RawChained>, String>),
 }
 
 /// A segment being streamed (see `ArchiveStore::open_stream`).

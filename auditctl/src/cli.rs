@@ -43,7 +43,9 @@ Findings they add (exit 1), and the attack each defeats:
 Findings with --keys alone, no pin needed (exit 1, but the warning; docs/verification.md):
   partition_missing_from_signed_set  partition deleted whole, with its genesis checkpoint
   genesis_checkpoint_superseded      partition deleted but for its genesis checkpoints
-                                     (--max-genesis-lag, default 10m)
+                                     (--max-partition-lag, default 10m)
+  checkpoint_superseded              one partition's tail deleted together with its newest
+                                     checkpoints (--max-partition-lag, default 10m)
   checkpoint_stale                   tail deleted together with its newest checkpoints and
                                      heartbeats (--max-checkpoint-age)
   partition_count_decreased          checkpoints of another deployment, or a misconfigured
@@ -256,26 +258,28 @@ pub struct VerifyArgs {
     /// (`partition_missing_from_signed_set`).
     #[arg(long, env = "AUDITCTL_MAX_CHECKPOINT_AGE", value_parser = crate::freshness::parse_age)]
     pub max_checkpoint_age: Option<std::time::Duration>,
-    /// Fail (`genesis_checkpoint_superseded`, exit 1; with --keys) when a partition of which
-    /// the store holds no record has, as its newest valid checkpoint, a genesis checkpoint
-    /// (size 0) older than another partition's newest valid checkpoint by more than this
-    /// (`90s`, `10m`, `2h`, `1d`; `0` or `off` disables). Why: an attacker who deletes a
-    /// partition's records and every checkpoint but its genesis ones makes it look like a
-    /// partition that never received an event. The chainer re-signs an empty partition's
-    /// genesis every heartbeat period, as fresh as the other partitions' checkpoints, and
-    /// stops once the partition gets events, so a genesis left behind is the finding. The
+    /// Fail (exit 1; with --keys) when a partition's newest valid checkpoint is older than
+    /// another partition's newest valid checkpoint by more than this (`90s`, `10m`, `2h`,
+    /// `1d`; `0` or `off` disables): `checkpoint_superseded`, or `genesis_checkpoint_superseded`
+    /// when the store holds no record of it and that checkpoint is its genesis (size 0). Why:
+    /// the chainer re-signs every idle partition's head (an empty one's genesis) every
+    /// heartbeat period, and a busy one gets range checkpoints, so every partition's newest
+    /// statement keeps up with the chain's. An attacker who deletes one partition's tail with
+    /// its newer checkpoints (or its records and every checkpoint but the genesis ones) leaves
+    /// one far behind: a rollback of one partition, caught without a pin or a clock. The
     /// default is ten default heartbeat periods (`--checkpoint-heartbeat-secs` 60). Raise it
     /// above ten times a longer heartbeat period; disable it for stores of chainers running
-    /// with heartbeats off (`--checkpoint-heartbeat-secs 0`: a genesis is then signed once).
-    /// A chainer instance that owns only empty partitions and is down while the others run
-    /// is reported too, on purpose: its partitions are no longer attested.
+    /// with heartbeats off (`--checkpoint-heartbeat-secs 0`). A chainer instance that is down
+    /// while the others run is reported too, on purpose: its partitions are no longer
+    /// attested. (`--max-genesis-lag` is its former name.)
     #[arg(
         long,
-        env = "AUDITCTL_MAX_GENESIS_LAG",
+        alias = "max-genesis-lag",
+        env = "AUDITCTL_MAX_PARTITION_LAG",
         value_parser = crate::freshness::parse_lag,
-        default_value = crate::freshness::DEFAULT_MAX_GENESIS_LAG
+        default_value = crate::freshness::DEFAULT_MAX_PARTITION_LAG
     )]
-    pub max_genesis_lag: std::time::Duration,
+    pub max_partition_lag: std::time::Duration,
     /// Make `partition_missing_from_signed_set` (a partition the signed partition count names
     /// but of which the store holds no record and no checkpoint) a warning instead of an
     /// error. Only for stores written by chainers before genesis checkpoints: since then the
@@ -512,6 +516,7 @@ mod tests {
                 "genesis_checkpoint_superseded",
                 "deleted but for its genesis checkpoints",
             ),
+            ("checkpoint_superseded", "one partition's tail deleted"),
             ("checkpoint_stale", "tail deleted together"),
             ("partition_count_decreased", "another deployment"),
             ("partition_count_changed", "warning"),

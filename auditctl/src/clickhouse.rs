@@ -6,8 +6,8 @@
 //! is the struct's field order (one definition shared with the sink).
 
 use clickhouse::Client;
+use integrity::verify::FindingKind;
 use schemas::flat::{AuditRow, CheckpointRow};
-use schemas::verify::FindingKind;
 use schemas::Checkpoint;
 use serde::Deserialize;
 
@@ -131,7 +131,10 @@ impl ClickHouseStore {
     /// Forks the sink recorded (a later copy of a stored (partition, seq) with a different
     /// hash, refused and kept aside in `audit_forks`), one `fork` finding each. A database
     /// without the table (older than the sink's migration 0003) gives a warning on stderr.
-    pub async fn forks(&self, partitions: &[u32]) -> Result<Vec<schemas::verify::Finding>, Error> {
+    pub async fn forks(
+        &self,
+        partitions: &[u32],
+    ) -> Result<Vec<integrity::verify::Finding>, Error> {
         let exists: Vec<u64> = self
             .fetch_all(
                 &format!(
@@ -193,7 +196,7 @@ impl ClickHouseStore {
     pub async fn checkpoints(
         &self,
         partitions: &[u32],
-    ) -> Result<(Vec<Checkpoint>, Vec<schemas::verify::Finding>), Error> {
+    ) -> Result<(Vec<Checkpoint>, Vec<integrity::verify::Finding>), Error> {
         let sql = format!(
             "{}{} ORDER BY chain_partition, seq",
             CheckpointRow::select_sql(&self.checkpoints),

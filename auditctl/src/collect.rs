@@ -1,4 +1,4 @@
-//! Feeding stored records into `schemas::verify`, whatever the store: one
+//! Feeding stored records into `integrity::verify`, whatever the store: one
 //! [`PartitionVerifier`] per partition, plus findings the verifier cannot make itself because
 //! they happen before a record exists (an unreadable row, a segment object whose digest does not
 //! match its manifest, a malformed checkpoint row).
@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use schemas::checkpoint::KeySet;
-use schemas::verify::{
+use integrity::checkpoint::KeySet;
+use integrity::verify::{
     Finding, FindingKind, OwnedRecord, PartitionReport, PartitionVerifier, Report, StoredRecord,
     VerifyOptions,
 };
@@ -45,6 +45,10 @@ pub struct CollectOptions {
 pub struct Captured {
     pub hashes: BTreeMap<(u32, u64), Vec<u8>>,
     pub chain_ids: BTreeSet<String>,
+    /// The store's whole-tree (v3) checkpoint records by (partition, seq), as read (not yet
+    /// checked): `verify --save-checkpoints` and `auditctl witness` pin the chainer's own
+    /// signed note at the seq the verifier sealed, after checking it with the key set.
+    pub v3: BTreeMap<(u32, u64), Vec<Checkpoint>>,
 }
 
 /// One stored (partition, seq) and the hash the store holds for it.
@@ -90,6 +94,13 @@ impl Collector {
         if opts.check_checkpoints {
             for cp in checkpoints {
                 captured.chain_ids.insert(cp.chain_id.clone());
+                if let (false, Ok(p), Ok(seq)) = (
+                    cp.tree_root.is_empty(),
+                    u32::try_from(cp.partition),
+                    u64::try_from(cp.seq),
+                ) {
+                    captured.v3.entry((p, seq)).or_default().push(cp.clone());
+                }
                 if let (true, Ok(p), Ok(seq)) = (
                     opts.capture_checkpoint_seqs,
                     u32::try_from(cp.partition),
@@ -262,6 +273,21 @@ impl Collector {
         }
     }
 
+    /// A record read as stored bytes (an archive segment, `schemas::raw_segment`): its event's
+    /// canonical bytes are hashed as they are, with no decode and re-encode.
+    pub fn push_raw(&mut self, r: &schemas::raw_segment::RawChained) {
+        let rec = StoredRecord {
+            seq: r.seq,
+            prev_hash: &r.prev_hash,
+            hash: &r.hash,
+            canonical: &r.canonical,
+            canonical_version: r.canonical_version,
+            event_id: &r.event_id,
+            copy: None,
+        };
+        self.push_timed(r.chain_partition, &rec, Some(r.receive_time_us));
+    }
+
     /// A record whose event cannot be rebuilt: reported as malformed, and fed to the verifier
     /// with no content so that the chain around it is still judged.
     pub fn push_unreadable(
@@ -361,7 +387,7 @@ fn bar_style() -> ProgressStyle {
 fn merge(rep: &mut PartitionReport, extra: &mut Vec<Finding>) {
     if extra
         .iter()
-        .any(|f| f.severity == schemas::verify::Severity::Error)
+        .any(|f| f.severity == integrity::verify::Severity::Error)
     {
         rep.ok = false;
     }

@@ -32,14 +32,14 @@ use std::path::PathBuf;
 
 use clap::Args;
 use integrity::b64::{self, B64Hash};
-use integrity::checkpoint::{log_key, parse_decimal, parse_partition_origin, Checkpoint as Note};
-use integrity::tree::{
-    consistency_proof, leaf_hash, verify_consistency, CompactRange, Hash32, NodeSource, TreeError,
-};
-use schemas::chain::rehash_stored;
-use schemas::checkpoint::{
+use integrity::chain::rehash_stored;
+use integrity::checkpoint::{
     verify_signed, CheckpointFields, KeySet, SignedCheckpoint, CHECKPOINT_EXTENSION_V3,
     SIGNATURE_LEN,
+};
+use integrity::tlog::{log_key, parse_decimal, parse_partition_origin, Checkpoint as Note};
+use integrity::tree::{
+    consistency_proof, leaf_hash, verify_consistency, CompactRange, Hash32, NodeSource, TreeError,
 };
 use schemas::Checkpoint;
 use serde::{Deserialize, Serialize};
@@ -661,7 +661,7 @@ pub async fn consistency(args: &ConsistencyArgs, out: &mut dyn Write) -> Result<
         (Some(path), _) => {
             let text = std::fs::read_to_string(path)
                 .map_err(Error::file("reading the old checkpoint note", path))?;
-            let origin = integrity::checkpoint::partition_origin(
+            let origin = integrity::tlog::partition_origin(
                 args.chain_id
                     .as_deref()
                     .or(valid.first().map(|c| c.fields.chain_id.as_str()))
@@ -772,8 +772,8 @@ pub async fn checkpoints(args: &CheckpointsArgs, out: &mut dyn Write) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use integrity::checkpoint::{generate_pkcs8, sign_fields, SigningKey};
     use integrity::tree::MemoryTree;
-    use schemas::checkpoint::{generate_pkcs8, sign_fields, SigningKey};
 
     struct Log {
         key: SigningKey,

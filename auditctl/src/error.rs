@@ -69,7 +69,7 @@ pub enum Error {
 
     /// Key generation or signing failed.
     #[error("keys: {0}")]
-    Key(#[from] schemas::checkpoint::CheckpointError),
+    Key(#[from] integrity::checkpoint::CheckpointError),
 }
 
 impl Error {

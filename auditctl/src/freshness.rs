@@ -20,9 +20,21 @@
 //!   received an event. Heartbeats keep a truly empty partition's genesis as fresh as the other
 //!   partitions' checkpoints, while a partition that got events stops re-signing its genesis.
 //!   So when that genesis is older than the newest valid checkpoint of any other partition by
-//!   more than `--max-genesis-lag` (default 10m), it is `genesis_checkpoint_superseded`: the
+//!   more than `--max-partition-lag` (default 10m), it is `genesis_checkpoint_superseded`: the
 //!   partition's records and every later checkpoint were deleted, keeping only the genesis
 //!   ones (or its chainer stopped heartbeating while the others ran).
+//! - **Superseded head.** The same holds for every partition: the chainer re-signs an idle
+//!   partition's head every heartbeat period, and a busy one gets range checkpoints more
+//!   often, so each partition's newest valid checkpoint keeps up with the chain's newest. One
+//!   that lags it by more than `--max-partition-lag` is `checkpoint_superseded`: its newer
+//!   checkpoints were deleted (with its tail: a rollback of one partition, caught with no pin
+//!   and no clock), or its chainer stopped while the others ran. This is what a signed
+//!   statement over all partitions' heads would give, made from the per-partition statements
+//!   the chainer already signs (each carrying the partition count): the signers of a chain are
+//!   several chainer instances, one per group member, and none of them holds every head. A
+//!   rollback of every partition at once leaves nothing newer to compare with: the clock
+//!   (`--max-checkpoint-age`), a pin or a witness (`rollback_below_trusted`) and the
+//!   write-once anchor (`verify --anchor`) catch that.
 //!
 //! Signatures are checked here again (one Ed25519 verification per checkpoint) rather than
 //! taken from the verifier, so that this check depends only on the key set and the chain id.
@@ -30,8 +42,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use schemas::checkpoint::{verify_signed, KeySet, SignedCheckpoint};
-use schemas::verify::Report;
+use integrity::checkpoint::{verify_signed, KeySet, SignedCheckpoint};
+use integrity::verify::Report;
 use schemas::Checkpoint;
 use serde::Serialize;
 
@@ -96,8 +108,11 @@ pub enum FreshnessKind {
     /// The newest valid checkpoint is older than `--max-checkpoint-age`, or there is none.
     CheckpointStale,
     /// A partition without records whose newest valid checkpoint is its genesis one, older than
-    /// another partition's newest valid checkpoint by more than `--max-genesis-lag`.
+    /// another partition's newest valid checkpoint by more than `--max-partition-lag`.
     GenesisCheckpointSuperseded,
+    /// A partition with records whose newest valid checkpoint is older than another
+    /// partition's newest valid checkpoint by more than `--max-partition-lag`.
+    CheckpointSuperseded,
 }
 
 impl FreshnessKind {
@@ -108,6 +123,7 @@ impl FreshnessKind {
             FreshnessKind::PartitionCountChanged => "partition_count_changed",
             FreshnessKind::CheckpointStale => "checkpoint_stale",
             FreshnessKind::GenesisCheckpointSuperseded => "genesis_checkpoint_superseded",
+            FreshnessKind::CheckpointSuperseded => "checkpoint_superseded",
         }
     }
 
@@ -161,7 +177,7 @@ pub struct FreshnessReport {
     pub max_checkpoint_age_secs: Option<u64>,
     /// `--max-genesis-lag` (absent: the check is off).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_genesis_lag_secs: Option<u64>,
+    pub max_partition_lag_secs: Option<u64>,
     pub partitions: Vec<PartitionFreshness>,
     pub findings: Vec<FreshnessFinding>,
     pub ok: bool,
@@ -192,7 +208,7 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
 /// The default `--max-genesis-lag`: ten default heartbeat periods (`--checkpoint-heartbeat-secs`
 /// 60), so that a missed beat or two, the sinks' lag and clock skew between chainer instances
 /// never reach it.
-pub const DEFAULT_MAX_GENESIS_LAG: &str = "10m";
+pub const DEFAULT_MAX_PARTITION_LAG: &str = "10m";
 
 /// Parses `--max-genesis-lag`: a duration as [`parse_age`], or `0` / `off` (the check is off:
 /// [`Duration::ZERO`]).
@@ -208,29 +224,31 @@ pub fn parse_lag(s: &str) -> Result<Duration, String> {
 pub struct Limits {
     /// `--max-checkpoint-age` (`None`: no age limit).
     pub max_age: Option<Duration>,
-    /// `--max-genesis-lag` (`None` or zero: off).
-    pub max_genesis_lag: Option<Duration>,
+    /// `--max-partition-lag` (`None` or zero: off).
+    pub max_partition_lag: Option<Duration>,
 }
 
-/// `genesis_checkpoint_superseded`: for each partition asked about (`wanted`) of which the
-/// store holds no record and whose newest valid checkpoint is a genesis one, compares that
-/// genesis's time with the newest valid checkpoint of every other partition the store holds.
-/// A chainer re-signs an empty partition's genesis every heartbeat period, like the heads of
-/// its idle partitions, so a genesis far behind them is no longer the partition's newest
-/// statement: the partition got events, and they were deleted with every checkpoint but the
-/// genesis ones.
-fn superseded_genesis(
+/// `genesis_checkpoint_superseded` and `checkpoint_superseded`: for each partition asked about
+/// (`wanted`), compares the time of its newest valid checkpoint with the newest valid
+/// checkpoint of every other partition the store holds. A chainer re-signs an idle
+/// partition's head (an empty partition's genesis) every heartbeat period, so a partition
+/// whose newest statement is far behind the others' is missing its newer checkpoints: when the
+/// store holds no record of it and that statement is its genesis, the partition got events
+/// and they were deleted with every checkpoint but the genesis ones; otherwise its newer
+/// checkpoints (and the tail they sealed) were deleted. Either way, or its chainer stopped
+/// while the others ran.
+fn superseded(
     summary: &SignedSummary,
     report: &Report,
     wanted: impl Fn(u32) -> bool,
     max_lag: Duration,
 ) -> Vec<FreshnessFinding> {
     let max_us = i64::try_from(max_lag.as_micros()).unwrap_or(i64::MAX);
-    let with_records: BTreeSet<u32> = report
+    let with_records: BTreeMap<u32, i64> = report
         .partitions
         .iter()
         .filter(|r| r.events > 0)
-        .filter_map(|r| u32::try_from(r.partition).ok())
+        .filter_map(|r| Some((u32::try_from(r.partition).ok()?, r.last_seq.unwrap_or(0))))
         .collect();
     let newest: BTreeMap<u32, Signed> = summary
         .by_partition
@@ -239,7 +257,7 @@ fn superseded_genesis(
         .collect();
     let mut out = Vec::new();
     for (&p, g) in &newest {
-        if !wanted(p) || !g.genesis || with_records.contains(&p) {
+        if !wanted(p) {
             continue;
         }
         let Some((&q, o)) = newest
@@ -250,22 +268,47 @@ fn superseded_genesis(
             continue;
         };
         let lag = o.time_us.saturating_sub(g.time_us);
-        if lag > max_us {
-            out.push(FreshnessFinding {
-                partition: p,
-                seq: g.seq,
-                kind: FreshnessKind::GenesisCheckpointSuperseded,
-                error: true,
-                detail: format!(
-                    "the store holds no record of partition {p} and its newest valid checkpoint is its genesis checkpoint (size 0, time_us {}), but partition {q}'s newest valid checkpoint (seq {}, time_us {}) is {}s newer, more than --max-genesis-lag {}s: heartbeats re-sign an empty partition's genesis, so this partition's records and later checkpoints were deleted (or its chainer stopped heartbeating while the others ran)",
-                    g.time_us,
-                    o.seq,
-                    o.time_us,
-                    lag / 1_000_000,
-                    max_lag.as_secs()
-                ),
-            });
+        if lag <= max_us {
+            continue;
         }
+        let behind = format!(
+            "partition {q}'s newest valid checkpoint (seq {}, time_us {}) is {}s newer, more than --max-partition-lag {}s",
+            o.seq,
+            o.time_us,
+            lag / 1_000_000,
+            max_lag.as_secs()
+        );
+        let (kind, detail) = match with_records.get(&p) {
+            None if g.genesis => (
+                FreshnessKind::GenesisCheckpointSuperseded,
+                format!(
+                    "the store holds no record of partition {p} and its newest valid checkpoint is its genesis checkpoint (size 0, time_us {}), but {behind}: heartbeats re-sign an empty partition's genesis, so this partition's records and later checkpoints were deleted (or its chainer stopped heartbeating while the others ran)",
+                    g.time_us
+                ),
+            ),
+            last => (
+                FreshnessKind::CheckpointSuperseded,
+                format!(
+                    "partition {p}'s newest valid checkpoint (seq {}, time_us {}) is older than the chain's: {behind}; heartbeats re-sign an idle partition's head, so this partition's newer checkpoints were deleted{} (or its chainer stopped while the others ran)",
+                    g.seq,
+                    g.time_us,
+                    match last {
+                        Some(&l) if l > i64::try_from(g.seq).unwrap_or(i64::MAX) => format!(
+                            ", and the records after seq {} (the store holds up to seq {l}) are sealed by nothing",
+                            g.seq
+                        ),
+                        _ => ", with the tail they sealed if it is gone too".to_owned(),
+                    }
+                ),
+            ),
+        };
+        out.push(FreshnessFinding {
+            partition: p,
+            seq: g.seq,
+            kind,
+            error: true,
+            detail,
+        });
     }
     out
 }
@@ -278,8 +321,8 @@ fn superseded_genesis(
 /// whole: `partition_missing_from_signed_set` is an error when `all_written` (the default;
 /// `--allow-unattested-partitions` clears it, for stores from chainers before genesis
 /// checkpoints), and pins (`trusted_partition_missing`) catch the deletion of a partition seen
-/// before. A partition deleted but for its genesis checkpoints is caught by
-/// [`superseded_genesis`] under `limits.max_genesis_lag`.
+/// before. A partition deleted but for its genesis checkpoints, or rolled back together with
+/// its newest checkpoints, is caught by [`superseded`] under `limits.max_partition_lag`.
 pub fn check(
     summary: &SignedSummary,
     report: &mut Report,
@@ -290,7 +333,7 @@ pub fn check(
 ) -> FreshnessReport {
     let wanted = |p: u32| only.is_empty() || only.contains(&p);
     let max_age = limits.max_age;
-    let max_genesis_lag = limits.max_genesis_lag.filter(|d| !d.is_zero());
+    let max_partition_lag = limits.max_partition_lag.filter(|d| !d.is_zero());
     let mut findings = Vec::new();
     let signed_count = summary
         .by_partition
@@ -346,8 +389,8 @@ pub fn check(
             });
         }
     }
-    if let Some(lag) = max_genesis_lag {
-        findings.extend(superseded_genesis(summary, report, wanted, lag));
+    if let Some(lag) = max_partition_lag {
+        findings.extend(superseded(summary, report, wanted, lag));
     }
     // Freshness per partition the store holds.
     let mut partitions = Vec::new();
@@ -412,7 +455,7 @@ pub fn check(
     FreshnessReport {
         signed_partition_count: signed_count,
         max_checkpoint_age_secs: max_age.map(|d| d.as_secs()),
-        max_genesis_lag_secs: max_genesis_lag.map(|d| d.as_secs()),
+        max_partition_lag_secs: max_partition_lag.map(|d| d.as_secs()),
         partitions,
         ok: findings.iter().all(|f| !f.error),
         findings,
@@ -430,8 +473,8 @@ pub fn write_human(out: &mut dyn std::io::Write, f: &FreshnessReport) -> std::io
         "freshness ({count}{}{}): {}",
         f.max_checkpoint_age_secs
             .map_or_else(String::new, |s| format!(", max checkpoint age {s}s")),
-        f.max_genesis_lag_secs
-            .map_or_else(String::new, |s| format!(", max genesis lag {s}s")),
+        f.max_partition_lag_secs
+            .map_or_else(String::new, |s| format!(", max partition lag {s}s")),
         if f.ok { "OK" } else { "FAILED" }
     )?;
     for p in &f.partitions {
@@ -461,8 +504,8 @@ pub fn write_human(out: &mut dyn std::io::Write, f: &FreshnessReport) -> std::io
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::checkpoint::{generate_pkcs8, sign, CheckpointFields, SigningKey};
-    use schemas::verify::PartitionReport;
+    use integrity::checkpoint::{generate_pkcs8, sign, CheckpointFields, SigningKey};
+    use integrity::verify::PartitionReport;
 
     const T0: i64 = 1_700_000_000_000_000;
     const HOUR_US: i64 = 3_600_000_000;
@@ -471,7 +514,7 @@ mod tests {
     fn lim(max_age: Option<Duration>) -> Limits {
         Limits {
             max_age,
-            max_genesis_lag: Some(parse_lag(DEFAULT_MAX_GENESIS_LAG).unwrap()),
+            max_partition_lag: Some(parse_lag(DEFAULT_MAX_PARTITION_LAG).unwrap()),
         }
     }
 
@@ -675,7 +718,7 @@ mod tests {
         assert_eq!(parse_lag("0"), Ok(Duration::ZERO));
         assert_eq!(parse_lag("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(
-            parse_lag(DEFAULT_MAX_GENESIS_LAG),
+            parse_lag(DEFAULT_MAX_PARTITION_LAG),
             Ok(Duration::from_secs(600))
         );
         for bad in ["", "on", "5x", "-1m"] {
@@ -709,11 +752,11 @@ mod tests {
                 T0 + HOUR_US
             ),
             "3600s newer".to_owned(),
-            "--max-genesis-lag 600s".to_owned(),
+            "--max-partition-lag 600s".to_owned(),
         ] {
             assert!(x.detail.contains(&part), "{part} not in {}", x.detail);
         }
-        assert_eq!(f.max_genesis_lag_secs, Some(600));
+        assert_eq!(f.max_partition_lag_secs, Some(600));
         assert!(!f.ok && !r.ok);
         assert!(r.partitions.iter().any(|p| p.partition == 1 && !p.ok));
         // Just within the lag: no finding; a larger lag or the check off: none either.
@@ -725,12 +768,12 @@ mod tests {
             let mut r = Report::new(vec![part(0, 9, 9)]);
             let limits = Limits {
                 max_age: None,
-                max_genesis_lag: off,
+                max_partition_lag: off,
             };
             let f = check(&s, &mut r, limits, T0, &BTreeSet::new(), true);
             assert!(f.findings.is_empty() && f.ok && r.ok, "{off:?}: {f:?}");
             assert_eq!(
-                f.max_genesis_lag_secs,
+                f.max_partition_lag_secs,
                 off.filter(|d| !d.is_zero()).map(|d| d.as_secs())
             );
         }
@@ -738,6 +781,42 @@ mod tests {
         let mut r = Report::new(vec![part(0, 9, 9)]);
         let only: BTreeSet<u32> = [0].into();
         assert!(check(&s, &mut r, lim(None), T0, &only, true).ok);
+    }
+
+    /// A partition with records whose newest valid checkpoint lags the chain's newest by more
+    /// than the limit: its newer checkpoints were deleted (a one-partition rollback), found
+    /// with no pin and no clock. The records past it are named as sealed by nothing.
+    #[test]
+    fn a_partition_head_far_behind_the_chains_newest_checkpoint_is_superseded() {
+        let (k, ks) = key();
+        // Partition 1 was heartbeated up to T0 + 1h like partition 0, then its checkpoints
+        // after seq 40 (and the heartbeats of its head) were deleted.
+        let cps = vec![cp(&k, 0, 9, T0 + HOUR_US, 2), cp(&k, 1, 40, T0, 2)];
+        let s = summarize(&cps, &ks, Some("c"));
+        let mut r = Report::new(vec![part(0, 9, 9), part(1, 55, 40)]);
+        let f = check(&s, &mut r, lim(None), T0 + HOUR_US, &BTreeSet::new(), true);
+        assert_eq!(kinds(&f), vec![(1, FreshnessKind::CheckpointSuperseded)]);
+        let x = &f.findings[0];
+        assert!(x.error && x.seq == 40, "{x:?}");
+        for part in [
+            "partition 1's newest valid checkpoint (seq 40".to_owned(),
+            "3600s newer".to_owned(),
+            "the records after seq 40 (the store holds up to seq 55) are sealed by nothing"
+                .to_owned(),
+        ] {
+            assert!(x.detail.contains(&part), "{part} not in {}", x.detail);
+        }
+        assert!(!f.ok && !r.ok);
+        // Heartbeats keep an idle partition's head fresh: no finding.
+        let mut beat = cps.clone();
+        beat.push(cp(&k, 1, 40, T0 + HOUR_US - 60_000_000, 2));
+        let s = summarize(&beat, &ks, Some("c"));
+        let mut r = Report::new(vec![part(0, 9, 9), part(1, 40, 40)]);
+        assert!(check(&s, &mut r, lim(None), T0 + HOUR_US, &BTreeSet::new(), true).ok);
+        // A single partition has nothing to lag behind (the clock and pins cover it).
+        let s = summarize(&[cp(&k, 0, 40, T0, 1)], &ks, Some("c"));
+        let mut r = Report::new(vec![part(0, 55, 40)]);
+        assert!(check(&s, &mut r, lim(None), T0 + HOUR_US, &BTreeSet::new(), true).ok);
     }
 
     /// An empty partition whose genesis heartbeats keep up with the other partitions (the

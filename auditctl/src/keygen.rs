@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use schemas::checkpoint::{generate_pkcs8, KeySet, PublicKeyEntry, SigningKey};
+use integrity::checkpoint::{generate_pkcs8, KeySet, PublicKeyEntry, SigningKey};
 use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -1,7 +1,7 @@
 //! `auditctl`: the operator's tool for the audit chain.
 //!
 //! - `verify`: recompute the hash chain from what ClickHouse and/or the archive store, check
-//!   checkpoints, and report tampering (exit 1) — see `schemas::verify` for what is detected.
+//!   checkpoints, and report tampering (exit 1) — see `integrity::verify` for what is detected.
 //! - `keygen`: a new Ed25519 checkpoint signing key and key-set rotation.
 //! - `prove` / `check-proof`: an offline-checkable inclusion proof of one event.
 //! - `query`: run an analyst query recipe of the ClickHouse sink ([`query`]).

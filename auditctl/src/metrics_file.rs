@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use schemas::verify::{FindingKind, Report};
+use integrity::verify::{FindingKind, Report};
 
 use crate::anchors::{self, AnchorKind, AnchorReport};
 use crate::cli::SourceKind;
@@ -59,12 +59,13 @@ const ANCHOR_KINDS: [AnchorKind; 4] = [
     AnchorKind::TrustedCheckpointInvalid,
 ];
 
-const FRESHNESS_KINDS: [FreshnessKind; 5] = [
+const FRESHNESS_KINDS: [FreshnessKind; 6] = [
     FreshnessKind::PartitionMissingFromSignedSet,
     FreshnessKind::PartitionCountDecreased,
     FreshnessKind::PartitionCountChanged,
     FreshnessKind::CheckpointStale,
     FreshnessKind::GenesisCheckpointSuperseded,
+    FreshnessKind::CheckpointSuperseded,
 ];
 
 /// The `source` label of the `--source both` cross-check (findings `store_disagreement`).
@@ -324,7 +325,7 @@ pub fn render(m: &RunMetrics<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::verify::{Finding, PartitionReport, Severity};
+    use integrity::verify::{Finding, PartitionReport, Severity};
 
     /// Exhaustive on purpose: a new `FindingKind` fails to compile here until it is added to
     /// [`FINDING_KINDS`] (and so gets its zero series).

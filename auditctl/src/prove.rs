@@ -2,19 +2,19 @@
 //!
 //! `prove` finds the event, the signed checkpoint whose range covers its seq, rebuilds the
 //! checkpoint's leaves (the link hashes of `first_seq ..= seq`) by *recomputing* them from the
-//! stored events, and emits `schemas::checkpoint::InclusionProof` with the event's canonical
+//! stored events, and emits `integrity::checkpoint::InclusionProof` with the event's canonical
 //! bytes, so that `check-proof` ties the exact event content to a signed root with only the key
 //! set.
 
 use std::io::Write;
 
 use base64::Engine as _;
-use schemas::avro::canonical_bytes_version_into;
-use schemas::chain::{rehash_stored, Hash32};
-use schemas::checkpoint::{
+use integrity::chain::{rehash_stored, Hash32};
+use integrity::checkpoint::{
     check_event_proof, check_proof, verify_signed, InclusionProof, KeySet, ProvenEvent,
     SignedCheckpoint,
 };
+use schemas::avro::canonical_bytes_version_into;
 use schemas::{ChainedEvent, Checkpoint};
 
 use crate::cli::{CheckProofArgs, ProveArgs};

@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use integrity::b64;
-use integrity::checkpoint::{log_key, parse_partition_origin};
 use integrity::note::{Note, VerifierKey};
+use integrity::tlog::{log_key, parse_partition_origin};
 use integrity::witness::{AddCheckpointRequest, Witness, WitnessError, WitnessState};
 use serde::Serialize;
 
@@ -210,7 +210,7 @@ impl Refusal {
 /// followed chain, and the note must open with the key its extension line names (in the key
 /// set, valid at its signed time: a retired key cannot be used to get a cosignature).
 fn log_key_for(
-    keys: &schemas::checkpoint::KeySet,
+    keys: &integrity::checkpoint::KeySet,
     chain_id: Option<&str>,
     checkpoint: &str,
 ) -> Result<(String, VerifierKey), Refusal> {

@@ -1,11 +1,12 @@
-//! `auditctl verify`: read a store, feed `schemas::verify`, print the report.
+//! `auditctl verify`: read a store, feed `integrity::verify`, print the report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use schemas::checkpoint::KeySet;
-use schemas::verify::{Finding, FindingKind, Report};
+use integrity::checkpoint::KeySet;
+use integrity::pin::Pin;
+use integrity::verify::{Finding, FindingKind, Report};
 use serde::Serialize;
 
 use crate::anchors::{self, AnchorReport, PinKeys, TrustedSet};
@@ -214,7 +215,7 @@ fn check_freshness(
         &mut run.report,
         freshness::Limits {
             max_age: args.max_checkpoint_age,
-            max_genesis_lag: Some(args.max_genesis_lag),
+            max_partition_lag: Some(args.max_partition_lag),
         },
         now_us,
         only,
@@ -367,7 +368,7 @@ pub fn write_human(out: &mut dyn Write, title: &str, r: &Report) -> std::io::Res
         let errors: Vec<_> = p
             .findings
             .iter()
-            .filter(|f| f.severity == schemas::verify::Severity::Error)
+            .filter(|f| f.severity == integrity::verify::Severity::Error)
             .collect();
         if p.ok {
             let warnings = p.findings.len();
@@ -744,7 +745,27 @@ fn save_pins(
     let captured: Vec<&Captured> = runs.iter().map(|r| &r.captured).collect();
     let chain_id = pin_chain_id(args.chain_id.as_deref(), trusted, &captured)?;
     let reports: Vec<&Report> = runs.iter().map(|r| &r.report).collect();
-    let written = anchors::save(path, anchors::heads_to_save(&chain_id, &reports)?)?;
+    let heads = anchors::heads_to_save(&chain_id, &reports)?;
+    // With the key set: the chainer's own signed notes, which anyone with the keys can check;
+    // without: the verified heads, trusted on first use (the file's safekeeping is the trust).
+    let pins = match &args.keys {
+        Some(k) => {
+            let (pins, unsigned) =
+                anchors::signed_pins(&chain_id, &load_keys(k)?, &reports, &captured, heads)?;
+            if !unsigned.is_empty() {
+                eprintln!(
+                    "auditctl: partitions {unsigned:?} have no signed whole-tree (v3) checkpoint at their sealed seq: pinned their verified heads unsigned"
+                );
+            }
+            pins
+        }
+        None => heads
+            .into_iter()
+            .map(Pin::unsigned)
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Usage(e.to_string()))?,
+    };
+    let written = anchors::save(path, pins)?;
     let list: Vec<String> = written
         .iter()
         .map(|h| format!("{}@{}", h.partition, h.seq))

@@ -5,6 +5,12 @@
 //! (`integrity::pin`) holding per partition the last head it cosigned, each entry carrying its
 //! C2SP `cosignature/v1` line.
 //!
+//! With `--keys`, what it cosigns is the chainer's own signed note (the v3 checkpoint the
+//! verifier sealed the partition with, signature line included): the state entry is that note
+//! plus the witness's cosignature, which any reader can check against both the key set and the
+//! witness key (`verify --witness-state`). A partition sealed only by an older (v1/v2)
+//! checkpoint gets a head pin at that seq instead; with `--no-signatures`, the verified head.
+//!
 //! One run: recompute the chain from the store (the verifier, from genesis), with the cosigned
 //! heads as pins. A partition is cosigned again only if the chain verifies, the store still
 //! holds the cosigned head at its seq (else `rollback_below_trusted`, `trusted_partition_missing`
@@ -20,11 +26,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use integrity::checkpoint::partition_origin;
 use integrity::cosignature;
-use integrity::note::{KeyType, Note, Signer, VerifierKey};
+use integrity::note::{KeyType, Signer, VerifierKey};
 use integrity::pin::{self, ChainHead, Pin};
-use schemas::verify::Severity;
+use integrity::tlog::partition_origin;
+use integrity::verify::Severity;
 use serde::Serialize;
 
 use crate::anchors::{self, Trusted, TrustedSet};
@@ -196,7 +202,7 @@ fn verify_args(a: &WitnessArgs) -> VerifyArgs {
         // Off: the witness has no flag to tune it (a store of a chainer with heartbeats off
         // would be refused for good), and its cosigned sizes already catch a partition cut
         // back to its genesis once cosigned (`rollback_below_trusted`).
-        max_genesis_lag: std::time::Duration::ZERO,
+        max_partition_lag: std::time::Duration::ZERO,
         allow_unattested_partitions: false,
         max_findings: 1000,
         window: a.window,
@@ -255,6 +261,11 @@ pub async fn run(args: &WitnessArgs, out: &mut dyn Write) -> Result<Outcome, Err
     let only: BTreeSet<u32> = args.partitions.iter().copied().collect();
     let anchors = anchors::check(&trusted, &mut run.report, &run.captured, &only);
 
+    let keyset = args
+        .keys
+        .as_deref()
+        .map(crate::verify::load_keys)
+        .transpose()?;
     let mut heads: BTreeMap<u32, Pin> = state.into_iter().map(|p| (p.head.partition, p)).collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -299,13 +310,20 @@ pub async fn run(args: &WitnessArgs, out: &mut dyn Write) -> Result<Outcome, Err
                     ),
                 ),
                 Some((seq, head)) => {
-                    let h = ChainHead {
-                        chain_id: chain_id.clone(),
-                        partition: p,
-                        seq,
-                        head,
+                    // The chainer's own note at that seq when there is one (v3), else a head pin.
+                    let pin = match keyset.as_ref().and_then(|ks| {
+                        anchors::log_pin_at(&chain_id, ks, &[&run.captured], p, seq)
+                    }) {
+                        Some(pin) => pin,
+                        None => Pin::unsigned(ChainHead {
+                            chain_id: chain_id.clone(),
+                            partition: p,
+                            seq,
+                            head,
+                        })
+                        .map_err(|e| Error::Usage(e.to_string()))?,
                     };
-                    heads.insert(p, cosigned(&signer, h, now)?);
+                    heads.insert(p, cosigned(&signer, pin, now)?);
                     PartitionOutcome::Cosigned {
                         seq,
                         previous_seq: previous,
@@ -344,7 +362,7 @@ pub async fn run(args: &WitnessArgs, out: &mut dyn Write) -> Result<Outcome, Err
 /// one since the partition verified); without, the verified head.
 fn candidate(
     signed: bool,
-    part: &schemas::verify::PartitionReport,
+    part: &integrity::verify::PartitionReport,
     captured: &crate::collect::Captured,
     p: u32,
 ) -> Option<(u64, [u8; 32])> {
@@ -359,18 +377,15 @@ fn candidate(
     }
 }
 
-/// `head` as a pin note carrying this witness's cosignature at `now`.
-fn cosigned(signer: &Signer, head: ChainHead, now: u64) -> Result<Pin, Error> {
-    let body = head
-        .to_checkpoint()
-        .map_err(|e| Error::Usage(e.to_string()))?
-        .body();
-    let sig = cosignature::cosign(signer, &body, now)
+/// `pin` with this witness's cosignature at `now` added (over the note's body, per C2SP
+/// tlog-cosignature; a log signature already on it stays).
+fn cosigned(signer: &Signer, mut pin: Pin, now: u64) -> Result<Pin, Error> {
+    let sig = cosignature::cosign(signer, pin.note.text(), now)
         .map_err(|e| Error::Usage(format!("cosigning: {e}")))?;
-    let mut note = Note::new(body).map_err(|e| Error::Usage(e.to_string()))?;
-    note.add_signature(sig)
+    pin.note
+        .add_signature(sig)
         .map_err(|e| Error::Usage(e.to_string()))?;
-    Ok(Pin { head, note })
+    Ok(pin)
 }
 
 fn write_report(out: &mut dyn Write, args: &WitnessArgs, r: &WitnessReport) -> std::io::Result<()> {

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use schemas::checkpoint::CheckpointJson;
+use integrity::checkpoint::CheckpointJson;
 use schemas::segment;
 use schemas::Checkpoint;
 use serde_json::Value;

@@ -9,10 +9,10 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use integrity::chain::Hash32;
+use integrity::checkpoint::{sign, CheckpointFields, SigningKey};
+use integrity::merkle;
 use integrity::tree::{leaf_hash, root_of};
-use schemas::chain::Hash32;
-use schemas::checkpoint::{sign, CheckpointFields, SigningKey};
-use schemas::merkle;
 use schemas::Checkpoint;
 use serde_json::Value;
 
@@ -216,7 +216,7 @@ async fn a_consistency_proof_between_signed_checkpoints_checks_offline_and_tampe
         let note = format!("{body}\n\n{}\n", blocks[2 * i + 1].trim_end());
         let origin = format!("auditctl-test/partition/{part}");
         let vkey: integrity::note::VerifierKey = vkey.parse().expect("vkey");
-        let opened = integrity::checkpoint::Checkpoint::open(note.as_bytes(), &origin, &[vkey])
+        let opened = integrity::tlog::Checkpoint::open(note.as_bytes(), &origin, &[vkey])
             .unwrap_or_else(|e| panic!("{e}: {note:?}"));
         assert_eq!(opened.checkpoint.size(), 40);
     }
@@ -366,7 +366,7 @@ async fn a_pinned_note_is_extended_by_the_newest_checkpoint() {
 
     // The signer (key stolen, or a bug) signs another root for the pinned size: a fork, named
     // before any record is read.
-    let mut forked = schemas::checkpoint::SignedCheckpoint::try_from(&chain.checkpoints[2])
+    let mut forked = integrity::checkpoint::SignedCheckpoint::try_from(&chain.checkpoints[2])
         .expect("checkpoint")
         .fields;
     assert_eq!(forked.seq, 13);

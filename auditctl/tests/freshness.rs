@@ -4,7 +4,7 @@
 //! checkpoints, which keep verifying); a tail cut together with its newest checkpoints and
 //! heartbeats is `checkpoint_stale` under `--max-checkpoint-age`, while a heartbeat (a repeated
 //! seq) keeps an idle partition fresh and is no finding; a partition deleted but for its
-//! genesis checkpoints is `genesis_checkpoint_superseded` (by default, `--max-genesis-lag`),
+//! genesis checkpoints is `genesis_checkpoint_superseded` (by default, `--max-partition-lag`),
 //! while an empty partition whose genesis is heartbeated is no finding.
 
 mod common;
@@ -12,7 +12,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use schemas::checkpoint::{sign, CheckpointFields, SignedCheckpoint};
+use integrity::checkpoint::{sign, CheckpointFields, SignedCheckpoint};
 use serde_json::Value;
 
 fn verify_ch(db: &TestDb, keyset: &Path, extra: &[&str]) -> Vec<String> {
@@ -197,7 +197,7 @@ fn superseded(p: u64) -> Vec<(u64, String)> {
 /// every checkpoint of it but the genesis one: the partition now looks like one that never
 /// received an event (no `partition_missing_from_signed_set`), but its genesis is an hour
 /// behind partition 0's newest checkpoint, and heartbeats would have kept an empty partition's
-/// genesis within `--max-genesis-lag` (10m by default) of it.
+/// genesis within `--max-partition-lag` (10m by default) of it.
 #[tokio::test]
 async fn partition_deleted_but_for_its_genesis_checkpoint_is_superseded() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -222,7 +222,7 @@ async fn partition_deleted_but_for_its_genesis_checkpoint_is_superseded() {
     assert_eq!(freshness_findings(&out), superseded(1), "{out}");
     let v: Value = serde_json::from_str(&out).expect("json");
     assert_eq!(v["ok"], false);
-    assert_eq!(v["freshness"]["max_genesis_lag_secs"], 600);
+    assert_eq!(v["freshness"]["max_partition_lag_secs"], 600);
     let f = &v["freshness"]["findings"][0];
     assert_eq!(
         (f["seq"].as_u64(), f["error"].as_bool()),
@@ -232,7 +232,7 @@ async fn partition_deleted_but_for_its_genesis_checkpoint_is_superseded() {
     assert!(
         detail.contains(&format!("time_us {BASE_US}"))
             && detail.contains("partition 0's newest valid checkpoint (seq 30")
-            && detail.contains("--max-genesis-lag 600s"),
+            && detail.contains("--max-partition-lag 600s"),
         "{detail}"
     );
     // The human report says it too.
@@ -240,7 +240,7 @@ async fn partition_deleted_but_for_its_genesis_checkpoint_is_superseded() {
     human.retain(|a| a != "--json");
     let (code, out) = auditctl(&human).await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("max genesis lag 600s"), "{out}");
+    assert!(out.contains("max partition lag 600s"), "{out}");
     assert!(
         out.contains("partition 1 seq 0: genesis_checkpoint_superseded:"),
         "{out}"
@@ -248,7 +248,7 @@ async fn partition_deleted_but_for_its_genesis_checkpoint_is_superseded() {
     // A lag above the one measured (an hour), or the check off: the deletion goes unseen,
     // as before this check.
     for lag in ["2h", "off", "0"] {
-        let (code, out) = auditctl(&verify_ch(&db, &keyset, &["--max-genesis-lag", lag])).await;
+        let (code, out) = auditctl(&verify_ch(&db, &keyset, &["--max-partition-lag", lag])).await;
         assert_eq!(code, 0, "{lag}: {out}");
         assert!(freshness_findings(&out).is_empty(), "{lag}: {out}");
     }
@@ -304,7 +304,7 @@ async fn genesis_superseded_is_checked_in_each_store_with_source_both() {
         store.as_ref(),
         &prefix,
         &schemas::segment::checkpoint_key(1, 0, &genesis.key_id),
-        serde_json::to_vec_pretty(&schemas::checkpoint::CheckpointJson::from(&genesis))
+        serde_json::to_vec_pretty(&integrity::checkpoint::CheckpointJson::from(&genesis))
             .expect("json"),
     )
     .await;
@@ -332,7 +332,7 @@ async fn genesis_superseded_is_checked_in_each_store_with_source_both() {
         findings_at(&out, "/freshness/archive/findings"),
         superseded(1)
     );
-    let (code, out) = auditctl(&both(&["--max-genesis-lag", "off"])).await;
+    let (code, out) = auditctl(&both(&["--max-partition-lag", "off"])).await;
     assert_eq!(code, 0, "{out}");
     assert!(
         findings_at(&out, "/freshness/clickhouse/findings").is_empty(),
@@ -342,5 +342,58 @@ async fn genesis_superseded_is_checked_in_each_store_with_source_both() {
         findings_at(&out, "/freshness/archive/findings").is_empty(),
         "{out}"
     );
+    db.drop().await;
+}
+
+/// A rollback of one partition: its tail deleted together with every checkpoint that sealed it
+/// (and the heartbeats re-signing its head). What is left verifies, and no pin was taken; but
+/// the partition's newest remaining checkpoint is an hour behind partition 0's newest, while
+/// heartbeats would have kept it within `--max-partition-lag`: `checkpoint_superseded`.
+#[tokio::test]
+async fn one_partitions_tail_cut_with_its_newest_checkpoints_is_superseded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, keyset) = test_key(dir.path(), "k1");
+    let db = TestDb::new("tail_superseded").await;
+    // Partition 0 busy until an hour later; partition 1 got 30 events early (checkpoints at
+    // 10, 20, 30 then) and was idle since: its chainer re-signed its head every period.
+    db.insert_chain(&build_chain_counted(0, 30, &key, 10, BASE_US + HOUR_US, 2))
+        .await;
+    let p1 = build_chain_counted(1, 30, &key, 10, BASE_US, 2);
+    db.insert_chain(&p1).await;
+    let last =
+        SignedCheckpoint::try_from(p1.checkpoints.last().expect("checkpoint")).expect("checkpoint");
+    let beat = CheckpointFields {
+        time_us: BASE_US + HOUR_US,
+        ..last.fields
+    };
+    db.insert_checkpoints(&[sign(&key, &beat).expect("sign")])
+        .await;
+    let (code, out) = auditctl(&verify_ch(&db, &keyset, &[])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(freshness_findings(&out).is_empty(), "{out}");
+
+    db.mutate("ALTER TABLE audit_events DELETE WHERE chain_partition = 1 AND seq > 20")
+        .await;
+    db.mutate("ALTER TABLE audit_checkpoints DELETE WHERE chain_partition = 1 AND seq > 20")
+        .await;
+    let (code, out) = auditctl(&verify_ch(&db, &keyset, &[])).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        freshness_findings(&out),
+        vec![(1, "checkpoint_superseded".to_owned())],
+        "{out}"
+    );
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let f = &v["freshness"]["findings"][0];
+    assert_eq!(f["seq"].as_u64(), Some(20), "{f}");
+    assert!(
+        f["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("partition 0's newest valid checkpoint (seq 30")),
+        "{f}"
+    );
+    // The chain itself verifies: without this check the rollback is unseen.
+    let (code, out) = auditctl(&verify_ch(&db, &keyset, &["--max-partition-lag", "off"])).await;
+    assert_eq!(code, 0, "{out}");
     db.drop().await;
 }

@@ -5,9 +5,9 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
+use integrity::checkpoint::{InclusionProof, KeySet, SigningKey};
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
-use schemas::checkpoint::{InclusionProof, KeySet, SigningKey};
 use serde_json::Value;
 
 /// Two keys through the CLI: k1 from 2024-01-01, then k2 from 2024-06-02 (a rotation).

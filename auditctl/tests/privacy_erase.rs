@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use common::*;
 use enrich::privacy::{self, token, PrivacyArgs, ERASED, SUBJECT_ATTRIBUTE};
+use integrity::chain::ChainHead;
 use rdkafka::message::Headers;
 use rdkafka::Message;
 use schemas::avro::{canonical_bytes, CANONICAL_VERSION};
-use schemas::chain::ChainHead;
 use schemas::testing::sample_event;
 use schemas::{AuditEvent, ChainedEvent};
 use serde_json::Value;
@@ -231,7 +231,7 @@ fn chain_new(recs: &[Rec], heads: &mut [(ChainHead, i64)], source: &str) -> Vec<
 /// range in it), stored in ClickHouse and, with the segments, in the archive.
 async fn seal_and_archive(
     batch: &[ChainedEvent],
-    key: &schemas::checkpoint::SigningKey,
+    key: &integrity::checkpoint::SigningKey,
     db: &TestDb,
     archive_prefix: &str,
 ) {
@@ -245,23 +245,23 @@ async fn seal_and_archive(
         parts.entry(c.chain_partition).or_default().push(c.clone());
     }
     for (p, events) in parts {
-        let hashes: Vec<schemas::chain::Hash32> = events
+        let hashes: Vec<integrity::chain::Hash32> = events
             .iter()
-            .map(|c| schemas::chain::hash32("hash", &c.hash).expect("hash"))
+            .map(|c| integrity::chain::hash32("hash", &c.hash).expect("hash"))
             .collect();
         let (first, last) = (&events[0], &events[events.len() - 1]);
-        let fields = schemas::checkpoint::CheckpointFields {
+        let fields = integrity::checkpoint::CheckpointFields {
             chain_id: CHAIN_ID.into(),
             partition: p as u32,
             first_seq: first.seq as u64,
             seq: last.seq as u64,
             head_hash: hashes[hashes.len() - 1],
-            merkle_root: schemas::merkle::root(&hashes),
+            merkle_root: integrity::merkle::root(&hashes),
             time_us: now,
             partition_count: 0,
             tree_root: None,
         };
-        let cp = schemas::checkpoint::sign(key, &fields).expect("sign");
+        let cp = integrity::checkpoint::sign(key, &fields).expect("sign");
         db.insert_checkpoints(std::slice::from_ref(&cp)).await;
         let chain = Chain {
             partition: p as u32,

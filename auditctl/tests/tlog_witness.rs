@@ -10,12 +10,12 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use integrity::chain::Hash32;
+use integrity::checkpoint::{sign, sign_fields, CheckpointFields, KeySet, SigningKey};
 use integrity::cosignature;
+use integrity::merkle;
 use integrity::note::{Note, VerifierKey};
 use integrity::tree::{leaf_hash, root_of};
-use schemas::chain::Hash32;
-use schemas::checkpoint::{sign, sign_fields, CheckpointFields, KeySet, SigningKey};
-use schemas::merkle;
 use schemas::Checkpoint;
 use serde_json::Value;
 

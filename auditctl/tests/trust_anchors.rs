@@ -11,10 +11,10 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use futures::TryStreamExt;
+use integrity::chain::ChainHead;
+use integrity::checkpoint::{CheckpointJson, SigningKey};
 use object_store::ObjectStore;
 use schemas::avro::canonical_bytes;
-use schemas::chain::ChainHead;
-use schemas::checkpoint::{CheckpointJson, SigningKey};
 use schemas::ChainedEvent;
 use serde_json::Value;
 
@@ -270,11 +270,11 @@ async fn pins_bind_the_chain_id_of_the_checkpoints() {
         .checkpoints
         .iter()
         .map(|c| {
-            let mut f = schemas::checkpoint::SignedCheckpoint::try_from(c)
+            let mut f = integrity::checkpoint::SignedCheckpoint::try_from(c)
                 .expect("checkpoint")
                 .fields;
             f.chain_id = "other-chain".into();
-            schemas::checkpoint::sign(&key, &f).expect("sign")
+            integrity::checkpoint::sign(&key, &f).expect("sign")
         })
         .collect();
     db.mutate("ALTER TABLE audit_checkpoints DELETE WHERE chain_partition = 0")
@@ -613,10 +613,132 @@ async fn witness_cosigns_growth_and_refuses_rollback_and_fork() {
     );
     assert_eq!(std::fs::read_to_string(&cps).expect("state"), cosigned_400);
 
+    // The state entries are the chainer's own notes with the witness's cosignature added: a
+    // copy whose log signature line is dropped is not trusted with --keys, even though the
+    // witness's cosignature on it still verifies.
+    let entries = integrity::pin::parse_file(&cosigned_400).expect("state is a pin file");
+    assert!(
+        entries.iter().all(|p| p.is_log_checkpoint()),
+        "{cosigned_400}"
+    );
+    let stripped: String = cosigned_400
+        .lines()
+        .filter(|l| !l.starts_with("\u{2014} auditctl-test/partition/"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(stripped, cosigned_400);
+    let stripped_file = dir.path().join("stripped.txt");
+    std::fs::write(&stripped_file, &stripped).expect("write");
+    let mut a = s(&[
+        "verify",
+        "--json",
+        "--keys",
+        &keyset.display().to_string(),
+        "--trusted-checkpoint",
+        &stripped_file.display().to_string(),
+        "--witness-key",
+        vkey.trim(),
+    ]);
+    a.extend(db.args());
+    let (code, out) = auditctl(&a).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        anchor_findings(&json(&out), "/trusted_checkpoints"),
+        vec![(0, 400, "trusted_checkpoint_invalid".to_owned())]
+    );
+
     // A state file edited by someone without the witness key is refused, not trusted.
     std::fs::write(&cps, cosigned_400.replace("\n400\n", "\n399\n")).expect("edit");
     let (code, out) = auditctl(&args).await;
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("not cosigned by this witness"), "{out}");
+    db.drop().await;
+}
+
+/// With `--keys`, `--save-checkpoints` pins each partition with the chainer's own signed note
+/// (the one `auditctl checkpoints` prints), so the pin file no longer has to be trusted: an
+/// edited entry is `trusted_checkpoint_invalid`, where an edited unsigned pin would simply be
+/// believed. Without `--keys` it still writes head pins (trusted on first use).
+#[tokio::test]
+async fn saved_pins_are_the_chainers_signed_notes() {
+    let (db, dir, keyset, _, _) = ch_setup("pin_notes").await;
+    let pins = dir.path().join("pins.txt");
+    save_pins(verify_ch(&db, Some(&keyset), &[]), &pins).await;
+    let text = std::fs::read_to_string(&pins).expect("pins");
+    let read = integrity::pin::parse_file(&text).expect("a pin file");
+    assert_eq!(
+        read.iter()
+            .map(|p| (p.head.partition, p.head.seq, p.is_log_checkpoint()))
+            .collect::<Vec<_>>(),
+        vec![(0, 300, true), (1, 120, true)],
+        "{text}"
+    );
+    // Byte for byte the notes the chainer signed, as `auditctl checkpoints` prints them.
+    let mut cps = s(&[
+        "checkpoints",
+        "--source",
+        "clickhouse",
+        "--keys",
+        &keyset.display().to_string(),
+    ]);
+    cps.extend(db.args());
+    let (code, printed) = auditctl(&cps).await;
+    assert_eq!(code, 0, "{printed}");
+    for p in &read {
+        assert!(
+            printed.contains(&p.to_text()),
+            "{}\nnot in\n{printed}",
+            p.to_text()
+        );
+    }
+    // Clean store: the pins hold.
+    let with_pins = |f: &Path| {
+        verify_ch(
+            &db,
+            Some(&keyset),
+            &["--trusted-checkpoint", &f.display().to_string()],
+        )
+    };
+    let (code, out) = auditctl(&with_pins(&pins)).await;
+    assert_eq!(code, 0, "{out}");
+
+    // Someone edits the pinned seq of partition 1 down (to hide a later tail cut): the note's
+    // signature no longer holds.
+    let edited = dir.path().join("edited.txt");
+    std::fs::write(
+        &edited,
+        text.replace(
+            "auditctl-test/partition/1\n120\n",
+            "auditctl-test/partition/1\n100\n",
+        ),
+    )
+    .expect("edit");
+    let (code, out) = auditctl(&with_pins(&edited)).await;
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(
+        anchor_findings(&json(&out), "/trusted_checkpoints"),
+        vec![(1, 100, "trusted_checkpoint_invalid".to_owned())]
+    );
+    // The signed notes need the key set to be checked.
+    let (code, out) = auditctl(&verify_ch(
+        &db,
+        None,
+        &["--trusted-checkpoint", &pins_arg(&pins)],
+    ))
+    .await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("give --keys"), "{out}");
+
+    // Without --keys: head pins of the verified heads, as before.
+    let heads = dir.path().join("heads.txt");
+    save_pins(
+        verify_ch(&db, None, &["--chain-id", "auditctl-test"]),
+        &heads,
+    )
+    .await;
+    let read = integrity::pin::parse_file(&std::fs::read_to_string(&heads).expect("heads"))
+        .expect("a pin file");
+    assert!(read.iter().all(|p| !p.is_log_checkpoint()));
+    assert_eq!(read.len(), 2);
     db.drop().await;
 }

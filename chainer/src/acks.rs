@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 
-use schemas::chain::Hash32;
+use integrity::chain::Hash32;
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {

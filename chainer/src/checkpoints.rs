@@ -11,10 +11,10 @@
 //! Pure: the worker feeds hashes in seq order only once the broker acknowledged their records,
 //! so a checkpoint never covers a record that is not durable.
 
+use integrity::chain::{ChainRule, Hash32};
+use integrity::checkpoint::{sign, CheckpointError, CheckpointFields, SigningKey};
+use integrity::merkle::{leaf_hash, MerkleBuilder};
 use integrity::tree::CompactRange;
-use schemas::chain::{ChainRule, Hash32};
-use schemas::checkpoint::{sign, CheckpointError, CheckpointFields, SigningKey};
-use schemas::merkle::{leaf_hash, MerkleBuilder};
 use schemas::Checkpoint;
 
 /// Header of a checkpoint record: the peaks of the partition's whole tree at the checkpoint's
@@ -24,7 +24,7 @@ use schemas::Checkpoint;
 pub const HEADER_TREE_PEAKS: &str = "audit.tree_peaks";
 
 /// Header of a checkpoint record: the link rule of the partition's chain (`1` or `2`, see
-/// `schemas::chain::ChainRule`). Not signed: recovery reads it only when the chained partition
+/// `integrity::chain::ChainRule`). Not signed: recovery reads it only when the chained partition
 /// was emptied (retention) and the chain must resume from the checkpoint alone, under the rule
 /// its records used (a wrong one would only make every later link fail verification).
 pub const HEADER_CHAIN_RULE: &str = "audit.chain_rule";
@@ -404,7 +404,7 @@ pub fn range_start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::merkle;
+    use integrity::merkle;
 
     fn h(i: u64) -> Hash32 {
         let mut x = [0u8; 32];

@@ -9,7 +9,7 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
     #[error("checkpoint signing key: {0}")]
-    SigningKey(#[source] schemas::checkpoint::CheckpointError),
+    SigningKey(#[source] integrity::checkpoint::CheckpointError),
     #[error(
         "topic {chained} has {chained_partitions} partitions but {enriched} has {enriched_partitions}: \
          the chain of enriched partition p is written to chained partition p, so {chained} needs at \
@@ -32,14 +32,14 @@ pub enum Error {
     Chain {
         partition: i32,
         #[source]
-        source: schemas::chain::ChainError,
+        source: integrity::chain::ChainError,
     },
     #[error("signing the checkpoint of partition {partition} at seq {seq}: {source}")]
     Sign {
         partition: i32,
         seq: u64,
         #[source]
-        source: schemas::checkpoint::CheckpointError,
+        source: integrity::checkpoint::CheckpointError,
     },
     #[error("encoding the checkpoint of partition {partition}: {source}")]
     EncodeCheckpoint {

@@ -34,7 +34,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use schemas::checkpoint::SigningKey;
+use integrity::checkpoint::SigningKey;
 use serde::{Deserialize, Serialize};
 use worker_runtime::config::{CommonArgs, WorkerConfig};
 use worker_runtime::health::{self, Readiness};
@@ -303,7 +303,7 @@ pub fn load_signer(config: &Config) -> Result<Option<Signer>, Error> {
     }
     let chain_id = config.effective_chain_id();
     // Checkpoints are C2SP tlog-checkpoints named `<chain id>/partition/<p>` and signed by a
-    // key named in their extension line: both must be note key names (see schemas::checkpoint).
+    // key named in their extension line: both must be note key names (see integrity::checkpoint).
     for (what, name) in [("--chain-id", chain_id.as_str()), ("the key id", key_id)] {
         if !integrity::note::is_valid_key_name(name) {
             return Err(Error::Config(format!(

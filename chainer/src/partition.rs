@@ -22,8 +22,9 @@
 //! Input framed with a schema this instance cannot resolve is a configuration fault
 //! ([`ChainError::UnknownSchema`]), never a dead letter: dead-lettering would skip an event.
 
+use integrity::chain::{seq_i64, ChainError, ChainHead, Hash32};
 use schemas::avro::{canonical_bytes_into, CANONICAL_VERSION};
-use schemas::chain::{seq_i64, ChainError, ChainHead, DedupWindow, Hash32, Seen};
+use schemas::dedup::{DedupWindow, Seen};
 use schemas::event::ChainedEvent;
 use schemas::framing::{decode_event, encode_single_object_chained};
 use schemas::identity::{content_digest, dedup_key};
@@ -134,7 +135,7 @@ impl PartitionChain {
         window: usize,
         first_offset: i64,
     ) -> Result<Self, ChainError> {
-        let head = ChainHead::genesis(schemas::chain::partition_u32(partition)?);
+        let head = ChainHead::genesis(integrity::chain::partition_u32(partition)?);
         Ok(Self::new(
             partition,
             source_topic,
@@ -336,7 +337,7 @@ fn dead(code: &'static str, message: String) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::chain::ChainError;
+    use integrity::chain::ChainError;
     use schemas::framing::{decode_chained, encode_single_object_event};
     use schemas::testing::sample_event;
 

@@ -30,12 +30,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use integrity::chain::{hash32, schema_fingerprint, seq_u64, ChainHead, ChainRule, Hash32};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use schemas::chain::{
-    hash32, schema_fingerprint, seq_u64, ChainHead, ChainRule, DedupWindow, Hash32, IdDigest,
-};
+use schemas::dedup::{DedupWindow, IdDigest};
 use schemas::framing::{decode_chained, decode_checkpoint};
 use schemas::identity::{content_digest, dedup_key, ContentDigest};
 use schemas::Checkpoint;
@@ -383,8 +382,8 @@ impl TailSummary {
         &self,
         partition: i32,
         chain_id: &str,
-    ) -> Result<ChainHead, schemas::chain::ChainError> {
-        let p = schemas::chain::partition_u32(partition)?;
+    ) -> Result<ChainHead, integrity::chain::ChainError> {
+        let p = integrity::chain::partition_u32(partition)?;
         let rule = self.resume_rule();
         match self.head {
             Some(h) => ChainHead::resume_with(rule, p, h.seq, h.hash),
@@ -480,9 +479,9 @@ impl CheckpointFinder {
     }
 
     /// The latest checkpoint's fields (as signed), if it is well-formed.
-    pub fn latest_fields(&self) -> Option<schemas::checkpoint::CheckpointFields> {
+    pub fn latest_fields(&self) -> Option<integrity::checkpoint::CheckpointFields> {
         let cp = self.best_record.as_ref()?;
-        schemas::checkpoint::SignedCheckpoint::try_from(cp)
+        integrity::checkpoint::SignedCheckpoint::try_from(cp)
             .ok()
             .map(|s| s.fields)
     }
@@ -850,7 +849,7 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
         );
         metrics::counter!(m::TAIL_GAPS, "partition" => p.to_string()).increment(1);
     }
-    let p32 = schemas::chain::partition_u32(p).map_err(|source| Error::Chain {
+    let p32 = integrity::chain::partition_u32(p).map_err(|source| Error::Chain {
         partition: p,
         source,
     })?;
@@ -1065,7 +1064,7 @@ async fn rebuild_window_from_input(
     let keys = std::mem::take(&mut *keys.lock().unwrap_or_else(|e| e.into_inner()));
     let n = keys.len();
     for (key, content) in keys {
-        if window.check(&key, &content) != schemas::chain::Seen::Duplicate {
+        if window.check(&key, &content) != schemas::dedup::Seen::Duplicate {
             window.record(key, content);
         }
     }

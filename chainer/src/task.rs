@@ -465,7 +465,7 @@ impl<I: TaskIo> Task<I> {
         }
     }
 
-    fn queue(&mut self, offset: i64, link: Option<(u64, schemas::chain::Hash32)>, done: bool) {
+    fn queue(&mut self, offset: i64, link: Option<(u64, integrity::chain::Hash32)>, done: bool) {
         self.acks.push(offset, link, done);
         self.last_taken = Some(offset);
     }

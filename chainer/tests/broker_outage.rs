@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::{ev, produce_pipelined as produce, TestKey};
+use integrity::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use schemas::framing::{decode_chained, decode_checkpoint};
-use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::{KafkaArgs, Producer};
 

@@ -9,10 +9,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{brokers_or_skip, chainer_config, fresh_prefix, read_checkpoints, TestKey};
-use schemas::checkpoint::verify;
+use integrity::checkpoint::verify;
+use integrity::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use schemas::framing::{decode_chained, encode_single_object_event};
 use schemas::testing::sample_event;
-use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use schemas::Checkpoint;
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
@@ -118,7 +118,7 @@ async fn an_idle_partition_gets_heartbeat_checkpoints_before_and_after_recovery(
     assert!(empty.len() >= 2, "a genesis per run: {all:?}");
     for c in &empty {
         verify(keys, c).unwrap();
-        let genesis = schemas::chain::genesis_v2(&c.chain_id, 1);
+        let genesis = integrity::chain::genesis_v2(&c.chain_id, 1);
         assert_eq!(
             (
                 c.first_seq,

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::{brokers_or_skip, chainer_config, ev, fresh_prefix, produce_pipelined as produce};
 use common::{read_checkpoints, TestKey};
+use integrity::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use schemas::framing::decode_chained;
-use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::{KafkaArgs, Producer};
 

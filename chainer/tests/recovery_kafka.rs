@@ -11,10 +11,10 @@ use std::time::Duration;
 use chainer::checkpoints::{CheckpointRange, Signer};
 use chainer::partition::{Decision, Input, PartitionChain};
 use chainer::recovery::{recover_partition, RecoverArgs, Recovered};
+use integrity::chain::{hash32, Hash32};
+use integrity::checkpoint::{generate_pkcs8, SigningKey};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::chain::{hash32, Hash32};
-use schemas::checkpoint::{generate_pkcs8, SigningKey};
 use schemas::framing::{
     decode_chained, encode_single_object_checkpoint, encode_single_object_event,
 };

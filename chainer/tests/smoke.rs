@@ -10,10 +10,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{brokers_or_skip, chainer_config, ev, fresh_prefix, read_checkpoints, TestKey};
+use integrity::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use schemas::framing::decode_chained;
-use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 use worker_runtime::Shutdown;

@@ -5,16 +5,17 @@ use chainer::checkpoints::{range_start, CheckpointRange};
 use chainer::partition::{Decision, Input, PartitionChain, Resume, MAX_STALE_AFTER_SEEK};
 use chainer::recovery::{CheckpointFinder, TailReader, TailSummary};
 use clap::Parser;
+use integrity::chain::{hash32, ChainHead};
+use integrity::checkpoint::{generate_pkcs8, KeySet, SigningKey};
+use integrity::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use proptest::prelude::*;
 use schemas::avro::canonical_bytes;
-use schemas::chain::{hash32, ChainHead, DedupWindow};
-use schemas::checkpoint::{generate_pkcs8, KeySet, SigningKey};
+use schemas::dedup::DedupWindow;
 use schemas::framing::{
     decode_chained, encode_single_object_chained, encode_single_object_checkpoint,
     encode_single_object_event,
 };
 use schemas::testing::sample_event;
-use schemas::verify::{verify_partition, OwnedRecord, VerifyOptions};
 use schemas::{ChainedEvent, Checkpoint};
 
 const P: i32 = 3;
@@ -60,7 +61,7 @@ fn verify(
     records: &[ChainedEvent],
     checkpoints: &[Checkpoint],
     keys: &KeySet,
-) -> schemas::verify::PartitionReport {
+) -> integrity::verify::PartitionReport {
     let owned: Vec<OwnedRecord> = records
         .iter()
         .map(|r| OwnedRecord::from_chained(r).unwrap())
@@ -84,8 +85,8 @@ fn chains_contiguously_and_every_link_verifies() {
     }
     // A new partition's chain is audit-chain/v2: seq 1 links to the chain id's genesis, and
     // every link binds the canonical schema's fingerprint.
-    let mut prev = schemas::chain::genesis_v2("c", P as u32);
-    let fp = schemas::chain::schema_fingerprint(schemas::avro::CANONICAL_VERSION).unwrap();
+    let mut prev = integrity::chain::genesis_v2("c", P as u32);
+    let fp = integrity::chain::schema_fingerprint(schemas::avro::CANONICAL_VERSION).unwrap();
     for (i, r) in out.iter().enumerate() {
         assert_eq!(r.seq, i as i64 + 1);
         assert_eq!(
@@ -95,7 +96,7 @@ fn chains_contiguously_and_every_link_verifies() {
         assert_eq!(r.source_topic, SRC);
         assert_eq!(r.canonical_version, schemas::avro::CANONICAL_VERSION);
         assert_eq!(r.prev_hash, prev.to_vec());
-        let h = schemas::chain::link_hash_v2(
+        let h = integrity::chain::link_hash_v2(
             P as u32,
             r.seq as u64,
             fp,
@@ -407,7 +408,8 @@ fn checkpoints_cover_contiguous_ranges_that_the_verifier_accepts_across_a_restar
         range.push(r.seq as u64, hash32("hash", &r.hash).unwrap());
         if range.len() >= every {
             cps.push(
-                schemas::checkpoint::sign(&key, &range.take(chain_id, 1_000, 0).unwrap()).unwrap(),
+                integrity::checkpoint::sign(&key, &range.take(chain_id, 1_000, 0).unwrap())
+                    .unwrap(),
             );
         }
     }
@@ -442,11 +444,12 @@ fn checkpoints_cover_contiguous_ranges_that_the_verifier_accepts_across_a_restar
         range.push(r.seq as u64, hash32("hash", &r.hash).unwrap());
         if range.len() >= every {
             cps.push(
-                schemas::checkpoint::sign(&key, &range.take(chain_id, 2_000, 0).unwrap()).unwrap(),
+                integrity::checkpoint::sign(&key, &range.take(chain_id, 2_000, 0).unwrap())
+                    .unwrap(),
             );
         }
     }
-    cps.push(schemas::checkpoint::sign(&key, &range.take(chain_id, 3_000, 0).unwrap()).unwrap());
+    cps.push(integrity::checkpoint::sign(&key, &range.take(chain_id, 3_000, 0).unwrap()).unwrap());
     let ranges: Vec<(i64, i64)> = cps.iter().map(|c| (c.first_seq, c.seq)).collect();
     assert_eq!(
         ranges,
@@ -587,9 +590,13 @@ fn a_v1_chain_resumes_under_v1_and_the_finder_keeps_the_rule_header() {
         .collect();
     for cut in [1, 7, 30] {
         let tail = tail_of(&whole, cut, window, 0);
-        assert_eq!(tail.rule, Some(schemas::chain::ChainRule::V1), "cut {cut}");
+        assert_eq!(
+            tail.rule,
+            Some(integrity::chain::ChainRule::V1),
+            "cut {cut}"
+        );
         let mut m = resume_from(&tail);
-        assert_eq!(m.head().rule, schemas::chain::ChainRule::V1);
+        assert_eq!(m.head().rule, integrity::chain::ChainRule::V1);
         let resume_point = tail.head.map_or(0, |h| h.source_offset as usize + 1);
         for (o, bytes) in log.iter().enumerate().skip(resume_point) {
             assert_eq!(
@@ -601,12 +608,12 @@ fn a_v1_chain_resumes_under_v1_and_the_finder_keeps_the_rule_header() {
     }
     // An empty tail starts a new chain: v2.
     let empty = tail_of(&whole, 0, window, 0);
-    assert_eq!(empty.resume_rule(), schemas::chain::ChainRule::V2);
+    assert_eq!(empty.resume_rule(), integrity::chain::ChainRule::V2);
 
     let key = test_key();
-    let cp = schemas::checkpoint::sign(
+    let cp = integrity::checkpoint::sign(
         &key,
-        &schemas::checkpoint::CheckpointFields {
+        &integrity::checkpoint::CheckpointFields {
             chain_id: "c".into(),
             partition: P as u32,
             first_seq: 1,
@@ -624,7 +631,7 @@ fn a_v1_chain_resumes_under_v1_and_the_finder_keeps_the_rule_header() {
         Some(&encode_single_object_checkpoint(&cp).unwrap()),
         None,
         Some(&[]),
-        Some(schemas::chain::ChainRule::V2),
+        Some(integrity::chain::ChainRule::V2),
     );
-    assert_eq!(finder.latest_rule(), Some(schemas::chain::ChainRule::V2));
+    assert_eq!(finder.latest_rule(), Some(integrity::chain::ChainRule::V2));
 }

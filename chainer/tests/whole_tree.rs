@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{brokers_or_skip, chainer_config, fresh_prefix, read_checkpoints, TestKey};
+use integrity::checkpoint::{verify, SignedCheckpoint};
 use integrity::tree::{consistency_proof, leaf_hash, root_of, verify_consistency, MemoryTree};
-use schemas::checkpoint::{verify, SignedCheckpoint};
 use schemas::framing::{decode_chained, encode_single_object_event};
 use schemas::testing::sample_event;
 use schemas::Checkpoint;
@@ -119,7 +119,7 @@ async fn checkpoints_sign_the_whole_tree_across_a_restart_and_are_consistent_c2s
         .try_into()
         .unwrap();
     let origin = format!("{}/partition/0", cps[0].chain_id);
-    let vkey = integrity::checkpoint::log_key(&origin, pk).unwrap();
+    let vkey = integrity::tlog::log_key(&origin, pk).unwrap();
     let mut tree = MemoryTree::new();
     for l in &leaves {
         tree.append(*l);
@@ -138,7 +138,7 @@ async fn checkpoints_sign_the_whole_tree_across_a_restart_and_are_consistent_c2s
             .unwrap()
             .to_note(pk)
             .expect("a v3 checkpoint has a note form");
-        let opened = integrity::checkpoint::Checkpoint::open(
+        let opened = integrity::tlog::Checkpoint::open(
             note.as_bytes(),
             &origin,
             std::slice::from_ref(&vkey),

@@ -9,16 +9,21 @@
 //! an extension line so that no reader mistakes it for an RFC 9162 root:
 //!
 //! ```text
-//! <chain id>/partition/<p>      origin (crate::checkpoint::partition_origin)
+//! <chain id>/partition/<p>      origin (crate::tlog::partition_origin)
 //! <seq>                         tree size = seq of the pinned record (≥ 1)
 //! <base64 link hash of seq>     the hash-chain head at that seq, 32 bytes
 //! audit-chain/v1 head           extension: "the root line is an audit-chain/v1 head"
 //! ```
 //!
-//! A checkpoint without that extension (a real Merkle-root checkpoint, once the chainer signs
-//! them) is refused rather than misread. Signature lines (a witness's `cosignature/v1`, a log's
-//! Ed25519) may follow, as in any signed note; an auditor's own pin has none (its safekeeping is
-//! the trust).
+//! The chainer's own signed checkpoint notes (v3, [`crate::checkpoint`]: the root line is the
+//! partition's whole-tree root, the extension line `audit-checkpoint/v3 <first_seq> <b64 head>
+//! …` carries the link hash at that seq) are pins too: their head is the one the extension line
+//! signs, and the log's Ed25519 signature line comes with them, so anyone with the key set can
+//! check the pin without trusting the file ([`Pin::is_log_checkpoint`]). `verify
+//! --save-checkpoints` writes those when it has keys, and `auditctl witness` cosigns them.
+//! Any other extension is refused rather than misread. Signature lines (a witness's
+//! `cosignature/v1`, a log's Ed25519) may follow, as in any signed note; an auditor's own pin has
+//! none (its safekeeping is the trust).
 //!
 //! # The file
 //!
@@ -31,15 +36,16 @@
 
 use thiserror::Error;
 
-use crate::checkpoint::{parse_partition_origin, partition_origin, Checkpoint, CheckpointError};
+use crate::checkpoint::CHECKPOINT_EXTENSION_V3;
 use crate::note::{Note, NoteError};
+use crate::tlog::{parse_partition_origin, partition_origin, Checkpoint, CheckpointError};
 use crate::tree::Hash32;
 
 /// The extension line that says "the root line is an `audit-chain/v1` hash-chain head".
 pub const HEAD_EXTENSION: &str = "audit-chain/v1 head";
 
 /// The comment written at the top of a pin file.
-pub const FILE_HEADER: &str = "# audit chain heads (C2SP tlog-checkpoint notes; root line = audit-chain/v1 link hash at that seq); see docs/verification.md";
+pub const FILE_HEADER: &str = "# audit chain heads (C2SP tlog-checkpoint notes: the chainer's signed audit-checkpoint/v3 notes, or audit-chain/v1 head pins whose root line is the link hash at that seq); see docs/verification.md";
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum PinError {
@@ -57,7 +63,7 @@ pub enum PinError {
     },
     #[error("entry {entry}: origin {origin:?} is not `<chain id>/partition/<p>`")]
     Origin { entry: usize, origin: String },
-    #[error("entry {entry}: the root line is not marked as a chain head (extension line `{HEAD_EXTENSION}` expected, got {got:?}): a Merkle-root checkpoint cannot be pinned against a hash chain")]
+    #[error("entry {entry}: neither a chain-head pin (extension line `{HEAD_EXTENSION}`) nor the chainer's signed checkpoint (one `{CHECKPOINT_EXTENSION_V3} …` extension line with its head), got {got:?}")]
     NotAHead { entry: usize, got: Vec<String> },
     #[error("entry {entry}: size 0 pins nothing (a pin names a seq ≥ 1)")]
     Empty { entry: usize },
@@ -100,12 +106,15 @@ impl ChainHead {
                 entry,
                 origin: cp.origin().to_owned(),
             })?;
-        if cp.extensions() != [HEAD_EXTENSION] {
-            return Err(PinError::NotAHead {
-                entry,
-                got: cp.extensions().to_vec(),
-            });
-        }
+        let not_a_head = || PinError::NotAHead {
+            entry,
+            got: cp.extensions().to_vec(),
+        };
+        let head = match cp.extensions() {
+            [e] if e == HEAD_EXTENSION => *cp.root(),
+            [e] => log_checkpoint_head(e).ok_or_else(not_a_head)?,
+            _ => return Err(not_a_head()),
+        };
         if cp.size() == 0 {
             return Err(PinError::Empty { entry });
         }
@@ -113,9 +122,31 @@ impl ChainHead {
             chain_id: chain_id.to_owned(),
             partition,
             seq: cp.size(),
-            head: *cp.root(),
+            head,
         })
     }
+}
+
+/// The head hash a v3 checkpoint's extension line signs (`audit-checkpoint/v3 <first_seq>
+/// <b64 head> …`, six fields after the tag), or `None` if `ext` is not such a line. Only the
+/// shape is read here: whether the note's signature holds is the caller's check with its keys.
+fn log_checkpoint_head(ext: &str) -> Option<Hash32> {
+    let mut f = ext.split(' ');
+    if f.next()? != CHECKPOINT_EXTENSION_V3 {
+        return None;
+    }
+    let fields: Vec<&str> = f.collect();
+    if fields.len() != 6 {
+        return None;
+    }
+    crate::b64::decode_hash(fields[1])
+}
+
+/// Whether a checkpoint body's extension line is the chainer's v3 line.
+fn is_log_body(body: &str) -> bool {
+    body.lines()
+        .nth(3)
+        .is_some_and(|l| l.starts_with(CHECKPOINT_EXTENSION_V3) && log_checkpoint_head(l).is_some())
 }
 
 /// One entry of a pin file: the head and the note it came in (with its signature lines, if
@@ -132,6 +163,29 @@ impl Pin {
         let body = head.to_checkpoint()?.body();
         let note = Note::new(body).map_err(|source| PinError::Note { entry: 0, source })?;
         Ok(Pin { head, note })
+    }
+
+    /// A pin from the chainer's signed v3 checkpoint note (as `SignedCheckpoint::to_note`
+    /// writes it, signature line included).
+    pub fn from_log_note(text: &str) -> Result<Self, PinError> {
+        let note =
+            Note::parse(text.as_bytes()).map_err(|source| PinError::Note { entry: 1, source })?;
+        let cp = Checkpoint::parse_body(note.text())
+            .map_err(|source| PinError::Checkpoint { entry: 1, source })?;
+        let head = ChainHead::from_checkpoint(&cp, 1)?;
+        if !is_log_body(note.text()) {
+            return Err(PinError::NotAHead {
+                entry: 1,
+                got: cp.extensions().to_vec(),
+            });
+        }
+        Ok(Pin { head, note })
+    }
+
+    /// Whether this entry is the chainer's own signed checkpoint (its note signature is the
+    /// log's, checked against the key set), rather than a chain-head pin.
+    pub fn is_log_checkpoint(&self) -> bool {
+        is_log_body(self.note.text())
     }
 
     /// This entry as it appears in a file: the bare body, or the whole signed note.
@@ -305,5 +359,64 @@ mod tests {
             head: [0; 32],
         })
         .is_err());
+    }
+
+    #[test]
+    fn the_chainers_signed_v3_notes_are_pins_of_the_head_they_sign() {
+        use crate::checkpoint::{generate_pkcs8, sign_fields, CheckpointFields, SigningKey};
+        let key = SigningKey::from_pkcs8("k1", generate_pkcs8().unwrap().expose()).unwrap();
+        let fields = CheckpointFields {
+            chain_id: "acme.example/audit".into(),
+            partition: 2,
+            first_seq: 5,
+            seq: 9,
+            head_hash: [0x11; 32],
+            merkle_root: [0x22; 32],
+            time_us: 1_700_000_000_000_000,
+            partition_count: 4,
+            tree_root: Some([0x33; 32]),
+        };
+        let cp = sign_fields(&key, &fields).unwrap();
+        let text = cp.to_note(key.public_key()).unwrap();
+        let pin = Pin::from_log_note(&text).unwrap();
+        // The head is the link hash the extension line signs, not the tree root.
+        assert_eq!(
+            pin.head,
+            ChainHead {
+                chain_id: "acme.example/audit".into(),
+                partition: 2,
+                seq: 9,
+                head: [0x11; 32],
+            }
+        );
+        assert!(pin.is_log_checkpoint());
+        assert_eq!(pin.to_text(), text);
+        let plain = Pin::unsigned(head(3, 7, 0x44)).unwrap();
+        assert!(!plain.is_log_checkpoint());
+        // A file mixing both kinds reads back as written.
+        let file = format_file(&[pin.clone(), plain.clone()]);
+        assert_eq!(parse_file(&file).unwrap(), vec![pin, plain]);
+        // A v3 extension line of the wrong shape is not a pin.
+        let bad = text.replacen(" 5 ", " 5 x ", 1);
+        assert!(matches!(
+            Pin::from_log_note(&bad),
+            Err(PinError::NotAHead { .. }) | Err(PinError::Note { .. })
+        ));
+        // Genesis (size 0) pins nothing.
+        let genesis = sign_fields(
+            &key,
+            &CheckpointFields::genesis_of(
+                crate::chain::ChainRule::V2,
+                "acme.example/audit",
+                2,
+                1,
+                4,
+            ),
+        )
+        .unwrap();
+        assert!(matches!(
+            Pin::from_log_note(&genesis.to_note(key.public_key()).unwrap()),
+            Err(PinError::Empty { .. })
+        ));
     }
 }

@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::b64::B64Hash;
-use crate::checkpoint::{parse_decimal, Checkpoint, CheckpointError};
 use crate::cosignature::{self, CosignatureError};
 use crate::note::{KeyType, Note, NoteError, Signature, Signer, VerifierKey};
+use crate::tlog::{parse_decimal, Checkpoint, CheckpointError};
 use crate::tree::{empty_root, verify_consistency, Hash32, ProofError};
 
 /// At most this many consistency proof lines in a request (tlog-witness).
@@ -241,7 +241,7 @@ impl AddCheckpointRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::{partition_origin, SignedCheckpoint};
+    use crate::tlog::{partition_origin, SignedCheckpoint};
     use crate::tree::{consistency_proof, leaf_hash, MemoryTree};
 
     struct Fixture {

@@ -1,5 +1,5 @@
 //! The signed checkpoint record published on `audit.checkpoints` (schema
-//! `avro/checkpoint.v3.avsc`; v1 lacks `partition_count`, v2 `tree_root`). Signing and verification live in `checkpoint.rs`; this is only the
+//! `avro/checkpoint.v3.avsc`; v1 lacks `partition_count`, v2 `tree_root`). Signing and verification live in `integrity::checkpoint`; this is only the
 //! data shape, so that every worker can decode checkpoints without pulling in the signing code.
 
 use serde::{Deserialize, Serialize};

@@ -31,7 +31,7 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::chain::IdDigest;
+use crate::dedup::IdDigest;
 use crate::error::SchemaError;
 use crate::event::{AuditEvent, EnrichmentStatus, IngressChannel};
 

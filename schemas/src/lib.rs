@@ -1,22 +1,24 @@
-//! The audit pipeline's shared data model: the `AuditEvent`/`ChainedEvent` Avro schemas and their
-//! Rust types, both Avro framings, the JSON → event mapping, and the hash chain with its Merkle
-//! trees and signed checkpoints. Pure logic only: no I/O beyond reading key files.
+//! The audit pipeline's event contract: the `AuditEvent`/`ChainedEvent`/`Checkpoint` Avro schemas
+//! and their Rust types, both Avro framings, the JSON → event mapping, event identity and the
+//! chainer's dedup window, the flat ClickHouse rows and the archive's object format. Pure logic,
+//! no I/O.
+//!
+//! What is *proven* about these records (the chain rule, Merkle trees, signed checkpoints,
+//! proofs and the verifier) is the `integrity` crate, which depends on this one.
 
 pub mod avro;
-pub mod chain;
-pub mod checkpoint;
 pub mod checkpoint_record;
 pub mod context;
+pub mod dedup;
 pub mod error;
 pub mod event;
 pub mod flat;
 pub mod framing;
 pub mod identity;
 pub mod json;
-pub mod merkle;
+pub mod raw_segment;
 pub mod segment;
 pub mod validate;
-pub mod verify;
 
 /// Proptest strategies, shared with other crates' tests via the `testing` feature.
 #[cfg(any(test, feature = "testing"))]

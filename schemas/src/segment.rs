@@ -538,15 +538,20 @@ pub struct EventsCheck {
 
 impl EventsCheck {
     pub fn observe(&mut self, e: &ChainedEvent) {
+        self.observe_parts(e.chain_partition, e.seq, &e.prev_hash, &e.hash);
+    }
+
+    /// [`Self::observe`] of a record's chain fields (e.g. a [`crate::raw_segment::RawChained`]).
+    pub fn observe_parts(&mut self, partition: i32, seq: i64, prev_hash: &[u8], hash: &[u8]) {
         self.count += 1;
         if self.first.is_none() {
-            self.first = Some((e.seq, e.prev_hash.clone()));
+            self.first = Some((seq, prev_hash.to_vec()));
         }
-        self.last_seq = e.seq;
+        self.last_seq = seq;
         self.last_hash.clear();
-        self.last_hash.extend_from_slice(&e.hash);
-        if e.chain_partition != self.meta.partition && self.other_partition.is_none() {
-            self.other_partition = Some(e.chain_partition);
+        self.last_hash.extend_from_slice(hash);
+        if partition != self.meta.partition && self.other_partition.is_none() {
+            self.other_partition = Some(partition);
         }
     }
 

@@ -28,11 +28,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use integrity::checkpoint::CheckpointJson;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::local::LocalFileSystem;
 use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, RetryConfig};
-use schemas::checkpoint::CheckpointJson;
 use schemas::segment;
 use schemas::Checkpoint;
 use serde::{Deserialize, Serialize};

@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use integrity::checkpoint::CheckpointJson;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use schemas::checkpoint::CheckpointJson;
 use schemas::segment::{self, Manifest, SegmentKey, SegmentMeta};
 use schemas::{ChainedEvent, Checkpoint};
 use time::OffsetDateTime;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::TryStreamExt;
+use integrity::checkpoint::CheckpointJson;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use schemas::checkpoint::CheckpointJson;
 use schemas::framing::{encode_single_object_chained, encode_single_object_checkpoint};
 use schemas::segment;
 use schemas::{ChainedEvent, Checkpoint};

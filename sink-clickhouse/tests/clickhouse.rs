@@ -8,11 +8,11 @@ use std::collections::HashMap;
 
 use common::{count, drop_db, month_us, settings};
 
+use integrity::verify::OwnedRecord;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config as PtConfig, RngAlgorithm, TestRng, TestRunner};
 use schemas::flat::{AuditRow, CheckpointRow};
 use schemas::testing::{arb_chained_event, sample_event};
-use schemas::verify::OwnedRecord;
 use schemas::{ChainedEvent, Checkpoint, Outcome};
 use sink_clickhouse::batch::Entry;
 use sink_clickhouse::migrations::{self, MIGRATIONS};

@@ -10,18 +10,18 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use clickhouse::Client;
+use integrity::chain::{ChainHead, Hash32};
+use integrity::checkpoint::{
+    generate_pkcs8, sign, CheckpointFields, CheckpointJson, KeySet, SigningKey,
+};
+use integrity::merkle;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, PutPayload};
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use schemas::avro::{canonical_bytes, CANONICAL_VERSION};
-use schemas::chain::{ChainHead, Hash32};
-use schemas::checkpoint::{
-    generate_pkcs8, sign, CheckpointFields, CheckpointJson, KeySet, SigningKey,
-};
 use schemas::flat::{AuditRow, CheckpointRow};
-use schemas::merkle;
 use schemas::segment::{checkpoint_key, day_of, write_segment, Manifest, SegmentMeta};
 use schemas::testing::{arb_audit_event, sample_event};
 use schemas::{AuditEvent, ChainedEvent, Checkpoint};

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 
-use schemas::checkpoint::{generate_pkcs8, SigningKey};
+use integrity::checkpoint::{generate_pkcs8, SigningKey};
 use schemas::framing::{decode_checkpoint, encode_single_object_event};
 use schemas::testing::sample_event;
 use tokio::sync::Semaphore;

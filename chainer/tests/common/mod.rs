@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use integrity::checkpoint::{generate_pkcs8, KeySet, SigningKey};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
-use schemas::checkpoint::{generate_pkcs8, KeySet, SigningKey};
 use schemas::framing::{decode_checkpoint, encode_single_object_event};
 use schemas::testing::sample_event;
 use schemas::Checkpoint;

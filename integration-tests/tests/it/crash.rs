@@ -296,7 +296,7 @@ fn check_chained(
                     "partition {part}: chain starts at seq {seq}, not 1"
                 );
                 // audit-chain/v2: seq 1 links to the chain id's genesis for the partition.
-                schemas::chain::genesis_v2(chain_id, *part as u32).to_vec()
+                integrity::chain::genesis_v2(chain_id, *part as u32).to_vec()
             }
         };
         ensure!(

@@ -164,7 +164,7 @@ async fn events_land_exactly_once_bad_ones_are_dead_lettered_and_tampering_is_na
         .await?;
     ensure!(!firsts.is_empty(), "no seq 1 stored");
     for (part, prev) in &firsts {
-        let want = hex::encode(schemas::chain::genesis_v2(&p.chain_id, *part as u32));
+        let want = hex::encode(integrity::chain::genesis_v2(&p.chain_id, *part as u32));
         ensure!(
             *prev == want,
             "partition {part}: seq 1 links to {prev}, not the v2 genesis {want} of {}",

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use integrity::chain::ChainHead;
 use object_store::ObjectStore;
 use schemas::avro::canonical_bytes;
-use schemas::chain::ChainHead;
 use schemas::segment::{self, Manifest, SegmentKey, SegmentMeta};
 use schemas::{ChainedEvent, Checkpoint};
 use sink_archive::{Archive, Outcome};

@@ -6,15 +6,15 @@
 
 use std::sync::OnceLock;
 
-use proptest::prelude::*;
-use schemas::chain::{ChainHead, ChainRule, Hash32};
-use schemas::checkpoint::{
+use integrity::chain::{ChainHead, ChainRule, Hash32};
+use integrity::checkpoint::{
     generate_pkcs8, sign, CheckpointFields, KeySet, PublicKeyEntry, SignedCheckpoint, SigningKey,
 };
-use schemas::merkle;
-use schemas::verify::{
+use integrity::merkle;
+use integrity::verify::{
     verify_partition, ExpectedStart, FindingKind, OwnedRecord, PartitionReport, VerifyOptions,
 };
+use proptest::prelude::*;
 use schemas::Checkpoint;
 
 const P: u32 = 7;
@@ -110,7 +110,7 @@ fn build_in(events: &[Vec<u8>], every: usize, seal_tail: bool, rule: ChainRule) 
 
 /// The link hash under `rule` (the current canonical schema's fingerprint for v2).
 fn link(rule: ChainRule, seq: u64, prev: &Hash32, content: &[u8]) -> Hash32 {
-    let fp = schemas::chain::schema_fingerprint(schemas::avro::CANONICAL_VERSION).unwrap();
+    let fp = integrity::chain::schema_fingerprint(schemas::avro::CANONICAL_VERSION).unwrap();
     rule.link(P, seq, fp, prev, content)
 }
 
@@ -434,7 +434,7 @@ fn report_serialises_for_json_output() {
     let fx = build(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()], 2, true);
     let mut recs = fx.records.clone();
     recs[1].canonical[0] ^= 1;
-    let r = schemas::verify::Report::new(vec![run(&fx, &recs)]);
+    let r = integrity::verify::Report::new(vec![run(&fx, &recs)]);
     let json = serde_json::to_value(&r).expect("json");
     assert_eq!(json["ok"], false);
     assert_eq!(

@@ -358,11 +358,11 @@ fn inclusion_proofs_check_offline_and_name_what_is_wrong() {
 
 // The one-shot datum encoder is deprecated upstream; a test writing old-format bytes once is fine.
 #[allow(deprecated)]
-fn v1_single_object(cp: &crate::Checkpoint) -> Vec<u8> {
+fn v1_single_object(cp: &schemas::Checkpoint) -> Vec<u8> {
     use apache_avro::types::Value;
-    let entry = crate::avro::catalog()
+    let entry = schemas::avro::catalog()
         .unwrap()
-        .by_version(crate::avro::RecordKind::Checkpoint, 1)
+        .by_version(schemas::avro::RecordKind::Checkpoint, 1)
         .unwrap();
     let v = Value::Record(vec![
         ("chain_id".into(), Value::String(cp.chain_id.clone())),
@@ -375,7 +375,7 @@ fn v1_single_object(cp: &crate::Checkpoint) -> Vec<u8> {
         ("key_id".into(), Value::String(cp.key_id.clone())),
         ("signature".into(), Value::Bytes(cp.signature.clone())),
     ]);
-    let mut out = crate::framing::SINGLE_OBJECT_MAGIC.to_vec();
+    let mut out = schemas::framing::SINGLE_OBJECT_MAGIC.to_vec();
     out.extend_from_slice(&entry.fingerprint.to_le_bytes());
     out.extend_from_slice(&apache_avro::to_avro_datum(&entry.schema, v).unwrap());
     out
@@ -390,7 +390,7 @@ fn v1_checkpoints_still_decode_and_verify() {
     let old = sign(&k, &fields()).unwrap();
     assert_eq!(old.partition_count, 0);
     let bytes = v1_single_object(&old);
-    let back = crate::framing::decode_checkpoint(&bytes, None).unwrap();
+    let back = schemas::framing::decode_checkpoint(&bytes, None).unwrap();
     assert_eq!(back, old);
     verify(&keys, &back).unwrap();
     // The current encoder writes v2, which round-trips the count.
@@ -402,9 +402,9 @@ fn v1_checkpoints_still_decode_and_verify() {
         },
     )
     .unwrap();
-    let enc = crate::framing::encode_single_object_checkpoint(&new).unwrap();
+    let enc = schemas::framing::encode_single_object_checkpoint(&new).unwrap();
     assert_ne!(enc[2..10], bytes[2..10], "v2 has its own fingerprint");
-    let back = crate::framing::decode_checkpoint(&enc, None).unwrap();
+    let back = schemas::framing::decode_checkpoint(&enc, None).unwrap();
     assert_eq!(back.partition_count, 4);
     verify(&keys, &back).unwrap();
     // JSON: absent means 0 (old archive objects), present round-trips.
@@ -435,7 +435,7 @@ fn the_partition_count_is_signed_v2_and_cannot_be_stripped_or_changed() {
     let cp = sign(&k, &f).unwrap();
     verify(&keys, &cp).unwrap();
     for n in [0, 5, 7] {
-        let forged = crate::Checkpoint {
+        let forged = schemas::Checkpoint {
             partition_count: n,
             ..cp.clone()
         };
@@ -463,7 +463,7 @@ fn a_genesis_checkpoint_signs_an_empty_partition_and_nothing_else_has_size_zero(
     let cp = sign_fields(&k, &g).expect("a genesis checkpoint signs");
     assert_eq!(verify_signed(&keys, &cp), Ok(()));
     // Through the record form and back, as the sinks store it.
-    let rec = crate::Checkpoint::from(&cp);
+    let rec = schemas::Checkpoint::from(&cp);
     let back = SignedCheckpoint::try_from(&rec).expect("decodes");
     assert_eq!(verify_signed(&keys, &back), Ok(()));
 
@@ -516,7 +516,7 @@ fn v3_checkpoints_are_c2sp_signed_notes_of_the_whole_tree() {
     let cp = sign_fields(&k, &f).unwrap();
     verify_signed(&keys, &cp).unwrap();
     // Through the Avro record and the JSON document form and back.
-    let rec = crate::Checkpoint::from(&cp);
+    let rec = schemas::Checkpoint::from(&cp);
     assert_eq!(rec.tree_root, vec![3; 32]);
     verify(&keys, &rec).unwrap();
     let json = CheckpointJson::from(&rec);
@@ -525,26 +525,20 @@ fn v3_checkpoints_are_c2sp_signed_notes_of_the_whole_tree() {
     // The note, opened by integrity's C2SP code with the vkey derived from the public key.
     let note = cp.to_note(k.public_key()).unwrap();
     let origin = "prod-eu/partition/3";
-    let vkey = integrity::checkpoint::log_key(origin, k.public_key()).unwrap();
-    let opened = integrity::checkpoint::Checkpoint::open(
-        note.as_bytes(),
-        origin,
-        std::slice::from_ref(&vkey),
-    )
-    .unwrap();
+    let vkey = crate::tlog::log_key(origin, k.public_key()).unwrap();
+    let opened =
+        crate::tlog::Checkpoint::open(note.as_bytes(), origin, std::slice::from_ref(&vkey))
+            .unwrap();
     assert_eq!(opened.checkpoint.size(), 10);
     assert_eq!(opened.checkpoint.root(), &[3; 32]);
     // Another partition's origin does not accept it.
-    let other = integrity::checkpoint::log_key("prod-eu/partition/4", k.public_key()).unwrap();
-    assert!(integrity::checkpoint::Checkpoint::open(
-        note.as_bytes(),
-        "prod-eu/partition/4",
-        &[other]
-    )
-    .is_err());
+    let other = crate::tlog::log_key("prod-eu/partition/4", k.public_key()).unwrap();
+    assert!(
+        crate::tlog::Checkpoint::open(note.as_bytes(), "prod-eu/partition/4", &[other]).is_err()
+    );
     // An edited note body fails.
     let edited = note.replacen("\n10\n", "\n11\n", 1);
-    assert!(integrity::checkpoint::Checkpoint::open(edited.as_bytes(), origin, &[vkey]).is_err());
+    assert!(crate::tlog::Checkpoint::open(edited.as_bytes(), origin, &[vkey]).is_err());
 
     // Stripping the tree root (a v2 reading of the same fields) or changing it fails.
     let mut stripped = cp.clone();

@@ -28,9 +28,13 @@ pub struct ProvenEvent {
 impl ProvenEvent {
     /// From a chained record as stored, re-encoding the event under its recorded canonical
     /// version (so the checker needs no Avro code, only the bytes).
-    pub fn from_chained(ev: &crate::event::ChainedEvent) -> Result<Self, crate::SchemaError> {
+    pub fn from_chained(ev: &schemas::event::ChainedEvent) -> Result<Self, schemas::SchemaError> {
         let mut canonical = Vec::with_capacity(512);
-        crate::avro::canonical_bytes_version_into(&ev.event, ev.canonical_version, &mut canonical)?;
+        schemas::avro::canonical_bytes_version_into(
+            &ev.event,
+            ev.canonical_version,
+            &mut canonical,
+        )?;
         Ok(Self {
             prev_hash: hex::encode(&ev.prev_hash),
             canonical_version: ev.canonical_version,
@@ -153,8 +157,8 @@ pub fn check_event_proof(keys: &KeySet, proof: &InclusionProof) -> Result<(), Pr
     let bytes = B64
         .decode(ev.canonical.trim())
         .map_err(|_| ProofError::Malformed("event.canonical is not base64".into()))?;
-    let decoded: crate::event::AuditEvent =
-        crate::avro::decode_datum_version(&bytes, ev.canonical_version).map_err(|e| {
+    let decoded: schemas::event::AuditEvent =
+        schemas::avro::decode_datum_version(&bytes, ev.canonical_version).map_err(|e| {
             ProofError::Malformed(format!("event.canonical does not decode as an event: {e}"))
         })?;
     if decoded.event_id != proof.event_id {

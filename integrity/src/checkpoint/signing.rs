@@ -4,7 +4,7 @@
 use ring::signature;
 
 use crate::chain::{genesis_v2, ChainRule, Hash32, GENESIS};
-use crate::checkpoint_record::Checkpoint;
+use schemas::checkpoint_record::Checkpoint;
 
 use super::error::{malformed, CheckpointError};
 use super::keys::SigningKey;
@@ -131,13 +131,13 @@ impl CheckpointFields {
         if self.tree_root.is_some() {
             // The note body has one text per checkpoint only if the origin is a valid note key
             // name and the key id cannot break or blur the extension line.
-            if !integrity::note::is_valid_key_name(&self.chain_id) {
+            if !crate::note::is_valid_key_name(&self.chain_id) {
                 return Err(malformed(format!(
                     "chain_id {:?} cannot name a transparency log (no spaces, no '+')",
                     self.chain_id
                 )));
             }
-            if !integrity::note::is_valid_key_name(key_id) {
+            if !crate::note::is_valid_key_name(key_id) {
                 return Err(malformed(format!(
                     "key_id {key_id:?} has spaces or '+' (not allowed in v3 checkpoints)"
                 )));
@@ -159,11 +159,11 @@ impl CheckpointFields {
             "{origin}\n{size}\n{root}\n{ext} {first} {head} {range} {time} {count} {key_id}\n",
             origin = self.origin(),
             size = self.seq,
-            root = integrity::b64::encode(&root),
+            root = crate::b64::encode(&root),
             ext = CHECKPOINT_EXTENSION_V3,
             first = self.first_seq,
-            head = integrity::b64::encode(&self.head_hash),
-            range = integrity::b64::encode(&self.merkle_root),
+            head = crate::b64::encode(&self.head_hash),
+            range = crate::b64::encode(&self.merkle_root),
             time = self.time_us,
             count = self.partition_count,
         ))
@@ -231,15 +231,14 @@ impl SignedCheckpoint {
     /// The checkpoint as a C2SP signed note (`tlog-checkpoint` body, blank line, one Ed25519
     /// note signature by the key named after the origin), readable by any transparency-log
     /// tool holding the vkey `<origin>+<key hash>+<base64(0x01 ‖ public key)>` (see
-    /// [`integrity::checkpoint::log_key`]). `None` for a range-only (v1/v2) checkpoint.
+    /// [`crate::tlog::log_key`]). `None` for a range-only (v1/v2) checkpoint.
     ///
     /// `public_key` is the signer's raw Ed25519 key, which the note's key hash commits to.
     pub fn to_note(&self, public_key: [u8; 32]) -> Option<String> {
         let body = self.fields.note_body(&self.key_id)?;
         let origin = self.fields.origin();
-        let key_hash =
-            integrity::note::key_id(&origin, integrity::note::KeyType::Ed25519, &public_key);
-        let sig = integrity::note::Signature {
+        let key_hash = crate::note::key_id(&origin, crate::note::KeyType::Ed25519, &public_key);
+        let sig = crate::note::Signature {
             name: origin,
             key_id: key_hash,
             bytes: self.signature.to_vec(),

@@ -1,8 +1,8 @@
 use super::*;
 use crate::chain::ChainHead;
 use crate::checkpoint::KeySet;
-use crate::event::ChainedEvent;
-use crate::testing::sample_event;
+use schemas::event::ChainedEvent;
+use schemas::testing::sample_event;
 
 #[test]
 fn archive_finding_kinds_have_stable_names_and_severities() {
@@ -38,7 +38,7 @@ fn real_events_verify_and_a_changed_field_is_named() {
                 seq: l.seq as i64,
                 prev_hash: l.prev_hash.to_vec(),
                 hash: l.hash.to_vec(),
-                canonical_version: crate::avro::CANONICAL_VERSION,
+                canonical_version: schemas::avro::CANONICAL_VERSION,
                 source_topic: "audit.enriched".into(),
                 source_partition: 2,
                 source_offset: i,
@@ -93,7 +93,7 @@ fn signed_chain(n: u64, recv0: i64) -> Signed {
             seq: l.seq as i64,
             prev_hash: l.prev_hash.to_vec(),
             hash: l.hash.to_vec(),
-            canonical_version: crate::avro::CANONICAL_VERSION,
+            canonical_version: schemas::avro::CANONICAL_VERSION,
             source_topic: "audit.enriched".into(),
             source_partition: 0,
             source_offset: i as i64,
@@ -115,7 +115,7 @@ fn cp(
     first: u64,
     last: u64,
     time_us: i64,
-) -> crate::Checkpoint {
+) -> schemas::Checkpoint {
     let fields = crate::checkpoint::CheckpointFields {
         chain_id: "c".into(),
         partition: 0,
@@ -130,7 +130,12 @@ fn cp(
     crate::checkpoint::sign(k, &fields).unwrap()
 }
 
-fn run_timed(s: &Signed, keys: &KeySet, cps: &[crate::Checkpoint], timed: bool) -> PartitionReport {
+fn run_timed(
+    s: &Signed,
+    keys: &KeySet,
+    cps: &[schemas::Checkpoint],
+    timed: bool,
+) -> PartitionReport {
     let mut v = PartitionVerifier::new(0, keys, cps, VerifyOptions::default());
     for (r, t) in &s.recs {
         v.push_timed(&r.as_stored(), timed.then_some(*t));
@@ -251,7 +256,7 @@ fn whole_tree_roots_of_v3_checkpoints_are_recomputed() {
         f.tree_root = Some(tree);
         crate::checkpoint::sign(&k, &f).unwrap()
     };
-    let whole = |n: usize| integrity::tree::root_of(&leaves(&s.hashes[..n]));
+    let whole = |n: usize| crate::tree::root_of(&leaves(&s.hashes[..n]));
     let good = vec![
         v3(1, 10, 2_000, whole(10)),
         v3(11, 20, 2_001, whole(20)),
@@ -266,7 +271,7 @@ fn whole_tree_roots_of_v3_checkpoints_are_recomputed() {
         11,
         20,
         2_001,
-        integrity::tree::root_of(&leaves(&s.hashes[10..20])),
+        crate::tree::root_of(&leaves(&s.hashes[10..20])),
     );
     let r = run_timed(&s, &keys, &[good[0].clone(), wrong, good[2].clone()], true);
     assert_eq!(kinds(&r), vec![(FindingKind::CheckpointMismatch, 20)]);
@@ -295,8 +300,5 @@ fn whole_tree_roots_of_v3_checkpoints_are_recomputed() {
 }
 
 fn leaves(hashes: &[crate::chain::Hash32]) -> Vec<crate::chain::Hash32> {
-    hashes
-        .iter()
-        .map(|h| integrity::tree::leaf_hash(h))
-        .collect()
+    hashes.iter().map(|h| crate::tree::leaf_hash(h)).collect()
 }

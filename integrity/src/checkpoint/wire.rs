@@ -7,7 +7,7 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::chain::Hash32;
-use crate::checkpoint_record::Checkpoint;
+use schemas::checkpoint_record::Checkpoint;
 
 use super::error::{malformed, CheckpointError};
 use super::signing::{CheckpointFields, SignedCheckpoint, SIGNATURE_LEN};

@@ -57,9 +57,13 @@ impl OwnedRecord {
 
     /// Rebuild from a `ChainedEvent` as a store returns it, re-encoding the event under the
     /// canonical version the chainer recorded.
-    pub fn from_chained(ev: &crate::event::ChainedEvent) -> Result<Self, crate::SchemaError> {
+    pub fn from_chained(ev: &schemas::event::ChainedEvent) -> Result<Self, schemas::SchemaError> {
         let mut canonical = Vec::with_capacity(512);
-        crate::avro::canonical_bytes_version_into(&ev.event, ev.canonical_version, &mut canonical)?;
+        schemas::avro::canonical_bytes_version_into(
+            &ev.event,
+            ev.canonical_version,
+            &mut canonical,
+        )?;
         Ok(Self {
             seq: ev.seq,
             prev_hash: ev.prev_hash.clone(),

@@ -1,4 +1,5 @@
-//! RFC 6962 / RFC 9162 Merkle tree hash (the Certificate Transparency tree).
+//! The range tree of a checkpoint: RFC 6962 / RFC 9162 (the Certificate Transparency tree) over
+//! the link hashes of `first_seq ..= seq`, with [`crate::tree`]'s hashing.
 //!
 //! A checkpoint signs the root of the tree whose leaves are the 32-byte link hashes of the
 //! events of its range, in seq order, so one event can be proven with O(log n) hashes. Using the
@@ -6,10 +7,9 @@
 //! largest power of two below n) means any CT-compatible verifier in any language can check our
 //! proofs; the CT reference vectors in the tests pin that.
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-use crate::chain::Hash32;
+use crate::tree::Hash32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum MerkleError {
@@ -17,27 +17,9 @@ pub enum MerkleError {
     IndexOutOfRange { index: u64, size: u64 },
 }
 
-/// SHA-256(0x00 ‖ leaf)
-pub fn leaf_hash(leaf: &[u8]) -> Hash32 {
-    let mut h = Sha256::new();
-    h.update([0x00]);
-    h.update(leaf);
-    h.finalize().into()
-}
-
-/// SHA-256(0x01 ‖ left ‖ right)
-pub fn node_hash(left: &Hash32, right: &Hash32) -> Hash32 {
-    let mut h = Sha256::new();
-    h.update([0x01]);
-    h.update(left);
-    h.update(right);
-    h.finalize().into()
-}
-
-/// MTH({}) = SHA-256("")
-pub fn empty_root() -> Hash32 {
-    Sha256::digest([]).into()
-}
+// One definition of the RFC 9162 hashing for the whole crate: the range tree and the
+// partition's whole tree must agree bit for bit.
+pub use crate::tree::{empty_root, leaf_hash, node_hash};
 
 /// The Merkle tree hash of `leaves` (leaf data, hashed here with the 0x00 prefix).
 pub fn root<L: AsRef<[u8]>>(leaves: &[L]) -> Hash32 {
@@ -115,37 +97,15 @@ pub fn verify_inclusion(
 }
 
 /// The root that `proof` implies for the leaf hash at `index`, or `None` if the proof's shape
-/// cannot fit a tree of `tree_size` (too long, too short, index out of range).
+/// cannot fit a tree of `tree_size` (too long, too short, index out of range): RFC 9162
+/// §2.1.3.2 as [`crate::tree::root_from_inclusion`] computes it.
 pub fn root_from_inclusion(
     leaf_hash: Hash32,
     index: u64,
     tree_size: u64,
     proof: &[Hash32],
 ) -> Option<Hash32> {
-    if index >= tree_size {
-        return None;
-    }
-    let (mut fnode, mut snode) = (index, tree_size - 1);
-    let mut r = leaf_hash;
-    for p in proof {
-        if snode == 0 {
-            return None;
-        }
-        if fnode & 1 == 1 || fnode == snode {
-            r = node_hash(p, &r);
-            if fnode & 1 == 0 {
-                while fnode & 1 == 0 && fnode != 0 {
-                    fnode >>= 1;
-                    snode >>= 1;
-                }
-            }
-        } else {
-            r = node_hash(&r, p);
-        }
-        fnode >>= 1;
-        snode >>= 1;
-    }
-    (snode == 0).then_some(r)
+    crate::tree::root_from_inclusion(&leaf_hash, index, tree_size, proof).ok()
 }
 
 /// Streaming tree hash: push leaves in order, read the root of everything pushed so far.
@@ -207,6 +167,7 @@ impl MerkleBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn unhex(s: &str) -> Vec<u8> {
         hex::decode(s).unwrap()

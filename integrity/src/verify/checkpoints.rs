@@ -3,8 +3,8 @@
 
 use crate::chain::Hash32;
 use crate::checkpoint::{verify_signed, CheckpointError, KeySet, SignedCheckpoint};
-use crate::checkpoint_record::Checkpoint;
 use crate::merkle::{leaf_hash, MerkleBuilder};
+use schemas::checkpoint_record::Checkpoint;
 
 use super::finding::{short, FindingKind};
 use super::partition::PartitionVerifier;

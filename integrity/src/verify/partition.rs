@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use crate::chain::{genesis_v2, schema_fingerprint, ChainRule, Hash32, GENESIS};
 use crate::checkpoint::KeySet;
-use crate::checkpoint_record::Checkpoint;
+use schemas::checkpoint_record::Checkpoint;
 
 use super::checkpoints::{CpCheck, CpTime, RangeTree};
 use super::finding::{Finding, FindingKind, Severity};
@@ -55,7 +55,7 @@ pub struct PartitionVerifier {
     /// The partition's whole tree (leaves: link hashes from seq 1) through `resolved_seq`,
     /// for v3 checkpoints' `tree_root`. `None` when verification starts mid-chain (its left
     /// part is unknown) or after a hole in the accepted chain (reported for itself).
-    pub(super) whole: Option<integrity::tree::CompactRange>,
+    pub(super) whole: Option<crate::tree::CompactRange>,
     /// The chain's link rule, fixed at the first record (see [`VerifyOptions::rule`]).
     pub(super) rule: Option<ChainRule>,
     /// Chain ids named by the valid checkpoints (see `chain_id`).
@@ -98,7 +98,7 @@ impl PartitionVerifier {
             cp_cover: BTreeMap::new(),
             recv_max: BTreeMap::new(),
             sealed_through: None,
-            whole: (opts_start_seq == 0).then(integrity::tree::CompactRange::new),
+            whole: (opts_start_seq == 0).then(crate::tree::CompactRange::new),
             rule: None,
             cp_chain_ids: std::collections::BTreeSet::new(),
             findings: Vec::new(),
