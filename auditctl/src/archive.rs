@@ -45,20 +45,26 @@ struct Listed {
     manifest: bool,
 }
 
+/// An unusable archive configuration: an unreadable secret key file is a file error, the
+/// rest are usage errors (shared by the archive reader and `hold`'s signed requests).
+pub(crate) fn store_config_error(e: StoreConfigError) -> Error {
+    match e {
+        StoreConfigError::SecretKeyFile { path, source } => Error::File {
+            doing: "reading the S3 secret key file",
+            path,
+            source,
+        },
+        other => Error::Usage(other.to_string()),
+    }
+}
+
 impl ArchiveStore {
     /// The archive named by `--archive-url` (or `--archive-local-dir`), with the key prefix of
     /// the URL's path followed by `--archive-prefix`: the store the sink writes, built by the
     /// same `worker_runtime::object_store::build_store` (for reading: a local folder must
     /// exist, and the S3 client retries briefly since `reads` retries whole reads).
     pub fn open(args: &ArchiveStoreArgs, reads: Reads) -> Result<Self, Error> {
-        let store = build_store(args, Access::Read).map_err(|e| match e {
-            StoreConfigError::SecretKeyFile { path, source } => Error::File {
-                doing: "reading the S3 secret key file",
-                path,
-                source,
-            },
-            other => Error::Usage(other.to_string()),
-        })?;
+        let store = build_store(args, Access::Read).map_err(store_config_error)?;
         Ok(Self {
             store,
             // The store is already wrapped in the key prefix.

@@ -91,8 +91,10 @@ pub enum Command {
     /// Load a partition's seq range back from the archive into ClickHouse, verifying it first;
     /// idempotent (rows already there are not doubled) and resumable.
     Rehydrate(crate::rehydrate::RehydrateArgs),
-    /// S3 Object Lock legal hold on the archive objects (segments, manifests, sealing
-    /// checkpoints) of a partition's seq range: on, off (each recorded in the chain), or status.
+    /// Legal hold on a partition's seq range, in both stores: S3 Object Lock legal hold on its
+    /// archive objects (segments, manifests, sealing checkpoints), and the `legal_hold` flag
+    /// on its ClickHouse rows, which sink-clickhouse's retention TTL never deletes
+    /// (`--no-clickhouse`: archive only). on, off (each recorded in the chain), or status.
     Hold(crate::hold::HoldArgs),
     /// Erase a data subject (crypto-shredding): destroy its key, chain an erasure event, and
     /// report which partitions and seq ranges hold its ciphertext (docs/privacy.md).

@@ -22,11 +22,8 @@ use clap::Args;
 use clickhouse::Client;
 use enrich::privacy::store::SubjectKeys;
 use enrich::privacy::{token, PrivacyArgs, ERASED, SUBJECT_ATTRIBUTE};
-use schemas::{
-    Action, Actor, ActorType, AuditEvent, ComplianceContext, EnrichmentStatus, EventCategory,
-    EventData, Ingress, IngressChannel, KeyValue, Outcome as EventOutcome, Severity, Target,
-    TenantContext, TraceContext,
-};
+use schemas::governance::GovernanceEvent;
+use schemas::{ActorType, AuditEvent};
 use serde::Serialize;
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 
@@ -277,94 +274,24 @@ pub(crate) struct OperatorEvent<'a> {
 
 /// A governance event by an operator, now, with a fresh producer id.
 pub(crate) fn operator_event(o: OperatorEvent<'_>) -> AuditEvent {
-    let now = now_us();
-    let mut attributes: Vec<KeyValue> = o
-        .attributes
-        .into_iter()
-        .map(|(key, value)| KeyValue {
-            key: key.into(),
-            value,
-        })
-        .collect();
-    attributes.sort();
-    AuditEvent {
-        event_id: format!("{}-{}", o.id_prefix, uuid::Uuid::now_v7()),
-        event_type: o.event_type.into(),
-        category: EventCategory::Governance,
-        severity: Severity::Notice,
-        outcome: EventOutcome::Success,
-        event_time_us: now,
-        receive_time_us: now,
-        source_component: "auditctl".into(),
-        ingress: Ingress {
-            channel: IngressChannel::Kafka,
-            topic: None,
-            partition: None,
-            offset: None,
-            format: "avro-single-object".into(),
-        },
-        actor: Actor {
-            actor_type: ActorType::User,
-            id: o.operator.into(),
-            name: None,
-            email: None,
-            ip: None,
-            user_agent: Some("auditctl".into()),
-            session_id: None,
-            roles: vec![],
-        },
-        tenant: TenantContext {
-            tenant_id: None,
-            team_id: None,
-            team_name: None,
-            project_id: None,
-            business_unit: None,
-            cost_center: None,
-            enrichment: EnrichmentStatus {
-                enriched: false,
-                user_found: false,
-                team_found: false,
-            },
-        },
-        target: Some(Target {
-            target_type: o.target_type.into(),
-            id: o.target_id.into(),
-            name: None,
-        }),
-        action: Action {
-            verb: o.verb.into(),
-            description: Some(o.description.into()),
-            status: Some("success".into()),
-            error: None,
-        },
-        trace: TraceContext {
-            trace_id: None,
-            span_id: None,
-            parent_span_id: None,
-        },
-        request_id: None,
-        parent_event_id: None,
-        reason: Some(o.reason.into()),
-        data: EventData {
-            payload_json: None,
-            result_json: None,
-            metadata_json: None,
-            before_json: None,
-            after_json: None,
-            changes: vec![],
-        },
-        ai: None,
-        compliance: Some(ComplianceContext {
-            regulations: vec!["GDPR".into()],
-            traffic_light: None,
-            issues_found: None,
-            critical_issues: None,
-            findings_json: None,
-        }),
-        security: None,
-        performance: None,
-        attributes,
+    GovernanceEvent {
+        event_id: GovernanceEvent::fresh_id(o.id_prefix),
+        event_type: o.event_type,
+        time_us: now_us(),
+        component: "auditctl",
+        actor_type: ActorType::User,
+        actor_id: o.operator,
+        verb: o.verb,
+        description: o.description.into(),
+        target_type: o.target_type,
+        target_id: o.target_id,
+        reason: o.reason.into(),
+        attributes: o.attributes,
+        before_json: None,
+        after_json: None,
+        regulations: vec!["GDPR".into()],
     }
+    .build()
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]

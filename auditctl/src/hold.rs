@@ -23,28 +23,26 @@
 //! `object_store` has no legal-hold call, so the requests are signed with its own SigV4 signer
 //! (`AwsAuthorizer`, the code that signs every archive read and write) with the credentials
 //! its S3 client resolves (flags, `AWS_*`, instance/web identity), and sent with its HTTP
-//! client: no second S3 stack. Credentials never appear in output or errors.
+//! client (`worker_runtime::object_store::signed`, shared with the archive sink's locked
+//! puts): no second S3 stack. Credentials never appear in output or errors.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
-use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest as _, Md5};
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer, AwsCredential};
-use object_store::client::{
-    HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector,
-};
-use object_store::{ClientOptions, ObjectStore};
+use object_store::ObjectStore;
 use schemas::segment::{self, parse_key, ObjectKind, CHECKPOINT_SUFFIX, SEQ_WIDTH};
 use schemas::AuditEvent;
 use serde::Serialize;
 use worker_runtime::kafka::KafkaArgs;
+use worker_runtime::object_store::signed::{self, s3_generic, xml_text, SendError, SignedS3};
 use worker_runtime::object_store::{build_store, Access};
 
-use crate::cli::{ArchiveStoreArgs, ClickHouseArgs, ReadArgs, Secret};
+use crate::archive::store_config_error;
+use crate::cli::{ArchiveStoreArgs, ClickHouseArgs, ReadArgs};
 use crate::erase::{client, events_table, operator_event, publish, who, OperatorEvent, Published};
 use crate::error::Error;
 use crate::reads::Reads;
@@ -226,20 +224,6 @@ pub fn covering(
     out
 }
 
-/// An object key in a URL path: every byte but the unreserved ones and `/` percent-encoded,
-/// exactly as object_store encodes the keys it signs (so `=` of `chain=0` is `%3D`).
-pub fn encode_key(key: &str) -> String {
-    let mut s = String::with_capacity(key.len() * 2);
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            s.push(char::from(b));
-        } else {
-            let _ = write!(s, "%{b:02X}");
-        }
-    }
-    s
-}
-
 /// The request body of PUT `?legal-hold`.
 pub fn legal_hold_body(on: bool) -> String {
     format!(
@@ -248,206 +232,101 @@ pub fn legal_hold_body(on: bool) -> String {
     )
 }
 
-/// The text of the first `<tag>…</tag>` of an S3 XML document.
-fn xml_text<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
-    let open = format!("<{tag}>");
-    let close = format!("</{tag}>");
-    let start = xml.find(&open)? + open.len();
-    let len = xml[start..].find(&close)?;
-    Some(xml[start..start + len].trim())
-}
-
 /// An S3 error as an object store error, so that `Reads` retries it for the same reasons as
 /// every other archive request (5xx, 408/429 and network errors: yes; other 4xx: no).
 fn s3_error(doing: String, message: String) -> Error {
     Error::ObjectStore {
         doing,
-        source: object_store::Error::Generic {
-            store: "S3",
-            source: message.into(),
-        },
+        source: s3_generic(message),
     }
 }
 
-/// The archive bucket, addressed for signed requests of our own.
-struct Bucket {
-    /// `<endpoint>/<bucket>` (path style) or the virtual-hosted endpoint.
-    base: String,
-    /// Key prefix inside the bucket (URL path + `--archive-prefix`), no surrounding slashes.
-    prefix: String,
-    region: String,
-    s3: object_store::aws::AmazonS3,
-    http: HttpClient,
+/// The archive's S3 bucket: legal holds need one.
+fn open_bucket(args: &ArchiveStoreArgs) -> Result<SignedS3, Error> {
+    let bucket = SignedS3::open(args).map_err(store_config_error)?;
+    bucket.ok_or_else(|| {
+        Error::Usage(format!(
+            "a legal hold needs an S3 archive (--archive-url s3://bucket[/prefix]), not {:?}",
+            args.archive_url.trim()
+        ))
+    })
 }
 
-impl Bucket {
-    /// The S3 bucket of `--archive-url s3://…`, configured as the archive sink's client is
-    /// (`worker_runtime::object_store`): explicit flags first, then the `AWS_*` environment.
-    fn open(args: &ArchiveStoreArgs) -> Result<Self, Error> {
-        let url = args.archive_url.trim();
-        let Some(rest) = url.strip_prefix("s3://") else {
-            return Err(Error::Usage(format!(
-                "a legal hold needs an S3 archive (--archive-url s3://bucket[/prefix]), not {url:?}"
-            )));
-        };
-        let bucket = rest.split_once('/').map_or(rest, |(b, _)| b);
-        if bucket.is_empty() {
-            return Err(Error::Usage(format!(
-                "--archive-url {url:?} names no bucket"
-            )));
-        }
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_virtual_hosted_style_request(args.s3_virtual_hosted_style);
-        if let Some(region) = args.s3_region.as_deref().filter(|r| !r.is_empty()) {
-            b = b.with_region(region);
-        }
-        if !args.s3_endpoint.is_empty() {
-            b = b.with_endpoint(&args.s3_endpoint);
-        }
-        if !args.s3_access_key_id.is_empty() {
-            b = b.with_access_key_id(args.s3_access_key_id.expose());
-        }
-        let secret = match args
-            .s3_secret_access_key_file
-            .as_deref()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            Some(path) => Secret::new(
-                std::fs::read_to_string(path)
-                    .map_err(Error::file("reading the S3 secret key file", path))?
-                    .trim(),
+/// A request that got no answer, in the words `hold` reports it (the credential provider's
+/// error is named as such; the rest as the HTTP stack words them).
+fn send_failure(e: SendError) -> String {
+    match e {
+        SendError::Credentials(e) => format!("S3 credentials: {e}"),
+        SendError::Header { source, .. } => source.to_string(),
+        SendError::Send(e) | SendError::Read(e) => e.to_string(),
+        e @ SendError::Url { .. } => e.to_string(),
+    }
+}
+
+/// One signed `?legal-hold` request on `key`; a body (PUT) goes with the integrity header S3
+/// requires on PutObjectLegalHold.
+async fn send_hold(
+    bucket: &SignedS3,
+    method: http::Method,
+    key: &str,
+    body: Option<String>,
+) -> Result<(http::StatusCode, String), String> {
+    let headers = match &body {
+        Some(b) => vec![
+            (
+                "content-md5",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    Md5::digest(b.as_bytes()),
+                ),
             ),
-            None => args.s3_secret_access_key.clone(),
-        };
-        if !secret.is_empty() {
-            b = b.with_secret_access_key(secret.expose());
-        }
-        let region = b
-            .get_config_value(&AmazonS3ConfigKey::Region)
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "us-east-1".to_owned());
-        let endpoint = b
-            .get_config_value(&AmazonS3ConfigKey::Endpoint)
-            .filter(|e| !e.is_empty());
-        let virtual_hosted = b
-            .get_config_value(&AmazonS3ConfigKey::VirtualHostedStyleRequest)
-            .is_some_and(|v| v == "true");
-        // The same rule as the object_store builder's.
-        let base = match (&endpoint, virtual_hosted) {
-            (Some(e), true) => e.trim_end_matches('/').to_owned(),
-            (Some(e), false) => format!("{}/{bucket}", e.trim_end_matches('/')),
-            (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-            (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
-        };
-        let allow_http = args.s3_allow_http
-            || base.starts_with("http://")
-            || b.get_config_value(&AmazonS3ConfigKey::Client(
-                object_store::ClientConfigKey::AllowHttp,
-            ))
-            .is_some_and(|v| v == "true");
-        if base.starts_with("http://") {
-            b = b.with_allow_http(true);
-        }
-        let s3 = b
-            .build()
-            .map_err(|e| Error::Usage(format!("S3 client for bucket {bucket}: {e}")))?;
-        let http = ReqwestConnector::default()
-            .connect(&ClientOptions::new().with_allow_http(allow_http))
-            .map_err(|e| Error::Usage(format!("HTTP client for S3: {e}")))?;
-        Ok(Self {
-            base,
-            prefix: args.key_prefix(),
-            region,
-            s3,
-            http,
-        })
-    }
-
-    fn url(&self, key: &str, query: &str) -> String {
-        let full = if self.prefix.is_empty() {
-            key.to_owned()
-        } else {
-            format!("{}/{key}", self.prefix)
-        };
-        format!("{}/{}?{query}", self.base, encode_key(&full))
-    }
-
-    async fn credential(&self) -> Result<Arc<AwsCredential>, Error> {
-        self.s3
-            .credentials()
-            .get_credential()
-            .await
-            .map_err(|e| Error::Usage(format!("S3 credentials: {e}")))
-    }
-
-    /// One signed request; (status, body).
-    async fn send(
-        &self,
-        method: http::Method,
-        url: &str,
-        body: Option<String>,
-    ) -> Result<(http::StatusCode, String), String> {
-        let cred = self.credential().await.map_err(|e| e.to_string())?;
-        let mut req = HttpRequest::new(match &body {
-            Some(b) => HttpRequestBody::from(b.clone()),
-            None => HttpRequestBody::empty(),
-        });
-        *req.method_mut() = method;
-        *req.uri_mut() = url.parse().map_err(|e| format!("request URL {url}: {e}"))?;
-        if let Some(b) = &body {
-            // S3 requires an integrity header on PutObjectLegalHold.
-            let md5 = base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                Md5::digest(b.as_bytes()),
-            );
-            let h = |v: &str| http::HeaderValue::from_str(v).map_err(|e| e.to_string());
-            req.headers_mut().insert("content-md5", h(&md5)?);
-            req.headers_mut()
-                .insert("content-type", h("application/xml")?);
-        }
-        AwsAuthorizer::new(&cred, "s3", &self.region).authorize(&mut req, None);
-        let res = self.http.execute(req).await.map_err(|e| e.to_string())?;
-        let status = res.status();
-        let text = res.into_body().bytes().await.map_err(|e| e.to_string())?;
-        Ok((status, String::from_utf8_lossy(&text).into_owned()))
-    }
-
-    /// Sets or clears the legal hold of the current version of `key`.
-    async fn put_hold(&self, key: &str, on: bool) -> Result<(), Error> {
-        let doing = format!("setting the legal hold of {key}");
-        let url = self.url(key, "legal-hold=");
-        let (status, body) = self
-            .send(http::Method::PUT, &url, Some(legal_hold_body(on)))
-            .await
-            .map_err(|e| s3_error(doing.clone(), e))?;
-        if status.is_success() {
-            return Ok(());
-        }
-        Err(s3_error(doing, non_2xx(status, &body)))
-    }
-
-    /// The legal hold of the current version of `key`: `ON`, `OFF`, or `none` (never set).
-    async fn get_hold(&self, key: &str) -> Result<String, Error> {
-        let doing = format!("reading the legal hold of {key}");
-        let url = self.url(key, "legal-hold=");
-        let (status, body) = self
-            .send(http::Method::GET, &url, None)
-            .await
-            .map_err(|e| s3_error(doing.clone(), e))?;
-        if status.is_success() {
-            return xml_text(&body, "Status")
-                .map(str::to_owned)
-                .ok_or_else(|| s3_error(doing, format!("no <Status> in the answer: {body}")));
-        }
-        if xml_text(&body, "Code") == Some("NoSuchObjectLegalHold") {
-            return Ok("none".to_owned());
-        }
-        Err(s3_error(doing, non_2xx(status, &body)))
-    }
+            ("content-type", "application/xml".to_owned()),
+        ],
+        None => Vec::new(),
+    };
+    bucket
+        .send(
+            method,
+            Some(key),
+            "legal-hold=",
+            &headers,
+            body.map(bytes::Bytes::from),
+        )
+        .await
+        .map_err(send_failure)
 }
 
-/// An S3 error answer in the object_store client's words (which `Reads` classifies).
+/// Sets or clears the legal hold of the current version of `key`.
+async fn put_hold(bucket: &SignedS3, key: &str, on: bool) -> Result<(), Error> {
+    let doing = format!("setting the legal hold of {key}");
+    let (status, body) = send_hold(bucket, http::Method::PUT, key, Some(legal_hold_body(on)))
+        .await
+        .map_err(|e| s3_error(doing.clone(), e))?;
+    if status.is_success() {
+        return Ok(());
+    }
+    Err(s3_error(doing, non_2xx(status, &body)))
+}
+
+/// The legal hold of the current version of `key`: `ON`, `OFF`, or `none` (never set).
+async fn get_hold(bucket: &SignedS3, key: &str) -> Result<String, Error> {
+    let doing = format!("reading the legal hold of {key}");
+    let (status, body) = send_hold(bucket, http::Method::GET, key, None)
+        .await
+        .map_err(|e| s3_error(doing.clone(), e))?;
+    if status.is_success() {
+        return xml_text(&body, "Status")
+            .map(str::to_owned)
+            .ok_or_else(|| s3_error(doing, format!("no <Status> in the answer: {body}")));
+    }
+    if xml_text(&body, "Code") == Some("NoSuchObjectLegalHold") {
+        return Ok("none".to_owned());
+    }
+    Err(s3_error(doing, non_2xx(status, &body)))
+}
+
+/// An S3 error answer in the object_store client's words (which `Reads` classifies), with a
+/// hint when the bucket cannot hold.
 fn non_2xx(status: http::StatusCode, body: &str) -> String {
     let code = xml_text(body, "Code").unwrap_or("");
     let message = xml_text(body, "Message").unwrap_or("");
@@ -456,7 +335,7 @@ fn non_2xx(status: http::StatusCode, body: &str) -> String {
     } else {
         ""
     };
-    format!("Server returned non-2xx status code: {status}: {code} {message}{hint}")
+    format!("{}{hint}", signed::non_2xx(status, body))
 }
 
 /// The range's rows in ClickHouse.
@@ -749,7 +628,7 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     let partition = i32::try_from(a.partition)
         .map_err(|_| Error::Usage(format!("--partition {} is out of range", a.partition)))?;
     let reads = Reads::new(a.reads.retry_attempts);
-    let bucket = Bucket::open(&a.archive)?;
+    let bucket = open_bucket(&a.archive)?;
     let describe = a.archive.describe(Access::Read);
 
     // 1. The covering objects.
@@ -785,7 +664,7 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
                 let (bucket, reads) = (&bucket, &reads);
                 async move {
                     let doing = format!("reading the legal hold of {}", o.key);
-                    let r = reads.run(&doing, || bucket.get_hold(&o.key)).await;
+                    let r = reads.run(&doing, || get_hold(bucket, &o.key)).await;
                     (o, r.map(Some))
                 }
             })
@@ -800,7 +679,7 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
                 let (bucket, reads) = (&bucket, &reads);
                 async move {
                     let doing = format!("setting the legal hold of {}", o.key);
-                    let r = reads.run(&doing, || bucket.put_hold(&o.key, on)).await;
+                    let r = reads.run(&doing, || put_hold(bucket, &o.key, on)).await;
                     let set = if on { "ON" } else { "OFF" };
                     (o, r.map(|()| Some(set.to_owned())))
                 }
@@ -1118,12 +997,23 @@ mod tests {
     }
 
     #[test]
-    fn keys_are_encoded_as_object_store_signs_them() {
-        assert_eq!(
-            encode_key("p/chain=0/date=2024-06-01/00000000000000000001-00000000000000000010.avro"),
-            "p/chain%3D0/date%3D2024-06-01/00000000000000000001-00000000000000000010.avro"
+    fn a_hold_needs_an_s3_archive_and_a_readable_secret_file() {
+        let folder = ArchiveStoreArgs {
+            archive_url: "file:///tmp/archive".into(),
+            ..Default::default()
+        };
+        let e = open_bucket(&folder).unwrap_err();
+        assert!(
+            matches!(&e, Error::Usage(m) if m.contains("needs an S3 archive")),
+            "{e}"
         );
-        assert_eq!(encode_key("a b@t~"), "a%20b%40t~");
+        let unreadable = ArchiveStoreArgs {
+            archive_url: "s3://bkt".into(),
+            s3_secret_access_key_file: Some("/no/such/secret-file".into()),
+            ..Default::default()
+        };
+        let e = open_bucket(&unreadable).unwrap_err();
+        assert!(matches!(e, Error::File { .. }), "{e}");
     }
 
     #[test]

@@ -114,9 +114,17 @@ impl IngestProcessor {
                 input,
                 Rejection::new(codes::INCOMPATIBLE_SCHEMA, "", why.to_string()),
             ),
+            Ok(Verdict::Unresolved(why)) => self.reject(
+                input,
+                Rejection::new(codes::SCHEMA_REFERENCE_UNRESOLVED, "", why.to_string()),
+            ),
             Err(RetryError::Failed(e @ FetchError::NotFound { .. })) => self.reject(
                 input,
                 Rejection::new(codes::UNKNOWN_SCHEMA_ID, "", e.to_string()),
+            ),
+            Err(RetryError::Failed(e @ FetchError::ReferenceNotFound { .. })) => self.reject(
+                input,
+                Rejection::new(codes::SCHEMA_REFERENCE_UNRESOLVED, "", e.to_string()),
             ),
             Err(e) => {
                 return Err(RuntimeError::Task {

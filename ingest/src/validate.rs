@@ -31,6 +31,11 @@ pub mod codes {
     /// Confluent framing whose registered writer schema the `AuditEvent` reader schema cannot
     /// read (Avro schema resolution), or that is not an Avro schema.
     pub const INCOMPATIBLE_SCHEMA: &str = "incompatible_schema";
+    /// Confluent framing whose registered writer schema uses schema references that cannot be
+    /// resolved: a referenced subject version the registry does not have, a reference cycle, a
+    /// chain too deep, or a target that defines another type than the reference names. The
+    /// reason names the schema id and the reference chain.
+    pub const SCHEMA_REFERENCE_UNRESOLVED: &str = "schema_reference_unresolved";
 }
 
 /// The event id of a Kafka record whose event carries none: UUIDv5 in

@@ -9,14 +9,24 @@
 //! existing schema returns its id and version, Confluent error codes (40401 subject, 40402
 //! version, 40403 schema not found, 42201 invalid schema, 40101 unauthorized) with their HTTP
 //! statuses. It does not check compatibility on registration (ingest's decision is what the
-//! tests exercise) and ignores `normalize`, `deleted` and references.
+//! tests exercise) and ignores `normalize` and `deleted`.
+//!
+//! Schema references as Confluent serves them: a registration may carry
+//! `"references": [{"name", "subject", "version"}]` (each must name a registered subject
+//! version, else 42201); they are part of the schema's identity (the same text with other
+//! references is another schema) and come back with the schema from `GET /schemas/ids/{id}`
+//! and `GET /subjects/{subject}/versions/{version}` (omitted when empty, as Confluent does).
+//! [`RegistryFixture::register_dangling`] stores references that resolve to nothing or to a
+//! cycle, which a real registry refuses at registration but can still end up holding (a
+//! referenced version hard-deleted later): what ingest must survive.
 //!
 //! Endpoints: `POST /subjects/{subject}/versions` (register), `POST /subjects/{subject}`
 //! (lookup), `GET /subjects`, `GET /subjects/{subject}/versions`,
 //! `GET /subjects/{subject}/versions/{version|latest}`, `GET /schemas/ids/{id}`.
 //!
 //! Test controls: basic-auth credentials to require, an outage switch (every request answers
-//! 503 while it is off), and per-id fetch counts (to see ingest's cache and retries).
+//! 503 while it is off), and per-id and per-subject-version fetch counts (to see ingest's cache
+//! and retries).
 
 use anyhow::Context as _;
 use axum::body::Bytes;
@@ -34,6 +44,24 @@ use tokio::task::JoinHandle;
 
 const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
+/// One entry of a schema's `references`: the type `name` is defined by `version` of `subject`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reference {
+    pub name: String,
+    pub subject: String,
+    pub version: u32,
+}
+
+impl Reference {
+    pub fn new(name: &str, subject: &str, version: u32) -> Self {
+        Reference {
+            name: name.to_owned(),
+            subject: subject.to_owned(),
+            version,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Stored {
     text: String,
@@ -42,6 +70,7 @@ struct Stored {
     /// The schema as JSON (or the raw text for non-JSON schemas): two registrations of the
     /// same schema with other whitespace get the same id.
     canonical: Value,
+    references: Vec<Reference>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +81,8 @@ struct Store {
     subjects: BTreeMap<String, Vec<u32>>,
     /// `GET /schemas/ids/{id}` requests per id (including refused ones).
     id_fetches: HashMap<u32, usize>,
+    /// `GET /subjects/{subject}/versions/{version}` requests (including refused ones).
+    version_fetches: HashMap<(String, String), usize>,
 }
 
 #[derive(Debug)]
@@ -131,9 +162,41 @@ impl RegistryFixture {
 
     /// Registers `schema` (Avro JSON text) under `subject` as a producer would; its id.
     pub fn register(&self, subject: &str, schema: &str) -> anyhow::Result<u32> {
-        let (id, _) = register_in(&mut self.shared.store(), subject, schema, None)
+        self.register_with_references(subject, schema, &[])
+    }
+
+    /// Registers `schema` with schema references, each of which must name a registered subject
+    /// version (as over HTTP); its id.
+    pub fn register_with_references(
+        &self,
+        subject: &str,
+        schema: &str,
+        references: &[Reference],
+    ) -> anyhow::Result<u32> {
+        let mut store = self.shared.store();
+        check_references(&store, references)
+            .map_err(|e| anyhow::anyhow!("registering under {subject}: {e}"))?;
+        let (id, _) = register_in(&mut store, subject, schema, None, references.to_vec())
             .map_err(|e| anyhow::anyhow!("registering under {subject}: {e}"))?;
         Ok(id)
+    }
+
+    /// Registers `schema` with references that are not checked: they may name versions that do
+    /// not exist (yet), so a missing reference or a cycle can be set up. Its (id, version).
+    pub fn register_dangling(
+        &self,
+        subject: &str,
+        schema: &str,
+        references: &[Reference],
+    ) -> anyhow::Result<(u32, u32)> {
+        register_in(
+            &mut self.shared.store(),
+            subject,
+            schema,
+            None,
+            references.to_vec(),
+        )
+        .map_err(|e| anyhow::anyhow!("registering under {subject}: {e}"))
     }
 
     /// Off: every request answers 503 (a registry outage); on: normal service.
@@ -147,6 +210,16 @@ impl RegistryFixture {
             .store()
             .id_fetches
             .get(&id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// How often `GET /subjects/{subject}/versions/{version}` was asked for this version.
+    pub fn fetches_of_version(&self, subject: &str, version: u32) -> usize {
+        self.shared
+            .store()
+            .version_fetches
+            .get(&(subject.to_owned(), version.to_string()))
             .copied()
             .unwrap_or(0)
     }
@@ -224,29 +297,46 @@ fn canonical(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_owned()))
 }
 
+/// A registry resolves references when a schema is registered: each must exist.
+fn check_references(store: &Store, references: &[Reference]) -> Result<(), String> {
+    for r in references {
+        let exists = store
+            .subjects
+            .get(&r.subject)
+            .is_some_and(|v| (1..=v.len()).contains(&(r.version as usize)));
+        if !exists {
+            return Err(format!(
+                "Invalid schema: reference {} (subject {} version {}) not found",
+                r.name, r.subject, r.version
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Registers; returns (id, version). Errors are (status, code, message).
 fn register_in(
     store: &mut Store,
     subject: &str,
     text: &str,
     schema_type: Option<String>,
+    references: Vec<Reference>,
 ) -> Result<(u32, u32), String> {
     let schema_type = schema_type.filter(|t| t != "AVRO");
     if schema_type.is_none() && serde_json::from_str::<Value>(text).is_err() {
         return Err("Invalid schema: not JSON".into());
     }
     let canon = canonical(text);
-    let id = match store
-        .schemas
-        .iter()
-        .position(|s| s.canonical == canon && s.schema_type == schema_type)
-    {
+    let id = match store.schemas.iter().position(|s| {
+        s.canonical == canon && s.schema_type == schema_type && s.references == references
+    }) {
         Some(i) => i as u32 + 1,
         None => {
             store.schemas.push(Stored {
                 text: text.to_owned(),
                 schema_type,
                 canonical: canon,
+                references,
             });
             store.schemas.len() as u32
         }
@@ -262,8 +352,15 @@ fn register_in(
     Ok((id, version))
 }
 
+/// What a register or lookup request asks about.
+struct Request {
+    text: String,
+    schema_type: Option<String>,
+    references: Vec<Reference>,
+}
+
 /// The body of a register or lookup request.
-fn parse_request(body: &[u8]) -> Result<(String, Option<String>), Refusal> {
+fn parse_request(body: &[u8]) -> Result<Request, Refusal> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -282,15 +379,38 @@ fn parse_request(body: &[u8]) -> Result<(String, Option<String>), Refusal> {
         .get("schemaType")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    Ok((text.to_owned(), schema_type))
+    let references = match v.get("references") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(r) => serde_json::from_value(r.clone()).map_err(|e| {
+            refuse(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                42201,
+                format!("Invalid schema: bad `references`: {e}"),
+            )
+        })?,
+    };
+    Ok(Request {
+        text: text.to_owned(),
+        schema_type,
+        references,
+    })
 }
 
-fn schema_body(store: &Store, subject: &str, version: u32, id: u32) -> Value {
-    let s = &store.schemas[(id - 1) as usize];
-    let mut body = json!({"subject": subject, "version": version, "id": id, "schema": s.text});
+/// `schema`, `schemaType` (not for Avro) and `references` (when there are any) of a stored
+/// schema, as Confluent writes them.
+fn describe(s: &Stored, body: &mut Value) {
+    body["schema"] = json!(s.text);
     if let Some(t) = &s.schema_type {
         body["schemaType"] = json!(t);
     }
+    if !s.references.is_empty() {
+        body["references"] = json!(s.references);
+    }
+}
+
+fn schema_body(store: &Store, subject: &str, version: u32, id: u32) -> Value {
+    let mut body = json!({"subject": subject, "version": version, "id": id});
+    describe(&store.schemas[(id - 1) as usize], &mut body);
     body
 }
 
@@ -303,12 +423,21 @@ async fn register(
     if let Err(r) = admit(&shared, &headers) {
         return r.into_response();
     }
-    let (text, schema_type) = match parse_request(&body) {
+    let req = match parse_request(&body) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
     let mut store = shared.store();
-    match register_in(&mut store, &subject, &text, schema_type) {
+    if let Err(message) = check_references(&store, &req.references) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, 42201, message);
+    }
+    match register_in(
+        &mut store,
+        &subject,
+        &req.text,
+        req.schema_type,
+        req.references,
+    ) {
         Ok((id, version)) => reply(
             StatusCode::OK,
             json!({"id": id, "subject": subject, "version": version}),
@@ -326,12 +455,12 @@ async fn lookup(
     if let Err(r) = admit(&shared, &headers) {
         return r.into_response();
     }
-    let (text, schema_type) = match parse_request(&body) {
+    let req = match parse_request(&body) {
         Ok(v) => v,
         Err(r) => return r.into_response(),
     };
-    let schema_type = schema_type.filter(|t| t != "AVRO");
-    let canon = canonical(&text);
+    let schema_type = req.schema_type.filter(|t| t != "AVRO");
+    let canon = canonical(&req.text);
     let store = shared.store();
     let Some(versions) = store.subjects.get(&subject) else {
         return error(
@@ -342,7 +471,7 @@ async fn lookup(
     };
     let found = versions.iter().enumerate().find(|(_, id)| {
         let s = &store.schemas[(**id - 1) as usize];
-        s.canonical == canon && s.schema_type == schema_type
+        s.canonical == canon && s.schema_type == schema_type && s.references == req.references
     });
     match found {
         Some((i, id)) => reply(
@@ -384,6 +513,11 @@ async fn version(
     Path((subject, version)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    *shared
+        .store()
+        .version_fetches
+        .entry((subject.clone(), version.clone()))
+        .or_default() += 1;
     if let Err(r) = admit(&shared, &headers) {
         return r.into_response();
     }
@@ -432,10 +566,8 @@ async fn schema_by_id(
         .and_then(|i| store.schemas.get(i as usize))
     {
         Some(s) => {
-            let mut body = json!({"schema": s.text});
-            if let Some(t) = &s.schema_type {
-                body["schemaType"] = json!(t);
-            }
+            let mut body = json!({});
+            describe(s, &mut body);
             reply(StatusCode::OK, body)
         }
         None => error(
@@ -456,13 +588,50 @@ mod tests {
         let a = r#"{"type":"record","name":"A","fields":[]}"#;
         let a_spaced = r#"{ "type": "record", "name": "A", "fields": [] }"#;
         let b = r#"{"type":"record","name":"B","fields":[]}"#;
-        assert_eq!(register_in(&mut s, "t-value", a, None), Ok((1, 1)));
-        assert_eq!(register_in(&mut s, "t-value", a_spaced, None), Ok((1, 1)));
-        assert_eq!(register_in(&mut s, "t-value", b, None), Ok((2, 2)));
+        assert_eq!(register_in(&mut s, "t-value", a, None, vec![]), Ok((1, 1)));
         assert_eq!(
-            register_in(&mut s, "u-value", b, Some("AVRO".into())),
+            register_in(&mut s, "t-value", a_spaced, None, vec![]),
+            Ok((1, 1))
+        );
+        assert_eq!(register_in(&mut s, "t-value", b, None, vec![]), Ok((2, 2)));
+        assert_eq!(
+            register_in(&mut s, "u-value", b, Some("AVRO".into()), vec![]),
             Ok((2, 1))
         );
-        assert!(register_in(&mut s, "t-value", "{nope", None).is_err());
+        assert!(register_in(&mut s, "t-value", "{nope", None, vec![]).is_err());
+    }
+
+    #[test]
+    fn references_are_part_of_a_schema_and_must_exist() {
+        let mut s = Store::default();
+        let actor = r#"{"type":"record","name":"Actor","namespace":"x","fields":[]}"#;
+        let event = r#"{"type":"record","name":"E","namespace":"x","fields":[{"name":"a","type":"x.Actor"}]}"#;
+        let r = vec![Reference::new("x.Actor", "actor", 1)];
+        assert!(check_references(&s, &r).is_err(), "nothing registered yet");
+        assert_eq!(
+            register_in(&mut s, "actor", actor, None, vec![]),
+            Ok((1, 1))
+        );
+        assert_eq!(check_references(&s, &r), Ok(()));
+        assert!(check_references(&s, &[Reference::new("x.Actor", "actor", 2)]).is_err());
+        assert_eq!(
+            register_in(&mut s, "e-value", event, None, r.clone()),
+            Ok((2, 1))
+        );
+        assert_eq!(register_in(&mut s, "e-value", event, None, r), Ok((2, 1)));
+        // The same text without its references is another schema.
+        assert_eq!(
+            register_in(&mut s, "e-value", event, None, vec![]),
+            Ok((3, 2))
+        );
+        let mut body = json!({});
+        describe(&s.schemas[1], &mut body);
+        assert_eq!(
+            body["references"],
+            json!([{"name": "x.Actor", "subject": "actor", "version": 1}])
+        );
+        let mut body = json!({});
+        describe(&s.schemas[0], &mut body);
+        assert!(body.get("references").is_none(), "omitted when empty");
     }
 }

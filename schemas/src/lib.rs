@@ -14,9 +14,11 @@ pub mod error;
 pub mod event;
 pub mod flat;
 pub mod framing;
+pub mod governance;
 pub mod identity;
 pub mod json;
 pub mod raw_segment;
+pub mod retention;
 pub mod segment;
 pub mod validate;
 

@@ -36,6 +36,7 @@ use object_store::{ObjectStore, RetryConfig};
 use schemas::segment;
 use schemas::Checkpoint;
 use serde::{Deserialize, Serialize};
+use worker_runtime::object_store::{secret_or_file, StoreConfigError};
 use worker_runtime::retry::{DependencyCheck, RetryPolicy};
 use worker_runtime::{CancellationToken, Secret};
 
@@ -160,23 +161,17 @@ impl AnchorArgs {
     }
 
     fn s3_store(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, Error> {
-        let secret = match self
-            .anchor_s3_secret_access_key_file
-            .as_deref()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            Some(path) => Secret::new(
-                std::fs::read_to_string(path)
-                    .map_err(|e| {
-                        Error::Config(format!(
-                            "reading the anchor's S3 secret key file {}: {e}",
-                            path.display()
-                        ))
-                    })?
-                    .trim(),
-            ),
-            None => self.anchor_s3_secret_access_key.clone(),
-        };
+        let secret = secret_or_file(
+            self.anchor_s3_secret_access_key_file.as_deref(),
+            &self.anchor_s3_secret_access_key,
+        )
+        .map_err(|e| match e {
+            StoreConfigError::SecretKeyFile { path, source } => Error::Config(format!(
+                "reading the anchor's S3 secret key file {}: {source}",
+                path.display()
+            )),
+            other => Error::Config(other.to_string()),
+        })?;
         if self.anchor_s3_access_key_id.is_empty() || secret.is_empty() {
             return Err(Error::Config(
                 "an s3:// --anchor-url needs the anchor's own credentials \

@@ -279,6 +279,17 @@ mod tests {
         );
         assert_eq!(c.retention.retention_mode, RetentionMode::Governance);
         assert!(Config::try_parse_from(["sink-archive", "--retention", "secret=1y"]).is_err());
+        // The shared grammar's `forever` is refused here (Object Lock needs a date), ...
+        let e = Config::try_parse_from(["sink-archive", "--retention", "governance=forever"])
+            .expect_err("forever")
+            .to_string();
+        assert!(e.contains("retain-until"), "{e}");
+        // ... its months are accepted.
+        let c = Config::parse_from(["sink-archive", "--retention", "Telemetry=18MO"]);
+        assert_eq!(
+            c.retention.policy().expect("policy").canonical(),
+            "default=7y,telemetry=18mo"
+        );
         assert!(Config::try_parse_from(["sink-archive", "--retention-mode", "lax"]).is_err());
         let help = <Config as clap::CommandFactory>::command()
             .render_long_help()

@@ -19,20 +19,14 @@
 //!   the record written. A crash in between publishes again at the next start, with the same
 //!   event id (derived from the archive, n and the policy), so the repeat is recognisable.
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use schemas::{
-    Action, Actor, ActorType, AuditEvent, ChainedEvent, EnrichmentStatus, EventCategory, EventData,
-    Ingress, IngressChannel, KeyValue, Outcome as EventOutcome, Severity, Target, TenantContext,
-    TraceContext,
-};
+use schemas::governance::GovernanceEvent;
+use schemas::{ActorType, AuditEvent, ChainedEvent, EventCategory};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use time::{Date, Month, OffsetDateTime};
+use time::OffsetDateTime;
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 use worker_runtime::object_store::{Access, ArchiveStoreArgs};
 use worker_runtime::retry::{retry, RetryPolicy};
@@ -43,18 +37,20 @@ use crate::lock::{LockConfig, LockedBucket};
 use crate::store::StoreError;
 use crate::Error;
 
-/// Event type of a retention policy change.
-pub const POLICY_SET_EVENT_TYPE: &str = "audit.retention.policy_set";
+/// Event type of a retention policy change (the same for every store).
+pub use schemas::retention::POLICY_SET_EVENT_TYPE;
+/// The value of [`ATTR_STORE`] in this sink's events.
+pub const STORE: &str = "archive";
+// Archive-only attributes; the shared ones (store, old and new policy) are
+// `schemas::retention::ATTR_*`, re-exported below.
 pub const ATTR_MODE: &str = "audit.retention.mode";
-pub const ATTR_POLICY: &str = "audit.retention.policy";
-pub const ATTR_PREVIOUS_MODE: &str = "audit.retention.previous_mode";
-pub const ATTR_PREVIOUS_POLICY: &str = "audit.retention.previous_policy";
+pub const ATTR_OLD_MODE: &str = "audit.retention.old_mode";
 pub const ATTR_ARCHIVE: &str = "audit.retention.archive";
 pub const ATTR_RECORD: &str = "audit.retention.record";
 /// Folder of the policy records, relative to the archive root.
 pub const POLICY_DIR: &str = "_retention";
-/// Default policy: seven years for every class (seed 004).
-pub const DEFAULT_POLICY: &str = "default=7y";
+/// Default policy: seven years for every class (seed 004), as sink-clickhouse's.
+pub use schemas::retention::DEFAULT_POLICY;
 /// A retain-until date closer than this is not worth a lock (and S3 refuses past ones).
 const MIN_LOCK_SECS: i64 = 60;
 
@@ -90,150 +86,56 @@ impl RetentionMode {
     }
 }
 
-/// A retention span: whole calendar years, days or hours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Span {
-    Years(u32),
-    Days(u32),
-    Hours(u32),
-}
+pub use schemas::retention::{
+    class_name, from_us, Span, ATTR_NEW_POLICY, ATTR_OLD_POLICY, ATTR_STORE, CLASSES, NO_POLICY,
+};
 
-impl fmt::Display for Span {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Span::Years(n) => write!(f, "{n}y"),
-            Span::Days(n) => write!(f, "{n}d"),
-            Span::Hours(n) => write!(f, "{n}h"),
-        }
-    }
-}
-
-impl FromStr for Span {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let bad = || {
-            format!("retention span {s:?}: a whole number then y (years), d (days) or h (hours), e.g. 7y")
-        };
-        let (digits, unit) = s.split_at(s.len().saturating_sub(1));
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
-        }
-        let n: u32 = digits.parse().map_err(|_| bad())?;
-        match unit {
-            "y" | "Y" if n <= 1000 => Ok(Span::Years(n)),
-            "d" | "D" if n <= 366_000 => Ok(Span::Days(n)),
-            "h" | "H" if n <= 8_784_000 => Ok(Span::Hours(n)),
-            "y" | "Y" | "d" | "D" | "h" | "H" => {
-                Err(format!("retention span {s:?} is over 1000 years"))
-            }
-            _ => Err(bad()),
-        }
-    }
-}
-
-impl Span {
-    /// `t` + this span. Years are calendar years (the same day and time, `n` years later); a
-    /// 29 February lands on 1 March when the target year has none: never shorter than asked.
-    pub fn after(self, t: OffsetDateTime) -> OffsetDateTime {
-        match self {
-            Span::Hours(n) => t + time::Duration::hours(i64::from(n)),
-            Span::Days(n) => t + time::Duration::days(i64::from(n)),
-            Span::Years(n) => {
-                let year = t.year() + n as i32;
-                let date = Date::from_calendar_date(year, t.month(), t.day())
-                    .or_else(|_| Date::from_calendar_date(year, Month::March, 1))
-                    .unwrap_or(Date::MAX);
-                t.replace_date(date)
-            }
-        }
-    }
-}
-
-/// The event classes a policy may name: `EventCategory` in snake case.
-pub const CLASSES: [(&str, EventCategory); 7] = [
-    ("user_interaction", EventCategory::UserInteraction),
-    ("system_processing", EventCategory::SystemProcessing),
-    ("governance", EventCategory::Governance),
-    ("infrastructure", EventCategory::Infrastructure),
-    ("security", EventCategory::Security),
-    ("telemetry", EventCategory::Telemetry),
-    ("other", EventCategory::Other),
-];
-
-pub fn class_name(c: EventCategory) -> &'static str {
-    CLASSES
-        .iter()
-        .find(|(_, k)| *k == c)
-        .map_or("other", |(n, _)| n)
-}
-
-/// Retention spans: a default and per-class overrides.
+/// The policy of the archive: the shared grammar ([`schemas::retention`]) minus `forever`.
+/// S3 Object Lock needs a retain-until date and has no "indefinite" retention mode (only a
+/// legal hold, which is an operator's act, not a policy), and a made-up far date would be a
+/// lock the operator did not ask for and nobody can ever shorten. So a policy naming
+/// `forever` is refused at start with a message saying so (docs/retention.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub default: Span,
-    /// Class name (from [`CLASSES`]) → span.
-    pub overrides: BTreeMap<&'static str, Span>,
-}
+pub struct Policy(schemas::retention::Policy);
 
 impl Policy {
-    /// Parses `default=7y,security=10y` (class names as in [`CLASSES`], case and `-`/`_`
-    /// insensitive). Without `default=`, the default is seven years.
+    /// Parses the shared policy grammar; refuses `forever` (see the type's docs).
     pub fn parse(text: &str) -> Result<Policy, String> {
-        let mut default = None;
-        let mut overrides = BTreeMap::new();
-        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (key, value) = entry.split_once('=').ok_or_else(|| {
-                format!("retention entry {entry:?}: expected <class>=<span>, e.g. security=10y")
-            })?;
-            let span: Span = value.parse()?;
-            let key = key.trim().to_ascii_lowercase().replace('-', "_");
-            if key == "default" {
-                if default.replace(span).is_some() {
-                    return Err("retention: `default` given twice".into());
-                }
-                continue;
-            }
-            let Some((name, _)) = CLASSES.iter().find(|(n, _)| *n == key) else {
-                let names: Vec<&str> = CLASSES.iter().map(|(n, _)| *n).collect();
-                return Err(format!(
-                    "retention: unknown event class {key:?} (default or one of {})",
-                    names.join(", ")
-                ));
-            };
-            if overrides.insert(*name, span).is_some() {
-                return Err(format!("retention: class {name} given twice"));
-            }
-        }
-        Ok(Policy {
-            default: default.unwrap_or(Span::Years(7)),
-            overrides,
-        })
+        let p = schemas::retention::Policy::parse(text).map_err(|e| e.to_string())?;
+        Policy::new(p)
     }
 
-    /// The canonical text: `default=…` then the overrides by class name. Two policies are the
-    /// same exactly when their canonical texts are.
-    pub fn canonical(&self) -> String {
-        let mut s = format!("default={}", self.default);
-        for (k, v) in &self.overrides {
-            s.push_str(&format!(",{k}={v}"));
+    pub fn new(p: schemas::retention::Policy) -> Result<Policy, String> {
+        if p.has_forever() {
+            return Err(format!(
+                "retention policy {:?}: the archive cannot keep a class `forever`: S3 Object \
+                 Lock needs a retain-until date and cannot be shortened once set, so the sink \
+                 will not invent one; give a number of years (up to 1000y, e.g. 100y), or keep \
+                 the objects with a legal hold (`auditctl hold on`)",
+                p.canonical()
+            ));
         }
-        s
+        Ok(Policy(p))
+    }
+
+    /// The shared policy.
+    pub fn shared(&self) -> &schemas::retention::Policy {
+        &self.0
+    }
+
+    /// The canonical text ([`schemas::retention::Policy::canonical`]).
+    pub fn canonical(&self) -> String {
+        self.0.canonical()
     }
 
     pub fn span(&self, c: EventCategory) -> Span {
-        self.overrides
-            .get(class_name(c))
-            .copied()
-            .unwrap_or(self.default)
+        self.0.span(c)
     }
 
     /// The latest end of retention of an event of any class at `t`.
     pub fn longest_after(&self, t: OffsetDateTime) -> OffsetDateTime {
-        self.overrides
-            .values()
-            .map(|s| s.after(t))
-            .fold(self.default.after(t), OffsetDateTime::max)
+        // `new` refused forever, so every span has an end; `t` is a floor never reached.
+        self.0.longest_after(t).unwrap_or(t)
     }
 
     /// max over `events` of (event time + its class's span); `None` for no events.
@@ -243,21 +145,12 @@ impl Policy {
     ) -> Option<OffsetDateTime> {
         events
             .into_iter()
-            .map(|e| {
-                self.span(e.event.category)
-                    .after(from_us(e.event.event_time_us))
+            .filter_map(|e| {
+                self.0
+                    .retain_until(e.event.category, from_us(e.event.event_time_us))
             })
             .max()
     }
-}
-
-/// Microseconds since the epoch as a UTC time (clamped to the representable range).
-pub fn from_us(us: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).unwrap_or(if us < 0 {
-        OffsetDateTime::UNIX_EPOCH
-    } else {
-        Date::MAX.midnight().assume_utc()
-    })
 }
 
 /// RFC 3339 in whole seconds, rounded up (a lock never ends before the policy says).
@@ -277,8 +170,9 @@ pub fn rfc3339_seconds(t: OffsetDateTime) -> String {
 #[serde(deny_unknown_fields)]
 pub struct RetentionArgs {
     /// Retention of archived objects under S3 Object Lock, per event class (the event's
-    /// `category`): `default=<span>[,<class>=<span>…]`, spans in whole y (calendar years), d
-    /// or h; classes: user_interaction, system_processing, governance, infrastructure,
+    /// `category`), in the grammar sink-clickhouse's `--retention` shares:
+    /// `default=<span>[,<class>=<span>…]`, spans `<n>y` / `<n>mo` (calendar years / months),
+    /// `<n>d` or `<n>h` (`forever` is refused: Object Lock needs a date); classes: user_interaction, system_processing, governance, infrastructure,
     /// security, telemetry, other. E.g. `default=7y,security=10y`. Each segment is locked
     /// until the latest (event time + its class's span) of its events, its manifest as long
     /// as its segment, each checkpoint until its time + the longest span. A change is
@@ -313,6 +207,7 @@ impl Default for RetentionArgs {
 }
 
 fn parse_policy_text(s: &str) -> Result<String, String> {
+    // Kept as the operator wrote it (a config round-trips); compared in canonical form.
     Policy::parse(s).map(|_| s.to_owned())
 }
 
@@ -448,101 +343,39 @@ pub fn policy_event(c: &PolicyChange<'_>) -> AuditEvent {
     let canonical = c.new.policy.canonical();
     let (prev_mode, prev_policy) = match c.previous {
         Some(p) => (p.mode.as_str().to_owned(), p.policy.clone()),
-        None => ("none".to_owned(), "none".to_owned()),
+        None => (NO_POLICY.to_owned(), NO_POLICY.to_owned()),
     };
-    let mut attributes: Vec<KeyValue> = [
-        (ATTR_ARCHIVE, c.archive.to_owned()),
-        (ATTR_MODE, c.new.mode.as_str().to_owned()),
-        (ATTR_POLICY, canonical.clone()),
-        (ATTR_PREVIOUS_MODE, prev_mode),
-        (ATTR_PREVIOUS_POLICY, prev_policy),
-        (ATTR_RECORD, c.record.to_owned()),
-    ]
-    .into_iter()
-    .map(|(key, value)| KeyValue {
-        key: key.into(),
-        value,
-    })
-    .collect();
-    attributes.sort();
-    AuditEvent {
+    GovernanceEvent {
         event_id: c.event_id.clone(),
-        event_type: POLICY_SET_EVENT_TYPE.into(),
-        category: EventCategory::Governance,
-        severity: Severity::Notice,
-        outcome: EventOutcome::Success,
-        event_time_us: c.now_us,
-        receive_time_us: c.now_us,
-        source_component: "sink-archive".into(),
-        ingress: Ingress {
-            channel: IngressChannel::Kafka,
-            topic: None,
-            partition: None,
-            offset: None,
-            format: "avro-single-object".into(),
-        },
-        actor: Actor {
-            actor_type: ActorType::Service,
-            id: c.set_by.into(),
-            name: None,
-            email: None,
-            ip: None,
-            user_agent: Some(crate::archive::WRITER.into()),
-            session_id: None,
-            roles: vec![],
-        },
-        tenant: TenantContext {
-            tenant_id: None,
-            team_id: None,
-            team_name: None,
-            project_id: None,
-            business_unit: None,
-            cost_center: None,
-            enrichment: EnrichmentStatus {
-                enriched: false,
-                user_found: false,
-                team_found: false,
-            },
-        },
-        target: Some(Target {
-            target_type: "archive".into(),
-            id: c.archive.into(),
-            name: None,
-        }),
-        action: Action {
-            verb: "set_retention".into(),
-            description: Some(format!(
-                "archive retention set to {} ({})",
-                canonical,
-                c.new.mode.as_str()
-            )),
-            status: Some("success".into()),
-            error: None,
-        },
-        trace: TraceContext {
-            trace_id: None,
-            span_id: None,
-            parent_span_id: None,
-        },
-        request_id: None,
-        parent_event_id: None,
-        reason: Some(
-            "sink-archive started with a retention policy other than the last recorded one".into(),
+        event_type: POLICY_SET_EVENT_TYPE,
+        time_us: c.now_us,
+        component: "sink-archive",
+        actor_type: ActorType::Service,
+        actor_id: c.set_by,
+        verb: "set_retention",
+        description: format!(
+            "archive retention set to {} ({})",
+            canonical,
+            c.new.mode.as_str()
         ),
-        data: EventData {
-            payload_json: None,
-            result_json: None,
-            metadata_json: None,
-            before_json: c.previous.map(|p| policy_json(p.mode, &p.policy)),
-            after_json: Some(policy_json(c.new.mode, &canonical)),
-            changes: vec![],
-        },
-        ai: None,
-        compliance: None,
-        security: None,
-        performance: None,
-        attributes,
+        target_type: "archive",
+        target_id: c.archive,
+        reason: "sink-archive started with a retention policy other than the last recorded one"
+            .into(),
+        attributes: vec![
+            (ATTR_STORE, STORE.to_owned()),
+            (ATTR_OLD_POLICY, prev_policy),
+            (ATTR_NEW_POLICY, canonical.clone()),
+            (ATTR_ARCHIVE, c.archive.to_owned()),
+            (ATTR_MODE, c.new.mode.as_str().to_owned()),
+            (ATTR_OLD_MODE, prev_mode),
+            (ATTR_RECORD, c.record.to_owned()),
+        ],
+        before_json: c.previous.map(|p| policy_json(p.mode, &p.policy)),
+        after_json: Some(policy_json(c.new.mode, &canonical)),
+        regulations: vec![],
     }
+    .build()
 }
 
 fn now_us() -> i64 {
@@ -712,58 +545,16 @@ mod tests {
     }
 
     #[test]
-    fn spans_parse_and_print() {
-        assert_eq!("7y".parse::<Span>(), Ok(Span::Years(7)));
-        assert_eq!(" 30d".parse::<Span>(), Ok(Span::Days(30)));
-        assert_eq!("36h".parse::<Span>(), Ok(Span::Hours(36)));
-        for bad in [
-            "",
-            "y",
-            "7",
-            "7w",
-            "-1d",
-            "1.5y",
-            "7 y",
-            "99999999999y",
-            "1001y",
-        ] {
-            assert!(bad.parse::<Span>().is_err(), "{bad}");
-        }
-        assert_eq!(Span::Years(10).to_string(), "10y");
-    }
-
-    #[test]
-    fn years_are_calendar_years_never_shorter() {
-        assert_eq!(
-            Span::Years(7).after(t("2024-06-01T12:30:00Z")),
-            t("2031-06-01T12:30:00Z")
-        );
-        // 29 February + 1 year: 1 March, not 28 February.
-        assert_eq!(
-            Span::Years(1).after(t("2024-02-29T10:00:00Z")),
-            t("2025-03-01T10:00:00Z")
-        );
-        assert_eq!(
-            Span::Days(1).after(t("2024-02-28T23:00:00Z")),
-            t("2024-02-29T23:00:00Z")
-        );
-        assert_eq!(
-            Span::Hours(25).after(t("2024-01-01T00:00:00Z")),
-            t("2024-01-02T01:00:00Z")
-        );
-    }
-
-    #[test]
     fn policies_parse_canonically() {
         let p = Policy::parse("security=10y, default=7y,User-Interaction=1y").unwrap();
-        assert_eq!(p.default, Span::Years(7));
+        assert_eq!(p.shared().default, Span::Years(7));
         assert_eq!(p.span(EventCategory::Security), Span::Years(10));
         assert_eq!(p.span(EventCategory::UserInteraction), Span::Years(1));
         assert_eq!(p.span(EventCategory::Telemetry), Span::Years(7));
         assert_eq!(p.canonical(), "default=7y,security=10y,user_interaction=1y");
         assert_eq!(Policy::parse("").unwrap().canonical(), "default=7y");
         assert_eq!(
-            Policy::parse("security=1d").unwrap().default,
+            Policy::parse("security=1d").unwrap().shared().default,
             Span::Years(7)
         );
         for bad in [
@@ -777,6 +568,21 @@ mod tests {
         }
         let e = Policy::parse("secret=1y").unwrap_err();
         assert!(e.contains("security") && e.contains("secret"), "{e}");
+        // The shared grammar's months are calendar months here too.
+        assert_eq!(
+            Policy::parse("default=18mo")
+                .unwrap()
+                .longest_after(t("2026-01-31T00:00:00Z")),
+            t("2027-07-31T00:00:00Z")
+        );
+        // S3 Object Lock has no "forever": refused, saying why and what to do instead.
+        for bad in ["default=forever", "default=7y,governance=forever"] {
+            let e = Policy::parse(bad).unwrap_err();
+            assert!(
+                e.contains("forever") && e.contains("retain-until") && e.contains("100y"),
+                "{e}"
+            );
+        }
         // Every category has a name.
         for (name, c) in CLASSES {
             assert_eq!(class_name(c), name);
@@ -937,10 +743,12 @@ mod tests {
                 .find(|a| a.key == k)
                 .map(|a| a.value.as_str())
         };
-        assert_eq!(attr(ATTR_POLICY), Some("default=7y,security=10y"));
+        assert_eq!(attr(ATTR_STORE), Some("archive"));
+        assert_eq!(attr(ATTR_NEW_POLICY), Some("default=7y,security=10y"));
         assert_eq!(attr(ATTR_MODE), Some("governance"));
-        assert_eq!(attr(ATTR_PREVIOUS_POLICY), Some("default=7y"));
-        assert_eq!(attr(ATTR_PREVIOUS_MODE), Some("compliance"));
+        assert_eq!(attr(ATTR_OLD_POLICY), Some("default=7y"));
+        assert_eq!(attr(ATTR_OLD_MODE), Some("compliance"));
+        assert!(e.attributes.windows(2).all(|w| w[0].key < w[1].key));
         assert_eq!(
             e.data.before_json.as_deref(),
             Some(r#"{"mode":"compliance","policy":"default=7y"}"#)

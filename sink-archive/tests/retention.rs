@@ -412,9 +412,10 @@ async fn policy_changes_are_chained_once_each() {
     }
     assert_eq!(runs[0].len(), 1, "first start: recorded");
     let first = &runs[0][0];
-    assert_eq!(attr(first, retention::ATTR_POLICY), Some("default=1d"));
+    assert_eq!(attr(first, retention::ATTR_STORE), Some("archive"));
+    assert_eq!(attr(first, retention::ATTR_NEW_POLICY), Some("default=1d"));
     assert_eq!(attr(first, retention::ATTR_MODE), Some("compliance"));
-    assert_eq!(attr(first, retention::ATTR_PREVIOUS_POLICY), Some("none"));
+    assert_eq!(attr(first, retention::ATTR_OLD_POLICY), Some("none"));
     assert!(
         first.actor.id.starts_with("sink-archive@"),
         "{}",
@@ -424,13 +425,10 @@ async fn policy_changes_are_chained_once_each() {
     assert_eq!(runs[2].len(), 2, "changed policy: recorded again");
     let second = &runs[2][1];
     assert_eq!(
-        attr(second, retention::ATTR_POLICY),
+        attr(second, retention::ATTR_NEW_POLICY),
         Some("default=1d,security=2d")
     );
-    assert_eq!(
-        attr(second, retention::ATTR_PREVIOUS_POLICY),
-        Some("default=1d")
-    );
+    assert_eq!(attr(second, retention::ATTR_OLD_POLICY), Some("default=1d"));
     let records: Vec<String> = lab
         .keys()
         .into_iter()

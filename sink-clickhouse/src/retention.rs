@@ -1,8 +1,9 @@
 //! Retention of `audit_events` per event class (the `category` column), by ClickHouse TTL.
 //!
-//! - The policy: a default period (seven years, as the seed schema's retention policy says) and
-//!   per-class overrides, from the sink's configuration (`--retention-default`,
-//!   `--retention-class CLASS=PERIOD`, or `[retention]` in the config file).
+//! - The policy: a default span (seven years, as the seed schema's retention policy says) and
+//!   per-class overrides, in the policy language both sinks share (`schemas::retention`):
+//!   `--retention default=7y,telemetry=90d`, or `[retention] retention = "…"` in the config
+//!   file. The canonical text recorded and chained is the one sink-archive uses.
 //! - Applied as one `ALTER TABLE audit_events MODIFY TTL …` with one `DELETE WHERE` rule per
 //!   period, each rule also requiring `legal_hold = 0`: rows that `auditctl hold on` marked are
 //!   never deleted while held (`legal_hold` is sink bookkeeping, like `inserted_at`: not part
@@ -18,15 +19,17 @@
 //! - Deleting from ClickHouse never touches the archive, which stays the record.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clickhouse::Row;
 use schemas::flat::category_symbol;
-use schemas::{
-    Action, Actor, ActorType, AuditEvent, EnrichmentStatus, EventCategory, EventData, Ingress,
-    IngressChannel, KeyValue, Outcome, Severity, Target, TenantContext, TraceContext,
+use schemas::governance::GovernanceEvent;
+use schemas::retention::class_from_name;
+pub use schemas::retention::{
+    Policy, Span, ATTR_NEW_POLICY, ATTR_OLD_POLICY, ATTR_STORE, DEFAULT_POLICY, NO_POLICY,
+    POLICY_SET_EVENT_TYPE,
 };
+use schemas::{ActorType, AuditEvent};
 use serde::{Deserialize, Serialize};
 use worker_runtime::kafka::{OutputRecord, Producer};
 
@@ -38,192 +41,118 @@ use crate::store::{Store, EVENTS_TABLE};
 pub const TTL_MIN_VERSION: (u32, u32) = (21, 8);
 /// Table of the policies applied (migration 0107, on servers with TTL only).
 pub const POLICY_TABLE: &str = "audit_retention_policy";
-/// Event type of a retention policy change.
-pub const POLICY_SET_EVENT_TYPE: &str = "audit.retention.policy_set";
-pub const ATTR_STORE: &str = "audit.retention.store";
-pub const ATTR_OLD_POLICY: &str = "audit.retention.old_policy";
-pub const ATTR_NEW_POLICY: &str = "audit.retention.new_policy";
+/// The value of [`ATTR_STORE`] in this sink's events and policy rows.
+pub const STORE: &str = "clickhouse";
+// ClickHouse-only attributes; the shared ones (store, old and new policy) are
+// `schemas::retention::ATTR_*`, re-exported above.
 pub const ATTR_TTL: &str = "audit.retention.ttl";
 pub const ATTR_TABLE: &str = "audit.retention.table";
 pub const ATTR_SERVER: &str = "audit.retention.server_version";
-/// How the policy reads when none was ever applied (the table keeps everything).
-pub const NO_POLICY: &str = "none (keep everything)";
-/// The default period: seven years (seed 004's `add_retention_policy(… INTERVAL '7 years')`).
-pub const DEFAULT_PERIOD: &str = "7y";
-
-const CATEGORIES: [EventCategory; 7] = [
-    EventCategory::UserInteraction,
-    EventCategory::SystemProcessing,
-    EventCategory::Governance,
-    EventCategory::Infrastructure,
-    EventCategory::Security,
-    EventCategory::Telemetry,
-    EventCategory::Other,
-];
 
 /// Retention options of the sink.
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetentionArgs {
-    /// How long ClickHouse keeps an event of a class without its own period: `<n>d` (days),
-    /// `<n>mo` (months), `<n>y` (years) after its event time, or `forever`. Applied as a TTL on
-    /// servers 21.8+ (18.16 has no TTL: everything is kept, and the sink says so at start).
-    /// Rows under legal hold (`auditctl hold on`) are never deleted. Only ClickHouse: the
-    /// archive is never touched. A change is recorded in the chain
-    /// (`audit.retention.policy_set`) before it is applied.
+    /// How long ClickHouse keeps events, per event class (the `category` column), in the
+    /// grammar sink-archive's `--retention` shares: `default=<span>[,<class>=<span>…]`, spans
+    /// `<n>y`, `<n>mo`, `<n>d`, `<n>h` after the event time, or `forever`; classes:
+    /// user_interaction, system_processing, governance, infrastructure, security, telemetry,
+    /// other. E.g. `default=7y,telemetry=90d,governance=forever`. Applied as a TTL on servers
+    /// 21.8+ (18.16 has no TTL: everything is kept, and the sink says so at start). Rows under
+    /// legal hold (`auditctl hold on`) are never deleted. Only ClickHouse: the archive is
+    /// never touched. A change is recorded in the chain (`audit.retention.policy_set`) before
+    /// it is applied.
     #[arg(
-        long = "retention-default",
-        env = "AUDIT_SINK_CLICKHOUSE_RETENTION_DEFAULT",
-        default_value = DEFAULT_PERIOD
+        long = "retention",
+        env = "AUDIT_SINK_CLICKHOUSE_RETENTION",
+        default_value = DEFAULT_POLICY,
+        value_parser = parse_policy_text
     )]
-    pub retention_default: String,
-    /// Period of one event class (the `category` column), overriding the default:
-    /// `CLASS=PERIOD`, e.g. `TELEMETRY=90d`, `SECURITY=10y`, `GOVERNANCE=forever`. Repeat the
-    /// flag, or comma-separate in the environment. Classes: USER_INTERACTION,
-    /// SYSTEM_PROCESSING, GOVERNANCE, INFRASTRUCTURE, SECURITY, TELEMETRY, OTHER.
-    #[arg(
-        long = "retention-class",
-        env = "AUDIT_SINK_CLICKHOUSE_RETENTION_CLASSES",
-        value_delimiter = ','
-    )]
-    #[serde(default)]
-    pub retention_class: Vec<String>,
+    pub retention: String,
 }
 
 impl Default for RetentionArgs {
     fn default() -> Self {
         Self {
-            retention_default: DEFAULT_PERIOD.to_owned(),
-            retention_class: Vec::new(),
+            retention: DEFAULT_POLICY.to_owned(),
         }
     }
 }
 
-/// A retention period after the event time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Period {
-    Days(u32),
-    Months(u32),
-    Years(u32),
-    Forever,
+fn parse_policy_text(s: &str) -> Result<String, String> {
+    // Kept as written (a config round-trips); compared and recorded in canonical form.
+    Policy::parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
-impl Period {
-    pub fn parse(text: &str) -> Result<Self, Error> {
-        let t = text.trim().to_ascii_lowercase();
-        if t == "forever" {
-            return Ok(Period::Forever);
-        }
-        let bad = || {
-            Error::Config(format!(
-                "retention period {text:?}: expected <n>d, <n>mo, <n>y (n ≥ 1) or forever"
-            ))
-        };
-        let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-        let n: u32 = digits.parse().map_err(|_| bad())?;
-        if n == 0 {
-            return Err(bad());
-        }
-        match unit {
-            "d" => Ok(Period::Days(n)),
-            "mo" => Ok(Period::Months(n)),
-            "y" => Ok(Period::Years(n)),
-            _ => Err(bad()),
-        }
-    }
-
-    /// `event_time + <interval>`, or `None` for forever.
-    fn expiry(self) -> Option<String> {
-        let (f, n) = match self {
-            Period::Days(n) => ("toIntervalDay", n),
-            Period::Months(n) => ("toIntervalMonth", n),
-            Period::Years(n) => ("toIntervalYear", n),
-            Period::Forever => return None,
-        };
-        Some(format!("event_time + {f}({n})"))
-    }
+/// `event_time + <interval>` of a span, or `None` for forever. ClickHouse's month and year
+/// intervals clamp to the month's last day (31 January + 1 month = 28/29 February), where the
+/// archive rolls to 1 March: a row may go up to 3 days before the archive's lock ends, never
+/// earlier than the policy's whole months count (docs/retention.md).
+fn expiry(span: Span) -> Option<String> {
+    let (f, n) = match span {
+        Span::Hours(n) => ("toIntervalHour", n),
+        Span::Days(n) => ("toIntervalDay", n),
+        Span::Months(n) => ("toIntervalMonth", n),
+        Span::Years(n) => ("toIntervalYear", n),
+        Span::Forever => return None,
+    };
+    Some(format!("event_time + {f}({n})"))
 }
 
-impl fmt::Display for Period {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Period::Days(n) => write!(f, "{n}d"),
-            Period::Months(n) => write!(f, "{n}mo"),
-            Period::Years(n) => write!(f, "{n}y"),
-            Period::Forever => f.write_str("forever"),
-        }
-    }
-}
-
-/// The retention of every event class.
+/// The retention of every event class, as this sink applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetentionPolicy {
-    pub default: Period,
-    /// Class (category symbol) → its own period.
-    pub classes: BTreeMap<String, Period>,
-}
+pub struct RetentionPolicy(pub Policy);
 
 impl RetentionPolicy {
     pub fn from_args(a: &RetentionArgs) -> Result<Self, Error> {
-        let default = Period::parse(&a.retention_default)?;
-        let known: Vec<&str> = CATEGORIES.iter().map(|c| category_symbol(*c)).collect();
-        let mut classes = BTreeMap::new();
-        for entry in a.retention_class.iter().filter(|e| !e.trim().is_empty()) {
-            let (class, period) = entry.split_once('=').ok_or_else(|| {
-                Error::Config(format!(
-                    "--retention-class {entry:?}: expected CLASS=PERIOD"
-                ))
-            })?;
-            let class = class.trim().to_ascii_uppercase();
-            if !known.contains(&class.as_str()) {
-                return Err(Error::Config(format!(
-                    "--retention-class {entry:?}: unknown class {class:?} (one of {})",
-                    known.join(", ")
-                )));
-            }
-            let period = Period::parse(period)?;
-            if classes.insert(class.clone(), period).is_some() {
-                return Err(Error::Config(format!(
-                    "--retention-class: class {class} given twice"
-                )));
-            }
-        }
-        Ok(Self { default, classes })
+        Policy::parse(&a.retention)
+            .map(Self)
+            .map_err(|e| Error::Config(format!("--retention: {e}")))
     }
 
-    /// Canonical text (what is recorded and compared): `default=7y` then `CLASS=PERIOD` in
-    /// class order, `; `-separated.
+    /// Canonical text (what is recorded, compared and chained): the shared
+    /// [`Policy::canonical`], the same text sink-archive records for the same policy.
     pub fn text(&self) -> String {
-        let mut parts = vec![format!("default={}", self.default)];
-        parts.extend(self.classes.iter().map(|(c, p)| format!("{c}={p}")));
-        parts.join("; ")
+        self.0.canonical()
+    }
+
+    /// Class symbols (the `category` column's values) with their own span.
+    fn overridden(&self) -> BTreeMap<&'static str, Span> {
+        self.0
+            .overrides
+            .iter()
+            .filter_map(|(name, span)| Some((category_symbol(class_from_name(name)?), *span)))
+            .collect()
     }
 
     /// The TTL rules (`None`: every class is kept forever, no TTL). One rule per distinct
-    /// period; the classes with their own period are excluded from the default's rule. Every
+    /// span; the classes with their own span are excluded from the default's rule. Every
     /// rule spares held rows.
     pub fn ttl(&self) -> Option<String> {
-        let mut by_period: BTreeMap<Period, Vec<&str>> = BTreeMap::new();
-        for (class, period) in &self.classes {
-            by_period.entry(*period).or_default().push(class);
+        let overridden = self.overridden();
+        let mut by_span: BTreeMap<Span, Vec<&str>> = BTreeMap::new();
+        for (class, span) in &overridden {
+            by_span.entry(*span).or_default().push(class);
         }
         let mut rules = Vec::new();
-        for (period, classes) in &by_period {
-            if let Some(expiry) = period.expiry() {
+        for (span, classes) in &by_span {
+            if let Some(expiry) = expiry(*span) {
                 rules.push(format!(
                     "{expiry} DELETE WHERE legal_hold = 0 AND category IN ({})",
                     quoted(classes)
                 ));
             }
         }
-        if let Some(expiry) = self.default.expiry() {
-            let overridden: Vec<&str> = self.classes.keys().map(String::as_str).collect();
-            rules.push(if overridden.is_empty() {
+        if let Some(expiry) = expiry(self.0.default) {
+            let others: Vec<&str> = overridden.keys().copied().collect();
+            rules.push(if others.is_empty() {
                 format!("{expiry} DELETE WHERE legal_hold = 0")
             } else {
                 format!(
                     "{expiry} DELETE WHERE legal_hold = 0 AND category NOT IN ({})",
-                    quoted(&overridden)
+                    quoted(&others)
                 )
             });
         }
@@ -358,7 +287,7 @@ pub async fn ensure(
         .map_err(|e| Error::ch(format!("setting the retention TTL of {EVENTS_TABLE}"), e))?;
     let row = PolicyRow {
         applied_at_us: event.event_time_us,
-        store: "clickhouse".to_owned(),
+        store: STORE.to_owned(),
         policy: new.clone(),
         ttl,
         event_id: event.event_id.clone(),
@@ -401,148 +330,72 @@ fn now_us() -> i64 {
 /// The chained event of a policy change: governance, by the sink (the configuration it was
 /// started with is the operator's decision), about the events table.
 pub fn policy_event(c: &PolicyChange<'_>) -> AuditEvent {
-    let now = now_us();
-    let mut attributes: Vec<KeyValue> = [
-        (ATTR_STORE, "clickhouse"),
-        (ATTR_OLD_POLICY, c.old),
-        (ATTR_NEW_POLICY, c.new),
-        (ATTR_TTL, c.ttl),
-        (ATTR_TABLE, c.table),
-        (ATTR_SERVER, c.server),
-    ]
-    .into_iter()
-    .map(|(key, value)| KeyValue {
-        key: key.into(),
-        value: value.into(),
-    })
-    .collect();
-    attributes.sort();
-    AuditEvent {
-        event_id: format!("retention-{}", uuid::Uuid::now_v7()),
-        event_type: POLICY_SET_EVENT_TYPE.into(),
-        category: EventCategory::Governance,
-        severity: Severity::Notice,
-        outcome: Outcome::Success,
-        event_time_us: now,
-        receive_time_us: now,
-        source_component: "sink-clickhouse".into(),
-        ingress: Ingress {
-            channel: IngressChannel::Kafka,
-            topic: None,
-            partition: None,
-            offset: None,
-            format: "avro-single-object".into(),
-        },
-        actor: Actor {
-            actor_type: ActorType::Service,
-            id: "sink-clickhouse".into(),
-            name: None,
-            email: None,
-            ip: None,
-            user_agent: None,
-            session_id: None,
-            roles: vec![],
-        },
-        tenant: TenantContext {
-            tenant_id: None,
-            team_id: None,
-            team_name: None,
-            project_id: None,
-            business_unit: None,
-            cost_center: None,
-            enrichment: EnrichmentStatus {
-                enriched: false,
-                user_found: false,
-                team_found: false,
-            },
-        },
-        target: Some(Target {
-            target_type: "clickhouse_table".into(),
-            id: c.table.into(),
-            name: None,
-        }),
-        action: Action {
-            verb: "set_retention".into(),
-            description: Some(format!(
-                "ClickHouse retention (TTL) policy changed from \"{}\" to \"{}\"; held rows are \
-                 kept; the archive is not affected",
-                c.old, c.new
-            )),
-            status: Some("success".into()),
-            error: None,
-        },
-        trace: TraceContext {
-            trace_id: None,
-            span_id: None,
-            parent_span_id: None,
-        },
-        request_id: None,
-        parent_event_id: None,
-        reason: Some("retention policy configured for sink-clickhouse".into()),
-        data: EventData {
-            payload_json: None,
-            result_json: None,
-            metadata_json: None,
-            before_json: None,
-            after_json: None,
-            changes: vec![],
-        },
-        ai: None,
-        compliance: None,
-        security: None,
-        performance: None,
-        attributes,
+    GovernanceEvent {
+        event_id: GovernanceEvent::fresh_id("retention"),
+        event_type: POLICY_SET_EVENT_TYPE,
+        time_us: now_us(),
+        component: "sink-clickhouse",
+        actor_type: ActorType::Service,
+        actor_id: "sink-clickhouse",
+        verb: "set_retention",
+        description: format!(
+            "ClickHouse retention (TTL) policy changed from \"{}\" to \"{}\"; held rows are \
+             kept; the archive is not affected",
+            c.old, c.new
+        ),
+        target_type: "clickhouse_table",
+        target_id: c.table,
+        reason: "retention policy configured for sink-clickhouse".into(),
+        attributes: vec![
+            (ATTR_STORE, STORE.into()),
+            (ATTR_OLD_POLICY, c.old.into()),
+            (ATTR_NEW_POLICY, c.new.into()),
+            (ATTR_TTL, c.ttl.into()),
+            (ATTR_TABLE, c.table.into()),
+            (ATTR_SERVER, c.server.into()),
+        ],
+        before_json: None,
+        after_json: None,
+        regulations: vec![],
     }
+    .build()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use schemas::EventCategory;
 
     fn args(default: &str, classes: &[&str]) -> RetentionArgs {
-        RetentionArgs {
-            retention_default: default.into(),
-            retention_class: classes.iter().map(|s| (*s).to_owned()).collect(),
+        let mut text = format!("default={default}");
+        for c in classes {
+            text.push(',');
+            text.push_str(c);
         }
+        RetentionArgs { retention: text }
     }
 
     #[test]
-    fn periods_parse_and_print() {
-        assert_eq!(Period::parse("7y").expect("p"), Period::Years(7));
-        assert_eq!(Period::parse(" 90D ").expect("p"), Period::Days(90));
-        assert_eq!(Period::parse("13mo").expect("p"), Period::Months(13));
-        assert_eq!(Period::parse("Forever").expect("p"), Period::Forever);
-        for bad in [
-            "",
-            "7",
-            "y",
-            "0d",
-            "7m",
-            "7 y",
-            "-1d",
-            "1.5y",
-            "99999999999d",
-        ] {
-            assert!(Period::parse(bad).is_err(), "{bad:?}");
-        }
-        for p in ["7y", "90d", "13mo", "forever"] {
-            assert_eq!(Period::parse(p).expect("p").to_string(), p);
-        }
-    }
-
-    #[test]
-    fn policy_from_args_checks_the_classes() {
+    fn policy_from_args_is_the_shared_grammar() {
         let p = RetentionPolicy::from_args(&args("7y", &["telemetry=90d", "SECURITY=10y", " "]))
             .expect("policy");
-        assert_eq!(p.default, Period::Years(7));
-        assert_eq!(p.classes["TELEMETRY"], Period::Days(90));
-        assert_eq!(p.text(), "default=7y; SECURITY=10y; TELEMETRY=90d");
-        assert!(RetentionPolicy::from_args(&args("7y", &["AUDIT=1y"])).is_err());
-        assert!(RetentionPolicy::from_args(&args("7y", &["SECURITY"])).is_err());
-        assert!(RetentionPolicy::from_args(&args("7y", &["SECURITY=1y", "security=2y"])).is_err());
+        assert_eq!(p.0.default, Span::Years(7));
+        assert_eq!(p.0.span(EventCategory::Telemetry), Span::Days(90));
+        // The shared canonical text: lower-case classes, sorted, `,`-separated.
+        assert_eq!(p.text(), "default=7y,security=10y,telemetry=90d");
+        for bad in [
+            "AUDIT=1y",
+            "SECURITY",
+            "SECURITY=1y,security=2y",
+            "SECURITY=0d",
+        ] {
+            let e = RetentionPolicy::from_args(&args("7y", &[bad])).expect_err(bad);
+            assert!(e.to_string().contains("--retention"), "{e}");
+        }
         assert!(RetentionPolicy::from_args(&args("soon", &[])).is_err());
         let d = RetentionPolicy::from_args(&RetentionArgs::default()).expect("default");
         assert_eq!(d.text(), "default=7y");
+        assert_eq!(d.text(), DEFAULT_POLICY);
     }
 
     #[test]
@@ -573,6 +426,13 @@ mod tests {
         assert_eq!(
             p.ttl().expect("rules"),
             "event_time + toIntervalDay(30) DELETE WHERE legal_hold = 0 AND category IN ('TELEMETRY')"
+        );
+        // Hours and months map to their ClickHouse intervals.
+        let p = RetentionPolicy::from_args(&args("18mo", &["telemetry=36h"])).expect("p");
+        assert_eq!(
+            p.ttl().expect("rules"),
+            "event_time + toIntervalHour(36) DELETE WHERE legal_hold = 0 AND category IN ('TELEMETRY'), \
+             event_time + toIntervalMonth(18) DELETE WHERE legal_hold = 0 AND category NOT IN ('TELEMETRY')"
         );
         let p = RetentionPolicy::from_args(&args("forever", &[])).expect("p");
         assert_eq!(p.ttl(), None);

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::Secret;
 
+pub mod signed;
+
 /// Folder of the archive sink's local archive when neither `--archive-url` nor
 /// `--archive-local-dir` is given.
 pub const DEFAULT_LOCAL_DIR: &str = "./audit-archive";
@@ -220,6 +222,32 @@ impl ArchiveStoreArgs {
         }
     }
 
+    /// The S3 client settings of these flags for `bucket`, explicit flags first, then whatever
+    /// `from_env` read from `AWS_*`: one definition for the archive's object store and
+    /// [`signed::SignedS3`] (its requests object_store has no call for).
+    pub(crate) fn s3_builder(&self, bucket: &str) -> Result<AmazonS3Builder, StoreConfigError> {
+        let mut b = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_virtual_hosted_style_request(self.s3_virtual_hosted_style);
+        if let Some(region) = self.s3_region.as_deref().filter(|r| !r.is_empty()) {
+            b = b.with_region(region);
+        }
+        if !self.s3_endpoint.is_empty() {
+            b = b.with_endpoint(&self.s3_endpoint);
+        }
+        if !self.s3_access_key_id.is_empty() {
+            b = b.with_access_key_id(self.s3_access_key_id.expose());
+        }
+        let secret = secret_or_file(
+            self.s3_secret_access_key_file.as_deref(),
+            &self.s3_secret_access_key,
+        )?;
+        if !secret.is_empty() {
+            b = b.with_secret_access_key(secret.expose());
+        }
+        Ok(b)
+    }
+
     fn s3_store(
         &self,
         bucket: &str,
@@ -242,50 +270,34 @@ impl ArchiveStoreArgs {
                 ..RetryConfig::default()
             },
         };
-        // Explicit settings first, then whatever `from_env` read from `AWS_*`.
-        let mut b = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
-            .with_virtual_hosted_style_request(self.s3_virtual_hosted_style)
+        let mut b = self
+            .s3_builder(bucket)?
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_retry(retry);
-        if let Some(region) = self.s3_region.as_deref().filter(|r| !r.is_empty()) {
-            b = b.with_region(region);
-        }
-        if !self.s3_endpoint.is_empty() {
-            b = b.with_endpoint(&self.s3_endpoint);
-            if self.s3_endpoint.starts_with("http://") {
-                b = b.with_allow_http(true);
-            }
-        }
-        if self.s3_allow_http {
+        if self.s3_endpoint.starts_with("http://") || self.s3_allow_http {
             b = b.with_allow_http(true);
-        }
-        if !self.s3_access_key_id.is_empty() {
-            b = b.with_access_key_id(self.s3_access_key_id.expose());
-        }
-        let secret = match self
-            .s3_secret_access_key_file
-            .as_deref()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| {
-                    StoreConfigError::SecretKeyFile {
-                        path: path.to_owned(),
-                        source,
-                    }
-                })?;
-                Secret::new(text.trim())
-            }
-            None => self.s3_secret_access_key.clone(),
-        };
-        if !secret.is_empty() {
-            b = b.with_secret_access_key(secret.expose());
         }
         let s3 = b
             .build()
             .map_err(|e| StoreConfigError::Invalid(format!("S3 store for bucket {bucket}: {e}")))?;
         Ok(Arc::new(s3))
+    }
+}
+
+/// A secret given as a flag or in a file: the file's contents (trimmed) when a file is named
+/// (it wins), else `value`. The error names the file, never its contents.
+pub fn secret_or_file(file: Option<&Path>, value: &Secret) -> Result<Secret, StoreConfigError> {
+    match file.filter(|p| !p.as_os_str().is_empty()) {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| {
+                StoreConfigError::SecretKeyFile {
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+            Ok(Secret::new(text.trim()))
+        }
+        None => Ok(value.clone()),
     }
 }
 

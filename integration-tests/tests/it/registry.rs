@@ -7,9 +7,14 @@
 //!   an unknown schema id are dead-lettered with their reasons.
 //! - A registry outage holds the records (no dead letter), `/readyz` says why, and they land
 //!   once the registry answers; schema ids are fetched once (cache).
+//! - Schema references: the same producer library registers the AuditEvent schema split into
+//!   subjects (a shared `Actor` record one level down, and `Actor` → `ActorType` nested) and
+//!   publishes with references (tests/it/registry_refs_producer.py); the events come out as
+//!   those of the flat schema do. A reference to a version the registry does not have and a
+//!   reference cycle are dead-lettered `schema_reference_unresolved`, and ingest goes on.
 
 use anyhow::{ensure, Context as _};
-use integration_tests::registry_fixture::RegistryFixture;
+use integration_tests::registry_fixture::{Reference, RegistryFixture};
 use integration_tests::{demo, stack};
 use schemas::json::{JsonContext, JsonLimits};
 use schemas::{AuditEvent, Ingress, IngressChannel};
@@ -341,6 +346,218 @@ async fn a_registry_outage_holds_records_without_dead_letters_and_readyz_says_wh
     ensure!(
         count(&kafka, &topics.rejected).await? == 0,
         "dead letters after the outage"
+    );
+    ingest.stop().await
+}
+
+/// Runs a Python producer script of tests/it with `cfg`; its JSON report.
+async fn run_producer(script: &str, cfg: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let script = format!("{}/tests/it/{script}", env!("CARGO_MANIFEST_DIR"));
+    let python = std::env::var("AUDIT_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::process::Command::new(&python)
+        .arg(&script)
+        .arg(cfg.to_string())
+        .output()
+        .await
+        .with_context(|| {
+            format!("running {python} (confluent-kafka[avro,schemaregistry]: deploy/local/stack.sh install)")
+        })?;
+    ensure!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("producer output {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// What does not depend on where a record sat in the raw topic or on its event id: the event
+/// a producer's data becomes.
+fn normalised(mut e: AuditEvent) -> AuditEvent {
+    e.event_id = String::new();
+    e.receive_time_us = 0;
+    e.ingress.partition = None;
+    e.ingress.offset = None;
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_references_resolve_like_the_flat_schema_and_broken_ones_are_dead_lettered(
+) -> anyhow::Result<()> {
+    worker_runtime::telemetry::init_for_tests();
+    let registry = RegistryFixture::start_with_basic_auth(USER, PASSWORD).await?;
+    let kafka = stack::fresh_topics("registry_refs", 1).await?;
+    let topics = kafka.topics();
+    let ingest = Ingest::start(&kafka, &registry, "");
+
+    // A real producer: confluent-kafka registers the split schemas and serialises with
+    // references.
+    let run_id = stack::unique("srref");
+    let avsc = std::env::temp_dir().join(format!("{run_id}.avsc"));
+    std::fs::write(&avsc, audit_event_avsc()?)?;
+    let count = 3;
+    let report = run_producer(
+        "registry_refs_producer.py",
+        &serde_json::json!({
+            "brokers": kafka.brokers, "topic": topics.raw, "registry_url": registry.url(),
+            "user": USER, "password": PASSWORD, "avsc": avsc, "run_id": run_id, "count": count,
+        }),
+    )
+    .await;
+    let _ = std::fs::remove_file(&avsc);
+    let report = report?;
+    let mut sent: BTreeMap<String, Vec<(String, u32)>> = BTreeMap::new();
+    for s in report["sent"].as_array().context("sent")? {
+        sent.entry(s["kind"].as_str().context("kind")?.to_owned())
+            .or_default()
+            .push((
+                s["event_id"].as_str().context("event_id")?.to_owned(),
+                s["schema_id"].as_u64().context("schema_id")? as u32,
+            ));
+    }
+    let id_of = |kind: &str| sent.get(kind).and_then(|v| v.first()).map(|v| v.1);
+    let (flat_id, shared_id, nested_id) = (
+        id_of("flat").context("flat")?,
+        id_of("shared").context("shared")?,
+        id_of("nested").context("nested")?,
+    );
+    ensure!(
+        shared_id != nested_id && shared_id != flat_id,
+        "distinct schemas: {flat_id} {shared_id} {nested_id}"
+    );
+    // The registry holds the references as the producer registered them.
+    let value_subject = format!("{}-value", topics.raw);
+    ensure!(
+        registry.versions_of(&value_subject) == vec![shared_id, nested_id],
+        "{value_subject}: {:?}",
+        registry.versions_of(&value_subject)
+    );
+
+    // What no real producer library can send (it resolves references before serialising):
+    // records whose schema references a version the registry does not have, or a cycle.
+    let root = {
+        let mut v: serde_json::Value = serde_json::from_str(audit_event_avsc()?)?;
+        let fields = v["fields"].as_array_mut().context("fields")?;
+        let actor = fields
+            .iter_mut()
+            .find(|f| f["name"] == "actor")
+            .context("actor field")?;
+        actor["type"] = serde_json::json!("io.auditpipe.Actor");
+        v.to_string()
+    };
+    let missing_subject = format!("{}-never-registered", topics.raw);
+    let (missing_id, _) = registry.register_dangling(
+        &format!("{}-missing-value", topics.raw),
+        &root,
+        &[Reference::new("io.auditpipe.Actor", &missing_subject, 1)],
+    )?;
+    let (cyc_a, cyc_b) = (
+        format!("{}-cycle-a", topics.raw),
+        format!("{}-cycle-b", topics.raw),
+    );
+    let record = |name: &str, other: &str| {
+        serde_json::json!({"type": "record", "name": name, "namespace": "io.auditpipe",
+            "fields": [{"name": "next", "type": ["null", other], "default": null}]})
+        .to_string()
+    };
+    registry.register_dangling(
+        &cyc_b,
+        &record("B", "io.auditpipe.A"),
+        &[Reference::new("io.auditpipe.A", &cyc_a, 1)],
+    )?;
+    let (cycle_id, _) = registry.register_dangling(
+        &cyc_a,
+        &record("A", "io.auditpipe.B"),
+        &[Reference::new("io.auditpipe.B", &cyc_b, 1)],
+    )?;
+    let producer = stack::producer(&kafka.brokers)?;
+    let mut broken = confluent_events(1, missing_id)?;
+    broken.extend(confluent_events(1, cycle_id)?);
+    // And a good record after them: ingest did not stop at the cycle.
+    broken.extend(confluent_events(1, nested_id)?);
+    stack::produce_all(&producer, &topics.raw, broken).await?;
+
+    let want = 3 * count + 1;
+    let validated = stack::poll_until("referenced events validated", DEADLINE, || async {
+        let v = stack::read_all(&kafka, &topics.validated).await?;
+        Ok(if v.len() >= want { Ok(v) } else { Err(v.len()) })
+    })
+    .await?;
+    ensure!(validated.len() == want, "{} validated", validated.len());
+    let mut events: BTreeMap<String, AuditEvent> = BTreeMap::new();
+    for r in &validated {
+        let e: AuditEvent =
+            schemas::framing::decode_event(r.payload.as_deref().context("payload")?, None)?;
+        events.insert(e.event_id.clone(), e);
+    }
+    ensure!(
+        sent.values().all(|v| v.len() == count),
+        "{count} of each kind: {sent:?}"
+    );
+    for i in 0..count {
+        let get = |kind: &str| {
+            let id = sent.get(kind).and_then(|v| v.get(i)).map(|v| &v.0);
+            id.and_then(|id| events.get(id))
+                .cloned()
+                .with_context(|| format!("{kind} event {i} ({id:?}) not validated"))
+        };
+        let flat = get("flat")?;
+        ensure!(flat.actor.id == format!("svc-ref-producer-{i}"), "{flat:?}");
+        ensure!(flat.actor.actor_type == schemas::ActorType::Service);
+        ensure!(flat.ingress.format == "avro-confluent");
+        for kind in ["shared", "nested"] {
+            ensure!(
+                normalised(get(kind)?) == normalised(flat.clone()),
+                "{kind} event {i} differs from the flat one"
+            );
+        }
+    }
+
+    let rejected = stack::poll_until("two dead letters", DEADLINE, || async {
+        let v = stack::read_all(&kafka, &topics.rejected).await?;
+        Ok(if v.len() >= 2 { Ok(v) } else { Err(v.len()) })
+    })
+    .await?;
+    ensure!(rejected.len() == 2, "{} dead letters", rejected.len());
+    for r in &rejected {
+        ensure!(
+            header(r, HEADER_REASON_CODE) == "schema_reference_unresolved",
+            "{}: {}",
+            header(r, HEADER_REASON_CODE),
+            header(r, HEADER_REASON_MESSAGE)
+        );
+    }
+    // Told apart by the schema id their message names (the order of dead letters is not the
+    // test's business).
+    let message_naming = |id: u32| {
+        rejected
+            .iter()
+            .map(|r| header(r, HEADER_REASON_MESSAGE))
+            .find(|m| m.contains(&format!("schema id {id}:")))
+            .with_context(|| format!("no dead letter names schema id {id}"))
+    };
+    let why = message_naming(missing_id)?;
+    ensure!(
+        why.contains(&format!(
+            "io.auditpipe.Actor (subject {missing_subject} version 1)"
+        )) && why.contains("not registered"),
+        "{why}"
+    );
+    let why = message_naming(cycle_id)?;
+    ensure!(
+        why.contains("reference cycle")
+            && why.contains(&format!("io.auditpipe.B (subject {cyc_b} version 1)")),
+        "{why}"
+    );
+    // Each id was resolved once (the verdict is cached), references included.
+    ensure!(
+        registry.fetches_of(shared_id) == 1 && registry.fetches_of(nested_id) == 1,
+        "ids fetched {} and {} times",
+        registry.fetches_of(shared_id),
+        registry.fetches_of(nested_id)
+    );
+    ensure!(
+        registry.fetches_of_version(&cyc_a, 1) == 1 && registry.fetches_of_version(&cyc_b, 1) == 1
     );
     ingest.stop().await
 }
