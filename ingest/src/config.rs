@@ -144,6 +144,16 @@ pub struct HttpArgs {
         default_value_t = 16 * 1024 * 1024
     )]
     pub max_body_bytes: usize,
+    /// Longest time the door waits for a whole request body (seconds, ≥ 1). A sender that
+    /// trickles its body slower gets 408 (`body_timeout`) and the connection is closed: a few
+    /// slow clients cannot hold the door's connections and memory open indefinitely.
+    #[arg(
+        long = "http-body-timeout-secs",
+        env = "AUDIT_INGEST_HTTP_BODY_TIMEOUT_SECS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub body_timeout_secs: u64,
     /// Most events in one request; more get 413.
     #[arg(
         long = "http-max-batch",

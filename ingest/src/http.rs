@@ -62,6 +62,8 @@ pub mod codes {
     pub const BODY_TOO_LARGE: &str = "body_too_large";
     pub const BATCH_TOO_LARGE: &str = "batch_too_large";
     pub const INVALID_BODY: &str = "invalid_body";
+    /// The body did not arrive within `--http-body-timeout-secs`.
+    pub const BODY_TIMEOUT: &str = "body_timeout";
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "unsupported_media_type";
     pub const RATE_LIMITED: &str = "rate_limited";
     /// The `Idempotency-Key` header is empty, too long, or not printable ASCII.
@@ -304,6 +306,8 @@ impl RateLimiter {
 pub struct DoorLimits {
     pub max_body_bytes: usize,
     pub max_batch: usize,
+    /// How long a whole request body may take to arrive (`--http-body-timeout-secs`).
+    pub body_timeout: std::time::Duration,
 }
 
 /// Shared state of the HTTP door.
@@ -535,23 +539,43 @@ pub fn bearer_value(v: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, Response> {
-    let mut out = Vec::new();
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            request_error(
-                StatusCode::BAD_REQUEST,
-                codes::INVALID_BODY,
-                format!("reading the body: {e}"),
-            )
-        })?;
-        if out.len() + chunk.len() > limit {
-            return Err(drain_then_too_large(stream, out.len() + chunk.len(), limit).await);
+/// Reads the whole body, at most `limit` bytes and `timeout` long: a sender trickling a
+/// normal-size body gets 408 and the connection closes (an oversize one is bounded by
+/// [`drain_oversize`]).
+async fn read_body(
+    body: Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, Response> {
+    let read = async {
+        let mut out = Vec::new();
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                request_error(
+                    StatusCode::BAD_REQUEST,
+                    codes::INVALID_BODY,
+                    format!("reading the body: {e}"),
+                )
+            })?;
+            if out.len() + chunk.len() > limit {
+                return Err(drain_then_too_large(stream, out.len() + chunk.len(), limit).await);
+            }
+            out.extend_from_slice(&chunk);
         }
-        out.extend_from_slice(&chunk);
+        Ok(out)
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(read) => read,
+        Err(_) => Err(closing(request_error(
+            StatusCode::REQUEST_TIMEOUT,
+            codes::BODY_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (--http-body-timeout-secs)",
+                timeout.as_secs()
+            ),
+        ))),
     }
-    Ok(out)
 }
 
 /// How far past the limit an oversize body is read (and thrown away) before the 413: a client
@@ -663,7 +687,7 @@ async fn post_events(State(door): State<Arc<Door>>, headers: HeaderMap, body: Bo
         }
         return drain_then_too_large(body.into_data_stream(), 0, limit).await;
     }
-    let bytes = match read_body(body, limit).await {
+    let bytes = match read_body(body, limit, door.door_limits.body_timeout).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };

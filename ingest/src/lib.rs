@@ -221,6 +221,7 @@ fn http_door(
         door_limits: http::DoorLimits {
             max_body_bytes: h.max_body_bytes,
             max_batch: h.max_batch.max(1),
+            body_timeout: std::time::Duration::from_secs(h.body_timeout_secs),
         },
         ready: ready.clone(),
     }))

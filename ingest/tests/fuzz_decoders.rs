@@ -67,6 +67,7 @@ fn make_door() -> Door {
         door_limits: DoorLimits {
             max_body_bytes: 1 << 20,
             max_batch: 64,
+            body_timeout: std::time::Duration::from_secs(30),
         },
         ready: Readiness::default(),
     }

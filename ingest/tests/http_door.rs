@@ -489,3 +489,56 @@ async fn an_oversize_body_gets_its_413_not_a_broken_pipe() {
     }
     run.stop().await;
 }
+
+/// A sender that trickles a normal-size body (here: declares 1,000 bytes, sends 10 and stalls)
+/// gets 408 `body_timeout` after `--http-body-timeout-secs` and the door closes the
+/// connection, instead of holding it open for as long as the sender likes. Driven from
+/// Python's socket module (a third-party client that can stall mid-body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_body_gets_408_and_the_connection_closes() {
+    let run = start_ingest(&tokens(), &["--http-body-timeout-secs", "1"]).await;
+    const SCRIPT: &str = r#"
+import json, socket, sys, urllib.parse
+base, token = sys.argv[1], sys.argv[2]
+u = urllib.parse.urlsplit(base)
+s = socket.create_connection((u.hostname, u.port), timeout=60)
+s.sendall(("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+           "\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n").encode())
+s.sendall(b'{"pad": "xx')
+data = b""
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    data += chunk
+head, _, body = data.partition(b"\r\n\r\n")
+status = int(head.split(b" ")[1])
+closed = b"connection: close" in head.lower()
+print(json.dumps({"status": status, "closed": closed, "body": body.decode(errors="replace")}))
+"#;
+    let base = run.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .args(["-c", SCRIPT, &base, TOKEN])
+            .output()
+            .expect("python3")
+    })
+    .await
+    .expect("join");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "python output {e}: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(v["status"], 408, "{v}");
+    assert_eq!(v["closed"], true, "{v}");
+    let body = v["body"].as_str().unwrap_or("");
+    // The body may be chunk-framed; the code is in it either way.
+    assert!(body.contains("\"body_timeout\""), "{v}");
+    // The door still serves well-behaved senders.
+    let (status, _, _) = post(&run.base, Some(TOKEN), "application/json", "[]").await;
+    assert_ne!(status, StatusCode::REQUEST_TIMEOUT);
+    run.stop().await;
+}

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use futures::StreamExt;
 use ingest::http::{token_hash, Door, DoorLimits, RateLimiter, TokenTable};
 use schemas::framing::CatalogIdResolver;
 use schemas::json::JsonLimits;
@@ -42,6 +43,8 @@ fn door(kafka: &KafkaArgs, ready: Readiness) -> Arc<Door> {
         door_limits: DoorLimits {
             max_body_bytes: 4096,
             max_batch: 3,
+            // Short, for the 408 sample (a body that never completes).
+            body_timeout: std::time::Duration::from_secs(1),
         },
         ready,
     })
@@ -201,6 +204,20 @@ async fn the_document_matches_the_router() {
         ),
         ("/v1/health", "get", 503, health(), true),
     ];
+    // A body that starts and then never completes: 408 once the body timeout passes.
+    let stalled = futures::stream::once(async { Ok::<_, std::io::Error>("[{".to_owned()) })
+        .chain(futures::stream::pending());
+    let samples = samples.into_iter().chain([(
+        "/v1/events",
+        "post",
+        408,
+        Request::post("/v1/events")
+            .header("content-type", ct)
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .body(Body::from_stream(stalled))
+            .expect("request"),
+        true,
+    )]);
     let mut checked = BTreeSet::new();
     for (path, method, status, req, live) in samples {
         let app = if live { app.clone() } else { dead_app.clone() };
