@@ -191,6 +191,11 @@ impl Archive {
         self
     }
 
+    /// The readiness condition this archive's calls keep, if any (for calls made beside it).
+    pub fn check(&self) -> Option<&DependencyCheck> {
+        self.check.as_ref()
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }

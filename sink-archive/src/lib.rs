@@ -149,6 +149,14 @@ pub enum Error {
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let store = build_store(&config.archive)?;
     let ready = worker_runtime::health::Readiness::default();
+    // The health server first: while the start-up below retries an unreachable store,
+    // `/readyz` answers 503 naming it, instead of not answering at all.
+    let mut tasks = TaskSet::new(shutdown.clone());
+    let addr = config.common.health_addr.clone();
+    let (r, s) = (ready.clone(), shutdown.clone());
+    tasks.spawn("health", async move {
+        worker_runtime::health::serve(&addr, r, s).await
+    });
     let archive = Archive::new(store, config.retry, shutdown.token().clone()).reporting(
         worker_runtime::retry::DependencyCheck::new(ready.clone(), archive::CHECK_OBJECT_STORE),
     );
@@ -174,12 +182,6 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
             ready.clone(),
             anchor::CHECK_ANCHOR_STORE,
         ))
-    });
-    let mut tasks = TaskSet::new(shutdown.clone());
-    let addr = config.common.health_addr.clone();
-    let (r, s) = (ready.clone(), shutdown.clone());
-    tasks.spawn("health", async move {
-        worker_runtime::health::serve(&addr, r, s).await
     });
     let worker = worker::Worker::new(&config, archive, anchor)?;
     // Consumer watchdog: `/readyz` says why when this sink holds nothing (or nothing moves)

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 use worker_runtime::object_store::{Access, ArchiveStoreArgs};
-use worker_runtime::retry::{retry, RetryPolicy};
+use worker_runtime::retry::{retry_reporting, RetryPolicy};
 use worker_runtime::CancellationToken;
 
 use crate::archive::Archive;
@@ -411,20 +411,21 @@ pub async fn prepare(
                     "reading the Object Lock configuration of bucket {}",
                     b.bucket()
                 );
-                let config = retry(&what, retry_policy, cancel, || async {
-                    b.lock_config().await.map_err(StoreError)
-                })
-                .await
-                .map_err(|e| match e {
-                    worker_runtime::retry::RetryError::Failed(e) => Error::Store {
-                        what: what.clone(),
-                        source: e.0,
-                    },
-                    worker_runtime::retry::RetryError::Cancelled(e) => Error::Cancelled {
-                        what: what.clone(),
-                        last: e.0.to_string(),
-                    },
-                })?;
+                let config =
+                    retry_reporting(&what, retry_policy, cancel, archive.check(), || async {
+                        b.lock_config().await.map_err(StoreError)
+                    })
+                    .await
+                    .map_err(|e| match e {
+                        worker_runtime::retry::RetryError::Failed(e) => Error::Store {
+                            what: what.clone(),
+                            source: e.0,
+                        },
+                        worker_runtime::retry::RetryError::Cancelled(e) => Error::Cancelled {
+                            what: what.clone(),
+                            last: e.0.to_string(),
+                        },
+                    })?;
                 if config != LockConfig::Enabled {
                     return Err(Error::ObjectLockDisabled {
                         bucket: b.bucket().to_owned(),

@@ -541,3 +541,85 @@ async fn a_crash_before_the_record_republishes_the_same_event() {
     start().await;
     assert_eq!(lab.policy_events().await.len(), 2, "recorded: nothing more");
 }
+
+/// `/readyz` of a sink started with `health_addr`: status and body.
+async fn readyz(health_addr: &str) -> Option<(u16, Value)> {
+    let r = reqwest::get(format!("http://{health_addr}/readyz"))
+        .await
+        .ok()?;
+    let status = r.status().as_u16();
+    Some((status, r.json().await.ok()?))
+}
+
+/// S3 is unreachable when the sink starts: the start-up (reading the bucket's Object Lock
+/// configuration) retries, and meanwhile `/readyz` answers 503 naming the store and the call,
+/// instead of not answering at all. Once S3 is back the same process archives, and the
+/// condition clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_outage_at_start_is_named_on_readyz_and_heals() {
+    let lab = Lab::new(true).await;
+    let upstream = s3_endpoint();
+    let proxy =
+        worker_runtime::testing::proxy::Proxy::start(upstream.trim_start_matches("http://")).await;
+    proxy.cut();
+    let health_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").to_string()
+    };
+    let mut config = lab.config(&["--retention", "default=1d"]);
+    config.archive.s3_endpoint = format!("http://127.0.0.1:{}", proxy.port());
+    config.common.health_addr = health_addr.clone();
+    config.retry.max_attempts = 0; // retry until the store is back
+    config.retry.max_delay_ms = 500;
+    let shutdown = Shutdown::new();
+    let handle = tokio::spawn(sink_archive::run(config, shutdown.clone()));
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
+        assert!(!handle.is_finished(), "the sink gave up during the outage");
+        if let Some((503, body)) = readyz(&health_addr).await {
+            if body["checks"]["object_store"]["ok"] == Value::Bool(false) {
+                break body;
+            }
+        }
+        assert!(Instant::now() < deadline, "/readyz never named the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let detail = body["checks"]["object_store"]["detail"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        detail.contains("Object Lock configuration") && detail.contains(&lab.bucket),
+        "{body}"
+    );
+    assert_eq!(body["ready"], Value::Bool(false), "{body}");
+    // The sink keeps trying during the outage.
+    proxy.wait_refused(proxy.refused(), 2).await;
+
+    proxy.restore();
+    let enc = |e: &ChainedEvent| encode_single_object_chained(e).expect("encode");
+    let ev = chain(3, now_us(), |_| EventCategory::Other);
+    produce(
+        &lab.kafka,
+        &lab.kafka.topics().chained,
+        ev.iter().map(enc).collect(),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while lab.segments().len() < 2 {
+        assert!(!handle.is_finished(), "the sink stopped");
+        assert!(
+            Instant::now() < deadline,
+            "nothing archived after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, body) = readyz(&health_addr).await.expect("/readyz answers");
+    assert_eq!(
+        body["checks"]["object_store"]["ok"],
+        Value::Bool(true),
+        "{body}"
+    );
+    shutdown.trigger();
+    handle.await.expect("join").expect("worker result");
+}
