@@ -1,10 +1,13 @@
-//! Events/s through the HTTP door and OTLP/HTTP next to the raw broker produce rate, measured in the same run
-//! on the real broker (127.0.0.1:9092; FAILS when it is absent). The broker is the ceiling on
-//! this machine (design.md), so the figure that means something is the ratio. Prints the
-//! figures; asserts only that every event landed (no wall-clock assertions).
+//! Events/s through each front door (Kafka, HTTP, OTLP/HTTP, OTLP/gRPC) next to the raw broker
+//! produce rate, measured in the same run on the real broker (127.0.0.1:9092; FAILS when it is
+//! absent). The broker is the ceiling on this machine (design.md), so the figure that means
+//! something is the ratio. Prints the figures; asserts only that every event landed (no
+//! wall-clock assertions).
 //!
-//! CPU per event is this process's user+system time over the phase: for the HTTP phase it
-//! includes the client building and sending the JSON, so it is an upper bound for the door.
+//! CPU per event is this process's user+system time over the phase: it includes the client
+//! (building and sending the JSON or protobuf; for the Kafka door, producing the raw records),
+//! so it is an upper bound for the door. Debug build: compare ratios, not absolute figures
+//! (`worker-bench` measures the Kafka door's release binary against its raw path).
 
 mod common;
 
@@ -17,7 +20,9 @@ use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
 use worker_runtime::kafka::producer::await_delivery;
 use worker_runtime::kafka::{OutputRecord, Producer};
 
-const N: usize = 20_000;
+/// Events per door (the four phases and the two raw measurements write 6·N records to the
+/// shared broker, whose database every later test reads: kept moderate).
+const N: usize = 10_000;
 const BATCH: usize = 500;
 const CLIENTS: usize = 4;
 const TOKEN: &str = "rate-token";
@@ -100,6 +105,46 @@ async fn post_all(
     (accepted, t0.elapsed().as_secs_f64())
 }
 
+/// Encoded export requests sent over OTLP/gRPC by `CLIENTS` concurrent clients (one channel
+/// each, as exporters do); spans accepted and seconds.
+async fn export_all(endpoint: &str, requests: Vec<Vec<u8>>) -> (usize, f64) {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let requests: Vec<ExportTraceServiceRequest> = requests
+        .iter()
+        .map(|b| ExportTraceServiceRequest::decode(b.as_slice()).expect("request"))
+        .collect();
+    let t0 = Instant::now();
+    let tasks = (0..CLIENTS).map(|c| {
+        let chunk: Vec<_> = requests.iter().skip(c).step_by(CLIENTS).cloned().collect();
+        let endpoint = endpoint.to_owned();
+        tokio::spawn(async move {
+            let mut client = TraceServiceClient::connect(endpoint)
+                .await
+                .expect("gRPC connect");
+            let mut accepted = 0usize;
+            for request in chunk {
+                let spans: usize = request
+                    .resource_spans
+                    .iter()
+                    .flat_map(|r| &r.scope_spans)
+                    .map(|s| s.spans.len())
+                    .sum();
+                let r = client.export(request).await.expect("export").into_inner();
+                accepted += spans - r.partial_success.map_or(0, |p| p.rejected_spans as usize);
+            }
+            accepted
+        })
+    });
+    let accepted = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.expect("client task"))
+        .sum();
+    (accepted, t0.elapsed().as_secs_f64())
+}
+
 fn otlp_body(b: usize) -> Vec<u8> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
@@ -152,13 +197,13 @@ fn otlp_body(b: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_door_rate_next_to_raw_produce_rate() {
-    let otlp_addr = free_addr();
+    let (otlp_addr, grpc_addr) = (free_addr(), free_addr());
     let run = start_ingest(
         &token_entry(TOKEN, "acme", ""),
         &[
             "--otlp",
             "--otlp-grpc-addr",
-            "",
+            &grpc_addr,
             "--otlp-http-addr",
             &otlp_addr,
             "--strict-labels=false",
@@ -213,22 +258,64 @@ async fn http_door_rate_next_to_raw_produce_rate() {
     .await;
     let otlp_cpu = (cpu_secs() - c0) / N as f64;
     let otlp_rate = N as f64 / otlp_secs;
+
+    // OTLP/gRPC: the same spans (other ids), the same concurrency.
+    let requests: Vec<Vec<u8>> = (N / BATCH..2 * N / BATCH).map(otlp_body).collect();
+    let c0 = cpu_secs();
+    let (grpc_ok, grpc_secs) = export_all(&format!("http://{grpc_addr}"), requests).await;
+    let grpc_cpu = (cpu_secs() - c0) / N as f64;
+    let grpc_rate = N as f64 / grpc_secs;
+
+    // The Kafka door: N raw JSON records produced to the raw topic; the phase ends when
+    // ingest has validated all of them (its output is acknowledged by the broker).
+    let validated = &kafka.topics().validated;
+    let before = count(&kafka, validated).await;
+    let raw_producer = Producer::new(&kafka, "rate-kafka-door").expect("producer");
+    let raw_topic = kafka.topics().raw;
+    let (t0, c0) = (Instant::now(), cpu_secs());
+    let mut pending = Vec::with_capacity(N);
+    for i in 0..N {
+        let body = event(N + i).to_string().into_bytes();
+        let rec = OutputRecord::new(&raw_topic, Some(format!("k{i}").into_bytes()), body);
+        pending.push(raw_producer.enqueue(&rec).await.expect("enqueue"));
+    }
+    for d in join_all(pending.into_iter().map(|d| await_delivery(d, &raw_topic))).await {
+        d.expect("acknowledged");
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    while count(&kafka, validated).await < before + N as i64 {
+        assert!(
+            Instant::now() < deadline,
+            "the Kafka door did not validate {N} records"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let kafka_secs = t0.elapsed().as_secs_f64();
+    let kafka_cpu = (cpu_secs() - c0) / N as f64;
+    let kafka_rate = N as f64 / kafka_secs;
     let (raw_after, _) = raw_rate(&kafka, &payload).await;
 
     assert_eq!(accepted, N);
     assert_eq!(otlp_ok, N);
+    assert_eq!(grpc_ok, N);
     run.stop().await;
-    assert_eq!(count(&kafka, &kafka.topics().validated).await, 2 * N as i64);
+    assert_eq!(count(&kafka, &kafka.topics().validated).await, 4 * N as i64);
     let raw = (raw_before + raw_after) / 2.0;
     println!(
         "raw produce: {raw_before:.0} / {raw_after:.0} events/s (before/after), CPU/event {:.1} µs\n\
          HTTP door:   {http_rate:.0} events/s, ratio {:.2}, CPU/event {:.1} µs (incl. client)\n\
          OTLP/HTTP:   {otlp_rate:.0} spans/s, ratio {:.2}, CPU/event {:.1} µs (incl. client)\n\
-         ({CLIENTS} clients, batches of {BATCH})",
+         OTLP/gRPC:   {grpc_rate:.0} spans/s, ratio {:.2}, CPU/event {:.1} µs (incl. client)\n\
+         Kafka door:  {kafka_rate:.0} events/s, ratio {:.2}, CPU/event {:.1} µs (incl. the raw producer)\n\
+         ({CLIENTS} clients, batches of {BATCH}; N = {N} per door)",
         raw_cpu * 1e6,
         http_rate / raw,
         http_cpu * 1e6,
         otlp_rate / raw,
-        otlp_cpu * 1e6
+        otlp_cpu * 1e6,
+        grpc_rate / raw,
+        grpc_cpu * 1e6,
+        kafka_rate / raw,
+        kafka_cpu * 1e6
     );
 }
