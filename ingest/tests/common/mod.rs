@@ -1,6 +1,10 @@
 //! Helpers of the HTTP door tests: fresh topics on the real broker (127.0.0.1:9092,
-//! `deploy/local/stack.sh up`), ingest in-process with its HTTP door, reading a topic back.
+//! `deploy/local/stack.sh up`, or a test's own: `private_broker`), ingest in-process with its
+//! HTTP door, reading a topic back; malformed inputs of every kind (`malformed`).
 #![allow(dead_code)] // each test file uses a part
+
+pub mod malformed;
+pub mod private_broker;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,9 +31,14 @@ pub fn token_entry(token: &str, tenant: &str, teams: &str) -> String {
 
 /// A fresh topic prefix with raw/validated/rejected created.
 pub async fn fresh_topics() -> (KafkaArgs, String) {
+    fresh_topics_on(BROKERS).await
+}
+
+/// [`fresh_topics`] on the broker at `brokers` (e.g. a [`private_broker::PrivateBroker`]).
+pub async fn fresh_topics_on(brokers: &str) -> (KafkaArgs, String) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("h{}.", &id[..12]);
-    let kafka = KafkaArgs::local(BROKERS, &prefix);
+    let kafka = KafkaArgs::local(brokers, &prefix);
     let topics = kafka.topics();
     let specs: Vec<TopicSpec> = [&topics.raw, &topics.validated, &topics.rejected]
         .into_iter()
@@ -69,7 +78,12 @@ impl Running {
 /// `--strict-labels=…` explicitly, so the environment cannot flip a test); returns once the door
 /// answers.
 pub async fn start_ingest(tokens: &str, extra: &[&str]) -> Running {
-    let (kafka, id) = fresh_topics().await;
+    start_ingest_on(BROKERS, tokens, extra).await
+}
+
+/// [`start_ingest`] on the broker at `brokers`.
+pub async fn start_ingest_on(brokers: &str, tokens: &str, extra: &[&str]) -> Running {
+    let (kafka, id) = fresh_topics_on(brokers).await;
     let addr = free_addr();
     let group = format!("g-{id}");
     let mut args = vec![
@@ -77,7 +91,7 @@ pub async fn start_ingest(tokens: &str, extra: &[&str]) -> Running {
         "--health-addr",
         "",
         "--kafka-brokers",
-        BROKERS,
+        brokers,
         "--topic-prefix",
         &kafka.topic_prefix,
         "--group-id",
