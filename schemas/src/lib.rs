@@ -25,6 +25,9 @@ pub mod validate;
 /// Proptest strategies, shared with other crates' tests via the `testing` feature.
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+/// A realistic event stream for benchmarks, shared via the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod realistic;
 
 pub use checkpoint_record::Checkpoint;
 pub use error::SchemaError;
