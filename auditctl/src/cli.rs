@@ -89,12 +89,15 @@ pub enum Command {
     /// failures, ai) for a time range, as a table, JSON, CSV, Markdown or one HTML page.
     Report(crate::report::ReportArgs),
     /// Load a partition's seq range back from the archive into ClickHouse, verifying it first;
-    /// idempotent (rows already there are not doubled) and resumable.
+    /// idempotent (rows already there are not doubled) and resumable. `--hold`: loaded rows
+    /// are stored under legal hold and the range is held as by `hold on`.
     Rehydrate(crate::rehydrate::RehydrateArgs),
-    /// Legal hold on a partition's seq range, in both stores: S3 Object Lock legal hold on its
-    /// archive objects (segments, manifests, sealing checkpoints), and the `legal_hold` flag
-    /// on its ClickHouse rows, which sink-clickhouse's retention TTL never deletes
-    /// (`--no-clickhouse`: archive only). on, off (each recorded in the chain), or status.
+    /// Legal hold on a partition's seq range, or on the events a case is about (`--query
+    /// request_id=…`, trace, target, actor, event type, times), in both stores: S3 Object Lock
+    /// legal hold on their archive objects (segments, manifests, sealing checkpoints), and the
+    /// `legal_hold` flag on their ClickHouse rows, which sink-clickhouse's retention TTL never
+    /// deletes (`--no-clickhouse`: archive only). on, off (each recorded in the chain), or
+    /// status.
     Hold(crate::hold::HoldArgs),
     /// Erase a data subject (crypto-shredding): destroy its key, chain an erasure event, and
     /// report which partitions and seq ranges hold its ciphertext (docs/privacy.md).

@@ -1,13 +1,20 @@
-//! `auditctl hold on|off|status --partition P [--seq A..B]`: S3 Object Lock **legal hold** on
-//! the archive objects that hold a partition's seq range (docs/runbook.md, "Legal hold").
+//! `auditctl hold on|off|status --partition P [--seq A..B]` or `--query FIELD=VALUE …
+//! [--from T] [--to T]`: S3 Object Lock **legal hold** on the archive objects that hold a
+//! partition's seq range, or the events a case is about (docs/runbook.md, "Legal hold").
 //!
 //! 1. The covering objects: the segments and manifests of partition P whose seq range meets
 //!    A..B, and the checkpoints that seal it (those at seqs A..=S, S the first checkpoint seq
 //!    at or after B); without `--seq`, every segment, manifest and checkpoint of P.
+//!    A query (`--query`, or event times alone) is first resolved in ClickHouse to the
+//!    distinct (partition, seq) of its events, every value bound (never spliced into SQL);
+//!    per partition the seqs are grouped into runs of consecutive seqs and the hold covers
+//!    the union of each run's objects, as for a range. Nothing matched: a usage error (exit
+//!    2), like a range no archived object covers.
 //! 2. `on` / `off`: PUT `?legal-hold` (`<LegalHold><Status>ON|OFF</Status></LegalHold>`) on
 //!    the current version of each. `status`: GET `?legal-hold` of each. `--dry-run` lists them.
 //! 3. ClickHouse (unless `--no-clickhouse`): `on` / `off` set / clear the `legal_hold` flag
-//!    of the range's rows in the events table (sink-clickhouse migration 0007) with an
+//!    of the range's rows (a query: the rows it matched, bounded per partition by the seqs
+//!    it resolved) in the events table (sink-clickhouse migration 0007) with an
 //!    `ALTER TABLE … UPDATE` mutation, and wait until it is applied. Every retention TTL rule
 //!    of sink-clickhouse requires `legal_hold = 0`, so held rows are never deleted by TTL.
 //!    The flag is not part of the chain: no verifier reads it. Rows of the range stored later
@@ -15,7 +22,8 @@
 //!    `status` and `--dry-run` count the range's rows and the held ones.
 //! 4. `on` / `off` then append an operator event to the chain (published to
 //!    `<prefix>validated`, as `erase` does): `audit.legal_hold.set` / `.released`, with who,
-//!    the partition and range, reason, case id, object counts and ClickHouse rows. The hold
+//!    the partition and range (a query: the query as JSON, the events matched and their
+//!    seqs), reason, case id, object counts and ClickHouse rows. The hold
 //!    comes first: an event must never claim a hold that is not there. If recording fails,
 //!    the command says the hold IS changed and exits 3; running it again records it (a hold
 //!    is idempotent). A ClickHouse failure is recorded as such, and exits 3 after recording.
@@ -46,7 +54,7 @@ use crate::cli::{ArchiveStoreArgs, ClickHouseArgs, ReadArgs};
 use crate::erase::{client, events_table, operator_event, publish, who, OperatorEvent, Published};
 use crate::error::Error;
 use crate::reads::Reads;
-use crate::rehydrate::parse_range;
+use crate::rehydrate::{parse_range, parse_time_us};
 use crate::Outcome;
 
 /// Event type of a hold set.
@@ -66,6 +74,18 @@ pub const ATTR_FAILED: &str = "audit.legal_hold.failed";
 pub const ATTR_ARCHIVE: &str = "audit.legal_hold.archive";
 /// SHA-256 (hex) of the sorted object keys, one a line: which objects, without listing them.
 pub const ATTR_OBJECTS_SHA256: &str = "audit.legal_hold.objects_sha256";
+/// A query hold: the selection as JSON (keys sorted), e.g. `{"request_id":["req-42"]}`.
+pub const ATTR_QUERY: &str = "audit.legal_hold.query";
+/// A query hold: events it matched in ClickHouse.
+pub const ATTR_MATCHED: &str = "audit.legal_hold.matched_events";
+/// A query hold: the matched seqs, `partition:ranges` (`0:3..=4,7 1:2`), cut past 8 KiB.
+pub const ATTR_MATCHED_RANGES: &str = "audit.legal_hold.matched_seq_ranges";
+/// A query hold: SHA-256 (hex) of the matched `partition seq` pairs, one a line, in order.
+pub const ATTR_MATCHED_SHA256: &str = "audit.legal_hold.matched_sha256";
+/// A query hold: matched events no archived segment holds yet.
+pub const ATTR_UNARCHIVED: &str = "audit.legal_hold.unarchived_events";
+/// `rehydrate --hold`: rows it loaded into ClickHouse (already flagged) before the hold.
+pub const ATTR_REHYDRATED: &str = "audit.legal_hold.rehydrated_rows";
 /// ClickHouse: `<database>.<table>` whose rows were flagged, or `skipped` / `failed: …`.
 pub const ATTR_CLICKHOUSE: &str = "audit.legal_hold.clickhouse";
 /// ClickHouse: rows of the range flagged held (on) or released (off).
@@ -92,13 +112,28 @@ pub struct HoldArgs {
     /// on, off, or status.
     #[arg(value_enum)]
     pub action: HoldAction,
-    /// The partition whose archive objects to hold.
-    #[arg(long)]
-    pub partition: u32,
+    /// The partition whose archive objects to hold. With --query (or --from/--to): only the
+    /// events of this partition.
+    #[arg(long, required_unless_present_any = ["query", "from", "to"])]
+    pub partition: Option<u32>,
     /// Seq range `A..B` (inclusive; `A..` = to the end). Default: the whole partition (the
     /// objects there now: segments archived later are not held).
-    #[arg(long, value_parser = parse_range)]
+    #[arg(long, visible_alias = "range", value_parser = parse_range, requires = "partition")]
     pub seq: Option<(i64, i64)>,
+    /// Hold the events a case is about: `FIELD=VALUE`, resolved in ClickHouse to the
+    /// (partition, seq) of every matching event. Fields: request_id, trace_id, target (the
+    /// resource: target_id), target_type, actor (user, service or agent: actor_id),
+    /// event_type, event_id, team, tenant. Repeat a field for any of several values; different
+    /// fields must all match. Combines with --from/--to, --partition, --seq.
+    #[arg(long = "query", value_name = "FIELD=VALUE", value_parser = parse_query_term)]
+    pub query: Vec<(&'static str, String)>,
+    /// With --query: only events at or after this event time (UTC: `2024-06-01`,
+    /// `2024-06-01 10:00:00`, `2024-06-01T10:00:00Z`). Alone: every event from then on.
+    #[arg(long, value_parser = parse_time_us)]
+    pub from: Option<i64>,
+    /// Only events before this event time (UTC, same forms).
+    #[arg(long, value_parser = parse_time_us)]
+    pub to: Option<i64>,
     /// Why (recorded in the chained event). Required for on/off.
     #[arg(long)]
     pub reason: Option<String>,
@@ -124,7 +159,7 @@ pub struct HoldArgs {
     #[command(flatten)]
     pub archive: ArchiveStoreArgs,
     /// Do not flag the rows in ClickHouse (archive only): they then stay subject to
-    /// sink-clickhouse's retention TTL.
+    /// sink-clickhouse's retention TTL. A --query is still resolved in ClickHouse.
     #[arg(long)]
     pub no_clickhouse: bool,
     /// How long to wait for ClickHouse to apply the flag mutation (seconds).
@@ -133,6 +168,296 @@ pub struct HoldArgs {
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
 }
+
+impl HoldArgs {
+    /// The selection is resolved in ClickHouse (a query, or event times), not a seq range.
+    pub fn is_query(&self) -> bool {
+        !self.query.is_empty() || self.from.is_some() || self.to.is_some()
+    }
+}
+
+/// `--query` field names (and their aliases) and the events-table column each selects on.
+/// Columns of the analysts' recipes (request_timeline, trace_timeline, resource_history,
+/// user_activity), so a hold selects what the recipes show.
+pub const QUERY_FIELDS: &[(&str, &str)] = &[
+    ("request_id", "request_id"),
+    ("request", "request_id"),
+    ("trace_id", "trace_id"),
+    ("trace", "trace_id"),
+    ("target", "target_id"),
+    ("target_id", "target_id"),
+    ("resource", "target_id"),
+    ("target_type", "target_type"),
+    ("actor", "actor_id"),
+    ("actor_id", "actor_id"),
+    ("user", "actor_id"),
+    ("event_type", "event_type"),
+    ("type", "event_type"),
+    ("event_id", "event_id"),
+    ("team", "team_id"),
+    ("team_id", "team_id"),
+    ("tenant", "tenant_id"),
+    ("tenant_id", "tenant_id"),
+];
+
+/// `FIELD=VALUE` of `--query`: the column and the value (exact match, never empty).
+pub fn parse_query_term(s: &str) -> Result<(&'static str, String), String> {
+    let (field, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected FIELD=VALUE, e.g. request_id=req-42"))?;
+    let field = field.trim().to_ascii_lowercase();
+    let column = QUERY_FIELDS
+        .iter()
+        .find(|(name, _)| *name == field)
+        .map(|(_, c)| *c)
+        .ok_or_else(|| {
+            let names: Vec<&str> = QUERY_FIELDS.iter().map(|(n, _)| *n).collect();
+            format!(
+                "{s:?}: unknown field {field:?} (one of {})",
+                names.join(", ")
+            )
+        })?;
+    if value.is_empty() {
+        return Err(format!("{s:?}: empty value"));
+    }
+    Ok((column, value.to_owned()))
+}
+
+/// A value bound to a `?` of a condition (escaped by the client, never spliced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    Str(String),
+    Int(i64),
+}
+
+/// A SQL condition with its bound values, in `?` order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cond {
+    pub sql: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Cond {
+    fn and(mut self, other: Cond) -> Cond {
+        self.sql = format!("({}) AND ({})", self.sql, other.sql);
+        self.binds.extend(other.binds);
+        self
+    }
+
+    fn bind_all(&self, mut q: clickhouse::query::Query) -> clickhouse::query::Query {
+        for b in &self.binds {
+            q = match b {
+                Bind::Str(s) => q.bind(s.as_str()),
+                Bind::Int(v) => q.bind(*v),
+            };
+        }
+        q
+    }
+}
+
+/// What a `--query` hold selects: events matching every field (any of a field's values),
+/// within the event-time window, partition and seq range given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HoldQuery {
+    /// Column -> accepted values (deduplicated, sorted).
+    pub terms: BTreeMap<&'static str, Vec<String>>,
+    pub partition: Option<i32>,
+    pub seq: Option<(i64, i64)>,
+    /// Event time, microseconds: `from <= t < to`.
+    pub from_us: Option<i64>,
+    pub to_us: Option<i64>,
+}
+
+impl HoldQuery {
+    pub fn new(
+        terms: &[(&'static str, String)],
+        partition: Option<i32>,
+        seq: Option<(i64, i64)>,
+        from_us: Option<i64>,
+        to_us: Option<i64>,
+    ) -> Self {
+        let mut map: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+        for (c, v) in terms {
+            map.entry(c).or_default().push(v.clone());
+        }
+        for v in map.values_mut() {
+            v.sort();
+            v.dedup();
+        }
+        HoldQuery {
+            terms: map,
+            partition,
+            seq,
+            from_us,
+            to_us,
+        }
+    }
+
+    /// The SQL condition (every value bound).
+    pub fn condition(&self) -> Cond {
+        let mut parts = Vec::new();
+        let mut binds = Vec::new();
+        for (column, values) in &self.terms {
+            let marks = vec!["?"; values.len()].join(", ");
+            parts.push(format!("{column} IN ({marks})"));
+            binds.extend(values.iter().cloned().map(Bind::Str));
+        }
+        if let Some(p) = self.partition {
+            parts.push("chain_partition = ?".to_owned());
+            binds.push(Bind::Int(i64::from(p)));
+        }
+        if let Some((a, b)) = self.seq {
+            parts.push("seq >= ?".to_owned());
+            binds.push(Bind::Int(a));
+            if b != i64::MAX {
+                parts.push("seq <= ?".to_owned());
+                binds.push(Bind::Int(b));
+            }
+        }
+        if let Some(f) = self.from_us {
+            parts.push("event_time_us >= ?".to_owned());
+            binds.push(Bind::Int(f));
+        }
+        if let Some(t) = self.to_us {
+            parts.push("event_time_us < ?".to_owned());
+            binds.push(Bind::Int(t));
+        }
+        if parts.is_empty() {
+            parts.push("1".to_owned());
+        }
+        Cond {
+            sql: parts.join(" AND "),
+            binds,
+        }
+    }
+
+    /// The selection as JSON with sorted keys: what the chained event records, so the trail
+    /// says what was held and why (times as RFC 3339 UTC).
+    pub fn canonical(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for (column, values) in &self.terms {
+            m.insert((*column).to_owned(), serde_json::json!(values));
+        }
+        if let Some(p) = self.partition {
+            m.insert("chain_partition".into(), serde_json::json!(p));
+        }
+        if let Some(r) = self.seq {
+            m.insert("seq".into(), serde_json::json!(range_text(Some(r))));
+        }
+        if let Some(f) = self.from_us {
+            m.insert("from".into(), serde_json::json!(rfc3339(f)));
+        }
+        if let Some(t) = self.to_us {
+            m.insert("to".into(), serde_json::json!(rfc3339(t)));
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// Microseconds since the epoch as RFC 3339 UTC (the raw number if out of range).
+fn rfc3339(us: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| us.to_string())
+}
+
+/// Sorted seqs grouped into runs of consecutive seqs (inclusive ranges).
+pub fn seq_ranges(seqs: &[i64]) -> Vec<(i64, i64)> {
+    let mut sorted = seqs.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for s in sorted {
+        match out.last_mut() {
+            Some((_, b)) if s.checked_sub(1) == Some(*b) => *b = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+/// `0:3..=4,7 1:2` (partition: ranges, a single seq alone).
+pub fn ranges_text(ranges: &BTreeMap<i32, Vec<(i64, i64)>>) -> String {
+    ranges
+        .iter()
+        .map(|(p, rs)| {
+            let list: Vec<String> = rs
+                .iter()
+                .map(|&(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}..={b}")
+                    }
+                })
+                .collect();
+            format!("{p}:{}", list.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a query selected, for the report and the event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QuerySelection {
+    /// The selection (canonical JSON, keys sorted).
+    pub query: serde_json::Value,
+    /// Events (distinct partition, seq) matched in ClickHouse.
+    pub matched: u64,
+    /// The matched seqs per partition, as ranges of consecutive seqs.
+    pub ranges: BTreeMap<i32, Vec<(i64, i64)>>,
+    /// Matched events no archived segment holds yet (not archived: nothing of theirs to hold
+    /// in the archive; their rows are flagged).
+    pub unarchived: u64,
+}
+
+impl QuerySelection {
+    /// SHA-256 (hex) of the matched `partition seq` pairs, one a line, in order.
+    pub fn matched_sha256(&self) -> String {
+        let mut listing = String::new();
+        for (p, rs) in &self.ranges {
+            for &(a, b) in rs {
+                for s in a..=b {
+                    let _ = writeln!(listing, "{p} {s}");
+                }
+            }
+        }
+        segment::sha256_hex(listing.as_bytes())
+    }
+
+    /// The rows the hold flags: the query's, bounded per partition by the seqs it matched
+    /// (rows stored later with higher seqs were not resolved, so their objects are not held).
+    pub fn row_condition(&self, q: &HoldQuery) -> Cond {
+        let mut parts = Vec::new();
+        let mut binds = Vec::new();
+        for (p, rs) in &self.ranges {
+            let (Some(first), Some(last)) = (rs.first(), rs.last()) else {
+                continue;
+            };
+            parts.push("(chain_partition = ? AND seq >= ? AND seq <= ?)".to_owned());
+            binds.extend([
+                Bind::Int(i64::from(*p)),
+                Bind::Int(first.0),
+                Bind::Int(last.1),
+            ]);
+        }
+        if parts.is_empty() {
+            parts.push("0".to_owned());
+        }
+        q.condition().and(Cond {
+            sql: parts.join(" OR "),
+            binds,
+        })
+    }
+}
+
+/// Longest `audit.legal_hold.matched_seq_ranges` text recorded; past it the text is cut (the
+/// exact set is `audit.legal_hold.matched_sha256`).
+const MAX_RANGES_TEXT: usize = 8 * 1024;
 
 /// What an archive object is, for the covering set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -148,6 +473,7 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Covered {
     pub key: String,
+    pub partition: i32,
     pub kind: Kind,
     pub first_seq: i64,
     pub last_seq: i64,
@@ -178,17 +504,49 @@ pub fn covering(
     partition: i32,
     range: Option<(i64, i64)>,
 ) -> Vec<Covered> {
-    let (a, b) = range.unwrap_or((i64::MIN, i64::MAX));
+    let r = range.unwrap_or((i64::MIN, i64::MAX));
+    covering_ranges(segment_keys, checkpoint_keys, partition, &[r])
+}
+
+/// Sorted, overlapping or adjacent ranges merged.
+fn merged(ranges: &[(i64, i64)]) -> Vec<(i64, i64)> {
+    let mut v: Vec<(i64, i64)> = ranges.iter().copied().filter(|(a, b)| a <= b).collect();
+    v.sort_unstable();
+    let mut out: Vec<(i64, i64)> = Vec::new();
+    for (a, b) in v {
+        match out.last_mut() {
+            Some((_, e)) if a <= e.saturating_add(1) => *e = (*e).max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// [`covering`] of several ranges of one partition: the union of each range's covering
+/// objects, each object once (a query's matched seqs, grouped by [`seq_ranges`]).
+pub fn covering_ranges(
+    segment_keys: &[String],
+    checkpoint_keys: &[String],
+    partition: i32,
+    ranges: &[(i64, i64)],
+) -> Vec<Covered> {
+    let ranges = merged(ranges);
+    // Does [first, last] meet a range? Ranges are sorted and disjoint, so their ends are too.
+    let meets = |first: i64, last: i64| {
+        let i = ranges.partition_point(|r| r.1 < first);
+        ranges.get(i).is_some_and(|r| r.0 <= last)
+    };
     let mut out = Vec::new();
     for k in segment_keys {
         let Some((key, kind)) = parse_key(k) else {
             continue;
         };
-        if key.partition != partition || key.last_seq < a || key.first_seq > b {
+        if key.partition != partition || !meets(key.first_seq, key.last_seq) {
             continue;
         }
         out.push(Covered {
             key: k.clone(),
+            partition,
             kind: match kind {
                 ObjectKind::Segment => Kind::Segment,
                 ObjectKind::Manifest => Kind::Manifest,
@@ -197,23 +555,29 @@ pub fn covering(
             last_seq: key.last_seq,
         });
     }
-    let cps: Vec<(i64, &String)> = checkpoint_keys
+    let mut cps: Vec<(i64, &String)> = checkpoint_keys
         .iter()
         .filter_map(|k| checkpoint_seq(k, partition).map(|s| (s, k)))
         .collect();
-    let seal = if range.is_none() {
-        i64::MAX
-    } else {
-        cps.iter()
-            .map(|(s, _)| *s)
-            .filter(|s| *s >= b)
-            .min()
-            .unwrap_or(i64::MAX)
-    };
-    for (s, k) in cps {
-        if s >= a && s <= seal {
+    cps.sort();
+    // Per range A..B: the checkpoints at A..=S, S the first checkpoint seq >= B (none: to the
+    // end, as nothing seals the range yet).
+    let mut take = vec![false; cps.len()];
+    for &(a, b) in &ranges {
+        let from = cps.partition_point(|(s, _)| *s < a);
+        let seal = cps
+            .get(cps.partition_point(|(s, _)| *s < b))
+            .map_or(i64::MAX, |(s, _)| *s);
+        let to = cps.partition_point(|(s, _)| *s <= seal);
+        for t in take.iter_mut().take(to).skip(from) {
+            *t = true;
+        }
+    }
+    for ((s, k), taken) in cps.into_iter().zip(take) {
+        if taken {
             out.push(Covered {
                 key: k.clone(),
+                partition,
                 kind: Kind::Checkpoint,
                 first_seq: s,
                 last_seq: s,
@@ -222,6 +586,30 @@ pub fn covering(
     }
     out.sort_by(|x, y| (x.first_seq, x.kind, &x.key).cmp(&(y.first_seq, y.kind, &y.key)));
     out
+}
+
+/// How many seqs of `ranges` no segment of `partition` holds (not archived yet).
+pub fn unarchived(segment_keys: &[String], partition: i32, ranges: &[(i64, i64)]) -> u64 {
+    let segs: Vec<(i64, i64)> = segment_keys
+        .iter()
+        .filter_map(|k| parse_key(k))
+        .filter(|(key, kind)| key.partition == partition && *kind == ObjectKind::Segment)
+        .map(|(key, _)| (key.first_seq, key.last_seq))
+        .collect();
+    let segs = merged(&segs);
+    let mut missing = 0u64;
+    for &(a, b) in &merged(ranges) {
+        let mut held = 0i64;
+        for &(f, l) in &segs {
+            let (lo, hi) = (a.max(f), b.min(l));
+            if lo <= hi {
+                held = held.saturating_add(hi - lo + 1);
+            }
+        }
+        let len = b.saturating_sub(a).saturating_add(1);
+        missing = missing.saturating_add(u64::try_from(len - held).unwrap_or(0));
+    }
+    missing
 }
 
 /// The request body of PUT `?legal-hold`.
@@ -361,11 +749,13 @@ pub fn range_condition(partition: i32, range: Option<(i64, i64)>) -> String {
 
 /// The mutation that flags (`on`) or clears the range's rows; only rows not already so.
 pub fn hold_mutation(table: &str, partition: i32, range: Option<(i64, i64)>, on: bool) -> String {
+    hold_mutation_where(table, &range_condition(partition, range), on)
+}
+
+/// The mutation that flags (`on`) or clears the rows of `condition`; only rows not already so.
+pub fn hold_mutation_where(table: &str, condition: &str, on: bool) -> String {
     let v = u8::from(on);
-    format!(
-        "ALTER TABLE {table} UPDATE {HOLD_COLUMN} = {v} WHERE {} AND {HOLD_COLUMN} != {v}",
-        range_condition(partition, range)
-    )
+    format!("ALTER TABLE {table} UPDATE {HOLD_COLUMN} = {v} WHERE ({condition}) AND {HOLD_COLUMN} != {v}")
 }
 
 #[derive(Debug, clickhouse::Row, serde::Deserialize)]
@@ -379,7 +769,7 @@ struct Counts {
 /// background and has no `mutations_sync`).
 async fn clickhouse_hold(
     a: &HoldArgs,
-    partition: i32,
+    rows: &Cond,
     set: Option<bool>,
 ) -> Result<ClickHouseHold, Error> {
     let ch = &a.clickhouse;
@@ -396,12 +786,11 @@ async fn clickhouse_hold(
         .map_err(Error::ch(format!("looking up {qualified}.{HOLD_COLUMN}")))?;
     if has_column == 0 {
         return Err(Error::Service(format!(
-            "{qualified} has no {HOLD_COLUMN} column: start sink-clickhouse once (its migration              0007 adds it), or pass --no-clickhouse to hold the archive only"
+            "{qualified} has no {HOLD_COLUMN} column: start sink-clickhouse once (its migration 0007 adds it), or pass --no-clickhouse to hold the archive only"
         )));
     }
-    let cond = range_condition(partition, a.seq);
     if let Some(on) = set {
-        c.query(&hold_mutation(table, partition, a.seq, on))
+        rows.bind_all(c.query(&hold_mutation_where(table, &rows.sql, on)))
             .execute()
             .await
             .map_err(Error::ch(format!("flagging the held rows of {qualified}")))?;
@@ -432,10 +821,11 @@ async fn clickhouse_hold(
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
-    let counts: Counts = c
-        .query(&format!(
-            "SELECT count() AS rows, countIf({HOLD_COLUMN} = 1) AS held FROM {table} WHERE {cond}"
-        ))
+    let counts: Counts = rows
+        .bind_all(c.query(&format!(
+            "SELECT count() AS rows, countIf({HOLD_COLUMN} = 1) AS held FROM {table} WHERE {}",
+            rows.sql
+        )))
         .fetch_one()
         .await
         .map_err(Error::ch(format!("counting the held rows of {qualified}")))?;
@@ -465,9 +855,13 @@ pub struct HoldReport {
     pub action: HoldAction,
     pub dry_run: bool,
     pub archive: String,
-    pub partition: u32,
+    /// The partition given (`null`: a query over every partition).
+    pub partition: Option<u32>,
     /// The requested range (`null`: the whole partition).
     pub seq: Option<(i64, i64)>,
+    /// With --query (or --from/--to): what it matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<QuerySelection>,
     pub counts: BTreeMap<String, u64>,
     /// Objects whose hold was set/released (on/off).
     pub changed: u64,
@@ -524,6 +918,10 @@ pub struct HoldEvent<'a> {
     pub case_id: Option<&'a str>,
     pub partition: u32,
     pub range: Option<(i64, i64)>,
+    /// A query hold: what it selected (then `partition` and `range` are not used).
+    pub query: Option<&'a QuerySelection>,
+    /// More attributes (`rehydrate --hold` says how many rows it loaded).
+    pub extra: &'a [(&'static str, String)],
     /// The objects whose hold changed.
     pub objects: &'a [Covered],
     pub failed: u64,
@@ -544,17 +942,41 @@ pub enum ClickHouseOutcome<'a> {
 /// partition's range.
 pub fn hold_event(h: &HoldEvent<'_>) -> AuditEvent {
     let counts = counts_of(h.objects);
-    let covered = match (
-        h.objects.iter().map(|o| o.first_seq).min(),
-        h.objects.iter().map(|o| o.last_seq).max(),
-    ) {
-        (Some(a), Some(b)) => format!("{a}..={b}"),
-        _ => String::new(),
+    // Per partition, the seqs the objects hold: `a..=b`, or `p:a..=b …` for a query.
+    let mut spans: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for o in h.objects {
+        let e = spans
+            .entry(o.partition)
+            .or_insert((o.first_seq, o.last_seq));
+        *e = (e.0.min(o.first_seq), e.1.max(o.last_seq));
+    }
+    let covered = match (h.query, spans.len()) {
+        (None, 1) => spans
+            .values()
+            .map(|(a, b)| format!("{a}..={b}"))
+            .collect::<String>(),
+        (None, _) => String::new(),
+        (Some(_), _) => spans
+            .iter()
+            .map(|(p, (a, b))| format!("{p}:{a}..={b}"))
+            .collect::<Vec<_>>()
+            .join(" "),
     };
     let mut keys: Vec<&str> = h.objects.iter().map(|o| o.key.as_str()).collect();
     keys.sort_unstable();
     let listing: String = keys.iter().map(|k| format!("{k}\n")).collect();
     let count = |k: &str| counts.get(k).copied().unwrap_or(0).to_string();
+    let (partition, seq_range) = match h.query {
+        None => (h.partition.to_string(), range_text(h.range)),
+        Some(q) => (
+            q.ranges
+                .keys()
+                .map(i32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            "query".to_owned(),
+        ),
+    };
     let mut attributes = vec![
         (ATTR_ARCHIVE, h.archive.to_owned()),
         (ATTR_CHECKPOINTS, count("checkpoints")),
@@ -563,10 +985,29 @@ pub fn hold_event(h: &HoldEvent<'_>) -> AuditEvent {
         (ATTR_MANIFESTS, count("manifests")),
         (ATTR_OBJECTS, h.objects.len().to_string()),
         (ATTR_OBJECTS_SHA256, segment::sha256_hex(listing.as_bytes())),
-        (ATTR_PARTITION, h.partition.to_string()),
+        (ATTR_PARTITION, partition),
         (ATTR_SEGMENTS, count("segments")),
-        (ATTR_SEQ_RANGE, range_text(h.range)),
+        (ATTR_SEQ_RANGE, seq_range),
     ];
+    if let Some(q) = h.query {
+        let mut ranges = ranges_text(&q.ranges);
+        if ranges.len() > MAX_RANGES_TEXT {
+            let mut cut = MAX_RANGES_TEXT;
+            while !ranges.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            ranges.truncate(cut);
+            ranges.push_str(" …(cut; the exact set: audit.legal_hold.matched_sha256)");
+        }
+        attributes.extend([
+            (ATTR_QUERY, q.query.to_string()),
+            (ATTR_MATCHED, q.matched.to_string()),
+            (ATTR_MATCHED_RANGES, ranges),
+            (ATTR_MATCHED_SHA256, q.matched_sha256()),
+            (ATTR_UNARCHIVED, q.unarchived.to_string()),
+        ]);
+    }
+    attributes.extend(h.extra.iter().cloned());
     if let Some(c) = h.case_id.filter(|c| !c.is_empty()) {
         attributes.push((ATTR_CASE, c.to_owned()));
     }
@@ -580,7 +1021,13 @@ pub fn hold_event(h: &HoldEvent<'_>) -> AuditEvent {
             attributes.push((ATTR_CLICKHOUSE_ROWS, n.to_string()));
         }
     }
-    let target = format!("chain={}/{}", h.partition, range_text(h.range));
+    let (target_type, target) = match h.query {
+        None => (
+            "archive_range",
+            format!("chain={}/{}", h.partition, range_text(h.range)),
+        ),
+        Some(q) => ("archive_selection", format!("query:{}", q.query)),
+    };
     let mut e = operator_event(OperatorEvent {
         id_prefix: "legal-hold",
         event_type: if h.on {
@@ -589,15 +1036,26 @@ pub fn hold_event(h: &HoldEvent<'_>) -> AuditEvent {
             HOLD_RELEASED_EVENT_TYPE
         },
         verb: if h.on { "hold" } else { "release" },
-        description: if h.on {
-            "S3 Object Lock legal hold set on the archive objects of the range; its ClickHouse \
-             rows are exempt from retention TTL"
-        } else {
-            "S3 Object Lock legal hold released on the archive objects of the range; its \
-             ClickHouse rows are subject to retention TTL again"
+        description: match (h.on, h.query.is_some()) {
+            (true, false) => {
+                "S3 Object Lock legal hold set on the archive objects of the range; its \
+                 ClickHouse rows are exempt from retention TTL"
+            }
+            (false, false) => {
+                "S3 Object Lock legal hold released on the archive objects of the range; its \
+                 ClickHouse rows are subject to retention TTL again"
+            }
+            (true, true) => {
+                "S3 Object Lock legal hold set on the archive objects holding the events the \
+                 query selects; their ClickHouse rows are exempt from retention TTL"
+            }
+            (false, true) => {
+                "S3 Object Lock legal hold released on the archive objects holding the events \
+                 the query selects; their ClickHouse rows are subject to retention TTL again"
+            }
         },
         operator: h.operator,
-        target_type: "archive_range",
+        target_type,
         target_id: &target,
         reason: h.reason,
         attributes,
@@ -608,6 +1066,162 @@ pub fn hold_event(h: &HoldEvent<'_>) -> AuditEvent {
 }
 
 pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
+    let (report, error) = execute(a, &[]).await?;
+    write_report(&report, a.json, out)?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(Outcome::Ok),
+    }
+}
+
+/// What a hold covers once resolved.
+struct Plan {
+    objects: Vec<Covered>,
+    /// The ClickHouse rows it flags.
+    rows: Cond,
+    query: Option<QuerySelection>,
+    /// `partition 3`, or `the query's partitions 0,1`, for messages.
+    scope: String,
+}
+
+/// The matched (partition, seq) of a query, per partition, in order.
+async fn resolve(a: &HoldArgs, q: &HoldQuery) -> Result<BTreeMap<i32, Vec<i64>>, Error> {
+    let ch = &a.clickhouse;
+    let table = events_table(ch)?;
+    let cond = q.condition();
+    let sql = format!(
+        "SELECT DISTINCT chain_partition, seq FROM {table} WHERE {} ORDER BY chain_partition, seq",
+        cond.sql
+    );
+    let c = client(ch);
+    let doing = format!(
+        "selecting the events of {} in {}.{table}",
+        q.canonical(),
+        ch.clickhouse_database
+    );
+    let reads = Reads::new(a.reads.retry_attempts);
+    let rows: Vec<(i32, i64)> = reads
+        .run(&doing, || {
+            let (c, cond, sql, doing) = (&c, &cond, &sql, &doing);
+            async move {
+                cond.bind_all(c.query(sql))
+                    .fetch_all()
+                    .await
+                    .map_err(Error::ch(doing.clone()))
+            }
+        })
+        .await?;
+    let mut out: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for (p, s) in rows {
+        out.entry(p).or_default().push(s);
+    }
+    Ok(out)
+}
+
+/// The covering objects (and rows) of the selection.
+async fn plan(
+    a: &HoldArgs,
+    store: &dyn ObjectStore,
+    reads: &Reads,
+    describe: &str,
+) -> Result<Plan, Error> {
+    let partition = a
+        .partition
+        .map(|p| {
+            i32::try_from(p).map_err(|_| Error::Usage(format!("--partition {p} is out of range")))
+        })
+        .transpose()?;
+    let listing = |p: i32| async move {
+        let segs = list(store, &segment::partition_prefix(p), reads, describe).await?;
+        let cps = list(store, &segment::checkpoint_prefix(p), reads, describe).await?;
+        Ok::<_, Error>((segs, cps))
+    };
+    if !a.is_query() {
+        let Some(p) = partition else {
+            return Err(Error::Usage(
+                "hold: give --partition P [--seq A..B], or --query FIELD=VALUE".into(),
+            ));
+        };
+        let (segs, cps) = listing(p).await?;
+        let objects = covering(&segs, &cps, p, a.seq);
+        if objects.is_empty() {
+            return Err(Error::Usage(format!(
+                "no archived object of partition {p} covers {} in {describe}",
+                range_text(a.seq)
+            )));
+        }
+        return Ok(Plan {
+            objects,
+            rows: Cond {
+                sql: range_condition(p, a.seq),
+                binds: Vec::new(),
+            },
+            query: None,
+            scope: format!("partition {p}"),
+        });
+    }
+    let q = HoldQuery::new(&a.query, partition, a.seq, a.from, a.to);
+    if let (Some(f), Some(t)) = (q.from_us, q.to_us) {
+        if f >= t {
+            return Err(Error::Usage("--from must be before --to".into()));
+        }
+    }
+    let matched = resolve(a, &q).await?;
+    let events: usize = matched.values().map(Vec::len).sum();
+    if events == 0 {
+        // Nothing to do, as for a seq range no archived object covers: a usage error, so a
+        // typo in a case's request id never passes for a hold in place.
+        return Err(Error::Usage(format!(
+            "the query {} matches no event in {}.{}: nothing to hold (rows already deleted \
+             from ClickHouse by retention are not seen: load them back first with `auditctl \
+             rehydrate --hold`)",
+            q.canonical(),
+            a.clickhouse.clickhouse_database,
+            a.clickhouse.events_table
+        )));
+    }
+    let mut objects = Vec::new();
+    let mut ranges = BTreeMap::new();
+    let mut missing = 0u64;
+    for (p, seqs) in &matched {
+        let rs = seq_ranges(seqs);
+        let (segs, cps) = listing(*p).await?;
+        objects.extend(covering_ranges(&segs, &cps, *p, &rs));
+        missing += unarchived(&segs, *p, &rs);
+        ranges.insert(*p, rs);
+    }
+    let selection = QuerySelection {
+        query: q.canonical(),
+        matched: events as u64,
+        ranges,
+        unarchived: missing,
+    };
+    let parts: Vec<String> = matched.keys().map(i32::to_string).collect();
+    if objects.is_empty() {
+        return Err(Error::Usage(format!(
+            "no archived object holds the {events} event(s) the query {} matches (partitions \
+             {}: {}) in {describe}: not archived yet? Run it again once sink-archive has \
+             stored them",
+            selection.query,
+            parts.join(","),
+            ranges_text(&selection.ranges)
+        )));
+    }
+    Ok(Plan {
+        objects,
+        rows: selection.row_condition(&q),
+        query: Some(selection),
+        scope: format!("the query's partition(s) {}", parts.join(",")),
+    })
+}
+
+/// Runs a hold. `Err`: nothing was changed (bad arguments, unreadable listing). `Ok((report,
+/// Some(e)))`: the report of what changed, and the failure to report after it (exit 3).
+/// `extra`: more attributes for the chained event.
+pub(crate) async fn execute(
+    a: &HoldArgs,
+    extra: &[(&'static str, String)],
+) -> Result<(HoldReport, Option<Error>), Error> {
     let action = if a.check {
         HoldAction::Status
     } else {
@@ -625,36 +1239,14 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     } else {
         None
     };
-    let partition = i32::try_from(a.partition)
-        .map_err(|_| Error::Usage(format!("--partition {} is out of range", a.partition)))?;
     let reads = Reads::new(a.reads.retry_attempts);
     let bucket = open_bucket(&a.archive)?;
     let describe = a.archive.describe(Access::Read);
 
-    // 1. The covering objects.
+    // 1. The covering objects (a query: resolved in ClickHouse first).
     let store = build_store(&a.archive, Access::Read).map_err(|e| Error::Usage(e.to_string()))?;
-    let segs = list(
-        &*store,
-        &segment::partition_prefix(partition),
-        &reads,
-        &describe,
-    )
-    .await?;
-    let cps = list(
-        &*store,
-        &segment::checkpoint_prefix(partition),
-        &reads,
-        &describe,
-    )
-    .await?;
-    let objects = covering(&segs, &cps, partition, a.seq);
-    if objects.is_empty() {
-        return Err(Error::Usage(format!(
-            "no archived object of partition {} covers {} in {describe}",
-            a.partition,
-            range_text(a.seq)
-        )));
-    }
+    let plan = plan(a, &*store, &reads, &describe).await?;
+    let objects = plan.objects.clone();
 
     // 2. Requests, a few at a time; each one retried like any archive read.
     let on = action == HoldAction::On;
@@ -694,6 +1286,7 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         archive: describe.clone(),
         partition: a.partition,
         seq: a.seq,
+        query: plan.query.clone(),
         counts: counts_of(&objects),
         changed: 0,
         failed: 0,
@@ -736,7 +1329,7 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
     let archive_refused_all = changes && changed.is_empty();
     if !a.no_clickhouse && !archive_refused_all {
         let set = changes.then_some(on);
-        match clickhouse_hold(a, partition, set).await {
+        match clickhouse_hold(a, &plan.rows, set).await {
             Ok(ch) => report.clickhouse = Some(ch),
             Err(e) => {
                 report.clickhouse_error = Some(e.to_string());
@@ -759,8 +1352,10 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
             operator,
             reason,
             case_id: a.case_id.as_deref(),
-            partition: a.partition,
+            partition: a.partition.unwrap_or(0),
             range: a.seq,
+            query: plan.query.as_ref(),
+            extra,
             objects: &changed,
             failed: report.failed,
             archive: &describe,
@@ -777,27 +1372,28 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
             Err(e) => record_error = Some(e),
         }
     }
-    write_report(&report, a.json, out)?;
     let state = if on { "SET" } else { "RELEASED" };
+    let scope = &plan.scope;
     if let Some(e) = record_error {
-        return Err(Error::Service(format!(
-            "the legal hold IS {state} on {} object(s) of partition {}, but recording it in the chain failed: {e}. Run the same command again to record it (the hold itself is idempotent).",
-            report.changed, a.partition
-        )));
+        let e = Error::Service(format!(
+            "the legal hold IS {state} on {} object(s) of {scope}, but recording it in the chain failed: {e}. Run the same command again to record it (the hold itself is idempotent).",
+            report.changed
+        ));
+        return Ok((report, Some(e)));
     }
     if let Some(e) = ch_error {
-        return Err(Error::Service(format!(
-            "the legal hold IS {state} on {} archive object(s) of partition {}{}, but its \
+        let e = Error::Service(format!(
+            "the legal hold IS {state} on {} archive object(s) of {scope}{}, but its \
              ClickHouse rows were not {}: {e}. Run the same command again (it is idempotent).",
             report.changed,
-            a.partition,
             if report.recorded.is_some() {
                 " and recorded in the chain"
             } else {
                 ""
             },
             if on { "flagged" } else { "released" }
-        )));
+        ));
+        return Ok((report, Some(e)));
     }
     if let Some(e) = first_error {
         let recorded = if report.recorded.is_some() {
@@ -808,13 +1404,14 @@ pub async fn run(a: &HoldArgs, out: &mut dyn Write) -> Result<Outcome, Error> {
         } else {
             String::new()
         };
-        return Err(Error::Archive(format!(
+        let e = Error::Archive(format!(
             "{} of {} object(s) failed (first: {e}){recorded}; run the same command again",
             report.failed,
             objects.len()
-        )));
+        ));
+        return Ok((report, Some(e)));
     }
-    Ok(Outcome::Ok)
+    Ok((report, None))
 }
 
 /// Keys (relative to the archive root) under `dir`.
@@ -841,16 +1438,28 @@ async fn list(
     Ok(metas.iter().map(|m| m.location.to_string()).collect())
 }
 
-fn write_report(r: &HoldReport, json: bool, out: &mut dyn Write) -> Result<(), Error> {
+pub(crate) fn write_report(r: &HoldReport, json: bool, out: &mut dyn Write) -> Result<(), Error> {
     let text = if json {
         serde_json::to_string_pretty(r)
             .map_err(|e| Error::Usage(format!("serializing the report: {e}")))?
     } else {
         let c = |k: &str| r.counts.get(k).copied().unwrap_or(0);
+        let selected = match &r.query {
+            None => format!(
+                "partition {} ({})",
+                r.partition
+                    .map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                range_text(r.seq)
+            ),
+            Some(q) => format!(
+                "the {} event(s) of query {} ({})",
+                q.matched,
+                q.query,
+                ranges_text(&q.ranges)
+            ),
+        };
         let what = format!(
-            "partition {} ({}): {} object(s): {} segment(s), {} manifest(s), {} checkpoint(s) in {}",
-            r.partition,
-            range_text(r.seq),
+            "{selected}: {} object(s): {} segment(s), {} manifest(s), {} checkpoint(s) in {}",
             r.objects.len(),
             c("segments"),
             c("manifests"),
@@ -885,6 +1494,14 @@ fn write_report(r: &HoldReport, json: bool, out: &mut dyn Write) -> Result<(), E
                 "  {:<10} {}{state}",
                 kind_name(o.object.kind),
                 o.object.key
+            );
+        }
+        if let Some(q) = r.query.as_ref().filter(|q| q.unarchived > 0) {
+            let _ = writeln!(
+                t,
+                "warning: {} matched event(s) are in no archived segment yet (their rows are \
+                 flagged; run the same command again once they are archived)",
+                q.unarchived
             );
         }
         match (&r.clickhouse, &r.clickhouse_error) {
@@ -1057,6 +1674,8 @@ mod tests {
             case_id: Some("CASE-7"),
             partition: 0,
             range: Some((12, 15)),
+            query: None,
+            extra: &[],
             objects: &objects,
             failed: 0,
             archive: "s3://b at http://x, prefix p/",
@@ -1097,6 +1716,8 @@ mod tests {
             case_id: None,
             partition: 0,
             range: None,
+            query: None,
+            extra: &[],
             objects: &objects,
             failed: 0,
             archive: "a",
@@ -1117,15 +1738,235 @@ mod tests {
     }
 
     #[test]
+    fn a_query_hold_event_is_valid_and_records_the_query() {
+        let mut objects = covering(&seg(0, 1, 10), &[], 0, Some((3, 4)));
+        objects.extend(covering(&seg(1, 21, 30), &[], 1, Some((25, 25))));
+        let q = HoldQuery::new(&[("request_id", "r-7".into())], None, None, None, None);
+        let sel = QuerySelection {
+            query: q.canonical(),
+            matched: 3,
+            ranges: BTreeMap::from([(0, vec![(3, 4)]), (1, vec![(25, 25)])]),
+            unarchived: 0,
+        };
+        let e = hold_event(&HoldEvent {
+            on: true,
+            operator: "ops",
+            reason: "case",
+            case_id: None,
+            partition: 0,
+            range: None,
+            query: Some(&sel),
+            extra: &[(ATTR_REHYDRATED, "2".into())],
+            objects: &objects,
+            failed: 0,
+            archive: "a",
+            clickhouse: ClickHouseOutcome::Skipped,
+        });
+        schemas::validate::validate_event(
+            &e,
+            &schemas::json::JsonLimits::default(),
+            e.receive_time_us,
+        )
+        .unwrap_or_else(|err| panic!("{err:?}"));
+        let attr = |k: &str| {
+            e.attributes
+                .iter()
+                .find(|kv| kv.key == k)
+                .map(|kv| kv.value.as_str())
+        };
+        assert_eq!(attr(ATTR_QUERY), Some(r#"{"request_id":["r-7"]}"#));
+        assert_eq!(attr(ATTR_PARTITION), Some("0,1"));
+        assert_eq!(attr(ATTR_SEQ_RANGE), Some("query"));
+        assert_eq!(attr(ATTR_COVERED), Some("0:1..=10 1:21..=30"));
+        assert_eq!(attr(ATTR_MATCHED_RANGES), Some("0:3..=4 1:25"));
+        assert_eq!(attr(ATTR_REHYDRATED), Some("2"));
+        assert_eq!(
+            e.target.as_ref().map(|t| t.id.as_str()),
+            Some(r#"query:{"request_id":["r-7"]}"#)
+        );
+    }
+
+    #[test]
     fn the_clickhouse_flag_mutation_covers_exactly_the_range() {
         assert_eq!(
             hold_mutation("audit_events", 0, Some((12, 15)), true),
-            "ALTER TABLE audit_events UPDATE legal_hold = 1 WHERE chain_partition = 0 AND seq >= 12 AND seq <= 15 AND legal_hold != 1"
+            "ALTER TABLE audit_events UPDATE legal_hold = 1 WHERE (chain_partition = 0 AND seq >= 12 AND seq <= 15) AND legal_hold != 1"
         );
         assert_eq!(
             hold_mutation("audit_events", 3, Some((21, i64::MAX)), false),
-            "ALTER TABLE audit_events UPDATE legal_hold = 0 WHERE chain_partition = 3 AND seq >= 21 AND legal_hold != 0"
+            "ALTER TABLE audit_events UPDATE legal_hold = 0 WHERE (chain_partition = 3 AND seq >= 21) AND legal_hold != 0"
         );
         assert_eq!(range_condition(2, None), "chain_partition = 2");
+    }
+
+    #[test]
+    fn query_terms_are_parsed_to_columns() {
+        assert_eq!(
+            parse_query_term("request_id=req=1"),
+            Ok(("request_id", "req=1".to_owned()))
+        );
+        assert_eq!(
+            parse_query_term("Resource=vm-7"),
+            Ok(("target_id", "vm-7".into()))
+        );
+        assert_eq!(
+            parse_query_term("user=alice"),
+            Ok(("actor_id", "alice".into()))
+        );
+        assert_eq!(parse_query_term("type=x"), Ok(("event_type", "x".into())));
+        assert!(parse_query_term("payload=x").is_err());
+        assert!(parse_query_term("request_id=").is_err());
+        assert!(parse_query_term("request_id").is_err());
+    }
+
+    #[test]
+    fn a_query_binds_every_value_and_records_itself_canonically() {
+        let q = HoldQuery::new(
+            &[
+                ("trace_id", "t' OR 1=1 --".to_owned()),
+                ("request_id", "r2".to_owned()),
+                ("request_id", "r1".to_owned()),
+                ("request_id", "r2".to_owned()),
+            ],
+            Some(1),
+            Some((5, i64::MAX)),
+            Some(1_717_200_000_000_000),
+            None,
+        );
+        let c = q.condition();
+        assert_eq!(
+            c.sql,
+            "request_id IN (?, ?) AND trace_id IN (?) AND chain_partition = ? AND seq >= ? AND event_time_us >= ?"
+        );
+        assert!(!c.sql.contains("OR 1=1"), "values are bound, never spliced");
+        assert_eq!(
+            c.binds,
+            [
+                Bind::Str("r1".into()),
+                Bind::Str("r2".into()),
+                Bind::Str("t' OR 1=1 --".into()),
+                Bind::Int(1),
+                Bind::Int(5),
+                Bind::Int(1_717_200_000_000_000),
+            ]
+        );
+        assert_eq!(
+            q.canonical().to_string(),
+            r#"{"chain_partition":1,"from":"2024-06-01T00:00:00Z","request_id":["r1","r2"],"seq":"5..","trace_id":["t' OR 1=1 --"]}"#
+        );
+        let sel = QuerySelection {
+            query: q.canonical(),
+            matched: 3,
+            ranges: BTreeMap::from([(1, vec![(5, 6), (9, 9)])]),
+            unarchived: 0,
+        };
+        let rows = sel.row_condition(&q);
+        assert!(rows
+            .sql
+            .ends_with("AND ((chain_partition = ? AND seq >= ? AND seq <= ?))"));
+        assert_eq!(
+            rows.binds[c.binds.len()..],
+            [Bind::Int(1), Bind::Int(5), Bind::Int(9)]
+        );
+        assert_eq!(ranges_text(&sel.ranges), "1:5..=6,9");
+        assert_eq!(
+            sel.matched_sha256(),
+            segment::sha256_hex(b"1 5\n1 6\n1 9\n")
+        );
+    }
+
+    #[test]
+    fn the_command_line_takes_a_partition_or_a_query() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            crate::Cli::try_parse_from(["auditctl", "hold"].iter().chain(args)).map(|c| {
+                match c.command {
+                    crate::Command::Hold(h) => h,
+                    other => panic!("{other:?}"),
+                }
+            })
+        };
+        let h = parse(&["on", "--query", "request_id=r1", "--query", "actor=u"]).expect("query");
+        assert!(h.is_query() && h.partition.is_none());
+        assert_eq!(
+            h.query,
+            [("request_id", "r1".into()), ("actor_id", "u".into())]
+        );
+        let h = parse(&["status", "--partition", "2", "--range", "3..4"]).expect("range");
+        assert!(!h.is_query());
+        assert_eq!((h.partition, h.seq), (Some(2), Some((3, 4))));
+        assert!(parse(&["on", "--from", "2024-06-01"])
+            .expect("times")
+            .is_query());
+        assert!(
+            parse(&["on"]).is_err(),
+            "a partition or a query is required"
+        );
+        assert!(
+            parse(&["on", "--seq", "1..2", "--query", "trace=t"]).is_err(),
+            "--seq needs --partition"
+        );
+        assert!(parse(&["on", "--query", "colour=red"]).is_err());
+    }
+
+    #[test]
+    fn seqs_group_into_runs() {
+        assert_eq!(seq_ranges(&[7, 3, 4, 4, 9, 8, 1]), [(1, 1), (3, 4), (7, 9)]);
+        assert!(seq_ranges(&[]).is_empty());
+    }
+
+    #[test]
+    fn covering_several_ranges_is_the_union_of_each_range_s_cover() {
+        let segs: Vec<String> = [
+            seg(0, 1, 10),
+            seg(0, 11, 20),
+            seg(0, 21, 30),
+            seg(0, 31, 35),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let cps: Vec<String> = [0, 10, 20, 30]
+            .iter()
+            .map(|s| segment::checkpoint_key(0, *s, "k1"))
+            .chain([segment::checkpoint_heartbeat_key(0, 20, "k1", 5)])
+            .collect();
+        let cases: &[&[(i64, i64)]] = &[
+            &[(3, 3), (25, 26)],
+            &[(3, 4), (5, 5), (12, 12)],
+            &[(10, 11), (33, 34)],
+            &[(31, 31)],
+            &[(1, 35)],
+            &[(20, 20), (21, 21)],
+        ];
+        for ranges in cases {
+            let mut want: Vec<Covered> = Vec::new();
+            for r in ranges.iter() {
+                for c in covering(&segs, &cps, 0, Some(*r)) {
+                    if !want.iter().any(|w| w.key == c.key) {
+                        want.push(c);
+                    }
+                }
+            }
+            want.sort_by(|x, y| (x.first_seq, x.kind, &x.key).cmp(&(y.first_seq, y.kind, &y.key)));
+            assert_eq!(covering_ranges(&segs, &cps, 0, ranges), want, "{ranges:?}");
+        }
+        // 3 and 25..=26: segments 1..=10 and 21..=30, checkpoints 10 (seals 3) and 30.
+        let got = covering_ranges(&segs, &cps, 0, &[(3, 3), (25, 26)]);
+        let seqs: Vec<(Kind, i64)> = got.iter().map(|c| (c.kind, c.first_seq)).collect();
+        assert_eq!(
+            seqs,
+            [
+                (Kind::Segment, 1),
+                (Kind::Manifest, 1),
+                (Kind::Checkpoint, 10),
+                (Kind::Segment, 21),
+                (Kind::Manifest, 21),
+                (Kind::Checkpoint, 30)
+            ]
+        );
+        // Seqs 34..=40: 36..=40 are in no segment.
+        assert_eq!(unarchived(&segs, 0, &[(3, 3), (34, 40)]), 5);
+        assert_eq!(unarchived(&segs, 1, &[(3, 3)]), 1);
     }
 }

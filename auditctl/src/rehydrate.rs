@@ -11,6 +11,17 @@
 //!    written); the rest is inserted in batches. A crash part-way leaves whole batches, and the
 //!    next run skips them.
 //!
+//! 4. `--hold`: rows past their class's retention would be deleted again by the next merge on
+//!    a server with TTL (sink-clickhouse's rules delete rows with `legal_hold = 0`). So the
+//!    missing rows are inserted already flagged `legal_hold = 1`: each batch goes into a
+//!    session's temporary table first, then `INSERT … SELECT …, 1` into the events table, so
+//!    no row is ever stored unflagged (one block per batch: a crash leaves whole batches, all
+//!    flagged). Then, as `auditctl hold on` would (`crate::hold`): S3 legal hold on the archive
+//!    objects covering the range, the range's rows already there flagged too, and an
+//!    `audit.legal_hold.set` event chained with the rows loaded
+//!    (`audit.legal_hold.rehydrated_rows`). Running it again loads nothing, flags nothing new
+//!    and records the hold again, like `hold on`.
+//!
 //! A rehydrated row has `chained_offset = -1`: it was not read from Kafka. That column is sink
 //! bookkeeping (where to resume); a sink resuming at such a row starts from the beginning of
 //! the retained topic and skips what is stored, so it can re-read but never skip a record.
@@ -23,9 +34,12 @@ use clap::{Args, Parser};
 use schemas::flat::AuditRow;
 use serde::{Deserialize, Serialize};
 
+use worker_runtime::kafka::KafkaArgs;
+
 use crate::archive::ArchiveStore;
-use crate::cli::{ArchiveStoreArgs, ClickHouseArgs, Command};
+use crate::cli::{ArchiveStoreArgs, ClickHouseArgs, Command, ReadArgs};
 use crate::error::Error;
+use crate::hold::{self, HoldAction, HoldArgs};
 use crate::reads::Reads;
 use crate::{query, verify, Cli, Outcome};
 
@@ -57,10 +71,56 @@ pub struct RehydrateArgs {
     /// Print the outcome as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Put what is loaded under legal hold, as `auditctl hold on` over the same selection:
+    /// rows stored flagged `legal_hold = 1` (so TTL never deletes them), archive objects held,
+    /// the hold chained. Needs --reason and an S3 archive with Object Lock.
+    #[arg(long)]
+    pub hold: bool,
+    /// With --hold: why (recorded in the chained event).
+    #[arg(long, requires = "hold")]
+    pub reason: Option<String>,
+    /// With --hold: the legal case or matter id (recorded in the chained event).
+    #[arg(long = "case", requires = "hold")]
+    pub case_id: Option<String>,
+    /// With --hold: who holds (recorded in the event). Default: $USER.
+    #[arg(long = "held-by", env = "AUDITCTL_HELD_BY")]
+    pub held_by: Option<String>,
+    /// With --hold: how long to wait for ClickHouse to apply the flag mutation (seconds).
+    #[arg(long, default_value_t = 300)]
+    pub clickhouse_mutation_timeout_secs: u64,
     #[command(flatten)]
     pub clickhouse: ClickHouseArgs,
     #[command(flatten)]
     pub archive: ArchiveStoreArgs,
+    /// With --hold: where the hold is recorded (`<prefix>validated`).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+}
+
+impl RehydrateArgs {
+    /// The `hold on` that `--hold` runs after loading: the same partition, seqs and times.
+    fn hold_args(&self) -> HoldArgs {
+        HoldArgs {
+            action: HoldAction::On,
+            partition: Some(self.partition),
+            seq: self.seq,
+            query: Vec::new(),
+            from: self.from,
+            to: self.to,
+            reason: self.reason.clone(),
+            case_id: self.case_id.clone(),
+            held_by: self.held_by.clone(),
+            dry_run: false,
+            check: false,
+            json: self.json,
+            reads: ReadArgs { retry_attempts: 5 },
+            kafka: self.kafka.clone(),
+            archive: self.archive.clone(),
+            no_clickhouse: false,
+            clickhouse_mutation_timeout_secs: self.clickhouse_mutation_timeout_secs,
+            clickhouse: self.clickhouse.clone(),
+        }
+    }
 }
 
 /// `A..B`, `A..` or `A`.
@@ -103,6 +163,9 @@ pub struct Summary {
     /// Already in ClickHouse with the same hash (skipped).
     pub present: u64,
     pub inserted: u64,
+    /// `--hold`: the hold's report (as `auditctl hold on --json` prints it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<serde_json::Value>,
 }
 
 #[derive(Debug, clickhouse::Row, Deserialize)]
@@ -116,6 +179,15 @@ pub async fn run(args: &RehydrateArgs, out: &mut dyn Write) -> Result<Outcome, E
         return Err(Error::Usage(
             "rehydrate verifies the archive first: give --keys (or --no-signatures)".into(),
         ));
+    }
+    if args.hold {
+        // Refuse before loading anything: a held rehydrate must be able to record its hold.
+        if args.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(Error::Usage(
+                "rehydrate --hold: say why (--reason; recorded in the chain)".into(),
+            ));
+        }
+        crate::erase::who(args.held_by.as_deref(), "--held-by")?;
     }
     // 1. Verify the partition in the archive, with verify's own defaults for everything else.
     let partition = args.partition.to_string();
@@ -212,19 +284,13 @@ pub async fn run(args: &RehydrateArgs, out: &mut dyn Write) -> Result<Outcome, E
         b.set_message(args.partition.to_string());
         b
     });
+    // --hold: a session of its own, for its temporary staging table.
+    let held = args.hold.then(|| held_session(&client));
     for chunk in missing.chunks(batch) {
-        let mut ins = client
-            .insert::<AuditRow>("audit_events")
-            .await
-            .map_err(Error::ch("starting an insert into audit_events"))?;
-        for e in chunk {
-            ins.write(&AuditRow::from_chained(e, -1))
-                .await
-                .map_err(Error::ch(format!("inserting seq {}", e.seq)))?;
+        match &held {
+            None => insert_rows(&client, "audit_events", chunk).await?,
+            Some(session) => insert_held(session, chunk).await?,
         }
-        ins.end()
-            .await
-            .map_err(Error::ch("finishing an insert into audit_events"))?;
         inserted += chunk.len() as u64;
         if let Some(b) = &bar {
             b.inc(chunk.len() as u64);
@@ -233,6 +299,22 @@ pub async fn run(args: &RehydrateArgs, out: &mut dyn Write) -> Result<Outcome, E
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // 4. --hold: the archive objects and the rows already there, then the chained event.
+    let mut hold_error = None;
+    let mut hold_report = None;
+    if args.hold {
+        if events.is_empty() {
+            return Err(Error::Usage(format!(
+                "rehydrate --hold: the archive holds no event of partition {} in the range \
+                 and times given: nothing loaded, nothing held",
+                args.partition
+            )));
+        }
+        let extra = [(hold::ATTR_REHYDRATED, inserted.to_string())];
+        let (report, error) = hold::execute(&args.hold_args(), &extra).await?;
+        hold_error = error;
+        hold_report = Some(report);
+    }
     let summary = Summary {
         partition: args.partition,
         first_seq: first,
@@ -240,6 +322,11 @@ pub async fn run(args: &RehydrateArgs, out: &mut dyn Write) -> Result<Outcome, E
         archived: events.len() as u64,
         present,
         inserted,
+        hold: hold_report
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| Error::Usage(format!("serializing the hold report: {e}")))?,
     };
     let text = if args.json {
         serde_json::to_string_pretty(&summary)
@@ -256,7 +343,92 @@ pub async fn run(args: &RehydrateArgs, out: &mut dyn Write) -> Result<Outcome, E
         )
     };
     writeln!(out, "{text}").map_err(Error::file("writing output to", "<stdout>"))?;
-    Ok(Outcome::Ok)
+    if let (Some(report), false) = (&hold_report, args.json) {
+        hold::write_report(report, false, out)?;
+    }
+    match hold_error {
+        Some(e) => Err(e),
+        None => Ok(Outcome::Ok),
+    }
+}
+
+/// One INSERT of `events` into `table`.
+async fn insert_rows(
+    client: &clickhouse::Client,
+    table: &str,
+    events: &[&schemas::ChainedEvent],
+) -> Result<(), Error> {
+    let mut ins = client
+        .insert::<AuditRow>(table)
+        .await
+        .map_err(Error::ch(format!("starting an insert into {table}")))?;
+    for e in events {
+        ins.write(&AuditRow::from_chained(e, -1))
+            .await
+            .map_err(Error::ch(format!("inserting seq {} into {table}", e.seq)))?;
+    }
+    ins.end()
+        .await
+        .map_err(Error::ch(format!("finishing an insert into {table}")))
+}
+
+/// The temporary staging table of `rehydrate --hold` (one per session).
+const STAGE: &str = "auditctl_rehydrate_stage";
+
+/// The statement that copies the staged rows into the events table, flagged held.
+pub fn held_insert_sql() -> String {
+    let cols = <AuditRow as clickhouse::Row>::COLUMN_NAMES.join(", ");
+    format!(
+        "INSERT INTO audit_events ({cols}, {}) SELECT {cols}, 1 FROM {STAGE}",
+        hold::HOLD_COLUMN
+    )
+}
+
+/// `client` in a ClickHouse session of its own (for [`insert_held`]'s temporary table).
+pub fn held_session(client: &clickhouse::Client) -> clickhouse::Client {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let session = format!("auditctl-rehydrate-{}-{nanos}", std::process::id());
+    client.clone().with_setting("session_id", session)
+}
+
+/// Inserts `events` into the events table with `legal_hold = 1` from the start: staged in a
+/// temporary table of `session` (AuditRow has no hold column and the table's default is 0),
+/// then copied with one `INSERT … SELECT` (a single block: all of the batch or none of it).
+pub async fn insert_held(
+    session: &clickhouse::Client,
+    events: &[&schemas::ChainedEvent],
+) -> Result<(), Error> {
+    let exec = |sql: String, doing: &'static str| async move {
+        session
+            .query(&sql)
+            .execute()
+            .await
+            .map_err(Error::ch(doing))
+    };
+    exec(
+        format!("DROP TEMPORARY TABLE IF EXISTS {STAGE}"),
+        "dropping the staging table",
+    )
+    .await?;
+    exec(
+        format!("CREATE TEMPORARY TABLE {STAGE} AS audit_events"),
+        "creating the staging table (a temporary copy of audit_events)",
+    )
+    .await?;
+    insert_rows(session, STAGE, events).await?;
+    exec(
+        held_insert_sql(),
+        "copying the staged rows into audit_events, held",
+    )
+    .await?;
+    exec(
+        format!("DROP TEMPORARY TABLE IF EXISTS {STAGE}"),
+        "dropping the staging table",
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -278,5 +450,17 @@ mod tests {
             Ok(1_717_200_001_000_000)
         );
         assert!(parse_time_us("June").is_err());
+    }
+
+    #[test]
+    fn held_rows_are_copied_with_the_hold_flag_set() {
+        let sql = held_insert_sql();
+        let cols = <AuditRow as clickhouse::Row>::COLUMN_NAMES;
+        assert!(sql.starts_with(&format!(
+            "INSERT INTO audit_events ({}, legal_hold) SELECT {}, 1 FROM",
+            cols.join(", "),
+            cols.join(", ")
+        )));
+        assert!(!cols.contains(&"legal_hold"), "AuditRow has no hold column");
     }
 }

@@ -24,7 +24,7 @@ use object_store::path::Path as ObjPath;
 use object_store::ObjectStore;
 use rdkafka::Message;
 use schemas::segment::checkpoint_key;
-use schemas::AuditEvent;
+use schemas::{AuditEvent, ChainedEvent};
 use serde_json::Value;
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::tail::{scan, ScanStart};
@@ -97,6 +97,8 @@ fn make_bucket(object_lock: bool) -> String {
 
 struct Lab {
     bucket: String,
+    /// The archived chains (partition 0 only, unless built `with_chains`).
+    chains: Vec<Chain>,
     db: TestDb,
     keyset: std::path::PathBuf,
     store: Arc<dyn ObjectStore>,
@@ -108,6 +110,22 @@ struct Lab {
 
 impl Lab {
     async fn new(tag: &str, object_lock: bool) -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (key, keyset) = test_key(dir.path(), "k1");
+        let chain = build_chain(0, 30, &key, 10, BASE_US);
+        Self::with_chains(tag, object_lock, vec![chain], keyset, dir, usize::MAX).await
+    }
+
+    /// A lab archiving `chains` (segments of ten, as [`Lab::new`]), whose database holds the
+    /// first `in_db` events of each chain and every checkpoint.
+    async fn with_chains(
+        tag: &str,
+        object_lock: bool,
+        chains: Vec<Chain>,
+        keyset: std::path::PathBuf,
+        dir: tempfile::TempDir,
+        in_db: usize,
+    ) -> Self {
         let bucket = make_bucket(object_lock);
         let store: Arc<dyn ObjectStore> = Arc::new(
             AmazonS3Builder::new()
@@ -120,19 +138,22 @@ impl Lab {
                 .build()
                 .expect("s3 client"),
         );
-        let dir = tempfile::tempdir().expect("tmp");
-        let (key, keyset) = test_key(dir.path(), "k1");
-        let chain = build_chain(0, 30, &key, 10, BASE_US);
-        let segments = write_archive(&*store, PREFIX, &chain, 10).await;
+        let mut segments = Vec::new();
         let db = migrated_db(tag).await;
-        db.insert_chain(&chain).await;
-        assert_eq!(segments.len(), 3);
+        for chain in &chains {
+            segments.extend(write_archive(&*store, PREFIX, chain, 10).await);
+            let n = in_db.min(chain.events.len());
+            db.insert_events(&chain.events[..n]).await;
+            db.insert_checkpoints(&chain.checkpoints).await;
+        }
+        assert_eq!(segments.len(), 3 * chains.len());
         let kafka = KafkaArgs::local(BROKERS, &format!("{}.", unique(tag)));
         ensure_topics(&kafka, &pipeline_topic_specs(&kafka, 1), 1)
             .await
             .expect("topics (tansu on 9092 must be up: deploy/local/stack.sh up)");
         Self {
             bucket,
+            chains,
             db,
             keyset,
             store,
@@ -145,7 +166,21 @@ impl Lab {
     fn args(&self, action: &str, extra: &[&str]) -> Vec<String> {
         let mut a = s(&["hold", action, "--partition", "0", "--json"]);
         a.extend(s(extra));
-        a.extend(s(&[
+        a.extend(self.store_args());
+        a
+    }
+
+    /// `hold ACTION --json EXTRA…` with no --partition (a query's selection).
+    fn query_args(&self, action: &str, extra: &[&str]) -> Vec<String> {
+        let mut a = s(&["hold", action, "--json"]);
+        a.extend(s(extra));
+        a.extend(self.store_args());
+        a
+    }
+
+    /// The archive, broker and database flags.
+    fn store_args(&self) -> Vec<String> {
+        let mut a = s(&[
             "--archive-url",
             &format!("s3://{}/{PREFIX}", self.bucket),
             "--s3-endpoint",
@@ -160,7 +195,7 @@ impl Lab {
             &self.kafka.brokers,
             "--topic-prefix",
             &self.kafka.topic_prefix,
-        ]));
+        ]);
         a.extend(self.db.args());
         a
     }
@@ -184,7 +219,17 @@ impl Lab {
     }
 
     async fn hold(&self, action: &str, extra: &[&str]) -> (u8, String, Value) {
-        let (code, out) = auditctl(&self.args(action, extra)).await;
+        self.run(self.args(action, extra)).await
+    }
+
+    /// `hold ACTION EXTRA…` without --partition.
+    async fn hold_query(&self, action: &str, extra: &[&str]) -> (u8, String, Value) {
+        self.run(self.query_args(action, extra)).await
+    }
+
+    /// Runs auditctl; its output and the JSON document it starts with.
+    async fn run(&self, args: Vec<String>) -> (u8, String, Value) {
+        let (code, out) = auditctl(&args).await;
         let json = out
             .split("\nerror: ")
             .next()
@@ -635,5 +680,463 @@ async fn a_clickhouse_without_the_hold_column_is_reported_and_recorded() {
     );
     let old = std::mem::replace(&mut lab.db, migrated);
     old.drop().await;
+    lab.db.drop().await;
+}
+
+// ---- holds by query (request id, time) and rehydrate --hold ------------------------------------
+
+/// The request id of the case in [`two_partition_lab`].
+const CASE_REQUEST: &str = "req-case-7";
+/// Which events (partition, i) carry [`CASE_REQUEST`]: spread over both partitions, a run of
+/// two and lone ones, across segments.
+const CASE_EVENTS: &[(u32, u64)] = &[(0, 3), (0, 4), (0, 17), (1, 25), (1, 26)];
+
+/// Two partitions of 30 events each (segments of ten, checkpoints every ten), in the archive
+/// and in ClickHouse; the events of [`CASE_EVENTS`] carry [`CASE_REQUEST`], every other one a
+/// request id of its own.
+async fn two_partition_lab(tag: &str) -> Lab {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (key, keyset) = test_key(dir.path(), "k1");
+    let chains = (0..2u32)
+        .map(|p| {
+            build_chain_tweaked(p, 30, &key, 10, BASE_US, 0, &move |i, e| {
+                e.request_id = Some(if CASE_EVENTS.contains(&(p, i)) {
+                    CASE_REQUEST.to_owned()
+                } else {
+                    format!("req-p{p}-{i}")
+                });
+            })
+        })
+        .collect();
+    Lab::with_chains(tag, true, chains, keyset, dir, usize::MAX).await
+}
+
+impl Lab {
+    /// Every object of the lab's archive: segments, manifests, checkpoints.
+    fn all_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for seg in &self.segments {
+            let (k, _) = schemas::segment::parse_key(seg).expect("segment key");
+            keys.extend([k.object_key(), k.manifest_key()]);
+        }
+        for c in &self.chains {
+            for cp in &c.checkpoints {
+                keys.push(checkpoint_key(cp.partition, cp.seq, &cp.key_id));
+            }
+        }
+        keys.sort();
+        keys
+    }
+
+    /// (partition, seq) of every row flagged `legal_hold = 1`, and of every row (once).
+    async fn flagged(&self) -> (Vec<(i32, i64)>, Vec<(i32, i64)>) {
+        let held = self
+            .db
+            .client
+            .query("SELECT chain_partition, seq FROM audit_events WHERE legal_hold = 1 ORDER BY chain_partition, seq")
+            .fetch_all()
+            .await
+            .expect("held rows");
+        let all = self
+            .db
+            .client
+            .query("SELECT chain_partition, seq FROM audit_events ORDER BY chain_partition, seq")
+            .fetch_all()
+            .await
+            .expect("rows");
+        (held, all)
+    }
+}
+
+/// The answer, computed here from the chains and the archive's layout (segments of ten from
+/// seq 1, a checkpoint every ten): the events selected, and the objects a hold of them must
+/// cover — the segment (and manifest) holding each one, and the checkpoints from its seq up
+/// to the first one at or after it (which seals it).
+fn expected_cover(
+    lab: &Lab,
+    selected: &dyn Fn(&ChainedEvent) -> bool,
+) -> (Vec<(i32, i64)>, Vec<String>) {
+    let mut events = Vec::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for c in &lab.chains {
+        let cp_seqs: Vec<i64> = c.checkpoints.iter().map(|cp| cp.seq).collect();
+        for e in c.events.iter().filter(|e| selected(e)) {
+            events.push((e.chain_partition, e.seq));
+            let seg = lab
+                .segments
+                .iter()
+                .find_map(|k| {
+                    let (key, _) = schemas::segment::parse_key(k)?;
+                    (key.partition == e.chain_partition
+                        && key.first_seq <= e.seq
+                        && e.seq <= key.last_seq)
+                        .then_some(key)
+                })
+                .expect("a segment holds every event");
+            keys.insert(seg.object_key());
+            keys.insert(seg.manifest_key());
+            let seq = e.seq;
+            let seal = cp_seqs
+                .iter()
+                .copied()
+                .filter(|s| *s >= seq)
+                .min()
+                .unwrap_or(i64::MAX);
+            for cp in c
+                .checkpoints
+                .iter()
+                .filter(|cp| cp.seq >= seq && cp.seq <= seal)
+            {
+                keys.insert(checkpoint_key(cp.partition, cp.seq, &cp.key_id));
+            }
+        }
+    }
+    events.sort();
+    (events, keys.into_iter().collect())
+}
+
+/// boto3's view of every archive object: `state` for those in `keys`, and
+/// NoSuchObjectLegalHold (never held) for every other one.
+fn expect_holds(lab: &Lab, keys: &[String], state: &str) {
+    let all = lab.all_keys();
+    let got = boto3_holds(&lab.bucket, &all);
+    let want: Vec<String> = all
+        .iter()
+        .map(|k| {
+            if keys.contains(k) {
+                state
+            } else {
+                "NoSuchObjectLegalHold"
+            }
+            .to_owned()
+        })
+        .collect();
+    let diff: Vec<_> = all
+        .iter()
+        .zip(got.iter().zip(&want))
+        .filter(|(_, (g, w))| g != w)
+        .collect();
+    assert!(diff.is_empty(), "key: (boto3, expected): {diff:?}");
+}
+
+/// `hold on --query request_id=R` over a case spread across two partitions: exactly the
+/// archive objects holding its events (and sealing them) get the legal hold, in the view of
+/// boto3; exactly its rows are flagged; the chained event carries the query and its counts.
+/// `--from/--to` narrow it. `off` clears all of it and is chained too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_by_request_id_covers_exactly_the_case_in_both_stores() {
+    let lab = two_partition_lab("hold_query").await;
+    let is_case = |e: &ChainedEvent| e.event.request_id.as_deref() == Some(CASE_REQUEST);
+    let (events, keys) = expected_cover(&lab, &is_case);
+    assert_eq!(events, [(0, 3), (0, 4), (0, 17), (1, 25), (1, 26)]);
+    // Segments 1..=10 and 11..=20 of partition 0, 21..=30 of partition 1, their manifests,
+    // checkpoints 10 and 20 of partition 0 and 30 of partition 1.
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    let query = format!("request_id={CASE_REQUEST}");
+
+    // A dry run lists them and changes nothing; so does status.
+    let (code, out, report) = lab
+        .hold_query("on", &["--query", &query, "--dry-run"])
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let mut listed = keys_of(&report);
+    listed.sort();
+    assert_eq!(listed, keys, "{out}");
+    assert_eq!(report["query"]["matched"], 5, "{out}");
+    assert_eq!(report["clickhouse"]["rows"], 5, "{out}");
+    assert_eq!(report["clickhouse"]["held"], 0, "{out}");
+    let (code, out, status) = lab.hold_query("status", &["--query", &query]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(holds_of(&status).iter().all(|h| h == "none"), "{out}");
+    assert!(lab.recorded().await.is_empty());
+
+    // --from/--to narrow the selection (event i is at BASE_US + i minutes).
+    let (from, to) = (BASE_US + 10 * 60_000_000, BASE_US + 26 * 60_000_000);
+    let in_window = |e: &ChainedEvent| {
+        is_case(e) && e.event.event_time_us >= from && e.event.event_time_us < to
+    };
+    let (narrow_events, narrow_keys) = expected_cover(&lab, &in_window);
+    assert_eq!(narrow_events, [(0, 17), (1, 25)]);
+    let (code, out, report) = lab
+        .hold_query(
+            "on",
+            &[
+                "--query",
+                &query,
+                "--from",
+                "2024-06-01 00:10:00",
+                "--to",
+                "2024-06-01T00:26:00Z",
+                "--dry-run",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    let mut listed = keys_of(&report);
+    listed.sort();
+    assert_eq!(listed, narrow_keys, "{out}");
+    assert_eq!(report["clickhouse"]["rows"], 2, "{out}");
+
+    // On.
+    let (code, out, report) = lab
+        .hold_query(
+            "on",
+            &[
+                "--query",
+                &query,
+                "--reason",
+                "litigation: Roe v. Doe",
+                "--case",
+                "CASE-7",
+                "--held-by",
+                "legal-ops",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["changed"], 9, "{out}");
+    expect_holds(&lab, &keys, "ON");
+    let (held, all) = lab.flagged().await;
+    assert_eq!(held, events, "exactly the case's rows are flagged");
+    assert_eq!(all.len(), 60);
+    let (code, out) = lab.verify().await;
+    assert_eq!(code, 0, "verify on held rows: {out}");
+
+    let recorded = lab.recorded().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let e = &recorded[0];
+    assert_eq!(e.event_type, "audit.legal_hold.set");
+    assert_eq!(e.actor.id, "legal-ops");
+    assert_eq!(e.reason.as_deref(), Some("litigation: Roe v. Doe"));
+    assert_eq!(
+        attr(e, "audit.legal_hold.query"),
+        Some(format!("{{\"request_id\":[\"{CASE_REQUEST}\"]}}").as_str())
+    );
+    assert_eq!(attr(e, "audit.legal_hold.matched_events"), Some("5"));
+    assert_eq!(
+        attr(e, "audit.legal_hold.matched_seq_ranges"),
+        Some("0:3..=4,17 1:25..=26")
+    );
+    let listing: String = events.iter().map(|(p, s)| format!("{p} {s}\n")).collect();
+    assert_eq!(
+        attr(e, "audit.legal_hold.matched_sha256"),
+        Some(schemas::segment::sha256_hex(listing.as_bytes()).as_str())
+    );
+    assert_eq!(attr(e, "audit.legal_hold.partition"), Some("0,1"));
+    assert_eq!(attr(e, "audit.legal_hold.case_id"), Some("CASE-7"));
+    assert_eq!(attr(e, "audit.legal_hold.objects"), Some("9"));
+    assert_eq!(attr(e, "audit.legal_hold.segments"), Some("3"));
+    assert_eq!(attr(e, "audit.legal_hold.checkpoints"), Some("3"));
+    assert_eq!(attr(e, "audit.legal_hold.clickhouse_rows"), Some("5"));
+    assert_eq!(attr(e, "audit.legal_hold.unarchived_events"), Some("0"));
+    let key_listing: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    assert_eq!(
+        attr(e, "audit.legal_hold.objects_sha256"),
+        Some(schemas::segment::sha256_hex(key_listing.as_bytes()).as_str())
+    );
+
+    // Off: every object of the case OFF, no row flagged, the release chained with the query.
+    let (code, out, report) = lab
+        .hold_query(
+            "off",
+            &[
+                "--query",
+                &query,
+                "--reason",
+                "case closed",
+                "--held-by",
+                "legal-ops",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["changed"], 9, "{out}");
+    expect_holds(&lab, &keys, "OFF");
+    assert!(lab.flagged().await.0.is_empty(), "off clears the flags");
+    let recorded = lab.recorded().await;
+    let kinds: Vec<&str> = recorded.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(kinds, ["audit.legal_hold.set", "audit.legal_hold.released"]);
+    assert_eq!(
+        attr(&recorded[1], "audit.legal_hold.query"),
+        attr(&recorded[0], "audit.legal_hold.query")
+    );
+    assert_eq!(
+        attr(&recorded[1], "audit.legal_hold.clickhouse_rows"),
+        Some("5")
+    );
+    lab.db.drop().await;
+}
+
+/// A query matching nothing is a usage error (exit 2, as a seq range no object covers),
+/// says so, and changes and records nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_matching_nothing_holds_nothing() {
+    let lab = two_partition_lab("hold_query_none").await;
+    let (code, out, _) = lab
+        .hold_query(
+            "on",
+            &[
+                "--query",
+                "request_id=no-such-request",
+                "--query",
+                "actor=user-1",
+                "--reason",
+                "r",
+                "--held-by",
+                "ops",
+            ],
+        )
+        .await;
+    assert_eq!(code, auditctl::EXIT_USAGE, "{out}");
+    assert!(out.contains("matches no event"), "{out}");
+    assert!(out.contains("no-such-request"), "{out}");
+    // A request id that exists, but not in the time window: nothing either.
+    let (code, out, _) = lab
+        .hold_query(
+            "status",
+            &[
+                "--query",
+                &format!("request_id={CASE_REQUEST}"),
+                "--from",
+                "2024-06-02",
+            ],
+        )
+        .await;
+    assert_eq!(code, auditctl::EXIT_USAGE, "{out}");
+    expect_holds(&lab, &[], "ON");
+    assert!(lab.flagged().await.0.is_empty());
+    assert!(lab.recorded().await.is_empty());
+    lab.db.drop().await;
+}
+
+/// `rehydrate --hold`: the range's missing rows are loaded flagged, the rows already there
+/// are flagged too, the covering archive objects are held and the hold is chained with the
+/// rows loaded. Twice: every row still once, still flagged, nothing loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rehydrate_hold_loads_the_range_held_once() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (key, keyset) = test_key(dir.path(), "k1");
+    let chain = build_chain(0, 30, &key, 10, BASE_US);
+    // Hot storage kept seqs 1..=10 only.
+    let lab = Lab::with_chains("rehydrate_hold", true, vec![chain], keyset, dir, 10).await;
+    let in_range = |e: &ChainedEvent| (5..=15).contains(&e.seq);
+    let (events, keys) = expected_cover(&lab, &in_range);
+    assert_eq!(
+        keys.len(),
+        6,
+        "segments 1..=10, 11..=20, manifests, checkpoints 10, 20"
+    );
+    let rehydrate = |extra: &[&str]| {
+        let mut a = s(&[
+            "rehydrate",
+            "--partition",
+            "0",
+            "--seq",
+            "5..15",
+            "--json",
+            "--hold",
+        ]);
+        a.extend(s(extra));
+        a.extend(s(&["--keys", lab.keyset.to_str().expect("utf8")]));
+        a.extend(lab.store_args());
+        a
+    };
+    // --hold needs a reason, checked before anything is loaded.
+    let (code, out, _) = lab.run(rehydrate(&[])).await;
+    assert_eq!(code, auditctl::EXIT_USAGE, "{out}");
+    assert_eq!(lab.flagged().await.1.len(), 10);
+
+    let args = rehydrate(&[
+        "--reason",
+        "regulator inquiry",
+        "--case",
+        "INQ-3",
+        "--held-by",
+        "ops",
+    ]);
+    let (code, out, sm) = lab.run(args.clone()).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (&sm["archived"], &sm["present"], &sm["inserted"]),
+        (&11.into(), &6.into(), &5.into()),
+        "{out}"
+    );
+    let (held, all) = lab.flagged().await;
+    assert_eq!(held, events, "the range, loaded or not, is flagged");
+    let want_all: Vec<(i32, i64)> = (1..=15).map(|s| (0, s)).collect();
+    assert_eq!(all, want_all);
+    expect_holds(&lab, &keys, "ON");
+    let recorded = lab.recorded().await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let e = &recorded[0];
+    assert_eq!(e.event_type, "audit.legal_hold.set");
+    assert_eq!(e.reason.as_deref(), Some("regulator inquiry"));
+    assert_eq!(attr(e, "audit.legal_hold.rehydrated_rows"), Some("5"));
+    assert_eq!(attr(e, "audit.legal_hold.seq_range"), Some("5..=15"));
+    assert_eq!(attr(e, "audit.legal_hold.case_id"), Some("INQ-3"));
+    assert_eq!(attr(e, "audit.legal_hold.clickhouse_rows"), Some("11"));
+    assert_eq!(
+        sm["hold"]["recorded"]["event_id"].as_str(),
+        Some(e.event_id.as_str())
+    );
+
+    // Again: nothing loaded, nothing doubled, still flagged; the hold is recorded again.
+    let (code, out, sm) = lab.run(args).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (&sm["present"], &sm["inserted"]),
+        (&11.into(), &0.into()),
+        "{out}"
+    );
+    let (held2, all2) = lab.flagged().await;
+    assert_eq!((held2, all2), (events, want_all));
+    let recorded = lab.recorded().await;
+    assert_eq!(recorded.len(), 2);
+    assert_eq!(
+        attr(&recorded[1], "audit.legal_hold.rehydrated_rows"),
+        Some("0")
+    );
+    expect_holds(&lab, &keys, "ON");
+
+    // By event time (event i is at i minutes): seqs 20 and 21 loaded held, the hold resolved
+    // as a query over the same partition and times.
+    let mut by_time = s(&[
+        "rehydrate",
+        "--partition",
+        "0",
+        "--from",
+        "2024-06-01 00:20:00",
+        "--to",
+        "2024-06-01 00:22:00",
+        "--json",
+        "--hold",
+        "--reason",
+        "r",
+        "--held-by",
+        "ops",
+        "--keys",
+        lab.keyset.to_str().expect("utf8"),
+    ]);
+    by_time.extend(lab.store_args());
+    let (code, out, sm) = lab.run(by_time).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        (&sm["archived"], &sm["inserted"]),
+        (&2.into(), &2.into()),
+        "{out}"
+    );
+    let window = |e: &ChainedEvent| in_range(e) || (20..=21).contains(&e.seq);
+    let (events, keys) = expected_cover(&lab, &window);
+    assert_eq!(lab.flagged().await.0, events);
+    expect_holds(&lab, &keys, "ON");
+    let recorded = lab.recorded().await;
+    assert_eq!(
+        attr(&recorded[2], "audit.legal_hold.query"),
+        Some(r#"{"chain_partition":0,"from":"2024-06-01T00:20:00Z","to":"2024-06-01T00:22:00Z"}"#)
+    );
+    assert_eq!(
+        attr(&recorded[2], "audit.legal_hold.matched_seq_ranges"),
+        Some("0:20..=21")
+    );
     lab.db.drop().await;
 }

@@ -227,3 +227,58 @@ async fn a_time_range_loads_exactly_the_events_of_that_time() {
         .execute()
         .await;
 }
+
+/// `rehydrate --hold` stores its rows flagged `legal_hold = 1` from the first moment (staged
+/// in a session's temporary table, then copied flagged): no mutation is involved, so no
+/// retention merge can catch a rehydrated row unflagged. Twice: still once each.
+#[tokio::test]
+async fn held_rows_are_stored_flagged_without_a_mutation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, _) = test_key(dir.path(), "k1");
+    let chain = build_chain(1, 12, &key, 10, BASE_US);
+    let (store, db) = fresh_db().await;
+    let session = auditctl::rehydrate::held_session(store.client());
+    let rows: Vec<&ChainedEvent> = chain.events[..8].iter().collect();
+    auditctl::rehydrate::insert_held(&session, &rows)
+        .await
+        .expect("held insert");
+    // Another batch in the same session (the staging table is made afresh).
+    let rest: Vec<&ChainedEvent> = chain.events[8..].iter().collect();
+    auditctl::rehydrate::insert_held(&session, &rest)
+        .await
+        .expect("held insert");
+    let (rows_n, held): (u64, u64) = store
+        .client()
+        .query("SELECT count(), countIf(legal_hold = 1) FROM audit_events")
+        .fetch_one()
+        .await
+        .expect("counts");
+    assert_eq!((rows_n, held), (12, 12));
+    assert_eq!(counts(&store, 1, 12).await, (12, 12));
+    let mutations: u64 = store
+        .client()
+        .query("SELECT count() FROM system.mutations WHERE database = ?")
+        .bind(&db)
+        .fetch_one()
+        .await
+        .expect("mutations");
+    assert_eq!(mutations, 0, "flagged at insert, not by a mutation");
+    // The rows are the chain's: the stored partition verifies against its events.
+    let stored: Vec<(i64, String)> = store
+        .client()
+        .query("SELECT seq, hash FROM audit_events ORDER BY seq")
+        .fetch_all()
+        .await
+        .expect("rows");
+    let want: Vec<(i64, String)> = chain
+        .events
+        .iter()
+        .map(|e| (e.seq, hex::encode(&e.hash)))
+        .collect();
+    assert_eq!(stored, want);
+    let _ = store
+        .client()
+        .query(&format!("DROP DATABASE IF EXISTS {db}"))
+        .execute()
+        .await;
+}

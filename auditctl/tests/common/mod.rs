@@ -117,6 +117,28 @@ pub fn build_chain_counted(
     time_us: i64,
     partition_count: u32,
 ) -> Chain {
+    build_chain_tweaked(
+        partition,
+        n,
+        key,
+        every,
+        time_us,
+        partition_count,
+        &|_, _| {},
+    )
+}
+
+/// [`build_chain_counted`] whose event `i` is changed by `tweak(i, event)` before it is
+/// chained (e.g. request ids for a legal-hold query).
+pub fn build_chain_tweaked(
+    partition: u32,
+    n: u64,
+    key: &SigningKey,
+    every: u64,
+    time_us: i64,
+    partition_count: u32,
+    tweak: &dyn Fn(u64, &mut AuditEvent),
+) -> Chain {
     // As the chainer writes them today: chain rule audit-chain/v2 bound to CHAIN_ID, and
     // checkpoints that also sign the whole tree's root (v3).
     let mut head = ChainHead::genesis_v2(CHAIN_ID, partition);
@@ -126,7 +148,8 @@ pub fn build_chain_counted(
     let mut checkpoints = Vec::new();
     let mut first = 1u64;
     for i in 1..=n {
-        let ev = event(partition, i);
+        let mut ev = event(partition, i);
+        tweak(i, &mut ev);
         let canonical = canonical_bytes(&ev).expect("canonical");
         let link = head.next(&canonical);
         hashes.push(link.hash);
