@@ -178,7 +178,13 @@ impl Pipeline {
     }
 
     pub fn start_ingest(&self) -> Running {
-        let cfg = ingest::Config::parse_from(self.ingest_args());
+        self.start_ingest_with(&[])
+    }
+    /// ingest with `extra` flags after the harness's (e.g. the OTLP receiver's).
+    pub fn start_ingest_with(&self, extra: &[String]) -> Running {
+        let mut args = self.ingest_args();
+        args.extend(extra.iter().cloned());
+        let cfg = ingest::Config::parse_from(args);
         spawn("ingest", |s| async move { Ok(ingest::run(cfg, s).await?) })
     }
     /// enrich with `extra` flags after the harness's (e.g. the privacy options).

@@ -7,6 +7,7 @@ mod battery;
 mod crash;
 mod e2e;
 pub use integration_tests::harness;
+mod otlp_timeline;
 mod privacy;
 mod procs;
 mod registry;
