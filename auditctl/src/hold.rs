@@ -27,6 +27,15 @@
 //!    comes first: an event must never claim a hold that is not there. If recording fails,
 //!    the command says the hold IS changed and exits 3; running it again records it (a hold
 //!    is idempotent). A ClickHouse failure is recorded as such, and exits 3 after recording.
+//! 5. Holds are per **case**: S3 legal hold is one ON/OFF bit per object version and the flag
+//!    one bit per row, so the register `_holds/<case>.json` in the archive says which case
+//!    holds what (each hold of the case: selection, reason, who, when, objects, flagged
+//!    (partition, seq) ranges). `on` writes it after the hold and before the chain; `off`
+//!    releases only the objects (set difference of keys) and rows (outside every other
+//!    hold's ranges) no other registered hold covers, records what it kept for which cases,
+//!    and removes the hold from the register last. No `--case`: `on` uses
+//!    `selection-<sha256 of the selection>`; `off` the one case holding the selection. See
+//!    [`execute`] for what a crash between the steps leaves.
 //!
 //! `object_store` has no legal-hold call, so the requests are signed with its own SigV4 signer
 //! (`AwsAuthorizer`, the code that signs every archive read and write) with the credentials
@@ -44,7 +53,7 @@ use md5::{Digest as _, Md5};
 use object_store::ObjectStore;
 use schemas::segment::{self, parse_key, ObjectKind, CHECKPOINT_SUFFIX, SEQ_WIDTH};
 use schemas::AuditEvent;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use worker_runtime::kafka::KafkaArgs;
 use worker_runtime::object_store::signed::{self, s3_generic, xml_text, SendError, SignedS3};
 use worker_runtime::object_store::{build_store, Access};
@@ -137,7 +146,10 @@ pub struct HoldArgs {
     /// Why (recorded in the chained event). Required for on/off.
     #[arg(long)]
     pub reason: Option<String>,
-    /// The legal case or matter id (recorded in the chained event).
+    /// The legal case or matter id (recorded in the chained event and the case register
+    /// `_holds/<case>.json`). `off` releases only what no other case holds. Default: `on`
+    /// derives `selection-<hash>` from the selection; `off` takes the one case that holds
+    /// the selection.
     #[arg(long = "case")]
     pub case_id: Option<String>,
     /// Who sets or releases the hold (recorded in the event). Default: $USER.
@@ -402,7 +414,7 @@ pub fn ranges_text(ranges: &BTreeMap<i32, Vec<(i64, i64)>>) -> String {
 }
 
 /// What a query selected, for the report and the event.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuerySelection {
     /// The selection (canonical JSON, keys sorted).
     pub query: serde_json::Value,
@@ -460,7 +472,7 @@ impl QuerySelection {
 const MAX_RANGES_TEXT: usize = 8 * 1024;
 
 /// What an archive object is, for the covering set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Segment,
@@ -470,7 +482,7 @@ pub enum Kind {
 
 /// One covering object: its key relative to the archive root, and the seqs it holds (a
 /// checkpoint: its seq twice).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Covered {
     pub key: String,
     pub partition: i32,
@@ -764,17 +776,18 @@ struct Counts {
     held: u64,
 }
 
-/// Counts the range's rows and held rows; with `set`, first flags (`Some(true)`) or clears
-/// them and waits until ClickHouse has applied the mutation (18.16 runs mutations in the
+/// Counts the range's rows and held rows; with `set`, first flags (`Some((true, rows))`) or
+/// clears (`Some((false, rows))`: `off` clears only what no other case holds) rows and waits until ClickHouse has applied the mutation (18.16 runs mutations in the
 /// background and has no `mutations_sync`).
 async fn clickhouse_hold(
     a: &HoldArgs,
     rows: &Cond,
-    set: Option<bool>,
+    set: Option<(bool, &Cond)>,
 ) -> Result<ClickHouseHold, Error> {
     let ch = &a.clickhouse;
     let table = events_table(ch)?;
-    let c = client(ch);
+    // A release names every other case's row ranges: allow long conditions (default 256 KiB).
+    let c = client(ch).with_setting("max_query_size", "16777216");
     let qualified = format!("{}.{table}", ch.clickhouse_database);
     let has_column: u64 = c
         .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
@@ -789,8 +802,9 @@ async fn clickhouse_hold(
             "{qualified} has no {HOLD_COLUMN} column: start sink-clickhouse once (its migration 0007 adds it), or pass --no-clickhouse to hold the archive only"
         )));
     }
-    if let Some(on) = set {
-        rows.bind_all(c.query(&hold_mutation_where(table, &rows.sql, on)))
+    if let Some((on, target)) = set {
+        target
+            .bind_all(c.query(&hold_mutation_where(table, &target.sql, on)))
             .execute()
             .await
             .map_err(Error::ch(format!("flagging the held rows of {qualified}")))?;
@@ -847,6 +861,10 @@ pub struct ObjectOutcome {
     pub legal_hold: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `status`: the cases whose registered holds cover the object; `off`: the cases that
+    /// keep it ON.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<String>,
 }
 
 /// The report of one run.
@@ -875,6 +893,24 @@ pub struct HoldReport {
     pub clickhouse: Option<ClickHouseHold>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clickhouse_error: Option<String>,
+    /// The case the hold belongs to (`on`: `--case`, or derived from the selection; `off`:
+    /// the case released, `null` when none holds the selection).
+    pub case_id: Option<String>,
+    /// The active cases (registered holds) covering the selection's objects or rows.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<CaseSummary>,
+    /// `off`: per case, objects of the released hold it keeps ON.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub kept_by: BTreeMap<String, u64>,
+    /// `off`: per case, rows of the released hold it keeps flagged.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub kept_rows_by: BTreeMap<String, u64>,
+    /// The register object written (`on`) or updated/removed (`off`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub register: Option<String>,
+    /// Why nothing was done (`off` of a selection no case holds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1079,6 +1115,8 @@ struct Plan {
     objects: Vec<Covered>,
     /// The ClickHouse rows it flags.
     rows: Cond,
+    /// The same rows as (partition, seq) ranges, for the register.
+    ranges: RowRanges,
     query: Option<QuerySelection>,
     /// `partition 3`, or `the query's partitions 0,1`, for messages.
     scope: String,
@@ -1156,6 +1194,7 @@ async fn plan(
                 sql: range_condition(p, a.seq),
                 binds: Vec::new(),
             },
+            ranges: BTreeMap::from([(p, vec![a.seq.unwrap_or((i64::MIN, i64::MAX))])]),
             query: None,
             scope: format!("partition {p}"),
         });
@@ -1210,6 +1249,7 @@ async fn plan(
     Ok(Plan {
         objects,
         rows: selection.row_condition(&q),
+        ranges: selection.ranges.clone(),
         query: Some(selection),
         scope: format!("the query's partition(s) {}", parts.join(",")),
     })
@@ -1218,6 +1258,18 @@ async fn plan(
 /// Runs a hold. `Err`: nothing was changed (bad arguments, unreadable listing). `Ok((report,
 /// Some(e)))`: the report of what changed, and the failure to report after it (exit 3).
 /// `extra`: more attributes for the chained event.
+///
+/// Order, and what a crash between two steps leaves (every step is idempotent, so running
+/// the same command again converges):
+/// - `on`: S3 hold ON → rows flagged → the case's register written → chained. Crash before
+///   the register: held but not registered (another case's `off` could release it): the
+///   command said so (exit 3) and a rerun registers and records it. Crash after the
+///   register: a rerun merges the same hold into it and records it.
+/// - `off`: S3 hold OFF on what no other hold covers → those rows cleared → chained → the
+///   hold removed from its register. The register goes LAST so that a rerun still knows what
+///   the case held; until then the case still protects its objects from other releases (the
+///   safe side: a hold kept too long, never one lost). A rerun after the register is gone
+///   does nothing.
 pub(crate) async fn execute(
     a: &HoldArgs,
     extra: &[(&'static str, String)],
@@ -1239,14 +1291,38 @@ pub(crate) async fn execute(
     } else {
         None
     };
+    let given_case = a.case_id.as_deref().map(check_case_id).transpose()?;
     let reads = Reads::new(a.reads.retry_attempts);
     let bucket = open_bucket(&a.archive)?;
     let describe = a.archive.describe(Access::Read);
+    let store = build_store(&a.archive, Access::Read).map_err(|e| Error::Usage(e.to_string()))?;
+    let selection = selection_of(a);
+    // Which cases hold what: read before anything changes.
+    let registers = read_registers(&bucket, &*store, &reads, &describe).await?;
+    if action == HoldAction::Off {
+        let ctx = OffContext {
+            reads: &reads,
+            bucket: &bucket,
+            describe: &describe,
+            registers: &registers,
+            selection: &selection,
+            operator: operator.as_deref(),
+            reason,
+            changes,
+        };
+        return release(a, &ctx, extra).await;
+    }
+    let derived = given_case.is_none() && action == HoldAction::On;
+    let case_id = match (given_case, action) {
+        (Some(c), _) => Some(c),
+        (None, HoldAction::On) => Some(derived_case_id(&selection)),
+        (None, _) => None,
+    };
 
     // 1. The covering objects (a query: resolved in ClickHouse first).
-    let store = build_store(&a.archive, Access::Read).map_err(|e| Error::Usage(e.to_string()))?;
     let plan = plan(a, &*store, &reads, &describe).await?;
     let objects = plan.objects.clone();
+    let cases = cases_covering(&registers, &objects, &plan.ranges);
 
     // 2. Requests, a few at a time; each one retried like any archive read.
     let on = action == HoldAction::On;
@@ -1294,10 +1370,25 @@ pub(crate) async fn execute(
         objects: Vec::new(),
         clickhouse: None,
         clickhouse_error: None,
+        case_id: case_id.clone(),
+        cases: cases.clone(),
+        kept_by: BTreeMap::new(),
+        kept_rows_by: BTreeMap::new(),
+        register: None,
+        note: None,
     };
     let mut changed = Vec::new();
     let mut first_error = None;
     for (o, r) in results {
+        let holders: Vec<String> = registers
+            .iter()
+            .filter(|reg| {
+                reg.holds
+                    .iter()
+                    .any(|h| h.objects.iter().any(|x| x.key == o.key))
+            })
+            .map(|reg| reg.case_id.clone())
+            .collect();
         match r {
             Ok(status) => {
                 if changes {
@@ -1307,6 +1398,7 @@ pub(crate) async fn execute(
                     object: o,
                     legal_hold: status,
                     error: None,
+                    cases: holders,
                 });
             }
             Err(e) => {
@@ -1317,18 +1409,19 @@ pub(crate) async fn execute(
                     object: o,
                     legal_hold: None,
                     error: Some(text),
+                    cases: holders,
                 });
             }
         }
     }
     report.changed = changed.len() as u64;
 
-    // 3. ClickHouse: flag or clear the rows (status / dry run: count them). Not when the
-    // archive refused every object: the command then changed nothing anywhere.
+    // 3. ClickHouse: flag the rows (status / dry run: count them). Not when the archive
+    // refused every object: the command then changed nothing anywhere.
     let mut ch_error = None;
     let archive_refused_all = changes && changed.is_empty();
     if !a.no_clickhouse && !archive_refused_all {
-        let set = changes.then_some(on);
+        let set = changes.then_some((true, &plan.rows));
         match clickhouse_hold(a, &plan.rows, set).await {
             Ok(ch) => report.clickhouse = Some(ch),
             Err(e) => {
@@ -1342,20 +1435,67 @@ pub(crate) async fn execute(
         (None, _) if a.no_clickhouse => ClickHouseOutcome::Skipped,
         (None, _) => ClickHouseOutcome::Failed,
     };
+    let state = "SET";
+    let scope = &plan.scope;
 
-    // 4. Record every change (also a partial one: the trail must show each hold that
+    // 4. The case's register: after the hold (it lists only what is held), before the chain
+    // (an event in the chain then always has its register entry). Rows are registered even
+    // when flagging failed: a register claiming a row only keeps it held longer.
+    if let (Some(operator), Some(case), false) = (&operator, &case_id, changed.is_empty()) {
+        let hold = RegisteredHold {
+            selection: selection.clone(),
+            reason: reason.to_owned(),
+            held_by: operator.clone(),
+            held_at: now_rfc3339(),
+            partition: a.partition,
+            seq: a.seq,
+            query: plan.query.clone(),
+            objects: changed.clone(),
+            rows: if a.no_clickhouse {
+                BTreeMap::new()
+            } else {
+                plan.ranges.clone()
+            },
+        };
+        let reg = registers
+            .iter()
+            .find(|r| &r.case_id == case)
+            .cloned()
+            .unwrap_or_else(|| CaseRegister {
+                format: REGISTER_FORMAT,
+                case_id: case.clone(),
+                holds: Vec::new(),
+            })
+            .with_hold(hold);
+        if let Err(e) = write_register(&bucket, &reads, &reg).await {
+            let e = Error::Service(format!(
+                "the legal hold IS {state} on {} object(s) of {scope}, but writing the \
+                 register of case {case} failed: {e}. Nothing was recorded in the chain. Run \
+                 the same command again (the hold itself is idempotent).",
+                report.changed
+            ));
+            return Ok((report, Some(e)));
+        }
+        report.register = Some(register_key(case));
+    }
+
+    // 5. Record every change (also a partial one: the trail must show each hold that
     // changed), after the hold itself.
     let mut record_error = None;
     if let (Some(operator), false) = (&operator, changed.is_empty()) {
+        let mut attrs = extra.to_vec();
+        if derived {
+            attrs.push((ATTR_CASE_DERIVED, "true".to_owned()));
+        }
         let event = hold_event(&HoldEvent {
             on,
             operator,
             reason,
-            case_id: a.case_id.as_deref(),
+            case_id: case_id.as_deref(),
             partition: a.partition.unwrap_or(0),
             range: a.seq,
             query: plan.query.as_ref(),
-            extra,
+            extra: &attrs,
             objects: &changed,
             failed: report.failed,
             archive: &describe,
@@ -1372,16 +1512,44 @@ pub(crate) async fn execute(
             Err(e) => record_error = Some(e),
         }
     }
-    let state = if on { "SET" } else { "RELEASED" };
-    let scope = &plan.scope;
-    if let Some(e) = record_error {
+    finish(
+        report,
+        FinishErrors {
+            record: record_error,
+            clickhouse: ch_error,
+            first: first_error,
+        },
+        state,
+        scope,
+        objects.len(),
+    )
+}
+
+/// The failures of a run, reported after what changed.
+struct FinishErrors {
+    record: Option<Error>,
+    clickhouse: Option<Error>,
+    first: Option<Error>,
+}
+
+/// The report and the first failure to report after it, in the words that say what IS in
+/// place.
+fn finish(
+    report: HoldReport,
+    errors: FinishErrors,
+    state: &str,
+    scope: &str,
+    total: usize,
+) -> Result<(HoldReport, Option<Error>), Error> {
+    let on = report.action == HoldAction::On;
+    if let Some(e) = errors.record {
         let e = Error::Service(format!(
             "the legal hold IS {state} on {} object(s) of {scope}, but recording it in the chain failed: {e}. Run the same command again to record it (the hold itself is idempotent).",
             report.changed
         ));
         return Ok((report, Some(e)));
     }
-    if let Some(e) = ch_error {
+    if let Some(e) = errors.clickhouse {
         let e = Error::Service(format!(
             "the legal hold IS {state} on {} archive object(s) of {scope}{}, but its \
              ClickHouse rows were not {}: {e}. Run the same command again (it is idempotent).",
@@ -1395,7 +1563,7 @@ pub(crate) async fn execute(
         ));
         return Ok((report, Some(e)));
     }
-    if let Some(e) = first_error {
+    if let Some(e) = errors.first {
         let recorded = if report.recorded.is_some() {
             format!(
                 "; the {} that succeeded are recorded in the chain",
@@ -1406,12 +1574,736 @@ pub(crate) async fn execute(
         };
         let e = Error::Archive(format!(
             "{} of {} object(s) failed (first: {e}){recorded}; run the same command again",
-            report.failed,
-            objects.len()
+            report.failed, total
         ));
         return Ok((report, Some(e)));
     }
     Ok((report, None))
+}
+
+/// What `off` works with, read once by [`execute`].
+struct OffContext<'a> {
+    reads: &'a Reads,
+    bucket: &'a SignedS3,
+    describe: &'a str,
+    registers: &'a [CaseRegister],
+    selection: &'a serde_json::Value,
+    operator: Option<&'a str>,
+    reason: &'a str,
+    changes: bool,
+}
+
+/// `off`: releases one registered hold (the selection's, of the case) except what any other
+/// registered hold covers; records the release with what was kept and for which cases; then
+/// drops the hold from the case's register.
+async fn release(
+    a: &HoldArgs,
+    ctx: &OffContext<'_>,
+    extra: &[(&'static str, String)],
+) -> Result<(HoldReport, Option<Error>), Error> {
+    let case = case_for_off(ctx.registers, ctx.selection, a.case_id.as_deref())?;
+    let mut report = HoldReport {
+        action: HoldAction::Off,
+        dry_run: a.dry_run,
+        archive: ctx.describe.to_owned(),
+        partition: a.partition,
+        seq: a.seq,
+        query: None,
+        counts: counts_of(&[]),
+        changed: 0,
+        failed: 0,
+        recorded: None,
+        objects: Vec::new(),
+        clickhouse: None,
+        clickhouse_error: None,
+        case_id: case.clone(),
+        cases: Vec::new(),
+        kept_by: BTreeMap::new(),
+        kept_rows_by: BTreeMap::new(),
+        register: None,
+        note: None,
+    };
+    let reg = case
+        .as_ref()
+        .and_then(|c| ctx.registers.iter().find(|r| &r.case_id == c));
+    let mine = reg.and_then(|r| r.holds.iter().find(|h| &h.selection == ctx.selection));
+    let (Some(case), Some(reg), Some(mine)) = (&case, reg, mine) else {
+        // Nothing registered: released already (a rerun), or never held. Changes nothing.
+        report.note = Some(match (&case, reg) {
+            (None, _) => format!(
+                "no active case holds the selection {}: nothing to release",
+                ctx.selection
+            ),
+            (Some(c), None) => format!("case {c} has no active hold: nothing to release"),
+            (Some(c), Some(r)) => format!(
+                "case {c} holds no hold of the selection {}: nothing to release (its holds: {})",
+                ctx.selection,
+                r.holds
+                    .iter()
+                    .map(|h| h.selection.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+        return Ok((report, None));
+    };
+    let others: Vec<(&str, &RegisteredHold)> = ctx
+        .registers
+        .iter()
+        .flat_map(|r| {
+            r.holds
+                .iter()
+                .filter(move |h| !(r.case_id == *case && &h.selection == ctx.selection))
+                .map(move |h| (r.case_id.as_str(), h))
+        })
+        .collect();
+    let plan = release_of(mine, &others);
+    report.partition = mine.partition;
+    report.seq = mine.seq;
+    report.query = mine.query.clone();
+    report.counts = counts_of(&mine.objects);
+    report.kept_by = plan.kept_by.clone();
+    let scope = format!("case {case}");
+
+    // 1. OFF on the objects no other hold covers.
+    let results: Vec<(Covered, Result<Option<String>, Error>)> = if ctx.changes {
+        futures::stream::iter(plan.release.clone())
+            .map(|o| async move {
+                let doing = format!("releasing the legal hold of {}", o.key);
+                let r = ctx
+                    .reads
+                    .run(&doing, || put_hold(ctx.bucket, &o.key, false))
+                    .await;
+                (o, r.map(|()| Some("OFF".to_owned())))
+            })
+            .buffered(PARALLEL)
+            .collect()
+            .await
+    } else {
+        plan.release
+            .iter()
+            .cloned()
+            .map(|o| (o, Ok(None)))
+            .collect()
+    };
+    let mut changed = Vec::new();
+    let mut first_error = None;
+    for (o, r) in results {
+        match r {
+            Ok(status) => {
+                if ctx.changes {
+                    changed.push(o.clone());
+                }
+                report.objects.push(ObjectOutcome {
+                    object: o,
+                    legal_hold: status,
+                    error: None,
+                    cases: Vec::new(),
+                });
+            }
+            Err(e) => {
+                report.failed += 1;
+                let text = e.to_string();
+                first_error.get_or_insert(e);
+                report.objects.push(ObjectOutcome {
+                    object: o,
+                    legal_hold: None,
+                    error: Some(text),
+                    cases: Vec::new(),
+                });
+            }
+        }
+    }
+    for (o, by) in &plan.kept {
+        report.objects.push(ObjectOutcome {
+            object: o.clone(),
+            legal_hold: Some("ON".to_owned()),
+            error: None,
+            cases: by.clone(),
+        });
+    }
+    report.changed = changed.len() as u64;
+
+    // 2. Clear the rows no other hold covers; count what other cases keep flagged.
+    let mut ch_error = None;
+    let refused_all = ctx.changes && changed.is_empty() && !plan.release.is_empty();
+    let has_rows = !mine.rows.is_empty();
+    if !a.no_clickhouse && has_rows && !refused_all {
+        let mine_rows = Cond {
+            sql: rows_sql(&mine.rows),
+            binds: Vec::new(),
+        };
+        let clear = Cond {
+            sql: plan.clear_rows_sql.clone(),
+            binds: Vec::new(),
+        };
+        let set = ctx.changes.then_some((false, &clear));
+        match clickhouse_hold(a, &mine_rows, set).await {
+            Ok(ch) => {
+                if ch.held > 0 {
+                    match kept_rows(a, &mine.rows, &others).await {
+                        Ok(k) => report.kept_rows_by = k,
+                        Err(e) => {
+                            report.clickhouse_error = Some(e.to_string());
+                            ch_error = Some(e);
+                        }
+                    }
+                }
+                report.clickhouse = Some(ch);
+            }
+            Err(e) => {
+                report.clickhouse_error = Some(e.to_string());
+                ch_error = Some(e);
+            }
+        }
+    }
+    let ch_outcome = match (&report.clickhouse, a.no_clickhouse || !has_rows) {
+        (Some(ch), _) => ClickHouseOutcome::Done(ch),
+        (None, true) => ClickHouseOutcome::Skipped,
+        (None, false) => ClickHouseOutcome::Failed,
+    };
+
+    // 3. Record the release: every change, and also a release that changed no object (all
+    // kept by other cases): the case's hold still ends, and the trail must say so.
+    let mut record_error = None;
+    let record = !changed.is_empty() || (report.failed == 0 && !refused_all);
+    if let (Some(operator), true, true) = (ctx.operator, ctx.changes, record) {
+        let mut attrs = extra.to_vec();
+        let kept_objects: u64 = plan.kept.len() as u64;
+        attrs.push((ATTR_KEPT_OBJECTS, kept_objects.to_string()));
+        if !plan.kept_by.is_empty() {
+            attrs.push((ATTR_KEPT_BY, kept_by_text(&plan.kept_by)));
+        }
+        if let Some(ch) = &report.clickhouse {
+            attrs.push((ATTR_KEPT_ROWS, ch.held.to_string()));
+        }
+        let event = hold_event(&HoldEvent {
+            on: false,
+            operator,
+            reason: ctx.reason,
+            case_id: Some(case),
+            partition: mine.partition.unwrap_or(0),
+            range: mine.seq,
+            query: mine.query.as_ref(),
+            extra: &attrs,
+            objects: &changed,
+            failed: report.failed,
+            archive: ctx.describe,
+            clickhouse: ch_outcome,
+        });
+        match publish(&a.kafka, &event).await {
+            Ok(published) => {
+                report.recorded = Some(Recorded {
+                    event_id: event.event_id.clone(),
+                    event_type: event.event_type.clone(),
+                    published,
+                })
+            }
+            Err(e) => record_error = Some(e),
+        }
+    }
+
+    // 4. Only a complete, recorded release leaves the register: otherwise the hold stays
+    // registered (its objects stay protected from other releases) and a rerun finishes it.
+    if report.recorded.is_some()
+        && report.failed == 0
+        && ch_error.is_none()
+        && record_error.is_none()
+    {
+        let mut left = reg.clone();
+        left.holds.retain(|h| &h.selection != ctx.selection);
+        if let Err(e) = write_register(ctx.bucket, ctx.reads, &left).await {
+            let e = Error::Service(format!(
+                "the legal hold of {scope} IS RELEASED and recorded in the chain, but removing \
+                 it from the register {} failed: {e}. Run the same command again.",
+                register_key(case)
+            ));
+            return Ok((report, Some(e)));
+        }
+        report.register = Some(register_key(case));
+    }
+    let total = plan.release.len();
+    finish(
+        report,
+        FinishErrors {
+            record: record_error,
+            clickhouse: ch_error,
+            first: first_error,
+        },
+        "RELEASED",
+        &scope,
+        total,
+    )
+}
+
+/// Per other case, the rows of `mine` it keeps flagged.
+async fn kept_rows(
+    a: &HoldArgs,
+    mine: &RowRanges,
+    others: &[(&str, &RegisteredHold)],
+) -> Result<BTreeMap<String, u64>, Error> {
+    let ch = &a.clickhouse;
+    let table = events_table(ch)?;
+    let c = client(ch).with_setting("max_query_size", "16777216");
+    let mut by_case: BTreeMap<&str, RowRanges> = BTreeMap::new();
+    for (case, h) in others {
+        if rows_meet(mine, &h.rows) {
+            let e = by_case.entry(case).or_default();
+            for (p, rs) in &h.rows {
+                e.entry(*p).or_default().extend(rs.iter().copied());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (case, theirs) in by_case {
+        let n: u64 = c
+            .query(&format!(
+                "SELECT count() FROM {table} WHERE ({}) AND ({}) AND {HOLD_COLUMN} = 1",
+                rows_sql(mine),
+                rows_sql(&theirs)
+            ))
+            .fetch_one()
+            .await
+            .map_err(Error::ch(format!(
+                "counting the rows case {case} keeps held in {}.{table}",
+                ch.clickhouse_database
+            )))?;
+        if n > 0 {
+            out.insert(case.to_owned(), n);
+        }
+    }
+    Ok(out)
+}
+
+// ---- the case register ------------------------------------------------------------------------
+//
+// An S3 legal hold is one ON/OFF switch per object version and the ClickHouse flag one bit per
+// row: neither says WHO holds. The register says it: one JSON object per case under
+// `_holds/` in the archive (beside what is held), listing each hold of the case (its
+// selection, the objects it holds, the (partition, seq) ranges of the rows it flagged). A
+// release only switches off what no other registered hold covers. The register is
+// bookkeeping for the tool; the chain is the record.
+
+/// Reserved folder of the case register, relative to the archive root.
+pub const REGISTER_DIR: &str = "_holds";
+/// Version of the register format.
+pub const REGISTER_FORMAT: u32 = 1;
+/// `off`: objects of the released hold kept ON because another case holds them.
+pub const ATTR_KEPT_OBJECTS: &str = "audit.legal_hold.kept_objects";
+/// `off`: which cases kept them, `CASE:objects` space-separated.
+pub const ATTR_KEPT_BY: &str = "audit.legal_hold.kept_by_cases";
+/// `off`: rows of the released hold still flagged because another case holds them.
+pub const ATTR_KEPT_ROWS: &str = "audit.legal_hold.kept_clickhouse_rows";
+/// `true` when no `--case` was given and the case id was derived from the selection.
+pub const ATTR_CASE_DERIVED: &str = "audit.legal_hold.case_id_derived";
+/// Longest case id accepted.
+const MAX_CASE_LEN: usize = 200;
+
+/// Per partition, inclusive seq ranges (`(i64::MIN, i64::MAX)`: the whole partition).
+pub type RowRanges = BTreeMap<i32, Vec<(i64, i64)>>;
+
+/// One hold of a case: what `hold on` over one selection held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisteredHold {
+    /// The selection, canonical (keys sorted): `hold off` names the hold by it.
+    pub selection: serde_json::Value,
+    pub reason: String,
+    pub held_by: String,
+    /// RFC 3339 UTC of the first `hold on` of this selection.
+    pub held_at: String,
+    /// The range selection given (partition, seq), for the release event.
+    pub partition: Option<u32>,
+    pub seq: Option<(i64, i64)>,
+    /// A query selection: what it matched.
+    pub query: Option<QuerySelection>,
+    /// The archive objects set ON by this hold.
+    pub objects: Vec<Covered>,
+    /// The ClickHouse rows it flagged (empty with --no-clickhouse).
+    pub rows: RowRanges,
+}
+
+/// `_holds/<case>.json`: the active holds of one case.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaseRegister {
+    pub format: u32,
+    pub case_id: String,
+    pub holds: Vec<RegisteredHold>,
+}
+
+impl CaseRegister {
+    /// This register with `hold` added; a hold of the same selection is merged into (a rerun
+    /// of `on`): the objects and rows of both, the first time, reason and holder kept.
+    pub fn with_hold(mut self, hold: RegisteredHold) -> Self {
+        match self
+            .holds
+            .iter_mut()
+            .find(|h| h.selection == hold.selection)
+        {
+            Some(h) => {
+                for o in hold.objects {
+                    if !h.objects.iter().any(|x| x.key == o.key) {
+                        h.objects.push(o);
+                    }
+                }
+                h.objects.sort_by(|x, y| {
+                    (x.partition, x.first_seq, x.kind, &x.key).cmp(&(
+                        y.partition,
+                        y.first_seq,
+                        y.kind,
+                        &y.key,
+                    ))
+                });
+                for (p, rs) in hold.rows {
+                    let e = h.rows.entry(p).or_default();
+                    e.extend(rs);
+                    *e = merged(e);
+                }
+                if hold.query.is_some() {
+                    h.query = hold.query;
+                }
+            }
+            None => self.holds.push(hold),
+        }
+        self
+    }
+}
+
+/// The register key of a case (relative to the archive root). Characters outside
+/// `[A-Za-z0-9._-]` become `_` and a hash of the id is added, so two ids never share a key;
+/// the id itself is inside the object.
+pub fn register_key(case_id: &str) -> String {
+    let safe: String = case_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe == case_id && !safe.starts_with('.') {
+        format!("{REGISTER_DIR}/{safe}.json")
+    } else {
+        let h = segment::sha256_hex(case_id.as_bytes());
+        format!("{REGISTER_DIR}/{safe}-{}.json", &h[..16])
+    }
+}
+
+/// A `--case` as given: trimmed, not empty, no control characters, at most 200 characters.
+pub fn check_case_id(case_id: &str) -> Result<String, Error> {
+    let c = case_id.trim();
+    if c.is_empty() || c.chars().count() > MAX_CASE_LEN || c.chars().any(char::is_control) {
+        return Err(Error::Usage(format!(
+            "--case {case_id:?}: a case id is 1 to {MAX_CASE_LEN} printable characters"
+        )));
+    }
+    Ok(c.to_owned())
+}
+
+/// The case id of a hold given no `--case`: `selection-` and 16 hex digits of the SHA-256 of
+/// the canonical selection, so the same selection always names the same case.
+pub fn derived_case_id(selection: &serde_json::Value) -> String {
+    let h = segment::sha256_hex(selection.to_string().as_bytes());
+    format!("selection-{}", &h[..16])
+}
+
+/// The selection of the command line, canonical: a range `{"chain_partition":P,"seq":"A..=B"}`,
+/// a query as [`HoldQuery::canonical`] (resolving it in ClickHouse is not needed to name it).
+pub fn selection_of(a: &HoldArgs) -> serde_json::Value {
+    if a.is_query() {
+        let partition = a.partition.and_then(|p| i32::try_from(p).ok());
+        HoldQuery::new(&a.query, partition, a.seq, a.from, a.to).canonical()
+    } else {
+        serde_json::json!({
+            "chain_partition": a.partition,
+            "seq": range_text(a.seq),
+        })
+    }
+}
+
+/// The rows of `ranges` as a SQL condition (integers only: nothing to escape).
+pub fn rows_sql(ranges: &RowRanges) -> String {
+    let mut parts = Vec::new();
+    for (p, rs) in ranges {
+        let rs = merged(rs);
+        if rs.is_empty() {
+            continue;
+        }
+        if rs.iter().any(|&(a, b)| a == i64::MIN && b == i64::MAX) {
+            parts.push(format!("(chain_partition = {p})"));
+            continue;
+        }
+        let seqs: Vec<String> = rs
+            .iter()
+            .map(|&(a, b)| match (a, b) {
+                (i64::MIN, b) => format!("seq <= {b}"),
+                (a, i64::MAX) => format!("seq >= {a}"),
+                (a, b) if a == b => format!("seq = {a}"),
+                (a, b) => format!("(seq >= {a} AND seq <= {b})"),
+            })
+            .collect();
+        parts.push(format!(
+            "(chain_partition = {p} AND ({}))",
+            seqs.join(" OR ")
+        ));
+    }
+    if parts.is_empty() {
+        "0".to_owned()
+    } else {
+        parts.join(" OR ")
+    }
+}
+
+/// Do two row sets share a (partition, seq)?
+pub fn rows_meet(x: &RowRanges, y: &RowRanges) -> bool {
+    x.iter().any(|(p, xs)| {
+        y.get(p).is_some_and(|ys| {
+            xs.iter()
+                .any(|&(a, b)| ys.iter().any(|&(c, d)| a <= d && c <= b))
+        })
+    })
+}
+
+/// What releasing one hold does, given every other active hold (of other cases, and the
+/// other selections of the same case).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Release {
+    /// Objects no other hold covers: set OFF.
+    pub release: Vec<Covered>,
+    /// Objects another hold covers: left ON, with the cases holding them.
+    pub kept: Vec<(Covered, Vec<String>)>,
+    /// Per case, how many of the hold's objects it keeps ON.
+    pub kept_by: BTreeMap<String, u64>,
+    /// The rows to clear: the hold's, minus every other hold's.
+    pub clear_rows_sql: String,
+}
+
+/// The release of `mine` against `others` (case id, hold): objects by set difference of
+/// their keys, rows by excluding every other hold's ranges.
+pub fn release_of(mine: &RegisteredHold, others: &[(&str, &RegisteredHold)]) -> Release {
+    let mut r = Release::default();
+    for o in &mine.objects {
+        let mut by: Vec<String> = others
+            .iter()
+            .filter(|(_, h)| h.objects.iter().any(|x| x.key == o.key))
+            .map(|(c, _)| (*c).to_owned())
+            .collect();
+        by.sort();
+        by.dedup();
+        if by.is_empty() {
+            r.release.push(o.clone());
+        } else {
+            for c in &by {
+                *r.kept_by.entry(c.clone()).or_default() += 1;
+            }
+            r.kept.push((o.clone(), by));
+        }
+    }
+    let mut other_rows: RowRanges = BTreeMap::new();
+    for (_, h) in others {
+        for (p, rs) in &h.rows {
+            other_rows.entry(*p).or_default().extend(rs.iter().copied());
+        }
+    }
+    let mine_sql = rows_sql(&mine.rows);
+    r.clear_rows_sql = if other_rows.values().all(Vec::is_empty) {
+        mine_sql
+    } else {
+        format!("({mine_sql}) AND NOT ({})", rows_sql(&other_rows))
+    };
+    r
+}
+
+/// `B:3 C:1`.
+fn kept_by_text(kept_by: &BTreeMap<String, u64>) -> String {
+    kept_by
+        .iter()
+        .map(|(c, n)| format!("{c}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Which case an `off` releases: `--case` if given; else the one case holding this selection
+/// (none: nothing to release; several: the operator must say which).
+pub fn case_for_off(
+    registers: &[CaseRegister],
+    selection: &serde_json::Value,
+    given: Option<&str>,
+) -> Result<Option<String>, Error> {
+    if let Some(c) = given {
+        return Ok(Some(check_case_id(c)?));
+    }
+    let cases: Vec<&str> = registers
+        .iter()
+        .filter(|r| r.holds.iter().any(|h| &h.selection == selection))
+        .map(|r| r.case_id.as_str())
+        .collect();
+    match cases.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some((*one).to_owned())),
+        many => Err(Error::Usage(format!(
+            "several cases hold the selection {selection}: {}; say which with --case",
+            many.join(", ")
+        ))),
+    }
+}
+
+/// GETs or PUTs or DELETEs a register object with the archive's signed client.
+async fn register_request(
+    bucket: &SignedS3,
+    method: http::Method,
+    key: &str,
+    body: Option<String>,
+) -> Result<(http::StatusCode, String), Error> {
+    let doing = format!("{method} {key}");
+    // Content-MD5: S3 wants it on any PUT to a bucket whose default retention applies.
+    let headers = match &body {
+        Some(b) => vec![
+            (
+                "content-md5",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    Md5::digest(b.as_bytes()),
+                ),
+            ),
+            ("content-type", "application/json".to_owned()),
+        ],
+        None => Vec::new(),
+    };
+    bucket
+        .send(
+            method,
+            Some(key),
+            "",
+            &headers,
+            body.map(bytes::Bytes::from),
+        )
+        .await
+        .map_err(|e| s3_error(doing, send_failure(e)))
+}
+
+/// Every register of the archive (a listing, then each object).
+async fn read_registers(
+    bucket: &SignedS3,
+    store: &dyn ObjectStore,
+    reads: &Reads,
+    describe: &str,
+) -> Result<Vec<CaseRegister>, Error> {
+    let keys = list(store, REGISTER_DIR, reads, describe).await?;
+    let mut out = Vec::new();
+    for key in keys.iter().filter(|k| k.ends_with(".json")) {
+        let doing = format!("reading the hold register {key}");
+        let got = reads
+            .run(&doing, || async {
+                let (status, body) = register_request(bucket, http::Method::GET, key, None).await?;
+                if status == http::StatusCode::NOT_FOUND {
+                    return Ok(None);
+                }
+                if !status.is_success() {
+                    return Err(s3_error(doing.clone(), non_2xx(status, &body)));
+                }
+                Ok(Some(body))
+            })
+            .await?;
+        // Gone between the listing and the read: released meanwhile.
+        let Some(body) = got else { continue };
+        let reg: CaseRegister = serde_json::from_str(&body).map_err(|e| {
+            Error::Archive(format!(
+                "the hold register {key} is not readable ({e}): fix or remove it by hand \
+                 (the chain has every hold and release)"
+            ))
+        })?;
+        out.push(reg);
+    }
+    out.sort_by(|x, y| x.case_id.cmp(&y.case_id));
+    Ok(out)
+}
+
+/// Writes (some holds) or removes (none) a case's register.
+async fn write_register(bucket: &SignedS3, reads: &Reads, reg: &CaseRegister) -> Result<(), Error> {
+    let key = register_key(&reg.case_id);
+    let doing = format!("writing the hold register {key}");
+    let body = if reg.holds.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::to_string_pretty(reg)
+                .map_err(|e| Error::Archive(format!("{doing}: {e}")))?,
+        )
+    };
+    reads
+        .run(&doing, || async {
+            let method = if body.is_some() {
+                http::Method::PUT
+            } else {
+                http::Method::DELETE
+            };
+            let (status, text) = register_request(bucket, method, &key, body.clone()).await?;
+            // A DELETE of what is not there is done.
+            if status.is_success() || (body.is_none() && status == http::StatusCode::NOT_FOUND) {
+                Ok(())
+            } else {
+                Err(s3_error(doing.clone(), non_2xx(status, &text)))
+            }
+        })
+        .await
+}
+
+/// A case and what of a selection it holds, for `status` and the reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseSummary {
+    pub case_id: String,
+    /// The selections of the case's holds.
+    pub selections: Vec<serde_json::Value>,
+    pub reasons: Vec<String>,
+    pub held_by: Vec<String>,
+    pub held_at: Vec<String>,
+    /// Objects of this command's selection the case holds.
+    pub objects: u64,
+    /// Does the case hold rows of this command's selection?
+    pub rows: bool,
+}
+
+/// The cases whose holds cover some of `objects` or `rows`.
+fn cases_covering(
+    registers: &[CaseRegister],
+    objects: &[Covered],
+    rows: &RowRanges,
+) -> Vec<CaseSummary> {
+    let mut out = Vec::new();
+    for reg in registers {
+        let keys: std::collections::BTreeSet<&str> = reg
+            .holds
+            .iter()
+            .flat_map(|h| h.objects.iter().map(|o| o.key.as_str()))
+            .collect();
+        let n = objects
+            .iter()
+            .filter(|o| keys.contains(o.key.as_str()))
+            .count() as u64;
+        let meets = reg.holds.iter().any(|h| rows_meet(&h.rows, rows));
+        if n == 0 && !meets {
+            continue;
+        }
+        out.push(CaseSummary {
+            case_id: reg.case_id.clone(),
+            selections: reg.holds.iter().map(|h| h.selection.clone()).collect(),
+            reasons: reg.holds.iter().map(|h| h.reason.clone()).collect(),
+            held_by: reg.holds.iter().map(|h| h.held_by.clone()).collect(),
+            held_at: reg.holds.iter().map(|h| h.held_at.clone()).collect(),
+            objects: n,
+            rows: meets,
+        });
+    }
+    out
+}
+
+/// Now, RFC 3339 UTC.
+fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 /// Keys (relative to the archive root) under `dir`.
@@ -1483,17 +2375,56 @@ pub(crate) fn write_report(r: &HoldReport, json: bool, out: &mut dyn Write) -> R
                 format!("legal hold released (OFF) on {} of {what}\n", r.changed)
             }
         };
+        if let Some(note) = &r.note {
+            t = format!("legal hold: {note}\n");
+        }
+        if let (Some(c), None) = (&r.case_id, &r.note) {
+            let _ = writeln!(t, "case {c}");
+        }
         for o in &r.objects {
             let state = match (&o.legal_hold, &o.error) {
                 (_, Some(e)) => format!(" FAILED: {e}"),
                 (Some(s), None) => format!(" {s}"),
                 (None, None) => String::new(),
             };
+            let cases = match (r.action, o.cases.is_empty()) {
+                (_, true) => String::new(),
+                (HoldAction::Off, false) => format!(" (kept: held by {})", o.cases.join(", ")),
+                (_, false) => format!(" (cases: {})", o.cases.join(", ")),
+            };
             let _ = writeln!(
                 t,
-                "  {:<10} {}{state}",
+                "  {:<10} {}{state}{cases}",
                 kind_name(o.object.kind),
                 o.object.key
+            );
+        }
+        if !r.kept_by.is_empty() || !r.kept_rows_by.is_empty() {
+            let mut by: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+            for (c, n) in &r.kept_by {
+                by.entry(c).or_default().0 = *n;
+            }
+            for (c, n) in &r.kept_rows_by {
+                by.entry(c).or_default().1 = *n;
+            }
+            for (c, (objects, rows)) in by {
+                let _ = writeln!(
+                    t,
+                    "kept held for case {c}: {objects} object(s), {rows} ClickHouse row(s)"
+                );
+            }
+        }
+        for c in &r.cases {
+            let sels: Vec<String> = c.selections.iter().map(|v| v.to_string()).collect();
+            let _ = writeln!(
+                t,
+                "active case {}: {} object(s) of this selection{}; holds {} (held by {}, since {})",
+                c.case_id,
+                c.objects,
+                if c.rows { " and rows" } else { "" },
+                sels.join(", "),
+                c.held_by.join(", "),
+                c.held_at.join(", ")
             );
         }
         if let Some(q) = r.query.as_ref().filter(|q| q.unarchived > 0) {
@@ -1516,6 +2447,9 @@ pub(crate) fn write_report(r: &HoldReport, json: bool, out: &mut dyn Write) -> R
                 let _ = writeln!(t, "clickhouse: FAILED: {e}");
             }
             (None, None) => {}
+        }
+        if let Some(k) = &r.register {
+            let _ = writeln!(t, "case register: {k}");
         }
         if let Some(rec) = &r.recorded {
             let _ = write!(
@@ -1968,5 +2902,221 @@ mod tests {
         // Seqs 34..=40: 36..=40 are in no segment.
         assert_eq!(unarchived(&segs, 0, &[(3, 3), (34, 40)]), 5);
         assert_eq!(unarchived(&segs, 1, &[(3, 3)]), 1);
+    }
+
+    fn held(selection: &str, objects: &[&str], rows: &[(i32, i64, i64)]) -> RegisteredHold {
+        let mut r: RowRanges = BTreeMap::new();
+        for &(p, a, b) in rows {
+            r.entry(p).or_default().push((a, b));
+        }
+        RegisteredHold {
+            selection: serde_json::json!({ "s": selection }),
+            reason: "r".into(),
+            held_by: "ops".into(),
+            held_at: "2026-01-01T00:00:00Z".into(),
+            partition: Some(0),
+            seq: None,
+            query: None,
+            objects: objects
+                .iter()
+                .enumerate()
+                .map(|(i, k)| Covered {
+                    key: (*k).to_owned(),
+                    partition: 0,
+                    kind: Kind::Segment,
+                    first_seq: i as i64,
+                    last_seq: i as i64,
+                })
+                .collect(),
+            rows: r,
+        }
+    }
+
+    #[test]
+    fn releasing_one_case_keeps_what_another_case_holds() {
+        let a = held("a", &["s1", "s2", "cp20"], &[(0, 1, 20)]);
+        let b = held("b", &["s2", "cp20", "s3"], &[(0, 11, 30)]);
+        let c = held("c", &["s2"], &[(1, 1, 5)]);
+        let r = release_of(&a, &[("B", &b), ("C", &c)]);
+        let released: Vec<&str> = r.release.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(released, ["s1"]);
+        let kept: Vec<(&str, Vec<String>)> = r
+            .kept
+            .iter()
+            .map(|(o, by)| (o.key.as_str(), by.clone()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("s2", vec!["B".to_owned(), "C".to_owned()]),
+                ("cp20", vec!["B".to_owned()])
+            ]
+        );
+        assert_eq!(
+            r.kept_by,
+            BTreeMap::from([("B".to_owned(), 2), ("C".to_owned(), 1)])
+        );
+        assert_eq!(
+            r.clear_rows_sql,
+            "((chain_partition = 0 AND ((seq >= 1 AND seq <= 20)))) AND NOT ((chain_partition = 0 AND ((seq >= 11 AND seq <= 30))) OR (chain_partition = 1 AND ((seq >= 1 AND seq <= 5))))"
+        );
+        // Alone, everything goes.
+        let r = release_of(&a, &[]);
+        assert_eq!(r.release.len(), 3);
+        assert!(r.kept.is_empty() && r.kept_by.is_empty());
+        assert_eq!(
+            r.clear_rows_sql,
+            "(chain_partition = 0 AND ((seq >= 1 AND seq <= 20)))"
+        );
+    }
+
+    #[test]
+    fn row_ranges_as_sql_and_overlap() {
+        let m = BTreeMap::from([
+            (0, vec![(i64::MIN, i64::MAX)]),
+            (1, vec![(5, 5), (7, 9), (8, 12), (20, i64::MAX)]),
+            (2, vec![]),
+        ]);
+        assert_eq!(
+            rows_sql(&m),
+            "(chain_partition = 0) OR (chain_partition = 1 AND (seq = 5 OR (seq >= 7 AND seq <= 12) OR seq >= 20))"
+        );
+        assert_eq!(rows_sql(&BTreeMap::new()), "0");
+        let x = BTreeMap::from([(1, vec![(3, 4)])]);
+        assert!(!rows_meet(&x, &BTreeMap::from([(1, vec![(5, 9)])])));
+        assert!(!rows_meet(&x, &BTreeMap::from([(0, vec![(3, 4)])])));
+        assert!(rows_meet(&x, &BTreeMap::from([(1, vec![(4, 9)])])));
+        assert!(
+            rows_meet(&BTreeMap::from([(0, vec![(3, 4)])]), &m),
+            "whole partition"
+        );
+        assert!(!rows_meet(&x, &m));
+    }
+
+    #[test]
+    fn a_rerun_of_on_merges_into_the_case_s_register() {
+        let reg = CaseRegister {
+            format: REGISTER_FORMAT,
+            case_id: "A".into(),
+            holds: Vec::new(),
+        };
+        let first = held("x", &["s1", "s2"], &[(0, 1, 5)]);
+        let reg = reg.with_hold(first.clone());
+        let reg = reg.with_hold(held("x", &["s2", "s3"], &[(0, 4, 9)]));
+        assert_eq!(reg.holds.len(), 1);
+        let keys: Vec<&str> = reg.holds[0]
+            .objects
+            .iter()
+            .map(|o| o.key.as_str())
+            .collect();
+        assert_eq!(keys, ["s1", "s2", "s3"]);
+        assert_eq!(reg.holds[0].rows, BTreeMap::from([(0, vec![(1, 9)])]));
+        assert_eq!(reg.holds[0].held_at, first.held_at);
+        let reg = reg.with_hold(held("y", &["s9"], &[]));
+        assert_eq!(reg.holds.len(), 2);
+        // It round-trips through its JSON (the register object).
+        let text = serde_json::to_string(&reg).expect("json");
+        let back: CaseRegister = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, reg);
+    }
+
+    #[test]
+    fn case_ids_name_their_register_and_selections_name_a_case() {
+        assert_eq!(register_key("LIT-2024.17_a"), "_holds/LIT-2024.17_a.json");
+        let odd = register_key("Doe v. Roe/2024");
+        assert!(odd.starts_with("_holds/Doe_v._Roe_2024-") && odd.ends_with(".json"));
+        assert_ne!(register_key("a/b"), register_key("a_b"), "{odd}");
+        assert_ne!(register_key(".."), "_holds/...json");
+        assert!(check_case_id("  ").is_err());
+        assert!(check_case_id("a\nb").is_err());
+        assert_eq!(check_case_id(" C-1 ").ok().as_deref(), Some("C-1"));
+        let sel = serde_json::json!({"chain_partition": 0, "seq": "1..=5"});
+        let d = derived_case_id(&sel);
+        assert!(d.starts_with("selection-") && d.len() == "selection-".len() + 16);
+        assert_eq!(d, derived_case_id(&sel.clone()));
+        let regs = vec![
+            CaseRegister {
+                format: 1,
+                case_id: "A".into(),
+                holds: vec![held("x", &[], &[])],
+            },
+            CaseRegister {
+                format: 1,
+                case_id: "B".into(),
+                holds: vec![held("x", &[], &[]), held("y", &[], &[])],
+            },
+        ];
+        let x = serde_json::json!({"s": "x"});
+        let y = serde_json::json!({"s": "y"});
+        let z = serde_json::json!({"s": "z"});
+        assert_eq!(case_for_off(&regs, &y, None).ok(), Some(Some("B".into())));
+        assert_eq!(case_for_off(&regs, &z, None).ok(), Some(None));
+        assert!(
+            matches!(case_for_off(&regs, &x, None), Err(Error::Usage(m)) if m.contains("A, B"))
+        );
+        assert_eq!(
+            case_for_off(&regs, &x, Some("A")).ok(),
+            Some(Some("A".into()))
+        );
+    }
+
+    #[test]
+    fn the_text_report_says_what_was_kept_for_whom() {
+        let objects = covering(&seg(0, 11, 20), &[], 0, Some((12, 15)));
+        let mut r = HoldReport {
+            action: HoldAction::Off,
+            dry_run: false,
+            archive: "s3://b".into(),
+            partition: Some(0),
+            seq: Some((12, 15)),
+            query: None,
+            counts: counts_of(&objects),
+            changed: 1,
+            failed: 0,
+            recorded: None,
+            objects: vec![
+                ObjectOutcome {
+                    object: objects[0].clone(),
+                    legal_hold: Some("OFF".into()),
+                    error: None,
+                    cases: Vec::new(),
+                },
+                ObjectOutcome {
+                    object: objects[1].clone(),
+                    legal_hold: Some("ON".into()),
+                    error: None,
+                    cases: vec!["B".into()],
+                },
+            ],
+            clickhouse: None,
+            clickhouse_error: None,
+            case_id: Some("A".into()),
+            cases: Vec::new(),
+            kept_by: BTreeMap::from([("B".into(), 1)]),
+            kept_rows_by: BTreeMap::from([("B".into(), 4)]),
+            register: Some(register_key("A")),
+            note: None,
+        };
+        let mut out = Vec::new();
+        write_report(&r, false, &mut out).expect("report");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(text.contains("case A\n"), "{text}");
+        assert!(text.contains("ON (kept: held by B)"), "{text}");
+        assert!(
+            text.contains("kept held for case B: 1 object(s), 4 ClickHouse row(s)"),
+            "{text}"
+        );
+        assert!(text.contains("case register: _holds/A.json"), "{text}");
+        r.note = Some("case A has no active hold: nothing to release".into());
+        r.objects.clear();
+        r.kept_by.clear();
+        r.kept_rows_by.clear();
+        let mut out = Vec::new();
+        write_report(&r, false, &mut out).expect("report");
+        let text = String::from_utf8(out).expect("utf-8");
+        assert!(
+            text.starts_with("legal hold: case A has no active hold"),
+            "{text}"
+        );
     }
 }

@@ -1140,3 +1140,250 @@ async fn rehydrate_hold_loads_the_range_held_once() {
     );
     lab.db.drop().await;
 }
+
+// ---- overlapping cases: the register of active holds ------------------------------------------
+
+/// boto3's legal hold of each of `keys` is `state`.
+fn expect_state(lab: &Lab, keys: &[String], state: &str) {
+    let got = boto3_holds(&lab.bucket, keys);
+    assert!(
+        got.iter().all(|g| g == state),
+        "{keys:?}: {got:?}, want {state}"
+    );
+}
+
+impl Lab {
+    /// The case ids of the registers in the archive (`_holds/*.json`), read as plain JSON.
+    async fn registered_cases(&self) -> Vec<String> {
+        let metas: Vec<object_store::ObjectMeta> = futures::TryStreamExt::try_collect(
+            self.store
+                .list(Some(&ObjPath::from(format!("{PREFIX}/_holds")))),
+        )
+        .await
+        .expect("list the register");
+        let mut cases = Vec::new();
+        for m in metas {
+            let body = self
+                .store
+                .get(&m.location)
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("bytes");
+            let v: Value = serde_json::from_slice(&body).expect("a register is JSON");
+            cases.push(v["case_id"].as_str().expect("case_id").to_owned());
+        }
+        cases.sort();
+        cases
+    }
+
+    /// `hold ACTION --seq RANGE --case CASE` (on/off: with a reason and holder), the broker
+    /// given or the lab's.
+    async fn case(
+        &self,
+        action: &str,
+        range: &str,
+        case: &str,
+        brokers: Option<&str>,
+    ) -> (u8, String, Value) {
+        let mut extra = vec!["--seq", range, "--case", case];
+        if action != "status" {
+            extra.extend(["--reason", "matter", "--held-by", "legal-ops"]);
+        }
+        if brokers.is_some() {
+            extra.extend(["--kafka-property", "message.timeout.ms=2000"]);
+        }
+        let mut args = self.args(action, &extra);
+        if let Some(b) = brokers {
+            let i = args
+                .iter()
+                .position(|a| a == "--kafka-brokers")
+                .expect("flag");
+            args[i + 1] = b.to_owned();
+        }
+        self.run(args).await
+    }
+}
+
+/// Case A holds seqs 5..=15 (segments 1..=10 and 11..=20, checkpoints 10 and 20), case B
+/// 12..=25 (segments 11..=20 and 21..=30, checkpoints 20 and 30): they share segment
+/// 11..=20, its manifest, checkpoint 20 and rows 12..=15.
+fn overlap_keys(lab: &Lab) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (s0, m0) = seg_keys(lab, 0);
+    let (s1, m1) = seg_keys(lab, 1);
+    let (s2, m2) = seg_keys(lab, 2);
+    let a_only = vec![s0, m0, checkpoint_key(0, 10, "k1")];
+    let shared = vec![s1, m1, checkpoint_key(0, 20, "k1")];
+    let b_only = vec![s2, m2, checkpoint_key(0, 30, "k1")];
+    (a_only, shared, b_only)
+}
+
+/// Two overlapping cases: `off` A releases only A's own objects and rows, the shared ones
+/// stay ON and flagged (a DELETE of a shared version is still refused) and the release says
+/// it kept them for B; `status` names both cases; a second `off` A changes and records
+/// nothing; `off` B then releases everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releasing_one_case_keeps_what_an_overlapping_case_holds() {
+    let lab = Lab::new("hold_cases", true).await;
+    let (a_only, shared, b_only) = overlap_keys(&lab);
+    let (code, out, report) = lab.case("on", "5..15", "CASE-A", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["case_id"], "CASE-A", "{out}");
+    assert_eq!(report["register"], "_holds/CASE-A.json", "{out}");
+    let (code, out, _) = lab.case("on", "12..25", "CASE-B", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lab.registered_cases().await, ["CASE-A", "CASE-B"]);
+    assert_eq!(lab.held_rows().await, (5..=25).collect::<Vec<i64>>());
+
+    // Status of the shared range names both cases, and each object's.
+    let (code, out, status) = lab.case("status", "12..15", "CASE-A", None).await;
+    assert_eq!(code, 0, "{out}");
+    let cases: Vec<&str> = status["cases"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no cases in {out}"))
+        .iter()
+        .map(|c| c["case_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(cases, ["CASE-A", "CASE-B"], "{out}");
+    for o in status["objects"].as_array().expect("objects") {
+        assert_eq!(o["cases"], serde_json::json!(["CASE-A", "CASE-B"]), "{o}");
+    }
+
+    // Off A: A's own objects OFF, the shared ones kept ON for B.
+    let (code, out, report) = lab.case("off", "5..15", "CASE-A", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["changed"], 3, "{out}");
+    assert_eq!(report["kept_by"], serde_json::json!({"CASE-B": 3}), "{out}");
+    assert_eq!(
+        report["kept_rows_by"],
+        serde_json::json!({"CASE-B": 4}),
+        "{out}"
+    );
+    expect_state(&lab, &a_only, "OFF");
+    expect_state(&lab, &shared, "ON");
+    expect_state(&lab, &b_only, "ON");
+    assert_eq!(
+        lab.held_rows().await,
+        (12..=25).collect::<Vec<i64>>(),
+        "A's own rows 5..=11 released, the shared 12..=15 still held for B"
+    );
+    let v = lab.version(&shared[0]).await;
+    assert_eq!(lab.delete_version(&shared[0], &v).0, 403, "still held by B");
+    let v = lab.version(&a_only[0]).await;
+    assert_eq!(lab.delete_version(&a_only[0], &v).0, 204, "A's own: free");
+    assert_eq!(lab.registered_cases().await, ["CASE-B"]);
+    let events = lab.recorded().await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    let r = &events[2];
+    assert_eq!(r.event_type, "audit.legal_hold.released");
+    assert_eq!(attr(r, "audit.legal_hold.case_id"), Some("CASE-A"));
+    assert_eq!(attr(r, "audit.legal_hold.objects"), Some("3"));
+    assert_eq!(attr(r, "audit.legal_hold.kept_objects"), Some("3"));
+    assert_eq!(attr(r, "audit.legal_hold.kept_by_cases"), Some("CASE-B:3"));
+    assert_eq!(attr(r, "audit.legal_hold.kept_clickhouse_rows"), Some("4"));
+    assert_eq!(attr(r, "audit.legal_hold.clickhouse_rows"), Some("7"));
+
+    // Off A again: nothing to release, nothing changed or recorded.
+    let (code, out, report) = lab.case("off", "5..15", "CASE-A", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["changed"], 0, "{out}");
+    assert_eq!(report["recorded"], Value::Null, "{out}");
+    assert!(
+        report["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("no active hold")),
+        "{out}"
+    );
+    expect_state(&lab, &shared, "ON");
+    assert_eq!(lab.held_rows().await, (12..=25).collect::<Vec<i64>>());
+    assert_eq!(lab.recorded().await.len(), 3);
+
+    // Off B: no other case left, everything released.
+    let (code, out, report) = lab.case("off", "12..25", "CASE-B", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["changed"], 6, "{out}");
+    assert_eq!(report.get("kept_by"), None, "{out}");
+    expect_state(&lab, &shared, "OFF");
+    expect_state(&lab, &b_only, "OFF");
+    assert!(lab.held_rows().await.is_empty());
+    assert!(lab.registered_cases().await.is_empty());
+    let kinds: Vec<String> = lab
+        .recorded()
+        .await
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "audit.legal_hold.set",
+            "audit.legal_hold.set",
+            "audit.legal_hold.released",
+            "audit.legal_hold.released"
+        ]
+    );
+    let (code, out) = lab.verify().await;
+    assert_eq!(code, 0, "{out}");
+    lab.db.drop().await;
+}
+
+/// Crashes between the steps converge on a rerun: a hold set and registered but not chained
+/// (broker down) is recorded by the rerun; a release done but not chained keeps the case
+/// registered, so B's release meanwhile still keeps the objects A shares ON; the rerun of
+/// `off` A then releases them, records it and removes the register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_or_release_interrupted_before_the_chain_converges_on_a_rerun() {
+    let lab = Lab::new("hold_cases_crash", true).await;
+    let (a_only, shared, b_only) = overlap_keys(&lab);
+    let down = Some("127.0.0.1:1");
+
+    // On A: held and registered, the chain unreachable: exit 3 saying it IS set.
+    let (code, out, _) = lab.case("on", "5..15", "CASE-A", down).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("the legal hold IS SET"), "{out}");
+    assert_eq!(lab.registered_cases().await, ["CASE-A"]);
+    assert!(lab.recorded().await.is_empty());
+    // The rerun records it, and registers it once.
+    let (code, out, _) = lab.case("on", "5..15", "CASE-A", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(lab.recorded().await.len(), 1);
+    assert_eq!(lab.registered_cases().await, ["CASE-A"]);
+    let (code, out, _) = lab.case("on", "12..25", "CASE-B", None).await;
+    assert_eq!(code, 0, "{out}");
+
+    // Off A, the chain unreachable: A's own objects are released, but A stays registered.
+    let (code, out, _) = lab.case("off", "5..15", "CASE-A", down).await;
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("the legal hold IS RELEASED"), "{out}");
+    expect_state(&lab, &a_only, "OFF");
+    expect_state(&lab, &shared, "ON");
+    assert_eq!(lab.registered_cases().await, ["CASE-A", "CASE-B"]);
+    assert_eq!(lab.recorded().await.len(), 2);
+
+    // Meanwhile B is released: A is still registered, so what A shares stays ON and flagged.
+    let (code, out, report) = lab.case("off", "12..25", "CASE-B", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["kept_by"], serde_json::json!({"CASE-A": 3}), "{out}");
+    expect_state(&lab, &b_only, "OFF");
+    expect_state(&lab, &shared, "ON");
+    // A's own rows went with its first release; the shared ones stay flagged for A.
+    assert_eq!(lab.held_rows().await, (12..=15).collect::<Vec<i64>>());
+
+    // The rerun of off A: the shared objects and rows go too, recorded, register removed.
+    let (code, out, report) = lab.case("off", "5..15", "CASE-A", None).await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(report["changed"], 6, "{out}");
+    expect_state(&lab, &shared, "OFF");
+    expect_state(&lab, &a_only, "OFF");
+    assert!(lab.held_rows().await.is_empty());
+    assert!(lab.registered_cases().await.is_empty());
+    let events = lab.recorded().await;
+    let released: Vec<Option<&str>> = events
+        .iter()
+        .filter(|e| e.event_type == "audit.legal_hold.released")
+        .map(|e| attr(e, "audit.legal_hold.case_id"))
+        .collect();
+    assert_eq!(released, [Some("CASE-B"), Some("CASE-A")]);
+    lab.db.drop().await;
+}
