@@ -96,7 +96,7 @@ pub struct Config {
     pub client_id: String,
     /// Dedup window W: an event whose id is among the last W chained records of its partition
     /// is dropped. Defined on the log, so every instance decides the same; 0 disables dedup.
-    /// Recovery reads the last W records of the chained partition (~65 MB of memory per
+    /// Recovery reads the last W records of the chained partition (~41 MB of memory per
     /// partition at the default).
     #[arg(long, env = "AUDIT_CHAINER_DEDUP_WINDOW", default_value_t = 1_000_000)]
     pub dedup_window: usize,
