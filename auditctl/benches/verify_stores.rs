@@ -13,8 +13,9 @@
 //!   same checks).
 //!
 //! Knobs: `AUDIT_BENCH_EVENTS` (default 100000), `AUDIT_BENCH_PARTITIONS` (default 4),
-//! `AUDIT_BENCH_REPS` (default 3). Nothing here asserts a time. The database and prefix are
-//! dropped/left as the tests leave theirs.
+//! `AUDIT_BENCH_REPS` (default 3), `AUDIT_BENCH_KEEP=1` (keep the database too, to profile
+//! `auditctl verify` alone against both stores: their names are printed on stderr). Nothing here
+//! asserts a time. The database and prefix are dropped/left as the tests leave theirs.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -31,12 +32,29 @@ fn knob(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn best<F: FnMut()>(reps: usize, mut f: F) -> Duration {
+/// CPU time (user + system, every thread) of this process so far, from /proc (Linux).
+fn cpu_time() -> Duration {
+    let ticks = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces) end with ')'.
+            let rest = s.rsplit_once(')')?.1.to_owned();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Best wall time of `reps` runs, and the CPU time of that run (CPU ÷ wall > 1: it used more
+/// than one core; well under 1: it waited, on a store or on the machine's other load).
+fn best<F: FnMut()>(reps: usize, mut f: F) -> (Duration, Duration) {
     (0..reps.max(1))
         .map(|_| {
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), cpu_time());
             f();
-            t.elapsed()
+            (t.elapsed(), cpu_time().saturating_sub(c))
         })
         .min()
         .unwrap_or_default()
@@ -75,8 +93,12 @@ fn main() {
         }
         db
     });
+    eprintln!(
+        "archive prefix {prefix}, clickhouse database {} (AUDIT_BENCH_KEEP=1 keeps it)",
+        db.name
+    );
 
-    let sha = best(reps, || {
+    let (sha, _) = best(reps, || {
         for c in &canonical {
             black_box(Sha256::digest(black_box(c)));
         }
@@ -111,21 +133,30 @@ fn main() {
         bytes / n.max(1)
     );
     println!(
-        "{:<44} {:>10} {:>9} {:>11}",
-        "stage", "events/s", "MB/s", "vs sha256"
+        "{:<44} {:>10} {:>9} {:>11} {:>9}",
+        "stage", "events/s", "MB/s", "vs sha256", "cpu/wall"
     );
-    let line = |name: &str, d: Duration| {
+    let line = |name: &str, (d, cpu): (Duration, Duration)| {
         let s = d.as_secs_f64().max(1e-9);
         println!(
-            "{name:<44} {:>10.0} {:>9.1} {:>10.4}x",
+            "{name:<44} {:>10.0} {:>9.1} {:>10.4}x {:>9.2}",
             n as f64 / s,
             bytes as f64 / 1e6 / s,
-            sha.as_secs_f64() / s
+            sha.as_secs_f64() / s,
+            cpu.as_secs_f64() / s
         );
     };
-    line("sha256 of canonical bytes (baseline)", sha);
+    line("sha256 of canonical bytes (baseline)", (sha, sha));
     line("auditctl verify --source clickhouse", ch);
     line("auditctl verify --source archive", ar);
     println!("(MB/s counts canonical bytes on every line; 'vs sha256' = throughput ÷ baseline throughput)");
-    rt.block_on(db.drop());
+    if std::env::var("AUDIT_BENCH_KEEP").as_deref() == Ok("1") {
+        // To profile one store alone, e.g. `perf record target/release/auditctl <these>`.
+        let kept = dir.keep();
+        eprintln!("kept {}", kept.display());
+        eprintln!("clickhouse: auditctl {}", ch_args.join(" "));
+        eprintln!("archive: auditctl {}", ar_args.join(" "));
+    } else {
+        rt.block_on(db.drop());
+    }
 }

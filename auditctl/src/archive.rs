@@ -1,8 +1,9 @@
 //! Reading the chain back from the archive: S3 (`s3://bucket[/prefix]`) or a local folder with
 //! the same layout (see `schemas::segment` for names, manifests and the container format).
 //!
-//! Per partition, segments are read one at a time in seq order. Each segment object is checked
-//! against its manifest (size and SHA-256: a replaced or altered object is a finding), its
+//! Per partition, segments are verified one at a time in seq order, while the next few are
+//! already being read and decoded (bounded read-ahead, see `ReadAhead`). Each segment object is
+//! checked against its manifest (size and SHA-256: a replaced or altered object is a finding), its
 //! metadata against its name and records, and its records are fed to the chain verifier, which
 //! recomputes every hash. Checkpoints come from the archive's `checkpoints/` objects
 //! (`CheckpointJson`: hashes in hex, signature in base64).
@@ -21,7 +22,7 @@ use schemas::segment::{
     ObjectDigest, ObjectKind, SegmentKey, SegmentMeta, CHECKPOINTS_DIR,
 };
 use schemas::{ChainedEvent, Checkpoint};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use worker_runtime::object_store::{build_store, Access, ArchiveStoreArgs, StoreConfigError};
 
 use crate::collect::{finding, Collector};
@@ -43,6 +44,8 @@ struct Listed {
     key: SegmentKey,
     segment: bool,
     manifest: bool,
+    /// The segment object's size as listed (decides whether it may be read ahead).
+    size: Option<u64>,
 }
 
 /// An unusable archive configuration: an unreadable secret key file is a file error, the
@@ -107,6 +110,16 @@ impl ArchiveStore {
     /// Keys (relative to the archive root) of every object under `dir` (relative, e.g.
     /// `chain=3/`).
     async fn list(&self, dir: &str) -> Result<Vec<String>, Error> {
+        Ok(self
+            .list_sized(dir)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// [`Self::list`] with each object's size.
+    async fn list_sized(&self, dir: &str) -> Result<Vec<(String, u64)>, Error> {
         let dir = dir.trim_end_matches('/');
         let p = if dir.is_empty() && self.prefix.is_empty() {
             None
@@ -129,7 +142,10 @@ impl ArchiveStore {
             .await?;
         Ok(metas
             .iter()
-            .filter_map(|m| self.rel(m.location.as_ref()).map(str::to_owned))
+            .filter_map(|m| {
+                self.rel(m.location.as_ref())
+                    .map(|k| (k.to_owned(), m.size))
+            })
             .collect())
     }
 
@@ -154,24 +170,28 @@ impl ArchiveStore {
     ) -> Result<BTreeMap<i32, Vec<Listed>>, Error> {
         let mut keys = Vec::new();
         if partitions.is_empty() {
-            keys = self.list("").await?;
+            keys = self.list_sized("").await?;
         } else {
             for p in partitions {
                 let p = i32::try_from(*p)
                     .map_err(|_| Error::Usage(format!("--partition {p} is out of range")))?;
-                keys.extend(self.list(&segment::partition_prefix(p)).await?);
+                keys.extend(self.list_sized(&segment::partition_prefix(p)).await?);
             }
         }
         let mut found: BTreeMap<SegmentKey, Listed> = BTreeMap::new();
-        for k in keys {
+        for (k, size) in keys {
             if let Some((key, kind)) = parse_key(&k) {
                 let e = found.entry(key.clone()).or_insert(Listed {
                     key,
                     segment: false,
                     manifest: false,
+                    size: None,
                 });
                 match kind {
-                    ObjectKind::Segment => e.segment = true,
+                    ObjectKind::Segment => {
+                        e.segment = true;
+                        e.size = Some(size);
+                    }
                     ObjectKind::Manifest => e.manifest = true,
                 }
             }
@@ -206,11 +226,21 @@ impl ArchiveStore {
         keys.sort();
         let mut cps = Vec::new();
         let mut bad = Vec::new();
-        for k in keys {
-            let Some(partition) = checkpoint_partition(&k) else {
-                continue;
-            };
-            let bytes = self.get(&k).await?;
+        // One small object per checkpoint (a thousand-event chain signs every 1000 by
+        // default): read CHECKPOINT_READS at a time, in key order, instead of one round trip
+        // after another.
+        let wanted: Vec<(String, i32)> = keys
+            .into_iter()
+            .filter_map(|k| checkpoint_partition(&k).map(|p| (k, p)))
+            .collect();
+        let mut reads = futures::stream::iter(wanted)
+            .map(|(k, p)| async move {
+                let bytes = self.get(&k).await;
+                (k, p, bytes)
+            })
+            .buffered(CHECKPOINT_READS);
+        while let Some((k, partition, bytes)) = reads.next().await {
+            let bytes = bytes?;
             let parsed = serde_json::from_slice::<CheckpointJson>(&bytes)
                 .map_err(|e| e.to_string())
                 .and_then(|j| SignedCheckpoint::try_from(&j).map_err(|e| e.to_string()));
@@ -258,48 +288,16 @@ impl ArchiveStore {
         l: &Listed,
         findings: &mut Vec<Finding>,
     ) -> Result<Option<Manifest>, Error> {
-        let k = &l.key;
-        let (p, first) = (k.partition, k.first_seq);
-        let mut f = |kind, detail: String| findings.push(finding(p, first, kind, None, detail));
-        if !l.manifest {
-            f(
-                FindingKind::SegmentWithoutManifest,
-                format!(
-                    "segment {} has no manifest: its digest cannot be checked (its records are still verified)",
-                    k.object_key()
-                ),
-            );
-            return Ok(None);
-        }
-        let raw = self.get(&k.manifest_key()).await?;
-        match Manifest::from_json(&raw) {
-            Ok(m) => {
-                if m.object_key != k.object_key()
-                    || m.partition != k.partition
-                    || m.first_seq != k.first_seq
-                    || m.last_seq != k.last_seq
-                {
-                    f(
-                        FindingKind::MalformedManifest,
-                        format!(
-                            "manifest {} describes {} (partition {} seq {}..={})",
-                            k.manifest_key(),
-                            m.object_key,
-                            m.partition,
-                            m.first_seq,
-                            m.last_seq
-                        ),
-                    );
-                }
-                Ok(Some(m))
-            }
-            Err(e) => {
-                f(
-                    FindingKind::MalformedManifest,
-                    format!("manifest {} cannot be read: {e}", k.manifest_key()),
-                );
-                Ok(None)
-            }
+        let raw = self.manifest_bytes(l).await?;
+        Ok(judge_manifest(l, raw.as_deref(), findings))
+    }
+
+    /// The stored manifest of a listed segment, if it has one.
+    async fn manifest_bytes(&self, l: &Listed) -> Result<Option<bytes::Bytes>, Error> {
+        if l.manifest {
+            self.get(&l.key.manifest_key()).await.map(Some)
+        } else {
+            Ok(None)
         }
     }
 
@@ -340,10 +338,13 @@ impl ArchiveStore {
         Ok(Some(events))
     }
 
-    /// Open a segment object as a stream of records. The body is read chunk by chunk (bounded
-    /// channel) and hashed on the way; a blocking task decodes it (the Avro reader is
-    /// synchronous) and hands over one record at a time (bounded channel). Memory is a few
-    /// chunks, one container block and a few records, whatever the segment's size.
+    /// Open a segment object as a stream of records. The body is read chunk by chunk and
+    /// hashed on the way; a blocking task decodes it (the Avro reader is synchronous) and hands
+    /// over records in batches (bounded channel). The body read ahead of the decoder is bounded
+    /// in bytes ([`SEGMENT_BUFFER`], a semaphore per segment: a segment waiting behind another
+    /// can never take the buffer its predecessor needs), so a segment up to that size is read
+    /// whole as soon as it is opened, and memory is that buffer, one container block and a few
+    /// batches of records, whatever the segment's size.
     ///
     /// The GET is retried like every read. A body that breaks off is resumed by the S3 client
     /// itself (object_store re-requests the rest with a range and checks the ETag is the same);
@@ -360,7 +361,10 @@ impl ArchiveStore {
             })
             .await?;
         let mut body = get.into_stream();
-        let (chunk_tx, chunk_rx) = mpsc::channel::<bytes::Bytes>(STREAM_CHUNKS);
+        // Unbounded in messages, bounded in bytes: each chunk carries permits for its size.
+        let (chunk_tx, chunk_rx) =
+            mpsc::unbounded_channel::<(bytes::Bytes, OwnedSemaphorePermit)>();
+        let buffer = Arc::new(Semaphore::new(SEGMENT_BUFFER));
         let forward = tokio::spawn(async move {
             let mut digest = ObjectDigest::default();
             let mut tx = Some(chunk_tx);
@@ -369,7 +373,13 @@ impl ArchiveStore {
                 digest.update(&chunk);
                 // The decoder stops at a malformed record: keep hashing the rest regardless.
                 if let Some(t) = &tx {
-                    if t.send(chunk).await.is_err() {
+                    // A chunk larger than the whole buffer takes all of it (one chunk over).
+                    let n = chunk.len().clamp(1, SEGMENT_BUFFER);
+                    let permit = Arc::clone(&buffer)
+                        .acquire_many_owned(u32::try_from(n).unwrap_or(u32::MAX))
+                        .await
+                        .map_err(|e| Error::Archive(format!("segment read-ahead buffer: {e}")))?;
+                    if t.send((chunk, permit)).is_err() {
                         tx = None;
                     }
                 }
@@ -381,6 +391,7 @@ impl ArchiveStore {
             let reader = ChunkReader {
                 rx: chunk_rx,
                 cur: bytes::Bytes::new(),
+                _held: None,
             };
             // Records as stored bytes (no decode and re-encode of each event where the
             // segment's schema allows it), handed over in batches.
@@ -424,7 +435,7 @@ impl ArchiveStore {
         });
         Ok(SegmentStream {
             rx: rec_rx,
-            forward,
+            forward: AbortOnDrop(forward),
             decode,
         })
     }
@@ -449,22 +460,31 @@ impl ArchiveStore {
             .map(|l| l.key.len())
             .sum();
         c.set_total(total);
+        // Segments are read ahead of the verifier, in the order it takes them (across
+        // partitions too), so their round trips, bodies and decoding overlap its work.
+        let mut ahead = ReadAhead::new(self, segs.values().flatten().cloned().collect());
         for (p, listed) in &segs {
             c.set_stage(&format!("partition {p}"));
             // First copies that a later segment may repeat: seq -> (record, its segment).
             let mut kept: BTreeMap<i64, (RawChained, Arc<str>)> = BTreeMap::new();
             for (i, l) in listed.iter().enumerate() {
                 let k = &l.key;
+                let fetched = ahead.next().await?;
                 if !l.segment {
                     c.add_finding(missing_segment(k));
                     continue;
                 }
                 let mut findings = Vec::new();
-                let manifest = self.manifest_of(l, &mut findings).await?;
+                let manifest = judge_manifest(l, fetched.manifest.as_deref(), &mut findings);
                 for f in findings.drain(..) {
                     c.add_finding(f);
                 }
-                let mut seg = self.open_stream(&k.object_key()).await?;
+                let Some(mut seg) = fetched.stream else {
+                    return Err(Error::Archive(format!(
+                        "segment {} was not opened",
+                        k.object_key()
+                    )));
+                };
                 let meta = match seg.rx.recv().await {
                     Some(Decoded::Meta(Ok(m))) => Some(m),
                     Some(Decoded::Meta(Err(e))) => {
@@ -647,8 +667,101 @@ impl ArchiveStore {
     }
 }
 
-/// Chunks of the object body in flight to the decoder.
-const STREAM_CHUNKS: usize = 4;
+/// What was read of a listed segment before its turn.
+struct Fetched {
+    /// The stored manifest (`None`: not listed).
+    manifest: Option<bytes::Bytes>,
+    /// The opened segment object (`None`: not listed).
+    stream: Option<SegmentStream>,
+}
+
+impl ArchiveStore {
+    /// Reads a listed segment's manifest and opens its object (see [`Self::open_stream`]).
+    async fn fetch(self, l: Listed) -> Result<Fetched, Error> {
+        if !l.segment {
+            // A missing object is a finding; its manifest is not needed for it.
+            return Ok(Fetched {
+                manifest: None,
+                stream: None,
+            });
+        }
+        let manifest = self.manifest_bytes(&l).await?;
+        let stream = self.open_stream(&l.key.object_key()).await?;
+        Ok(Fetched {
+            manifest,
+            stream: Some(stream),
+        })
+    }
+}
+
+/// Listed segments fetched in order with up to [`READ_AHEAD`] of them opened ahead of the one
+/// being verified, each in a task of its own (so it progresses while the verifier works).
+/// Only a segment listed at most [`SEGMENT_BUFFER`] bytes is opened ahead: its body is then
+/// read whole at once and never waits mid-body behind another segment; a larger one (or one
+/// listed without a size) is opened at its turn and streamed as it is verified. Tasks still
+/// running when this is dropped (the run stopped early) are aborted.
+struct ReadAhead {
+    store: ArchiveStore,
+    todo: std::collections::VecDeque<Listed>,
+    opened: std::collections::VecDeque<AbortOnDrop<Result<Fetched, Error>>>,
+}
+
+impl ReadAhead {
+    fn new(store: &ArchiveStore, listed: Vec<Listed>) -> Self {
+        Self {
+            store: store.clone(),
+            todo: listed.into(),
+            opened: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next listed segment, fetched; opens the ones after it that may be read ahead.
+    async fn next(&mut self) -> Result<Fetched, Error> {
+        if self.opened.is_empty() {
+            self.open_next();
+        }
+        let Some(mut first) = self.opened.pop_front() else {
+            return Err(Error::Archive("read past the last listed segment".into()));
+        };
+        while self.opened.len() < READ_AHEAD
+            && self
+                .todo
+                .front()
+                .is_some_and(|l| !l.segment || l.size.is_some_and(|n| n <= SEGMENT_BUFFER as u64))
+        {
+            self.open_next();
+        }
+        (&mut first.0)
+            .await
+            .map_err(|e| Error::Archive(format!("segment reader task failed: {e}")))?
+    }
+
+    fn open_next(&mut self) {
+        if let Some(l) = self.todo.pop_front() {
+            let task = tokio::spawn(self.store.clone().fetch(l));
+            self.opened.push_back(AbortOnDrop(task));
+        }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+#[derive(Debug)]
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Bytes of one segment's body read ahead of its decoder (see `ArchiveStore::open_stream`);
+/// a segment up to this size may be opened before its turn.
+const SEGMENT_BUFFER: usize = 8 * 1024 * 1024;
+/// Segments opened ahead of the one being verified (their GETs, bodies and decoding overlap
+/// its verification). Memory: at most this many plus one times [`SEGMENT_BUFFER`] of bodies.
+const READ_AHEAD: usize = 4;
+/// Checkpoint objects read at once.
+const CHECKPOINT_READS: usize = 16;
 /// Batches of records in flight to the verifier.
 const STREAM_RECORDS: usize = 8;
 /// Records per batch (one channel message each: the per-record hand-over cost is amortised).
@@ -664,7 +777,9 @@ enum Decoded {
 /// A segment being streamed (see `ArchiveStore::open_stream`).
 struct SegmentStream {
     rx: mpsc::Receiver<Decoded>,
-    forward: tokio::task::JoinHandle<Result<(String, u64), Error>>,
+    /// Reads and hashes the body; aborted if the segment is dropped unread (a run that
+    /// stopped early does not go on downloading).
+    forward: AbortOnDrop<Result<(String, u64), Error>>,
     decode: tokio::task::JoinHandle<()>,
 }
 
@@ -672,13 +787,17 @@ impl SegmentStream {
     /// Wait for both tasks; the object's (SHA-256 hex, size), or why its body could not be
     /// read to the end.
     async fn finish(self) -> Result<(String, u64), Error> {
+        let SegmentStream {
+            rx,
+            mut forward,
+            decode,
+        } = self;
         // Closing the receiver unblocks a decoder still sending (the caller stopped early).
-        drop(self.rx);
-        let digest = self
-            .forward
+        drop(rx);
+        let digest = (&mut forward.0)
             .await
             .map_err(|e| Error::Archive(format!("segment reader task failed: {e}")))??;
-        self.decode
+        decode
             .await
             .map_err(|e| Error::Archive(format!("segment decoder task failed: {e}")))?;
         Ok(digest)
@@ -687,15 +806,20 @@ impl SegmentStream {
 
 /// A synchronous `Read` over the chunks the async side receives (for the Avro reader).
 struct ChunkReader {
-    rx: mpsc::Receiver<bytes::Bytes>,
+    rx: mpsc::UnboundedReceiver<(bytes::Bytes, OwnedSemaphorePermit)>,
     cur: bytes::Bytes,
+    /// The buffer space `cur` holds, given back when the next chunk is taken.
+    _held: Option<OwnedSemaphorePermit>,
 }
 
 impl std::io::Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.cur.is_empty() {
             match self.rx.blocking_recv() {
-                Some(b) => self.cur = b,
+                Some((b, permit)) => {
+                    self.cur = b;
+                    self._held = Some(permit);
+                }
                 // The body ended (or failed: the forwarding task reports that).
                 None => return Ok(0),
             }
@@ -704,6 +828,53 @@ impl std::io::Read for ChunkReader {
         buf[..n].copy_from_slice(&self.cur[..n]);
         self.cur = self.cur.slice(n..);
         Ok(n)
+    }
+}
+
+/// The manifest of a listed segment from its stored bytes (`None`: not listed), with findings
+/// when it is missing, unreadable, or describes another segment.
+fn judge_manifest(l: &Listed, raw: Option<&[u8]>, findings: &mut Vec<Finding>) -> Option<Manifest> {
+    let k = &l.key;
+    let (p, first) = (k.partition, k.first_seq);
+    let mut f = |kind, detail: String| findings.push(finding(p, first, kind, None, detail));
+    let Some(raw) = raw.filter(|_| l.manifest) else {
+        f(
+            FindingKind::SegmentWithoutManifest,
+            format!(
+                "segment {} has no manifest: its digest cannot be checked (its records are still verified)",
+                k.object_key()
+            ),
+        );
+        return None;
+    };
+    match Manifest::from_json(raw) {
+        Ok(m) => {
+            if m.object_key != k.object_key()
+                || m.partition != k.partition
+                || m.first_seq != k.first_seq
+                || m.last_seq != k.last_seq
+            {
+                f(
+                    FindingKind::MalformedManifest,
+                    format!(
+                        "manifest {} describes {} (partition {} seq {}..={})",
+                        k.manifest_key(),
+                        m.object_key,
+                        m.partition,
+                        m.first_seq,
+                        m.last_seq
+                    ),
+                );
+            }
+            Some(m)
+        }
+        Err(e) => {
+            f(
+                FindingKind::MalformedManifest,
+                format!("manifest {} cannot be read: {e}", k.manifest_key()),
+            );
+            None
+        }
     }
 }
 
@@ -781,6 +952,75 @@ fn checkpoint_partition(key: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::memory::InMemory;
+    use object_store::PutPayload;
+
+    /// Read-ahead hands segments over in listing order (across partitions, missing objects
+    /// included), each with its own manifest, and never opens a segment listed larger than the
+    /// per-segment buffer before its turn.
+    #[tokio::test]
+    async fn read_ahead_keeps_listing_order_and_opens_large_segments_only_at_their_turn() {
+        let store = Arc::new(InMemory::new());
+        let mut listed = Vec::new();
+        for (p, first, present, size) in [
+            (0, 1, true, 10),
+            (0, 11, false, 0),
+            (0, 21, true, 10),
+            (1, 1, true, SEGMENT_BUFFER as u64 + 1),
+            (1, 11, true, 10),
+            (1, 21, true, 10),
+        ] {
+            let key = SegmentKey {
+                partition: p,
+                date: "2024-06-01".into(),
+                first_seq: first,
+                last_seq: first + 9,
+            };
+            let manifest = format!("manifest of {}", key.object_key());
+            store
+                .put(
+                    &ObjPath::from(key.manifest_key()),
+                    PutPayload::from(manifest),
+                )
+                .await
+                .expect("put manifest");
+            if present {
+                store
+                    .put(
+                        &ObjPath::from(key.object_key()),
+                        PutPayload::from("not avro"),
+                    )
+                    .await
+                    .expect("put segment");
+            }
+            listed.push(Listed {
+                key,
+                segment: present,
+                manifest: true,
+                size: present.then_some(size),
+            });
+        }
+        let archive = ArchiveStore::from_store(store, "", "memory");
+        let mut ahead = ReadAhead::new(&archive, listed.clone());
+        for (i, l) in listed.iter().enumerate() {
+            let f = ahead.next().await.expect("fetched");
+            if l.segment {
+                let want = format!("manifest of {}", l.key.object_key());
+                assert_eq!(f.manifest.as_deref(), Some(want.as_bytes()), "segment {i}");
+                let seg = f.stream.expect("opened");
+                // Not Avro: the decoder says so, and the object is still hashed whole.
+                let (_, size) = seg.finish().await.expect("read to the end");
+                assert_eq!(size, 8);
+            } else {
+                assert!(f.manifest.is_none() && f.stream.is_none(), "segment {i}");
+            }
+            // The large segment (index 3) waits until everything before it was handed over.
+            let large_opened = ahead.todo.len() < listed.len() - 3;
+            assert!(i >= 2 || !large_opened, "large segment opened ahead at {i}");
+            assert!(ahead.opened.len() <= READ_AHEAD);
+        }
+        assert!(ahead.next().await.is_err(), "nothing after the last");
+    }
 
     #[test]
     fn checkpoint_keys_name_their_partition() {

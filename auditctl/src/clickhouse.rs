@@ -12,7 +12,10 @@ use schemas::Checkpoint;
 use serde::Deserialize;
 
 use crate::cli::ClickHouseArgs;
-use crate::collect::{finding, Collector};
+use std::collections::VecDeque;
+
+use crate::archive::AbortOnDrop;
+use crate::collect::{finding, Collector, Prepared};
 use crate::error::Error;
 use crate::reads::Reads;
 
@@ -257,29 +260,34 @@ impl ClickHouseStore {
         for r in parts {
             let part = r.chain_partition;
             c.set_stage(&format!("partition {part}"));
-            let mut lo = r.lo;
+            // Windows read ahead of the verifier: each its own task (query, then rows rebuilt
+            // into canonical bytes on a blocking thread), fed in seq order. Ahead windows are
+            // a guess that the next window holds rows; after an empty one they are dropped
+            // (aborted) and reading resumes at the next stored seq, so every row is fed once.
+            let mut next_lo = Some(r.lo);
+            let mut ahead: VecDeque<(i64, WindowTask)> = VecDeque::new();
             loop {
-                let hi = lo.saturating_add(window - 1);
-                let sql = format!(
-                    "{} WHERE chain_partition = {part} AND seq >= {lo} AND seq <= {hi} ORDER BY seq",
-                    AuditRow::select_sql(&self.events),
-                );
-                let doing = format!(
-                    "reading partition {part} seq {lo}..={hi} of {}.{}",
-                    self.database, self.events
-                );
-                let rows: Vec<AuditRow> = self.fetch_all(&sql, doing).await?;
+                while ahead.len() <= WINDOWS_AHEAD {
+                    let Some(lo) = next_lo else { break };
+                    let hi = lo.saturating_add(window - 1);
+                    let task = tokio::spawn(self.clone().window(part, lo, hi));
+                    ahead.push_back((hi, AbortOnDrop(task)));
+                    next_lo = (hi < i64::MAX).then(|| hi + 1);
+                }
+                let Some((hi, mut task)) = ahead.pop_front() else {
+                    break;
+                };
+                let rows = (&mut task.0)
+                    .await
+                    .map_err(|e| Error::Service(format!("ClickHouse reader task failed: {e}")))??;
                 for row in &rows {
-                    push_row(c, row);
+                    c.push_prepared(row);
                 }
                 c.sync_progress();
-                if hi == i64::MAX {
-                    break;
-                }
-                if !rows.is_empty() {
-                    lo = hi + 1;
+                if hi == i64::MAX || !rows.is_empty() {
                     continue;
                 }
+                ahead.clear();
                 // A gap of at least a window: jump to the next stored seq, if any.
                 let sql = format!(
                     "SELECT chain_partition, count() AS n, min(seq) AS lo FROM {} WHERE chain_partition = {part} AND seq > {hi} GROUP BY chain_partition",
@@ -290,13 +298,30 @@ impl ClickHouseStore {
                     self.database, self.events
                 );
                 let next: Vec<PartitionRows> = self.fetch_all(&sql, doing).await?;
-                match next.first() {
-                    Some(n) if n.n > 0 && n.lo > hi => lo = n.lo,
-                    _ => break,
-                }
+                next_lo = match next.first() {
+                    Some(n) if n.n > 0 && n.lo > hi => Some(n.lo),
+                    _ => None,
+                };
             }
         }
         Ok(())
+    }
+
+    /// The rows of one window of a partition, rebuilt for the verifier (off the runtime: the
+    /// re-encoding is most of the per-row work).
+    async fn window(self, part: i32, lo: i64, hi: i64) -> Result<Vec<Prepared>, Error> {
+        let sql = format!(
+            "{} WHERE chain_partition = {part} AND seq >= {lo} AND seq <= {hi} ORDER BY seq",
+            AuditRow::select_sql(&self.events),
+        );
+        let doing = format!(
+            "reading partition {part} seq {lo}..={hi} of {}.{}",
+            self.database, self.events
+        );
+        let rows: Vec<AuditRow> = self.fetch_all(&sql, doing).await?;
+        tokio::task::spawn_blocking(move || rows.iter().map(prepare_row).collect())
+            .await
+            .map_err(|e| Error::Service(format!("ClickHouse row decoder task failed: {e}")))
     }
 
     /// Where the event with this id is stored: (partition, seq) of each copy.
@@ -361,19 +386,26 @@ fn short_hex(h: &str) -> &str {
 
 /// Rebuild the chained event from its row and feed it; an unreadable row is a finding.
 pub fn push_row(c: &mut Collector, row: &AuditRow) {
+    c.push_prepared(&prepare_row(row));
+}
+
+/// Rebuild the chained event from its row and re-encode it; an unreadable row is a finding.
+pub fn prepare_row(row: &AuditRow) -> Prepared {
     match row.to_chained() {
-        Ok(ev) => c.push_chained(&ev),
-        Err(e) => {
-            let prev = hex::decode(&row.prev_hash).unwrap_or_default();
-            let hash = hex::decode(&row.hash).unwrap_or_default();
-            c.push_unreadable(
-                row.chain_partition,
-                row.seq,
-                &prev,
-                &hash,
-                &row.event_id,
-                format!("row cannot be read back into an event: {e}"),
-            );
-        }
+        Ok(ev) => Prepared::from_chained(&ev),
+        Err(e) => Prepared::Unreadable {
+            partition: row.chain_partition,
+            seq: row.seq,
+            prev_hash: hex::decode(&row.prev_hash).unwrap_or_default(),
+            hash: hex::decode(&row.hash).unwrap_or_default(),
+            event_id: row.event_id.clone(),
+            why: format!("row cannot be read back into an event: {e}"),
+        },
     }
 }
+
+/// A window being read: its rows, rebuilt.
+type WindowTask = AbortOnDrop<Result<Vec<Prepared>, Error>>;
+
+/// Windows read ahead of the one being verified (memory: this many plus one windows of rows).
+const WINDOWS_AHEAD: usize = 1;

@@ -51,6 +51,49 @@ pub struct Captured {
     pub v3: BTreeMap<(u32, u64), Vec<Checkpoint>>,
 }
 
+/// A stored record rebuilt into what the verifier takes: the canonical re-encoding of its
+/// event, or why it cannot be rebuilt (with the chain fields that could still be read). This is
+/// the costly per-record step of a store that keeps decoded events (ClickHouse rows), so it is
+/// made apart from the [`Collector`] (on other threads, ahead of it) and fed in store order
+/// with [`Collector::push_prepared`].
+#[derive(Debug, Clone)]
+pub enum Prepared {
+    Record {
+        partition: i32,
+        rec: OwnedRecord,
+        receive_time_us: i64,
+    },
+    Unreadable {
+        partition: i32,
+        seq: i64,
+        prev_hash: Vec<u8>,
+        hash: Vec<u8>,
+        event_id: String,
+        why: String,
+    },
+}
+
+impl Prepared {
+    /// Re-encode a `ChainedEvent` as the store gave it back.
+    pub fn from_chained(c: &ChainedEvent) -> Self {
+        match OwnedRecord::from_chained(c) {
+            Ok(rec) => Prepared::Record {
+                partition: c.chain_partition,
+                rec,
+                receive_time_us: c.event.receive_time_us,
+            },
+            Err(e) => Prepared::Unreadable {
+                partition: c.chain_partition,
+                seq: c.seq,
+                prev_hash: c.prev_hash.clone(),
+                hash: c.hash.clone(),
+                event_id: c.event.event_id.clone(),
+                why: format!("cannot re-encode the event: {e}"),
+            },
+        }
+    }
+}
+
 /// One stored (partition, seq) and the hash the store holds for it.
 pub type StoredHash = (i32, i64, Vec<u8>);
 
@@ -253,23 +296,27 @@ impl Collector {
         self.verifier(p).push_timed(r, receive_time_us);
     }
 
-    /// Feed a record rebuilt from the store. `rebuilt` is the `ChainedEvent` (or why it could
-    /// not be rebuilt, with the stored chain fields that could still be read).
+    /// Feed a record rebuilt from the store (its event re-encoded to canonical bytes).
     pub fn push_chained(&mut self, c: &ChainedEvent) {
-        match OwnedRecord::from_chained(c) {
-            Ok(rec) => self.push_timed(
-                c.chain_partition,
-                &rec.as_stored(),
-                Some(c.event.receive_time_us),
-            ),
-            Err(e) => self.push_unreadable(
-                c.chain_partition,
-                c.seq,
-                &c.prev_hash,
-                &c.hash,
-                &c.event.event_id,
-                format!("cannot re-encode the event: {e}"),
-            ),
+        self.push_prepared(&Prepared::from_chained(c));
+    }
+
+    /// Feed a record rebuilt ahead of time (see [`Prepared`]).
+    pub fn push_prepared(&mut self, p: &Prepared) {
+        match p {
+            Prepared::Record {
+                partition,
+                rec,
+                receive_time_us,
+            } => self.push_timed(*partition, &rec.as_stored(), Some(*receive_time_us)),
+            Prepared::Unreadable {
+                partition,
+                seq,
+                prev_hash,
+                hash,
+                event_id,
+                why,
+            } => self.push_unreadable(*partition, *seq, prev_hash, hash, event_id, why.clone()),
         }
     }
 
