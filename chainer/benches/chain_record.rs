@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 
 use chainer::partition::{Decision, Input, PartitionChain};
 use integrity::chain::ChainHead;
-use schemas::avro::canonical_bytes_into;
+use schemas::avro::{canonical_bytes_into, canonical_bytes_version_into_avro, CANONICAL_VERSION};
 use schemas::dedup::DEFAULT_DEDUP_WINDOW;
-use schemas::framing::{decode_event, encode_single_object_chained, encode_single_object_event};
-use schemas::identity::{content_digest, dedup_key};
+use schemas::framing::{
+    decode_event, encode_single_object_chained, encode_single_object_chained_with_canonical,
+    encode_single_object_event,
+};
+use schemas::identity::{content_digest, content_digest_avro, dedup_key};
 use schemas::realistic::{realistic_event, Rng};
 use schemas::{AuditEvent, ChainedEvent};
 use sha2::{Digest, Sha256};
@@ -73,11 +76,13 @@ fn main() {
             .collect()
     };
 
+    let canonicals: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| schemas::avro::canonical_bytes(e).expect("canonical"))
+        .collect();
+
     let sha = best_of(reps, || {
-        inputs
-            .iter()
-            .map(|b| u64::from(Sha256::digest(b)[0]))
-            .sum()
+        inputs.iter().map(|b| u64::from(Sha256::digest(b)[0])).sum()
     });
     let rows: Vec<(&str, Duration)> = vec![
         (
@@ -99,7 +104,16 @@ fn main() {
             }),
         ),
         (
-            "content digest (producer view: clone + canonical + SHA-256)",
+            "content digest, apache-avro (producer view clone + encode + SHA-256; before)",
+            best_of(reps, || {
+                events
+                    .iter()
+                    .map(|e| u64::from(content_digest_avro(e).expect("digest").0[0]))
+                    .sum()
+            }),
+        ),
+        (
+            "content digest (producer view encoded directly + SHA-256)",
             best_of(reps, || {
                 events
                     .iter()
@@ -108,7 +122,21 @@ fn main() {
             }),
         ),
         (
-            "canonical bytes (AuditEvent → Avro)",
+            "canonical bytes, apache-avro serde writer (before)",
+            best_of(reps, || {
+                events
+                    .iter()
+                    .map(|e| {
+                        canonical.clear();
+                        canonical_bytes_version_into_avro(e, CANONICAL_VERSION, &mut canonical)
+                            .expect("canonical");
+                        canonical.len() as u64
+                    })
+                    .sum()
+            }),
+        ),
+        (
+            "canonical bytes (AuditEvent → Avro, hand encoder)",
             best_of(reps, || {
                 events
                     .iter()
@@ -135,11 +163,25 @@ fn main() {
             }),
         ),
         (
-            "encode the chained record (ChainedEvent → Avro)",
+            "encode the chained record (ChainedEvent → Avro, apache-avro; before)",
             best_of(reps, || {
                 chained
                     .iter()
                     .map(|c| encode_single_object_chained(c).expect("encode").len() as u64)
+                    .sum()
+            }),
+        ),
+        (
+            "encode the chained record (leading fields + canonical bytes spliced)",
+            best_of(reps, || {
+                chained
+                    .iter()
+                    .zip(&canonicals)
+                    .map(|(c, b)| {
+                        encode_single_object_chained_with_canonical(c, b)
+                            .expect("encode")
+                            .len() as u64
+                    })
                     .sum()
             }),
         ),
@@ -174,7 +216,10 @@ fn main() {
     );
     println!("| step | µs/record | × SHA-256 of the input |");
     println!("|---|---|---|");
-    println!("| SHA-256 over the input bytes (baseline) | {:.2} | 1.00 |", per(sha));
+    println!(
+        "| SHA-256 over the input bytes (baseline) | {:.2} | 1.00 |",
+        per(sha)
+    );
     for (name, d) in rows {
         println!(
             "| {name} | {:.2} | {:.2} |",

@@ -26,7 +26,7 @@ use integrity::chain::{seq_i64, ChainError, ChainHead, Hash32};
 use schemas::avro::{canonical_bytes_into, CANONICAL_VERSION};
 use schemas::dedup::{DedupWindow, Seen};
 use schemas::event::ChainedEvent;
-use schemas::framing::{decode_event, encode_single_object_chained};
+use schemas::framing::{decode_event, encode_single_object_chained_with_canonical};
 use schemas::identity::{content_digest, dedup_key};
 use schemas::SchemaError;
 
@@ -284,7 +284,9 @@ impl PartitionChain {
             source_offset: offset,
             event,
         };
-        let payload = match encode_single_object_chained(&record) {
+        // The output embeds the event: splice in the canonical bytes just hashed rather than
+        // encoding the event again (same bytes; `schemas::framing` falls back when it cannot).
+        let payload = match encode_single_object_chained_with_canonical(&record, &self.canonical) {
             Ok(p) => p,
             Err(e) => {
                 return Ok(dead(

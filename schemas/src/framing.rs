@@ -271,6 +271,71 @@ pub fn encode_single_object_chained(chained: &ChainedEvent) -> Result<Vec<u8>, S
     encode_single_object(chained)
 }
 
+/// [`encode_single_object_chained`] from the event's canonical bytes, already computed by the
+/// caller (the chainer hashes them), instead of encoding the event a second time.
+///
+/// `canonical` must be the canonical bytes of `chained.event` under
+/// `chained.canonical_version` (`avro::canonical_bytes_version_into`). When that version is the
+/// current one and the current `ChainedEvent` schema is the one the splice was written for (its
+/// leading fields, then an `event` field holding the canonical `AuditEvent` schema: the same
+/// fact `raw_segment` reads in reverse), the datum is the leading fields followed by exactly
+/// those bytes. Otherwise the record is encoded by apache-avro, as
+/// [`encode_single_object_chained`] does.
+pub fn encode_single_object_chained_with_canonical(
+    chained: &ChainedEvent,
+    canonical: &[u8],
+) -> Result<Vec<u8>, SchemaError> {
+    let entry = avro::current_schema(RecordKind::ChainedEvent)?;
+    if chained.canonical_version != avro::CANONICAL_VERSION || !splice_applies() {
+        return encode_single_object_chained(chained);
+    }
+    let mut out = Vec::with_capacity(
+        SINGLE_OBJECT_HEADER_LEN + 96 + chained.source_topic.len() + canonical.len(),
+    );
+    out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+    out.extend_from_slice(&entry.fingerprint.to_le_bytes());
+    // chained_event.v1.avsc, in schema order.
+    let long = crate::canonical::long;
+    let bytes = crate::canonical::bytes;
+    long(&mut out, i64::from(chained.chain_partition));
+    long(&mut out, chained.seq);
+    bytes(&mut out, &chained.prev_hash);
+    bytes(&mut out, &chained.hash);
+    long(&mut out, i64::from(chained.canonical_version));
+    bytes(&mut out, chained.source_topic.as_bytes());
+    long(&mut out, i64::from(chained.source_partition));
+    long(&mut out, chained.source_offset);
+    out.extend_from_slice(canonical);
+    Ok(out)
+}
+
+/// Whether the current `ChainedEvent` schema is the one
+/// [`encode_single_object_chained_with_canonical`] splices (by fingerprint: `crate::canonical`'s
+/// tests fail when it changes), and its `event` field is the canonical `AuditEvent` schema.
+/// Checked once.
+fn splice_applies() -> bool {
+    static APPLIES: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        let (Ok(chained), Ok(audit)) = (
+            avro::current_schema(RecordKind::ChainedEvent),
+            avro::current_schema(RecordKind::AuditEvent),
+        ) else {
+            return false;
+        };
+        if chained.fingerprint != crate::canonical::CHAINED_EVENT_V1_FINGERPRINT
+            || audit.version != avro::CANONICAL_VERSION
+        {
+            return false;
+        }
+        let Schema::Record(r) = &*chained.schema else {
+            return false;
+        };
+        r.fields
+            .last()
+            .is_some_and(|f| f.name == "event" && f.schema == *audit.schema)
+    });
+    *APPLIES
+}
+
 pub fn encode_single_object_checkpoint(checkpoint: &Checkpoint) -> Result<Vec<u8>, SchemaError> {
     encode_single_object(checkpoint)
 }
@@ -369,5 +434,38 @@ mod tests {
             "{err}"
         );
         assert_eq!(r.id_of(RecordKind::ChainedEvent), Some(2));
+    }
+
+    #[test]
+    fn the_splice_applies_to_the_current_catalog() {
+        assert!(splice_applies());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// The spliced encoding is byte for byte apache-avro's, for the current canonical
+        /// version (spliced) and for any other (the fallback).
+        #[test]
+        fn chained_with_canonical_equals_apache_avro(
+            // Boxed: the unboxed value tree overflows a test thread's stack in debug.
+            mut c in proptest::strategy::Strategy::boxed(crate::testing::arb_chained_event()),
+            current in proptest::prelude::any::<bool>(),
+        ) {
+            if current {
+                c.canonical_version = avro::CANONICAL_VERSION;
+            }
+            let mut canonical = Vec::new();
+            // Another (unknown) version has no canonical bytes: the fallback ignores them.
+            let _ = avro::canonical_bytes_version_into(
+                &c.event,
+                c.canonical_version,
+                &mut canonical,
+            );
+            proptest::prop_assert_eq!(
+                encode_single_object_chained_with_canonical(&c, &canonical).unwrap(),
+                encode_single_object_chained(&c).unwrap()
+            );
+        }
     }
 }

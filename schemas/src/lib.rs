@@ -7,6 +7,7 @@
 //! proofs and the verifier) is the `integrity` crate, which depends on this one.
 
 pub mod avro;
+pub mod canonical;
 pub mod checkpoint_record;
 pub mod context;
 pub mod dedup;
