@@ -263,8 +263,20 @@ impl fmt::Display for HexPrefix<'_> {
 
 // ---- typed helpers -----------------------------------------------------------------------------
 
+/// The single-object encoding of `event` under the current `AuditEvent` schema (what ingest
+/// and enrich write). That schema is the canonical one, so its datum is the event's canonical
+/// bytes: written by the hand encoder ([`crate::canonical`]) when it applies, by apache-avro
+/// otherwise (the same bytes: property test `event_with_the_hand_encoder_equals_apache_avro`).
 pub fn encode_single_object_event(event: &AuditEvent) -> Result<Vec<u8>, SchemaError> {
-    encode_single_object(event)
+    let entry = avro::current_schema(RecordKind::AuditEvent)?;
+    if entry.version != avro::CANONICAL_VERSION || !crate::canonical::applies() {
+        return encode_single_object(event);
+    }
+    let mut out = Vec::with_capacity(1024);
+    out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
+    out.extend_from_slice(&entry.fingerprint.to_le_bytes());
+    crate::canonical::encode_event(event, &mut out);
+    Ok(out)
 }
 
 pub fn encode_single_object_chained(chained: &ChainedEvent) -> Result<Vec<u8>, SchemaError> {
@@ -443,6 +455,17 @@ mod tests {
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Events as ingest and enrich write them: byte for byte apache-avro's.
+        #[test]
+        fn event_with_the_hand_encoder_equals_apache_avro(
+            e in proptest::strategy::Strategy::boxed(crate::testing::arb_audit_event()),
+        ) {
+            proptest::prop_assert_eq!(
+                encode_single_object_event(&e).unwrap(),
+                encode_single_object(&e).unwrap()
+            );
+        }
 
         /// The spliced encoding is byte for byte apache-avro's, for the current canonical
         /// version (spliced) and for any other (the fallback).
