@@ -15,6 +15,16 @@
 //! inside that stack's environment, and stops the stack at the end (`--keep-stack` keeps it).
 //! `--perf WORKER` records that worker with `perf record -g` while it runs. Nothing asserts a
 //! time. See `src/bench/`.
+//!
+//! `--latency` runs the end-to-end latency bench instead (`src/bench/latency.rs`): all five
+//! workers at once, as a deployment runs them, which the per-worker stages (each worker
+//! alone on a pre-filled input) cannot show; it is a mode of this binary rather than a new
+//! one to share its private stack, process handling and report:
+//!
+//! ```text
+//! target/release/worker-bench --latency --latency-secs 30 --out latency.json
+//! target/release/worker-bench --latency --ch-batch-max-age-ms 200 --kafka-property linger.ms=5
+//! ```
 
 use clap::Parser;
 use integration_tests::bench::{self, raw};
@@ -101,6 +111,32 @@ struct Args {
     /// Leave the bench's stack running at the end.
     #[arg(long)]
     keep_stack: bool,
+    /// Instead of the per-worker stages: end-to-end latency with all five workers running
+    /// (publish → queryable in ClickHouse and → archived, per hop) at `--load` of the
+    /// pipeline's maximum rate measured on a pre-filled burst of `--burst-events`.
+    #[arg(long)]
+    latency: bool,
+    /// Seconds of paced publishing (latency).
+    #[arg(long, default_value_t = 30.0)]
+    latency_secs: f64,
+    /// Fraction of the measured maximum rate to publish at (latency).
+    #[arg(long, default_value_t = 0.5)]
+    load: f64,
+    /// Publish at this many records/s instead (latency; the burst's rate is still measured).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Records of the burst that measures the maximum rate (latency).
+    #[arg(long, default_value_t = 20_000)]
+    burst_events: usize,
+    /// ClickHouse poll interval, ms: the queryable time's resolution (latency).
+    #[arg(long, default_value_t = 50)]
+    poll_ms: u64,
+    /// sink-clickhouse --batch-max-age-ms for the latency run (default: the sink's default).
+    #[arg(long)]
+    ch_batch_max_age_ms: Option<u64>,
+    /// sink-archive --segment-max-age-secs for the latency run (default: the sink's default).
+    #[arg(long, default_value_t = 30)]
+    archive_segment_max_age_secs: u64,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -214,6 +250,27 @@ fn child(args: &Args) -> ExitCode {
     let stack_dir = std::env::var_os("AUDIT_STACK_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".local/worker-bench"));
+    if args.latency {
+        let opts = bench::latency::LatencyOptions {
+            partitions: args.partitions.max(1),
+            seed: args.seed,
+            secs: args.latency_secs.max(1.0),
+            rate: args.rate,
+            fraction: args.load,
+            burst_events: args.burst_events,
+            poll: Duration::from_millis(args.poll_ms.max(1)),
+            timeout: Duration::from_secs(args.timeout_secs),
+            log_dir: stack_dir.join("worker-bench-logs"),
+            kafka_properties: args.kafka_property.clone(),
+            ch_batch_max_age_ms: args.ch_batch_max_age_ms,
+            archive_segment_max_age_secs: args.archive_segment_max_age_secs,
+        };
+        let outcome = match runtime() {
+            Ok(rt) => rt.block_on(bench::latency::run(&opts)),
+            Err(e) => Err(e.into()),
+        };
+        return report(outcome, args);
+    }
     let opts = bench::Options {
         events: args.events.max(1),
         partitions: args.partitions.max(1),
@@ -228,6 +285,11 @@ fn child(args: &Args) -> ExitCode {
         Ok(rt) => rt.block_on(bench::run(&opts)),
         Err(e) => Err(e.into()),
     };
+    report(outcome, args)
+}
+
+/// Writes the JSON report if asked; the exit code.
+fn report(outcome: anyhow::Result<serde_json::Value>, args: &Args) -> ExitCode {
     match outcome {
         Ok(report) => {
             if let Some(path) = &args.out {
