@@ -34,8 +34,8 @@ use integrity::verify::{
 use schemas::avro::{canonical_bytes_into, CANONICAL_VERSION};
 use schemas::flat::AuditRow;
 use schemas::raw_segment;
-use schemas::segment::{read_segment, verify_segment_digest, write_segment, Manifest, SegmentMeta};
 use schemas::realistic::{realistic_event, Rng};
+use schemas::segment::{read_segment, verify_segment_digest, write_segment, Manifest, SegmentMeta};
 use schemas::{ChainedEvent, Checkpoint};
 use sha2::{Digest, Sha256};
 

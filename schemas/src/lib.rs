@@ -23,12 +23,12 @@ pub mod retention;
 pub mod segment;
 pub mod validate;
 
-/// Proptest strategies, shared with other crates' tests via the `testing` feature.
-#[cfg(any(test, feature = "testing"))]
-pub mod testing;
 /// A realistic event stream for benchmarks, shared via the `testing` feature.
 #[cfg(any(test, feature = "testing"))]
 pub mod realistic;
+/// Proptest strategies, shared with other crates' tests via the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use checkpoint_record::Checkpoint;
 pub use error::SchemaError;
