@@ -493,16 +493,7 @@ pub(crate) async fn execute(
             archive: &describe,
             clickhouse: ch_outcome,
         });
-        match publish(&a.kafka, &event).await {
-            Ok(published) => {
-                report.recorded = Some(Recorded {
-                    event_id: event.event_id.clone(),
-                    event_type: event.event_type.clone(),
-                    published,
-                })
-            }
-            Err(e) => record_error = Some(e),
-        }
+        record_error = record_hold(&a.kafka, &event, &mut report).await;
     }
     finish(
         report,
@@ -518,6 +509,26 @@ pub(crate) async fn execute(
 }
 
 /// The failures of a run, reported after what changed.
+/// Publishes the hold's `event` to the chain's input topic: the report says where it went, or
+/// the error comes back for [`finish`] (the hold itself is already changed).
+pub(super) async fn record_hold(
+    kafka: &worker_runtime::kafka::KafkaArgs,
+    event: &schemas::AuditEvent,
+    report: &mut HoldReport,
+) -> Option<Error> {
+    match publish(kafka, event).await {
+        Ok(published) => {
+            report.recorded = Some(Recorded {
+                event_id: event.event_id.clone(),
+                event_type: event.event_type.clone(),
+                published,
+            });
+            None
+        }
+        Err(e) => Some(e),
+    }
+}
+
 struct FinishErrors {
     record: Option<Error>,
     clickhouse: Option<Error>,

@@ -49,13 +49,26 @@ pub(super) fn send_failure(e: SendError) -> String {
     }
 }
 
-/// One signed `?legal-hold` request on `key`; a body (PUT) goes with the integrity header S3
-/// requires on PutObjectLegalHold.
+/// One signed `?legal-hold` request on `key`.
 async fn send_hold(
     bucket: &SignedS3,
     method: http::Method,
     key: &str,
     body: Option<String>,
+) -> Result<(http::StatusCode, String), String> {
+    send_signed(bucket, method, key, "legal-hold=", body, "application/xml").await
+}
+
+/// One signed request on `key` (`query`: the sub-resource, e.g. `legal-hold=`, or empty). A
+/// body (PUT) goes with its Content-MD5: S3 requires it on PutObjectLegalHold and on any PUT to
+/// a bucket whose default retention applies.
+pub(super) async fn send_signed(
+    bucket: &SignedS3,
+    method: http::Method,
+    key: &str,
+    query: &str,
+    body: Option<String>,
+    content_type: &str,
 ) -> Result<(http::StatusCode, String), String> {
     let headers = match &body {
         Some(b) => vec![
@@ -66,7 +79,7 @@ async fn send_hold(
                     Md5::digest(b.as_bytes()),
                 ),
             ),
-            ("content-type", "application/xml".to_owned()),
+            ("content-type", content_type.to_owned()),
         ],
         None => Vec::new(),
     };
@@ -74,7 +87,7 @@ async fn send_hold(
         .send(
             method,
             Some(key),
-            "legal-hold=",
+            query,
             &headers,
             body.map(bytes::Bytes::from),
         )

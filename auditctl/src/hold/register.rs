@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use md5::{Digest as _, Md5};
 use object_store::ObjectStore;
 use schemas::segment;
 use serde::{Deserialize, Serialize};
@@ -21,7 +20,7 @@ use crate::reads::Reads;
 use super::args::HoldArgs;
 use super::covering::{merged, Covered};
 use super::list;
-use super::objects::{non_2xx, s3_error, send_failure};
+use super::objects::{non_2xx, s3_error, send_signed};
 use super::selection::{range_text, HoldQuery, QuerySelection};
 
 /// Reserved folder of the case register, relative to the archive root.
@@ -297,30 +296,9 @@ async fn register_request(
     body: Option<String>,
 ) -> Result<(http::StatusCode, String), Error> {
     let doing = format!("{method} {key}");
-    // Content-MD5: S3 wants it on any PUT to a bucket whose default retention applies.
-    let headers = match &body {
-        Some(b) => vec![
-            (
-                "content-md5",
-                base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    Md5::digest(b.as_bytes()),
-                ),
-            ),
-            ("content-type", "application/json".to_owned()),
-        ],
-        None => Vec::new(),
-    };
-    bucket
-        .send(
-            method,
-            Some(key),
-            "",
-            &headers,
-            body.map(bytes::Bytes::from),
-        )
+    send_signed(bucket, method, key, "", body, "application/json")
         .await
-        .map_err(|e| s3_error(doing, send_failure(e)))
+        .map_err(|e| s3_error(doing, e))
 }
 
 /// Every register of the archive (a listing, then each object).

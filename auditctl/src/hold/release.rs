@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use futures::StreamExt;
 use worker_runtime::object_store::signed::SignedS3;
 
-use crate::erase::{client, events_table, publish};
+use crate::erase::{client, events_table};
 use crate::error::Error;
 use crate::reads::Reads;
 
@@ -21,7 +21,7 @@ use super::register::{
     case_for_off, kept_by_text, register_key, release_of, rows_meet, rows_sql, write_register,
     CaseRegister, RegisteredHold, RowRanges, ATTR_KEPT_BY, ATTR_KEPT_OBJECTS, ATTR_KEPT_ROWS,
 };
-use super::report::{HoldReport, ObjectOutcome, Recorded};
+use super::report::{HoldReport, ObjectOutcome};
 use super::selection::Cond;
 use super::{finish, FinishErrors, PARALLEL};
 
@@ -235,16 +235,7 @@ pub(super) async fn release(
             archive: ctx.describe,
             clickhouse: ch_outcome,
         });
-        match publish(&a.kafka, &event).await {
-            Ok(published) => {
-                report.recorded = Some(Recorded {
-                    event_id: event.event_id.clone(),
-                    event_type: event.event_type.clone(),
-                    published,
-                })
-            }
-            Err(e) => record_error = Some(e),
-        }
+        record_error = super::record_hold(&a.kafka, &event, &mut report).await;
     }
 
     // 4. Only a complete, recorded release leaves the register: otherwise the hold stays
