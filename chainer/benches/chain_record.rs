@@ -5,8 +5,7 @@
 //! `cargo bench -p chainer --bench chain_record` (`BENCH_EVENTS`, default 20,000 realistic
 //! enriched events as enrich writes them; best of `BENCH_REPS`, default 5).
 
-use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chainer::partition::{Decision, Input, PartitionChain};
 use integrity::chain::ChainHead;
@@ -17,28 +16,9 @@ use schemas::framing::{
     encode_single_object_event,
 };
 use schemas::identity::{content_digest, content_digest_avro, dedup_key};
-use schemas::realistic::{realistic_event, Rng};
+use schemas::realistic::{best_of, env_usize, realistic_event, Rng};
 use schemas::{AuditEvent, ChainedEvent};
 use sha2::{Digest, Sha256};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
-
-fn best_of(reps: usize, mut f: impl FnMut() -> u64) -> Duration {
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(f());
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
 
 fn main() {
     let n = env_usize("BENCH_EVENTS", 20_000);

