@@ -16,7 +16,7 @@ use integrity::checkpoint::{CheckpointJson, SignedCheckpoint};
 use integrity::verify::{Finding, FindingKind};
 use object_store::path::Path as ObjPath;
 use object_store::ObjectStore;
-use schemas::raw_segment::{self, RawChained};
+use schemas::raw_segment::{self, RawBlock, RawChained};
 use schemas::segment::{
     self, parse_key, read_segment, verify_segment_digest, verify_segment_digest_of, Manifest,
     ObjectDigest, ObjectKind, SegmentKey, SegmentMeta, CHECKPOINTS_DIR,
@@ -386,7 +386,7 @@ impl ArchiveStore {
             }
             Ok::<_, Error>(digest.finish())
         });
-        let (rec_tx, rec_rx) = mpsc::channel::<Decoded>(STREAM_RECORDS);
+        let (rec_tx, rec_rx) = mpsc::channel::<Decoded>(STREAM_BLOCKS);
         let decode = tokio::task::spawn_blocking(move || {
             let reader = ChunkReader {
                 rx: chunk_rx,
@@ -394,41 +394,22 @@ impl ArchiveStore {
                 _held: None,
             };
             // Records as stored bytes (no decode and re-encode of each event where the
-            // segment's schema allows it), handed over in batches.
-            match raw_segment::stream(reader) {
+            // segment's schema allows it), handed over a container block at a time (the
+            // records borrowed from it: nothing is allocated per record).
+            match raw_segment::stream_blocks(reader) {
                 Err(e) => {
                     let _ = rec_tx.blocking_send(Decoded::Meta(Err(e.to_string())));
                 }
-                Ok((meta, records)) => {
+                Ok((meta, blocks)) => {
                     if rec_tx.blocking_send(Decoded::Meta(Ok(meta))).is_err() {
                         return;
                     }
-                    let mut batch = Vec::with_capacity(STREAM_BATCH);
-                    for r in records {
-                        match r {
-                            Ok(r) => {
-                                batch.push(r);
-                                if batch.len() == STREAM_BATCH {
-                                    let full = std::mem::replace(
-                                        &mut batch,
-                                        Vec::with_capacity(STREAM_BATCH),
-                                    );
-                                    if rec_tx.blocking_send(Decoded::Records(Ok(full))).is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            Err(e) => {
-                                if !batch.is_empty() {
-                                    let _ = rec_tx.blocking_send(Decoded::Records(Ok(batch)));
-                                }
-                                let _ = rec_tx.blocking_send(Decoded::Records(Err(e.to_string())));
-                                return;
-                            }
+                    for b in blocks {
+                        let stop = b.is_err();
+                        let msg = Decoded::Records(b.map_err(|e| e.to_string()));
+                        if rec_tx.blocking_send(msg).is_err() || stop {
+                            return;
                         }
-                    }
-                    if !batch.is_empty() {
-                        let _ = rec_tx.blocking_send(Decoded::Records(Ok(batch)));
                     }
                 }
             }
@@ -443,6 +424,12 @@ impl ArchiveStore {
     /// Feed every record of these partitions (all if empty) to the collector, segment by
     /// segment in seq order, each segment streamed (see [`Self::open_stream`]).
     ///
+    /// Partitions are independent chains: with `workers` > 1 they are verified that many at a
+    /// time, each into its own split of the collector (`Collector::split`), joined back in
+    /// partition order, so the report is the one a sequential run makes. `false` if that
+    /// cannot hold (a segment holds a record of another partition, see `Collector::join`):
+    /// the caller then runs again with one worker, on a fresh collector.
+    ///
     /// Segments should tile each partition, but two writers (or a repair) can leave segments
     /// that overlap. The first copy of each (partition, seq), in segment order, is the one
     /// verified; a later copy is compared with it: identical copies are one
@@ -451,7 +438,8 @@ impl ArchiveStore {
         &self,
         partitions: &BTreeSet<u32>,
         c: &mut Collector,
-    ) -> Result<(), Error> {
+        workers: usize,
+    ) -> Result<bool, Error> {
         let segs = self.segments(partitions).await?;
         let total: u64 = segs
             .values()
@@ -460,34 +448,107 @@ impl ArchiveStore {
             .map(|l| l.key.len())
             .sum();
         c.set_total(total);
-        // Segments are read ahead of the verifier, in the order it takes them (across
-        // partitions too), so their round trips, bodies and decoding overlap its work.
-        let mut ahead = ReadAhead::new(self, segs.values().flatten().cloned().collect());
-        for (p, listed) in &segs {
-            c.set_stage(&format!("partition {p}"));
-            // First copies that a later segment may repeat: seq -> (record, its segment).
-            let mut kept: BTreeMap<i64, (RawChained, Arc<str>)> = BTreeMap::new();
-            for (i, l) in listed.iter().enumerate() {
-                let k = &l.key;
-                let fetched = ahead.next().await?;
-                if !l.segment {
-                    c.add_finding(missing_segment(k));
-                    continue;
+        let workers = workers.min(segs.len());
+        if workers <= 1 || segs.keys().any(|p| *p < 0) {
+            // Segments are read ahead of the verifier, in the order it takes them (across
+            // partitions too), so their round trips, bodies and decoding overlap its work.
+            let mut ahead =
+                ReadAhead::new(self, segs.values().flatten().cloned().collect(), READ_AHEAD);
+            for (p, listed) in &segs {
+                c.set_stage(&format!("partition {p}"));
+                self.verify_partition(*p, listed, &mut ahead, c).await?;
+            }
+            return Ok(true);
+        }
+        // The read-ahead is shared out between the partitions being read: bodies held are
+        // at most `workers` × (depth + 1) × SEGMENT_BUFFER (48 MiB for 2 workers).
+        let depth = (READ_AHEAD / workers).max(1);
+        let jobs: Vec<(i32, Vec<Listed>, Collector)> = segs
+            .into_iter()
+            .map(|(p, listed)| (p, listed, c.split(p.unsigned_abs())))
+            .collect();
+        let mut done = futures::stream::iter(jobs.into_iter().map(|(p, listed, mut sub)| {
+            let store = self.clone();
+            async move {
+                let mut task = AbortOnDrop(tokio::spawn(async move {
+                    let mut ahead = ReadAhead::new(&store, listed.clone(), depth);
+                    sub.set_stage(&format!("partition {p}"));
+                    store
+                        .verify_partition(p, &listed, &mut ahead, &mut sub)
+                        .await
+                        .map(|()| sub)
+                }));
+                (&mut task.0)
+                    .await
+                    .map_err(|e| Error::Archive(format!("partition verifier task failed: {e}")))?
+            }
+        }))
+        .buffered(workers);
+        while let Some(sub) = done.next().await {
+            if !c.join(sub?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Feed the listed segments of partition `p` (from `ahead`, which hands them over in this
+    /// order) to the collector.
+    async fn verify_partition(
+        &self,
+        p: i32,
+        listed: &[Listed],
+        ahead: &mut ReadAhead,
+        c: &mut Collector,
+    ) -> Result<(), Error> {
+        // First copies that a later segment may repeat: seq -> (record, its segment).
+        let mut kept: BTreeMap<i64, (RawChained, Arc<str>)> = BTreeMap::new();
+        for (i, l) in listed.iter().enumerate() {
+            let k = &l.key;
+            let fetched = ahead.next().await?;
+            if !l.segment {
+                c.add_finding(missing_segment(k));
+                continue;
+            }
+            let mut findings = Vec::new();
+            let manifest = judge_manifest(l, fetched.manifest.as_deref(), &mut findings);
+            for f in findings.drain(..) {
+                c.add_finding(f);
+            }
+            let Some(mut seg) = fetched.stream else {
+                return Err(Error::Archive(format!(
+                    "segment {} was not opened",
+                    k.object_key()
+                )));
+            };
+            let meta = match seg.rx.recv().await {
+                Some(Decoded::Meta(Ok(m))) => Some(m),
+                Some(Decoded::Meta(Err(e))) => {
+                    c.add_finding(finding(
+                        k.partition,
+                        k.first_seq,
+                        FindingKind::MalformedRecord,
+                        None,
+                        format!("segment {} cannot be read: {e}", k.object_key()),
+                    ));
+                    None
                 }
-                let mut findings = Vec::new();
-                let manifest = judge_manifest(l, fetched.manifest.as_deref(), &mut findings);
-                for f in findings.drain(..) {
-                    c.add_finding(f);
-                }
-                let Some(mut seg) = fetched.stream else {
-                    return Err(Error::Archive(format!(
-                        "segment {} was not opened",
-                        k.object_key()
-                    )));
-                };
-                let meta = match seg.rx.recv().await {
-                    Some(Decoded::Meta(Ok(m))) => Some(m),
-                    Some(Decoded::Meta(Err(e))) => {
+                _ => None,
+            };
+            let mut check = meta.as_ref().map(SegmentMeta::events_check);
+            // Segments are sorted by first seq: only copies at or after this segment's
+            // first seq can be repeated from here on, and of this segment's records only
+            // those at or after the next one's first seq.
+            kept = kept.split_off(&k.first_seq);
+            let keep_from = listed.get(i + 1).map_or(i64::MAX, |n| n.key.first_seq);
+            let name: Arc<str> = Arc::from(k.object_key());
+            let mut same: Option<(i64, i64, Arc<str>)> = None;
+            let mut read_ok = meta.is_some();
+            'segment: while let Some(msg) = seg.rx.recv().await {
+                let block = match msg {
+                    Decoded::Records(Ok(block)) => block,
+                    Decoded::Records(Err(e)) => {
+                        read_ok = false;
                         c.add_finding(finding(
                             k.partition,
                             k.first_seq,
@@ -495,95 +556,69 @@ impl ArchiveStore {
                             None,
                             format!("segment {} cannot be read: {e}", k.object_key()),
                         ));
-                        None
+                        break 'segment;
                     }
-                    _ => None,
+                    Decoded::Meta(_) => continue,
                 };
-                let mut check = meta.as_ref().map(SegmentMeta::events_check);
-                // Segments are sorted by first seq: only copies at or after this segment's
-                // first seq can be repeated from here on, and of this segment's records only
-                // those at or after the next one's first seq.
-                kept = kept.split_off(&k.first_seq);
-                let keep_from = listed.get(i + 1).map_or(i64::MAX, |n| n.key.first_seq);
-                let name: Arc<str> = Arc::from(k.object_key());
-                let mut same: Option<(i64, i64, Arc<str>)> = None;
-                let mut read_ok = meta.is_some();
-                'segment: while let Some(msg) = seg.rx.recv().await {
-                    let batch = match msg {
-                        Decoded::Records(Ok(batch)) => batch,
-                        Decoded::Records(Err(e)) => {
-                            read_ok = false;
+                for ev in block.iter() {
+                    if let Some(ch) = &mut check {
+                        ch.observe_parts(ev.chain_partition, ev.seq, ev.prev_hash, ev.hash);
+                    }
+                    if let Some((first, first_in)) = kept.get(&ev.seq) {
+                        if first.as_raw_ref() == ev {
+                            same = Some(match same.take() {
+                                Some((a, _, s)) => (a, ev.seq, s),
+                                None => (ev.seq, ev.seq, first_in.clone()),
+                            });
+                        } else {
                             c.add_finding(finding(
-                                k.partition,
-                                k.first_seq,
-                                FindingKind::MalformedRecord,
-                                None,
-                                format!("segment {} cannot be read: {e}", k.object_key()),
-                            ));
-                            break 'segment;
-                        }
-                        Decoded::Meta(_) => continue,
-                    };
-                    for ev in batch {
-                        if let Some(ch) = &mut check {
-                            ch.observe_parts(ev.chain_partition, ev.seq, &ev.prev_hash, &ev.hash);
-                        }
-                        if let Some((first, first_in)) = kept.get(&ev.seq) {
-                            if *first == ev {
-                                same = Some(match same.take() {
-                                    Some((a, _, s)) => (a, ev.seq, s),
-                                    None => (ev.seq, ev.seq, first_in.clone()),
-                                });
-                            } else {
-                                c.add_finding(finding(
-                                ev.chain_partition,
-                                ev.seq,
-                                FindingKind::Fork,
-                                Some(&ev.event_id),
-                                format!(
-                                    "segment {name} holds a different record at this seq than segment {first_in} (hash {} vs {}); the first copy is the one verified",
-                                    short_hex(&ev.hash),
-                                    short_hex(&first.hash)
-                                ),
-                            ));
-                            }
-                            continue;
-                        }
-                        c.push_raw(&ev);
-                        if ev.seq >= keep_from {
-                            kept.insert(ev.seq, (ev, name.clone()));
-                        }
-                    }
-                }
-                let (sha, size) = seg.finish().await?;
-                if let Some(m) = &manifest {
-                    if let Err(e) = verify_segment_digest_of(m, &sha, size) {
-                        c.add_finding(finding(
-                            k.partition,
-                            k.first_seq,
-                            FindingKind::SegmentReplaced,
-                            None,
-                            replaced(k, &e),
+                            ev.chain_partition,
+                            ev.seq,
+                            FindingKind::Fork,
+                            Some(ev.event_id),
+                            format!(
+                                "segment {name} holds a different record at this seq than segment {first_in} (hash {} vs {}); the first copy is the one verified",
+                                short_hex(ev.hash),
+                                short_hex(&first.hash)
+                            ),
                         ));
+                        }
+                        continue;
+                    }
+                    c.push_raw_ref(&ev);
+                    if ev.seq >= keep_from {
+                        kept.insert(ev.seq, (ev.to_owned_record(), name.clone()));
                     }
                 }
-                if let (Some(meta), Some(check), true) = (&meta, &check, read_ok) {
-                    for (kind, detail) in meta_findings(k, meta, check.finish()) {
-                        c.add_finding(finding(k.partition, k.first_seq, kind, None, detail));
-                    }
-                }
-                c.sync_progress();
-                if let Some((a, b, other)) = same {
+            }
+            let (sha, size) = seg.finish().await?;
+            if let Some(m) = &manifest {
+                if let Err(e) = verify_segment_digest_of(m, &sha, size) {
                     c.add_finding(finding(
-                        *p,
-                        a,
-                        FindingKind::DuplicateSeq,
+                        k.partition,
+                        k.first_seq,
+                        FindingKind::SegmentReplaced,
                         None,
-                        format!(
-                            "segment {name} overlaps segment {other} on seq {a}..={b} with identical records (two writers?); the copies were compared and skipped"
-                        ),
+                        replaced(k, &e),
                     ));
                 }
+            }
+            if let (Some(meta), Some(check), true) = (&meta, &check, read_ok) {
+                for (kind, detail) in meta_findings(k, meta, check.finish()) {
+                    c.add_finding(finding(k.partition, k.first_seq, kind, None, detail));
+                }
+            }
+            c.sync_progress();
+            if let Some((a, b, other)) = same {
+                c.add_finding(finding(
+                    p,
+                    a,
+                    FindingKind::DuplicateSeq,
+                    None,
+                    format!(
+                        "segment {name} overlaps segment {other} on seq {a}..={b} with identical records (two writers?); the copies were compared and skipped"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -702,14 +737,17 @@ impl ArchiveStore {
 /// running when this is dropped (the run stopped early) are aborted.
 struct ReadAhead {
     store: ArchiveStore,
+    /// Segments opened ahead of the one handed over (at most).
+    depth: usize,
     todo: std::collections::VecDeque<Listed>,
     opened: std::collections::VecDeque<AbortOnDrop<Result<Fetched, Error>>>,
 }
 
 impl ReadAhead {
-    fn new(store: &ArchiveStore, listed: Vec<Listed>) -> Self {
+    fn new(store: &ArchiveStore, listed: Vec<Listed>, depth: usize) -> Self {
         Self {
             store: store.clone(),
+            depth,
             todo: listed.into(),
             opened: std::collections::VecDeque::new(),
         }
@@ -723,7 +761,7 @@ impl ReadAhead {
         let Some(mut first) = self.opened.pop_front() else {
             return Err(Error::Archive("read past the last listed segment".into()));
         };
-        while self.opened.len() < READ_AHEAD
+        while self.opened.len() < self.depth
             && self
                 .todo
                 .front()
@@ -758,20 +796,20 @@ impl<T> Drop for AbortOnDrop<T> {
 /// a segment up to this size may be opened before its turn.
 const SEGMENT_BUFFER: usize = 8 * 1024 * 1024;
 /// Segments opened ahead of the one being verified (their GETs, bodies and decoding overlap
-/// its verification). Memory: at most this many plus one times [`SEGMENT_BUFFER`] of bodies.
+/// its verification). Memory: at most this many plus one times [`SEGMENT_BUFFER`] of bodies
+/// for one reader; partitions read at once share it out (see `ArchiveStore::stream_into`).
 const READ_AHEAD: usize = 4;
 /// Checkpoint objects read at once.
 const CHECKPOINT_READS: usize = 16;
-/// Batches of records in flight to the verifier.
-const STREAM_RECORDS: usize = 8;
-/// Records per batch (one channel message each: the per-record hand-over cost is amortised).
-const STREAM_BATCH: usize = 256;
+/// Decoded container blocks in flight to the verifier, per segment (the writer's blocks are
+/// 256 KiB; one is refused past `raw_segment::MAX_BLOCK`).
+const STREAM_BLOCKS: usize = 4;
 
 /// What the decoding task hands over: the segment's metadata first, then its records.
 enum Decoded {
     Meta(Result<SegmentMeta, String>),
-    /// A batch of records as stored; an error ends the segment.
-    Records(Result<Vec<RawChained>, String>),
+    /// A block of records as stored; an error ends the segment.
+    Records(Result<RawBlock, String>),
 }
 
 /// A segment being streamed (see `ArchiveStore::open_stream`).
@@ -1001,7 +1039,7 @@ mod tests {
             });
         }
         let archive = ArchiveStore::from_store(store, "", "memory");
-        let mut ahead = ReadAhead::new(&archive, listed.clone());
+        let mut ahead = ReadAhead::new(&archive, listed.clone(), READ_AHEAD);
         for (i, l) in listed.iter().enumerate() {
             let f = ahead.next().await.expect("fetched");
             if l.segment {

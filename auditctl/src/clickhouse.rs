@@ -6,6 +6,7 @@
 //! is the struct's field order (one definition shared with the sink).
 
 use clickhouse::Client;
+use futures::StreamExt;
 use integrity::verify::FindingKind;
 use schemas::flat::{AuditRow, CheckpointRow};
 use schemas::Checkpoint;
@@ -243,7 +244,8 @@ impl ClickHouseStore {
         partitions: &[u32],
         window: i64,
         c: &mut Collector,
-    ) -> Result<(), Error> {
+        workers: usize,
+    ) -> Result<bool, Error> {
         let window = window.max(1);
         let sql = format!(
             "SELECT chain_partition, count() AS n, min(seq) AS lo FROM {}{} GROUP BY chain_partition ORDER BY chain_partition",
@@ -257,52 +259,101 @@ impl ClickHouseStore {
             )
             .await?;
         c.set_total(parts.iter().map(|r| r.n).sum());
-        for r in parts {
-            let part = r.chain_partition;
-            c.set_stage(&format!("partition {part}"));
-            // Windows read ahead of the verifier: each its own task (query, then rows rebuilt
-            // into canonical bytes on a blocking thread), fed in seq order. Ahead windows are
-            // a guess that the next window holds rows; after an empty one they are dropped
-            // (aborted) and reading resumes at the next stored seq, so every row is fed once.
-            let mut next_lo = Some(r.lo);
-            let mut ahead: VecDeque<(i64, WindowTask)> = VecDeque::new();
-            loop {
-                while ahead.len() <= WINDOWS_AHEAD {
-                    let Some(lo) = next_lo else { break };
-                    let hi = lo.saturating_add(window - 1);
-                    let task = tokio::spawn(self.clone().window(part, lo, hi));
-                    ahead.push_back((hi, AbortOnDrop(task)));
-                    next_lo = (hi < i64::MAX).then(|| hi + 1);
-                }
-                let Some((hi, mut task)) = ahead.pop_front() else {
-                    break;
-                };
-                let rows = (&mut task.0)
-                    .await
-                    .map_err(|e| Error::Service(format!("ClickHouse reader task failed: {e}")))??;
-                for row in &rows {
-                    c.push_prepared(row);
-                }
-                c.sync_progress();
-                if hi == i64::MAX || !rows.is_empty() {
-                    continue;
-                }
-                ahead.clear();
-                // A gap of at least a window: jump to the next stored seq, if any.
-                let sql = format!(
-                    "SELECT chain_partition, count() AS n, min(seq) AS lo FROM {} WHERE chain_partition = {part} AND seq > {hi} GROUP BY chain_partition",
-                    self.events
-                );
-                let doing = format!(
-                    "looking for rows of partition {part} after seq {hi} in {}.{}",
-                    self.database, self.events
-                );
-                let next: Vec<PartitionRows> = self.fetch_all(&sql, doing).await?;
-                next_lo = match next.first() {
-                    Some(n) if n.n > 0 && n.lo > hi => Some(n.lo),
-                    _ => None,
-                };
+        let workers = workers.min(parts.len());
+        if workers <= 1 || parts.iter().any(|r| r.chain_partition < 0) {
+            for r in parts {
+                c.set_stage(&format!("partition {}", r.chain_partition));
+                self.stream_partition(r.chain_partition, r.lo, window, c)
+                    .await?;
             }
+            return Ok(true);
+        }
+        // Partitions verified `workers` at a time, each into its own split of the collector,
+        // joined in partition order (see `ArchiveStore::stream_into`).
+        let jobs: Vec<(i32, i64, Collector)> = parts
+            .iter()
+            .map(|r| {
+                (
+                    r.chain_partition,
+                    r.lo,
+                    c.split(r.chain_partition.unsigned_abs()),
+                )
+            })
+            .collect();
+        let mut done = futures::stream::iter(jobs.into_iter().map(|(part, lo, mut sub)| {
+            let store = self.clone();
+            async move {
+                let mut task = AbortOnDrop(tokio::spawn(async move {
+                    sub.set_stage(&format!("partition {part}"));
+                    store
+                        .stream_partition(part, lo, window, &mut sub)
+                        .await
+                        .map(|()| sub)
+                }));
+                (&mut task.0)
+                    .await
+                    .map_err(|e| Error::Service(format!("partition verifier task failed: {e}")))?
+            }
+        }))
+        .buffered(workers);
+        while let Some(sub) = done.next().await {
+            if !c.join(sub?) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// The rows of partition `part` from seq `lo` on, into the collector, window by window.
+    async fn stream_partition(
+        &self,
+        part: i32,
+        lo: i64,
+        window: i64,
+        c: &mut Collector,
+    ) -> Result<(), Error> {
+        // Windows read ahead of the verifier: each its own task (query, then rows rebuilt
+        // into canonical bytes on a blocking thread), fed in seq order. Ahead windows are
+        // a guess that the next window holds rows; after an empty one they are dropped
+        // (aborted) and reading resumes at the next stored seq, so every row is fed once.
+        let mut next_lo = Some(lo);
+        let mut ahead: VecDeque<(i64, WindowTask)> = VecDeque::new();
+        loop {
+            while ahead.len() <= WINDOWS_AHEAD {
+                let Some(lo) = next_lo else { break };
+                let hi = lo.saturating_add(window - 1);
+                let task = tokio::spawn(self.clone().window(part, lo, hi));
+                ahead.push_back((hi, AbortOnDrop(task)));
+                next_lo = (hi < i64::MAX).then(|| hi + 1);
+            }
+            let Some((hi, mut task)) = ahead.pop_front() else {
+                break;
+            };
+            let rows = (&mut task.0)
+                .await
+                .map_err(|e| Error::Service(format!("ClickHouse reader task failed: {e}")))??;
+            for row in &rows {
+                c.push_prepared(row);
+            }
+            c.sync_progress();
+            if hi == i64::MAX || !rows.is_empty() {
+                continue;
+            }
+            ahead.clear();
+            // A gap of at least a window: jump to the next stored seq, if any.
+            let sql = format!(
+                "SELECT chain_partition, count() AS n, min(seq) AS lo FROM {} WHERE chain_partition = {part} AND seq > {hi} GROUP BY chain_partition",
+                self.events
+            );
+            let doing = format!(
+                "looking for rows of partition {part} after seq {hi} in {}.{}",
+                self.database, self.events
+            );
+            let next: Vec<PartitionRows> = self.fetch_all(&sql, doing).await?;
+            next_lo = match next.first() {
+                Some(n) if n.n > 0 && n.lo > hi => Some(n.lo),
+                _ => None,
+            };
         }
         Ok(())
     }

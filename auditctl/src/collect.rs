@@ -109,6 +109,10 @@ pub struct Collector {
     captured: Captured,
     events: u64,
     progress: Progress,
+    /// Set on a collector made by [`Collector::split`]: the one partition it verifies.
+    only: Option<u32>,
+    /// A split collector was handed a record of another partition (see [`Collector::join`]).
+    foreign: bool,
 }
 
 /// A finding made outside the verifier.
@@ -163,7 +167,7 @@ impl Collector {
                 }
             }
         }
-        let progress = Progress(if opts.progress {
+        let progress = Progress::owned(if opts.progress {
             let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             pb.set_style(spinner_style());
             pb.set_message(format!("verifying {}", opts.label));
@@ -182,6 +186,8 @@ impl Collector {
             captured,
             events: 0,
             progress,
+            only: None,
+            foreign: false,
         };
         // Partitions that have checkpoints but no records at all must still be reported
         // (everything was deleted: a truncated tail).
@@ -215,7 +221,77 @@ impl Collector {
     /// Bring the progress line up to date (after a window or segment; records only move it
     /// every 256).
     pub fn sync_progress(&self) {
-        self.progress.0.set_position(self.events);
+        // A split collector counts only its own records: the whole run's position is set
+        // when it is joined.
+        if self.only.is_none() {
+            self.progress.0.set_position(self.events);
+        }
+    }
+
+    /// A collector for one partition alone, to be verified apart (on another core) and then
+    /// [`Self::join`]ed back: it takes the partition's verifier (if there is one yet) and its
+    /// checkpoints, and keeps its own findings, stored hashes and captures. Partitions are
+    /// independent chains, so verifying them apart and joining them in partition order gives
+    /// what feeding them one after the other gives, as long as each is fed only its own
+    /// records (else [`Self::join`] says so).
+    pub fn split(&mut self, partition: u32) -> Collector {
+        let mut opts = self.opts.clone();
+        opts.capture = self
+            .opts
+            .capture
+            .get(&partition)
+            .map(|s| BTreeMap::from([(partition, s.clone())]))
+            .unwrap_or_default();
+        Collector {
+            opts,
+            checkpoints: self
+                .checkpoints
+                .get(&partition)
+                .map(|c| BTreeMap::from([(partition, c.clone())]))
+                .unwrap_or_default(),
+            verifiers: self
+                .verifiers
+                .remove(&partition)
+                .map(|v| BTreeMap::from([(partition, v)]))
+                .unwrap_or_default(),
+            extra: BTreeMap::new(),
+            hashes: Vec::new(),
+            captured: Captured::default(),
+            events: 0,
+            progress: Progress::shared(&self.progress),
+            only: Some(partition),
+            foreign: false,
+        }
+    }
+
+    /// Takes back a collector made by [`Self::split`] (join them in partition order, the
+    /// order a sequential run reads them). `false` if it was handed a record of another
+    /// partition: where that record falls among the other partition's own records depends on
+    /// the order of reading, so the run must be made again without splitting (what it has
+    /// joined so far is then meaningless).
+    #[must_use]
+    pub fn join(&mut self, part: Collector) -> bool {
+        if part.foreign {
+            return false;
+        }
+        self.verifiers.extend(part.verifiers);
+        for (p, mut found) in part.extra {
+            // A finding about another partition only needs that partition reported; its
+            // findings stay in reading order (the partitions' own ones are joined in order).
+            if let Ok(q) = u32::try_from(p) {
+                if self.wanted(q) {
+                    self.verifier(q);
+                }
+            }
+            self.extra.entry(p).or_default().append(&mut found);
+        }
+        self.hashes.extend(part.hashes);
+        for (k, h) in part.captured.hashes {
+            self.captured.hashes.entry(k).or_insert(h);
+        }
+        self.events += part.events;
+        self.sync_progress();
+        true
     }
 
     fn wanted(&self, partition: u32) -> bool {
@@ -246,8 +322,11 @@ impl Collector {
             if !self.wanted(p) {
                 return;
             }
-            // Make sure the partition is reported even if no record of it is ever pushed.
-            self.verifier(p);
+            // Make sure the partition is reported even if no record of it is ever pushed
+            // (another partition's verifier is not a split collector's: `join` sees to it).
+            if self.only.is_none_or(|o| o == p) {
+                self.verifier(p);
+            }
         }
         self.extra.entry(f.partition).or_default().push(f);
     }
@@ -278,9 +357,17 @@ impl Collector {
         if !self.wanted(p) {
             return;
         }
+        if self.only.is_some_and(|o| o != p) {
+            self.foreign = true;
+            return;
+        }
         self.events += 1;
         if self.events % 256 == 0 {
-            self.progress.0.set_position(self.events);
+            if self.only.is_none() {
+                self.progress.0.set_position(self.events);
+            } else {
+                self.progress.0.inc(256);
+            }
         }
         if self.opts.keep_hashes {
             self.hashes.push((partition, r.seq, r.hash.to_vec()));
@@ -323,13 +410,18 @@ impl Collector {
     /// A record read as stored bytes (an archive segment, `schemas::raw_segment`): its event's
     /// canonical bytes are hashed as they are, with no decode and re-encode.
     pub fn push_raw(&mut self, r: &schemas::raw_segment::RawChained) {
+        self.push_raw_ref(&r.as_raw_ref());
+    }
+
+    /// [`Self::push_raw`] of a record borrowed from its block.
+    pub fn push_raw_ref(&mut self, r: &schemas::raw_segment::RawRef<'_>) {
         let rec = StoredRecord {
             seq: r.seq,
-            prev_hash: &r.prev_hash,
-            hash: &r.hash,
-            canonical: &r.canonical,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+            canonical: r.canonical,
             canonical_version: r.canonical_version,
-            event_id: &r.event_id,
+            event_id: r.event_id,
             copy: None,
         };
         self.push_timed(r.chain_partition, &rec, Some(r.receive_time_us));
@@ -409,13 +501,26 @@ impl Collector {
 }
 
 /// The progress line on stderr; cleared however the run ends (also on an error), so that
-/// the error message is not glued to a half-drawn bar.
+/// the error message is not glued to a half-drawn bar. A split collector shares its parent's
+/// line and leaves it alone when it is dropped.
 #[derive(Debug)]
-struct Progress(ProgressBar);
+struct Progress(ProgressBar, bool);
+
+impl Progress {
+    fn owned(bar: ProgressBar) -> Self {
+        Self(bar, true)
+    }
+
+    fn shared(parent: &Progress) -> Self {
+        Self(parent.0.clone(), false)
+    }
+}
 
 impl Drop for Progress {
     fn drop(&mut self) {
-        self.0.finish_and_clear();
+        if self.1 {
+            self.0.finish_and_clear();
+        }
     }
 }
 

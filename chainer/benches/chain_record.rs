@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use chainer::partition::{Decision, Input, PartitionChain};
 use integrity::chain::ChainHead;
-use schemas::avro::{canonical_bytes_into, canonical_bytes_version_into_avro, CANONICAL_VERSION};
+use schemas::avro::{
+    canonical_bytes_into, canonical_bytes_version_into_avro, decode_datum_avro, CANONICAL_VERSION,
+};
+use schemas::canonical_decode;
 use schemas::dedup::DEFAULT_DEDUP_WINDOW;
 use schemas::framing::{
     decode_event, encode_single_object_chained, encode_single_object_chained_with_canonical,
-    encode_single_object_event,
+    encode_single_object_event, SINGLE_OBJECT_HEADER_LEN,
 };
 use schemas::identity::{content_digest, content_digest_avro, dedup_key};
 use schemas::realistic::{best_of, env_usize, realistic_event, Rng};
@@ -66,7 +69,33 @@ fn main() {
     });
     let rows: Vec<(&str, Duration)> = vec![
         (
-            "decode the enriched record (Avro → AuditEvent)",
+            "decode the enriched record, apache-avro serde reader (before)",
+            best_of(reps, || {
+                inputs
+                    .iter()
+                    .map(|b| {
+                        decode_datum_avro::<AuditEvent>(&b[SINGLE_OBJECT_HEADER_LEN..])
+                            .expect("decode")
+                            .event_time_us as u64
+                    })
+                    .sum()
+            }),
+        ),
+        (
+            "decode the enriched record, hand decoder (datum only)",
+            best_of(reps, || {
+                inputs
+                    .iter()
+                    .map(|b| {
+                        canonical_decode::decode_event(&b[SINGLE_OBJECT_HEADER_LEN..])
+                            .expect("decode")
+                            .event_time_us as u64
+                    })
+                    .sum()
+            }),
+        ),
+        (
+            "decode the enriched record (framing::decode_event, as the chainer does)",
             best_of(reps, || {
                 inputs
                     .iter()

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::consumer::Consumer;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{FutureRecord, Producer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer as _;
 use rdkafka::Offset;
 use worker_runtime::kafka::consumer::store_next_offset;
 use worker_runtime::kafka::dlq::dead_letter;
-use worker_runtime::kafka::producer::{await_delivery, PendingDelivery};
+use worker_runtime::kafka::producer::{await_delivery, PendingDelivery, SendParts};
 use worker_runtime::kafka::trace_context::{self, KeyValue};
 use worker_runtime::kafka::Topics;
 use worker_runtime::kafka::{AuditConsumer, InputRecord, KafkaArgs, Producer, RebalanceState};
@@ -460,34 +460,17 @@ pub(crate) async fn send_with_headers(
     timestamp_ms: Option<i64>,
     headers: Option<rdkafka::message::OwnedHeaders>,
 ) -> Result<PendingDelivery, Error> {
-    loop {
-        let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic)
-            .partition(partition)
-            .payload(payload);
-        if let Some(k) = key {
-            fr = fr.key(k);
-        }
-        if let Some(h) = &headers {
-            // Cloned per attempt: a full queue hands the record back and we try again.
-            fr = fr.headers(h.clone());
-        }
-        if let Some(ts) = timestamp_ms {
-            fr = fr.timestamp(ts);
-        }
-        match producer.inner().send_result(fr) {
-            Ok(d) => return Ok(producer.track(d)),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err((e, _)) => {
-                return Err(RuntimeError::kafka(
-                    format!("enqueueing a record for {topic}/{partition}"),
-                    e,
-                )
-                .into())
-            }
-        }
-    }
+    // Through the producer's send gate (unless transactional): see worker_runtime's gate.
+    Ok(producer
+        .enqueue_parts(SendParts {
+            topic,
+            partition: Some(partition),
+            key,
+            payload: Some(payload),
+            headers,
+            timestamp_ms,
+        })
+        .await?)
 }
 
 pub(crate) fn now_us() -> i64 {

@@ -375,7 +375,7 @@ fn actor_type_index(a: ActorType) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::avro::canonical_bytes_version_into_avro;
     use crate::testing::{arb_audit_event, sample_event};
@@ -401,7 +401,7 @@ mod tests {
 
     /// `arb_audit_event` with long arrays (counts ≥ 128 need a two-byte varint), long strings,
     /// attribute keys under the enrich prefix, and extreme numbers.
-    fn arb_stretched_event() -> impl Strategy<Value = AuditEvent> {
+    pub(crate) fn arb_stretched_event() -> impl Strategy<Value = AuditEvent> {
         // Boxed: the unboxed value tree of this tuple overflows a test thread's stack in debug.
         (
             arb_audit_event().boxed(),

@@ -8,6 +8,7 @@
 
 pub mod avro;
 pub mod canonical;
+pub mod canonical_decode;
 pub mod checkpoint_record;
 pub mod context;
 pub mod dedup;

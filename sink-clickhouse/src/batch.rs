@@ -5,18 +5,26 @@
 //! copy with the same hash is a duplicate (a zombie chainer's byte-identical output, or a
 //! redelivery) and is dropped; a later copy with a different hash is a fork: it is never
 //! written over the stored one, only recorded as an alarm.
+//!
+//! Batches are per partition (each has its assignment epoch and its offset to commit) but
+//! flushed together ([`Batches`]): one budget of rows held over every partition, one age, and
+//! the rows of all of them in as few INSERTs as atomicity allows ([`insert_groups`]). Per
+//! partition, a sink holding P partitions would hold P × the budget and send P INSERTs (each
+//! feeding the report views) where one does.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use schemas::flat::AuditRow;
 
-/// One record of `<prefix>chained` waiting to be stored.
+/// One record of `<prefix>chained` waiting to be stored. Only the decoded row is held (not
+/// also the Kafka payload): a fork alarm re-encodes the offered record from its row, which
+/// holds all of it (`AuditRow::to_chained`), and names its offset in `<prefix>chained`.
+/// Boxed: an `AuditRow` is ~1.6 KB inline, and a `Vec` of them (grown by doubling, old and
+/// new buffer alive while it moves) cost about twice that per row held.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub row: AuditRow,
-    /// The record's Kafka payload, kept only to document a fork.
-    pub payload: Vec<u8>,
+    pub row: Box<AuditRow>,
 }
 
 impl Entry {
@@ -76,12 +84,92 @@ impl Batch {
                 .is_some_and(|t| now.saturating_duration_since(t) >= max_age)
     }
 
+    /// When the first record (or covered offset) of this batch was read.
+    pub fn started(&self) -> Option<Instant> {
+        self.started
+    }
+
     /// Distinct seqs of the batch, sorted (for the "what is stored already" query).
     pub fn seqs(&self) -> Vec<i64> {
         let mut s: Vec<i64> = self.entries.iter().map(Entry::seq).collect();
         s.sort_unstable();
         s.dedup();
         s
+    }
+}
+
+/// The open batches of every chained partition, flushed together: when the rows held over all
+/// partitions reach `max_rows`, or when the oldest record held is `max_age` old.
+#[derive(Debug, Default)]
+pub struct Batches {
+    by_partition: HashMap<i32, Batch>,
+}
+
+impl Batches {
+    pub fn get(&self, p: i32) -> Option<&Batch> {
+        self.by_partition.get(&p)
+    }
+
+    pub fn get_mut(&mut self, p: i32) -> Option<&mut Batch> {
+        self.by_partition.get_mut(&p)
+    }
+
+    pub fn insert(&mut self, p: i32, batch: Batch) {
+        self.by_partition.insert(p, batch);
+    }
+
+    pub fn remove(&mut self, p: i32) -> Option<Batch> {
+        self.by_partition.remove(&p)
+    }
+
+    /// Partitions with an open batch, ascending.
+    pub fn partitions(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.by_partition.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Rows held over every partition.
+    pub fn rows(&self) -> usize {
+        self.by_partition.values().map(Batch::len).sum()
+    }
+
+    /// When the oldest batch reaches `max_age` (`None`: nothing held).
+    pub fn deadline(&self, max_age: Duration) -> Option<Instant> {
+        self.by_partition
+            .values()
+            .filter_map(Batch::started)
+            .min()
+            .map(|t| t + max_age)
+    }
+
+    /// Whether everything held must be flushed now.
+    pub fn due(&self, now: Instant, max_rows: usize, max_age: Duration) -> bool {
+        self.rows() >= max_rows || self.deadline(max_age).is_some_and(|d| now >= d)
+    }
+
+    /// Takes every non-empty batch out (each partition keeps an empty one of its epoch).
+    pub fn take_nonempty(&mut self) -> Vec<(i32, Batch)> {
+        let mut out = Vec::new();
+        for p in self.partitions() {
+            if let Some(b) = self.by_partition.get_mut(&p) {
+                if !b.is_empty() {
+                    let epoch = b.epoch;
+                    out.push((p, std::mem::replace(b, Batch::new(epoch))));
+                }
+            }
+        }
+        out
+    }
+
+    /// Puts a batch back after a failed store, unless its partition moved on meanwhile (a new
+    /// epoch, or records read since): what is not put back is re-read from Kafka.
+    pub fn put_back(&mut self, p: i32, batch: Batch) {
+        if let Some(b) = self.by_partition.get_mut(&p) {
+            if b.epoch == batch.epoch && b.is_empty() {
+                *b = batch;
+            }
+        }
     }
 }
 
@@ -154,6 +242,32 @@ pub fn month_runs<'a, 'r>(rows: &'a [&'r AuditRow]) -> Vec<&'a [&'r AuditRow]> {
     runs
 }
 
+/// The INSERTs storing the rows of several partitions, each slice sorted by seq: one INSERT
+/// per month of the k-th same-month run ([`month_runs`]) of every partition, for k = 1, 2, ….
+/// Each INSERT touches one table partition (so it is atomic), and a partition's runs go in
+/// in seq order, so a failure part-way leaves every partition's stored seqs a contiguous
+/// prefix; in the common case (every row of the same month) this is a single INSERT for all
+/// partitions.
+pub fn insert_groups<'r>(parts: &[Vec<&'r AuditRow>]) -> Vec<Vec<&'r AuditRow>> {
+    let runs: Vec<Vec<&[&'r AuditRow]>> = parts.iter().map(|rows| month_runs(rows)).collect();
+    let steps = runs.iter().map(Vec::len).max().unwrap_or(0);
+    let mut groups = Vec::new();
+    for k in 0..steps {
+        // Months of this step in first-seen order, each with its rows.
+        let mut by_month: Vec<(u32, Vec<&'r AuditRow>)> = Vec::new();
+        for run in runs.iter().filter_map(|r| r.get(k)) {
+            let Some(first) = run.first() else { continue };
+            let m = month_of(first.event_time);
+            match by_month.iter_mut().find(|(x, _)| *x == m) {
+                Some((_, rows)) => rows.extend_from_slice(run),
+                None => by_month.push((m, run.to_vec())),
+            }
+        }
+        groups.extend(by_month.into_iter().map(|(_, rows)| rows));
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,8 +275,12 @@ mod tests {
     use schemas::ChainedEvent;
 
     fn entry(seq: i64, hash_byte: u8, offset: i64) -> Entry {
+        entry_of(0, seq, hash_byte, offset)
+    }
+
+    fn entry_of(p: i32, seq: i64, hash_byte: u8, offset: i64) -> Entry {
         let c = ChainedEvent {
-            chain_partition: 0,
+            chain_partition: p,
             seq,
             prev_hash: vec![0; 32],
             hash: vec![hash_byte; 32],
@@ -173,8 +291,7 @@ mod tests {
             event: sample_event(),
         };
         Entry {
-            row: AuditRow::from_chained(&c, offset),
-            payload: vec![],
+            row: Box::new(AuditRow::from_chained(&c, offset)),
         }
     }
 
@@ -239,7 +356,7 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, &m)| {
-                let mut r = entry(i as i64 + 1, 1, i as i64).row;
+                let mut r = *entry(i as i64 + 1, 1, i as i64).row;
                 r.event_time = month(m);
                 r
             })
@@ -268,5 +385,119 @@ mod tests {
         assert!(b.due(t0, 2, Duration::from_secs(1)));
         b.push(entry(1, 1, 103), t0);
         assert_eq!(b.seqs(), vec![1, 2]);
+    }
+
+    #[test]
+    fn rows_held_over_all_partitions_make_the_batches_due() {
+        // Four partitions, each below the budget: together at it. Due per partition, none
+        // was, so a sink holding P partitions held P × batch_max_rows rows.
+        let t0 = Instant::now();
+        let age = Duration::from_secs(60);
+        let mut all = Batches::default();
+        for p in 0..4 {
+            let mut b = Batch::new(1);
+            for s in 1..=3 {
+                b.push(entry_of(p, s, 1, s), t0);
+            }
+            assert!(!b.due(t0, 10, age));
+            all.insert(p, b);
+        }
+        assert_eq!(all.rows(), 12);
+        assert!(!all.due(t0, 13, age));
+        assert!(all.due(t0, 12, age));
+        // Taking them leaves each partition an empty batch of its epoch.
+        let taken = all.take_nonempty();
+        assert_eq!(
+            taken.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        assert_eq!(all.rows(), 0);
+        assert!(all
+            .partitions()
+            .iter()
+            .all(|p| all.get(*p).is_some_and(Batch::is_empty)));
+        // A failed store puts a batch back, unless the partition moved on meanwhile.
+        let mut taken = taken.into_iter();
+        let (p0, b0) = taken.next().expect("p0");
+        all.put_back(p0, b0);
+        assert_eq!(all.rows(), 3);
+        let (p1, b1) = taken.next().expect("p1");
+        all.insert(p1, Batch::new(2));
+        all.put_back(p1, b1);
+        assert_eq!(
+            all.rows(),
+            3,
+            "a new epoch's batch is not replaced by the old one"
+        );
+    }
+
+    #[test]
+    fn the_deadline_is_the_oldest_record_plus_the_age() {
+        let t0 = Instant::now();
+        let age = Duration::from_millis(200);
+        let mut all = Batches::default();
+        assert_eq!(all.deadline(age), None);
+        all.insert(0, Batch::new(1));
+        assert_eq!(all.deadline(age), None, "an empty batch has no age");
+        let mut b = Batch::new(1);
+        b.push(entry_of(1, 1, 1, 1), t0 + Duration::from_millis(50));
+        all.insert(1, b);
+        if let Some(b) = all.get_mut(0) {
+            b.cover(7, t0 + Duration::from_millis(80));
+            b.push(entry_of(0, 1, 1, 8), t0 + Duration::from_millis(90));
+        }
+        assert_eq!(all.deadline(age), Some(t0 + Duration::from_millis(250)));
+        assert!(!all.due(t0 + Duration::from_millis(249), 100, age));
+        assert!(all.due(t0 + Duration::from_millis(250), 100, age));
+    }
+
+    #[test]
+    fn insert_groups_merge_partitions_per_month_step_by_step() {
+        let month = |m: u32| 1_704_067_200 + m * 31 * 86_400; // 2024-01-01 + m × 31 days
+        let rows_of = |p: i32, months: &[u32]| -> Vec<AuditRow> {
+            months
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| {
+                    let mut r = *entry_of(p, i as i64 + 1, 1, i as i64).row;
+                    r.event_time = month(m);
+                    r
+                })
+                .collect()
+        };
+        let ids = |groups: &[Vec<&AuditRow>]| -> Vec<Vec<(i32, i64)>> {
+            groups
+                .iter()
+                .map(|g| g.iter().map(|r| (r.chain_partition, r.seq)).collect())
+                .collect()
+        };
+        // The common case: one month, every partition in one INSERT.
+        let (a, b) = (rows_of(0, &[0, 0, 0]), rows_of(1, &[0, 0]));
+        let parts = vec![a.iter().collect::<Vec<_>>(), b.iter().collect()];
+        assert_eq!(
+            ids(&insert_groups(&parts)),
+            [vec![(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]]
+        );
+        // Months 0,0,1 and 1,0: step 1 has runs of months 0 and 1 (two INSERTs), step 2 of
+        // 1 and 0 (two more), every INSERT one month, each partition in seq order.
+        let (a, b) = (rows_of(0, &[0, 0, 1]), rows_of(1, &[1, 0]));
+        let parts = vec![a.iter().collect::<Vec<_>>(), b.iter().collect()];
+        let groups = insert_groups(&parts);
+        assert_eq!(
+            ids(&groups),
+            [
+                vec![(0, 1), (0, 2)],
+                vec![(1, 1)],
+                vec![(0, 3)],
+                vec![(1, 2)]
+            ]
+        );
+        for g in &groups {
+            assert!(g
+                .iter()
+                .all(|r| month_of(r.event_time) == month_of(g[0].event_time)));
+        }
+        assert!(insert_groups(&[]).is_empty());
+        assert!(insert_groups(&[Vec::new()]).is_empty());
     }
 }

@@ -18,7 +18,11 @@
 //!    ones; stored identical copies are duplicates (dropped, counted), stored different copies
 //!    are forks (kept out of `audit_events`, recorded in `audit_forks`, metric + error log).
 //! 4. **Offsets after durability, in order.** Records of a partition are batched in read order;
-//!    the input offset `last + 1` is stored only after the batch's insert succeeded.
+//!    the input offset `last + 1` is stored only after the batch's insert succeeded. The
+//!    batches of all partitions are flushed together ([`crate::batch::Batches`]): when the
+//!    rows held reach `batch_max_rows` or the oldest is `batch_max_age` old (a timer set to
+//!    that instant, not a periodic check), in one "what is stored" query and, within a month,
+//!    one INSERT.
 //!    Undecodable records are dead-lettered (acknowledged by the broker) before their offset
 //!    can be covered.
 //!
@@ -51,10 +55,10 @@ use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryP
 use worker_runtime::telemetry;
 use worker_runtime::Shutdown;
 
-use crate::batch::{Batch, Entry};
+use crate::batch::{Batch, Batches, Entry};
 use crate::error::Error;
 use crate::store::Store;
-use crate::writer::store_batch_reporting;
+use crate::writer::store_batches_reporting;
 
 pub const STAGE: &str = "sink-clickhouse";
 /// The readiness condition naming ClickHouse: false while a call to it is being retried.
@@ -90,16 +94,17 @@ pub struct SinkLoop {
     settings: LoopSettings,
     shutdown: Shutdown,
     /// Chained partition → its open batch (and the epoch it belongs to).
-    batches: HashMap<i32, Batch>,
+    batches: Batches,
     /// Checkpoints partition → checkpoints waiting for their events.
     checkpoints: HashMap<i32, CheckpointQueue>,
     /// Highest stored seq per chain partition, as far as this instance knows.
     stored_high: HashMap<i32, i64>,
     /// ClickHouse's readiness condition, kept by every retry loop that calls it.
     clickhouse: Option<DependencyCheck>,
-    /// Chained partition → the record spans of its open batch, for the insert span's links
-    /// (empty while tracing is off).
-    trace_links: HashMap<i32, BatchLinks>,
+    /// The record spans of the open batches, for the insert span's links (empty while tracing
+    /// is off). One set for all partitions, as they are stored by one insert; after a
+    /// reassignment it may also link records that are re-read (tracing only).
+    trace_links: BatchLinks,
 }
 
 impl std::fmt::Debug for SinkLoop {
@@ -132,27 +137,47 @@ impl SinkLoop {
             resolver,
             settings,
             shutdown,
-            batches: HashMap::new(),
+            batches: Batches::default(),
             checkpoints: HashMap::new(),
             stored_high: HashMap::new(),
             clickhouse: None,
-            trace_links: HashMap::new(),
+            trace_links: BatchLinks::default(),
         }
     }
 
     /// Runs until shutdown (then flushes what it holds, once, and commits) or a fatal error.
     pub async fn run(mut self, ready: Readiness) -> Result<(), Error> {
+        // Checkpoints waiting for their events (and for `checkpoint_max_defer`) are looked at
+        // on this tick; batches are flushed by their own deadline below.
         let tick_every = (self.settings.batch_max_age / 2)
             .clamp(Duration::from_millis(10), Duration::from_millis(250));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Fires when the oldest record held reaches `batch_max_age`. A periodic check instead
+        // flushed up to one period late, and each partition at a different time.
+        let flush_at = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(flush_at);
+        let mut armed: Option<Instant> = None;
         self.clickhouse = Some(DependencyCheck::new(ready.clone(), CHECK_CLICKHOUSE));
         ready.set(true);
         let consumer = self.consumer.clone();
         let result: Result<(), Error> = loop {
+            let deadline = self.batches.deadline(self.settings.batch_max_age);
+            if deadline != armed {
+                if let Some(d) = deadline {
+                    flush_at.as_mut().reset(d.into());
+                }
+                armed = deadline;
+            }
             tokio::select! {
                 biased;
                 _ = self.shutdown.cancelled() => break Ok(()),
+                _ = &mut flush_at, if armed.is_some() => {
+                    armed = None;
+                    if let Err(e) = self.on_tick().await {
+                        break Err(e);
+                    }
+                }
                 _ = tick.tick() => {
                     if let Err(e) = self.on_tick().await {
                         break Err(e);
@@ -178,7 +203,7 @@ impl SinkLoop {
         ready.set(false);
         // Graceful stop: one more attempt at what is held (retries stop at once, the shutdown
         // having fired); what does not make it is re-read after restart.
-        if let Err(e) = self.flush_all().await {
+        if let Err(e) = self.flush().await {
             tracing::warn!(stage = STAGE, error = %e, "final flush failed; those records will be re-read");
         }
         if let Err(e) = self.drain_checkpoints(true).await {
@@ -189,21 +214,12 @@ impl SinkLoop {
     }
 
     async fn on_tick(&mut self) -> Result<(), Error> {
-        let now = Instant::now();
-        let due: Vec<i32> = self
-            .batches
-            .iter()
-            .filter(|(_, b)| {
-                b.due(
-                    now,
-                    self.settings.batch_max_rows,
-                    self.settings.batch_max_age,
-                )
-            })
-            .map(|(p, _)| *p)
-            .collect();
-        for p in due {
-            self.flush(p).await?;
+        if self.batches.due(
+            Instant::now(),
+            self.settings.batch_max_rows,
+            self.settings.batch_max_age,
+        ) {
+            self.flush().await?;
         }
         self.drain_checkpoints(false).await
     }
@@ -227,11 +243,10 @@ impl SinkLoop {
 
     async fn on_chained(&mut self, input: InputRecord, epoch: u64) -> Result<(), Error> {
         let p = input.partition;
-        if self.batches.get(&p).map(|b| b.epoch) != Some(epoch) {
+        if self.batches.get(p).map(|b| b.epoch) != Some(epoch) {
             // A new assignment of p: forget what the old one held (it was not stored, so it is
             // re-read) and resume after the contiguous prefix stored in ClickHouse.
             self.batches.insert(p, Batch::new(epoch));
-            self.trace_links.remove(&p);
             let store = self.store.clone();
             let head = retry_reporting(
                 "clickhouse stored head",
@@ -274,29 +289,21 @@ impl SinkLoop {
         match self.decode_chained(&input) {
             Ok(row) => {
                 if span.context().is_some() {
-                    self.trace_links.entry(p).or_default().add(&span);
+                    self.trace_links.add(&span);
                 }
-                let entry = Entry {
-                    row,
-                    payload: input.payload.clone().unwrap_or_default(),
-                };
-                if let Some(b) = self.batches.get_mut(&p) {
-                    b.push(entry, now);
+                if let Some(b) = self.batches.get_mut(p) {
+                    b.push(Entry { row: Box::new(row) }, now);
                 }
             }
             Err((code, message)) => {
                 self.dead_letter(&input, code, &message).await?;
-                if let Some(b) = self.batches.get_mut(&p) {
+                if let Some(b) = self.batches.get_mut(p) {
                     b.cover(input.offset, now);
                 }
             }
         }
-        if self
-            .batches
-            .get(&p)
-            .is_some_and(|b| b.len() >= self.settings.batch_max_rows)
-        {
-            self.flush(p).await?;
+        if self.batches.rows() >= self.settings.batch_max_rows {
+            self.flush().await?;
         }
         Ok(())
     }
@@ -340,90 +347,97 @@ impl SinkLoop {
         })
     }
 
-    /// Stores partition `p`'s batch, then its input offset.
-    async fn flush(&mut self, p: i32) -> Result<(), Error> {
-        let Some(batch) = self.batches.get_mut(&p) else {
-            return Ok(());
-        };
-        if batch.is_empty() {
+    /// Stores every open batch (all partitions together), then each one's input offset.
+    async fn flush(&mut self) -> Result<(), Error> {
+        let mut held = Vec::new();
+        for (p, batch) in self.batches.take_nonempty() {
+            if self.rebalance.epoch(&self.topics.chained, p) != Some(batch.epoch) {
+                // Revoked meanwhile: the new owner resumes from ClickHouse; storing offsets for
+                // a partition we no longer hold is not possible anyway.
+                tracing::debug!(partition = p, "dropping the batch of a revoked partition");
+                self.batches.remove(p);
+                continue;
+            }
+            held.push((p, batch));
+        }
+        if held.is_empty() {
             return Ok(());
         }
-        if self.rebalance.epoch(&self.topics.chained, p) != Some(batch.epoch) {
-            // Revoked meanwhile: the new owner resumes from ClickHouse; storing offsets for a
-            // partition we no longer hold is not possible anyway.
-            tracing::debug!(partition = p, "dropping the batch of a revoked partition");
-            self.batches.remove(&p);
-            return Ok(());
-        }
-        let epoch = batch.epoch;
-        let full = std::mem::replace(batch, Batch::new(epoch));
+        let rows: usize = held.iter().map(|(_, b)| b.len()).sum();
+        let oldest = held.iter().filter_map(|(_, b)| b.started()).min();
         let started = Instant::now();
         let span = trace_context::batch_span(
             STAGE,
             "INSERT audit_events",
-            self.trace_links.remove(&p).unwrap_or_default(),
+            std::mem::take(&mut self.trace_links),
             vec![
                 KeyValue::new("db.system.name", "clickhouse"),
                 KeyValue::new("db.operation.name", "INSERT"),
                 KeyValue::new("db.collection.name", "audit_events"),
-                KeyValue::new("db.operation.batch.size", full.entries.len() as i64),
-                KeyValue::new("messaging.destination.partition.id", p.to_string()),
+                KeyValue::new("db.operation.batch.size", rows as i64),
+                KeyValue::new(
+                    "messaging.destination.partition.id",
+                    held.iter()
+                        .map(|(p, _)| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
             ],
         );
-        let outcome = store_batch_reporting(
+        let parts: Vec<(i32, &[Entry])> = held
+            .iter()
+            .map(|(p, b)| (*p, b.entries.as_slice()))
+            .collect();
+        let outcome = store_batches_reporting(
             &self.store,
-            p,
-            &full.entries,
+            &parts,
             &self.settings.retry,
             self.shutdown.token(),
             self.clickhouse.as_ref(),
         )
         .await;
         span.end_with(&outcome);
-        let outcome = match outcome {
+        let outcomes = match outcome {
             Ok(o) => o,
             Err(e) => {
-                // Put it back so a final flush can try once more; offsets stay unstored.
-                if let Some(b) = self.batches.get_mut(&p) {
-                    if b.is_empty() {
-                        *b = full;
-                    }
+                // Put them back so a final flush can try once more; offsets stay unstored.
+                for (p, b) in held {
+                    self.batches.put_back(p, b);
                 }
                 return Err(e);
             }
         };
+        let took = started.elapsed();
+        tracing::debug!(
+            stage = STAGE,
+            partitions = held.len(),
+            rows,
+            oldest_age_ms = oldest.map(|t| started.saturating_duration_since(t).as_millis() as u64),
+            took_ms = took.as_millis() as u64,
+            "batches stored"
+        );
         metrics::histogram!("audit_sink_flush_seconds", "stage" => STAGE)
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!("audit_sink_batch_records", "stage" => STAGE)
-            .record(full.entries.len() as f64);
+            .record(took.as_secs_f64());
+        metrics::histogram!("audit_sink_batch_records", "stage" => STAGE).record(rows as f64);
         let now = telemetry::now_us();
-        for e in &full.entries {
-            telemetry::record_stored_latency(
-                "clickhouse",
-                e.row.event_time_us,
-                e.row.receive_time_us,
-                now,
-            );
-        }
-        if let Some(seq) = outcome.max_seq {
-            let high = self.stored_high.entry(p).or_insert(seq);
-            *high = (*high).max(seq);
-        }
-        if let Some(last) = full.last_offset {
-            store_next_offset(&self.consumer, &self.topics.chained, p, last + 1);
-        }
-        Ok(())
-    }
-
-    async fn flush_all(&mut self) -> Result<(), Error> {
-        let parts: Vec<i32> = self.batches.keys().copied().collect();
-        let mut first_err = None;
-        for p in parts {
-            if let Err(e) = self.flush(p).await {
-                first_err.get_or_insert(e);
+        for ((p, full), outcome) in held.iter().zip(outcomes) {
+            for e in &full.entries {
+                telemetry::record_stored_latency(
+                    "clickhouse",
+                    e.row.event_time_us,
+                    e.row.receive_time_us,
+                    now,
+                );
+            }
+            if let Some(seq) = outcome.max_seq {
+                let high = self.stored_high.entry(*p).or_insert(seq);
+                *high = (*high).max(seq);
+            }
+            if let Some(last) = full.last_offset {
+                store_next_offset(&self.consumer, &self.topics.chained, *p, last + 1);
             }
         }
-        first_err.map_or(Ok(()), Err)
+        Ok(())
     }
 
     async fn dead_letter(
@@ -509,7 +523,13 @@ impl SinkLoop {
                 // A genesis checkpoint (seq 0) covers no event: nothing to wait for.
                 let mut covered =
                     row.seq == 0 || self.stored_high.get(&p).is_some_and(|&h| h >= row.seq);
-                if !covered && !refreshed.contains_key(&p) {
+                // While this instance holds chained partition p, its own flushes keep
+                // `stored_high` current: asking ClickHouse (a count over the whole partition)
+                // on every tick until the covering batch is stored would tell nothing new.
+                let held = self.batches.get(p).is_some_and(|b| {
+                    self.rebalance.epoch(&self.topics.chained, p) == Some(b.epoch)
+                });
+                if !covered && !held && !refreshed.contains_key(&p) {
                     refreshed.insert(p, ());
                     let store = self.store.clone();
                     let head = retry_reporting(

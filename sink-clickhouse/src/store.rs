@@ -110,6 +110,13 @@ struct SeqSpan {
 }
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
+struct PartSeqHash {
+    chain_partition: i32,
+    seq: i64,
+    hash: String,
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
 struct SeqHash {
     seq: i64,
     hash: String,
@@ -291,31 +298,45 @@ impl Store {
         p: i32,
         seqs: &[i64],
     ) -> Result<HashMap<i64, Vec<String>>, Error> {
-        let mut out: HashMap<i64, Vec<String>> = HashMap::new();
-        if seqs.is_empty() {
+        let mut all = self.stored_hashes_of(&[(p, seqs.to_vec())]).await?;
+        Ok(all.remove(&p).unwrap_or_default())
+    }
+
+    /// [`Store::stored_hashes`] of several partitions in one query: partition → seq → hashes.
+    pub async fn stored_hashes_of(
+        &self,
+        wanted: &[(i32, Vec<i64>)],
+    ) -> Result<HashMap<i32, HashMap<i64, Vec<String>>>, Error> {
+        let mut out: HashMap<i32, HashMap<i64, Vec<String>>> = HashMap::new();
+        // Each clause reads one index range (the table is ordered by (chain_partition, seq)).
+        let clauses: Vec<String> = wanted
+            .iter()
+            .filter(|(_, seqs)| !seqs.is_empty())
+            .map(|(p, seqs)| format!("(chain_partition = {p} AND seq IN ({}))", int_list(seqs)))
+            .collect();
+        if clauses.is_empty() {
             return Ok(out);
         }
         let sql = format!(
-            "SELECT seq, hash FROM {EVENTS_TABLE} WHERE chain_partition = ? AND seq IN ({})",
-            int_list(seqs)
+            "SELECT chain_partition, seq, hash FROM {EVENTS_TABLE} WHERE {}",
+            clauses.join(" OR ")
         );
-        let rows: Vec<SeqHash> =
-            self.client
-                .query(&sql)
-                .bind(p)
-                .fetch_all()
-                .await
-                .map_err(|e| {
-                    Error::ch(
-                        format!(
-                            "reading stored hashes of partition {p} ({} seqs)",
-                            seqs.len()
-                        ),
-                        e,
-                    )
-                })?;
+        let rows: Vec<PartSeqHash> = self.client.query(&sql).fetch_all().await.map_err(|e| {
+            let n: usize = wanted.iter().map(|(_, s)| s.len()).sum();
+            Error::ch(
+                format!(
+                    "reading stored hashes of partitions {:?} ({n} seqs)",
+                    wanted.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+                ),
+                e,
+            )
+        })?;
         for r in rows {
-            out.entry(r.seq).or_default().push(r.hash);
+            out.entry(r.chain_partition)
+                .or_default()
+                .entry(r.seq)
+                .or_default()
+                .push(r.hash);
         }
         Ok(out)
     }

@@ -1,19 +1,22 @@
-//! Storing one partition's batch exactly once per `(partition, seq)`.
+//! Storing batches exactly once per `(partition, seq)`.
 //!
-//! Every attempt (the first one and each retry) first asks ClickHouse which of the batch's
-//! seqs are already stored, then inserts only the missing ones ([`crate::batch::plan`]). A
-//! failed insert may have landed fully, partly or not at all; re-asking before the retry makes
-//! that irrelevant. The missing rows go in as one INSERT per run of same-month rows, in seq
-//! order ([`crate::batch::month_runs`]), so each INSERT touches one table partition. Forks are recorded in `audit_forks` (once per offered hash), never written
-//! over the stored row.
+//! Every attempt (the first one and each retry) first asks ClickHouse which of the batches'
+//! seqs are already stored (one query for every partition), then inserts only the missing
+//! ones ([`crate::batch::plan`]). A failed insert may have landed fully, partly or not at all;
+//! re-asking before the retry makes that irrelevant. The missing rows of all partitions go in
+//! together, one INSERT per run of same-month rows ([`crate::batch::insert_groups`]), so each
+//! INSERT touches one table partition and each chain partition's rows go in in seq order.
+//! Forks are recorded in `audit_forks` (once per offered hash), never written over the stored
+//! row.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
+use schemas::flat::AuditRow;
 use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy};
 use worker_runtime::CancellationToken;
 
-use crate::batch::{month_runs, plan, Entry};
+use crate::batch::{insert_groups, plan, Entry, Plan};
 use crate::error::Error;
 use crate::store::{ForkRow, Store};
 
@@ -30,78 +33,114 @@ pub struct StoreOutcome {
     pub max_seq: Option<i64>,
 }
 
+/// Distinct seqs of `entries`, ascending.
+fn seqs_of(entries: &[Entry]) -> Vec<i64> {
+    let mut s: Vec<i64> = entries.iter().map(Entry::seq).collect();
+    s.sort_unstable();
+    s.dedup();
+    s
+}
+
+/// The offered copy of a fork, as a Kafka payload (single-object framing): re-encoded from
+/// its row, which holds the whole record, so that batches need not keep every payload for the
+/// rare fork. The original bytes stay at `offered_chained_offset` in `<prefix>chained`.
+fn offered_payload_hex(row: &AuditRow) -> String {
+    row.to_chained()
+        .ok()
+        .and_then(|c| schemas::framing::encode_single_object_chained(&c).ok())
+        .map(hex::encode)
+        .unwrap_or_default()
+}
+
 async fn attempt(
     store: &Store,
-    partition: i32,
-    entries: &[Entry],
-    attempted: &Mutex<HashSet<i64>>,
-) -> Result<StoreOutcome, Error> {
-    let seqs: Vec<i64> = {
-        let mut s: Vec<i64> = entries.iter().map(Entry::seq).collect();
-        s.sort_unstable();
-        s.dedup();
-        s
-    };
-    let stored = store.stored_hashes(partition, &seqs).await?;
-    let p = plan(entries, &stored);
-    let mut rows: Vec<_> = p.insert.iter().map(|&i| &entries[i].row).collect();
-    // In seq order, one INSERT per run of same-month rows (see `month_runs`): each INSERT is
-    // atomic and a failure part-way leaves a contiguous prefix stored.
-    rows.sort_by_key(|r| r.seq);
-    {
-        let mut a = attempted.lock().unwrap_or_else(|e| e.into_inner());
-        a.extend(rows.iter().map(|r| r.seq));
-    }
-    for run in month_runs(&rows) {
-        store.insert_events(run).await?;
-    }
-
-    let forks: Vec<ForkRow> = p
-        .forks
+    parts: &[(i32, &[Entry])],
+    attempted: &Mutex<HashSet<(i32, i64)>>,
+) -> Result<Vec<StoreOutcome>, Error> {
+    let seqs: Vec<(i32, Vec<i64>)> = parts.iter().map(|(p, e)| (*p, seqs_of(e))).collect();
+    let stored = store.stored_hashes_of(&seqs).await?;
+    let empty = HashMap::new();
+    let plans: Vec<Plan> = parts
         .iter()
-        .map(|(i, stored_hash)| {
-            let e = &entries[*i];
-            ForkRow {
-                chain_partition: partition,
-                seq: e.seq(),
-                stored_hash: stored_hash.clone(),
-                offered_hash: e.row.hash.clone(),
-                offered_chained_offset: e.offset(),
-                offered_payload_hex: hex::encode(&e.payload),
-            }
+        .map(|(p, entries)| plan(entries, stored.get(p).unwrap_or(&empty)))
+        .collect();
+    // Per partition in seq order; all partitions together, one INSERT per run of same-month
+    // rows (see `insert_groups`): each INSERT is atomic and a failure part-way leaves every
+    // partition's stored seqs a contiguous prefix.
+    let rows: Vec<Vec<&AuditRow>> = parts
+        .iter()
+        .zip(&plans)
+        .map(|((_, entries), pl)| {
+            let mut r: Vec<&AuditRow> = pl.insert.iter().map(|&i| &*entries[i].row).collect();
+            r.sort_by_key(|r| r.seq);
+            r
         })
         .collect();
-    if !forks.is_empty() {
-        let fork_seqs: Vec<i64> = forks.iter().map(|f| f.seq).collect();
-        let recorded = store.recorded_forks(partition, &fork_seqs).await?;
-        let new: Vec<ForkRow> = forks
-            .iter()
-            .filter(|f| !recorded.contains(&(f.seq, f.offered_hash.clone())))
-            .cloned()
-            .collect();
-        store.insert_forks(&new).await?;
+    {
+        let mut a = attempted.lock().unwrap_or_else(|e| e.into_inner());
+        for ((p, _), r) in parts.iter().zip(&rows) {
+            a.extend(r.iter().map(|r| (*p, r.seq)));
+        }
+    }
+    for group in insert_groups(&rows) {
+        store.insert_events(&group).await?;
     }
 
-    // Rows an earlier attempt of this call inserted show up as "duplicates" now: count them as
-    // inserted.
-    let a = attempted.lock().unwrap_or_else(|e| e.into_inner());
-    let first_copies_earlier = {
-        // Only the first copy of a seq was inserted; later in-batch copies are duplicates.
-        let mut seen = HashSet::new();
-        p.duplicates
+    let mut outcomes = Vec::with_capacity(parts.len());
+    for (((partition, entries), pl), (rows, (_, seqs))) in
+        parts.iter().zip(&plans).zip(rows.iter().zip(&seqs))
+    {
+        let partition = *partition;
+        let forks: Vec<ForkRow> = pl
+            .forks
             .iter()
-            .filter(|&&i| {
-                let s = entries[i].seq();
-                a.contains(&s) && !rows.iter().any(|r| r.seq == s) && seen.insert(s)
+            .map(|(i, stored_hash)| {
+                let e = &entries[*i];
+                ForkRow {
+                    chain_partition: partition,
+                    seq: e.seq(),
+                    stored_hash: stored_hash.clone(),
+                    offered_hash: e.row.hash.clone(),
+                    offered_chained_offset: e.offset(),
+                    offered_payload_hex: offered_payload_hex(&e.row),
+                }
             })
-            .count()
-    };
-    Ok(StoreOutcome {
-        inserted: rows.len() + first_copies_earlier,
-        duplicates: p.duplicates.len() - first_copies_earlier,
-        forks,
-        max_seq: seqs.last().copied(),
-    })
+            .collect();
+        if !forks.is_empty() {
+            let fork_seqs: Vec<i64> = forks.iter().map(|f| f.seq).collect();
+            let recorded = store.recorded_forks(partition, &fork_seqs).await?;
+            let new: Vec<ForkRow> = forks
+                .iter()
+                .filter(|f| !recorded.contains(&(f.seq, f.offered_hash.clone())))
+                .cloned()
+                .collect();
+            store.insert_forks(&new).await?;
+        }
+
+        // Rows an earlier attempt of this call inserted show up as "duplicates" now: count
+        // them as inserted.
+        let a = attempted.lock().unwrap_or_else(|e| e.into_inner());
+        let first_copies_earlier = {
+            // Only the first copy of a seq was inserted; later in-batch copies are duplicates.
+            let mut seen = HashSet::new();
+            pl.duplicates
+                .iter()
+                .filter(|&&i| {
+                    let s = entries[i].seq();
+                    a.contains(&(partition, s))
+                        && !rows.iter().any(|r| r.seq == s)
+                        && seen.insert(s)
+                })
+                .count()
+        };
+        outcomes.push(StoreOutcome {
+            inserted: rows.len() + first_copies_earlier,
+            duplicates: pl.duplicates.len() - first_copies_earlier,
+            forks,
+            max_seq: seqs.last().copied(),
+        });
+    }
+    Ok(outcomes)
 }
 
 /// Stores `entries` (all of partition `partition`), retrying transient ClickHouse failures
@@ -126,13 +165,31 @@ pub async fn store_batch_reporting(
     cancel: &CancellationToken,
     check: Option<&DependencyCheck>,
 ) -> Result<StoreOutcome, Error> {
+    let mut out =
+        store_batches_reporting(store, &[(partition, entries)], policy, cancel, check).await?;
+    Ok(out.pop().unwrap_or_default())
+}
+
+/// [`store_batch`] for the batches of several partitions (each partition once) at once: one
+/// "what is stored" query and, in the common case, one INSERT for all of them. The outcomes
+/// are in the order of `parts`. All or nothing for the caller: on success every batch is
+/// stored, on error none may be committed (some may be stored; the next attempt skips them).
+pub async fn store_batches_reporting(
+    store: &Store,
+    parts: &[(i32, &[Entry])],
+    policy: &RetryPolicy,
+    cancel: &CancellationToken,
+    check: Option<&DependencyCheck>,
+) -> Result<Vec<StoreOutcome>, Error> {
     let attempted = Mutex::new(HashSet::new());
     let out = retry_reporting("clickhouse store batch", policy, cancel, check, || {
-        attempt(store, partition, entries, &attempted)
+        attempt(store, parts, &attempted)
     })
     .await
     .map_err(RetryError::into_inner)?;
-    report(partition, &out);
+    for ((p, _), o) in parts.iter().zip(&out) {
+        report(*p, o);
+    }
     Ok(out)
 }
 

@@ -287,6 +287,60 @@ async fn measure(
     Ok(m)
 }
 
+/// The independent baseline (`passthrough.py`: confluent-kafka consume and produce
+/// unchanged, idempotent, acks=all, linger 5 ms, lz4) on the raw demo records, measured like a
+/// worker. `None` (with a warning) if Python or confluent-kafka is missing: the workers' own
+/// rows do not depend on it.
+async fn python_passthrough(
+    p: &Pipeline,
+    input: &str,
+    output: &str,
+    counter: &Counter,
+    n: u64,
+    opts: &Options,
+) -> Option<Measure> {
+    let python = std::env::var_os("AUDIT_PYTHON").unwrap_or_else(|| "python3".into());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bench/passthrough.py");
+    let mut args = vec![
+        script.display().to_string(),
+        p.kafka.brokers.clone(),
+        input.to_owned(),
+        output.to_owned(),
+        format!("{}.rawhop.python", p.ns),
+    ];
+    args.extend(opts.kafka_properties.iter().cloned());
+    let out = Output::Topic(output.to_owned());
+    match measure(
+        "python-passthrough",
+        Path::new(&python),
+        &args,
+        &out,
+        counter,
+        n,
+        opts,
+        None,
+    )
+    .await
+    {
+        Ok(m) => {
+            let per = |s: f64| s * 1e6 / n as f64;
+            println!(
+                "[worker-bench] Python pass-through: {} ev/s, {:.0} µs/event CPU ({:.0} user + {:.0} sys), {} MB peak RSS",
+                f0(m.rate(n)),
+                per(m.cpu.total()),
+                per(m.cpu.user),
+                per(m.cpu.sys),
+                f0(m.peak_rss_kb.map(|k| k as f64 / 1024.0)),
+            );
+            Some(m)
+        }
+        Err(e) => {
+            eprintln!("[worker-bench] Python pass-through not measured: {e:#}");
+            None
+        }
+    }
+}
+
 /// One worker's row.
 #[derive(Debug, Clone)]
 pub struct Row {
@@ -364,13 +418,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         .production_defaults();
     let topics = p.kafka.topics();
     let raw_topic = |w: Worker| format!("{}rawhop.{}", p.kafka.topic_prefix, w.binary_name());
+    let python_topic = format!("{}rawhop.python", p.kafka.topic_prefix);
     let kafka_hops = [Worker::Ingest, Worker::Enrich, Worker::Chainer];
     ensure_topics(
         &p.kafka,
         &kafka_hops
             .iter()
-            .map(|w| TopicSpec {
-                name: raw_topic(*w),
+            .map(|w| raw_topic(*w))
+            .chain([python_topic.clone()])
+            .map(|name| TopicSpec {
+                name,
                 partitions: opts.partitions,
                 compacted: false,
             })
@@ -421,6 +478,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
     };
     let bin_dir = crate::procs::bin_dir()?;
     let me = std::env::current_exe().context("locating worker-bench")?;
+    let python = python_passthrough(&p, &topics.raw, &python_topic, &counter, n, opts).await;
     let raw_db = format!("{}_raw", p.database);
     let raw_url = format!("{}-rawhop", p.archive_url());
     let mut rows = Vec::new();
@@ -546,7 +604,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
     }
 
     println!();
-    print_table(&rows, n);
+    print_table(&rows, n, python.as_ref());
     Ok(json!({
         "events": n,
         "partitions": opts.partitions,
@@ -555,12 +613,16 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
         "raw_json_mean_bytes": bytes / opts.events.max(1),
         "machine_at_start": machine_before,
         "machine_at_end": machine(),
+        "python_passthrough": python.as_ref().map(|m| m.to_json(n)),
         "workers": rows.iter().map(|r| json!({
             "worker": r.worker,
             "raw_path": r.hop,
             "worker_process": r.worker_m.to_json(n),
             "raw_process": r.raw_m.to_json(n),
             "ratio_to_raw": r.ratios(n),
+            "cpu_per_event_to_python": python
+                .as_ref()
+                .and_then(|py| ratio(Some(r.worker_m.cpu.total()), Some(py.cpu.total()))),
         })).collect::<Vec<_>>(),
     }))
 }
@@ -598,14 +660,14 @@ fn print_row(r: &Row, n: u64, header: bool) {
 }
 
 /// The README's table: each worker's figures and their ratio to its raw path.
-fn print_table(rows: &[Row], n: u64) {
-    println!("| worker (raw path) | events/s (× raw) | CPU µs/event user + sys (× raw) | user × raw | sys × raw | peak RSS MB (× raw) | broker CPU µs/event (× raw) |");
-    println!("|---|---|---|---|---|---|---|");
+fn print_table(rows: &[Row], n: u64, python: Option<&Measure>) {
+    println!("| worker (raw path) | events/s (× raw) | CPU µs/event user + sys (× raw) | user × raw | sys × raw | peak RSS MB (× raw) | broker CPU µs/event (× raw) | CPU × Python pass-through |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (w, raw) = (&r.worker_m, &r.raw_m);
         let per = |s: f64| s * 1e6 / n as f64;
         println!(
-            "| {} ({}) | {} ({}) | {:.0} + {:.0} ({}) | {} | {} | {} ({}) | {} ({}) |",
+            "| {} ({}) | {} ({}) | {:.0} + {:.0} ({}) | {} | {} | {} ({}) | {} ({}) | {} |",
             r.worker,
             r.hop,
             f0(w.rate(n)),
@@ -622,6 +684,18 @@ fn print_table(rows: &[Row], n: u64) {
             )),
             f0(w.broker_cpu.map(per)),
             f2(ratio(w.broker_cpu, raw.broker_cpu)),
+            f2(python.and_then(|py| ratio(Some(w.cpu.total()), Some(py.cpu.total())))),
+        );
+    }
+    if let Some(py) = python {
+        let per = |s: f64| s * 1e6 / n as f64;
+        println!(
+            "| Python pass-through (consume+produce) | {} | {:.0} + {:.0} | | | {} | {} | 1.00 |",
+            f0(py.rate(n)),
+            per(py.cpu.user),
+            per(py.cpu.sys),
+            f0(py.peak_rss_kb.map(|k| k as f64 / 1024.0)),
+            f0(py.broker_cpu.map(per)),
         );
     }
     println!(

@@ -3,8 +3,9 @@
 //!
 //! - `kafka`: consume the worker's input with the workers' consumer settings
 //!   (`worker_runtime::kafka::consumer::subscribe`) and produce every record unchanged (key,
-//!   value, headers) with the workers' producer settings (`Producer::client_config`), at most
-//!   as many unacknowledged as a worker (`--max-in-flight`), until N are acknowledged.
+//!   value, headers) with the workers' producer (`worker_runtime::kafka::Producer`: its
+//!   settings and its send gate), at most as many unacknowledged as a worker
+//!   (`--max-in-flight`), until N are acknowledged.
 //! - `clickhouse`: consume and insert (partition, offset, value) rows in batches of the sink's
 //!   default size and age (10,000 rows, 1 s).
 //! - `s3`: consume and put one object per partition per 10,000 records or 1 s (the archive
@@ -16,12 +17,11 @@ use anyhow::{bail, Context as _};
 use clap::Parser as _;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message as _, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use worker_runtime::kafka::consumer::{subscribe, ConsumerSettings};
+use worker_runtime::kafka::producer::SendParts;
 use worker_runtime::kafka::{KafkaArgs, Producer};
 
 /// Rows per ClickHouse insert and records per object: the sinks' defaults.
@@ -81,9 +81,8 @@ async fn kafka(
     a: &RawArgs,
     consumer: &worker_runtime::kafka::AuditConsumer,
 ) -> anyhow::Result<u64> {
-    let producer: FutureProducer = Producer::client_config(&a.kafka, "raw-hop-producer")
-        .create()
-        .context("raw-hop producer")?;
+    // The workers' producer (settings and send gate), so the hop costs what theirs does.
+    let producer = Producer::new(&a.kafka, "raw-hop-producer").context("raw-hop producer")?;
     let mut pending = FuturesUnordered::new();
     let mut acked = 0u64;
     while acked < a.events {
@@ -91,28 +90,17 @@ async fn kafka(
             m = consumer.recv(), if pending.len() < a.max_in_flight => {
                 // Detached as the workers' InputRecord is: the record outlives the poll.
                 let m: OwnedMessage = m.context("raw-hop consume")?.detach();
-                loop {
-                    let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&a.output);
-                    if let Some(k) = m.key() {
-                        r = r.key(k);
-                    }
-                    if let Some(v) = m.payload() {
-                        r = r.payload(v);
-                    }
-                    if let Some(h) = m.headers() {
-                        r = r.headers(h.clone());
-                    }
-                    match producer.send_result(r) {
-                        Ok(d) => {
-                            pending.push(d);
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            tokio::time::sleep(Duration::from_millis(5)).await;
-                        }
-                        Err((e, _)) => bail!("raw-hop produce: {e}"),
-                    }
-                }
+                let d = producer
+                    .enqueue_parts(SendParts {
+                        topic: &a.output,
+                        key: m.key(),
+                        payload: m.payload(),
+                        headers: m.headers().cloned(),
+                        ..SendParts::default()
+                    })
+                    .await
+                    .context("raw-hop produce")?;
+                pending.push(d);
             }
             Some(d) = pending.next() => {
                 match d {

@@ -320,6 +320,23 @@ async fn main() -> anyhow::Result<()> {
             ratio(steady, steady_base),
         );
     }
+    // Issue 10's whole-pipeline target: a raw hop (produce N, then consume them) runs at
+    // N / (produce + consume); each event crosses the broker in three such hops before it is
+    // chained (raw → validated → enriched → chained) and is read once more by each sink, so the
+    // pipeline's rate to rows should be at least 0.8 × hop rate ÷ 3.
+    let hop = rate(n, Some(produce + consume_all));
+    let target = hop.map(|h| 0.8 * h / 3.0);
+    let to_rows = rate(n, marks[3].all);
+    let to_archive = rate(n, marks[4].all);
+    println!(
+        "whole pipeline vs the raw hop rate ({} ev/s) ÷ 3 Kafka hops: rows {} ev/s = {} of it, archive {} ev/s = {} (target ≥ 0.80, i.e. ≥ {} ev/s)",
+        num(hop),
+        num(to_rows),
+        ratio(to_rows, hop.map(|h| h / 3.0)),
+        num(to_archive),
+        ratio(to_archive, hop.map(|h| h / 3.0)),
+        num(target),
+    );
     println!(
         "rows in ClickHouse: {} (of {n}); archived: {}; chained per partition (keys are team ids): {per_partition:?}",
         marks[3].count, marks[4].count,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod dlq;
+mod gate;
 pub mod liveness;
 pub mod offsets;
 pub mod pipeline;

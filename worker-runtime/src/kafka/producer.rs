@@ -9,18 +9,37 @@
 //! infinite and [`PendingDelivery`] fails a record after the configured `message.timeout.ms`
 //! itself; the worker then drops this producer (which purges whatever it still holds) and
 //! makes a fresh one, so no record is ever sent under an epoch the broker did not hand out.
+//!
+//! Records go through a send gate ([`super::gate`]) unless the producer is transactional: a
+//! partition's records wait in the gate while a wave of them is unacknowledged, instead of in
+//! librdkafka's queue, where waiting made its broker thread spin. With the gate doing the
+//! batching under load, `linger.ms` is 5 ms (50 without it).
 
+use super::gate::{Gate, GatedRecord, WaveLimits};
+pub use super::gate::{GateStats, HELD_METRIC};
 use super::record::OutputRecord;
 use super::KafkaArgs;
 use crate::error::RuntimeError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
+
+/// `linger.ms` of a producer with the send gate (it batches while a wave is in flight).
+pub const GATED_LINGER_MS: &str = "5";
+
+/// Records of a non-transactional producer go through the send gate: a transaction's commit
+/// flushes librdkafka's queue, and records still held in the gate would miss it.
+fn gated(cfg: &rdkafka::ClientConfig) -> bool {
+    cfg.get("transactional.id")
+        .is_none_or(|v| v.trim().is_empty())
+}
 
 /// librdkafka's default `message.timeout.ms`; long enough to ride out a broker restart.
 pub const DEFAULT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -39,6 +58,8 @@ pub struct Producer {
     config: rdkafka::ClientConfig,
     /// How long a record may wait for its acknowledgement before it counts as failed.
     delivery_timeout: Duration,
+    /// `None`: records go to librdkafka directly (transactional, or made outside a runtime).
+    gate: Option<Gate>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -60,11 +81,25 @@ impl Producer {
         let inner: FutureProducer = config
             .create()
             .map_err(|e| RuntimeError::kafka("creating producer", e))?;
+        let gate = match tokio::runtime::Handle::try_current() {
+            Ok(handle) if gated(&config) => Some(Gate::start(
+                inner.clone(),
+                WaveLimits::from_config(&config),
+                &handle,
+            )),
+            _ => None,
+        };
         Ok(Producer {
             inner,
             config,
             delivery_timeout,
+            gate,
         })
+    }
+
+    /// What the send gate did so far; `None` when records bypass it (transactional).
+    pub fn gate_stats(&self) -> Option<GateStats> {
+        self.gate.as_ref().map(Gate::stats)
     }
 
     /// How long a record may wait for its acknowledgement (the configured `message.timeout.ms`).
@@ -111,17 +146,25 @@ impl Producer {
             // than ~25 ms per request it spun in poll()/clock_gettime (perf: 60% of ingest's
             // CPU). Bigger batches also mean fewer requests for the broker. Cost: up to 50 ms
             // per hop at low load, and a process's rate is bounded by about its in-flight
-            // bound / (linger.ms + ack time), e.g. 1000 / 0.1 s.
+            // bound / (linger.ms + ack time), e.g. 1000 / 0.1 s. Without transactions the send
+            // gate keeps records out of librdkafka's queue while a wave is unacknowledged, so
+            // the spin cannot start and 5 ms is enough (set below, after the user's).
             .set("linger.ms", "50")
             .set("compression.type", "lz4")
             // Long enough to ride out a broker restart; a delivery that still fails is not
             // stored, and the pipeline re-reads it (`pipeline::run_with_liveness`).
             .set("message.timeout.ms", "300000");
         // User properties win over ours.
+        let mut user_linger = false;
         for kv in &args.properties {
             if let Some((k, v)) = kv.split_once('=') {
-                cfg.set(k.trim(), v.trim());
+                let k = k.trim();
+                user_linger |= k == "linger.ms" || k == "queue.buffering.max.ms";
+                cfg.set(k, v.trim());
             }
+        }
+        if gated(&cfg) && !user_linger {
+            cfg.set("linger.ms", GATED_LINGER_MS);
         }
         let deadline = cfg
             .get("message.timeout.ms")
@@ -140,19 +183,56 @@ impl Producer {
     /// The returned future resolves when the broker acknowledged the record, or fails once the
     /// delivery deadline passed.
     pub async fn enqueue(&self, record: &OutputRecord) -> Result<PendingDelivery, RuntimeError> {
+        self.enqueue_parts(SendParts {
+            topic: &record.topic,
+            partition: record.partition,
+            key: record.key.as_deref(),
+            payload: record.payload.as_deref(),
+            headers: record.owned_headers(),
+            timestamp_ms: None,
+        })
+        .await
+    }
+
+    /// [`Self::enqueue`] from borrowed parts, with librdkafka headers and a timestamp.
+    pub async fn enqueue_parts(
+        &self,
+        parts: SendParts<'_>,
+    ) -> Result<PendingDelivery, RuntimeError> {
+        if let Some(gate) = &self.gate {
+            let rec = GatedRecord {
+                topic: Arc::from(parts.topic),
+                partition: parts.partition,
+                key: parts.key.map(<[u8]>::to_vec),
+                payload: parts.payload.map(<[u8]>::to_vec),
+                headers: parts.headers,
+                timestamp_ms: parts.timestamp_ms,
+            };
+            return match gate.send(rec).await {
+                Ok(rx) => Ok(PendingDelivery::gated(rx, self.delivery_timeout)),
+                Err(_) => Err(RuntimeError::kafka(
+                    format!("enqueueing a record for {}", parts.topic),
+                    KafkaError::Canceled,
+                )),
+            };
+        }
         loop {
-            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&record.topic);
-            if let Some(k) = record.key.as_deref() {
+            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(parts.topic);
+            if let Some(k) = parts.key {
                 fr = fr.key(k);
             }
-            if let Some(p) = record.payload.as_deref() {
+            if let Some(p) = parts.payload {
                 fr = fr.payload(p);
             }
-            if let Some(p) = record.partition {
+            if let Some(p) = parts.partition {
                 fr = fr.partition(p);
             }
-            if let Some(h) = record.owned_headers() {
-                fr = fr.headers(h);
+            if let Some(h) = &parts.headers {
+                // Cloned per attempt: a full queue hands the record back and we try again.
+                fr = fr.headers(h.clone());
+            }
+            if let Some(ts) = parts.timestamp_ms {
+                fr = fr.timestamp(ts);
             }
             match self.inner.send_result(fr) {
                 Ok(delivery) => return Ok(self.track(delivery)),
@@ -161,7 +241,7 @@ impl Producer {
                 }
                 Err((e, _)) => {
                     return Err(RuntimeError::kafka(
-                        format!("enqueueing a record for {}", record.topic),
+                        format!("enqueueing a record for {}", parts.topic),
                         e,
                     ))
                 }
@@ -177,6 +257,25 @@ impl Producer {
 
     /// Waits until every enqueued record is delivered (or `timeout` passes).
     pub async fn flush(&self, timeout: Duration) -> Result<(), RuntimeError> {
+        let start = Instant::now();
+        if let Some(gate) = &self.gate {
+            match tokio::time::timeout(timeout, gate.idle()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(RuntimeError::kafka(
+                        "flushing producer",
+                        KafkaError::Canceled,
+                    ))
+                }
+                Err(_) => {
+                    return Err(RuntimeError::kafka(
+                        "flushing producer",
+                        KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut),
+                    ))
+                }
+            }
+        }
+        let timeout = timeout.saturating_sub(start.elapsed());
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.flush(timeout))
             .await
@@ -196,7 +295,7 @@ impl Producer {
 /// deadline passed. Resolves like rdkafka's [`DeliveryFuture`].
 #[must_use = "a delivery does nothing unless awaited"]
 pub struct PendingDelivery {
-    inner: DeliveryFuture,
+    inner: Ack,
     deadline: Instant,
     /// Armed at the first poll that finds the record unacknowledged (most are by then, and a
     /// timer per record is not free).
@@ -211,14 +310,44 @@ impl std::fmt::Debug for PendingDelivery {
     }
 }
 
+/// Where the acknowledgement comes from: librdkafka, or the send gate that forwards it.
+enum Ack {
+    Direct(DeliveryFuture),
+    Gated(futures::channel::oneshot::Receiver<OwnedDeliveryResult>),
+}
+
 impl PendingDelivery {
     pub fn new(inner: DeliveryFuture, timeout: Duration) -> Self {
         PendingDelivery {
-            inner,
+            inner: Ack::Direct(inner),
             deadline: Instant::now() + timeout,
             timer: None,
         }
     }
+
+    fn gated(
+        rx: futures::channel::oneshot::Receiver<OwnedDeliveryResult>,
+        timeout: Duration,
+    ) -> Self {
+        PendingDelivery {
+            inner: Ack::Gated(rx),
+            deadline: Instant::now() + timeout,
+            timer: None,
+        }
+    }
+}
+
+/// A record to [`Producer::enqueue_parts`].
+#[derive(Debug, Default)]
+pub struct SendParts<'a> {
+    pub topic: &'a str,
+    /// `None` lets the partitioner choose from the key.
+    pub partition: Option<i32>,
+    pub key: Option<&'a [u8]>,
+    pub payload: Option<&'a [u8]>,
+    pub headers: Option<OwnedHeaders>,
+    /// The record's timestamp (CreateTime), milliseconds; `None`: now.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl Future for PendingDelivery {
@@ -226,7 +355,11 @@ impl Future for PendingDelivery {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Poll::Ready(r) = Pin::new(&mut this.inner).poll(cx) {
+        let acked = match &mut this.inner {
+            Ack::Direct(d) => Pin::new(d).poll(cx),
+            Ack::Gated(rx) => Pin::new(rx).poll(cx),
+        };
+        if let Poll::Ready(r) = acked {
             return Poll::Ready(r);
         }
         let deadline = this.deadline;
