@@ -33,7 +33,7 @@ use futures::StreamExt as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +41,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+use super::producer::future_record;
 
 /// Records that waited in a producer's send gate for the wave before them (counter).
 pub const HELD_METRIC: &str = "audit_producer_gate_held_records_total";
@@ -361,22 +363,14 @@ impl State {
         inflight: &mut Inflight,
     ) {
         loop {
-            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&rec.topic);
-            if let Some(k) = rec.key.as_deref() {
-                fr = fr.key(k);
-            }
-            if let Some(p) = rec.payload.as_deref() {
-                fr = fr.payload(p);
-            }
-            if let Some(p) = rec.partition {
-                fr = fr.partition(p);
-            }
-            if let Some(h) = &rec.headers {
-                fr = fr.headers(h.clone());
-            }
-            if let Some(ts) = rec.timestamp_ms {
-                fr = fr.timestamp(ts);
-            }
+            let fr = future_record(
+                &rec.topic,
+                rec.partition,
+                rec.key.as_deref(),
+                rec.payload.as_deref(),
+                rec.headers.as_ref(),
+                rec.timestamp_ms,
+            );
             match self.producer.send_result(fr) {
                 Ok(delivery) => {
                     let ls = self.lanes.entry(lane.clone()).or_default();

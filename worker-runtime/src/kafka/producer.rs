@@ -217,23 +217,15 @@ impl Producer {
             };
         }
         loop {
-            let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(parts.topic);
-            if let Some(k) = parts.key {
-                fr = fr.key(k);
-            }
-            if let Some(p) = parts.payload {
-                fr = fr.payload(p);
-            }
-            if let Some(p) = parts.partition {
-                fr = fr.partition(p);
-            }
-            if let Some(h) = &parts.headers {
-                // Cloned per attempt: a full queue hands the record back and we try again.
-                fr = fr.headers(h.clone());
-            }
-            if let Some(ts) = parts.timestamp_ms {
-                fr = fr.timestamp(ts);
-            }
+            // Headers are cloned per attempt: a full queue hands the record back.
+            let fr = future_record(
+                parts.topic,
+                parts.partition,
+                parts.key,
+                parts.payload,
+                parts.headers.as_ref(),
+                parts.timestamp_ms,
+            );
             match self.inner.send_result(fr) {
                 Ok(delivery) => return Ok(self.track(delivery)),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -335,6 +327,34 @@ impl PendingDelivery {
             timer: None,
         }
     }
+}
+
+/// librdkafka's form of a record (the gate's submissions and the direct path build it alike).
+pub(crate) fn future_record<'a>(
+    topic: &'a str,
+    partition: Option<i32>,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Option<&OwnedHeaders>,
+    timestamp_ms: Option<i64>,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut fr: FutureRecord<'a, [u8], [u8]> = FutureRecord::to(topic);
+    if let Some(k) = key {
+        fr = fr.key(k);
+    }
+    if let Some(p) = payload {
+        fr = fr.payload(p);
+    }
+    if let Some(p) = partition {
+        fr = fr.partition(p);
+    }
+    if let Some(h) = headers {
+        fr = fr.headers(h.clone());
+    }
+    if let Some(ts) = timestamp_ms {
+        fr = fr.timestamp(ts);
+    }
+    fr
 }
 
 /// A record to [`Producer::enqueue_parts`].
