@@ -405,7 +405,9 @@ impl State {
     }
 }
 
-fn empty_message() -> OwnedMessage {
+/// The message half of a delivery error that has no record to hand back (refused, timed out,
+/// cancelled).
+pub(crate) fn empty_message() -> OwnedMessage {
     OwnedMessage::new(
         None,
         None,

@@ -15,13 +15,13 @@
 //! librdkafka's queue, where waiting made its broker thread spin. With the gate doing the
 //! batching under load, `linger.ms` is 5 ms (50 without it).
 
-use super::gate::{Gate, GatedRecord, WaveLimits};
+use super::gate::{empty_message, Gate, GatedRecord, WaveLimits};
 pub use super::gate::{GateStats, HELD_METRIC};
 use super::record::OutputRecord;
 use super::KafkaArgs;
 use crate::error::RuntimeError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{OwnedHeaders, OwnedMessage, Timestamp};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use std::future::Future;
@@ -389,15 +389,7 @@ impl Future for PendingDelivery {
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Ok(Err((
                 KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut),
-                OwnedMessage::new(
-                    None,
-                    None,
-                    String::new(),
-                    Timestamp::NotAvailable,
-                    -1,
-                    -1,
-                    None,
-                ),
+                empty_message(),
             )))),
             Poll::Pending => Poll::Pending,
         }
