@@ -306,19 +306,40 @@ pub fn encode_single_object_chained_with_canonical(
     );
     out.extend_from_slice(&SINGLE_OBJECT_MAGIC);
     out.extend_from_slice(&entry.fingerprint.to_le_bytes());
-    // chained_event.v1.avsc, in schema order.
-    let long = crate::canonical::long;
-    let bytes = crate::canonical::bytes;
-    long(&mut out, i64::from(chained.chain_partition));
-    long(&mut out, chained.seq);
-    bytes(&mut out, &chained.prev_hash);
-    bytes(&mut out, &chained.hash);
-    long(&mut out, i64::from(chained.canonical_version));
-    bytes(&mut out, chained.source_topic.as_bytes());
-    long(&mut out, i64::from(chained.source_partition));
-    long(&mut out, chained.source_offset);
+    chained_leading_fields(chained, &mut out);
     out.extend_from_slice(canonical);
     Ok(out)
+}
+
+/// Appends the Avro datum of `chained` under the current `ChainedEvent` schema to `out`: the
+/// bytes apache-avro writes for it (`avro::encode_datum_into`), by the splice of
+/// [`encode_single_object_chained_with_canonical`] and the hand encoder of the canonical event
+/// when both apply (several times faster; what the archive's segment builder writes per record).
+pub fn chained_datum_into(chained: &ChainedEvent, out: &mut Vec<u8>) -> Result<(), SchemaError> {
+    if chained.canonical_version != avro::CANONICAL_VERSION
+        || !splice_applies()
+        || !crate::canonical::applies()
+    {
+        return avro::encode_datum_into(chained, out);
+    }
+    chained_leading_fields(chained, out);
+    crate::canonical::encode_event(&chained.event, out);
+    Ok(())
+}
+
+/// The fields of `chained_event.v1.avsc` before `event`, in schema order (only under
+/// [`splice_applies`]).
+fn chained_leading_fields(chained: &ChainedEvent, out: &mut Vec<u8>) {
+    let long = crate::canonical::long;
+    let bytes = crate::canonical::bytes;
+    long(out, i64::from(chained.chain_partition));
+    long(out, chained.seq);
+    bytes(out, &chained.prev_hash);
+    bytes(out, &chained.hash);
+    long(out, i64::from(chained.canonical_version));
+    bytes(out, chained.source_topic.as_bytes());
+    long(out, i64::from(chained.source_partition));
+    long(out, chained.source_offset);
 }
 
 /// Whether the current `ChainedEvent` schema is the one
@@ -489,6 +510,21 @@ mod tests {
                 encode_single_object_chained_with_canonical(&c, &canonical).unwrap(),
                 encode_single_object_chained(&c).unwrap()
             );
+        }
+
+        /// The datum the segment builder writes is apache-avro's, spliced or not.
+        #[test]
+        fn chained_datum_equals_apache_avro(
+            mut c in proptest::strategy::Strategy::boxed(crate::testing::arb_chained_event()),
+            current in proptest::prelude::any::<bool>(),
+        ) {
+            if current {
+                c.canonical_version = avro::CANONICAL_VERSION;
+            }
+            let mut ours = b"kept".to_vec();
+            chained_datum_into(&c, &mut ours).unwrap();
+            proptest::prop_assert_eq!(&ours[..4], b"kept");
+            proptest::prop_assert_eq!(&ours[4..], &avro::encode_datum(&c).unwrap()[..]);
         }
     }
 }

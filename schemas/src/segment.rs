@@ -402,18 +402,45 @@ impl SegmentMeta {
                 return Err(SegmentError::Invalid(format!("days {date} and {d}")));
             }
         }
+        SegmentMeta::for_ends(
+            Ends {
+                partition: first.chain_partition,
+                date,
+                first_seq: first.seq,
+                last_seq: last.seq,
+                count: events.len() as u64,
+                first_prev_hash: first.prev_hash.clone(),
+                last_hash: last.hash.clone(),
+                canonical_version: first.canonical_version,
+            },
+            chained_topic,
+            first_offset,
+            last_offset,
+            writer,
+        )
+    }
+
+    /// The metadata of a segment whose records (already checked to be one segment) have these
+    /// ends.
+    fn for_ends(
+        ends: Ends,
+        chained_topic: &str,
+        first_offset: i64,
+        last_offset: i64,
+        writer: &str,
+    ) -> Result<Self, SegmentError> {
         // Validates partition and range.
-        SegmentKey::new(first.chain_partition, &date, first.seq, last.seq)?;
+        SegmentKey::new(ends.partition, &ends.date, ends.first_seq, ends.last_seq)?;
         Ok(SegmentMeta {
             format: SEGMENT_FORMAT.to_owned(),
-            partition: first.chain_partition,
-            date,
-            first_seq: first.seq,
-            last_seq: last.seq,
-            count: events.len() as u64,
-            first_prev_hash: first.prev_hash.clone(),
-            last_hash: last.hash.clone(),
-            canonical_version: first.canonical_version,
+            partition: ends.partition,
+            date: ends.date,
+            first_seq: ends.first_seq,
+            last_seq: ends.last_seq,
+            count: ends.count,
+            first_prev_hash: ends.first_prev_hash,
+            last_hash: ends.last_hash,
+            canonical_version: ends.canonical_version,
             chained_schema_version: avro::current_schema(RecordKind::ChainedEvent)?.version,
             chained_topic: chained_topic.to_owned(),
             first_offset,
@@ -642,6 +669,14 @@ fn header(avsc: &str, entries: &[(&str, String)], marker: &[u8; 16]) -> Vec<u8> 
 /// Writes `events` (which `meta` describes, see [`SegmentMeta::for_events`]) as an Avro object
 /// container. Deterministic: the same metadata and records give the same bytes.
 pub fn write_segment(meta: &SegmentMeta, events: &[ChainedEvent]) -> Result<Vec<u8>, SegmentError> {
+    write_segment_with_block_size(meta, events, BLOCK_SIZE)
+}
+
+fn write_segment_with_block_size(
+    meta: &SegmentMeta,
+    events: &[ChainedEvent],
+    block_size: usize,
+) -> Result<Vec<u8>, SegmentError> {
     meta.check_events(events)?;
     let key = meta.key()?.object_key();
     let entry = avro::catalog()?
@@ -660,7 +695,7 @@ pub fn write_segment(meta: &SegmentMeta, events: &[ChainedEvent]) -> Result<Vec<
         .schema(&entry.schema)
         .writer(buf)
         .codec(Codec::Deflate(DeflateSettings::default()))
-        .block_size(BLOCK_SIZE)
+        .block_size(block_size)
         .marker(marker)
         .has_header(true)
         .human_readable(false)
@@ -670,6 +705,279 @@ pub fn write_segment(meta: &SegmentMeta, events: &[ChainedEvent]) -> Result<Vec<
         writer.append_ser(e).map_err(encode_err)?;
     }
     writer.into_inner().map_err(encode_err)
+}
+
+/// The ends of a run of records that form one segment.
+#[derive(Debug, Clone)]
+struct Ends {
+    partition: i32,
+    date: String,
+    first_seq: i64,
+    last_seq: i64,
+    count: u64,
+    first_prev_hash: Vec<u8>,
+    last_hash: Vec<u8>,
+    canonical_version: i32,
+}
+
+/// A segment built one record at a time, for a writer that keeps its open segment in memory
+/// (the archive sink holds up to `--segment-max-events` records per partition). Each record
+/// is encoded as it arrives and each container block is compressed as soon as it fills, so an
+/// open segment costs its compressed bytes plus one block, not its decoded records.
+///
+/// [`SegmentBuilder::finish`] gives byte for byte what [`write_segment`] gives for the same
+/// records: the same datum bytes ([`crate::framing::chained_datum_into`]), the same block
+/// boundaries (a block ends after the record that takes it to [`BLOCK_SIZE`] bytes, as
+/// apache-avro's writer flushes), the same codec call and settings, the same header and sync
+/// marker (tested below). So a retry after a crash, or another instance, still finds
+/// "identical bytes".
+///
+/// Compression can run elsewhere (a blocking thread): [`Self::take_full_block`] hands out a
+/// full block and reserves its place, [`Self::put_block`] puts it back compressed.
+#[derive(Default)]
+pub struct SegmentBuilder {
+    ends: Option<Ends>,
+    /// Records of the block being filled, encoded, and how many.
+    raw: Vec<u8>,
+    raw_count: u64,
+    /// Closed blocks in order; `None`: handed out by `take_full_block`, not yet put back.
+    blocks: Vec<Option<CompressedBlock>>,
+    compressed_len: usize,
+    block_size: usize,
+}
+
+/// Without the bytes (an open segment holds up to megabytes).
+impl fmt::Debug for SegmentBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentBuilder")
+            .field("records", &self.len())
+            .field("first_seq", &self.first_seq())
+            .field("last_seq", &self.last_seq())
+            .field("blocks", &self.blocks.len())
+            .field("held_bytes", &self.held_bytes())
+            .finish()
+    }
+}
+
+/// A full container block, before compression (see [`SegmentBuilder::take_full_block`]).
+#[derive(Debug)]
+pub struct RawBlock {
+    slot: usize,
+    count: u64,
+    data: Vec<u8>,
+}
+
+/// A container block after compression.
+#[derive(Debug)]
+pub struct CompressedBlock {
+    slot: usize,
+    count: u64,
+    data: Vec<u8>,
+}
+
+impl RawBlock {
+    /// Compresses the block as apache-avro's writer does (`deflate`, default level). CPU work:
+    /// about a millisecond per 100 KB.
+    pub fn compress(self) -> Result<CompressedBlock, SegmentError> {
+        let RawBlock {
+            slot,
+            count,
+            mut data,
+        } = self;
+        compress_block(&mut data)?;
+        Ok(CompressedBlock { slot, count, data })
+    }
+}
+
+fn compress_block(data: &mut Vec<u8>) -> Result<(), SegmentError> {
+    Codec::Deflate(DeflateSettings::default())
+        .compress(data)
+        .map_err(|e| SegmentError::Encode {
+            key: "(open segment)".into(),
+            source: Box::new(e),
+        })
+}
+
+impl SegmentBuilder {
+    pub fn new() -> Self {
+        Self::with_block_size(BLOCK_SIZE)
+    }
+
+    /// A builder with another block size (tests: many blocks from few records).
+    fn with_block_size(block_size: usize) -> Self {
+        SegmentBuilder {
+            block_size,
+            ..SegmentBuilder::default()
+        }
+    }
+
+    /// Records so far.
+    pub fn len(&self) -> u64 {
+        self.ends.as_ref().map_or(0, |e| e.count)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_none()
+    }
+
+    pub fn first_seq(&self) -> Option<i64> {
+        self.ends.as_ref().map(|e| e.first_seq)
+    }
+
+    pub fn last_seq(&self) -> Option<i64> {
+        self.ends.as_ref().map(|e| e.last_seq)
+    }
+
+    pub fn last_hash(&self) -> Option<&[u8]> {
+        self.ends.as_ref().map(|e| e.last_hash.as_slice())
+    }
+
+    pub fn canonical_version(&self) -> Option<i32> {
+        self.ends.as_ref().map(|e| e.canonical_version)
+    }
+
+    /// Bytes held: compressed blocks plus the block being filled.
+    pub fn held_bytes(&self) -> usize {
+        self.compressed_len + self.raw.len()
+    }
+
+    /// Appends `e`, which must continue the segment: same partition, day and canonical version,
+    /// the next seq (what [`SegmentMeta::for_events`] requires). A block left full by a caller
+    /// that did not take it is compressed here, so the bytes stay right either way.
+    pub fn push(&mut self, e: &ChainedEvent) -> Result<(), SegmentError> {
+        let date = day_of(e.event.event_time_us);
+        match &self.ends {
+            None => {
+                SegmentKey::new(e.chain_partition, &date, e.seq, e.seq)?;
+            }
+            Some(ends) => {
+                let invalid = |what: String| Err(SegmentError::Invalid(what));
+                if e.seq != ends.last_seq.saturating_add(1) {
+                    return invalid(format!(
+                        "seqs not contiguous: {} then {}",
+                        ends.last_seq, e.seq
+                    ));
+                }
+                if e.chain_partition != ends.partition {
+                    return invalid(format!(
+                        "records of partitions {} and {}",
+                        ends.partition, e.chain_partition
+                    ));
+                }
+                if e.canonical_version != ends.canonical_version {
+                    return invalid(format!(
+                        "canonical versions {} and {}",
+                        ends.canonical_version, e.canonical_version
+                    ));
+                }
+                if date != ends.date {
+                    return invalid(format!("days {} and {date}", ends.date));
+                }
+            }
+        }
+        if let Some(full) = self.take_full_block() {
+            self.put_block(full.compress()?)?;
+        }
+        if self.raw.capacity() == 0 {
+            // One block and the record that ends it, without growing by doubling past it.
+            self.raw.reserve(self.block_size + 16 * 1024);
+        }
+        let before = self.raw.len();
+        if let Err(err) = crate::framing::chained_datum_into(e, &mut self.raw) {
+            self.raw.truncate(before);
+            return Err(err.into());
+        }
+        self.raw_count += 1;
+        match &mut self.ends {
+            None => {
+                self.ends = Some(Ends {
+                    partition: e.chain_partition,
+                    date,
+                    first_seq: e.seq,
+                    last_seq: e.seq,
+                    count: 1,
+                    first_prev_hash: e.prev_hash.clone(),
+                    last_hash: e.hash.clone(),
+                    canonical_version: e.canonical_version,
+                })
+            }
+            Some(ends) => {
+                ends.last_seq = e.seq;
+                ends.count += 1;
+                ends.last_hash.clear();
+                ends.last_hash.extend_from_slice(&e.hash);
+            }
+        }
+        Ok(())
+    }
+
+    /// The block being filled, if it is full: to compress (e.g. on a blocking thread) and hand
+    /// back with [`Self::put_block`] before [`Self::finish`].
+    pub fn take_full_block(&mut self) -> Option<RawBlock> {
+        if self.raw.len() < self.block_size || self.raw_count == 0 {
+            return None;
+        }
+        let slot = self.blocks.len();
+        self.blocks.push(None);
+        let data = std::mem::take(&mut self.raw);
+        let count = std::mem::take(&mut self.raw_count);
+        Some(RawBlock { slot, count, data })
+    }
+
+    /// Puts back a block taken by [`Self::take_full_block`], compressed.
+    pub fn put_block(&mut self, block: CompressedBlock) -> Result<(), SegmentError> {
+        match self.blocks.get_mut(block.slot) {
+            Some(slot @ None) => {
+                self.compressed_len += block.data.len();
+                *slot = Some(block);
+                Ok(())
+            }
+            _ => Err(SegmentError::Invalid(format!(
+                "block {} put back twice or never taken",
+                block.slot
+            ))),
+        }
+    }
+
+    /// The segment's metadata and bytes (records read from `chained_topic` at offsets
+    /// `first_offset..=last_offset`). Compresses the last block here.
+    pub fn finish(
+        mut self,
+        chained_topic: &str,
+        first_offset: i64,
+        last_offset: i64,
+        writer: &str,
+    ) -> Result<(SegmentMeta, Vec<u8>), SegmentError> {
+        let Some(ends) = self.ends.take() else {
+            return Err(SegmentError::Invalid("no records".into()));
+        };
+        let meta = SegmentMeta::for_ends(ends, chained_topic, first_offset, last_offset, writer)?;
+        let entry = avro::current_schema(RecordKind::ChainedEvent)?;
+        let marker = sync_marker(&meta);
+        if self.raw_count > 0 {
+            let count = self.raw_count;
+            let mut data = std::mem::take(&mut self.raw);
+            compress_block(&mut data)?;
+            self.compressed_len += data.len();
+            let slot = self.blocks.len();
+            self.blocks
+                .push(Some(CompressedBlock { slot, count, data }));
+        }
+        let mut out = header(entry.avsc, &meta.to_entries(), &marker);
+        out.reserve(self.compressed_len + self.blocks.len() * (20 + marker.len()));
+        for (i, block) in self.blocks.iter().enumerate() {
+            let Some(b) = block else {
+                return Err(SegmentError::Invalid(format!(
+                    "block {i} was taken and not put back"
+                )));
+            };
+            put_long(&mut out, b.count as i64);
+            put_long(&mut out, b.data.len() as i64);
+            out.extend_from_slice(&b.data);
+            out.extend_from_slice(&marker);
+        }
+        Ok((meta, out))
+    }
 }
 
 /// Reads a segment: its metadata and records, as stored (no consistency check: see
@@ -988,6 +1296,180 @@ mod tests {
             tampered[last] ^= 1;
             prop_assert!(verify_segment_digest(&m, &tampered).is_err());
         }
+    }
+
+    /// `events` made into one valid segment of `partition` from `start`, all on one day.
+    fn as_one_segment(events: &mut [ChainedEvent], partition: i32, start: i64, day_us: i64) {
+        let day_start = day_us - day_us.rem_euclid(86_400_000_000);
+        for (i, e) in events.iter_mut().enumerate() {
+            e.chain_partition = partition;
+            e.seq = start + i as i64;
+            e.canonical_version = 1;
+            e.event.event_time_us = day_start + e.event.event_time_us.rem_euclid(86_400_000_000);
+        }
+    }
+
+    /// The builder's segment, compressing the blocks it hands out when `offload` says so (as
+    /// the sink does on a blocking thread) and leaving the others to `push`.
+    fn built(
+        events: &[ChainedEvent],
+        block_size: usize,
+        offload: &[bool],
+        offset: i64,
+    ) -> (SegmentMeta, Vec<u8>) {
+        let mut b = SegmentBuilder::with_block_size(block_size);
+        let mut out = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            b.push(e).expect("push");
+            if offload.get(i).copied().unwrap_or(false) {
+                if let Some(raw) = b.take_full_block() {
+                    out.push(raw);
+                }
+            }
+            // Blocks come back later and out of order; their slots keep the order.
+            if out.len() > 1 {
+                let first = out.remove(0);
+                let second = out.remove(0);
+                b.put_block(second.compress().expect("compress"))
+                    .expect("put");
+                b.put_block(first.compress().expect("compress"))
+                    .expect("put");
+            }
+        }
+        for raw in out {
+            b.put_block(raw.compress().expect("compress")).expect("put");
+        }
+        assert_eq!(b.len(), events.len() as u64);
+        let n = events.len() as i64;
+        b.finish("audit.chained", offset, offset + n - 1, "test/1")
+            .expect("finish")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// The builder writes exactly [`write_segment`]'s bytes (so an open segment can be held
+        /// compressed), whatever the block size, and whichever blocks are compressed elsewhere.
+        #[test]
+        fn the_builder_writes_write_segments_bytes(
+            mut events in proptest::collection::vec(
+                proptest::strategy::Strategy::boxed(arb_chained_event()), 1..12),
+            partition in 0i32..1000,
+            start in 1i64..1_000_000_000,
+            day_us in 0i64..100_000_000_000_000,
+            block_size in 1usize..3_000,
+            offload in proptest::collection::vec(any::<bool>(), 12),
+        ) {
+            as_one_segment(&mut events, partition, start, day_us);
+            let n = events.len() as i64;
+            let meta = SegmentMeta::for_events(&events, "audit.chained", 7, 7 + n - 1, "test/1")
+                .expect("valid segment");
+            let reference = write_segment_with_block_size(&meta, &events, block_size).expect("write");
+            let (meta2, bytes) = built(&events, block_size, &offload, 7);
+            prop_assert_eq!(&meta2, &meta);
+            prop_assert!(bytes == reference, "builder bytes differ from write_segment's");
+            let (_, back) = read_segment(&bytes).expect("read");
+            prop_assert_eq!(&back, &events);
+            // A record that fills a block exactly ends it, as apache-avro's writer does.
+            let exact = avro::encode_datum(&events[0]).expect("datum").len();
+            let reference = write_segment_with_block_size(&meta, &events, exact).expect("write");
+            prop_assert!(built(&events, exact, &offload, 7).1 == reference, "at an exact fill");
+        }
+    }
+
+    /// At the real block size, realistic records over several blocks: the same bytes too.
+    #[test]
+    fn the_builder_matches_at_the_real_block_size() {
+        let mut rng = crate::realistic::Rng(7);
+        let mut events: Vec<ChainedEvent> = (0..700)
+            .map(|i| ChainedEvent {
+                chain_partition: 2,
+                seq: i + 1,
+                prev_hash: vec![i as u8; 32],
+                hash: vec![(i + 1) as u8; 32],
+                canonical_version: 1,
+                source_topic: "audit.enriched".into(),
+                source_partition: 2,
+                source_offset: i,
+                event: crate::realistic::realistic_event(&mut rng, i as u64, 2),
+            })
+            .collect();
+        as_one_segment(&mut events, 2, 1, 1_717_200_000_000_000);
+        let meta =
+            SegmentMeta::for_events(&events, "audit.chained", 0, 699, "test/1").expect("valid");
+        let reference = write_segment(&meta, &events).expect("write");
+        let (meta2, bytes) = built(&events, BLOCK_SIZE, &[true; 700], 0);
+        assert_eq!(meta2, meta);
+        assert!(
+            bytes == reference,
+            "builder bytes differ from write_segment's"
+        );
+        let blocks = stream_segment(&bytes[..]).expect("read");
+        assert_eq!(blocks.1.count(), 700);
+        // More than one block, and the open segment was held compressed.
+        let mut b = SegmentBuilder::new();
+        let mut max_held = 0;
+        for e in &events {
+            b.push(e).expect("push");
+            max_held = max_held.max(b.held_bytes());
+        }
+        let raw_total: usize = events
+            .iter()
+            .map(|e| avro::encode_datum(e).expect("datum").len())
+            .sum();
+        assert!(
+            raw_total > 2 * BLOCK_SIZE,
+            "{raw_total}: needs several blocks"
+        );
+        assert!(max_held < raw_total / 2, "held {max_held} of {raw_total}");
+    }
+
+    #[test]
+    fn the_builder_refuses_what_is_not_one_segment() {
+        let mut events: Vec<ChainedEvent> = (0..2)
+            .map(|i| ChainedEvent {
+                chain_partition: 1,
+                seq: i,
+                prev_hash: vec![0; 32],
+                hash: vec![1; 32],
+                canonical_version: 1,
+                source_topic: "audit.enriched".into(),
+                source_partition: 1,
+                source_offset: i,
+                event: crate::testing::sample_event(),
+            })
+            .collect();
+        as_one_segment(&mut events, 1, 5, 1_717_200_000_000_000);
+        type Change = fn(&mut ChainedEvent);
+        let cases: [(&str, Change); 4] = [
+            ("seqs not contiguous", |e| e.seq += 1),
+            ("partitions", |e| e.chain_partition = 2),
+            ("canonical versions", |e| e.canonical_version = 2),
+            ("days", |e| e.event.event_time_us += 86_400_000_000),
+        ];
+        for (what, change) in cases {
+            let mut b = SegmentBuilder::new();
+            b.push(&events[0]).expect("first");
+            let mut second = events[1].clone();
+            change(&mut second);
+            let err = b.push(&second).expect_err(what).to_string();
+            assert!(err.contains(what), "{what}: {err}");
+            // The refused record left nothing behind.
+            assert_eq!(b.len(), 1);
+            b.push(&events[1]).expect("the right one still fits");
+            let (meta, _) = b.finish("t", 0, 1, "w").expect("finish");
+            assert_eq!((meta.first_seq, meta.last_seq, meta.count), (5, 6, 2));
+        }
+        assert!(SegmentBuilder::new().finish("t", 0, 0, "w").is_err());
+        let mut b = SegmentBuilder::with_block_size(1);
+        b.push(&events[0]).expect("push");
+        let taken = b.take_full_block().expect("full");
+        b.push(&events[1]).expect("push");
+        assert!(
+            b.finish("t", 0, 1, "w").is_err(),
+            "a block was never put back"
+        );
+        drop(taken);
     }
 
     /// A reader that hands out one byte per call: the streaming reader must not depend on

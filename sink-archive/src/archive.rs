@@ -10,8 +10,8 @@ use futures::TryStreamExt;
 use integrity::checkpoint::CheckpointJson;
 use object_store::path::Path;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
-use schemas::segment::{self, Manifest, SegmentKey, SegmentMeta};
-use schemas::{ChainedEvent, Checkpoint};
+use schemas::segment::{self, Manifest, SegmentBuilder, SegmentKey, SegmentMeta};
+use schemas::{ChainedEvent, Checkpoint, EventCategory};
 use time::OffsetDateTime;
 use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy};
 use worker_runtime::CancellationToken;
@@ -152,16 +152,26 @@ impl Archive {
         lock
     }
 
-    /// Retain-until of a segment of `events` under the policy in force.
-    fn segment_until(&self, events: &[ChainedEvent]) -> Option<OffsetDateTime> {
+    /// Retain-until of a segment whose latest event time per class is `latest`, under the
+    /// policy in force.
+    fn segment_until(&self, latest: &[(EventCategory, i64)]) -> Option<OffsetDateTime> {
+        self.lock
+            .as_ref()?
+            .retention
+            .policy
+            .retain_until_latest(latest.iter().copied())
+    }
+
+    /// Retain-until of a stored segment of `events`.
+    fn events_until(&self, events: &[ChainedEvent]) -> Option<OffsetDateTime> {
         self.lock.as_ref()?.retention.policy.retain_until(events)
     }
 
     /// Retain-until of the segment `bytes` (a stored one: its own events decide).
     fn stored_until(&self, bytes: &[u8]) -> Option<OffsetDateTime> {
-        let l = self.lock.as_ref()?;
+        self.lock.as_ref()?;
         let (_, events) = segment::read_segment(bytes).ok()?;
-        l.retention.policy.retain_until(&events)
+        self.events_until(&events)
     }
 
     fn note_covered(&self, partition: i32, until: Option<OffsetDateTime>) {
@@ -314,29 +324,47 @@ impl Archive {
         .map_err(Self::store_err(what))
     }
 
-    /// Writes a segment of `events` (one partition, contiguous, one day) read from
-    /// `chained_topic` at offsets `first_offset..=last_offset`, then its manifest, both
-    /// write-once. Safe to repeat after a crash at any point.
+    /// [`Self::write_segment`] of decoded `events` (one partition, contiguous, one day).
+    pub async fn write_events(
+        &self,
+        events: &[ChainedEvent],
+        chained_topic: &str,
+        first_offset: i64,
+        last_offset: i64,
+    ) -> Result<StoredSegment, Error> {
+        let mut records = SegmentBuilder::new();
+        let mut latest: Vec<(EventCategory, i64)> = Vec::new();
+        for e in events {
+            records.push(e)?;
+            crate::buffer::note_latest(&mut latest, e);
+        }
+        self.write_segment(records, &latest, chained_topic, first_offset, last_offset)
+            .await
+    }
+
+    /// Writes the segment of `records` (one partition, contiguous, one day; `latest`: the
+    /// latest event time per event class, for its retention) read from `chained_topic` at
+    /// offsets `first_offset..=last_offset`, then its manifest, both write-once. Safe to
+    /// repeat after a crash at any point.
     pub async fn write_segment(
         &self,
-        events: Vec<ChainedEvent>,
+        records: SegmentBuilder,
+        latest: &[(EventCategory, i64)],
         chained_topic: &str,
         first_offset: i64,
         last_offset: i64,
     ) -> Result<StoredSegment, Error> {
         let topic = chained_topic.to_owned();
-        // Encoding and compressing 10k events is CPU work: off the async threads.
-        let (meta, bytes, events) = tokio::task::spawn_blocking(move || {
-            let meta = SegmentMeta::for_events(&events, &topic, first_offset, last_offset, WRITER)?;
-            let bytes = segment::write_segment(&meta, &events)?;
-            Ok::<_, segment::SegmentError>((meta, bytes, events))
+        // Compressing the last block and joining the rest is CPU work: off the async threads.
+        let (meta, bytes) = tokio::task::spawn_blocking(move || {
+            records.finish(&topic, first_offset, last_offset, WRITER)
         })
         .await
         .map_err(|e| Error::Task(format!("encoding a segment: {e}")))??;
         let key = meta.key()?;
         let object_key = key.object_key();
         let bytes = Bytes::from(bytes);
-        let until = self.segment_until(&events);
+        let until = self.segment_until(latest);
         if self
             .put_create_until(&object_key, bytes.clone(), until)
             .await?
@@ -353,7 +381,7 @@ impl Archive {
             });
         }
         let existing = self.get(&object_key).await?;
-        match classify_existing(&bytes, &events, &existing) {
+        match classify_existing(&bytes, &existing) {
             Existing::Identical => {
                 tracing::info!(key = %object_key, "segment already stored with the same bytes (retry after a crash)");
                 self.note_covered(meta.partition, until);
@@ -464,7 +492,7 @@ impl Archive {
             match segment::read_segment(&bytes) {
                 Ok((meta, events)) => {
                     tracing::warn!(key = %key, "segment without manifest (crash between the two puts): writing it now");
-                    let until = self.segment_until(&events);
+                    let until = self.events_until(&events);
                     self.ensure_manifest(&meta, &bytes, until).await?;
                     if plan.latest.as_ref() == Some(key) {
                         latest_meta = Some(meta);

@@ -9,10 +9,17 @@
 //! appear (the chain topic is the only source), would stall archiving of everything after them,
 //! and would let retention delete more; the verifier reports the gap from the segment names.
 
+//!
+//! An open segment is held as it will be written ([`SegmentBuilder`]: records encoded, full
+//! blocks compressed), plus a few fixed-size facts per record, so a partition's open segment
+//! costs about its compressed size (a fifth of its input here) rather than its decoded records
+//! (2–3 KB each: `--segment-max-events` 10,000 × partitions was the sink's memory).
+
 use std::time::{Duration, Instant};
 
-use schemas::segment::day_of;
-use schemas::ChainedEvent;
+use schemas::segment::{day_of, RawBlock, SegmentBuilder, SegmentError, SegmentKey};
+use schemas::{ChainedEvent, EventCategory};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -22,9 +29,17 @@ pub struct Limits {
 }
 
 /// Records of an open (or just closed) segment.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Segment {
-    pub events: Vec<ChainedEvent>,
+    /// The records, encoded and (block by block) compressed.
+    pub records: SegmentBuilder,
+    /// Per record: its chain hash (to tell a duplicate from a fork), as a fixed-size key.
+    hashes: Vec<[u8; 32]>,
+    /// Per record: (event time, receive time), for the stored-latency metric.
+    pub times: Vec<(i64, i64)>,
+    /// The latest event time of each event class: what the retention lock needs (an end of
+    /// retention only grows with the event time, so the latest per class decides).
+    pub latest: Vec<(EventCategory, i64)>,
     pub first_offset: i64,
     pub last_offset: i64,
     /// The next input offset to store once this segment is durable (covers skipped records
@@ -36,8 +51,65 @@ pub struct Segment {
 }
 
 impl Segment {
+    fn new(offset: i64, now: Instant, date: String) -> Self {
+        Segment {
+            records: SegmentBuilder::new(),
+            hashes: Vec::new(),
+            times: Vec::new(),
+            latest: Vec::new(),
+            first_offset: offset,
+            last_offset: offset,
+            store_offset: offset + 1,
+            bytes: 0,
+            opened: now,
+            date,
+        }
+    }
+
     pub fn last_seq(&self) -> Option<i64> {
-        self.events.last().map(|e| e.seq)
+        self.records.last_seq()
+    }
+
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    fn push(&mut self, ev: &ChainedEvent) -> Result<(), SegmentError> {
+        self.records.push(ev)?;
+        self.hashes.push(hash_key(&ev.hash));
+        self.times
+            .push((ev.event.event_time_us, ev.event.receive_time_us));
+        note_latest(&mut self.latest, ev);
+        Ok(())
+    }
+
+    /// The chain hash key of the buffered record `seq`, if buffered.
+    fn hash_of(&self, seq: i64) -> Option<&[u8; 32]> {
+        let first = self.records.first_seq()?;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.hashes.get(i)
+    }
+}
+
+/// Keeps in `latest` the latest event time of `ev`'s class.
+pub fn note_latest(latest: &mut Vec<(EventCategory, i64)>, ev: &ChainedEvent) {
+    let (class, t) = (ev.event.category, ev.event.event_time_us);
+    match latest.iter_mut().find(|(c, _)| *c == class) {
+        Some((_, l)) => *l = (*l).max(t),
+        None => latest.push((class, t)),
+    }
+}
+
+/// A chain hash as a fixed-size key: itself when it is a SHA-256 (always, from the chainer),
+/// else its SHA-256 (a malformed record still compares by content).
+fn hash_key(hash: &[u8]) -> [u8; 32] {
+    match <[u8; 32]>::try_from(hash) {
+        Ok(h) => h,
+        Err(_) => Sha256::digest(hash).into(),
     }
 }
 
@@ -48,6 +120,28 @@ pub struct Offer {
     pub closed: Vec<Segment>,
     /// An offset that can be stored at once (the record was skipped and nothing is buffered).
     pub store_now: Option<i64>,
+    /// The record was skipped: a seq already held or archived.
+    pub skipped: Option<Skipped>,
+}
+
+/// A record for a seq already held or archived, kept out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skipped {
+    /// The same chain hash: a re-delivery.
+    Duplicate,
+    /// Another chain hash for that seq: a fork (alarm; the first record stays).
+    Fork,
+}
+
+/// Why a record was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    /// No segment can hold it (e.g. a seq below 1): dead-letter it, keep going.
+    #[error("record cannot be archived: {0}")]
+    Unarchivable(String),
+    /// The segment refused a record the checks passed: a bug; stop and re-read.
+    #[error(transparent)]
+    Segment(SegmentError),
 }
 
 /// One partition's archive state for one assignment epoch.
@@ -86,8 +180,8 @@ impl PartitionState {
     }
 
     fn last_seq_and_hash(&self) -> (Option<i64>, Option<&[u8]>) {
-        match self.open.as_ref().and_then(|s| s.events.last()) {
-            Some(e) => (Some(e.seq), Some(&e.hash)),
+        match self.open.as_ref().filter(|s| !s.is_empty()) {
+            Some(s) => (s.records.last_seq(), s.records.last_hash()),
             None => (self.stored_seq, self.stored_hash.as_deref()),
         }
     }
@@ -100,18 +194,28 @@ impl PartitionState {
         size: usize,
         now: Instant,
         limits: &Limits,
-    ) -> Offer {
-        let mut out = Offer::default();
+    ) -> Result<Offer, OfferError> {
         let p = self.partition;
+        let date = day_of(ev.event.event_time_us);
+        // Before any change: a record no segment can hold is refused alone.
+        SegmentKey::new(p, &date, ev.seq, ev.seq)
+            .map_err(|e| OfferError::Unarchivable(e.to_string()))?;
+        if ev.chain_partition != p {
+            return Err(OfferError::Unarchivable(format!(
+                "chain_partition {} read from partition {p}",
+                ev.chain_partition
+            )));
+        }
+        let mut out = Offer::default();
         let (last_seq, last_hash) = self.last_seq_and_hash();
         if let Some(last) = last_seq {
             if ev.seq <= last {
-                self.duplicate(&ev);
+                out.skipped = Some(self.duplicate(&ev));
                 match &mut self.open {
                     Some(open) => open.store_offset = offset + 1,
                     None => out.store_now = Some(offset + 1),
                 }
-                return out;
+                return Ok(out);
             }
             if ev.seq > last + 1 {
                 tracing::error!(partition = p, expected = last + 1, got = ev.seq, offset, "GAP in the chained topic: seqs missing; archiving from the new seq (the verifier will report it)");
@@ -125,40 +229,53 @@ impl PartitionState {
                 }
             }
         }
-        let date = day_of(ev.event.event_time_us);
         if let Some(open) = &self.open {
-            let first_version = open.events.first().map(|e| e.canonical_version);
-            if open.date != date || first_version != Some(ev.canonical_version) {
+            let version = open.records.canonical_version();
+            if open.date != date || version != Some(ev.canonical_version) {
                 out.closed.extend(self.open.take());
             }
         }
-        let open = self.open.get_or_insert_with(|| Segment {
-            events: Vec::new(),
-            first_offset: offset,
-            last_offset: offset,
-            store_offset: offset + 1,
-            bytes: 0,
-            opened: now,
-            date,
-        });
-        open.events.push(ev);
+        let open = self
+            .open
+            .get_or_insert_with(|| Segment::new(offset, now, date));
+        // Cannot fail for a record that passed the checks above (same partition, a valid
+        // seq, the next one, same day and version); if it did, the worker stops and re-reads
+        // from the stored offsets, losing nothing.
+        open.push(&ev).map_err(OfferError::Segment)?;
         open.last_offset = offset;
         open.store_offset = offset + 1;
         open.bytes += size;
-        if open.events.len() >= limits.max_events || open.bytes >= limits.max_bytes {
+        if open.len() >= limits.max_events || open.bytes >= limits.max_bytes {
             out.closed.extend(self.open.take());
         }
-        out
+        Ok(out)
     }
 
-    fn duplicate(&self, ev: &ChainedEvent) {
+    /// The open segment's block that just filled, if any: to compress on a blocking thread
+    /// and put back with [`Self::put_block`] (else the next record compresses it in line).
+    pub fn take_full_block(&mut self) -> Option<RawBlock> {
+        self.open.as_mut()?.records.take_full_block()
+    }
+
+    /// Puts back, compressed, a block from [`Self::take_full_block`] (before the next offer:
+    /// the open segment it came from must still be the open one).
+    pub fn put_block(
+        &mut self,
+        block: schemas::segment::CompressedBlock,
+    ) -> Result<(), SegmentError> {
+        match &mut self.open {
+            Some(open) => open.records.put_block(block),
+            None => Err(SegmentError::Invalid(
+                "no open segment to put a block into".into(),
+            )),
+        }
+    }
+
+    fn duplicate(&self, ev: &ChainedEvent) -> Skipped {
         let p = self.partition;
-        let buffered = self
-            .open
-            .as_ref()
-            .and_then(|s| s.events.iter().find(|e| e.seq == ev.seq));
+        let buffered = self.open.as_ref().and_then(|s| s.hash_of(ev.seq));
         let differs = match buffered {
-            Some(b) => b != ev,
+            Some(b) => *b != hash_key(&ev.hash),
             None => {
                 self.stored_seq == Some(ev.seq)
                     && self.stored_hash.as_ref().is_some_and(|h| *h != ev.hash)
@@ -171,9 +288,11 @@ impl PartitionState {
                 "FORK: a second, different record for an archived seq; keeping the first"
             );
             metrics::counter!("audit_archive_forks_total", "kind" => "record", "partition" => p.to_string()).increment(1);
+            Skipped::Fork
         } else {
             metrics::counter!("audit_archive_duplicates_total", "partition" => p.to_string())
                 .increment(1);
+            Skipped::Duplicate
         }
     }
 
@@ -243,16 +362,27 @@ mod tests {
     }
 
     fn seqs(s: &Segment) -> Vec<i64> {
-        s.events.iter().map(|e| e.seq).collect()
+        match (s.records.first_seq(), s.records.last_seq()) {
+            (Some(a), Some(b)) => (a..=b).collect(),
+            _ => Vec::new(),
+        }
     }
 
     #[test]
     fn closes_at_max_events() {
         let mut st = PartitionState::new(0, 1, None, None);
         let now = Instant::now();
-        assert!(st.offer(ev(1, T0), 10, 1, now, &limits()).closed.is_empty());
-        assert!(st.offer(ev(2, T0), 11, 1, now, &limits()).closed.is_empty());
-        let o = st.offer(ev(3, T0), 12, 1, now, &limits());
+        assert!(st
+            .offer(ev(1, T0), 10, 1, now, &limits())
+            .expect("offer")
+            .closed
+            .is_empty());
+        assert!(st
+            .offer(ev(2, T0), 11, 1, now, &limits())
+            .expect("offer")
+            .closed
+            .is_empty());
+        let o = st.offer(ev(3, T0), 12, 1, now, &limits()).expect("offer");
         assert_eq!(o.closed.len(), 1);
         assert_eq!(seqs(&o.closed[0]), vec![1, 2, 3]);
         assert_eq!(
@@ -270,8 +400,11 @@ mod tests {
     fn a_new_day_closes_the_segment_before_the_record() {
         let mut st = PartitionState::new(0, 1, None, None);
         let now = Instant::now();
-        st.offer(ev(1, T0 + DAY - 1), 0, 1, now, &limits());
-        let o = st.offer(ev(2, T0 + DAY), 1, 1, now, &limits());
+        st.offer(ev(1, T0 + DAY - 1), 0, 1, now, &limits())
+            .expect("offer");
+        let o = st
+            .offer(ev(2, T0 + DAY), 1, 1, now, &limits())
+            .expect("offer");
         assert_eq!(o.closed.len(), 1);
         assert_eq!(seqs(&o.closed[0]), vec![1]);
         assert_eq!(
@@ -279,7 +412,7 @@ mod tests {
             "the new day's record is not covered"
         );
         // A late event (previous day) after that closes again: one segment = one day.
-        let o = st.offer(ev(3, T0), 2, 1, now, &limits());
+        let o = st.offer(ev(3, T0), 2, 1, now, &limits()).expect("offer");
         assert_eq!(o.closed.len(), 1);
         assert_eq!(seqs(&o.closed[0]), vec![2]);
         assert!(st.has_open());
@@ -289,11 +422,11 @@ mod tests {
     fn duplicates_are_skipped_and_their_offsets_covered() {
         let mut st = PartitionState::new(0, 1, Some(5), Some(vec![5; 32]));
         let now = Instant::now();
-        let o = st.offer(ev(4, T0), 100, 1, now, &limits());
+        let o = st.offer(ev(4, T0), 100, 1, now, &limits()).expect("offer");
         assert!(o.closed.is_empty());
         assert_eq!(o.store_now, Some(101), "nothing buffered: store at once");
-        st.offer(ev(6, T0), 101, 1, now, &limits());
-        let o = st.offer(ev(6, T0), 102, 1, now, &limits());
+        st.offer(ev(6, T0), 101, 1, now, &limits()).expect("offer");
+        let o = st.offer(ev(6, T0), 102, 1, now, &limits()).expect("offer");
         assert_eq!(o.store_now, None, "buffered: covered by the open segment");
         let seg = st.take_open().expect("open");
         assert_eq!(seqs(&seg), vec![6]);
@@ -301,11 +434,112 @@ mod tests {
     }
 
     #[test]
+    fn a_second_record_for_a_held_or_archived_seq_is_a_fork_by_its_hash() {
+        let mut st = PartitionState::new(0, 1, Some(5), Some(vec![5; 32]));
+        let now = Instant::now();
+        let offer = |st: &mut PartitionState, e: ChainedEvent, off| {
+            st.offer(e, off, 1, now, &limits()).expect("offer").skipped
+        };
+        assert_eq!(offer(&mut st, ev(5, T0), 1), Some(Skipped::Duplicate));
+        let mut other = ev(5, T0);
+        other.hash = vec![9; 32];
+        assert_eq!(
+            offer(&mut st, other, 2),
+            Some(Skipped::Fork),
+            "archived seq"
+        );
+        assert_eq!(offer(&mut st, ev(6, T0), 3), None);
+        assert_eq!(offer(&mut st, ev(7, T0), 4), None);
+        assert_eq!(offer(&mut st, ev(6, T0), 5), Some(Skipped::Duplicate));
+        let mut other = ev(6, T0);
+        other.hash = vec![9; 32];
+        assert_eq!(offer(&mut st, other, 6), Some(Skipped::Fork), "held seq");
+        // A malformed (short) hash still compares by content.
+        let mut short = ev(7, T0);
+        short.hash = vec![7; 3];
+        assert_eq!(offer(&mut st, short, 7), Some(Skipped::Fork));
+        let seg = st.take_open().expect("open");
+        assert_eq!(seqs(&seg), vec![6, 7]);
+        assert_eq!(seg.store_offset, 8);
+    }
+
+    #[test]
+    fn a_record_no_segment_can_hold_is_refused_alone() {
+        let mut st = PartitionState::new(0, 1, None, None);
+        let now = Instant::now();
+        st.offer(ev(1, T0), 0, 1, now, &limits()).expect("offer");
+        let mut zero = ev(0, T0);
+        zero.prev_hash = vec![0; 32];
+        assert!(matches!(
+            st.offer(zero, 1, 1, now, &limits()),
+            Err(OfferError::Unarchivable(_))
+        ));
+        let mut elsewhere = ev(2, T0);
+        elsewhere.chain_partition = 3;
+        assert!(matches!(
+            st.offer(elsewhere, 2, 1, now, &limits()),
+            Err(OfferError::Unarchivable(_))
+        ));
+        // The open segment is untouched and goes on.
+        st.offer(ev(2, T0), 3, 1, now, &limits()).expect("offer");
+        assert_eq!(seqs(&st.take_open().expect("open")), vec![1, 2]);
+    }
+
+    /// The point of holding segments encoded: an open segment of realistic records costs under
+    /// a third of their encoded size (decoded they cost more than encoded), and blocks taken
+    /// out to compress elsewhere come back in place.
+    #[test]
+    fn an_open_segment_is_held_compressed() {
+        let mut st = PartitionState::new(2, 1, None, None);
+        let now = Instant::now();
+        let big = Limits {
+            max_events: 10_000,
+            max_bytes: usize::MAX,
+            max_age: Duration::from_secs(30),
+        };
+        let mut rng = schemas::realistic::Rng(3);
+        let mut events = Vec::new();
+        let mut input = 0;
+        for seq in 1..=4_000i64 {
+            let mut event = schemas::realistic::realistic_event(&mut rng, seq as u64, 2);
+            event.event_time_us = T0 + seq;
+            let e = ChainedEvent {
+                chain_partition: 2,
+                seq,
+                prev_hash: vec![(seq - 1) as u8; 32],
+                hash: vec![seq as u8; 32],
+                canonical_version: 1,
+                source_topic: "audit.enriched".into(),
+                source_partition: 2,
+                source_offset: seq,
+                event,
+            };
+            input += schemas::avro::encode_datum(&e).expect("datum").len();
+            events.push(e.clone());
+            st.offer(e, seq, 900, now, &big).expect("offer");
+            if let Some(block) = st.take_full_block() {
+                st.put_block(block.compress().expect("compress"))
+                    .expect("put");
+            }
+        }
+        let seg = st.take_open().expect("open");
+        let held = seg.records.held_bytes() + seg.len() * (32 + 16);
+        assert!(held * 3 < input, "held {held} B for {input} B of records");
+        let (_, bytes) = seg
+            .records
+            .finish("audit.chained", 1, 4_000, "w")
+            .expect("finish");
+        let (_, back) = schemas::segment::read_segment(&bytes).expect("read");
+        assert_eq!(back.len(), events.len());
+        assert!(back == events, "records read back differ");
+    }
+
+    #[test]
     fn a_gap_closes_the_segment_and_is_archived() {
         let mut st = PartitionState::new(0, 1, None, None);
         let now = Instant::now();
-        st.offer(ev(1, T0), 0, 1, now, &limits());
-        let o = st.offer(ev(5, T0), 1, 1, now, &limits());
+        st.offer(ev(1, T0), 0, 1, now, &limits()).expect("offer");
+        let o = st.offer(ev(5, T0), 1, 1, now, &limits()).expect("offer");
         assert_eq!(o.closed.len(), 1);
         assert_eq!(seqs(&o.closed[0]), vec![1]);
         assert_eq!(seqs(&st.take_open().expect("open")), vec![5]);
@@ -315,7 +549,7 @@ mod tests {
     fn age_closes_and_bytes_close() {
         let mut st = PartitionState::new(0, 1, None, None);
         let t = Instant::now();
-        st.offer(ev(1, T0), 0, 1, t, &limits());
+        st.offer(ev(1, T0), 0, 1, t, &limits()).expect("offer");
         assert!(st
             .poll_age(t + Duration::from_secs(29), &limits())
             .is_none());
@@ -326,7 +560,7 @@ mod tests {
             max_bytes: 100,
             ..limits()
         };
-        let o = st.offer(ev(2, T0), 1, 150, t, &small);
+        let o = st.offer(ev(2, T0), 1, 150, t, &small).expect("offer");
         assert_eq!(o.closed.len(), 1);
     }
 }

@@ -2,7 +2,6 @@
 //! what an already-existing object means for a write-once retry (same, equivalent, or a fork).
 
 use schemas::segment::{self, ObjectKind, SegmentKey, SegmentMeta};
-use schemas::ChainedEvent;
 use std::collections::{BTreeMap, HashSet};
 
 /// What a listing of `chain=<p>/` says.
@@ -89,11 +88,23 @@ pub enum Existing {
     },
 }
 
-/// Compares our segment (`ours`, holding `events`) with the stored `existing` bytes.
-pub fn classify_existing(ours: &[u8], events: &[ChainedEvent], existing: &[u8]) -> Existing {
+/// Compares our segment `ours` with the stored `existing` bytes: decoded, record by record,
+/// when the bytes differ (rare: a retry after a crash finds identical bytes).
+pub fn classify_existing(ours: &[u8], existing: &[u8]) -> Existing {
     if ours == existing {
         return Existing::Identical;
     }
+    let events = match segment::read_segment(ours) {
+        Ok((_, events)) => events,
+        // Not expected (the writer's segments read back, tested); never overwrite on it.
+        Err(e) => {
+            return Existing::Fork {
+                detail: format!("our own segment does not read back ({e}); keeping the stored one"),
+                existing: segment::read_segment(existing).ok().map(|(m, _)| m),
+            }
+        }
+    };
+    let events = events.as_slice();
     match segment::read_segment(existing) {
         Ok((meta, stored)) if stored == events => Existing::Equivalent(meta),
         Ok((meta, stored)) => {
@@ -121,6 +132,7 @@ pub fn classify_existing(ours: &[u8], events: &[ChainedEvent], existing: &[u8]) 
 mod tests {
     use super::*;
     use schemas::segment::{write_segment, SegmentMeta};
+    use schemas::ChainedEvent;
 
     fn key(p: i32, date: &str, a: i64, b: i64) -> SegmentKey {
         SegmentKey::new(p, date, a, b).expect("valid")
@@ -209,18 +221,18 @@ mod tests {
     fn fork_detection() {
         let ours = events(3);
         let b = bytes(&ours, "sink-archive/1");
-        assert_eq!(classify_existing(&b, &ours, &b), Existing::Identical);
+        assert_eq!(classify_existing(&b, &b), Existing::Identical);
         // Another writer version: other bytes, same records.
         let other_writer = bytes(&ours, "sink-archive/2");
         assert!(matches!(
-            classify_existing(&b, &ours, &other_writer),
+            classify_existing(&b, &other_writer),
             Existing::Equivalent(_)
         ));
         // Same range, different content: fork.
         let mut theirs = ours.clone();
         theirs[1].event.event_id = "evt-zombie".into();
         let t = bytes(&theirs, "sink-archive/1");
-        match classify_existing(&b, &ours, &t) {
+        match classify_existing(&b, &t) {
             Existing::Fork { detail, existing } => {
                 assert!(detail.contains("seq 2"), "{detail}");
                 assert!(existing.is_some());
@@ -229,7 +241,7 @@ mod tests {
         }
         // Garbage at the key: also a fork (never overwritten).
         assert!(matches!(
-            classify_existing(&b, &ours, b"not avro"),
+            classify_existing(&b, b"not avro"),
             Existing::Fork { existing: None, .. }
         ));
     }

@@ -151,6 +151,19 @@ impl Policy {
             })
             .max()
     }
+
+    /// [`Self::retain_until`] from the latest event time of each class: the same date, since
+    /// an end of retention never decreases with the event time (spans are added to it; a
+    /// calendar month added to the 31st clamps to the month's end, still in order).
+    pub fn retain_until_latest(
+        &self,
+        latest: impl IntoIterator<Item = (EventCategory, i64)>,
+    ) -> Option<OffsetDateTime> {
+        latest
+            .into_iter()
+            .filter_map(|(class, t)| self.0.retain_until(class, from_us(t)))
+            .max()
+    }
 }
 
 /// RFC 3339 in whole seconds, rounded up (a lock never ends before the policy says).
@@ -620,10 +633,48 @@ mod tests {
         // without the late user event, the old security event decides
         assert_eq!(p.retain_until(&evs[1..]), Some(t("2026-01-04T00:00:00Z")));
         assert_eq!(p.retain_until(&evs[..0]), None);
+        let latest = |evs: &[ChainedEvent]| {
+            evs.iter()
+                .map(|e| (e.event.category, e.event.event_time_us))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            p.retain_until_latest(latest(&evs)),
+            Some(t("2026-01-06T00:00:00Z"))
+        );
+        assert_eq!(p.retain_until_latest([]), None);
         assert_eq!(
             p.longest_after(t("2026-01-01T00:00:00Z")),
             t("2026-01-04T00:00:00Z")
         );
+    }
+
+    proptest::proptest! {
+        /// The latest time per class gives the date the whole list gives, month ends and leap
+        /// days included (what lets an open segment keep one time per class, not its events).
+        #[test]
+        fn the_latest_per_class_decides(
+            items in proptest::collection::vec(
+                (schemas::testing::arb_category(), 0i64..4_000_000_000_000_000), 0..20),
+        ) {
+            let p = Policy::parse("default=1mo,security=1y,telemetry=3d,governance=18mo").unwrap();
+            let evs: Vec<ChainedEvent> = items
+                .iter()
+                .map(|(c, t)| {
+                    let mut e = event(*c, "2026-01-01T00:00:00Z");
+                    e.event.event_time_us = *t;
+                    e
+                })
+                .collect();
+            let mut latest: Vec<(EventCategory, i64)> = Vec::new();
+            for (c, t) in &items {
+                match latest.iter_mut().find(|(k, _)| k == c) {
+                    Some((_, l)) => *l = (*l).max(*t),
+                    None => latest.push((*c, *t)),
+                }
+            }
+            proptest::prop_assert_eq!(p.retain_until(&evs), p.retain_until_latest(latest));
+        }
     }
 
     #[test]

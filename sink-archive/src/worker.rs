@@ -33,7 +33,7 @@ use worker_runtime::Shutdown;
 
 use crate::anchor::Anchor;
 use crate::archive::Archive;
-use crate::buffer::{Limits, PartitionState, Segment};
+use crate::buffer::{Limits, OfferError, PartitionState, Segment};
 use crate::pending::PendingCheckpoints;
 use crate::{Config, Error, STAGE};
 
@@ -292,13 +292,28 @@ impl Worker {
         let Some(state) = self.states.get_mut(&p) else {
             return Ok(());
         };
-        let offer = state.offer(
+        let offer = match state.offer(
             ev,
             input.offset,
             payload.len(),
             Instant::now(),
             &self.limits,
-        );
+        ) {
+            Ok(offer) => offer,
+            Err(OfferError::Unarchivable(msg)) => {
+                return self.reject(&input, "unarchivable", &msg).await
+            }
+            Err(OfferError::Segment(e)) => return Err(e.into()),
+        };
+        // A block of the open segment that just filled is compressed off the async threads.
+        if let Some(block) = state.take_full_block() {
+            let block = tokio::task::spawn_blocking(move || block.compress())
+                .await
+                .map_err(|e| Error::Task(format!("compressing a segment block: {e}")))??;
+            if let Some(state) = self.states.get_mut(&p) {
+                state.put_block(block)?;
+            }
+        }
         // This record's step of its event's trace; the put span of the segment that holds it
         // links to it.
         let span = trace_context::process_span(STAGE, &input);
@@ -466,21 +481,17 @@ impl Worker {
             "archive put",
             self.trace_links.remove(&p).unwrap_or_default(),
             vec![
-                KeyValue::new("audit.archive.events", seg.events.len() as i64),
+                KeyValue::new("audit.archive.events", seg.len() as i64),
                 KeyValue::new("messaging.destination.partition.id", p.to_string()),
                 KeyValue::new("messaging.kafka.offset", seg.first_offset),
             ],
         );
-        let times: Vec<(i64, i64)> = seg
-            .events
-            .iter()
-            .map(|e| (e.event.event_time_us, e.event.receive_time_us))
-            .collect();
         let started = Instant::now();
         let stored = self
             .archive
             .write_segment(
-                seg.events,
+                seg.records,
+                &seg.latest,
                 &self.topics.chained,
                 seg.first_offset,
                 seg.last_offset,
@@ -491,9 +502,9 @@ impl Worker {
         metrics::histogram!("audit_sink_flush_seconds", "stage" => STAGE)
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("audit_sink_batch_records", "stage" => STAGE)
-            .record(times.len() as f64);
+            .record(seg.times.len() as f64);
         let now = worker_runtime::telemetry::now_us();
-        for (event_time, receive_time) in times {
+        for (event_time, receive_time) in seg.times {
             worker_runtime::telemetry::record_stored_latency(
                 "archive",
                 event_time,

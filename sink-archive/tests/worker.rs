@@ -10,11 +10,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use rdkafka::message::{Headers, Message};
 use schemas::framing::{encode_single_object_chained, encode_single_object_checkpoint};
 use schemas::segment::{self, ObjectKind};
 use schemas::{ChainedEvent, Checkpoint};
 use sink_archive::Config;
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
+use worker_runtime::kafka::dlq::HEADER_REASON_CODE;
+use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 use worker_runtime::Shutdown;
 
@@ -107,9 +110,13 @@ async fn archives_and_resumes_from_the_archive_alone() {
     let ev: Vec<ChainedEvent> = common::chain(0, 8, |i| common::T0 + i);
     let enc = |e: &ChainedEvent| encode_single_object_chained(e).expect("encode");
 
-    // Run 1: seqs 1..=5, then one undecodable record, and a checkpoint.
+    // Run 1: seqs 1..=5, then one undecodable record, one no segment can hold (seq 0), and
+    // a checkpoint.
     let mut first: Vec<Vec<u8>> = ev[..5].iter().map(enc).collect();
     first.push(b"not avro".to_vec());
+    let mut seq0 = ev[0].clone();
+    seq0.seq = 0;
+    first.push(enc(&seq0));
     produce(&kafka, &topics.chained, first).await;
     let cp = Checkpoint {
         chain_id: "test".into(),
@@ -170,10 +177,45 @@ async fn archives_and_resumes_from_the_archive_alone() {
     assert_eq!(stored, ev[5..].to_vec());
     assert_eq!(
         (meta.first_offset, meta.last_offset),
-        (6, 8),
-        "offset 5 was the dead letter"
+        (7, 9),
+        "offsets 5 and 6 were dead letters"
     );
     assert_eq!(meta.first_prev_hash, ev[4].hash);
+    // Both dead-lettered with their reason, the refused record unchanged.
+    let reasons = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = reasons.clone();
+    let _ = scan(
+        &kafka,
+        &topics.rejected,
+        0,
+        ScanStart::Offset(0),
+        Duration::from_secs(10),
+        move |m| {
+            let code = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == HEADER_REASON_CODE)
+                    .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+            });
+            let payload = m.payload().unwrap_or_default().to_vec();
+            sink.lock().expect("lock").push((code, payload));
+        },
+    )
+    .await
+    .expect("scan the dead letters");
+    let reasons = reasons.lock().expect("lock").clone();
+    let codes: Vec<Option<&str>> = reasons.iter().map(|(c, _)| c.as_deref()).collect();
+    // Run 2's fresh group resumed at the archive's end, offset 5, so it read both again: a
+    // dead letter is sent at least once.
+    assert_eq!(
+        codes,
+        [
+            Some("bad_framing"),
+            Some("unarchivable"),
+            Some("bad_framing"),
+            Some("unarchivable")
+        ],
+    );
+    assert_eq!(reasons[1].1, enc(&seq0));
 }
 
 fn checkpoint(partition: i32, seq: i64, head: &[u8]) -> Checkpoint {
@@ -274,7 +316,7 @@ async fn checkpoints_wait_for_the_segments_they_cover() {
     })
     .expect("store");
     common::archive(store)
-        .write_segment(other.clone(), "elsewhere.chained", 0, 2)
+        .write_events(&other, "elsewhere.chained", 0, 2)
         .await
         .expect("chain 5 segment");
     wait_until("checkpoint 5@3", &handle, || cp_file(5, 3).is_file()).await;

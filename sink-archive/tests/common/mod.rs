@@ -75,13 +75,13 @@ pub async fn scenario(archive: &Archive) {
     // seqs 1..=5 on day 1 (offsets 100..=104), 6..=8 on day 2 (offsets 105..=107)
     let ev = chain(p, 12, |i| if i <= 5 { T0 + i } else { T0 + DAY + i });
     let s1 = archive
-        .write_segment(ev[0..5].to_vec(), topic, 100, 104)
+        .write_events(&ev[0..5], topic, 100, 104)
         .await
         .expect("write 1");
     assert_eq!(s1.outcome, Outcome::Written);
     assert_eq!(s1.key, SegmentKey::new(p, "2024-06-01", 1, 5).expect("key"));
     let s2 = archive
-        .write_segment(ev[5..8].to_vec(), topic, 105, 107)
+        .write_events(&ev[5..8], topic, 105, 107)
         .await
         .expect("write 2");
     assert_eq!(s2.key.date, "2024-06-02", "the day comes from the events");
@@ -134,12 +134,12 @@ pub async fn scenario(archive: &Archive) {
 
     // A retry after a crash (same records, e.g. another writer version): already there.
     let again = archive
-        .write_segment(ev[8..10].to_vec(), topic, 108, 109)
+        .write_events(&ev[8..10], topic, 108, 109)
         .await
         .expect("rewrite");
     assert_eq!(again.outcome, Outcome::AlreadyThere);
     let same = archive
-        .write_segment(ev[0..5].to_vec(), topic, 100, 104)
+        .write_events(&ev[0..5], topic, 100, 104)
         .await
         .expect("rewrite 1");
     assert_eq!(same.outcome, Outcome::AlreadyThere);
@@ -148,7 +148,7 @@ pub async fn scenario(archive: &Archive) {
     let mut forged = ev[8..10].to_vec();
     forged[1].event.event_id = "evt-zombie".into();
     let fork = archive
-        .write_segment(forged, topic, 108, 109)
+        .write_events(&forged, topic, 108, 109)
         .await
         .expect("fork write");
     assert_eq!(fork.outcome, Outcome::Fork);
