@@ -28,6 +28,9 @@ pub struct Limits {
     pub max_age: Duration,
 }
 
+/// What a held record costs besides its compressed bytes: its hash key and times.
+const PER_RECORD_BYTES: usize = std::mem::size_of::<[u8; 32]>() + std::mem::size_of::<(i64, i64)>();
+
 /// Records of an open (or just closed) segment.
 #[derive(Debug)]
 pub struct Segment {
@@ -177,6 +180,13 @@ impl PartitionState {
 
     pub fn has_open(&self) -> bool {
         self.open.is_some()
+    }
+
+    /// Bytes the open segment holds (its memory, to within its per-record facts).
+    pub fn open_bytes(&self) -> usize {
+        self.open
+            .as_ref()
+            .map_or(0, |s| s.records.held_bytes() + s.len() * PER_RECORD_BYTES)
     }
 
     fn last_seq_and_hash(&self) -> (Option<i64>, Option<&[u8]>) {
@@ -522,8 +532,9 @@ mod tests {
                     .expect("put");
             }
         }
+        let held = st.open_bytes();
         let seg = st.take_open().expect("open");
-        let held = seg.records.held_bytes() + seg.len() * (32 + 16);
+        assert_eq!(held, seg.records.held_bytes() + seg.len() * PER_RECORD_BYTES);
         assert!(held * 3 < input, "held {held} B for {input} B of records");
         let (_, bytes) = seg
             .records

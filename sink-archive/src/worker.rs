@@ -312,6 +312,8 @@ impl Worker {
                 .map_err(|e| Error::Task(format!("compressing a segment block: {e}")))??;
             if let Some(state) = self.states.get_mut(&p) {
                 state.put_block(block)?;
+                metrics::gauge!("audit_archive_open_segment_bytes", "partition" => p.to_string())
+                    .set(state.open_bytes() as f64);
             }
         }
         // This record's step of its event's trace; the put span of the segment that holds it
@@ -514,6 +516,8 @@ impl Worker {
         }
         if let Some(state) = self.states.get_mut(&p) {
             state.stored(stored.key.last_seq, stored.meta.map(|m| m.last_hash));
+            metrics::gauge!("audit_archive_open_segment_bytes", "partition" => p.to_string())
+                .set(state.open_bytes() as f64);
         }
         if self.is_current(p) {
             store_next_offset(&self.consumer, &self.topics.chained, p, store_offset);
