@@ -1298,6 +1298,21 @@ mod tests {
         }
     }
 
+    /// Record `seq` of partition `p` holding `event` (made-up hashes).
+    fn record(p: i32, seq: i64, event: crate::event::AuditEvent) -> ChainedEvent {
+        ChainedEvent {
+            chain_partition: p,
+            seq,
+            prev_hash: vec![0; 32],
+            hash: vec![1; 32],
+            canonical_version: 1,
+            source_topic: "audit.enriched".into(),
+            source_partition: p,
+            source_offset: seq,
+            event,
+        }
+    }
+
     /// `events` made into one valid segment of `partition` from `start`, all on one day.
     fn as_one_segment(events: &mut [ChainedEvent], partition: i32, start: i64, day_us: i64) {
         let day_start = day_us - day_us.rem_euclid(86_400_000_000);
@@ -1381,17 +1396,15 @@ mod tests {
     #[test]
     fn the_builder_matches_at_the_real_block_size() {
         let mut rng = crate::realistic::Rng(7);
-        let mut events: Vec<ChainedEvent> = (0..700)
-            .map(|i| ChainedEvent {
-                chain_partition: 2,
-                seq: i + 1,
-                prev_hash: vec![i as u8; 32],
-                hash: vec![(i + 1) as u8; 32],
-                canonical_version: 1,
-                source_topic: "audit.enriched".into(),
-                source_partition: 2,
-                source_offset: i,
-                event: crate::realistic::realistic_event(&mut rng, i as u64, 2),
+        let mut events: Vec<ChainedEvent> = (0..700i64)
+            .map(|i| {
+                let mut e = record(
+                    2,
+                    i + 1,
+                    crate::realistic::realistic_event(&mut rng, i as u64, 2),
+                );
+                e.hash = vec![(i + 1) as u8; 32];
+                e
             })
             .collect();
         as_one_segment(&mut events, 2, 1, 1_717_200_000_000_000);
@@ -1427,17 +1440,7 @@ mod tests {
     #[test]
     fn the_builder_refuses_what_is_not_one_segment() {
         let mut events: Vec<ChainedEvent> = (0..2)
-            .map(|i| ChainedEvent {
-                chain_partition: 1,
-                seq: i,
-                prev_hash: vec![0; 32],
-                hash: vec![1; 32],
-                canonical_version: 1,
-                source_topic: "audit.enriched".into(),
-                source_partition: 1,
-                source_offset: i,
-                event: crate::testing::sample_event(),
-            })
+            .map(|i| record(1, i, crate::testing::sample_event()))
             .collect();
         as_one_segment(&mut events, 1, 5, 1_717_200_000_000_000);
         type Change = fn(&mut ChainedEvent);
@@ -1546,17 +1549,7 @@ mod tests {
         let mut a = crate::testing::sample_event();
         a.event_time_us = 1_717_200_000_000_000;
         let mk = |seq: i64, t: i64| {
-            let mut e = ChainedEvent {
-                chain_partition: 0,
-                seq,
-                prev_hash: vec![0; 32],
-                hash: vec![1; 32],
-                canonical_version: 1,
-                source_topic: "audit.enriched".into(),
-                source_partition: 0,
-                source_offset: seq,
-                event: a.clone(),
-            };
+            let mut e = record(0, seq, a.clone());
             e.event.event_time_us = t;
             e
         };

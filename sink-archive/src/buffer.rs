@@ -350,14 +350,19 @@ mod tests {
     fn ev(seq: i64, time_us: i64) -> ChainedEvent {
         let mut event = schemas::testing::sample_event();
         event.event_time_us = time_us;
+        chained(0, seq, event)
+    }
+
+    /// Record `seq` of partition `p`, linked by made-up hashes.
+    fn chained(p: i32, seq: i64, event: schemas::AuditEvent) -> ChainedEvent {
         ChainedEvent {
-            chain_partition: 0,
+            chain_partition: p,
             seq,
             prev_hash: vec![(seq - 1) as u8; 32],
             hash: vec![seq as u8; 32],
             canonical_version: 1,
             source_topic: "audit.enriched".into(),
-            source_partition: 0,
+            source_partition: p,
             source_offset: seq,
             event,
         }
@@ -513,17 +518,7 @@ mod tests {
         for seq in 1..=4_000i64 {
             let mut event = schemas::realistic::realistic_event(&mut rng, seq as u64, 2);
             event.event_time_us = T0 + seq;
-            let e = ChainedEvent {
-                chain_partition: 2,
-                seq,
-                prev_hash: vec![(seq - 1) as u8; 32],
-                hash: vec![seq as u8; 32],
-                canonical_version: 1,
-                source_topic: "audit.enriched".into(),
-                source_partition: 2,
-                source_offset: seq,
-                event,
-            };
+            let e = chained(2, seq, event);
             input += schemas::avro::encode_datum(&e).expect("datum").len();
             events.push(e.clone());
             st.offer(e, seq, 900, now, &big).expect("offer");
@@ -534,7 +529,10 @@ mod tests {
         }
         let held = st.open_bytes();
         let seg = st.take_open().expect("open");
-        assert_eq!(held, seg.records.held_bytes() + seg.len() * PER_RECORD_BYTES);
+        assert_eq!(
+            held,
+            seg.records.held_bytes() + seg.len() * PER_RECORD_BYTES
+        );
         assert!(held * 3 < input, "held {held} B for {input} B of records");
         let (_, bytes) = seg
             .records
