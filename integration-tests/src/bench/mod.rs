@@ -59,11 +59,66 @@ pub struct Measure {
     pub broker_cpu: Option<f64>,
     /// Output records when it was stopped.
     pub stored: u64,
+    /// CPU over the middle of the run (see [`Window`]).
+    pub window: Window,
+}
+
+/// CPU per output record between the first poll at which the output held ≥ 10% of N and the
+/// first at which it held ≥ 90%: the steady state, without start-up (a Python interpreter's
+/// imports, a worker's recovery and group join) and without the tail. Whole-life CPU over a
+/// small N is mostly start-up for some processes (the Python pass-through: ~25 µs/event at
+/// 20,000 records, ~12 at 60,000), which skews ratios between processes.
+///
+/// A window of fewer than [`Window::MIN_POLLS`] polls gives nothing: a sink's output grows in
+/// whole batches or segments, so its count can jump from under 10% to over 90% while the work
+/// was done before the window opened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Window {
+    start: Option<(u64, CpuTimes)>,
+    end: Option<(u64, CpuTimes)>,
+    polls: u32,
+}
+
+impl Window {
+    /// A poll: `stored` output records so far, the process's `cpu` so far.
+    pub fn observe(&mut self, n: u64, stored: u64, cpu: Option<CpuTimes>) {
+        let Some(cpu) = cpu else { return };
+        if self.start.is_none() && stored * 10 >= n {
+            self.start = Some((stored, cpu));
+        } else if self.start.is_some() && self.end.is_none() {
+            self.polls += 1;
+            if stored * 10 >= n * 9 {
+                self.end = Some((stored, cpu));
+            }
+        }
+    }
+
+    /// Polls a window must span to count (about half a second at the bench's 100 ms).
+    pub const MIN_POLLS: u32 = 5;
+
+    /// CPU seconds per output record in the window (`None`: it never closed, or was empty).
+    pub fn per_record(&self) -> Option<CpuTimes> {
+        if self.polls < Self::MIN_POLLS {
+            return None;
+        }
+        let ((a, ca), (b, cb)) = (self.start?, self.end?);
+        let records = b.checked_sub(a).filter(|r| *r > 0)? as f64;
+        let d = cb.since(&ca);
+        Some(CpuTimes {
+            user: d.user / records,
+            sys: d.sys / records,
+        })
+    }
 }
 
 impl Measure {
     fn rate(&self, n: u64) -> Option<f64> {
         self.all.filter(|s| *s > 0.0).map(|s| n as f64 / s)
+    }
+
+    /// Steady-state CPU µs per record ([`Window`]).
+    fn steady_cpu(&self) -> Option<f64> {
+        self.window.per_record().map(|c| c.total() * 1e6)
     }
 
     /// N over the time from the first output to the N-th: the rate without start-up.
@@ -86,6 +141,9 @@ impl Measure {
             "cpu_us_per_event": per(self.cpu.total()),
             "peak_rss_mb": self.peak_rss_kb.map(|kb| kb as f64 / 1024.0),
             "broker_cpu_us_per_event": self.broker_cpu.map(per),
+            "steady_cpu_user_us_per_event": self.window.per_record().map(|c| c.user * 1e6),
+            "steady_cpu_sys_us_per_event": self.window.per_record().map(|c| c.sys * 1e6),
+            "steady_cpu_us_per_event": self.steady_cpu(),
             "stored": self.stored,
         })
     }
@@ -223,6 +281,7 @@ async fn measure(
         let at = start.elapsed().as_secs_f64();
         let c = counter.count(out).await.unwrap_or(0);
         m.stored = c;
+        m.window.observe(n, c, procfs::cpu(&child.pid));
         if c > 0 && m.first.is_none() {
             m.first = Some(at);
             // Attached now, not at spawn: `perf record -p` follows only the threads that
@@ -368,6 +427,7 @@ impl Row {
             "cpu_sys_per_event": ratio(Some(w.cpu.sys), Some(r.cpu.sys)),
             "peak_rss": ratio(w.peak_rss_kb.map(|k| k as f64), r.peak_rss_kb.map(|k| k as f64)),
             "broker_cpu_per_event": ratio(w.broker_cpu, r.broker_cpu),
+            "steady_cpu_per_event": ratio(w.steady_cpu(), r.steady_cpu()),
         })
     }
 }
@@ -623,12 +683,19 @@ pub async fn run(opts: &Options) -> anyhow::Result<Value> {
             "cpu_per_event_to_python": python
                 .as_ref()
                 .and_then(|py| ratio(Some(r.worker_m.cpu.total()), Some(py.cpu.total()))),
+            "steady_cpu_per_event_to_python": python
+                .as_ref()
+                .and_then(|py| ratio(r.worker_m.steady_cpu(), py.steady_cpu())),
         })).collect::<Vec<_>>(),
     }))
 }
 
 fn f0(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.0}"))
+}
+
+fn f1(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
 }
 
 fn f2(v: Option<f64>) -> String {
@@ -661,13 +728,13 @@ fn print_row(r: &Row, n: u64, header: bool) {
 
 /// The README's table: each worker's figures and their ratio to its raw path.
 fn print_table(rows: &[Row], n: u64, python: Option<&Measure>) {
-    println!("| worker (raw path) | events/s (× raw) | CPU µs/event user + sys (× raw) | user × raw | sys × raw | peak RSS MB (× raw) | broker CPU µs/event (× raw) | CPU × Python pass-through |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| worker (raw path) | events/s (× raw) | CPU µs/event user + sys (× raw) | user × raw | sys × raw | peak RSS MB (× raw) | broker CPU µs/event (× raw) | CPU × Python pass-through | steady CPU µs/event (× raw, × Python) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let (w, raw) = (&r.worker_m, &r.raw_m);
         let per = |s: f64| s * 1e6 / n as f64;
         println!(
-            "| {} ({}) | {} ({}) | {:.0} + {:.0} ({}) | {} | {} | {} ({}) | {} ({}) | {} |",
+            "| {} ({}) | {} ({}) | {:.0} + {:.0} ({}) | {} | {} | {} ({}) | {} ({}) | {} | {} ({}, {}) |",
             r.worker,
             r.hop,
             f0(w.rate(n)),
@@ -685,21 +752,25 @@ fn print_table(rows: &[Row], n: u64, python: Option<&Measure>) {
             f0(w.broker_cpu.map(per)),
             f2(ratio(w.broker_cpu, raw.broker_cpu)),
             f2(python.and_then(|py| ratio(Some(w.cpu.total()), Some(py.cpu.total())))),
+            f1(w.steady_cpu()),
+            f2(ratio(w.steady_cpu(), raw.steady_cpu())),
+            f2(python.and_then(|py| ratio(w.steady_cpu(), py.steady_cpu()))),
         );
     }
     if let Some(py) = python {
         let per = |s: f64| s * 1e6 / n as f64;
         println!(
-            "| Python pass-through (consume+produce) | {} | {:.0} + {:.0} | | | {} | {} | 1.00 |",
+            "| Python pass-through (consume+produce) | {} | {:.0} + {:.0} | | | {} | {} | 1.00 | {} (-, 1.00) |",
             f0(py.rate(n)),
             per(py.cpu.user),
             per(py.cpu.sys),
             f0(py.peak_rss_kb.map(|k| k as f64 / 1024.0)),
             f0(py.broker_cpu.map(per)),
+            f1(py.steady_cpu()),
         );
     }
     println!(
-        "| raw paths | {} | {} | | | {} | {} |",
+        "| raw paths | {} | {} | | | {} | {} | | {} |",
         rows.iter()
             .map(|r| f0(r.raw_m.rate(n)))
             .collect::<Vec<_>>()
@@ -716,5 +787,52 @@ fn print_table(rows: &[Row], n: u64, python: Option<&Measure>) {
             .map(|r| f0(r.raw_m.broker_cpu.map(|s| s * 1e6 / n as f64)))
             .collect::<Vec<_>>()
             .join(" / "),
+        rows.iter()
+            .map(|r| f1(r.raw_m.steady_cpu()))
+            .collect::<Vec<_>>()
+            .join(" / "),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu(user: f64, sys: f64) -> Option<CpuTimes> {
+        Some(CpuTimes { user, sys })
+    }
+
+    #[test]
+    fn the_window_spans_ten_to_ninety_percent_of_the_output() {
+        let mut w = Window::default();
+        // Start-up: much CPU, no output.
+        w.observe(1000, 0, cpu(0.5, 0.1));
+        w.observe(1000, 50, cpu(0.6, 0.1));
+        assert!(w.per_record().is_none());
+        w.observe(1000, 120, cpu(0.7, 0.2));
+        for _ in 0..4 {
+            w.observe(1000, 500, cpu(0.8, 0.2));
+        }
+        assert!(w.per_record().is_none(), "not closed before 90%");
+        w.observe(1000, 920, cpu(1.5, 0.4));
+        w.observe(1000, 1000, cpu(9.0, 9.0));
+        let c = w.per_record().expect("closed");
+        // (1.5 - 0.7) / 800 and (0.4 - 0.2) / 800 seconds per record.
+        assert!((c.user - 0.001).abs() < 1e-12, "{c:?}");
+        assert!((c.sys - 0.000_25).abs() < 1e-12, "{c:?}");
+        // A process gone (no CPU figure) changes nothing; an empty window gives nothing.
+        let mut w = Window::default();
+        w.observe(10, 5, None);
+        w.observe(10, 10, cpu(1.0, 0.0));
+        for _ in 0..6 {
+            w.observe(10, 10, cpu(2.0, 0.0));
+        }
+        assert!(w.per_record().is_none(), "start and end at the same count");
+        // Output in one jump (a sink's batch): too few polls to mean anything.
+        let mut w = Window::default();
+        w.observe(1000, 50, cpu(1.0, 0.0));
+        w.observe(1000, 400, cpu(2.0, 0.0));
+        w.observe(1000, 1000, cpu(2.1, 0.0));
+        assert!(w.per_record().is_none(), "two polls");
+    }
 }
