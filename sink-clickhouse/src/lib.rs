@@ -134,53 +134,6 @@ impl WorkerConfig for Config {
     }
 }
 
-/// librdkafka's pre-fetch queue for this sink unless `--kafka-property` sets it: 16 MB
-/// instead of its default 64 MB. While an INSERT runs the sink reads nothing, so with a
-/// backlog librdkafka fills the whole queue; 16 MB is ~20,000 demo records, two full batches.
-/// Measured on 66,537 chained records: peak RSS 147 → 123 MB with 8 MB, rate unchanged.
-pub const QUEUED_MAX_KBYTES: &str = "16384";
-
-/// Most a fetch response may carry (all partitions together) unless `--kafka-property` sets
-/// it: 2 MB. Otherwise librdkafka lowers its 50 MB default only to the queue cap (16 MB): a
-/// whole response is received, then its lz4 batches are decompressed into buffers that live
-/// until their last record is read, and the broker threads' malloc arena peaked at ~24 MB
-/// (heaptrack: `rd_kafka_lz4_decompress` the largest consumer, 18 MB at its peak; 9.7 MB
-/// now). worker-bench, 20,000 events: the sink's peak RSS was 69–71 MB in 12 of 14 runs
-/// (59, 62 in the others), 59–62 MB in 12 of 12 with 2 MB (the arena ~14.5 MB), events/s and
-/// CPU per event within noise. 1 MB was ~30% slower; 4 MB saved nothing. Never below
-/// `message.max.bytes`, which librdkafka refuses.
-pub const FETCH_MAX_BYTES: u64 = 2 * 1024 * 1024;
-
-/// The value `args` sets for librdkafka property `key` (the last one wins, as in librdkafka).
-fn property<'a>(args: &'a KafkaArgs, key: &str) -> Option<&'a str> {
-    args.properties.iter().rev().find_map(|kv| {
-        kv.split_once('=')
-            .filter(|(k, _)| k.trim() == key)
-            .map(|(_, v)| v.trim())
-    })
-}
-
-/// The Kafka settings of the sink's consumer: `args` plus [`QUEUED_MAX_KBYTES`] and
-/// [`FETCH_MAX_BYTES`] unless set.
-pub fn consumer_args(args: &KafkaArgs) -> KafkaArgs {
-    let mut a = args.clone();
-    if property(args, "queued.max.messages.kbytes").is_none() {
-        a.properties
-            .push(format!("queued.max.messages.kbytes={QUEUED_MAX_KBYTES}"));
-    }
-    if property(args, "fetch.max.bytes").is_none() {
-        // librdkafka refuses a `fetch.max.bytes` below `message.max.bytes` (default 1 MB).
-        let message_max = property(args, "message.max.bytes")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        a.properties.push(format!(
-            "fetch.max.bytes={}",
-            FETCH_MAX_BYTES.max(message_max)
-        ));
-    }
-    a
-}
-
 /// Connects, migrates, and runs the sink until `shutdown`.
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     if config.batch_max_rows == 0 {
@@ -219,7 +172,7 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         "sink-clickhouse",
         vec![topics.chained.clone(), topics.checkpoints.clone()],
     );
-    let (consumer, rebalance) = consumer::subscribe(&consumer_args(&config.kafka), &settings)?;
+    let (consumer, rebalance) = consumer::subscribe(&config.kafka, &settings)?;
     // Consumer watchdog: `/readyz` says why when this sink holds nothing (or nothing moves)
     // while the chained topic has lag, and the consumer then leaves and re-joins its group,
     // which the loop handles as any rebalance (docs/local-stack.md, tansu 0.6.0).
@@ -259,46 +212,4 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         .join(Duration::from_secs(config.common.shutdown_timeout_secs))
         .await?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_consumer_queue_is_capped_unless_the_operator_sets_it() {
-        let mut args = KafkaArgs::local("127.0.0.1:9092", "x.");
-        let capped = consumer_args(&args);
-        assert!(capped
-            .properties
-            .contains(&format!("queued.max.messages.kbytes={QUEUED_MAX_KBYTES}")));
-        args.properties
-            .push(" queued.max.messages.kbytes = 1024".into());
-        let own = consumer_args(&args);
-        let mut expected = args.properties.clone();
-        expected.push(format!("fetch.max.bytes={FETCH_MAX_BYTES}"));
-        assert_eq!(own.properties, expected);
-    }
-
-    #[test]
-    fn the_fetch_size_is_capped_unless_the_operator_sets_it() {
-        let mut args = KafkaArgs::local("127.0.0.1:9092", "x.");
-        assert!(consumer_args(&args)
-            .properties
-            .contains(&format!("fetch.max.bytes={FETCH_MAX_BYTES}")));
-        // Never below message.max.bytes, which librdkafka would refuse.
-        args.properties.push("message.max.bytes=5000000".into());
-        assert!(consumer_args(&args)
-            .properties
-            .contains(&"fetch.max.bytes=5000000".to_owned()));
-        args.properties.push("fetch.max.bytes = 9000000".into());
-        let own = consumer_args(&args);
-        assert_eq!(
-            own.properties
-                .iter()
-                .filter(|kv| kv.contains("fetch.max.bytes"))
-                .count(),
-            1
-        );
-    }
 }

@@ -9,7 +9,7 @@ use super::KafkaArgs;
 use crate::error::RuntimeError;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -141,6 +141,53 @@ impl ConsumerSettings {
     }
 }
 
+/// librdkafka's pre-fetch queue per consumer unless `--kafka-property` sets it: 16 MB instead
+/// of its default 64 MB, which a worker fills on a deep backlog (worker-bench, 60,000 records
+/// backlog: ingest, enrich and the chainer peaked at 73–76 MB, their raw paths at 65–67).
+/// 16 MB is ~18,000 demo records, more than a second of any worker's rate here.
+pub const QUEUED_MAX_KBYTES: &str = "16384";
+
+/// Most one fetch response may carry (all partitions together) unless `--kafka-property` sets
+/// it: 2 MB. Otherwise librdkafka lowers its 50 MB default only to the queue cap: a whole
+/// response is received, then its lz4 batches are decompressed into buffers that live until
+/// their last record is read (sink-clickhouse under heaptrack: `rd_kafka_lz4_decompress` the
+/// largest consumer, 18 MB at its peak, 9.7 MB with 2 MB; its peak RSS 69–71 → 59–62 MB,
+/// events/s and CPU per event within noise). 1 MB was ~30% slower; 4 MB saved nothing.
+pub const FETCH_MAX_BYTES: u64 = 2 * 1024 * 1024;
+
+/// Every consumer's settings before the operator's `--kafka-property` (which override them).
+fn consumer_config(args: &KafkaArgs, settings: &ConsumerSettings) -> ClientConfig {
+    let mut cfg = args.client_config(&settings.client_id);
+    // librdkafka refuses a `fetch.max.bytes` below `message.max.bytes` (default 1 MB).
+    let message_max = args
+        .property("message.max.bytes")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    cfg.set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &settings.auto_offset_reset)
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "false")
+        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS)
+        .set("queued.max.messages.kbytes", QUEUED_MAX_KBYTES)
+        .set(
+            "fetch.max.bytes",
+            FETCH_MAX_BYTES.max(message_max).to_string(),
+        );
+    cfg
+}
+
+/// The operator's `--kafka-property` settings, last, so that they win.
+fn apply_properties(cfg: &mut ClientConfig, args: &KafkaArgs) {
+    for kv in &args.properties {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.set(k.trim(), v.trim());
+        }
+    }
+}
+
 /// Creates and subscribes a consumer. Offsets are stored explicitly by the worker
 /// (`enable.auto.offset.store=false`) and committed by librdkafka every second, on rebalance,
 /// and at close.
@@ -153,24 +200,12 @@ pub fn subscribe(
         name: settings.client_id.clone(),
         state: state.clone(),
     };
-    let mut cfg = args.client_config(&settings.client_id);
-    cfg.set("group.id", &settings.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &settings.auto_offset_reset)
-        .set(
-            "session.timeout.ms",
-            settings.session_timeout_ms.to_string(),
-        )
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
-    for kv in &args.properties {
-        if let Some((k, v)) = kv.split_once('=') {
-            cfg.set(k.trim(), v.trim());
-        }
-    }
+    let mut cfg = consumer_config(args, settings);
+    cfg.set(
+        "session.timeout.ms",
+        settings.session_timeout_ms.to_string(),
+    );
+    apply_properties(&mut cfg, args);
     let consumer: AuditConsumer = cfg.create_with_context(context).map_err(|e| {
         RuntimeError::kafka(
             format!("creating consumer for group {}", settings.group_id),
@@ -234,20 +269,8 @@ pub fn assign_static(
         name: settings.client_id.clone(),
         state: state.clone(),
     };
-    let mut cfg = args.client_config(&settings.client_id);
-    cfg.set("group.id", &settings.group_id)
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", &settings.auto_offset_reset)
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", FETCH_WAIT_MAX_MS);
-    for kv in &args.properties {
-        if let Some((k, v)) = kv.split_once('=') {
-            cfg.set(k.trim(), v.trim());
-        }
-    }
+    let mut cfg = consumer_config(args, settings);
+    apply_properties(&mut cfg, args);
     let consumer: AuditConsumer = cfg.create_with_context(context).map_err(|e| {
         RuntimeError::kafka(
             format!("creating consumer for {topic} partitions {partitions:?}"),
@@ -265,4 +288,47 @@ pub fn assign_static(
     tracing::info!(consumer = %settings.client_id, %topic, ?partitions, "partitions assigned statically (no consumer group membership)");
     state.on_assign(&tpl);
     Ok((Arc::new(consumer), state))
+}
+
+#[cfg(test)]
+mod memory_caps_tests {
+    use super::*;
+
+    fn settings() -> ConsumerSettings {
+        ConsumerSettings::new("g", "c", vec!["t".into()])
+    }
+
+    fn built(args: &KafkaArgs) -> ClientConfig {
+        let mut cfg = consumer_config(args, &settings());
+        apply_properties(&mut cfg, args);
+        cfg
+    }
+
+    #[test]
+    fn the_prefetch_is_capped_unless_the_operator_says_otherwise() {
+        let mut args = KafkaArgs::local("127.0.0.1:9092", "x.");
+        let cfg = built(&args);
+        assert_eq!(
+            cfg.get("queued.max.messages.kbytes"),
+            Some(QUEUED_MAX_KBYTES)
+        );
+        assert_eq!(
+            cfg.get("fetch.max.bytes"),
+            Some(FETCH_MAX_BYTES.to_string().as_str())
+        );
+        // Never below message.max.bytes, which librdkafka would refuse.
+        args.properties.push("message.max.bytes=5000000".into());
+        assert_eq!(built(&args).get("fetch.max.bytes"), Some("5000000"));
+        // The operator's values win.
+        args.properties
+            .push(" queued.max.messages.kbytes = 1024".into());
+        args.properties.push("fetch.max.bytes = 9000000".into());
+        args.properties.push("fetch.wait.max.ms=7".into());
+        let cfg = built(&args);
+        assert_eq!(cfg.get("queued.max.messages.kbytes"), Some("1024"));
+        assert_eq!(cfg.get("fetch.max.bytes"), Some("9000000"));
+        assert_eq!(cfg.get("fetch.wait.max.ms"), Some("7"));
+        assert_eq!(args.property("fetch.max.bytes"), Some("9000000"));
+        assert_eq!(args.property("nope"), None);
+    }
 }

@@ -145,6 +145,16 @@ impl KafkaArgs {
     pub fn topics(&self) -> Topics {
         Topics::with_prefix(&self.topic_prefix)
     }
+
+    /// The value `--kafka-property` gives librdkafka property `key` (the last one wins, as in
+    /// librdkafka).
+    pub fn property(&self, key: &str) -> Option<&str> {
+        self.properties.iter().rev().find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| k.trim() == key)
+                .map(|(_, v)| v.trim())
+        })
+    }
 }
 
 /// The pipeline's topic names (design doc, "Flow").
