@@ -179,6 +179,16 @@ fn consumer_config(args: &KafkaArgs, settings: &ConsumerSettings) -> ClientConfi
     cfg
 }
 
+/// A consumer's context and the rebalance state it keeps.
+fn tracking(settings: &ConsumerSettings) -> (TrackingContext, Arc<RebalanceState>) {
+    let state = Arc::new(RebalanceState::default());
+    let context = TrackingContext {
+        name: settings.client_id.clone(),
+        state: state.clone(),
+    };
+    (context, state)
+}
+
 /// The operator's `--kafka-property` settings, last, so that they win.
 fn apply_properties(cfg: &mut ClientConfig, args: &KafkaArgs) {
     for kv in &args.properties {
@@ -195,11 +205,7 @@ pub fn subscribe(
     args: &KafkaArgs,
     settings: &ConsumerSettings,
 ) -> Result<(Arc<AuditConsumer>, Arc<RebalanceState>), RuntimeError> {
-    let state = Arc::new(RebalanceState::default());
-    let context = TrackingContext {
-        name: settings.client_id.clone(),
-        state: state.clone(),
-    };
+    let (context, state) = tracking(settings);
     let mut cfg = consumer_config(args, settings);
     cfg.set(
         "session.timeout.ms",
@@ -264,11 +270,7 @@ pub fn assign_static(
     topic: &str,
     partitions: &[i32],
 ) -> Result<(Arc<AuditConsumer>, Arc<RebalanceState>), RuntimeError> {
-    let state = Arc::new(RebalanceState::default());
-    let context = TrackingContext {
-        name: settings.client_id.clone(),
-        state: state.clone(),
-    };
+    let (context, state) = tracking(settings);
     let mut cfg = consumer_config(args, settings);
     apply_properties(&mut cfg, args);
     let consumer: AuditConsumer = cfg.create_with_context(context).map_err(|e| {
