@@ -24,15 +24,13 @@ use clap::Parser;
 use common::*;
 use enrich::privacy::{self, token, PrivacyArgs, ERASED, SUBJECT_ATTRIBUTE};
 use integrity::chain::ChainHead;
-use rdkafka::message::Headers;
-use rdkafka::Message;
 use schemas::avro::{canonical_bytes, CANONICAL_VERSION};
 use schemas::testing::sample_event;
 use schemas::{AuditEvent, ChainedEvent};
 use serde_json::Value;
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
+use worker_runtime::testing::topic;
 use worker_runtime::Shutdown;
 
 const BROKERS: &str = "127.0.0.1:9092";
@@ -120,39 +118,12 @@ fn privacy_args(prefix: &str) -> PrivacyArgs {
 type Rec = (i32, i64, Vec<u8>, Vec<(String, Vec<u8>)>);
 
 async fn read_topic(kafka: &KafkaArgs, topic: &str, partitions: i32) -> Vec<Rec> {
-    let all: Arc<Mutex<Vec<Rec>>> = Arc::default();
-    for p in 0..partitions {
-        let sink = all.clone();
-        let _collector = scan(
-            kafka,
-            topic,
-            p,
-            ScanStart::Offset(0),
-            Duration::from_secs(10),
-            move |m| {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                if let Ok(mut v) = sink.lock() {
-                    v.push((
-                        m.partition(),
-                        m.offset(),
-                        m.payload().unwrap_or_default().to_vec(),
-                        headers,
-                    ));
-                }
-            },
-        )
+    topic::read_topic(kafka, topic, partitions, Duration::from_secs(10))
         .await
-        .expect("scan");
-    }
-    let v = all.lock().expect("lock").clone();
-    v
+        .expect("scan")
+        .into_iter()
+        .map(|r| (r.partition, r.offset, r.payload, r.headers))
+        .collect()
 }
 
 /// Polls `topic` until it holds `n` records.

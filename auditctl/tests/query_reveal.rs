@@ -13,18 +13,16 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 use enrich::privacy::crypto::seal;
 use enrich::privacy::store::KeyState;
 use enrich::privacy::{token, PrivacyArgs, ERASED, SUBJECT_ATTRIBUTE};
-use rdkafka::Message;
 use schemas::{AuditEvent, ChainedEvent, KeyValue, Outcome};
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::KafkaArgs;
+use worker_runtime::testing::topic::read_topic;
 
 const BROKERS: &str = "127.0.0.1:9092";
 const KEY_BUCKET: &str = "audit-subject-keys";
@@ -60,26 +58,11 @@ fn privacy_args(prefix: &str) -> PrivacyArgs {
 
 /// The events of `topic` (one partition).
 async fn read_events(kafka: &KafkaArgs, topic: &str) -> Vec<AuditEvent> {
-    let all: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
-    let sink = all.clone();
-    let _collector = scan(
-        kafka,
-        topic,
-        0,
-        ScanStart::Offset(0),
-        Duration::from_secs(10),
-        move |m| {
-            if let Ok(mut v) = sink.lock() {
-                v.push(m.payload().unwrap_or_default().to_vec());
-            }
-        },
-    )
-    .await
-    .expect("scan");
-    let payloads = all.lock().expect("lock").clone();
-    payloads
+    read_topic(kafka, topic, 1, Duration::from_secs(10))
+        .await
+        .expect("scan")
         .iter()
-        .map(|p| schemas::framing::decode_event(p, None).expect("an AuditEvent"))
+        .map(|r| schemas::framing::decode_event(&r.payload, None).expect("an AuditEvent"))
         .collect()
 }
 

@@ -10,15 +10,14 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use rdkafka::message::{Headers, Message};
 use schemas::framing::{encode_single_object_chained, encode_single_object_checkpoint};
 use schemas::segment::{self, ObjectKind};
 use schemas::{ChainedEvent, Checkpoint};
 use sink_archive::Config;
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::dlq::HEADER_REASON_CODE;
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
+use worker_runtime::testing::topic::read_topic;
 use worker_runtime::Shutdown;
 
 fn brokers() -> String {
@@ -182,27 +181,13 @@ async fn archives_and_resumes_from_the_archive_alone() {
     );
     assert_eq!(meta.first_prev_hash, ev[4].hash);
     // Both dead-lettered with their reason, the refused record unchanged.
-    let reasons = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = reasons.clone();
-    let _ = scan(
-        &kafka,
-        &topics.rejected,
-        0,
-        ScanStart::Offset(0),
-        Duration::from_secs(10),
-        move |m| {
-            let code = m.headers().and_then(|h| {
-                h.iter()
-                    .find(|x| x.key == HEADER_REASON_CODE)
-                    .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-            });
-            let payload = m.payload().unwrap_or_default().to_vec();
-            sink.lock().expect("lock").push((code, payload));
-        },
-    )
-    .await
-    .expect("scan the dead letters");
-    let reasons = reasons.lock().expect("lock").clone();
+    let reasons: Vec<(Option<String>, Vec<u8>)> =
+        read_topic(&kafka, &topics.rejected, 1, Duration::from_secs(10))
+            .await
+            .expect("scan the dead letters")
+            .into_iter()
+            .map(|r| (r.header(HEADER_REASON_CODE), r.payload))
+            .collect();
     let codes: Vec<Option<&str>> = reasons.iter().map(|(c, _)| c.as_deref()).collect();
     // Run 2's fresh group resumed at the archive's end, offset 5, so it read both again: a
     // dead letter is sent at least once.

@@ -11,12 +11,12 @@
 mod common;
 
 use worker_runtime::testing::proxy;
+use worker_runtime::testing::topic::read_topic;
 
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::{ch_url, connect_when_created, count, drop_db, month_us, settings};
-use rdkafka::Message;
 use schemas::framing::{self, CatalogIdResolver};
 use schemas::testing::sample_event;
 use schemas::{ChainedEvent, Checkpoint};
@@ -24,7 +24,6 @@ use sink_clickhouse::store::Store;
 use sink_clickhouse::{run, Config};
 use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
 use worker_runtime::kafka::dlq::HEADER_STAGE;
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
 use worker_runtime::Shutdown;
 
@@ -291,34 +290,15 @@ async fn sink_end_to_end_with_restart_under_a_new_group() {
 
 /// Every record of both partitions of `topic`: (payload, stage header).
 async fn read_partition(kafka: &KafkaArgs, topic: &str) -> Vec<(Vec<u8>, Option<String>)> {
-    let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = out.clone();
-    let mut all = Vec::new();
-    for p in 0..2 {
-        let sink = sink.clone();
-        let _ = scan(
-            kafka,
-            topic,
-            p,
-            ScanStart::Offset(0),
-            Duration::from_secs(10),
-            move |m| {
-                use rdkafka::message::Headers;
-                let stage = m.headers().and_then(|h| {
-                    h.iter()
-                        .find(|x| x.key == HEADER_STAGE)
-                        .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned()))
-                });
-                sink.lock()
-                    .expect("lock")
-                    .push((m.payload().unwrap_or_default().to_vec(), stage));
-            },
-        )
+    read_topic(kafka, topic, 2, Duration::from_secs(10))
         .await
-        .expect("scan");
-    }
-    all.append(&mut out.lock().expect("lock"));
-    all
+        .expect("scan")
+        .into_iter()
+        .map(|r| {
+            let stage = r.header(HEADER_STAGE);
+            (r.payload, stage)
+        })
+        .collect()
 }
 
 /// Topics of a fresh prefix (one partition each) and the ids a test needs.

@@ -12,11 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::message::Headers;
-use rdkafka::Message;
 use worker_runtime::health::Readiness;
 use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
 use worker_runtime::kafka::consumer::{subscribe, ConsumerSettings};
@@ -25,9 +23,9 @@ use worker_runtime::kafka::liveness::LivenessSettings;
 use worker_runtime::kafka::pipeline::{
     run_with_liveness, PipelineSettings, Processor, CHECK_DELIVERY,
 };
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{InputRecord, KafkaArgs, OutputRecord, Producer};
 use worker_runtime::testing::proxy::Proxy;
+use worker_runtime::testing::topic::read_topic;
 use worker_runtime::{RuntimeError, Shutdown};
 
 const STAGE: &str = "t-outage";
@@ -169,34 +167,10 @@ async fn read_all(
     topic: &str,
     partitions: i32,
 ) -> Option<Vec<(Option<Vec<u8>>, Vec<(String, Vec<u8>)>)>> {
-    let all = Arc::new(Mutex::new(Vec::new()));
-    for p in 0..partitions {
-        let sink = all.clone();
-        let _ = scan(
-            args,
-            topic,
-            p,
-            ScanStart::Offset(0),
-            Duration::from_secs(20),
-            move |m| {
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                sink.lock()
-                    .expect("lock")
-                    .push((m.key().map(<[u8]>::to_vec), headers));
-            },
-        )
+    let records = read_topic(args, topic, partitions, Duration::from_secs(20))
         .await
         .ok()?;
-    }
-    let out = std::mem::take(&mut *all.lock().expect("lock"));
-    Some(out)
+    Some(records.into_iter().map(|r| (r.key, r.headers)).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,10 +12,9 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::Message;
 use worker_runtime::health::Readiness;
 use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
 use worker_runtime::kafka::consumer::{subscribe, ConsumerSettings};
@@ -24,8 +23,8 @@ use worker_runtime::kafka::liveness::group_protocol::{
 };
 use worker_runtime::kafka::liveness::{HealTarget, LivenessSettings, CHECK_ASSIGNMENT};
 use worker_runtime::kafka::pipeline::{run_with_liveness, PipelineSettings, Processor};
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{InputRecord, KafkaArgs, OutputRecord, Producer};
+use worker_runtime::testing::topic::read_topic;
 use worker_runtime::{RuntimeError, Shutdown};
 
 fn brokers() -> String {
@@ -236,25 +235,16 @@ async fn a_worker_left_without_partitions_reports_it_and_restarts_its_consumer()
 
 /// Payload → copies in `topic`/0 (what could be read).
 async fn count_payloads(args: &KafkaArgs, topic: &str) -> HashMap<Vec<u8>, usize> {
-    let copies = Arc::new(Mutex::new(HashMap::<Vec<u8>, usize>::new()));
-    let sink = copies.clone();
-    let _scanned = scan(
-        args,
-        topic,
-        0,
-        ScanStart::Offset(0),
-        Duration::from_secs(30),
-        move |m: &rdkafka::message::BorrowedMessage<'_>| {
-            let payload = m.payload().unwrap_or_default().to_vec();
-            *sink.lock().expect("lock").entry(payload).or_default() += 1;
-        },
-    )
-    .await;
-    if let Err(e) = _scanned {
+    let mut copies = HashMap::<Vec<u8>, usize>::new();
+    match read_topic(args, topic, 1, Duration::from_secs(30)).await {
+        Ok(records) => {
+            for r in records {
+                *copies.entry(r.payload).or_default() += 1;
+            }
+        }
         // The shared broker is slow at times; the caller polls again.
-        eprintln!("reading {topic}: {e}");
+        Err(e) => eprintln!("reading {topic}: {e}"),
     }
-    let copies = copies.lock().expect("lock").clone();
     copies
 }
 

@@ -8,14 +8,12 @@
 //! held records too; a transactional producer bypasses the gate.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::Message;
 use worker_runtime::kafka::admin::{ensure_topics, TopicSpec};
 use worker_runtime::kafka::producer::{await_delivery, Delivered, SendParts};
-use worker_runtime::kafka::tail::{scan, ScanStart};
 use worker_runtime::kafka::{KafkaArgs, OutputRecord, Producer};
+use worker_runtime::testing::topic::read_topic;
 
 fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -54,27 +52,15 @@ async fn topic(args: &KafkaArgs, name: &str, partitions: i32) -> String {
 
 /// partition → (offset, payload) in log order.
 async fn read(args: &KafkaArgs, topic: &str, partitions: i32) -> HashMap<i32, Vec<(i64, Vec<u8>)>> {
-    let mut out = HashMap::new();
-    for p in 0..partitions {
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let g = got.clone();
-        // The scan hands back its callback with the end position; only the records matter.
-        let _ = scan(
-            args,
-            topic,
-            p,
-            ScanStart::Offset(0),
-            Duration::from_secs(30),
-            move |m| {
-                g.lock()
-                    .expect("lock")
-                    .push((m.offset(), m.payload().unwrap_or_default().to_vec()));
-            },
-        )
+    let mut out: HashMap<i32, Vec<(i64, Vec<u8>)>> =
+        (0..partitions).map(|p| (p, Vec::new())).collect();
+    for r in read_topic(args, topic, partitions, Duration::from_secs(30))
         .await
-        .expect("scan");
-        let v = got.lock().expect("lock").clone();
-        out.insert(p, v);
+        .expect("scan")
+    {
+        out.entry(r.partition)
+            .or_default()
+            .push((r.offset, r.payload));
     }
     out
 }
