@@ -358,11 +358,17 @@ impl ClickHouseStore {
         Ok(())
     }
 
-    /// The rows of one window of a partition, rebuilt for the verifier (off the runtime: the
-    /// re-encoding is most of the per-row work).
+    /// The rows of one window of a partition in seq order, rebuilt for the verifier (off the
+    /// runtime: the re-encoding is most of the per-row work).
+    ///
+    /// Sorted here, not by the server: for an `ORDER BY`, ClickHouse 18.16 sorts the whole
+    /// window's rows (every column) in its memory, which doubled the server's time for a
+    /// window (245 vs 130 ms for 25,000 rows of ~600 bytes), while each part is read in key
+    /// order anyway. The sort is stable, so copies of one seq (a fork) stay in the server's
+    /// order, which an `ORDER BY seq` left to the server too.
     async fn window(self, part: i32, lo: i64, hi: i64) -> Result<Vec<Prepared>, Error> {
         let sql = format!(
-            "{} WHERE chain_partition = {part} AND seq >= {lo} AND seq <= {hi} ORDER BY seq",
+            "{} WHERE chain_partition = {part} AND seq >= {lo} AND seq <= {hi}",
             AuditRow::select_sql(&self.events),
         );
         let doing = format!(
@@ -370,9 +376,15 @@ impl ClickHouseStore {
             self.database, self.events
         );
         let rows: Vec<AuditRow> = self.fetch_all(&sql, doing).await?;
-        tokio::task::spawn_blocking(move || rows.iter().map(prepare_row).collect())
-            .await
-            .map_err(|e| Error::Service(format!("ClickHouse row decoder task failed: {e}")))
+        tokio::task::spawn_blocking(move || {
+            let mut prepared: Vec<Prepared> = rows.into_iter().map(prepare_row).collect();
+            if !prepared.is_sorted_by_key(Prepared::seq) {
+                prepared.sort_by_key(Prepared::seq);
+            }
+            prepared
+        })
+        .await
+        .map_err(|e| Error::Service(format!("ClickHouse row decoder task failed: {e}")))
     }
 
     /// Where the event with this id is stored: (partition, seq) of each copy.
@@ -435,21 +447,17 @@ fn short_hex(h: &str) -> &str {
     h.get(..16).unwrap_or(h)
 }
 
-/// Rebuild the chained event from its row and feed it; an unreadable row is a finding.
-pub fn push_row(c: &mut Collector, row: &AuditRow) {
-    c.push_prepared(&prepare_row(row));
-}
-
-/// Rebuild the chained event from its row and re-encode it; an unreadable row is a finding.
-pub fn prepare_row(row: &AuditRow) -> Prepared {
-    match row.to_chained() {
-        Ok(ev) => Prepared::from_chained(&ev),
-        Err(e) => Prepared::Unreadable {
+/// Rebuild the chained event from its row (moving its strings) and re-encode it; an
+/// unreadable row is kept as one, to be reported.
+pub fn prepare_row(row: AuditRow) -> Prepared {
+    match row.into_chained() {
+        Ok(ev) => Prepared::from_chained(ev),
+        Err((e, row)) => Prepared::Unreadable {
             partition: row.chain_partition,
             seq: row.seq,
             prev_hash: hex::decode(&row.prev_hash).unwrap_or_default(),
             hash: hex::decode(&row.hash).unwrap_or_default(),
-            event_id: row.event_id.clone(),
+            event_id: row.event_id,
             why: format!("row cannot be read back into an event: {e}"),
         },
     }

@@ -74,22 +74,45 @@ pub enum Prepared {
 }
 
 impl Prepared {
-    /// Re-encode a `ChainedEvent` as the store gave it back.
-    pub fn from_chained(c: &ChainedEvent) -> Self {
-        match OwnedRecord::from_chained(c) {
-            Ok(rec) => Prepared::Record {
+    /// Re-encode a `ChainedEvent` as the store gave it back (its hashes and id moved, not
+    /// copied).
+    pub fn from_chained(c: ChainedEvent) -> Self {
+        let mut canonical = Vec::with_capacity(512);
+        let encoded = schemas::avro::canonical_bytes_version_into(
+            &c.event,
+            c.canonical_version,
+            &mut canonical,
+        );
+        match encoded {
+            Ok(()) => Prepared::Record {
                 partition: c.chain_partition,
-                rec,
                 receive_time_us: c.event.receive_time_us,
+                rec: OwnedRecord {
+                    seq: c.seq,
+                    prev_hash: c.prev_hash,
+                    hash: c.hash,
+                    canonical,
+                    canonical_version: c.canonical_version,
+                    event_id: c.event.event_id,
+                    copy: None,
+                },
             },
             Err(e) => Prepared::Unreadable {
                 partition: c.chain_partition,
                 seq: c.seq,
-                prev_hash: c.prev_hash.clone(),
-                hash: c.hash.clone(),
-                event_id: c.event.event_id.clone(),
+                prev_hash: c.prev_hash,
+                hash: c.hash,
+                event_id: c.event.event_id,
                 why: format!("cannot re-encode the event: {e}"),
             },
+        }
+    }
+
+    /// The seq the store gave this record.
+    pub fn seq(&self) -> i64 {
+        match self {
+            Prepared::Record { rec, .. } => rec.seq,
+            Prepared::Unreadable { seq, .. } => *seq,
         }
     }
 }
@@ -381,11 +404,6 @@ impl Collector {
             }
         }
         self.verifier(p).push_timed(r, receive_time_us);
-    }
-
-    /// Feed a record rebuilt from the store (its event re-encoded to canonical bytes).
-    pub fn push_chained(&mut self, c: &ChainedEvent) {
-        self.push_prepared(&Prepared::from_chained(c));
     }
 
     /// Feed a record rebuilt ahead of time (see [`Prepared`]).

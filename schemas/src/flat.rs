@@ -245,7 +245,8 @@ fn opt_flag(column: &'static str, v: Option<u8>) -> Result<Option<bool>, FlatErr
 /// so that a stored hash has exactly one spelling.
 pub fn parse_hex(column: &'static str, s: &str) -> Result<Vec<u8>, FlatError> {
     let bytes = hex::decode(s).map_err(|e| FlatError::new(column, format!("not hex: {e}")))?;
-    if hex::encode(&bytes) != s {
+    // `hex` also reads uppercase digits: what it read is lowercase iff no letter is uppercase.
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(FlatError::new(column, "hex must be lowercase"));
     }
     Ok(bytes)
@@ -471,6 +472,20 @@ impl AuditRow {
     /// The chained record this row stores. Strict: every column is used or checked (see the
     /// module docs); a row that does not describe exactly one record is an error.
     pub fn to_chained(&self) -> Result<ChainedEvent, FlatError> {
+        self.clone().into_chained().map_err(|(e, _)| e)
+    }
+
+    /// [`Self::to_chained`], moving the row's strings into the record instead of copying them
+    /// (the verifier rebuilds every row it reads). On error the row is handed back whole.
+    pub fn into_chained(self) -> Result<ChainedEvent, (FlatError, Box<Self>)> {
+        match self.check() {
+            Ok(k) => Ok(self.build(k)),
+            Err(e) => Err((e, Box::new(self))),
+        }
+    }
+
+    /// Every check of [`Self::to_chained`], and what the checks parse, before anything is moved.
+    fn check(&self) -> Result<Checked, FlatError> {
         let derived = event_time_seconds(self.event_time_us);
         if self.event_time != derived {
             return Err(FlatError::new(
@@ -491,123 +506,253 @@ impl AuditRow {
                 ),
             ));
         }
-        let event = AuditEvent {
-            event_id: self.event_id.clone(),
-            event_type: self.event_type.clone(),
+        Ok(Checked {
             category: parse_category(&self.category)?,
             severity: parse_severity(&self.severity)?,
             outcome: parse_outcome(&self.outcome)?,
-            event_time_us: self.event_time_us,
-            receive_time_us: self.receive_time_us,
-            source_component: self.source_component.clone(),
-            ingress: Ingress {
-                channel: parse_ingress_channel(&self.ingress_channel)?,
-                topic: self.ingress_topic.clone(),
-                partition: self.ingress_partition,
-                offset: self.ingress_offset,
-                format: self.ingress_format.clone(),
+            channel: parse_ingress_channel(&self.ingress_channel)?,
+            actor_type: parse_actor_type(&self.actor_type)?,
+            enrichment: EnrichmentStatus {
+                enriched: flag("enriched", self.enriched)?,
+                user_found: flag("user_found", self.user_found)?,
+                team_found: flag("team_found", self.team_found)?,
             },
-            actor: Actor {
-                actor_type: parse_actor_type(&self.actor_type)?,
-                id: self.actor_id.clone(),
-                name: self.actor_name.clone(),
-                email: self.actor_email.clone(),
-                ip: self.actor_ip.clone(),
-                user_agent: self.actor_user_agent.clone(),
-                session_id: self.actor_session_id.clone(),
-                roles: self.actor_roles.clone(),
-            },
-            tenant: TenantContext {
-                tenant_id: self.tenant_id.clone(),
-                team_id: self.team_id.clone(),
-                team_name: self.team_name.clone(),
-                project_id: self.project_id.clone(),
-                business_unit: self.business_unit.clone(),
-                cost_center: self.cost_center.clone(),
-                enrichment: EnrichmentStatus {
-                    enriched: flag("enriched", self.enriched)?,
-                    user_found: flag("user_found", self.user_found)?,
-                    team_found: flag("team_found", self.team_found)?,
-                },
-            },
-            target: self.target()?,
-            action: Action {
-                verb: self.action_verb.clone(),
-                description: self.action_description.clone(),
-                status: self.action_status.clone(),
-                error: self.action_error.clone(),
-            },
-            trace: TraceContext {
-                trace_id: self.trace_id.clone(),
-                span_id: self.span_id.clone(),
-                parent_span_id: self.parent_span_id.clone(),
-            },
-            request_id: self.request_id.clone(),
-            parent_event_id: self.parent_event_id.clone(),
-            reason: self.reason.clone(),
-            data: EventData {
-                payload_json: self.payload_json.clone(),
-                result_json: self.result_json.clone(),
-                metadata_json: self.metadata_json.clone(),
-                before_json: self.before_json.clone(),
-                after_json: self.after_json.clone(),
-                changes: self.changes.clone(),
-            },
-            ai: self.ai()?,
-            compliance: self.compliance()?,
-            security: self.security()?,
-            performance: self.performance()?,
-            attributes: self
-                .attribute_keys
-                .iter()
-                .zip(&self.attribute_values)
-                .map(|(k, v)| KeyValue {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-        };
-        Ok(ChainedEvent {
-            chain_partition: self.chain_partition,
-            seq: self.seq,
+            target: self.check_target()?,
+            ai: self.check_ai()?,
+            compliance: self.check_compliance()?,
+            security: self.check_security()?,
+            performance: self.check_performance()?,
             prev_hash: parse_hex("prev_hash", &self.prev_hash)?,
             hash: parse_hex("hash", &self.hash)?,
-            canonical_version: self.canonical_version,
-            source_topic: self.source_topic.clone(),
-            source_partition: self.source_partition,
-            source_offset: self.source_offset,
-            event,
         })
     }
 
-    fn target(&self) -> Result<Option<Target>, FlatError> {
+    /// The record, from a row that passed [`Self::check`]: nothing here can fail.
+    fn build(self, k: Checked) -> ChainedEvent {
+        let AuditRow {
+            chain_partition,
+            seq,
+            prev_hash: _,
+            hash: _,
+            canonical_version,
+            source_topic,
+            source_partition,
+            source_offset,
+            chained_offset: _,
+            event_id,
+            event_type,
+            category: _,
+            severity: _,
+            outcome: _,
+            event_time_us,
+            event_time: _,
+            receive_time_us,
+            source_component,
+            ingress_channel: _,
+            ingress_topic,
+            ingress_partition,
+            ingress_offset,
+            ingress_format,
+            actor_type: _,
+            actor_id,
+            actor_name,
+            actor_email,
+            actor_ip,
+            actor_user_agent,
+            actor_session_id,
+            actor_roles,
+            tenant_id,
+            team_id,
+            team_name,
+            project_id,
+            business_unit,
+            cost_center,
+            enriched: _,
+            user_found: _,
+            team_found: _,
+            target_type,
+            target_id,
+            target_name,
+            action_verb,
+            action_description,
+            action_status,
+            action_error,
+            trace_id,
+            span_id,
+            parent_span_id,
+            request_id,
+            parent_event_id,
+            reason,
+            payload_json,
+            result_json,
+            metadata_json,
+            before_json,
+            after_json,
+            changes,
+            has_ai: _,
+            ai_agent_type,
+            ai_model,
+            ai_prompt_tokens,
+            ai_completion_tokens,
+            ai_confidence,
+            ai_reasoning,
+            ai_tools,
+            ai_execution_time_ms,
+            has_compliance: _,
+            compliance_regulations,
+            compliance_traffic_light,
+            compliance_issues_found,
+            compliance_critical_issues,
+            compliance_findings_json,
+            has_security: _,
+            security_data_classification,
+            security_encryption_used: _,
+            security_pii_detected: _,
+            security_retention_days,
+            has_performance: _,
+            perf_processing_time_ms,
+            perf_response_time_ms,
+            perf_db_query_time_ms,
+            perf_external_api_time_ms,
+            perf_memory_used_mb,
+            perf_resource_count,
+            attribute_keys,
+            attribute_values,
+        } = self;
+        let target = match (k.target, target_type, target_id) {
+            (true, Some(target_type), Some(id)) => Some(Target {
+                target_type,
+                id,
+                name: target_name,
+            }),
+            _ => None,
+        };
+        let event = AuditEvent {
+            event_id,
+            event_type,
+            category: k.category,
+            severity: k.severity,
+            outcome: k.outcome,
+            event_time_us,
+            receive_time_us,
+            source_component,
+            ingress: Ingress {
+                channel: k.channel,
+                topic: ingress_topic,
+                partition: ingress_partition,
+                offset: ingress_offset,
+                format: ingress_format,
+            },
+            actor: Actor {
+                actor_type: k.actor_type,
+                id: actor_id,
+                name: actor_name,
+                email: actor_email,
+                ip: actor_ip,
+                user_agent: actor_user_agent,
+                session_id: actor_session_id,
+                roles: actor_roles,
+            },
+            tenant: TenantContext {
+                tenant_id,
+                team_id,
+                team_name,
+                project_id,
+                business_unit,
+                cost_center,
+                enrichment: k.enrichment,
+            },
+            target,
+            action: Action {
+                verb: action_verb,
+                description: action_description,
+                status: action_status,
+                error: action_error,
+            },
+            trace: TraceContext {
+                trace_id,
+                span_id,
+                parent_span_id,
+            },
+            request_id,
+            parent_event_id,
+            reason,
+            data: EventData {
+                payload_json,
+                result_json,
+                metadata_json,
+                before_json,
+                after_json,
+                changes,
+            },
+            ai: k.ai.then_some(AiContext {
+                agent_type: ai_agent_type,
+                model: ai_model,
+                prompt_tokens: ai_prompt_tokens,
+                completion_tokens: ai_completion_tokens,
+                confidence: ai_confidence,
+                reasoning: ai_reasoning,
+                tools: ai_tools,
+                execution_time_ms: ai_execution_time_ms,
+            }),
+            compliance: k.compliance.then_some(ComplianceContext {
+                regulations: compliance_regulations,
+                traffic_light: compliance_traffic_light,
+                issues_found: compliance_issues_found,
+                critical_issues: compliance_critical_issues,
+                findings_json: compliance_findings_json,
+            }),
+            security: k
+                .security
+                .map(|(encryption_used, pii_detected)| SecurityContext {
+                    data_classification: security_data_classification,
+                    encryption_used,
+                    pii_detected,
+                    retention_days: security_retention_days,
+                }),
+            performance: k.performance.then_some(Performance {
+                processing_time_ms: perf_processing_time_ms,
+                response_time_ms: perf_response_time_ms,
+                db_query_time_ms: perf_db_query_time_ms,
+                external_api_time_ms: perf_external_api_time_ms,
+                memory_used_mb: perf_memory_used_mb,
+                resource_count: perf_resource_count,
+            }),
+            attributes: attribute_keys
+                .into_iter()
+                .zip(attribute_values)
+                .map(|(key, value)| KeyValue { key, value })
+                .collect(),
+        };
+        ChainedEvent {
+            chain_partition,
+            seq,
+            prev_hash: k.prev_hash,
+            hash: k.hash,
+            canonical_version,
+            source_topic,
+            source_partition,
+            source_offset,
+            event,
+        }
+    }
+
+    /// Whether the row holds a target (both its type and id, or neither and no name).
+    fn check_target(&self) -> Result<bool, FlatError> {
         match (&self.target_type, &self.target_id) {
-            (Some(t), Some(id)) => Ok(Some(Target {
-                target_type: t.clone(),
-                id: id.clone(),
-                name: self.target_name.clone(),
-            })),
+            (Some(_), Some(_)) => Ok(true),
             (None, None) => {
                 must_be_empty("target_name", &self.target_name, "the target")?;
-                Ok(None)
+                Ok(false)
             }
             (Some(_), None) => Err(FlatError::new("target_id", "null, but target_type is set")),
             (None, Some(_)) => Err(FlatError::new("target_type", "null, but target_id is set")),
         }
     }
 
-    fn ai(&self) -> Result<Option<AiContext>, FlatError> {
+    fn check_ai(&self) -> Result<bool, FlatError> {
         if flag("has_ai", self.has_ai)? {
-            return Ok(Some(AiContext {
-                agent_type: self.ai_agent_type.clone(),
-                model: self.ai_model.clone(),
-                prompt_tokens: self.ai_prompt_tokens,
-                completion_tokens: self.ai_completion_tokens,
-                confidence: self.ai_confidence,
-                reasoning: self.ai_reasoning.clone(),
-                tools: self.ai_tools.clone(),
-                execution_time_ms: self.ai_execution_time_ms,
-            }));
+            return Ok(true);
         }
         let of = "has_ai = 0";
         must_be_empty("ai_agent_type", &self.ai_agent_type, of)?;
@@ -618,18 +763,12 @@ impl AuditRow {
         must_be_empty("ai_reasoning", &self.ai_reasoning, of)?;
         must_be_empty_vec("ai_tools", &self.ai_tools, of)?;
         must_be_empty("ai_execution_time_ms", &self.ai_execution_time_ms, of)?;
-        Ok(None)
+        Ok(false)
     }
 
-    fn compliance(&self) -> Result<Option<ComplianceContext>, FlatError> {
+    fn check_compliance(&self) -> Result<bool, FlatError> {
         if flag("has_compliance", self.has_compliance)? {
-            return Ok(Some(ComplianceContext {
-                regulations: self.compliance_regulations.clone(),
-                traffic_light: self.compliance_traffic_light.clone(),
-                issues_found: self.compliance_issues_found,
-                critical_issues: self.compliance_critical_issues,
-                findings_json: self.compliance_findings_json.clone(),
-            }));
+            return Ok(true);
         }
         let of = "has_compliance = 0";
         must_be_empty_vec("compliance_regulations", &self.compliance_regulations, of)?;
@@ -649,20 +788,17 @@ impl AuditRow {
             &self.compliance_findings_json,
             of,
         )?;
-        Ok(None)
+        Ok(false)
     }
 
-    fn security(&self) -> Result<Option<SecurityContext>, FlatError> {
+    /// `Some((encryption_used, pii_detected))` if the row holds a security context.
+    #[allow(clippy::type_complexity)]
+    fn check_security(&self) -> Result<Option<(Option<bool>, Option<bool>)>, FlatError> {
         if flag("has_security", self.has_security)? {
-            return Ok(Some(SecurityContext {
-                data_classification: self.security_data_classification.clone(),
-                encryption_used: opt_flag(
-                    "security_encryption_used",
-                    self.security_encryption_used,
-                )?,
-                pii_detected: opt_flag("security_pii_detected", self.security_pii_detected)?,
-                retention_days: self.security_retention_days,
-            }));
+            return Ok(Some((
+                opt_flag("security_encryption_used", self.security_encryption_used)?,
+                opt_flag("security_pii_detected", self.security_pii_detected)?,
+            )));
         }
         let of = "has_security = 0";
         must_be_empty(
@@ -680,16 +816,9 @@ impl AuditRow {
         Ok(None)
     }
 
-    fn performance(&self) -> Result<Option<Performance>, FlatError> {
+    fn check_performance(&self) -> Result<bool, FlatError> {
         if flag("has_performance", self.has_performance)? {
-            return Ok(Some(Performance {
-                processing_time_ms: self.perf_processing_time_ms,
-                response_time_ms: self.perf_response_time_ms,
-                db_query_time_ms: self.perf_db_query_time_ms,
-                external_api_time_ms: self.perf_external_api_time_ms,
-                memory_used_mb: self.perf_memory_used_mb,
-                resource_count: self.perf_resource_count,
-            }));
+            return Ok(true);
         }
         let of = "has_performance = 0";
         must_be_empty("perf_processing_time_ms", &self.perf_processing_time_ms, of)?;
@@ -702,8 +831,26 @@ impl AuditRow {
         )?;
         must_be_empty("perf_memory_used_mb", &self.perf_memory_used_mb, of)?;
         must_be_empty("perf_resource_count", &self.perf_resource_count, of)?;
-        Ok(None)
+        Ok(false)
     }
+}
+
+/// What [`AuditRow::check`] parsed: the enums, flags and hashes, and which optional parts the
+/// row holds.
+struct Checked {
+    category: EventCategory,
+    severity: Severity,
+    outcome: Outcome,
+    channel: IngressChannel,
+    actor_type: ActorType,
+    enrichment: EnrichmentStatus,
+    target: bool,
+    ai: bool,
+    compliance: bool,
+    security: Option<(Option<bool>, Option<bool>)>,
+    performance: bool,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
 }
 
 /// One row of `audit_checkpoints`: a signed checkpoint, every field kept (bytes as lowercase
@@ -934,6 +1081,16 @@ mod tests {
         assert!(changed(&|r| r.has_ai = 0).is_err());
         // Sink bookkeeping is not part of the record.
         assert_eq!(changed(&|r| r.chained_offset = 99), Ok(false));
+        // The moving form gives the same record, and a row it refuses back whole.
+        assert_eq!(row.clone().into_chained().ok(), Some(c));
+        let mut bad = row.clone();
+        bad.has_ai = 0;
+        let (e, back) = bad
+            .clone()
+            .into_chained()
+            .expect_err("has_ai = 0 with ai fields");
+        assert!(e.column.starts_with("ai_"), "{e:?}");
+        assert_eq!(*back, bad);
     }
 
     #[test]
