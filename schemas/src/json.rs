@@ -75,6 +75,8 @@
 //! offending field (`event.timestamp`, `event.attributes.env`, `event.changes[2]`; empty for the
 //! whole document) and a human message.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Number, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -313,7 +315,7 @@ fn map_event(
     let user_id = ev.str(&["userId", "user_id"])?;
     let service_id = ev.str(&["serviceId", "service_id"])?;
     let (actor_id, default_type) = {
-        let mut chosen: Option<(String, String, ActorType)> = None;
+        let mut chosen: Option<(Cow<'static, str>, String, ActorType)> = None;
         for (cand, ty) in [
             (actor_id_obj, ActorType::User),
             (user_id, ActorType::User),
@@ -437,7 +439,7 @@ fn map_event(
             }
         }
         Some((p, Value::Object(m))) => {
-            let mut a = Obj::new(m, p, limits);
+            let mut a = Obj::new(m, p.into_owned(), limits);
             let verb = a.required_nonempty_str(&["verb", "name"])?;
             let description = a.opt_str(&["description"])?;
             let status = a.opt_str(&["status"])?;
@@ -608,17 +610,17 @@ fn map_event(
             validate::check_attribute_count(m.len(), limits, &p)?;
             let mut out = Vec::with_capacity(m.len());
             for (k, v) in m {
-                let vp = format!("{p}.{k}");
-                ev.check_len(&k, &vp)?;
+                let vp = || format!("{p}.{k}");
+                ev.check_len_at(&k, vp)?;
                 match v {
                     Value::String(s) => {
-                        ev.check_len(&s, &vp)?;
+                        ev.check_len_at(&s, vp)?;
                         out.push(KeyValue { key: k, value: s });
                     }
                     other => {
                         return Err(JsonError::new(
                             JsonErrorCode::WrongType,
-                            vp,
+                            vp(),
                             format!(
                                 "attribute values must be strings, got {}",
                                 type_name(&other)
@@ -757,24 +759,39 @@ impl<'l> Obj<'l> {
         )
     }
 
+    /// [`Self::path`] of a key read: borrowed at the top level, where most fields are, so
+    /// that reading a field allocates nothing for a path that only an error message uses.
+    fn at(&self, key: &'static str) -> Cow<'static, str> {
+        if self.prefix.is_empty() {
+            Cow::Borrowed(key)
+        } else {
+            Cow::Owned(format!("{}.{key}", self.prefix))
+        }
+    }
+
     /// Removes the first present alias; `null` counts as absent.
-    fn take_value(&mut self, names: &[&str]) -> Option<(String, Value)> {
+    fn take_value(&mut self, names: &[&'static str]) -> Option<(Cow<'static, str>, Value)> {
         for name in names {
             if let Some(v) = self.map.remove(*name) {
                 if v.is_null() {
                     continue;
                 }
-                return Some((self.path(name), v));
+                return Some((self.at(name), v));
             }
         }
         None
     }
 
     fn check_len(&self, s: &str, path: &str) -> JResult<()> {
-        validate::check_string_len(s, self.limits.max_string_bytes, || path.to_owned())
+        self.check_len_at(s, || path.to_owned())
     }
 
-    fn str(&mut self, names: &[&str]) -> JResult<Option<(String, String)>> {
+    /// [`Self::check_len`] with the path made only if the string is too long.
+    fn check_len_at(&self, s: &str, path: impl FnOnce() -> String) -> JResult<()> {
+        validate::check_string_len(s, self.limits.max_string_bytes, path)
+    }
+
+    fn str(&mut self, names: &[&'static str]) -> JResult<Option<(Cow<'static, str>, String)>> {
         match self.take_value(names) {
             None => Ok(None),
             Some((p, Value::String(s))) => {
@@ -788,7 +805,11 @@ impl<'l> Obj<'l> {
     /// A label (category, severity, outcome, actor type): a string, or, outside strict label
     /// mode, any other JSON value as its normalised JSON text (`3`, `true`, `{"level":3}`), which
     /// is then an unknown label kept as the original: a label is never a reason to lose an event.
-    fn label(&mut self, names: &[&str], strict: bool) -> JResult<Option<(String, String)>> {
+    fn label(
+        &mut self,
+        names: &[&'static str],
+        strict: bool,
+    ) -> JResult<Option<(Cow<'static, str>, String)>> {
         match self.take_value(names) {
             None => Ok(None),
             Some((p, Value::String(s))) => {
@@ -804,16 +825,16 @@ impl<'l> Obj<'l> {
         }
     }
 
-    fn opt_str(&mut self, names: &[&str]) -> JResult<Option<String>> {
+    fn opt_str(&mut self, names: &[&'static str]) -> JResult<Option<String>> {
         Ok(self.str(names)?.map(|(_, s)| s))
     }
 
-    fn required_str(&mut self, names: &[&str]) -> JResult<String> {
+    fn required_str(&mut self, names: &[&'static str]) -> JResult<String> {
         let first = names.first().copied().unwrap_or("");
         self.opt_str(names)?.ok_or_else(|| self.missing(first))
     }
 
-    fn required_nonempty_str(&mut self, names: &[&str]) -> JResult<String> {
+    fn required_nonempty_str(&mut self, names: &[&'static str]) -> JResult<String> {
         let first = names.first().copied().unwrap_or("");
         match self.str(names)? {
             Some((p, s)) => validate::check_nonempty(&s, &p).map(|()| s),
@@ -821,14 +842,14 @@ impl<'l> Obj<'l> {
         }
     }
 
-    fn i64(&mut self, names: &[&str]) -> JResult<Option<i64>> {
+    fn i64(&mut self, names: &[&'static str]) -> JResult<Option<i64>> {
         match self.take_value(names) {
             None => Ok(None),
             Some((p, v)) => integer(&v, &p).map(Some),
         }
     }
 
-    fn i32(&mut self, names: &[&str]) -> JResult<Option<i32>> {
+    fn i32(&mut self, names: &[&'static str]) -> JResult<Option<i32>> {
         match self.take_value(names) {
             None => Ok(None),
             Some((p, v)) => {
@@ -844,7 +865,7 @@ impl<'l> Obj<'l> {
         }
     }
 
-    fn bool(&mut self, names: &[&str]) -> JResult<Option<bool>> {
+    fn bool(&mut self, names: &[&'static str]) -> JResult<Option<bool>> {
         match self.take_value(names) {
             None => Ok(None),
             Some((_, Value::Bool(b))) => Ok(Some(b)),
@@ -852,7 +873,7 @@ impl<'l> Obj<'l> {
         }
     }
 
-    fn confidence(&mut self, names: &[&str]) -> JResult<Option<f64>> {
+    fn confidence(&mut self, names: &[&'static str]) -> JResult<Option<f64>> {
         match self.take_value(names) {
             None => Ok(None),
             Some((p, Value::Number(n))) => {
@@ -864,19 +885,18 @@ impl<'l> Obj<'l> {
         }
     }
 
-    fn str_array(&mut self, names: &[&str]) -> JResult<Option<Vec<String>>> {
+    fn str_array(&mut self, names: &[&'static str]) -> JResult<Option<Vec<String>>> {
         match self.take_value(names) {
             None => Ok(None),
             Some((p, Value::Array(items))) => {
                 let mut out = Vec::with_capacity(items.len());
                 for (i, item) in items.into_iter().enumerate() {
-                    let ip = format!("{p}[{i}]");
                     match item {
                         Value::String(s) => {
-                            self.check_len(&s, &ip)?;
+                            self.check_len_at(&s, || format!("{p}[{i}]"))?;
                             out.push(s);
                         }
-                        other => return Err(wrong_type(ip, "a string", &other)),
+                        other => return Err(wrong_type(format!("{p}[{i}]"), "a string", &other)),
                     }
                 }
                 Ok(Some(out))
@@ -885,10 +905,10 @@ impl<'l> Obj<'l> {
         }
     }
 
-    fn object(&mut self, names: &[&str]) -> JResult<Option<Obj<'l>>> {
+    fn object(&mut self, names: &[&'static str]) -> JResult<Option<Obj<'l>>> {
         match self.take_value(names) {
             None => Ok(None),
-            Some((p, Value::Object(m))) => Ok(Some(Obj::new(m, p, self.limits))),
+            Some((p, Value::Object(m))) => Ok(Some(Obj::new(m, p.into_owned(), self.limits))),
             Some((p, other)) => Err(wrong_type(p, "an object", &other)),
         }
     }
@@ -903,13 +923,12 @@ impl<'l> Obj<'l> {
 
 /// Lifts a metadata string into `slot` when the slot is empty (the key is removed), or removes
 /// it when it equals the slot's value; a different value stays in the metadata remainder.
-fn lift_str(m: &mut Obj<'_>, names: &[&str], slot: &mut Option<String>) -> JResult<()> {
+fn lift_str(m: &mut Obj<'_>, names: &[&'static str], slot: &mut Option<String>) -> JResult<()> {
     for name in names {
-        let p = m.path(name);
         match m.map.get(*name) {
             None | Some(Value::Null) => continue,
             Some(Value::String(s)) => {
-                m.check_len(s, &p)?;
+                m.check_len_at(s, || m.path(name))?;
                 if slot.is_none() || slot.as_deref() == Some(s.as_str()) {
                     if let Some(Value::String(s)) = m.map.remove(*name) {
                         *slot = Some(s);
@@ -917,19 +936,18 @@ fn lift_str(m: &mut Obj<'_>, names: &[&str], slot: &mut Option<String>) -> JResu
                 }
                 return Ok(());
             }
-            Some(other) => return Err(wrong_type(p, "a string", other)),
+            Some(other) => return Err(wrong_type(m.path(name), "a string", other)),
         }
     }
     Ok(())
 }
 
-fn lift_i64(m: &mut Obj<'_>, names: &[&str], slot: &mut Option<i64>) -> JResult<()> {
+fn lift_i64(m: &mut Obj<'_>, names: &[&'static str], slot: &mut Option<i64>) -> JResult<()> {
     for name in names {
-        let p = m.path(name);
         match m.map.get(*name) {
             None | Some(Value::Null) => continue,
             Some(v) => {
-                let n = integer(v, &p)?;
+                let n = integer(v, &m.at(name))?;
                 if slot.is_none() || *slot == Some(n) {
                     m.map.remove(*name);
                     *slot = Some(n);
@@ -1146,32 +1164,45 @@ fn find_lone_surrogate(text: &str) -> Option<usize> {
 }
 
 fn check_depth(v: &Value, max: usize) -> JResult<()> {
-    fn walk(v: &Value, depth: usize, max: usize) -> Option<Vec<String>> {
-        let children: Box<dyn Iterator<Item = (String, &Value)>> = match v {
-            Value::Object(m) => Box::new(m.iter().map(|(k, v)| (k.clone(), v))),
-            Value::Array(a) => Box::new(a.iter().enumerate().map(|(i, v)| (format!("[{i}]"), v))),
-            _ => return None,
-        };
-        if depth > max {
-            return Some(Vec::new());
+    /// One step of the path to the first value nested too deep.
+    enum Seg<'v> {
+        Key(&'v str),
+        Index(usize),
+    }
+    // Nothing is allocated on the way down (every record is walked whole): the path is built
+    // only on the way back up from a value that is too deep.
+    fn walk(v: &Value, depth: usize, max: usize) -> Option<Vec<Seg<'_>>> {
+        match v {
+            Value::Object(_) | Value::Array(_) if depth > max => Some(Vec::new()),
+            Value::Object(m) => m.iter().find_map(|(k, child)| {
+                walk(child, depth + 1, max).map(|mut path| {
+                    path.push(Seg::Key(k));
+                    path
+                })
+            }),
+            Value::Array(a) => a.iter().enumerate().find_map(|(i, child)| {
+                walk(child, depth + 1, max).map(|mut path| {
+                    path.push(Seg::Index(i));
+                    path
+                })
+            }),
+            _ => None,
         }
-        for (k, child) in children {
-            if let Some(mut path) = walk(child, depth + 1, max) {
-                path.push(k);
-                return Some(path);
-            }
-        }
-        None
     }
     match walk(v, 1, max) {
         None => Ok(()),
         Some(rev) => {
             let mut path = String::new();
             for seg in rev.iter().rev() {
-                if !path.is_empty() && !seg.starts_with('[') {
-                    path.push('.');
+                match seg {
+                    Seg::Key(k) => {
+                        if !path.is_empty() && !k.starts_with('[') {
+                            path.push('.');
+                        }
+                        path.push_str(k);
+                    }
+                    Seg::Index(i) => path.push_str(&format!("[{i}]")),
                 }
-                path.push_str(seg);
             }
             Err(JsonError::new(
                 JsonErrorCode::TooDeep,

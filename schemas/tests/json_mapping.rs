@@ -375,6 +375,15 @@ fn limits() {
         run(&with(r#""data":{"a":{"b":{"c":1}}}"#)),
         (TooDeep, "event.data.a.b".into())
     );
+    // The path through arrays names the index; a key that starts with `[` takes no dot.
+    assert_eq!(
+        run(&with(r#""data":{"a":[1,{"b":[]}]}"#)),
+        (TooDeep, "event.data.a[1]".into())
+    );
+    assert_eq!(
+        run(&with(r#""data":{"[k]":{"b":[]}}"#)),
+        (TooDeep, "event.data[k].b".into())
+    );
     // Beyond serde_json's own recursion limit it is still `too_deep`, not `invalid_json`.
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
     assert_eq!(err(&format!(r#"{{"event":{{"data":{deep}}}}}"#)).0, TooDeep);

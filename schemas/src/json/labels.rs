@@ -365,11 +365,10 @@ fn unknown_error(kind: LabelKind, path: &str, text: &str) -> JsonError {
 
 /// Lowercase, without `_`, `-` and spaces: `USER_INTERACTION`, `user-interaction` and
 /// `UserInteraction` all compare equal.
-fn squash(s: &str) -> String {
+fn squashed(s: &str) -> impl Iterator<Item = char> + '_ {
     s.chars()
         .filter(|c| !matches!(c, '_' | '-' | ' '))
         .flat_map(char::to_lowercase)
-        .collect()
 }
 
 struct Vocab<T: 'static> {
@@ -383,11 +382,20 @@ struct Vocab<T: 'static> {
 
 impl<T: Copy + PartialEq + 'static> Vocab<T> {
     fn classify(&self, text: &str) -> (LabelMatch, T) {
-        let q = squash(text);
-        if let Some((_, v)) = self.names.iter().find(|(n, _)| squash(n) == q) {
+        // Compared char by char, nothing allocated: every event has four labels, and each is
+        // classified when mapped and again when the event is validated.
+        if let Some((_, v)) = self
+            .names
+            .iter()
+            .find(|(n, _)| squashed(n).eq(squashed(text)))
+        {
             return (LabelMatch::Name, *v);
         }
-        if let Some((_, v)) = self.synonyms.iter().find(|(n, _)| *n == q) {
+        if let Some((_, v)) = self
+            .synonyms
+            .iter()
+            .find(|(n, _)| n.chars().eq(squashed(text)))
+        {
             return (LabelMatch::Synonym, *v);
         }
         (LabelMatch::Unknown, self.fallback)
