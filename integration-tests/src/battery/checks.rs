@@ -419,11 +419,18 @@ fn committed(
     }))
 }
 
-/// Deletes the head of the busiest chained partition — every record both sinks have
-/// committed — the way tansu's own retention does (`DELETE FROM record` in its SQLite store):
-/// tansu 0.6.0's SQLite engine does not implement the Kafka DeleteRecords API (its
-/// `delete_records` is an unimplemented stub that panics). Returns what it did.
-pub(super) async fn delete_chained_head(p: &Pipeline, db: &Path) -> anyhow::Result<String> {
+/// Where [`delete_chained_head`] cuts: the head of the busiest chained partition, every record
+/// both sinks have committed.
+pub(super) struct HeadCut {
+    topic: String,
+    part: i32,
+    low: i64,
+    cut: i64,
+}
+
+/// The head of the busiest chained partition that both sinks have committed (`None`: no
+/// partition has such records yet). Read from the running broker.
+pub(super) async fn chained_head_to_cut(p: &Pipeline) -> anyhow::Result<Option<HeadCut>> {
     let topic = p.kafka.topics().chained;
     let ns = p.ns.clone();
     let (pp, t) = (p.kafka.clone(), topic.clone());
@@ -446,9 +453,21 @@ pub(super) async fn delete_chained_head(p: &Pipeline, db: &Path) -> anyhow::Resu
         Ok(best)
     })
     .await??;
-    let Some((part, low, cut)) = best else {
-        return Ok("nothing deleted: no chained partition had records both sinks committed".into());
-    };
+    Ok(best.map(|(part, low, cut)| HeadCut {
+        topic,
+        part,
+        low,
+        cut,
+    }))
+}
+
+/// Deletes the records of `c` the way tansu's own retention does (`DELETE FROM record` in its
+/// SQLite store): tansu 0.6.0's SQLite engine does not implement the Kafka DeleteRecords API
+/// (its `delete_records` is an unimplemented stub that panics). **The broker must be stopped**:
+/// tansu's store takes no second writer (no busy timeout), and a write of ours beside its own
+/// made one of its writes fail with "database is locked" and tansu then panic, leaving a broker
+/// that listens but answers nothing. Returns how many records it deleted.
+pub(super) async fn delete_chained_head(db: &Path, c: &HeadCut) -> anyhow::Result<String> {
     let script = "import sqlite3, sys\n\
         db, topic, part, cut = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])\n\
         c = sqlite3.connect(db, timeout=60)\n\
@@ -461,9 +480,9 @@ pub(super) async fn delete_chained_head(p: &Pipeline, db: &Path) -> anyhow::Resu
         .arg("-c")
         .arg(script)
         .arg(db)
-        .arg(&topic)
-        .arg(part.to_string())
-        .arg(cut.to_string())
+        .arg(&c.topic)
+        .arg(c.part.to_string())
+        .arg(c.cut.to_string())
         .output()
         .await
         .context("running python3 to delete records from tansu's SQLite store")?;
@@ -473,15 +492,25 @@ pub(super) async fn delete_chained_head(p: &Pipeline, db: &Path) -> anyhow::Resu
         db.display(),
         String::from_utf8_lossy(&out.stderr)
     );
-    let deleted = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    let (pp, t) = (p.kafka.clone(), topic.clone());
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// What [`delete_chained_head`] did, with the partition's log start offset read back from the
+/// broker (running again).
+pub(super) async fn describe_cut(
+    p: &Pipeline,
+    c: &HeadCut,
+    deleted: &str,
+) -> anyhow::Result<String> {
+    let (pp, t, part) = (p.kafka.clone(), c.topic.clone(), c.part);
     let low_after = tokio::task::spawn_blocking(move || -> anyhow::Result<i64> {
         let probe = watermark_client(&pp)?;
         Ok(probe.fetch_watermarks(&t, part, Duration::from_secs(10))?.0)
     })
     .await??;
     Ok(format!(
-        "{topic}/{part}: deleted {deleted} records at offsets {low}..{cut} (both sinks had \
-         committed them; log start offset now {low_after})"
+        "{}/{part}: deleted {deleted} records at offsets {}..{} (both sinks had committed \
+         them; log start offset now {low_after})",
+        c.topic, c.low, c.cut
     ))
 }

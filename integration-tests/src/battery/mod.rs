@@ -619,7 +619,24 @@ impl Battery<'_> {
                 }
             }
             Action::DeleteRecords => {
-                let note = checks::delete_chained_head(self.p, &self.opts.tansu_db).await?;
+                let note = match checks::chained_head_to_cut(self.p).await? {
+                    None => {
+                        "nothing deleted: no chained partition had records both sinks committed"
+                            .to_owned()
+                    }
+                    Some(cut) => {
+                        // tansu's store takes no second writer (see `delete_chained_head`):
+                        // the broker is stopped while the records go, as for an outage.
+                        self.stack("stop", Server::Kafka).await?;
+                        let deleted = checks::delete_chained_head(&self.opts.tansu_db, &cut).await;
+                        self.stack("start", Server::Kafka).await?;
+                        let deleted = deleted?;
+                        format!(
+                            "{}; broker stopped for the deletion",
+                            checks::describe_cut(self.p, &cut, &deleted).await?
+                        )
+                    }
+                };
                 // Restart what reads the chained log, so that their recovery meets the gap.
                 for w in [Worker::Chainer, Worker::SinkClickhouse, Worker::SinkArchive] {
                     let i = self.slot_of(w);
