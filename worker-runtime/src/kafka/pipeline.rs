@@ -224,6 +224,7 @@ pub async fn run_with_liveness<P: Processor>(
     };
     let restart = Arc::new(Notify::new());
     let watchdog_stop = shutdown.child();
+    let probe_timeout = liveness.probe_timeout;
     let watchdog = {
         let probe = ConsumerProbe::new(
             consumer.clone(),
@@ -312,9 +313,35 @@ pub async fn run_with_liveness<P: Processor>(
         tracing::warn!(stage, error = %e, "delivery failed while draining; its input will be redelivered");
     }
     commit_stored(&consumer).await;
-    // Not awaited: a measurement in progress may wait for broker timeouts.
-    watchdog.abort();
+    release_watchdog(watchdog, &consumer, probe_timeout).await;
     result
+}
+
+/// Stops the watchdog and waits (bounded) until it and any measurement it started have let go
+/// of the consumer, so that the consumer is closed when this function drops it, while the
+/// broker is most likely still there. Otherwise the last clone could be dropped later by
+/// whichever thread cancels the aborted task or ends the measurement, even during runtime
+/// shutdown: librdkafka's close then waited for a broker that had gone (seen in the
+/// broker-outage test, whose runtime never finished dropping). Not awaited without a bound: a
+/// measurement in progress may wait up to `probe_timeout` for broker answers.
+async fn release_watchdog<T>(
+    watchdog: tokio::task::JoinHandle<T>,
+    consumer: &Arc<AuditConsumer>,
+    probe_timeout: Duration,
+) {
+    watchdog.abort();
+    let released = async {
+        let _ = watchdog.await;
+        while Arc::strong_count(consumer) > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(probe_timeout + Duration::from_secs(1), released)
+        .await
+        .is_err()
+    {
+        tracing::debug!("the consumer is still shared after the watchdog stopped");
+    }
 }
 
 /// Processes one input and enqueues its outputs.
