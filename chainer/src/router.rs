@@ -26,7 +26,9 @@ use tokio::sync::mpsc::{self, error::TrySendError, OwnedPermit};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use worker_runtime::health::Readiness;
-use worker_runtime::kafka::consumer::{assign_static, commit_stored, subscribe, ConsumerSettings};
+use worker_runtime::kafka::consumer::{
+    assign_static, close, close_detached, commit_stored, subscribe, ConsumerSettings, CLOSE_BOUND,
+};
 use worker_runtime::kafka::liveness::{heal_ghost_leader, HealTarget};
 use worker_runtime::kafka::pipeline::is_fatal;
 use worker_runtime::kafka::{InputRecord, KafkaArgs, Producer};
@@ -208,6 +210,11 @@ impl Router {
         };
         self.set_ready(false, "stopping");
         self.shut(result.is_ok()).await;
+        // Consumers are closed here, bounded, not wherever their last reference is dropped.
+        for old in std::mem::take(&mut self.retired) {
+            close_detached(old);
+        }
+        close(self.io, CLOSE_BOUND).await;
         result
     }
 
@@ -330,9 +337,9 @@ impl Router {
             if Arc::strong_count(io) > 1 {
                 return true;
             }
-            // Closing a consumer blocks: not on the runtime.
-            let io = io.clone();
-            tokio::task::spawn_blocking(move || drop(io));
+            // Closing a consumer blocks, maybe without end: neither on the runtime nor on its
+            // blocking pool, which the runtime waits for when it shuts down.
+            close_detached(io.clone());
             false
         });
     }

@@ -21,7 +21,7 @@ use rdkafka::consumer::Consumer;
 use rdkafka::Offset;
 use schemas::framing::encode_single_object_checkpoint;
 use worker_runtime::health::Readiness;
-use worker_runtime::kafka::consumer::{commit_stored, store_next_offset};
+use worker_runtime::kafka::consumer::{close_owned, commit_stored, store_next_offset, CLOSE_BOUND};
 use worker_runtime::kafka::dlq::dead_letter;
 use worker_runtime::kafka::pipeline::is_fatal;
 use worker_runtime::kafka::producer::await_delivery;
@@ -177,12 +177,14 @@ impl Worker {
         }
         if self.txn.is_some() {
             self.finish_txn().await;
-            // A transactional producer in a failed state may block in its destructor; let it
-            // (and the rest of the worker) go on a thread of its own, not on the runtime.
-            std::thread::spawn(move || drop(self));
         } else {
             self.finish().await;
         }
+        drop(consumer);
+        // The worker's Kafka clients close on a thread of their own, bounded: a consumer's
+        // close waits for its group coordinator, and a transactional producer in a failed
+        // state may block in its destructor; neither may hold a runtime thread.
+        close_owned(self, CLOSE_BOUND).await;
         result
     }
 

@@ -24,7 +24,9 @@ use rdkafka::consumer::Consumer;
 use rdkafka::Offset;
 use schemas::{framing, SchemaError};
 use worker_runtime::health::Readiness;
-use worker_runtime::kafka::consumer::{commit_stored, store_next_offset, subscribe};
+use worker_runtime::kafka::consumer::{
+    close, commit_stored, store_next_offset, subscribe, CLOSE_BOUND,
+};
 use worker_runtime::kafka::trace_context::{self, BatchLinks, KeyValue};
 use worker_runtime::kafka::{
     dlq, pipeline, AuditConsumer, ConsumerSettings, InputRecord, Producer, RebalanceState, Topics,
@@ -170,6 +172,8 @@ impl Worker {
             }
         }
         commit_stored(&self.consumer).await;
+        // Closed here, bounded, not wherever the last reference happens to be dropped.
+        close(self.consumer, CLOSE_BOUND).await;
         result
     }
 

@@ -46,7 +46,7 @@ use rdkafka::Offset;
 use schemas::flat::{AuditRow, CheckpointRow};
 use schemas::framing::{self, CatalogIdResolver};
 use worker_runtime::health::Readiness;
-use worker_runtime::kafka::consumer::{commit_stored, store_next_offset};
+use worker_runtime::kafka::consumer::{close, commit_stored, store_next_offset, CLOSE_BOUND};
 use worker_runtime::kafka::dlq::dead_letter;
 use worker_runtime::kafka::pipeline::is_fatal;
 use worker_runtime::kafka::trace_context::{self, BatchLinks, KeyValue};
@@ -210,6 +210,9 @@ impl SinkLoop {
             tracing::warn!(stage = STAGE, error = %e, "final checkpoint flush failed; they will be re-read");
         }
         commit_stored(&self.consumer).await;
+        // Closed here, bounded, not wherever the last reference happens to be dropped.
+        drop(consumer);
+        close(self.consumer, CLOSE_BOUND).await;
         result
     }
 

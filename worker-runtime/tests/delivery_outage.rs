@@ -412,3 +412,106 @@ async fn a_producer_that_outlives_a_timed_out_record_keeps_its_epoch() {
         .await
         .expect("the broker serves after the outage");
 }
+
+/// A broker that stops answering at shutdown (it accepts connections and reads requests, and
+/// answers nothing: a wedged broker, seen from tansu under load) must not keep a worker from
+/// ending. librdkafka's consumer close waits for the group coordinator without a bound, so the
+/// worker gives its consumer a bounded time to close on a thread of its own and then goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_broker_stops_answering_still_shuts_down() {
+    const N: usize = 30;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let id = unique();
+    let broker_port = free_port();
+    let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
+    let _broker = Broker::start(broker_port, proxy.port(), &format!("stall-{id}"));
+    let args = KafkaArgs::local(&format!("127.0.0.1:{}", proxy.port()), "t-stall.");
+    let topics = args.topics();
+    let (input, output) = ("t-stall.in".to_owned(), topics.validated.clone());
+    let specs: Vec<TopicSpec> = [&input, &output, &topics.rejected]
+        .iter()
+        .map(|t| TopicSpec {
+            name: (*t).clone(),
+            partitions: 1,
+            compacted: false,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = ensure_topics(&args, &specs, 1).await {
+        assert!(
+            Instant::now() < deadline,
+            "private broker never answered: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let producer = Producer::new(&args, "t-stall-producer").expect("producer");
+    for i in 0..N {
+        let rec = OutputRecord::new(input.clone(), None, format!("ok{i}").into_bytes());
+        producer.send(&rec).await.expect("produce input");
+    }
+    let mut cs = ConsumerSettings::new(format!("t-stall-{id}"), "t-stall-worker", vec![input]);
+    cs.session_timeout_ms = 6000;
+    let (consumer, rebalance) = subscribe(&args, &cs).expect("subscribe");
+    let shutdown = Shutdown::new();
+    let drain_timeout = Duration::from_secs(5);
+    let worker = tokio::spawn(run_with_liveness(
+        consumer,
+        rebalance,
+        Producer::new(&args, "t-stall-worker").expect("producer"),
+        Arc::new(Judge {
+            out: output.clone(),
+            rejected: topics.rejected.clone(),
+            seen: AtomicUsize::new(0),
+            cut_at: usize::MAX,
+            proxy: proxy.clone(),
+        }),
+        PipelineSettings {
+            stage: STAGE,
+            max_in_flight: 50,
+            drain_timeout,
+            kafka: args.clone(),
+            dead_letter_scan_records: 10_000,
+        },
+        LivenessSettings {
+            check_every: Duration::from_secs(1),
+            probe_timeout: Duration::from_secs(2),
+            ..LivenessSettings::default()
+        },
+        Readiness::default(),
+        shutdown.clone(),
+    ));
+    // The worker is a working group member with its outputs delivered...
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(!worker.is_finished(), "the worker exited early");
+        let got = read_all(&args, &output, 1).await.map_or(0, |v| v.len());
+        if got >= N {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{got}/{N} outputs before the stall"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // ...when its broker stops answering: shutdown must still end the worker.
+    proxy.stall();
+    let held = proxy.held();
+    wait_until(
+        "the worker's clients to reach the stalled broker",
+        Duration::from_secs(60),
+        || proxy.held() > held,
+    )
+    .await;
+    shutdown.trigger();
+    // Bounded by the drain, the final commit, the watchdog's probe and the close, each a few
+    // seconds here; a minute means the worker waits on the broker without a bound.
+    let ended = tokio::time::timeout(Duration::from_secs(90), worker).await;
+    let joined = ended.expect("the worker did not end while its broker was not answering");
+    joined
+        .expect("join")
+        .expect("the worker ends cleanly although its broker does not answer");
+}

@@ -37,8 +37,11 @@ pub struct Options {
     pub timeout: Duration,
     /// Where the processes' logs go.
     pub log_dir: PathBuf,
-    /// The worker to record with `perf record -g` while it runs, and the output file.
+    /// The worker to record with `perf record` while it runs, and the output file.
     pub perf: Option<(Worker, PathBuf)>,
+    /// perf's call-graph mode: `fp` (small files; librdkafka's C frames) or `dwarf` (Rust's
+    /// inlined frames too, at megabytes per second).
+    pub perf_call_graph: String,
     /// The broker's pid file (its CPU is reported beside each process's).
     pub broker_pid_file: PathBuf,
     /// librdkafka properties (`key=value`) given to every worker and raw path on top of the
@@ -289,7 +292,8 @@ async fn measure(
             if let Some(file) = perf_out {
                 perf = Some(
                     tokio::process::Command::new("perf")
-                        .args(["record", "-g", "-F", "999", "-o"])
+                        .args(["record", "--call-graph", &opts.perf_call_graph])
+                        .args(["-F", "999", "-o"])
                         .arg(file)
                         .args(["-p", &child.pid])
                         .stdin(Stdio::null())

@@ -13,8 +13,8 @@
 //! own with `deploy/local/stack.sh` in `.local/worker-bench` on the battery's ports moved by
 //! `--port-offset` (default 300: Kafka 29392, ClickHouse 28423, S3 28633), runs itself again
 //! inside that stack's environment, and stops the stack at the end (`--keep-stack` keeps it).
-//! `--perf WORKER` records that worker with `perf record -g` while it runs. Nothing asserts a
-//! time. See `src/bench/`.
+//! `--perf WORKER` records that worker with `perf record` (`--perf-call-graph fp|dwarf`) while
+//! it runs. Nothing asserts a time. See `src/bench/`.
 //!
 //! `--latency` runs the end-to-end latency bench instead (`src/bench/latency.rs`): all five
 //! workers at once, as a deployment runs them, which the per-worker stages (each worker
@@ -94,11 +94,15 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Record this worker (ingest, enrich, chainer, sink-clickhouse, sink-archive) with
-    /// `perf record -g` while it runs, into `--perf-out`.
+    /// `perf record` while it runs, into `--perf-out`.
     #[arg(long)]
     perf: Option<String>,
     #[arg(long, default_value = "worker-bench.perf.data")]
     perf_out: PathBuf,
+    /// perf's call-graph mode for `--perf`: `fp` (small files; good for librdkafka's C frames)
+    /// or `dwarf` (Rust's inlined frames too, at megabytes of samples per second).
+    #[arg(long, default_value = "fp")]
+    perf_call_graph: String,
     /// An extra librdkafka property `key=value` for every worker and raw path (repeatable).
     #[arg(long = "kafka-property")]
     kafka_property: Vec<String>,
@@ -278,6 +282,7 @@ fn child(args: &Args) -> ExitCode {
         timeout: Duration::from_secs(args.timeout_secs),
         log_dir: stack_dir.join("worker-bench-logs"),
         perf,
+        perf_call_graph: args.perf_call_graph.clone(),
         broker_pid_file: stack_dir.join("run/kafka.pid"),
         kafka_properties: args.kafka_property.clone(),
     };

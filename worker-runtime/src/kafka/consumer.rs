@@ -13,6 +13,7 @@ use rdkafka::{ClientConfig, ClientContext, TopicPartitionList};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub type AuditConsumer = StreamConsumer<TrackingContext>;
 
@@ -240,19 +241,104 @@ pub fn store_next_offset(consumer: &AuditConsumer, topic: &str, partition: i32, 
     }
 }
 
-/// Commits stored offsets synchronously (shutdown path), off the async runtime.
+/// How long a final (or pre-rejoin) commit may wait for the group coordinator. Past it the
+/// worker goes on: what is not committed is read again, and the commit itself still finishes
+/// in the background if the broker comes back.
+pub const COMMIT_BOUND: Duration = Duration::from_secs(15);
+
+/// Commits stored offsets synchronously (shutdown and re-join paths), off the async runtime
+/// and for at most [`COMMIT_BOUND`].
 pub async fn commit_stored(consumer: &Arc<AuditConsumer>) {
     let c = consumer.clone();
-    let result = tokio::task::spawn_blocking(move || {
+    let result = off_runtime("commit", COMMIT_BOUND, move || {
         c.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)
     })
     .await;
     match result {
-        Ok(Ok(())) => tracing::info!("final offsets committed"),
+        Some(Ok(())) => tracing::info!("final offsets committed"),
         // "No offset stored" is the normal case for an idle consumer.
-        Ok(Err(e)) => tracing::info!(error = %e, "final commit did not commit anything new"),
-        Err(e) => tracing::warn!(error = %e, "final commit task failed"),
+        Some(Err(e)) => tracing::info!(error = %e, "final commit did not commit anything new"),
+        None => tracing::warn!(
+            bound = ?COMMIT_BOUND,
+            "final commit not confirmed in time (the group coordinator does not answer); \
+             what it would have committed is read again"
+        ),
     }
+}
+
+/// How long a worker's consumer may take to close (leave its group, commit) at shutdown.
+pub const CLOSE_BOUND: Duration = Duration::from_secs(10);
+
+/// Closes a consumer, or anything that owns one (`Arc<T>`): librdkafka leaves the group and
+/// commits at close, which waits for the group coordinator without a bound (a broker that
+/// accepts connections but answers nothing held a worker's exit forever, on a runtime thread,
+/// where no timeout can reach it). This waits (within `bound`) until the caller holds the last
+/// reference, so that the close happens here, then closes on a thread of its own and waits for
+/// it at most what is left of `bound`; after that the worker goes on (or exits) and the thread
+/// is left to finish.
+pub async fn close<T: Send + Sync + 'static>(holder: Arc<T>, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
+    while Arc::strong_count(&holder) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if Arc::strong_count(&holder) > 1 {
+        tracing::warn!(
+            ?bound,
+            "consumer still shared at close; its last holder closes it"
+        );
+    }
+    close_owned(
+        holder,
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+    )
+    .await;
+}
+
+/// Drops `value` (whose drop closes Kafka clients: a consumer, a transactional producer) on a
+/// thread of its own and waits for it at most `bound`.
+pub async fn close_owned<T: Send + 'static>(value: T, bound: Duration) {
+    if off_runtime("close", bound, move || drop(value))
+        .await
+        .is_none()
+    {
+        tracing::warn!(
+            ?bound,
+            "a Kafka client did not close in time (its broker does not answer); leaving it"
+        );
+    }
+}
+
+/// Drops `value` (whose drop may close a Kafka client and wait for its broker) on a thread of
+/// its own, without waiting: for clients replaced while the worker runs.
+pub fn close_detached<T: Send + 'static>(value: T) {
+    if let Err(e) = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || drop(value))
+    {
+        tracing::warn!(error = %e, "cannot start a thread to close a Kafka client");
+    }
+}
+
+/// Runs a librdkafka call that may wait on the broker without a bound on a thread of its own,
+/// and waits for its result at most `bound` (`None` past it, or if the call panicked). Not on
+/// tokio's blocking pool: a runtime waits for its blocking threads when it shuts down, so a
+/// call that never returns would keep the worker's process from ending.
+async fn off_runtime<T: Send + 'static>(
+    what: &'static str,
+    bound: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("kafka-{what}"))
+        .spawn(move || {
+            let _ = tx.send(f());
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(what, error = %e, "cannot start a thread for a Kafka call");
+        return None;
+    }
+    tokio::time::timeout(bound, rx).await.ok()?.ok()
 }
 
 /// Creates a consumer that reads `partitions` of `topic` by explicit assignment (`assign()`),

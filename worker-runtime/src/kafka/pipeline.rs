@@ -27,7 +27,9 @@
 //! see docs/local-stack.md).
 
 use super::admin;
-use super::consumer::{commit_stored, store_next_offset, AuditConsumer, RebalanceState};
+use super::consumer::{
+    close, commit_stored, store_next_offset, AuditConsumer, RebalanceState, CLOSE_BOUND,
+};
 use super::dlq;
 use super::liveness::{self, ConsumerProbe, LivenessSettings};
 use super::offsets::{OffsetTracker, TopicPartition};
@@ -314,12 +316,13 @@ pub async fn run_with_liveness<P: Processor>(
     }
     commit_stored(&consumer).await;
     release_watchdog(watchdog, &consumer, probe_timeout).await;
+    close(consumer, CLOSE_BOUND).await;
     result
 }
 
 /// Stops the watchdog and waits (bounded) until it and any measurement it started have let go
-/// of the consumer, so that the consumer is closed when this function drops it, while the
-/// broker is most likely still there. Otherwise the last clone could be dropped later by
+/// of the consumer, so that the consumer is closed (bounded) when this function ends, while
+/// the broker is most likely still there. Otherwise the last clone could be dropped later by
 /// whichever thread cancels the aborted task or ends the measurement, even during runtime
 /// shutdown: librdkafka's close then waited for a broker that had gone (seen in the
 /// broker-outage test, whose runtime never finished dropping). Not awaited without a bound: a

@@ -2,7 +2,8 @@
 //! for the server going away (tests never restart the shared servers, which others use).
 //! While cut, every connection is accepted and closed at once (counted, so a test can wait
 //! until the sink has tried during the outage), and cutting aborts the live connections, so
-//! a request in flight fails part-way.
+//! a request in flight fails part-way. Stalling is the other way a server goes away: it
+//! accepts connections and reads requests but never answers (a wedged broker).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +16,9 @@ use tokio::task::AbortHandle;
 #[derive(Debug, Default)]
 struct State {
     cut: AtomicBool,
+    stalled: AtomicBool,
     refused: AtomicUsize,
+    held: AtomicUsize,
     passed: AtomicUsize,
     live: Mutex<Vec<AbortHandle>>,
 }
@@ -45,13 +48,21 @@ impl Proxy {
                     drop(client);
                     continue;
                 }
-                s.passed.fetch_add(1, Ordering::SeqCst);
-                let upstream = upstream.clone();
-                let task = tokio::spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&upstream).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
+                let task = if s.stalled.load(Ordering::SeqCst) {
+                    // Read and drop whatever comes, answer nothing, keep the connection open.
+                    s.held.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client, &mut tokio::io::sink()).await;
+                    })
+                } else {
+                    s.passed.fetch_add(1, Ordering::SeqCst);
+                    let upstream = upstream.clone();
+                    tokio::spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(&upstream).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    })
+                };
                 let mut live = s.live.lock().expect("lock");
                 live.retain(|h| !h.is_finished());
                 live.push(task.abort_handle());
@@ -77,14 +88,34 @@ impl Proxy {
         }
     }
 
+    /// The server "hangs": live connections are cut, new ones are accepted and their requests
+    /// read, but nothing is ever answered.
+    pub fn stall(&self) {
+        self.state.stalled.store(true, Ordering::SeqCst);
+        for h in self.state.live.lock().expect("lock").drain(..) {
+            h.abort();
+        }
+    }
+
     /// The server is back.
     pub fn restore(&self) {
         self.state.cut.store(false, Ordering::SeqCst);
+        if self.state.stalled.swap(false, Ordering::SeqCst) {
+            // Connections held unanswered end, so that their clients connect again.
+            for h in self.state.live.lock().expect("lock").drain(..) {
+                h.abort();
+            }
+        }
     }
 
     /// Connections refused while cut.
     pub fn refused(&self) -> usize {
         self.state.refused.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted and left unanswered while stalled.
+    pub fn held(&self) -> usize {
+        self.state.held.load(Ordering::SeqCst)
     }
 
     /// Waits (up to 60 s) until `n` more connections than `since` were refused: the client
