@@ -1218,9 +1218,10 @@ fn check_depth(v: &Value, max: usize) -> JResult<()> {
 /// Compact JSON with object keys sorted (byte order) at every level: deterministic text for the
 /// `*_json` fields, so the canonical bytes of an event do not depend on producer key order.
 pub fn normalized_json(v: &Value) -> String {
-    let mut out = String::with_capacity(128);
+    let mut out = Vec::with_capacity(128);
     write_normalized(v, &mut out);
-    out
+    // serde_json writes UTF-8 only; the lossy path is never taken.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Parses and normalises JSON text (e.g. to normalise an already-stored `*_json` field).
@@ -1229,42 +1230,44 @@ pub fn normalize_json_text(text: &str) -> Result<String, serde_json::Error> {
     Ok(normalized_json(&v))
 }
 
-fn write_normalized(v: &Value, out: &mut String) {
+/// Writes straight into `out` with serde_json's own compact serializer (the same text as
+/// `Value`'s `Display`, without a copy of each string and a formatted `String` per value: this
+/// runs for every attribute of every event).
+fn write_normalized(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort_unstable();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
+            let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, child)) in entries.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                write_string(k, out);
-                out.push(':');
-                if let Some(child) = m.get(k.as_str()) {
-                    write_normalized(child, out);
-                }
+                write_scalar(k, out);
+                out.push(b':');
+                write_normalized(child, out);
             }
-            out.push('}');
+            out.push(b'}');
         }
         Value::Array(a) => {
-            out.push('[');
+            out.push(b'[');
             for (i, child) in a.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_normalized(child, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        Value::String(s) => write_string(s, out),
-        // Scalars: serde_json's own text (numbers round-trip with `float_roundtrip`).
-        other => out.push_str(&other.to_string()),
+        // Strings and scalars: serde_json's own text (numbers round-trip with
+        // `float_roundtrip`).
+        other => write_scalar(other, out),
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
-    out.push_str(&Value::String(s.to_owned()).to_string());
+fn write_scalar<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    // Writing a string, number, bool or null into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, v);
 }
 
 // ---- event → JSON ------------------------------------------------------------------------------

@@ -722,3 +722,65 @@ proptest! {
         prop_assert_eq!(&schemas::framing::decode_event(&bytes, None).expect("decode"), &e);
     }
 }
+
+/// The text `normalized_json` wrote before it serialized in place: sorted keys, every string
+/// and scalar as `Value`'s own `Display` (kept here as the reference).
+fn normalized_reference(v: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort_unstable();
+            let parts: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        Value::String(k.clone()),
+                        normalized_reference(&m[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", parts.join(","))
+        }
+        Value::Array(a) => {
+            let parts: Vec<String> = a.iter().map(normalized_reference).collect();
+            format!("[{}]", parts.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn arb_any_json() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    // Strings with what JSON must escape (quotes, backslashes, control characters) and
+    // characters outside ASCII.
+    let text = "[\\x00-\\x1f\"\\\\/a-z é\u{2028}😀]{0,8}";
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|i| Value::Number(i.into())),
+        any::<u64>().prop_map(|u| Value::Number(u.into())),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        text.prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 5, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            prop::collection::btree_map(text, inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn normalized_json_writes_what_the_display_based_version_wrote(v in arb_any_json()) {
+        let text = schemas::json::normalized_json(&v);
+        prop_assert_eq!(&text, &normalized_reference(&v));
+        // And it is still the same value.
+        let back: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
+        prop_assert_eq!(back, v);
+    }
+}

@@ -175,8 +175,27 @@ struct DeadLetters {
 
 type InFlight = BoxFuture<'static, Completion>;
 
+/// The loop's per-record counters, registered once: a `counter!` call builds its labels and
+/// looks the counter up in the registry every time, and these two run for every record.
+struct Counters {
+    stage: &'static str,
+    records_in: metrics::Counter,
+    records_done: metrics::Counter,
+}
+
+impl Counters {
+    fn new(stage: &'static str) -> Self {
+        Counters {
+            stage,
+            records_in: metrics::counter!("audit_records_in_total", "stage" => stage),
+            records_done: metrics::counter!("audit_records_done_total", "stage" => stage),
+        }
+    }
+}
+
 /// State of the loop that the recovery path resets.
 struct Loop {
+    counters: Counters,
     tracker: OffsetTracker,
     in_flight: FuturesUnordered<InFlight>,
     producer: Producer,
@@ -213,6 +232,7 @@ pub async fn run_with_liveness<P: Processor>(
 ) -> Result<(), RuntimeError> {
     let stage = settings.stage;
     let mut st = Loop {
+        counters: Counters::new(stage),
         tracker: OffsetTracker::new(),
         in_flight: FuturesUnordered::new(),
         producer,
@@ -249,7 +269,8 @@ pub async fn run_with_liveness<P: Processor>(
             biased;
             Some(done) = st.in_flight.next(), if !st.in_flight.is_empty() => {
                 let delivered = done.3.is_ok();
-                let r = complete(&consumer, &mut st.tracker, done, stage).map_err(Fault::from);
+                let r = complete(&consumer, &mut st.tracker, done, &st.counters)
+                    .map_err(Fault::from);
                 if delivered && st.degraded {
                     st.degraded = false;
                     st.backoff = Duration::from_secs(1);
@@ -263,7 +284,8 @@ pub async fn run_with_liveness<P: Processor>(
                 // Keep what is done: drain, store, commit; then leave and re-join the group.
                 // Whatever does not finish in time is not stored and is redelivered.
                 let drained = drain(
-                    &consumer, &mut st.tracker, &mut st.in_flight, stage, settings.drain_timeout,
+                    &consumer, &mut st.tracker, &mut st.in_flight, &st.counters,
+                    settings.drain_timeout,
                 )
                 .await;
                 commit_stored(&consumer).await;
@@ -307,7 +329,7 @@ pub async fn run_with_liveness<P: Processor>(
         &consumer,
         &mut st.tracker,
         &mut st.in_flight,
-        stage,
+        &st.counters,
         settings.drain_timeout,
     )
     .await
@@ -402,7 +424,7 @@ async fn handle<P: Processor>(
         };
         deliveries.push((d, out.topic.clone(), send));
     }
-    metrics::counter!("audit_records_in_total", "stage" => stage).increment(1);
+    st.counters.records_in.increment(1);
     let offset = input.offset;
     st.in_flight.push(Box::pin(async move {
         let mut result = Ok(());
@@ -458,7 +480,7 @@ async fn dead_letter_seen(
             consumer,
             &mut st.tracker,
             &mut st.in_flight,
-            settings.stage,
+            &st.counters,
             settings.drain_timeout,
         )
         .await?;
@@ -528,7 +550,7 @@ async fn recover(
         consumer,
         &mut st.tracker,
         &mut st.in_flight,
-        stage,
+        &st.counters,
         settings.drain_timeout,
     )
     .await
@@ -605,13 +627,14 @@ async fn drain<F: Future<Output = Completion>>(
     consumer: &AuditConsumer,
     tracker: &mut OffsetTracker,
     in_flight: &mut FuturesUnordered<F>,
-    stage: &'static str,
+    counters: &Counters,
     timeout: Duration,
 ) -> Result<(), RuntimeError> {
+    let stage = counters.stage;
     let mut first_error = None;
     let all = async {
         while let Some(done) = in_flight.next().await {
-            if let Err(e) = complete(consumer, tracker, done, stage) {
+            if let Err(e) = complete(consumer, tracker, done, counters) {
                 first_error.get_or_insert(e);
             }
         }
@@ -629,10 +652,10 @@ fn complete(
     consumer: &AuditConsumer,
     tracker: &mut OffsetTracker,
     (tp, offset, epoch, result): Completion,
-    stage: &'static str,
+    counters: &Counters,
 ) -> Result<(), RuntimeError> {
     result?;
-    metrics::counter!("audit_records_done_total", "stage" => stage).increment(1);
+    counters.records_done.increment(1);
     if let Some(next) = tracker.complete(&tp, offset, epoch) {
         store_next_offset(consumer, &tp.0, tp.1, next);
     }
