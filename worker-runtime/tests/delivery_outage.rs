@@ -116,6 +116,40 @@ fn free_port() -> u16 {
     l.local_addr().expect("addr").port()
 }
 
+/// A private broker behind a proxy that it advertises (so every client connection goes through
+/// the proxy), and client settings for it: prefix `t-{name}.`, with `properties` added.
+async fn private_broker(name: &str, properties: &[String]) -> (Arc<Proxy>, Broker, KafkaArgs) {
+    let broker_port = free_port();
+    let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
+    let broker = Broker::start(broker_port, proxy.port(), &format!("{name}-{}", unique()));
+    let mut args = KafkaArgs::local(
+        &format!("127.0.0.1:{}", proxy.port()),
+        &format!("t-{name}."),
+    );
+    args.properties.extend(properties.iter().cloned());
+    (proxy, broker, args)
+}
+
+/// Creates `topics` (name, partitions) once the private broker listens (it takes a moment).
+async fn create_topics(args: &KafkaArgs, topics: &[(&str, i32)]) {
+    let specs: Vec<TopicSpec> = topics
+        .iter()
+        .map(|(t, partitions)| TopicSpec {
+            name: (*t).to_owned(),
+            partitions: *partitions,
+            compacted: false,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = ensure_topics(args, &specs, 1).await {
+        assert!(
+            Instant::now() < deadline,
+            "private broker never answered: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Copies `ok…` payloads to the output and dead-letters the rest; cuts the proxy when it
 /// reaches input number `cut_at`, so the outage starts with deliveries in flight.
 struct Judge {
@@ -182,31 +216,14 @@ async fn a_broker_outage_longer_than_the_message_timeout_is_ridden_out() {
         .with_test_writer()
         .try_init();
     let id = unique();
-    let broker_port = free_port();
-    let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
-    let broker = Broker::start(broker_port, proxy.port(), &id);
-    let mut args = KafkaArgs::local(&format!("127.0.0.1:{}", proxy.port()), "t-outage.");
-    args.properties
-        .push(format!("message.timeout.ms={MESSAGE_TIMEOUT_MS}"));
+    let (proxy, broker, args) = private_broker(
+        "outage",
+        &[format!("message.timeout.ms={MESSAGE_TIMEOUT_MS}")],
+    )
+    .await;
     let topics = args.topics();
     let (input, output, rejected) = ("t-outage.in".to_owned(), topics.validated, topics.rejected);
-    let specs: Vec<TopicSpec> = [(&input, 2), (&output, 1), (&rejected, 1)]
-        .iter()
-        .map(|(t, partitions)| TopicSpec {
-            name: (*t).clone(),
-            partitions: *partitions,
-            compacted: false,
-        })
-        .collect();
-    // The broker takes a moment to listen.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(e) = ensure_topics(&args, &specs, 1).await {
-        assert!(
-            Instant::now() < deadline,
-            "private broker never answered: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    create_topics(&args, &[(&input, 2), (&output, 1), (&rejected, 1)]).await;
     let producer = Producer::new(&args, "t-outage-producer").expect("producer");
     let (mut valid, mut invalid) = (HashSet::new(), HashSet::new());
     for i in 0..N {
@@ -354,28 +371,17 @@ async fn a_broker_outage_longer_than_the_message_timeout_is_ridden_out() {
 /// a failed delivery (the HTTP and OTLP doors keep theirs) goes on under its old epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_that_outlives_a_timed_out_record_keeps_its_epoch() {
-    let id = unique();
-    let broker_port = free_port();
-    let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
-    let broker = Broker::start(broker_port, proxy.port(), &format!("epoch-{id}"));
-    let mut args = KafkaArgs::local(&format!("127.0.0.1:{}", proxy.port()), "t-epoch.");
-    args.properties.push("message.timeout.ms=5000".into());
-    // Reconnect quickly once the proxy is back, well within the next record's deadline.
-    args.properties.push("reconnect.backoff.max.ms=500".into());
+    let (proxy, broker, args) = private_broker(
+        "epoch",
+        &[
+            "message.timeout.ms=5000".into(),
+            // Reconnect quickly once the proxy is back, well within the next record's deadline.
+            "reconnect.backoff.max.ms=500".into(),
+        ],
+    )
+    .await;
     let topic = "t-epoch.out".to_owned();
-    let specs = [TopicSpec {
-        name: topic.clone(),
-        partitions: 1,
-        compacted: false,
-    }];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(e) = ensure_topics(&args, &specs, 1).await {
-        assert!(
-            Instant::now() < deadline,
-            "private broker never answered: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    create_topics(&args, &[(&topic, 1)]).await;
     let rec = |k: &str| OutputRecord {
         topic: topic.clone(),
         partition: Some(0),
@@ -425,28 +431,10 @@ async fn a_worker_whose_broker_stops_answering_still_shuts_down() {
         .with_test_writer()
         .try_init();
     let id = unique();
-    let broker_port = free_port();
-    let proxy = Arc::new(Proxy::start(&format!("127.0.0.1:{broker_port}")).await);
-    let _broker = Broker::start(broker_port, proxy.port(), &format!("stall-{id}"));
-    let args = KafkaArgs::local(&format!("127.0.0.1:{}", proxy.port()), "t-stall.");
+    let (proxy, _broker, args) = private_broker("stall", &[]).await;
     let topics = args.topics();
     let (input, output) = ("t-stall.in".to_owned(), topics.validated.clone());
-    let specs: Vec<TopicSpec> = [&input, &output, &topics.rejected]
-        .iter()
-        .map(|t| TopicSpec {
-            name: (*t).clone(),
-            partitions: 1,
-            compacted: false,
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(e) = ensure_topics(&args, &specs, 1).await {
-        assert!(
-            Instant::now() < deadline,
-            "private broker never answered: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    create_topics(&args, &[(&input, 1), (&output, 1), (&topics.rejected, 1)]).await;
     let producer = Producer::new(&args, "t-stall-producer").expect("producer");
     for i in 0..N {
         let rec = OutputRecord::new(input.clone(), None, format!("ok{i}").into_bytes());
