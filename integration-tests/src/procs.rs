@@ -26,6 +26,8 @@ use crate::harness::Pipeline;
 /// beats the dead member's session expiry, tansu 0.6 completes the rebalance with the dead
 /// member holding every partition and later evicts it without a new generation, leaving the
 /// new member idle until its liveness watchdog re-joins (tried with 10 s: it hit that race).
+/// No `--log-filter`: the workers' default is `info`, and `AUDIT_LOG` in the environment reaches
+/// them (e.g. `AUDIT_LOG=info,sink_clickhouse=debug` shows each flush's query and INSERT times).
 pub const PROCESS_FLAGS: &[&str] = &[
     "--kafka-property",
     "session.timeout.ms=6000",
@@ -35,8 +37,6 @@ pub const PROCESS_FLAGS: &[&str] = &[
     "30",
     "--log-format",
     "text",
-    "--log-filter",
-    "info",
 ];
 
 /// The directory holding the worker binaries: a test executable is

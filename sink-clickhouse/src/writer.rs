@@ -58,7 +58,9 @@ async fn attempt(
     attempted: &Mutex<HashSet<(i32, i64)>>,
 ) -> Result<Vec<StoreOutcome>, Error> {
     let seqs: Vec<(i32, Vec<i64>)> = parts.iter().map(|(p, e)| (*p, seqs_of(e))).collect();
+    let started = std::time::Instant::now();
     let stored = store.stored_hashes_of(&seqs).await?;
+    let checked = started.elapsed();
     let empty = HashMap::new();
     let plans: Vec<Plan> = parts
         .iter()
@@ -82,9 +84,20 @@ async fn attempt(
             a.extend(r.iter().map(|r| (*p, r.seq)));
         }
     }
-    for group in insert_groups(&rows) {
+    let groups = insert_groups(&rows);
+    let n_groups = groups.len();
+    for group in groups {
         store.insert_events(&group).await?;
     }
+    // Where a flush's time goes (the stored-seq query, the INSERTs with their views): the
+    // sink's hop in end-to-end latency is its batch age plus these.
+    tracing::debug!(
+        check_ms = checked.as_millis() as u64,
+        insert_ms = (started.elapsed() - checked).as_millis() as u64,
+        inserts = n_groups,
+        rows = rows.iter().map(Vec::len).sum::<usize>(),
+        "batch attempt"
+    );
 
     let mut outcomes = Vec::with_capacity(parts.len());
     for (((partition, entries), pl), (rows, (_, seqs))) in

@@ -32,7 +32,6 @@ use clap::Parser as _;
 use futures::TryStreamExt as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::Message as _;
-use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -40,6 +39,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use worker_runtime::kafka::producer::SendParts;
 
 /// What the caller chose.
 #[derive(Debug, Clone)]
@@ -435,7 +435,13 @@ pub async fn run(opts: &LatencyOptions) -> anyhow::Result<Value> {
         let log = opts.log_dir.join(format!("latency-{name}.log"));
         children.push((name, Child::spawn(&bin_dir.join(name), a, log)?));
     }
-    let outcome = measure(opts, &p, &ch, &producer, &mut children, burst_n).await;
+    // The paced publisher is a producer as the workers' are (their settings and send gate): a
+    // plain idempotent librdkafka producer spins its broker thread while it waits for acks
+    // (see `worker_runtime::kafka::gate`), which took 85% of a core at 2,200 records/s here and
+    // left the pipeline the rest of this two-core machine.
+    let publisher = worker_runtime::kafka::Producer::new(&kafka, "wb-latency-publisher")
+        .context("the paced publisher")?;
+    let outcome = measure(opts, &p, &ch, &publisher, &mut children, burst_n).await;
     for (_, c) in children {
         c.stop(Duration::from_secs(45)).await;
     }
@@ -467,7 +473,7 @@ async fn measure(
     opts: &LatencyOptions,
     p: &Pipeline,
     ch: &clickhouse::Client,
-    producer: &rdkafka::producer::FutureProducer,
+    producer: &worker_runtime::kafka::Producer,
     children: &mut [(&'static str, Child)],
     burst_n: u64,
 ) -> anyhow::Result<Value> {
@@ -721,7 +727,7 @@ async fn publish(
     records: Vec<(Option<String>, Vec<u8>)>,
     rate: f64,
     topic: String,
-    producer: rdkafka::producer::FutureProducer,
+    producer: worker_runtime::kafka::Producer,
     acks: Arc<Mutex<Vec<(usize, i64)>>>,
     started: Instant,
 ) -> anyhow::Result<(Vec<i64>, f64)> {
@@ -736,33 +742,28 @@ async fn publish(
         let due = ((started.elapsed().as_secs_f64() * rate) as usize).min(n);
         while next < due {
             let (key, value) = &records[next];
-            let mut r: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).payload(value);
-            if let Some(k) = key.as_deref() {
-                r = r.key(k);
-            }
             sent[next] = now_us();
-            match producer.send_result(r) {
-                Ok(f) => {
-                    let (acks, i) = (acks.clone(), next);
-                    pending.push(tokio::spawn(async move {
-                        if let Ok(Ok(_)) = f.await {
-                            let at = now_us();
-                            if let Ok(mut a) = acks.lock() {
-                                a.push((i, at));
-                            }
-                        }
-                    }));
-                    next += 1;
+            // Waits (in the send gate) while a wave of the partition's records is unacknowledged,
+            // as a worker's sends do: that wait is part of send → ack.
+            let delivery = producer
+                .enqueue_parts(SendParts {
+                    topic: &topic,
+                    key: key.as_deref().map(str::as_bytes),
+                    payload: Some(value),
+                    ..SendParts::default()
+                })
+                .await
+                .with_context(|| format!("producing to {topic}"))?;
+            let (acks, i) = (acks.clone(), next);
+            pending.push(tokio::spawn(async move {
+                if let Ok(Ok(_)) = delivery.await {
+                    let at = now_us();
+                    if let Ok(mut a) = acks.lock() {
+                        a.push((i, at));
+                    }
                 }
-                // The local queue is full: the rest waits for the next tick.
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    _,
-                )) => break,
-                Err((e, _)) => bail!("producing to {topic}: {e}"),
-            }
+            }));
+            next += 1;
         }
     }
     let published_at = started.elapsed().as_secs_f64();

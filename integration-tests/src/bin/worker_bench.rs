@@ -115,6 +115,14 @@ struct Args {
     /// Leave the bench's stack running at the end.
     #[arg(long)]
     keep_stack: bool,
+    /// Keep the bench's ClickHouse data in this directory (e.g. `/dev/shm/wb-clickhouse`, a
+    /// tmpfs) instead of under `--stack-dir`: linked as `<stack-dir>/clickhouse` before the
+    /// stack starts. On a journal-less ext4 (this machine's disk) two thirds of ClickHouse's
+    /// CPU in the latency bench went to the kernel's inode allocator, which there scans
+    /// recently deleted inodes on every file a part creates (docs/local-stack.md); a tmpfs
+    /// takes the disk out of the figure.
+    #[arg(long)]
+    clickhouse_data_dir: Option<PathBuf>,
     /// Instead of the per-worker stages: end-to-end latency with all five workers running
     /// (publish → queryable in ClickHouse and → archived, per hop) at `--load` of the
     /// pipeline's maximum rate measured on a pre-filled burst of `--burst-events`.
@@ -166,6 +174,34 @@ fn with_stack_env(mut cmd: Command, stack_dir: &Path, offset: u16) -> Command {
     cmd
 }
 
+/// Makes `<stack_dir>/clickhouse` a link to `data` (created if missing). A real directory
+/// there is left alone: it may hold an earlier run's data.
+fn link_clickhouse_data(stack_dir: &Path, data: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(data)?;
+    std::fs::create_dir_all(stack_dir)?;
+    let link = stack_dir.join("clickhouse");
+    match std::fs::symlink_metadata(&link) {
+        Ok(m) if m.file_type().is_symlink() => {
+            if std::fs::read_link(&link)? == data {
+                return Ok(());
+            }
+            std::fs::remove_file(&link)?;
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} is a directory of its own; remove it or use another --stack-dir",
+                    link.display()
+                ),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::os::unix::fs::symlink(data, &link)
+}
+
 fn stack(cmd: &str, stack_dir: &Path, offset: u16) -> std::io::Result<bool> {
     let mut c = Command::new("bash");
     c.arg(repo_root().join("deploy/local/stack.sh")).arg(cmd);
@@ -193,6 +229,12 @@ fn parent(args: &Args) -> ExitCode {
         PORTS[1].1 + offset,
         PORTS[3].1 + offset
     );
+    if let Some(dir) = &args.clickhouse_data_dir {
+        if let Err(e) = link_clickhouse_data(&stack_dir, dir) {
+            eprintln!("[worker-bench] --clickhouse-data-dir: {e}");
+            return ExitCode::from(2);
+        }
+    }
     match stack("up", &stack_dir, offset) {
         Ok(true) => {}
         Ok(false) => {
