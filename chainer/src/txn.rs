@@ -586,6 +586,8 @@ impl<T: Transactional> Transactor<T> {
             return Ok(());
         };
         let timeout = self.settings.timeout;
+        let started = Instant::now();
+        let mut offsets_took = Duration::ZERO;
         let result = async {
             let group = self.ops.group_metadata().ok_or_else(|| {
                 TxnError::new(
@@ -599,11 +601,22 @@ impl<T: Transactional> Transactor<T> {
                     o.send_offsets_to_transaction(&offsets, &group, timeout)
                 })
                 .await?;
+                offsets_took = started.elapsed();
             }
             self.call("commit_transaction", move |o| o.commit_transaction(timeout))
                 .await
         }
         .await;
+        // Where a transaction's end goes (its records are visible to read_committed consumers
+        // only after it): the chainer's hop in end-to-end latency is its age plus these.
+        tracing::debug!(
+            age_ms = open.since.elapsed().as_millis() as u64,
+            offsets_ms = offsets_took.as_millis() as u64,
+            commit_ms = (started.elapsed() - offsets_took).as_millis() as u64,
+            inputs = open.inputs,
+            ok = result.is_ok(),
+            "transaction ended"
+        );
         match result {
             Ok(()) => {
                 self.committed.extend(open.chained);

@@ -377,3 +377,36 @@ fn main() -> ExitCode {
         parent(&args)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::link_clickhouse_data;
+
+    #[test]
+    fn clickhouse_data_is_linked_once_and_a_real_directory_is_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stack = tmp.path().join("stack");
+        let (a, b) = (tmp.path().join("tmpfs-a"), tmp.path().join("tmpfs-b"));
+        let link = stack.join("clickhouse");
+
+        link_clickhouse_data(&stack, &a).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), a);
+        assert!(a.is_dir(), "the data directory is created");
+        std::fs::write(a.join("part"), b"x").unwrap();
+        // Again with the same target: kept, contents and all.
+        link_clickhouse_data(&stack, &a).unwrap();
+        assert_eq!(std::fs::read(link.join("part")).unwrap(), b"x");
+        // Another target: the link moves, the old data stays where it was.
+        link_clickhouse_data(&stack, &b).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), b);
+        assert!(a.join("part").exists());
+
+        // A stack whose ClickHouse data is a real directory keeps it.
+        let other = tmp.path().join("other");
+        std::fs::create_dir_all(other.join("clickhouse")).unwrap();
+        std::fs::write(other.join("clickhouse/part"), b"y").unwrap();
+        let err = link_clickhouse_data(&other, &a).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(other.join("clickhouse/part")).unwrap(), b"y");
+    }
+}

@@ -325,6 +325,16 @@ impl State {
         if ls.unacked > 0 {
             return;
         }
+        // A wave's round trip and what waited behind it: a hop's share of end-to-end latency
+        // that is the broker's acknowledgement, not ours.
+        tracing::debug!(
+            topic = %lane.0,
+            partition = ?lane.1,
+            records = ls.wave_records,
+            ack_ms = ls.wave_start.map_or(0, |s| s.elapsed().as_millis() as u64),
+            held = ls.held.len(),
+            "wave acknowledged"
+        );
         if ls.held.is_empty() {
             self.lanes.remove(lane);
             return;
