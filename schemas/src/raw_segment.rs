@@ -680,8 +680,9 @@ fn read_len<R: Read>(r: &mut R, what: &str) -> Result<usize, SegmentError> {
 
 /// Inflates a raw deflate block (RFC 1951, the Avro `deflate` codec) into `out`, with zlib-rs:
 /// 1.4-1.6x as fast as flate2's default backend (miniz_oxide) on 256 KiB blocks of events, and
-/// inflating is the largest cost of reading a segment after hashing. Only the reader changes:
-/// segments are still written by flate2, byte for byte as before. The output buffer starts at
+/// inflating is the largest cost of reading a segment after hashing. (Since the twelfth session
+/// the writer deflates with zlib-rs too, `segment::DEFLATE_LEVEL`; older segments were written
+/// by apache-avro's codec, miniz_oxide: any raw deflate stream reads.) The output buffer starts at
 /// `hint` (the largest block of the segment so far: blocks are alike) or [`FIRST_GUESS`]; a
 /// larger block is inflated again into twice the room, up to [`MAX_BLOCK`].
 fn inflate(data: &[u8], out: &mut Vec<u8>, hint: usize) -> Result<(), SegmentError> {

@@ -1,0 +1,190 @@
+//! sink-archive's own work per record, in process (no broker, no S3): the demo stream's events,
+//! chained, through `schemas::segment::SegmentBuilder` (encode each record, compress each
+//! 256 KiB container block, finish the segment), and each block's compression alone with
+//! other deflate settings, on the same blocks in the same run:
+//!
+//! - apache-avro's `deflate` codec at its default level (miniz_oxide level 6): what the
+//!   builder used up to the eleventh session (and what the tests' reference writer uses);
+//! - zlib-rs raw deflate at levels 1, 4 and 6 (the builder's since the twelfth: level 6,
+//!   `schemas::segment::DEFLATE_LEVEL`).
+//!
+//! The worker-bench profile that led here: 62% of sink-archive's samples were in
+//! `miniz_oxide::deflate::core::compress_inner`.
+//!
+//! `cargo bench -p integration-tests --bench segment_block` (knobs `AUDIT_BENCH_EVENTS`,
+//! default 20000, and `AUDIT_BENCH_REPS`, default 5; best of the reps). Prints µs per record,
+//! MB/s of uncompressed block bytes and the compressed size as a share of the input; nothing
+//! here asserts a time.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use apache_avro::{Codec, DeflateSettings};
+use integration_tests::demo;
+use schemas::event::{Ingress, IngressChannel};
+use schemas::json::{event_from_json, JsonContext, JsonLimits};
+use schemas::segment::SegmentBuilder;
+use schemas::ChainedEvent;
+use sha2::{Digest, Sha256};
+
+fn knob(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The best time of `reps` runs of `f` (its result is kept from the optimiser).
+fn best_of(reps: usize, mut f: impl FnMut() -> u64) -> (Duration, u64) {
+    let mut best = (Duration::MAX, 0);
+    for _ in 0..reps.max(1) {
+        let t = std::time::Instant::now();
+        let out = black_box(f());
+        best = best.min((t.elapsed(), out));
+    }
+    best
+}
+
+/// Raw deflate (RFC 1951, what Avro's `deflate` codec holds) with zlib-rs at `level`.
+fn zlib_rs_deflate(data: &[u8], level: i32) -> usize {
+    let config = zlib_rs::DeflateConfig {
+        window_bits: -15,
+        ..zlib_rs::DeflateConfig::new(level)
+    };
+    let mut out = vec![0u8; zlib_rs::compress_bound(data.len())];
+    let (written, rc) = zlib_rs::compress_slice(&mut out, data, config);
+    assert_eq!(rc, zlib_rs::ReturnCode::Ok, "zlib-rs deflate");
+    written.len()
+}
+
+fn main() {
+    let n = knob("AUDIT_BENCH_EVENTS", 20_000).max(1);
+    let reps = knob("AUDIT_BENCH_REPS", 5);
+    // A fixed day (a segment never spans two), events a millisecond apart within it.
+    const T0: i64 = 1_780_000_000_000_000;
+    let raw = demo::lifecycle(n / 5 + 1, 7, T0);
+    let jctx = JsonContext {
+        receive_time_us: T0,
+        ingress: Ingress {
+            channel: IngressChannel::Kafka,
+            topic: Some("audit.raw".into()),
+            partition: Some(0),
+            offset: Some(0),
+            format: "json".into(),
+        },
+        derived_event_id: "derived".into(),
+        limits: JsonLimits::default(),
+        strict_labels: false,
+    };
+    let mut prev = vec![0u8; 32];
+    let events: Vec<ChainedEvent> = raw
+        .iter()
+        .cycle()
+        .take(n)
+        .enumerate()
+        .map(|(i, r)| {
+            let mut event = event_from_json(&r.value, &jctx).expect("a demo record maps");
+            event.event_time_us = T0 + i as i64 * 1000;
+            event.receive_time_us = event.event_time_us + 5_000;
+            // Real chain hashes: 32 incompressible bytes each, twice per record.
+            let hash = Sha256::digest((i as u64).to_le_bytes()).to_vec();
+            ChainedEvent {
+                chain_partition: 0,
+                seq: i as i64 + 1,
+                prev_hash: std::mem::replace(&mut prev, hash.clone()),
+                hash,
+                canonical_version: schemas::avro::CANONICAL_VERSION,
+                source_topic: "audit.enriched".into(),
+                source_partition: 0,
+                source_offset: i as i64,
+                event,
+            }
+        })
+        .collect();
+
+    // The blocks the builder compresses: its own encoding, cut where it cuts.
+    let mut blocks: Vec<Vec<u8>> = vec![Vec::new()];
+    for ev in &events {
+        let last = blocks.last_mut().expect("one block");
+        schemas::framing::chained_datum_into(ev, last).expect("encodes");
+        if last.len() >= 256 * 1024 {
+            blocks.push(Vec::new());
+        }
+    }
+    blocks.retain(|b| !b.is_empty());
+    let input: usize = blocks.iter().map(Vec::len).sum();
+
+    let encode = best_of(reps, || {
+        let mut out = Vec::with_capacity(64 * 1024);
+        let mut total = 0;
+        for ev in &events {
+            out.clear();
+            schemas::framing::chained_datum_into(black_box(ev), &mut out).expect("encodes");
+            total += out.len() as u64;
+        }
+        total
+    });
+    let build = best_of(reps, || {
+        let mut b = SegmentBuilder::new();
+        for ev in &events {
+            b.push(black_box(ev)).expect("push");
+        }
+        let (_, bytes) = b
+            .finish("audit.chained", 0, n as i64 - 1, "bench")
+            .expect("finish");
+        bytes.len() as u64
+    });
+    let avro_default = best_of(reps, || {
+        blocks
+            .iter()
+            .map(|b| {
+                let mut data = b.clone();
+                Codec::Deflate(DeflateSettings::default())
+                    .compress(&mut data)
+                    .expect("deflate");
+                data.len() as u64
+            })
+            .sum()
+    });
+    let zlib = |level: i32| {
+        best_of(reps, || {
+            blocks
+                .iter()
+                .map(|b| zlib_rs_deflate(black_box(b), level) as u64)
+                .sum()
+        })
+    };
+
+    println!(
+        "{n} demo events chained, {} blocks, mean {} B encoded per record, best of {reps}",
+        blocks.len(),
+        input / n
+    );
+    println!(
+        "{:<58} {:>10} {:>8} {:>12}",
+        "step", "µs/record", "MB/s", "out / input"
+    );
+    let line = |name: &str, (d, out): (Duration, u64)| {
+        println!(
+            "{name:<58} {:>10.2} {:>8.0} {:>12.3}",
+            d.as_secs_f64() * 1e6 / n as f64,
+            input as f64 / d.as_secs_f64().max(1e-12) / 1e6,
+            out as f64 / input as f64
+        );
+    };
+    line("encode each record (chained_datum_into)", encode);
+    line(
+        "SegmentBuilder: push all, finish (the sink's own work)",
+        build,
+    );
+    line(
+        "deflate blocks: apache-avro default (miniz_oxide 6)",
+        avro_default,
+    );
+    for level in [1, 4, 6] {
+        line(
+            &format!("deflate blocks: zlib-rs level {level}"),
+            zlib(level),
+        );
+    }
+}
