@@ -19,9 +19,8 @@ use std::time::Duration;
 
 use ingest::processor::IngestProcessor;
 use integration_tests::demo;
-use schemas::event::{Ingress, IngressChannel};
 use schemas::framing::CatalogIdResolver;
-use schemas::json::{event_from_json, JsonContext, JsonLimits};
+use schemas::json::{event_from_json, JsonLimits};
 use worker_runtime::kafka::record::InputRecord;
 
 fn knob(name: &str, default: usize) -> usize {
@@ -82,19 +81,7 @@ fn main() {
         let out = processor.handle(i);
         assert_eq!(out.topic, "audit.validated", "a demo record was rejected");
     }
-    let jctx = JsonContext {
-        receive_time_us: now_ms * 1000,
-        ingress: Ingress {
-            channel: IngressChannel::Kafka,
-            topic: Some("audit.raw".into()),
-            partition: Some(0),
-            offset: Some(0),
-            format: "json".into(),
-        },
-        derived_event_id: "derived".into(),
-        limits: JsonLimits::default(),
-        strict_labels: false,
-    };
+    let jctx = demo::kafka_json_context(now_ms * 1000);
     let payload = |i: &InputRecord| i.payload.as_deref().unwrap_or_default().to_vec();
 
     let copy = best_of(reps, || {

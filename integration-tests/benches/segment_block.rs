@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use apache_avro::{Codec, DeflateSettings};
 use integration_tests::demo;
-use schemas::event::{Ingress, IngressChannel};
-use schemas::json::{event_from_json, JsonContext, JsonLimits};
+use schemas::json::event_from_json;
 use schemas::segment::SegmentBuilder;
 use schemas::ChainedEvent;
 use sha2::{Digest, Sha256};
@@ -63,19 +62,7 @@ fn main() {
     // A fixed day (a segment never spans two), events a millisecond apart within it.
     const T0: i64 = 1_780_000_000_000_000;
     let raw = demo::lifecycle(n / 5 + 1, 7, T0);
-    let jctx = JsonContext {
-        receive_time_us: T0,
-        ingress: Ingress {
-            channel: IngressChannel::Kafka,
-            topic: Some("audit.raw".into()),
-            partition: Some(0),
-            offset: Some(0),
-            format: "json".into(),
-        },
-        derived_event_id: "derived".into(),
-        limits: JsonLimits::default(),
-        strict_labels: false,
-    };
+    let jctx = demo::kafka_json_context(T0);
     let mut prev = vec![0u8; 32];
     let events: Vec<ChainedEvent> = raw
         .iter()

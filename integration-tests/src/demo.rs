@@ -8,6 +8,25 @@
 
 use serde_json::{json, Value};
 
+/// The context ingest maps a demo record's JSON in, as read from partition 0 of `audit.raw`
+/// (the in-process benches map records without a broker).
+pub fn kafka_json_context(receive_time_us: i64) -> schemas::json::JsonContext {
+    use schemas::event::{Ingress, IngressChannel};
+    schemas::json::JsonContext {
+        receive_time_us,
+        ingress: Ingress {
+            channel: IngressChannel::Kafka,
+            topic: Some("audit.raw".into()),
+            partition: Some(0),
+            offset: Some(0),
+            format: "json".into(),
+        },
+        derived_event_id: "derived".into(),
+        limits: schemas::json::JsonLimits::default(),
+        strict_labels: false,
+    }
+}
+
 /// A tiny deterministic generator (xorshift64*): the demo needs variety, not statistics.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
