@@ -18,29 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ingest::processor::IngestProcessor;
+use integration_tests::bench::inproc::{best_of, knob};
 use integration_tests::demo;
 use schemas::framing::CatalogIdResolver;
 use schemas::json::{event_from_json, JsonLimits};
 use worker_runtime::kafka::record::InputRecord;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The best time of `reps` runs of `f` (its result is kept from the optimiser).
-fn best_of(reps: usize, mut f: impl FnMut() -> u64) -> Duration {
-    (0..reps.max(1))
-        .map(|_| {
-            let t = std::time::Instant::now();
-            black_box(f());
-            t.elapsed()
-        })
-        .min()
-        .unwrap_or_default()
-}
 
 fn main() {
     let n = knob("AUDIT_BENCH_EVENTS", 20_000).max(1);
@@ -89,7 +71,8 @@ fn main() {
             .iter()
             .map(|i| black_box(payload(i)).len() as u64)
             .sum()
-    });
+    })
+    .0;
     let parse = best_of(reps, || {
         inputs
             .iter()
@@ -100,7 +83,8 @@ fn main() {
                 u64::from(black_box(v).is_object())
             })
             .sum()
-    });
+    })
+    .0;
     let map = best_of(reps, || {
         inputs
             .iter()
@@ -110,13 +94,15 @@ fn main() {
                 black_box(e).event_time_us as u64
             })
             .sum()
-    });
+    })
+    .0;
     let handle = best_of(reps, || {
         inputs
             .iter()
             .map(|i| black_box(processor.handle(black_box(i))).headers.len() as u64)
             .sum()
-    });
+    })
+    .0;
 
     println!(
         "{n} demo records, mean {} B of JSON, best of {reps}",

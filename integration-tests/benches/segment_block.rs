@@ -20,29 +20,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use apache_avro::{Codec, DeflateSettings};
-use integration_tests::demo;
-use schemas::json::event_from_json;
+use integration_tests::bench::inproc::{best_of, chained_demo_events, knob};
 use schemas::segment::SegmentBuilder;
-use schemas::ChainedEvent;
-use sha2::{Digest, Sha256};
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// The best time of `reps` runs of `f` (its result is kept from the optimiser).
-fn best_of(reps: usize, mut f: impl FnMut() -> u64) -> (Duration, u64) {
-    let mut best = (Duration::MAX, 0);
-    for _ in 0..reps.max(1) {
-        let t = std::time::Instant::now();
-        let out = black_box(f());
-        best = best.min((t.elapsed(), out));
-    }
-    best
-}
 
 /// Raw deflate (RFC 1951, what Avro's `deflate` codec holds) with zlib-rs at `level`.
 fn zlib_rs_deflate(data: &[u8], level: i32) -> usize {
@@ -61,33 +40,7 @@ fn main() {
     let reps = knob("AUDIT_BENCH_REPS", 5);
     // A fixed day (a segment never spans two), events a millisecond apart within it.
     const T0: i64 = 1_780_000_000_000_000;
-    let raw = demo::lifecycle(n / 5 + 1, 7, T0);
-    let jctx = demo::kafka_json_context(T0);
-    let mut prev = vec![0u8; 32];
-    let events: Vec<ChainedEvent> = raw
-        .iter()
-        .cycle()
-        .take(n)
-        .enumerate()
-        .map(|(i, r)| {
-            let mut event = event_from_json(&r.value, &jctx).expect("a demo record maps");
-            event.event_time_us = T0 + i as i64 * 1000;
-            event.receive_time_us = event.event_time_us + 5_000;
-            // Real chain hashes: 32 incompressible bytes each, twice per record.
-            let hash = Sha256::digest((i as u64).to_le_bytes()).to_vec();
-            ChainedEvent {
-                chain_partition: 0,
-                seq: i as i64 + 1,
-                prev_hash: std::mem::replace(&mut prev, hash.clone()),
-                hash,
-                canonical_version: schemas::avro::CANONICAL_VERSION,
-                source_topic: "audit.enriched".into(),
-                source_partition: 0,
-                source_offset: i as i64,
-                event,
-            }
-        })
-        .collect();
+    let events = chained_demo_events(n, T0);
 
     // The blocks the builder compresses: its own encoding, cut where it cuts.
     let mut blocks: Vec<Vec<u8>> = vec![Vec::new()];

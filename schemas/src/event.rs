@@ -185,7 +185,7 @@ pub struct EventData {
     pub changes: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AiContext {
     pub agent_type: Option<String>,
     pub model: Option<String>,
@@ -198,7 +198,7 @@ pub struct AiContext {
     pub execution_time_ms: Option<i64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ComplianceContext {
     pub regulations: Vec<String>,
     /// `GREEN`, `AMBER`, `RED` or the producer's value.
@@ -208,7 +208,7 @@ pub struct ComplianceContext {
     pub findings_json: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SecurityContext {
     pub data_classification: Option<String>,
     pub encryption_used: Option<bool>,
@@ -216,7 +216,7 @@ pub struct SecurityContext {
     pub retention_days: Option<i32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Performance {
     pub processing_time_ms: Option<i64>,
     pub response_time_ms: Option<i64>,

@@ -17,22 +17,63 @@ use std::time::{Duration, Instant};
 
 use schemas::flat::AuditRow;
 
-/// One record of `<prefix>chained` waiting to be stored. Only the decoded row is held (not
-/// also the Kafka payload): a fork alarm re-encodes the offered record from its row, which
-/// holds all of it (`AuditRow::to_chained`), and names its offset in `<prefix>chained`.
-/// Boxed: an `AuditRow` is ~1.6 KB inline, and a `Vec` of them (grown by doubling, old and
-/// new buffer alive while it moves) cost about twice that per row held.
+use crate::rowbinary::{read_row, write_row, Layout, RowBinaryError};
+
+/// One record of `<prefix>chained` waiting to be stored: what the exactly-once plan needs, and
+/// the row itself as `RowBinary` for `audit_events`' columns ([`crate::rowbinary`]), written
+/// when the record arrived. Neither the decoded row nor the Kafka payload is held: a fork
+/// alarm reads the offered row back from these bytes ([`Entry::row`]), and names its offset in
+/// `<prefix>chained`. One exact-size buffer per row: a held `AuditRow` was some 35 heap blocks,
+/// and freeing a flushed batch of them was about a third of the sink's CPU.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    pub row: Box<AuditRow>,
+    pub chain_partition: i32,
+    pub seq: i64,
+    /// The record's offset in `<prefix>chained`.
+    pub chained_offset: i64,
+    /// `event_time` (`DateTime` seconds): which table partition (month) the row goes to.
+    pub event_time: u32,
+    /// Lowercase hex, as stored.
+    pub hash: String,
+    /// For the stored-latency metrics.
+    pub event_time_us: i64,
+    pub receive_time_us: i64,
+    /// The row, `RowBinary`.
+    pub bytes: Box<[u8]>,
 }
 
 impl Entry {
+    /// Writes `row` for `layout` (through `scratch`, so that the held buffer is exactly the
+    /// row's size). An error means the row does not fit the table: nothing is held.
+    pub fn new(
+        row: AuditRow,
+        layout: &Layout,
+        scratch: &mut Vec<u8>,
+    ) -> Result<Entry, RowBinaryError> {
+        scratch.clear();
+        write_row(&row, layout, scratch)?;
+        Ok(Entry {
+            chain_partition: row.chain_partition,
+            seq: row.seq,
+            chained_offset: row.chained_offset,
+            event_time: row.event_time,
+            hash: row.hash,
+            event_time_us: row.event_time_us,
+            receive_time_us: row.receive_time_us,
+            bytes: scratch.as_slice().into(),
+        })
+    }
+
     pub fn seq(&self) -> i64 {
-        self.row.seq
+        self.seq
     }
     pub fn offset(&self) -> i64 {
-        self.row.chained_offset
+        self.chained_offset
+    }
+
+    /// The row back from its bytes.
+    pub fn row(&self) -> Result<AuditRow, RowBinaryError> {
+        read_row(&self.bytes)
     }
 }
 
@@ -195,10 +236,10 @@ pub fn plan(entries: &[Entry], stored: &HashMap<i64, Vec<String>>) -> Plan {
     let mut plan = Plan::default();
     for (i, e) in entries.iter().enumerate() {
         match winner.get(&e.seq()) {
-            Some(h) if *h == e.row.hash => plan.duplicates.push(i),
+            Some(h) if *h == e.hash => plan.duplicates.push(i),
             Some(h) => plan.forks.push((i, (*h).to_owned())),
             None => {
-                winner.insert(e.seq(), e.row.hash.as_str());
+                winner.insert(e.seq(), e.hash.as_str());
                 plan.insert.push(i);
             }
         }
@@ -228,7 +269,7 @@ pub fn month_of(event_time: u32) -> u32 {
 /// land in part (and one touching more than `max_partitions_per_insert_block`, 100, months is
 /// refused every time). Inserting the runs in seq order means a failure or crash leaves the
 /// stored seqs a contiguous prefix, which is what the resume point relies on.
-pub fn month_runs<'a, 'r>(rows: &'a [&'r AuditRow]) -> Vec<&'a [&'r AuditRow]> {
+pub fn month_runs<'a, 'r>(rows: &'a [&'r Entry]) -> Vec<&'a [&'r Entry]> {
     let mut runs = Vec::new();
     let mut start = 0;
     for i in 1..=rows.len() {
@@ -248,13 +289,13 @@ pub fn month_runs<'a, 'r>(rows: &'a [&'r AuditRow]) -> Vec<&'a [&'r AuditRow]> {
 /// in seq order, so a failure part-way leaves every partition's stored seqs a contiguous
 /// prefix; in the common case (every row of the same month) this is a single INSERT for all
 /// partitions.
-pub fn insert_groups<'r>(parts: &[Vec<&'r AuditRow>]) -> Vec<Vec<&'r AuditRow>> {
-    let runs: Vec<Vec<&[&'r AuditRow]>> = parts.iter().map(|rows| month_runs(rows)).collect();
+pub fn insert_groups<'r>(parts: &[Vec<&'r Entry>]) -> Vec<Vec<&'r Entry>> {
+    let runs: Vec<Vec<&[&'r Entry]>> = parts.iter().map(|rows| month_runs(rows)).collect();
     let steps = runs.iter().map(Vec::len).max().unwrap_or(0);
     let mut groups = Vec::new();
     for k in 0..steps {
         // Months of this step in first-seen order, each with its rows.
-        let mut by_month: Vec<(u32, Vec<&'r AuditRow>)> = Vec::new();
+        let mut by_month: Vec<(u32, Vec<&'r Entry>)> = Vec::new();
         for run in runs.iter().filter_map(|r| r.get(k)) {
             let Some(first) = run.first() else { continue };
             let m = month_of(first.event_time);
@@ -290,9 +331,8 @@ mod tests {
             source_offset: seq,
             event: sample_event(),
         };
-        Entry {
-            row: Box::new(AuditRow::from_chained(&c, offset)),
-        }
+        let layout = crate::rowbinary::migrated_layout();
+        Entry::new(AuditRow::from_chained(&c, offset), &layout, &mut Vec::new()).expect("entry")
     }
 
     fn h(b: u8) -> String {
@@ -352,16 +392,16 @@ mod tests {
     #[test]
     fn runs_split_at_every_month_change_in_seq_order() {
         let month = |m: u32| 1_704_067_200 + m * 31 * 86_400; // 2024-01-01 + m × 31 days
-        let rows: Vec<AuditRow> = [0, 0, 1, 1, 0, 5, 5, 5]
+        let rows: Vec<Entry> = [0, 0, 1, 1, 0, 5, 5, 5]
             .iter()
             .enumerate()
             .map(|(i, &m)| {
-                let mut r = *entry(i as i64 + 1, 1, i as i64).row;
+                let mut r = entry(i as i64 + 1, 1, i as i64);
                 r.event_time = month(m);
                 r
             })
             .collect();
-        let refs: Vec<&AuditRow> = rows.iter().collect();
+        let refs: Vec<&Entry> = rows.iter().collect();
         let runs: Vec<Vec<i64>> = month_runs(&refs)
             .iter()
             .map(|r| r.iter().map(|x| x.seq).collect())
@@ -454,18 +494,18 @@ mod tests {
     #[test]
     fn insert_groups_merge_partitions_per_month_step_by_step() {
         let month = |m: u32| 1_704_067_200 + m * 31 * 86_400; // 2024-01-01 + m × 31 days
-        let rows_of = |p: i32, months: &[u32]| -> Vec<AuditRow> {
+        let rows_of = |p: i32, months: &[u32]| -> Vec<Entry> {
             months
                 .iter()
                 .enumerate()
                 .map(|(i, &m)| {
-                    let mut r = *entry_of(p, i as i64 + 1, 1, i as i64).row;
+                    let mut r = entry_of(p, i as i64 + 1, 1, i as i64);
                     r.event_time = month(m);
                     r
                 })
                 .collect()
         };
-        let ids = |groups: &[Vec<&AuditRow>]| -> Vec<Vec<(i32, i64)>> {
+        let ids = |groups: &[Vec<&Entry>]| -> Vec<Vec<(i32, i64)>> {
             groups
                 .iter()
                 .map(|g| g.iter().map(|r| (r.chain_partition, r.seq)).collect())

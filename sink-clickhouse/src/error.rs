@@ -28,6 +28,10 @@ pub enum Error {
         #[source]
         source: schemas::flat::FlatError,
     },
+    /// A row does not fit `audit_events` as the server has it (its columns, their types):
+    /// the table is not the one the migrations make. Not a bad record: nothing is committed.
+    #[error("audit_events: {0}")]
+    RowLayout(#[from] crate::rowbinary::RowBinaryError),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("unsupported server version {0:?}")]

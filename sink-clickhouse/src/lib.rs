@@ -3,13 +3,15 @@
 //! `audit_forks`. Applies its idempotent migrations at startup (`migrations/`) and ships the
 //! analyst query recipes (`queries/`).
 //!
-//! Row shape: `schemas::flat` (shared with auditctl). Exactly-once algorithm: [`sink`].
+//! Row shape: `schemas::flat` (shared with auditctl), written as `RowBinary` when each record
+//! arrives ([`rowbinary`]). Exactly-once algorithm: [`sink`].
 
 pub mod batch;
 pub mod error;
 pub mod migrations;
 pub mod queries;
 pub mod retention;
+pub mod rowbinary;
 pub mod sink;
 pub mod store;
 pub mod writer;
@@ -192,8 +194,11 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     ));
     let resolver = schemas::framing::CatalogIdResolver::new()
         .map_err(|e| Error::Config(format!("compiled-in schema catalog: {e}")))?;
+    // Read when the store was migrated: the columns each row is written for.
+    let layout = store.row_layout().await?;
     let sink = sink::SinkLoop::new(
         store,
+        layout,
         consumer,
         rebalance,
         producer,

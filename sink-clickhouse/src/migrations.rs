@@ -200,6 +200,8 @@ pub async fn connect_and_migrate(
     worker_runtime::retry::retry("clickhouse connect and migrate", policy, cancel, || async {
         let store = Store::connect(settings).await?;
         let report = apply(&store).await?;
+        // The table as migrated: the columns rows are written to, read once for the store.
+        store.row_layout().await?;
         Ok((store, report))
     })
     .await

@@ -57,6 +57,7 @@ use worker_runtime::Shutdown;
 
 use crate::batch::{Batch, Batches, Entry};
 use crate::error::Error;
+use crate::rowbinary::Layout;
 use crate::store::Store;
 use crate::writer::store_batches_reporting;
 
@@ -99,6 +100,10 @@ pub struct SinkLoop {
     checkpoints: HashMap<i32, CheckpointQueue>,
     /// Highest stored seq per chain partition, as far as this instance knows.
     stored_high: HashMap<i32, i64>,
+    /// `audit_events`' columns, which each row is written for as it arrives.
+    layout: Arc<Layout>,
+    /// Where each row is written before its exact-size copy is held.
+    scratch: Vec<u8>,
     /// ClickHouse's readiness condition, kept by every retry loop that calls it.
     clickhouse: Option<DependencyCheck>,
     /// The record spans of the open batches, for the insert span's links (empty while tracing
@@ -120,6 +125,7 @@ impl SinkLoop {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
+        layout: Arc<Layout>,
         consumer: Arc<AuditConsumer>,
         rebalance: Arc<RebalanceState>,
         producer: Producer,
@@ -140,6 +146,8 @@ impl SinkLoop {
             batches: Batches::default(),
             checkpoints: HashMap::new(),
             stored_high: HashMap::new(),
+            layout,
+            scratch: Vec::new(),
             clickhouse: None,
             trace_links: BatchLinks::default(),
         }
@@ -294,8 +302,11 @@ impl SinkLoop {
                 if span.context().is_some() {
                     self.trace_links.add(&span);
                 }
+                // A row that does not fit the table stops the sink (nothing is committed):
+                // the table is not what the migrations made, which no record can fix.
+                let entry = Entry::new(row, &self.layout, &mut self.scratch)?;
                 if let Some(b) = self.batches.get_mut(p) {
-                    b.push(Entry { row: Box::new(row) }, now);
+                    b.push(entry, now);
                 }
             }
             Err((code, message)) => {
@@ -328,7 +339,7 @@ impl SinkLoop {
                 ),
             ));
         }
-        Ok(AuditRow::from_chained(&chained, input.offset))
+        Ok(AuditRow::from_chained_owned(chained, input.offset))
     }
 
     async fn seek(&self, topic: &str, partition: i32, offset: Offset) -> Result<(), Error> {
@@ -427,8 +438,8 @@ impl SinkLoop {
             for e in &full.entries {
                 telemetry::record_stored_latency(
                     "clickhouse",
-                    e.row.event_time_us,
-                    e.row.receive_time_us,
+                    e.event_time_us,
+                    e.receive_time_us,
                     now,
                 );
             }

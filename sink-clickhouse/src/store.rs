@@ -1,15 +1,19 @@
-//! ClickHouse access: connection (with the server-version check that decides row validation),
-//! and the few statements the sink needs. Every statement names its table through the
+//! ClickHouse access: connection (with the server-version check that decides the validation of
+//! rows read), the table's columns that rows are written for, and the few statements the sink
+//! needs. Every statement names its table through the
 //! constants here and its columns through `schemas::flat`, the same definitions auditctl uses.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use clickhouse::Client;
 use schemas::flat::{AuditRow, CheckpointRow};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::Entry;
 use crate::error::Error;
+use crate::rowbinary::Layout;
 
 pub const EVENTS_TABLE: &str = "audit_events";
 pub const CHECKPOINTS_TABLE: &str = "audit_checkpoints";
@@ -55,8 +59,14 @@ impl fmt::Display for ServerVersion {
 }
 
 /// Oldest server the `clickhouse` crate's row validation (`RowBinaryWithNamesAndTypes` +
-/// `DESCRIBE`) is used against; older servers (the local 18.16) get plain `RowBinary`, whose
-/// column order is pinned by `AuditRow::COLUMNS` and the smoke tests instead.
+/// `DESCRIBE`) is used against for the rows the sink reads; older servers (the local 18.16)
+/// get plain `RowBinary`, whose column order is pinned by `AuditRow::COLUMNS` and the smoke
+/// tests instead. Rows written are checked against the table on every server
+/// ([`Store::row_layout`]).
+/// Bytes of rows sent per chunk of an INSERT's body (the `clickhouse` crate's own `Insert`
+/// uses the same).
+const INSERT_BUFFER: usize = 256 * 1024;
+
 pub const VALIDATION_MIN_VERSION: (u32, u32) = (24, 8);
 
 /// Where and how to reach ClickHouse.
@@ -128,6 +138,9 @@ pub struct Store {
     client: Client,
     version: ServerVersion,
     database: String,
+    /// `audit_events`' columns for `AuditRow`, read once (after the migrations) and shared
+    /// by the clones.
+    layout: Arc<tokio::sync::OnceCell<Arc<Layout>>>,
 }
 
 impl fmt::Debug for Store {
@@ -148,9 +161,9 @@ fn base_client(s: &StoreSettings) -> Client {
 }
 
 impl Store {
-    /// Asks the server's version, creates the database if missing, and picks the row format:
-    /// validated (`RowBinaryWithNamesAndTypes`) on servers the crate supports, plain `RowBinary`
-    /// on older ones.
+    /// Asks the server's version, creates the database if missing, and picks the format of the
+    /// rows it reads: validated (`RowBinaryWithNamesAndTypes`) on servers the crate supports,
+    /// plain `RowBinary` on older ones.
     pub async fn connect(s: &StoreSettings) -> Result<Self, Error> {
         check_identifier(&s.database)?;
         let root = base_client(s).with_validation(false);
@@ -172,7 +185,41 @@ impl Store {
                 .with_validation(validation),
             version,
             database: s.database.clone(),
+            layout: Arc::default(),
         })
+    }
+
+    /// The columns `AuditRow`s are written to, with `audit_events`' types as the server reports
+    /// them (`system.columns`), so that each row is checked against the table as it is written
+    /// ([`crate::rowbinary`]). Read on first use; call it after the migrations.
+    pub async fn row_layout(&self) -> Result<Arc<Layout>, Error> {
+        self.layout
+            .get_or_try_init(|| async {
+                #[derive(Deserialize, clickhouse::Row)]
+                struct NameType {
+                    name: String,
+                    #[serde(rename = "type")]
+                    ty: String,
+                }
+                let what = || format!("reading the columns of {EVENTS_TABLE}");
+                let columns: Vec<NameType> = self
+                    .client
+                    .query(
+                        "SELECT name, type FROM system.columns \
+                         WHERE database = currentDatabase() AND table = ?",
+                    )
+                    .bind(EVENTS_TABLE)
+                    .fetch_all()
+                    .await
+                    .map_err(|e| Error::ch(what(), e))?;
+                let layout = Layout::new(
+                    <AuditRow as clickhouse::Row>::COLUMN_NAMES,
+                    columns.iter().map(|c| (c.name.as_str(), c.ty.as_str())),
+                )?;
+                Ok(Arc::new(layout))
+            })
+            .await
+            .cloned()
     }
 
     /// The same store with a ClickHouse setting sent with every request (e.g. `log_queries`:
@@ -345,18 +392,25 @@ impl Store {
     /// partition (one month, [`crate::batch::month_runs`]) and stay below the server's
     /// `max_insert_block_size`; otherwise ClickHouse writes one part per partition and block,
     /// and a failure can leave some of them stored.
-    pub async fn insert_events(&self, rows: &[&AuditRow]) -> Result<(), Error> {
+    pub async fn insert_events(&self, rows: &[&Entry]) -> Result<(), Error> {
         if rows.is_empty() {
             return Ok(());
         }
+        let layout = self.row_layout().await?;
         let what = || format!("inserting {} rows into {EVENTS_TABLE}", rows.len());
         let mut insert = self
             .client
-            .insert::<AuditRow>(EVENTS_TABLE)
-            .await
-            .map_err(|e| Error::ch(what(), e))?;
+            .insert_formatted_with(format!(
+                "INSERT INTO `{EVENTS_TABLE}`({}) FORMAT RowBinary",
+                layout.column_list()
+            ))
+            .buffered_with_capacity(INSERT_BUFFER);
         for row in rows {
-            insert.write(row).await.map_err(|e| Error::ch(what(), e))?;
+            let mut rest: &[u8] = &row.bytes;
+            while !rest.is_empty() {
+                let n = insert.write(rest).await.map_err(|e| Error::ch(what(), e))?;
+                rest = &rest[n..];
+            }
         }
         insert.end().await.map_err(|e| Error::ch(what(), e))
     }

@@ -12,7 +12,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
-use schemas::flat::AuditRow;
 use worker_runtime::retry::{retry_reporting, DependencyCheck, RetryError, RetryPolicy};
 use worker_runtime::CancellationToken;
 
@@ -42,11 +41,14 @@ fn seqs_of(entries: &[Entry]) -> Vec<i64> {
 }
 
 /// The offered copy of a fork, as a Kafka payload (single-object framing): re-encoded from
-/// its row, which holds the whole record, so that batches need not keep every payload for the
-/// rare fork. The original bytes stay at `offered_chained_offset` in `<prefix>chained`.
-fn offered_payload_hex(row: &AuditRow) -> String {
-    row.to_chained()
+/// its row (read back from the entry's bytes), which holds the whole record, so that batches
+/// need not keep every payload for the rare fork. The original bytes stay at
+/// `offered_chained_offset` in `<prefix>chained`.
+fn offered_payload_hex(entry: &Entry) -> String {
+    entry
+        .row()
         .ok()
+        .and_then(|row| row.to_chained().ok())
         .and_then(|c| schemas::framing::encode_single_object_chained(&c).ok())
         .map(hex::encode)
         .unwrap_or_default()
@@ -69,11 +71,11 @@ async fn attempt(
     // Per partition in seq order; all partitions together, one INSERT per run of same-month
     // rows (see `insert_groups`): each INSERT is atomic and a failure part-way leaves every
     // partition's stored seqs a contiguous prefix.
-    let rows: Vec<Vec<&AuditRow>> = parts
+    let rows: Vec<Vec<&Entry>> = parts
         .iter()
         .zip(&plans)
         .map(|((_, entries), pl)| {
-            let mut r: Vec<&AuditRow> = pl.insert.iter().map(|&i| &*entries[i].row).collect();
+            let mut r: Vec<&Entry> = pl.insert.iter().map(|&i| &entries[i]).collect();
             r.sort_by_key(|r| r.seq);
             r
         })
@@ -113,9 +115,9 @@ async fn attempt(
                     chain_partition: partition,
                     seq: e.seq(),
                     stored_hash: stored_hash.clone(),
-                    offered_hash: e.row.hash.clone(),
+                    offered_hash: e.hash.clone(),
                     offered_chained_offset: e.offset(),
-                    offered_payload_hex: offered_payload_hex(&e.row),
+                    offered_payload_hex: offered_payload_hex(e),
                 }
             })
             .collect();

@@ -17,6 +17,7 @@ use schemas::{ChainedEvent, Checkpoint, Outcome};
 use sink_clickhouse::batch::Entry;
 use sink_clickhouse::migrations::{self, MIGRATIONS};
 use sink_clickhouse::queries::{self, Param, RECIPES};
+use sink_clickhouse::rowbinary::Layout;
 use sink_clickhouse::store::Store;
 use sink_clickhouse::writer::store_batch;
 use worker_runtime::retry::RetryPolicy;
@@ -29,8 +30,14 @@ async fn fresh(tag: &str) -> (Store, String) {
         panic!("ClickHouse must be running for these tests (deploy/local/stack.sh up): {e}")
     });
     migrations::apply(&store).await.expect("migrate");
+    // Every test database is migrated the same way: the first layout read serves them all.
+    let layout = store.row_layout().await.expect("audit_events' columns");
+    LAYOUT.get_or_init(|| layout);
     (store, db)
 }
+
+/// `audit_events`' columns as the server reports them (set by `fresh`).
+static LAYOUT: std::sync::OnceLock<std::sync::Arc<Layout>> = std::sync::OnceLock::new();
 
 fn fast_retry() -> RetryPolicy {
     RetryPolicy {
@@ -55,9 +62,8 @@ fn chained(p: i32, seq: i64, hash_byte: u8) -> ChainedEvent {
 }
 
 fn entry(c: &ChainedEvent, offset: i64) -> Entry {
-    Entry {
-        row: Box::new(AuditRow::from_chained(c, offset)),
-    }
+    let layout = LAYOUT.get().expect("call `fresh` first");
+    Entry::new(AuditRow::from_chained(c, offset), layout, &mut Vec::new()).expect("entry")
 }
 
 /// Entries of partition `p` for `seqs`, each hashed with its seq's byte, at chained offset
@@ -185,7 +191,7 @@ async fn existing_seqs_are_skipped_and_forks_recorded_never_overwritten() {
 
     // A previous attempt landed partially (9 and 10), then the retry sends 9..=12.
     let partial: Vec<Entry> = entries(p, 9..=10);
-    let rows: Vec<&AuditRow> = partial.iter().map(|e| &*e.row).collect();
+    let rows: Vec<&Entry> = partial.iter().collect();
     store.insert_events(&rows).await.expect("partial landing");
     let retry: Vec<Entry> = entries(p, 9..=12);
     let out = store_batch(&store, p, &retry, &fast_retry(), &cancel)
@@ -549,13 +555,13 @@ async fn stored_head_is_the_end_of_the_contiguous_prefix() {
     let (store, db) = fresh("prefix").await;
     let p = 4;
     let insert = |seqs: Vec<i64>| {
-        let rows: Vec<AuditRow> = seqs
+        let rows: Vec<Entry> = seqs
             .iter()
-            .map(|&s| AuditRow::from_chained(&chained(p, s, s as u8), 100 + s))
+            .map(|&s| entry(&chained(p, s, s as u8), 100 + s))
             .collect();
         let store = store.clone();
         async move {
-            let refs: Vec<&AuditRow> = rows.iter().collect();
+            let refs: Vec<&Entry> = rows.iter().collect();
             store.insert_events(&refs).await.expect("insert");
         }
     };
@@ -567,7 +573,7 @@ async fn stored_head_is_the_end_of_the_contiguous_prefix() {
     assert_eq!((head.seq, head.chained_offset), (2, 102));
     // An identical second copy of 2 (a zombie's) at a later offset: the earliest counts.
     store
-        .insert_events(&[&AuditRow::from_chained(&chained(p, 2, 2), 150)])
+        .insert_events(&[&entry(&chained(p, 2, 2), 150)])
         .await
         .expect("copy");
     let head = store.stored_head(p).await.expect("head").expect("some");
@@ -581,4 +587,49 @@ async fn stored_head_is_the_end_of_the_contiguous_prefix() {
         Some(11)
     );
     drop_db(&store, &db).await;
+}
+
+/// A table the rows do not fit (a column's type changed by hand) is found when the layout is
+/// read: the sink refuses to write, with the column named, instead of sending bytes the
+/// server would read as other values. And a row type whose columns are not all in the table
+/// is refused the same way.
+#[tokio::test]
+async fn a_table_the_rows_do_not_fit_is_refused_before_any_insert() {
+    let (migrated, db) = fresh("layout").await;
+    migrated
+        .client()
+        .query("ALTER TABLE audit_events MODIFY COLUMN source_offset Int32")
+        .execute()
+        .await
+        .expect("alter");
+    // A new store reads the table as it is now.
+    let store = Store::connect(&settings(&db)).await.expect("connect");
+    let layout = store.row_layout().await.expect("layout");
+    let row = AuditRow::from_chained(&chained(1, 1, 1), 100);
+    let err = Entry::new(row, &layout, &mut Vec::new()).expect_err("does not fit");
+    assert_eq!(
+        err,
+        sink_clickhouse::rowbinary::RowBinaryError::Mismatch {
+            column: "source_offset",
+            table_type: "Int32".into(),
+            value: "i64",
+        }
+    );
+    migrated
+        .client()
+        .query("ALTER TABLE audit_events DROP COLUMN perf_resource_count")
+        .execute()
+        .await
+        .expect("drop column");
+    let store = Store::connect(&settings(&db)).await.expect("connect");
+    let err = store.row_layout().await.expect_err("a column is missing");
+    assert!(
+        err.to_string().contains("no column `perf_resource_count`"),
+        "{err}"
+    );
+    assert_eq!(
+        count(&migrated, "SELECT count() FROM audit_events").await,
+        0
+    );
+    drop_db(&migrated, &db).await;
 }

@@ -341,7 +341,14 @@ async fn a_partly_applied_insert_over_months_is_resumed_without_a_gap() {
     sink_clickhouse::migrations::apply(&store)
         .await
         .expect("migrate");
-    let landed: Vec<&schemas::flat::AuditRow> = rows[3..].iter().collect();
+    let layout = store.row_layout().await.expect("audit_events' columns");
+    let landed: Vec<sink_clickhouse::batch::Entry> = rows[3..]
+        .iter()
+        .map(|r| {
+            sink_clickhouse::batch::Entry::new(r.clone(), &layout, &mut Vec::new()).expect("entry")
+        })
+        .collect();
+    let landed: Vec<&sink_clickhouse::batch::Entry> = landed.iter().collect();
     store.insert_events(&landed).await.expect("partial landing");
 
     let (shutdown, handle) = start(&prefix, &db, &format!("g-{id}"));

@@ -9,6 +9,7 @@
 //! `enriched`, both sinks the `chained`. Each raw hop runs just before its worker, on the same
 //! input topic with a group of its own.
 
+pub mod inproc;
 pub mod latency;
 pub mod procfs;
 pub mod raw;
