@@ -183,10 +183,9 @@ pub fn write_row<T: Serialize>(
     out: &mut Vec<u8>,
 ) -> Result<(), RowBinaryError> {
     let start = out.len();
-    let r = row.serialize(RowSer {
+    let r = row.serialize(ValueSer {
         out: &mut *out,
-        layout,
-        next: 0,
+        target: Target::Row(layout),
     });
     if r.is_err() {
         out.truncate(start);
@@ -221,228 +220,65 @@ fn put_leb128(out: &mut Vec<u8>, mut v: u64) {
 
 // ---- writing -----------------------------------------------------------------------------
 
-/// The row: a struct, field by field against the layout.
-struct RowSer<'a> {
-    out: &'a mut Vec<u8>,
-    layout: &'a Layout,
-    next: usize,
+/// What a value is written as: the whole row (a struct of the layout's columns, in order), or
+/// one value of `column`, of (table) type `ty` (the column's, or inside it).
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Row(&'a Layout),
+    Value {
+        column: &'a Column,
+        ty: &'a ColumnType,
+    },
 }
 
-/// One value of `column`, of (table) type `ty`.
 struct ValueSer<'a> {
     out: &'a mut Vec<u8>,
-    column: &'a Column,
-    ty: &'a ColumnType,
+    target: Target<'a>,
 }
 
-impl ValueSer<'_> {
-    fn expect(&self, want: &ColumnType, value: &'static str) -> Result<(), RowBinaryError> {
-        if self.ty == want {
-            Ok(())
-        } else {
-            Err(self.mismatch(value))
+impl<'a> ValueSer<'a> {
+    fn mismatch(&self, value: &'static str) -> RowBinaryError {
+        match self.target {
+            Target::Row(_) => {
+                RowBinaryError::Custom(format!("a row is a struct of its columns, not a {value}"))
+            }
+            Target::Value { column, .. } => RowBinaryError::Mismatch {
+                column: column.name,
+                table_type: column.table_type.clone(),
+                value,
+            },
         }
     }
-    fn mismatch(&self, value: &'static str) -> RowBinaryError {
-        RowBinaryError::Mismatch {
-            column: self.column.name,
-            table_type: self.column.table_type.clone(),
-            value,
+    /// The bytes of a fixed-width value, if the target is a column of exactly its type.
+    fn fixed(self, want: ColumnType, le: &[u8], value: &'static str) -> Result<(), RowBinaryError> {
+        match self.target {
+            Target::Value { ty, .. } if *ty == want => {
+                self.out.extend_from_slice(le);
+                Ok(())
+            }
+            _ => Err(self.mismatch(value)),
         }
     }
     fn int(
-        &mut self,
+        self,
         bytes: u8,
         signed: bool,
         le: &[u8],
-        what: &'static str,
+        value: &'static str,
     ) -> Result<(), RowBinaryError> {
-        self.expect(&ColumnType::Int { bytes, signed }, what)?;
-        self.out.extend_from_slice(le);
-        Ok(())
+        self.fixed(ColumnType::Int { bytes, signed }, le, value)
+    }
+    /// Inside a column: the same column, at type `ty`.
+    fn inner(out: &'a mut Vec<u8>, column: &'a Column, ty: &'a ColumnType) -> Self {
+        ValueSer {
+            out,
+            target: Target::Value { column, ty },
+        }
     }
 }
 
 fn unsupported(what: &str) -> RowBinaryError {
     RowBinaryError::Custom(format!("a {what} is not written as a column value"))
-}
-
-impl<'a> ser::Serializer for RowSer<'a> {
-    type Ok = ();
-    type Error = RowBinaryError;
-    type SerializeSeq = Impossible<(), RowBinaryError>;
-    type SerializeTuple = Impossible<(), RowBinaryError>;
-    type SerializeTupleStruct = Impossible<(), RowBinaryError>;
-    type SerializeTupleVariant = Impossible<(), RowBinaryError>;
-    type SerializeMap = Impossible<(), RowBinaryError>;
-    type SerializeStruct = Self;
-    type SerializeStructVariant = Impossible<(), RowBinaryError>;
-
-    fn serialize_struct(self, _: &'static str, len: usize) -> Result<Self, RowBinaryError> {
-        if len != self.layout.columns.len() {
-            return Err(RowBinaryError::FieldCount {
-                expected: self.layout.columns.len(),
-                found: len,
-            });
-        }
-        Ok(self)
-    }
-
-    fn serialize_bool(self, _: bool) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one bool"))
-    }
-    fn serialize_i8(self, _: i8) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_i16(self, _: i16) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_i32(self, _: i32) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_i64(self, _: i64) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_u8(self, _: u8) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_u16(self, _: u16) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_u32(self, _: u32) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_u64(self, _: u64) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one integer"))
-    }
-    fn serialize_f32(self, _: f32) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one float"))
-    }
-    fn serialize_f64(self, _: f64) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one float"))
-    }
-    fn serialize_char(self, _: char) -> Result<(), RowBinaryError> {
-        Err(unsupported("char"))
-    }
-    fn serialize_str(self, _: &str) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of one string"))
-    }
-    fn serialize_bytes(self, _: &[u8]) -> Result<(), RowBinaryError> {
-        Err(unsupported("row of bytes"))
-    }
-    fn serialize_none(self) -> Result<(), RowBinaryError> {
-        Err(unsupported("missing row"))
-    }
-    fn serialize_some<T: ?Sized + Serialize>(self, _: &T) -> Result<(), RowBinaryError> {
-        Err(unsupported("optional row"))
-    }
-    fn serialize_unit(self) -> Result<(), RowBinaryError> {
-        Err(unsupported("unit"))
-    }
-    fn serialize_unit_struct(self, _: &'static str) -> Result<(), RowBinaryError> {
-        Err(unsupported("unit struct"))
-    }
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-    ) -> Result<(), RowBinaryError> {
-        Err(unsupported("enum"))
-    }
-    fn serialize_newtype_struct<T: ?Sized + Serialize>(
-        self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), RowBinaryError> {
-        value.serialize(self)
-    }
-    fn serialize_newtype_variant<T: ?Sized + Serialize>(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: &T,
-    ) -> Result<(), RowBinaryError> {
-        Err(unsupported("enum"))
-    }
-    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, RowBinaryError> {
-        Err(unsupported("row that is a sequence"))
-    }
-    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, RowBinaryError> {
-        Err(unsupported("tuple"))
-    }
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleStruct, RowBinaryError> {
-        Err(unsupported("tuple struct"))
-    }
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeTupleVariant, RowBinaryError> {
-        Err(unsupported("enum"))
-    }
-    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowBinaryError> {
-        Err(unsupported("map"))
-    }
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStructVariant, RowBinaryError> {
-        Err(unsupported("enum"))
-    }
-}
-
-impl ser::SerializeStruct for RowSer<'_> {
-    type Ok = ();
-    type Error = RowBinaryError;
-
-    fn serialize_field<T: ?Sized + Serialize>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), RowBinaryError> {
-        let column = self
-            .layout
-            .columns
-            .get(self.next)
-            .ok_or(RowBinaryError::FieldCount {
-                expected: self.layout.columns.len(),
-                found: self.next + 1,
-            })?;
-        // The same literal most of the time (both derives name the field): skip the compare.
-        if !std::ptr::eq(column.name, key) && column.name != key {
-            return Err(RowBinaryError::FieldOrder {
-                expected: column.name,
-                found: key,
-            });
-        }
-        self.next += 1;
-        value.serialize(ValueSer {
-            out: &mut *self.out,
-            column,
-            ty: &column.ty,
-        })
-    }
-
-    fn end(self) -> Result<(), RowBinaryError> {
-        if self.next != self.layout.columns.len() {
-            return Err(RowBinaryError::FieldCount {
-                expected: self.layout.columns.len(),
-                found: self.next,
-            });
-        }
-        Ok(())
-    }
 }
 
 impl<'a> ser::Serializer for ValueSer<'a> {
@@ -453,45 +289,41 @@ impl<'a> ser::Serializer for ValueSer<'a> {
     type SerializeTupleStruct = Impossible<(), RowBinaryError>;
     type SerializeTupleVariant = Impossible<(), RowBinaryError>;
     type SerializeMap = Impossible<(), RowBinaryError>;
-    type SerializeStruct = Impossible<(), RowBinaryError>;
+    type SerializeStruct = RowSer<'a>;
     type SerializeStructVariant = Impossible<(), RowBinaryError>;
 
-    fn serialize_bool(mut self, v: bool) -> Result<(), RowBinaryError> {
+    fn serialize_bool(self, v: bool) -> Result<(), RowBinaryError> {
         self.int(1, false, &[u8::from(v)], "bool")
     }
-    fn serialize_i8(mut self, v: i8) -> Result<(), RowBinaryError> {
+    fn serialize_i8(self, v: i8) -> Result<(), RowBinaryError> {
         self.int(1, true, &v.to_le_bytes(), "i8")
     }
-    fn serialize_i16(mut self, v: i16) -> Result<(), RowBinaryError> {
+    fn serialize_i16(self, v: i16) -> Result<(), RowBinaryError> {
         self.int(2, true, &v.to_le_bytes(), "i16")
     }
-    fn serialize_i32(mut self, v: i32) -> Result<(), RowBinaryError> {
+    fn serialize_i32(self, v: i32) -> Result<(), RowBinaryError> {
         self.int(4, true, &v.to_le_bytes(), "i32")
     }
-    fn serialize_i64(mut self, v: i64) -> Result<(), RowBinaryError> {
+    fn serialize_i64(self, v: i64) -> Result<(), RowBinaryError> {
         self.int(8, true, &v.to_le_bytes(), "i64")
     }
-    fn serialize_u8(mut self, v: u8) -> Result<(), RowBinaryError> {
+    fn serialize_u8(self, v: u8) -> Result<(), RowBinaryError> {
         self.int(1, false, &v.to_le_bytes(), "u8")
     }
-    fn serialize_u16(mut self, v: u16) -> Result<(), RowBinaryError> {
+    fn serialize_u16(self, v: u16) -> Result<(), RowBinaryError> {
         self.int(2, false, &v.to_le_bytes(), "u16")
     }
-    fn serialize_u32(mut self, v: u32) -> Result<(), RowBinaryError> {
+    fn serialize_u32(self, v: u32) -> Result<(), RowBinaryError> {
         self.int(4, false, &v.to_le_bytes(), "u32")
     }
-    fn serialize_u64(mut self, v: u64) -> Result<(), RowBinaryError> {
+    fn serialize_u64(self, v: u64) -> Result<(), RowBinaryError> {
         self.int(8, false, &v.to_le_bytes(), "u64")
     }
     fn serialize_f32(self, v: f32) -> Result<(), RowBinaryError> {
-        self.expect(&ColumnType::Float { bytes: 4 }, "f32")?;
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
+        self.fixed(ColumnType::Float { bytes: 4 }, &v.to_le_bytes(), "f32")
     }
     fn serialize_f64(self, v: f64) -> Result<(), RowBinaryError> {
-        self.expect(&ColumnType::Float { bytes: 8 }, "f64")?;
-        self.out.extend_from_slice(&v.to_le_bytes());
-        Ok(())
+        self.fixed(ColumnType::Float { bytes: 8 }, &v.to_le_bytes(), "f64")
     }
     fn serialize_char(self, _: char) -> Result<(), RowBinaryError> {
         Err(self.mismatch("char"))
@@ -500,14 +332,24 @@ impl<'a> ser::Serializer for ValueSer<'a> {
         self.serialize_bytes(v.as_bytes())
     }
     fn serialize_bytes(self, v: &[u8]) -> Result<(), RowBinaryError> {
-        self.expect(&ColumnType::String, "string")?;
-        put_leb128(self.out, v.len() as u64);
-        self.out.extend_from_slice(v);
-        Ok(())
+        match self.target {
+            Target::Value {
+                ty: ColumnType::String,
+                ..
+            } => {
+                put_leb128(self.out, v.len() as u64);
+                self.out.extend_from_slice(v);
+                Ok(())
+            }
+            _ => Err(self.mismatch("string")),
+        }
     }
     fn serialize_none(self) -> Result<(), RowBinaryError> {
-        match self.ty {
-            ColumnType::Nullable(_) => {
+        match self.target {
+            Target::Value {
+                ty: ColumnType::Nullable(_),
+                ..
+            } => {
                 self.out.push(1);
                 Ok(())
             }
@@ -515,14 +357,13 @@ impl<'a> ser::Serializer for ValueSer<'a> {
         }
     }
     fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), RowBinaryError> {
-        match self.ty {
-            ColumnType::Nullable(inner) => {
+        match self.target {
+            Target::Value {
+                column,
+                ty: ColumnType::Nullable(inner),
+            } => {
                 self.out.push(0);
-                value.serialize(ValueSer {
-                    out: self.out,
-                    column: self.column,
-                    ty: inner,
-                })
+                value.serialize(ValueSer::inner(self.out, column, inner))
             }
             _ => Err(self.mismatch("optional value")),
         }
@@ -558,14 +399,18 @@ impl<'a> ser::Serializer for ValueSer<'a> {
         Err(self.mismatch("enum"))
     }
     fn serialize_seq(self, len: Option<usize>) -> Result<Elements<'a>, RowBinaryError> {
-        let ColumnType::Array(inner) = self.ty else {
+        let Target::Value {
+            column,
+            ty: ColumnType::Array(inner),
+        } = self.target
+        else {
             return Err(self.mismatch("sequence"));
         };
         let len = len.ok_or_else(|| unsupported("sequence of unknown length"))?;
         put_leb128(self.out, len as u64);
         Ok(Elements {
             out: self.out,
-            column: self.column,
+            column,
             ty: inner,
             left: len,
         })
@@ -592,12 +437,21 @@ impl<'a> ser::Serializer for ValueSer<'a> {
     fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, RowBinaryError> {
         Err(self.mismatch("map"))
     }
-    fn serialize_struct(
-        self,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Self::SerializeStruct, RowBinaryError> {
-        Err(self.mismatch("struct"))
+    fn serialize_struct(self, _: &'static str, len: usize) -> Result<RowSer<'a>, RowBinaryError> {
+        let Target::Row(layout) = self.target else {
+            return Err(self.mismatch("struct"));
+        };
+        if len != layout.columns.len() {
+            return Err(RowBinaryError::FieldCount {
+                expected: layout.columns.len(),
+                found: len,
+            });
+        }
+        Ok(RowSer {
+            out: self.out,
+            layout,
+            next: 0,
+        })
     }
     fn serialize_struct_variant(
         self,
@@ -607,6 +461,52 @@ impl<'a> ser::Serializer for ValueSer<'a> {
         _: usize,
     ) -> Result<Self::SerializeStructVariant, RowBinaryError> {
         Err(self.mismatch("enum"))
+    }
+}
+
+/// The row's fields, one per column of the layout, in its order.
+struct RowSer<'a> {
+    out: &'a mut Vec<u8>,
+    layout: &'a Layout,
+    next: usize,
+}
+
+impl ser::SerializeStruct for RowSer<'_> {
+    type Ok = ();
+    type Error = RowBinaryError;
+
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), RowBinaryError> {
+        let column = self
+            .layout
+            .columns
+            .get(self.next)
+            .ok_or(RowBinaryError::FieldCount {
+                expected: self.layout.columns.len(),
+                found: self.next + 1,
+            })?;
+        // The same literal most of the time (both derives name the field): skip the compare.
+        if !std::ptr::eq(column.name, key) && column.name != key {
+            return Err(RowBinaryError::FieldOrder {
+                expected: column.name,
+                found: key,
+            });
+        }
+        self.next += 1;
+        value.serialize(ValueSer::inner(&mut *self.out, column, &column.ty))
+    }
+
+    fn end(self) -> Result<(), RowBinaryError> {
+        if self.next != self.layout.columns.len() {
+            return Err(RowBinaryError::FieldCount {
+                expected: self.layout.columns.len(),
+                found: self.next,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -630,11 +530,7 @@ impl ser::SerializeSeq for Elements<'_> {
             .left
             .checked_sub(1)
             .ok_or_else(|| unsupported("sequence longer than its announced length"))?;
-        value.serialize(ValueSer {
-            out: &mut *self.out,
-            column: self.column,
-            ty: self.ty,
-        })
+        value.serialize(ValueSer::inner(&mut *self.out, self.column, self.ty))
     }
 
     fn end(self) -> Result<(), RowBinaryError> {
@@ -1031,6 +927,13 @@ mod tests {
             Layout::new(SMALL, t).expect_err("unsupported"),
             RowBinaryError::UnsupportedType { column: "a", .. }
         ));
+        // Only a struct is a row.
+        let mut out = vec![7];
+        assert!(matches!(
+            write_row(&5i32, &small_layout(), &mut out).expect_err("not a row"),
+            RowBinaryError::Custom(m) if m.contains("a row is a struct")
+        ));
+        assert_eq!(out, vec![7]);
         // Fields in another order than the layout's columns.
         let swapped = Layout {
             columns: {
