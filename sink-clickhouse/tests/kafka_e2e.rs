@@ -452,6 +452,12 @@ async fn clickhouse_outages_are_survived_without_loss_or_duplicates() {
 /// seq exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_poll_interval_is_survived() {
+    // The sink's own account of the outage, shown when this test fails (it runs in process).
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_env_filter("info,sink_clickhouse=debug,worker_runtime=debug")
+        .with_test_writer()
+        .try_init();
     let (id, prefix, db, kafka) = setup("long").await;
     let topics = kafka.topics();
     let producer = Producer::new(&kafka, "e2e-producer").expect("producer");

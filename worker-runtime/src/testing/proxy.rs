@@ -43,6 +43,12 @@ impl Proxy {
                 let Ok((mut client, _)) = listener.accept().await else {
                     continue;
                 };
+                // Decided and registered under the lock `cut` and `stall` take: a connection
+                // accepted as they run is either refused (held) or in `live` when they abort
+                // it. Checked outside the lock, one could slip through an outage and carry the
+                // client's requests to the server all along (a test then saw its sink store
+                // during the "outage" and stop being refused).
+                let mut live = s.live.lock().expect("lock");
                 if s.cut.load(Ordering::SeqCst) {
                     s.refused.fetch_add(1, Ordering::SeqCst);
                     drop(client);
@@ -63,7 +69,6 @@ impl Proxy {
                         }
                     })
                 };
-                let mut live = s.live.lock().expect("lock");
                 live.retain(|h| !h.is_finished());
                 live.push(task.abort_handle());
             }
@@ -82,8 +87,9 @@ impl Proxy {
 
     /// The server "goes away": live connections are cut, new ones closed at once.
     pub fn cut(&self) {
+        let mut live = self.state.live.lock().expect("lock");
         self.state.cut.store(true, Ordering::SeqCst);
-        for h in self.state.live.lock().expect("lock").drain(..) {
+        for h in live.drain(..) {
             h.abort();
         }
     }
@@ -91,8 +97,9 @@ impl Proxy {
     /// The server "hangs": live connections are cut, new ones are accepted and their requests
     /// read, but nothing is ever answered.
     pub fn stall(&self) {
+        let mut live = self.state.live.lock().expect("lock");
         self.state.stalled.store(true, Ordering::SeqCst);
-        for h in self.state.live.lock().expect("lock").drain(..) {
+        for h in live.drain(..) {
             h.abort();
         }
     }
