@@ -107,7 +107,7 @@ pub trait TaskIo: Send + Sync + 'static {
         &'a self,
         p: i32,
         input: &'a InputRecord,
-        payload: &'a [u8],
+        payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<Ack, Error>>;
     fn send_dead_letter<'a>(
         &'a self,
@@ -310,6 +310,8 @@ pub async fn run<I: TaskIo>(
             in_flight: FuturesUnordered::new(),
             status: status.clone(),
             progress: control.progress.clone(),
+            chained: metrics::counter!(m::CHAINED, "partition" => p.to_string()),
+            head_seq: metrics::gauge!(m::HEAD_SEQ, "partition" => p.to_string()),
             label: p.to_string(),
         };
         let result = task
@@ -426,6 +428,10 @@ struct Task<I: TaskIo> {
     in_flight: FuturesUnordered<BoxFuture<'static, Completion>>,
     status: Arc<TaskStatus>,
     progress: Arc<AtomicU64>,
+    /// The two metrics every record moves, registered once: a `counter!` call builds its labels
+    /// and looks the metric up in the registry each time.
+    chained: metrics::Counter,
+    head_seq: metrics::Gauge,
     label: String,
 }
 
@@ -487,9 +493,10 @@ impl<I: TaskIo> Task<I> {
             .store(self.chain.expected(), Ordering::Release);
         match decision {
             Decision::Chain(c) => {
-                let ack = self.io.send_chained(p, &input, &c.payload).await?;
-                self.queue(offset, Some((c.seq, c.hash)), false);
-                metrics::counter!(m::CHAINED, "partition" => self.label.clone()).increment(1);
+                let link = (c.seq, c.hash);
+                let ack = self.io.send_chained(p, &input, c.payload).await?;
+                self.queue(offset, Some(link), false);
+                self.chained.increment(1);
                 self.in_flight.push(Box::pin(async move {
                     Completion::Input {
                         offset,
@@ -584,7 +591,7 @@ impl<I: TaskIo> Task<I> {
             }
         }
         if let Some(&(seq, _)) = released.links.last() {
-            metrics::gauge!(m::HEAD_SEQ, "partition" => self.label.clone()).set(seq as f64);
+            self.head_seq.set(seq as f64);
         }
         let every = self.signer.as_ref().map_or(0, |s| s.every_events);
         for ((seq, hash), offset) in released.links.into_iter().zip(released.link_offsets) {

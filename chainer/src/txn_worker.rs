@@ -714,7 +714,7 @@ impl Worker {
                     &self.ctx.topics.checkpoints,
                     cp_partition,
                     Some(key.as_bytes()),
-                    &payload,
+                    payload.as_slice().into(),
                     None,
                     owned_headers(&headers),
                 )

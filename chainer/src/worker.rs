@@ -5,6 +5,7 @@
 //! assigned partition); with `--transactional-id` it is [`crate::txn_worker`] (one loop, since
 //! one transaction spans partitions).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -260,7 +261,7 @@ impl TaskIo for KafkaIo {
         &'a self,
         p: i32,
         input: &'a InputRecord,
-        payload: &'a [u8],
+        payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         Box::pin(async move {
             // The chained record carries its input's trace context: a `send` span's (child
@@ -274,7 +275,7 @@ impl TaskIo for KafkaIo {
                 &self.topics.chained,
                 p,
                 input.key.as_deref(),
-                payload,
+                payload.into(),
                 input.timestamp_ms,
                 headers,
             )
@@ -328,7 +329,7 @@ impl TaskIo for KafkaIo {
                 &self.topics.checkpoints,
                 q,
                 Some(key.as_bytes()),
-                payload,
+                payload.into(),
                 None,
                 owned_headers(&headers),
             )
@@ -410,7 +411,16 @@ pub(crate) async fn send(
     payload: &[u8],
     timestamp_ms: Option<i64>,
 ) -> Result<PendingDelivery, Error> {
-    send_with_headers(producer, topic, partition, key, payload, timestamp_ms, None).await
+    send_with_headers(
+        producer,
+        topic,
+        partition,
+        key,
+        payload.into(),
+        timestamp_ms,
+        None,
+    )
+    .await
 }
 
 /// The headers a chained record carries: `publish`'s trace context while tracing is on, else
@@ -456,7 +466,7 @@ pub(crate) async fn send_with_headers(
     topic: &str,
     partition: i32,
     key: Option<&[u8]>,
-    payload: &[u8],
+    payload: Cow<'_, [u8]>,
     timestamp_ms: Option<i64>,
     headers: Option<rdkafka::message::OwnedHeaders>,
 ) -> Result<PendingDelivery, Error> {

@@ -47,6 +47,39 @@ pub enum Applied {
 pub struct ContextCaches {
     users: Cache<String, Arc<UserContext>>,
     teams: Cache<String, Arc<TeamContext>>,
+    lookups: Lookups,
+}
+
+/// `audit_enrich_cache_lookups_total` by cache and result, registered once: two lookups per
+/// event, and a `counter!` call builds its labels and searches the registry every time.
+#[derive(Clone)]
+struct Lookups {
+    user_hit: metrics::Counter,
+    user_miss: metrics::Counter,
+    team_hit: metrics::Counter,
+    team_miss: metrics::Counter,
+}
+
+impl Lookups {
+    fn new() -> Self {
+        let c = |kind: ContextKind, result: &'static str| metrics::counter!("audit_enrich_cache_lookups_total", "cache" => kind.name(), "result" => result);
+        Lookups {
+            user_hit: c(ContextKind::Users, "hit"),
+            user_miss: c(ContextKind::Users, "miss"),
+            team_hit: c(ContextKind::Teams, "hit"),
+            team_miss: c(ContextKind::Teams, "miss"),
+        }
+    }
+
+    fn count(&self, kind: ContextKind, hit: bool) {
+        match (kind, hit) {
+            (ContextKind::Users, true) => &self.user_hit,
+            (ContextKind::Users, false) => &self.user_miss,
+            (ContextKind::Teams, true) => &self.team_hit,
+            (ContextKind::Teams, false) => &self.team_miss,
+        }
+        .increment(1);
+    }
 }
 
 impl std::fmt::Debug for ContextCaches {
@@ -127,6 +160,7 @@ impl ContextCaches {
                 .weigher(|k: &String, v| team_weight(k, v))
                 .eviction_listener(eviction_listener(ContextKind::Teams))
                 .build(),
+            lookups: Lookups::new(),
         }
     }
 
@@ -203,14 +237,14 @@ impl ContextCaches {
     /// The user with this id, if known (counts a hit or a miss).
     pub async fn user(&self, id: &str) -> Option<Arc<UserContext>> {
         let found = self.users.get(id).await;
-        count_lookup(ContextKind::Users, found.is_some());
+        self.lookups.count(ContextKind::Users, found.is_some());
         found
     }
 
     /// The team with this id, if known (counts a hit or a miss).
     pub async fn team(&self, id: &str) -> Option<Arc<TeamContext>> {
         let found = self.teams.get(id).await;
-        count_lookup(ContextKind::Teams, found.is_some());
+        self.lookups.count(ContextKind::Teams, found.is_some());
         found
     }
 
@@ -252,10 +286,4 @@ impl ContextCaches {
 
 fn non_empty(s: Option<&str>) -> Option<&str> {
     s.filter(|s| !s.is_empty())
-}
-
-fn count_lookup(kind: ContextKind, hit: bool) {
-    let result = if hit { "hit" } else { "miss" };
-    metrics::counter!("audit_enrich_cache_lookups_total", "cache" => kind.name(), "result" => result)
-        .increment(1);
 }

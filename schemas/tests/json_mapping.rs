@@ -784,3 +784,55 @@ proptest! {
         prop_assert_eq!(back, v);
     }
 }
+
+/// Fields of nested objects are named by their full path in errors, with and without the
+/// `event` envelope: the paths are formatted only when an error names them.
+#[test]
+fn nested_fields_are_named_by_their_full_path() {
+    use JsonErrorCode::*;
+    let cases: [(&str, JsonErrorCode, &str); 7] = [
+        (
+            r#""actor":{"id":"u","roles":["a",3]}"#,
+            WrongType,
+            "actor.roles[1]",
+        ),
+        (r#""actor":{"id":"u","name":5}"#, WrongType, "actor.name"),
+        (
+            r#""performance":{"processingTimeMs":"slow"}"#,
+            WrongType,
+            "performance.processingTimeMs",
+        ),
+        (
+            r#""performance":{"memoryUsedMb":1.5}"#,
+            WrongType,
+            "performance.memoryUsedMb",
+        ),
+        (r#""ai":{"confidence":1.5}"#, InvalidValue, "ai.confidence"),
+        (
+            r#""compliance":{"issuesFound":4294967296}"#,
+            InvalidValue,
+            "compliance.issuesFound",
+        ),
+        (
+            r#""security":{"piiDetected":"yes"}"#,
+            WrongType,
+            "security.piiDetected",
+        ),
+    ];
+    for (field, code, path) in cases {
+        let plain = format!("{{{OK_FIELDS},{field}}}");
+        assert_eq!(err(&plain), (code, path.to_owned()), "{plain}");
+        let enveloped = format!("{{\"event\":{{{OK_FIELDS},{field}}}}}");
+        assert_eq!(
+            err(&enveloped),
+            (code, format!("event.{path}")),
+            "{enveloped}"
+        );
+    }
+    // The same fields, well typed, are accepted.
+    let fine = format!(
+        r#"{{{OK_FIELDS},"actor":{{"id":"u","roles":["a","b"],"name":"n"}},"performance":{{"processingTimeMs":3}},"ai":{{"confidence":0.5}},"security":{{"piiDetected":true}}}}"#
+    );
+    let e = event_from_json(fine.as_bytes(), &ctx()).expect("well-typed nested fields");
+    assert_eq!(e.actor.roles, vec!["a".to_owned(), "b".to_owned()]);
+}

@@ -155,7 +155,7 @@ async fn a_refused_record_fails_alone_and_flush_waits_for_held_records() {
             .enqueue_parts(SendParts {
                 topic: &t,
                 partition: Some(partition),
-                payload: Some(format!("x{i:03}").as_bytes()),
+                payload: Some(format!("x{i:03}").into_bytes().into()),
                 timestamp_ms: Some(1_700_000_000_000 + i),
                 ..SendParts::default()
             })

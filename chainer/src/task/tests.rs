@@ -87,7 +87,7 @@ impl TaskIo for Fake {
         &'a self,
         _p: i32,
         input: &'a InputRecord,
-        _payload: &'a [u8],
+        _payload: Vec<u8>,
     ) -> BoxFuture<'a, Result<Ack, Error>> {
         self.chained.lock().unwrap().push(input.offset);
         if self.failing.lock().unwrap().remove(&input.offset) {

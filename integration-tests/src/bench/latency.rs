@@ -749,7 +749,7 @@ async fn publish(
                 .enqueue_parts(SendParts {
                     topic: &topic,
                     key: key.as_deref().map(str::as_bytes),
-                    payload: Some(value),
+                    payload: Some(value.into()),
                     ..SendParts::default()
                 })
                 .await

@@ -94,7 +94,7 @@ async fn kafka(
                     .enqueue_parts(SendParts {
                         topic: &a.output,
                         key: m.key(),
-                        payload: m.payload(),
+                        payload: m.payload().map(Into::into),
                         headers: m.headers().cloned(),
                         ..SendParts::default()
                     })

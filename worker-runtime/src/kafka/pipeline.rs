@@ -407,14 +407,15 @@ async fn handle<P: Processor>(
         }
     }
     let mut deliveries = Vec::with_capacity(outputs.len());
-    for out in &mut outputs {
+    for mut out in outputs {
         // Each output (dead letters too) carries its own `send` span's context, replacing the
         // input's header the processor copied.
         let send = trace_context::send_span(stage, &span, &out.topic, out.partition);
         send.inject(&mut out.headers);
+        let topic = out.topic.clone();
         // An enqueue failure leaves the input begun and never completed: its offset (and every
         // later one of the partition) is not stored until it is read and delivered again.
-        let d = match st.producer.enqueue(out).await {
+        let d = match st.producer.enqueue_record(out).await {
             Ok(d) => d,
             Err(e) => {
                 send.set_error(&e);
@@ -422,7 +423,7 @@ async fn handle<P: Processor>(
                 return Err(Fault::from(e));
             }
         };
-        deliveries.push((d, out.topic.clone(), send));
+        deliveries.push((d, topic, send));
     }
     st.counters.records_in.increment(1);
     let offset = input.offset;
