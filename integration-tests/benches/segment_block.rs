@@ -6,7 +6,9 @@
 //! - apache-avro's `deflate` codec at its default level (miniz_oxide level 6): what the
 //!   builder used up to the eleventh session (and what the tests' reference writer uses);
 //! - zlib-rs raw deflate at levels 1, 4 and 6 (the builder's since the twelfth: level 6,
-//!   `schemas::segment::DEFLATE_LEVEL`).
+//!   `schemas::segment::DEFLATE_LEVEL`);
+//! - and the builder again with `BlockCodec::Zstandard` (`--segment-codec zstandard`, zstd at
+//!   `schemas::segment::ZSTD_LEVEL`), its output's size beside deflate's.
 //!
 //! The worker-bench profile that led here: 62% of sink-archive's samples were in
 //! `miniz_oxide::deflate::core::compress_inner`.
@@ -21,7 +23,7 @@ use std::time::Duration;
 
 use apache_avro::{Codec, DeflateSettings};
 use integration_tests::bench::inproc::{best_of, chained_demo_events, knob};
-use schemas::segment::SegmentBuilder;
+use schemas::segment::{BlockCodec, SegmentBuilder};
 
 /// Raw deflate (RFC 1951, what Avro's `deflate` codec holds) with zlib-rs at `level`.
 fn zlib_rs_deflate(data: &[u8], level: i32) -> usize {
@@ -64,16 +66,20 @@ fn main() {
         }
         total
     });
-    let build = best_of(reps, || {
-        let mut b = SegmentBuilder::new();
-        for ev in &events {
-            b.push(black_box(ev)).expect("push");
-        }
-        let (_, bytes) = b
-            .finish("audit.chained", 0, n as i64 - 1, "bench")
-            .expect("finish");
-        bytes.len() as u64
-    });
+    let build = |codec: BlockCodec| {
+        best_of(reps, || {
+            let mut b = SegmentBuilder::with_codec(codec);
+            for ev in &events {
+                b.push(black_box(ev)).expect("push");
+            }
+            let (_, bytes) = b
+                .finish("audit.chained", 0, n as i64 - 1, "bench")
+                .expect("finish");
+            bytes.len() as u64
+        })
+    };
+    let build_deflate = build(BlockCodec::Deflate);
+    let build_zstd = build(BlockCodec::Zstandard);
     let avro_default = best_of(reps, || {
         blocks
             .iter()
@@ -115,7 +121,14 @@ fn main() {
     line("encode each record (chained_datum_into)", encode);
     line(
         "SegmentBuilder: push all, finish (the sink's own work)",
-        build,
+        build_deflate,
+    );
+    line(
+        &format!(
+            "SegmentBuilder, --segment-codec zstandard (zstd level {})",
+            schemas::segment::ZSTD_LEVEL
+        ),
+        build_zstd,
     );
     line(
         "deflate blocks: apache-avro default (miniz_oxide 6)",

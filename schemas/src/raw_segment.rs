@@ -16,7 +16,9 @@
 //!
 //! The container (Avro object container file, spec 1.11 "Object Container Files") is read
 //! block by block from any reader: memory is one block (the writer's blocks are 256 KiB; a
-//! block claiming more than [`MAX_BLOCK`] is refused) plus one record.
+//! block claiming more than [`MAX_BLOCK`] is refused) plus one record. Blocks of the codecs
+//! the archive sink writes (`deflate`, `zstandard`) and `null` are read here; another codec
+//! goes to apache-avro's reader ([`open`]).
 
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,7 @@ use apache_avro::Schema;
 
 use crate::avro::{self, RecordKind, CANONICAL_VERSION};
 use crate::event::ChainedEvent;
-use crate::segment::{SegmentError, SegmentMeta};
+use crate::segment::{BlockCodec, SegmentError, SegmentMeta};
 
 /// Largest block (compressed or not) read into memory.
 pub const MAX_BLOCK: usize = 64 * 1024 * 1024;
@@ -720,6 +722,35 @@ fn inflate(data: &[u8], out: &mut Vec<u8>, hint: usize) -> Result<(), SegmentErr
     }
 }
 
+/// Decompresses a block of the Avro `zstandard` codec (one or more zstd frames) into `out`,
+/// refusing more than [`MAX_BLOCK`] bytes and windows past [`ZSTD_WINDOW_LOG_MAX`] (what a
+/// frame makes the decoder allocate), so a hostile object cannot exhaust the verifier's
+/// memory. The writer's frames carry their content size: the buffer is sized by it up front.
+fn unzstd(data: &[u8], out: &mut Vec<u8>) -> Result<(), SegmentError> {
+    let failed = |e: std::io::Error| bad(format!("block does not decompress (zstandard): {e}"));
+    out.clear();
+    if let Ok(Some(size)) = zstd::zstd_safe::get_frame_content_size(data) {
+        out.reserve_exact(usize::try_from(size).unwrap_or(MAX_BLOCK).min(MAX_BLOCK));
+    }
+    let mut decoder = zstd::stream::read::Decoder::with_buffer(data).map_err(failed)?;
+    decoder
+        .window_log_max(ZSTD_WINDOW_LOG_MAX)
+        .map_err(failed)?;
+    let n = decoder
+        .take(MAX_BLOCK as u64 + 1)
+        .read_to_end(out)
+        .map_err(failed)?;
+    if n > MAX_BLOCK {
+        out.clear();
+        return Err(bad(format!("block decompresses past {MAX_BLOCK} bytes")));
+    }
+    Ok(())
+}
+
+/// The largest zstd window a block may ask for: 32 MiB (the writer's frames use at most the
+/// block's size, ~256 KiB; other zstd writers' defaults stay under 8 MiB).
+const ZSTD_WINDOW_LOG_MAX: u32 = 25;
+
 /// Room first given to an inflated block: the writer's blocks are 256 KiB of records (a block
 /// ends at the first record past that), so most fit at the first try.
 const FIRST_GUESS: usize = 384 * 1024;
@@ -728,7 +759,8 @@ const FIRST_GUESS: usize = 384 * 1024;
 pub struct RawRecords<R> {
     reader: R,
     marker: [u8; 16],
-    deflate: bool,
+    /// The blocks' codec; `None`: stored as they are (`null`).
+    codec: Option<BlockCodec>,
     event: Arc<[Op]>,
     block: Vec<u8>,
     pos: usize,
@@ -743,7 +775,7 @@ pub struct RawRecords<R> {
 impl<R> std::fmt::Debug for RawRecords<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RawRecords")
-            .field("deflate", &self.deflate)
+            .field("codec", &self.codec)
             .field("left_in_block", &self.left)
             .finish_non_exhaustive()
     }
@@ -767,11 +799,13 @@ impl<R: Read> RawRecords<R> {
         if sync[..] != self.marker[..] {
             return Err(bad("block sync marker does not match the header's"));
         }
-        if self.deflate {
-            inflate(&data, &mut self.block, self.hint)?;
-            self.hint = self.hint.max(self.block.len());
-        } else {
-            self.block = data;
+        match self.codec {
+            Some(BlockCodec::Deflate) => {
+                inflate(&data, &mut self.block, self.hint)?;
+                self.hint = self.hint.max(self.block.len());
+            }
+            Some(BlockCodec::Zstandard) => unzstd(&data, &mut self.block)?,
+            None => self.block = data,
         }
         self.pos = 0;
         self.left = count;
@@ -881,7 +915,7 @@ impl<R: Read> Iterator for RawRecords<R> {
 }
 
 /// Opens a segment for [`RawRecords`]: the header's metadata, and the records if this reader
-/// can take the shortcut (the current writer schema, codec `deflate` or `null`); `Err(header
+/// can take the shortcut (the current writer schema, codec `deflate`, `zstandard` or `null`); `Err(header
 /// bytes)` otherwise, so the caller decodes the object with [`crate::segment::stream_segment`]
 /// from those bytes followed by the rest of `reader`.
 #[allow(clippy::type_complexity)]
@@ -920,18 +954,23 @@ pub fn open<R: Read>(
         .try_into()
         .map_err(|_| bad("sync marker"))?;
     let seg = SegmentMeta::from_entries(&meta)?;
-    let codec = meta.get("avro.codec").map(Vec::as_slice).unwrap_or(b"null");
+    let codec = match meta.get("avro.codec").map(Vec::as_slice) {
+        None | Some(b"null") => Some(None),
+        Some(b"deflate") => Some(Some(BlockCodec::Deflate)),
+        Some(b"zstandard") => Some(Some(BlockCodec::Zstandard)),
+        Some(_) => None,
+    };
     let skip = meta
         .get("avro.schema")
         .and_then(|s| event_program(s))
-        .filter(|_| codec == b"deflate" || codec == b"null");
+        .zip(codec);
     match skip {
-        Some(event) => Ok((
+        Some((event, codec)) => Ok((
             seg,
             Ok(RawRecords {
                 reader,
                 marker,
-                deflate: codec == b"deflate",
+                codec,
                 event,
                 block: Vec::new(),
                 pos: 0,
@@ -1111,11 +1150,14 @@ fn reencode(r: &RawChained) -> Result<RawChained, SegmentError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::{read_segment, write_segment};
+    use crate::segment::{read_segment, write_segment_with};
     use crate::testing::arb_chained_event;
     use proptest::prelude::*;
 
-    fn segment_of(mut events: Vec<ChainedEvent>) -> (Vec<u8>, Vec<ChainedEvent>) {
+    fn segment_of(
+        mut events: Vec<ChainedEvent>,
+        codec: BlockCodec,
+    ) -> (Vec<u8>, Vec<ChainedEvent>) {
         for (i, e) in events.iter_mut().enumerate() {
             e.chain_partition = 3;
             e.seq = i as i64 + 1;
@@ -1125,7 +1167,18 @@ mod tests {
         let meta =
             SegmentMeta::for_events(&events, "audit.chained", 0, events.len() as i64 - 1, "test")
                 .expect("meta");
-        (write_segment(&meta, &events).expect("write"), events)
+        (
+            write_segment_with(&meta, &events, codec).expect("write"),
+            events,
+        )
+    }
+
+    fn codec(zstandard: bool) -> BlockCodec {
+        if zstandard {
+            BlockCodec::Zstandard
+        } else {
+            BlockCodec::Deflate
+        }
     }
 
     proptest! {
@@ -1133,8 +1186,8 @@ mod tests {
         /// The shortcut yields, for every record, the canonical bytes the encoder makes and the
         /// chain fields as stored: the same as decoding and re-encoding.
         #[test]
-        fn stored_bytes_are_the_canonical_bytes(events in proptest::collection::vec(arb_chained_event(), 1..40)) {
-            let (bytes, events) = segment_of(events);
+        fn stored_bytes_are_the_canonical_bytes(events in proptest::collection::vec(arb_chained_event(), 1..40), zstandard in any::<bool>()) {
+            let (bytes, events) = segment_of(events, codec(zstandard));
             let (meta, recs) = open(&bytes[..]).expect("open");
             let raw: Vec<RawChained> = recs.expect("the shortcut applies").collect::<Result<_, _>>().expect("read");
             let (meta2, decoded) = read_segment(&bytes).expect("decode");
@@ -1146,8 +1199,8 @@ mod tests {
 
         /// Any corruption of a segment is an error or other records, never a panic or a hang.
         #[test]
-        fn corrupted_segments_never_panic(events in proptest::collection::vec(arb_chained_event(), 1..8), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
-            let (mut bytes, _) = segment_of(events);
+        fn corrupted_segments_never_panic(events in proptest::collection::vec(arb_chained_event(), 1..8), at in any::<prop::sample::Index>(), byte in any::<u8>(), zstandard in any::<bool>()) {
+            let (mut bytes, _) = segment_of(events, codec(zstandard));
             let i = at.index(bytes.len());
             bytes[i] = byte;
             if let Ok((_, Ok(recs))) = open(&bytes[..]) {
@@ -1239,14 +1292,16 @@ mod tests {
             events in proptest::collection::vec(arb_chained_event(), 1..60),
             unknown in proptest::option::of(any::<prop::sample::Index>()),
             corrupt in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            zstandard in any::<bool>(),
         ) {
             let n = events.len();
-            let (mut bytes, mut events) = segment_of(events);
+            let codec = codec(zstandard);
+            let (mut bytes, mut events) = segment_of(events, codec);
             if let Some(i) = unknown {
                 // The metadata of the segment as written; one record's version changed after.
                 let meta = SegmentMeta::for_events(&events, "audit.chained", 0, n as i64 - 1, "test").expect("meta");
                 events[i.index(n)].canonical_version = 99;
-                bytes = write_segment(&meta, &events).expect("write");
+                bytes = write_segment_with(&meta, &events, codec).expect("write");
             }
             if let Some((at, byte)) = corrupt {
                 let i = at.index(bytes.len());
@@ -1278,13 +1333,47 @@ mod tests {
                 event: crate::testing::sample_event(),
             })
             .collect();
-        let (bytes, _) = segment_of(events);
-        let (_, blocks) = stream_blocks(&bytes[..]).expect("open");
-        let sizes: Vec<usize> = blocks.map(|b| b.expect("block").len()).collect();
-        assert!(sizes.len() > 1, "several blocks: {sizes:?}");
-        let (recs, failed) = by_records(&bytes).expect("open");
-        assert!(!failed);
-        assert_eq!(by_blocks(&bytes), Some((recs, false)));
+        for codec in [BlockCodec::Deflate, BlockCodec::Zstandard] {
+            let (bytes, _) = segment_of(events.clone(), codec);
+            let (_, blocks) = stream_blocks(&bytes[..]).expect("open");
+            let sizes: Vec<usize> = blocks.map(|b| b.expect("block").len()).collect();
+            assert!(sizes.len() > 1, "{codec}: several blocks: {sizes:?}");
+            let (recs, failed) = by_records(&bytes).expect("open");
+            assert!(!failed);
+            assert_eq!(recs.len(), events.len());
+            assert_eq!(by_blocks(&bytes), Some((recs, false)));
+        }
+    }
+
+    /// Zstandard blocks: frames from any writer (with or without their content size, several
+    /// in a row), up to [`MAX_BLOCK`] bytes; a bomb past it, garbage or a truncated frame is an
+    /// error.
+    #[test]
+    fn zstandard_blocks_decompress_within_bounds() {
+        let plain: Vec<u8> = (0..1_000_000u32).map(|i| (i % 7) as u8).collect();
+        let mut out = Vec::new();
+        let sized = zstd::bulk::compress(&plain, 3).expect("zstd");
+        unzstd(&sized, &mut out).expect("a frame with its size");
+        assert_eq!(out, plain);
+        // A streaming writer does not know the size up front.
+        let mut streamed = zstd::stream::encode_all(&plain[..500_000], 1).expect("zstd");
+        assert_eq!(
+            zstd::zstd_safe::get_frame_content_size(&streamed).ok(),
+            Some(None),
+            "no content size"
+        );
+        streamed.extend_from_slice(&zstd::stream::encode_all(&plain[500_000..], 1).expect("zstd"));
+        unzstd(&streamed, &mut out).expect("two frames");
+        assert_eq!(out, plain);
+        let bomb = zstd::bulk::compress(&vec![0u8; MAX_BLOCK + 1], 1).expect("zstd");
+        let err = unzstd(&bomb, &mut out).expect_err("past MAX_BLOCK");
+        assert!(err.to_string().contains("past"), "{err}");
+        assert!(out.is_empty());
+        assert!(unzstd(&[0xff; 64], &mut out).is_err(), "garbage");
+        assert!(
+            unzstd(&sized[..sized.len() / 2], &mut out).is_err(),
+            "truncated"
+        );
     }
 
     /// Blocks larger than the first guess of the inflated size are inflated whole (the output
@@ -1324,7 +1413,7 @@ mod tests {
                 event: crate::testing::sample_event(),
             })
             .collect();
-        let (bytes, _) = segment_of(events);
+        let (bytes, _) = segment_of(events, BlockCodec::Zstandard);
         let cut = &bytes[..bytes.len() - 20];
         let (_, recs) = open(cut).expect("header intact");
         assert!(recs.expect("shortcut").any(|r| r.is_err()));

@@ -15,9 +15,12 @@
 //! - Seqs are zero-padded to 20 digits, so within a directory lexicographic order is seq order,
 //!   and a segment's range can be read from its name without opening it.
 //! - A segment holds the `ChainedEvent` records `first_seq..=last_seq` of one partition,
-//!   contiguous, as an Avro object container file (codec `deflate`, which every Avro
-//!   implementation must support — an archive kept for years should not need optional codecs to
-//!   be read). The writer schema in the header is the compiled-in `chained_event.vN.avsc` text.
+//!   contiguous, as an Avro object container file. Codec ([`BlockCodec`]): `deflate` by default,
+//!   which every Avro implementation must support (an archive kept for years should not need
+//!   optional codecs to be read), or `zstandard` where the writer is set to it (1% larger for a
+//!   third of the sink's compression CPU; readers must support that optional codec). Readers
+//!   here take both. The
+//!   writer schema in the header is the compiled-in `chained_event.vN.avsc` text.
 //! - The container's user metadata (`audit.segment.*`, UTF-8 text values) repeats the range and
 //!   the chain ends, so a segment alone (plus the public key set and its checkpoints) is enough
 //!   to verify its range offline.
@@ -77,9 +80,9 @@ pub enum SegmentError {
     /// The records handed to the writer do not form one segment.
     #[error("invalid segment: {0}")]
     Invalid(String),
-    /// zlib-rs refused to deflate a block (not expected: see `compress_block`).
-    #[error("deflating a segment block: zlib-rs returned {0}")]
-    Deflate(String),
+    /// A block could not be compressed (not expected: see `compress_block`).
+    #[error("compressing a segment block ({codec}): {detail}")]
+    Compress { codec: &'static str, detail: String },
     #[error("decoding segment: {source}")]
     Decode {
         #[source]
@@ -646,9 +649,11 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 
 /// The container header (magic, metadata map written in sorted key order, sync marker).
 /// Written here rather than by `apache_avro::Writer`, whose metadata map has a random order.
-fn header(avsc: &str, entries: &[(&str, String)], marker: &[u8; 16]) -> Vec<u8> {
-    let mut all: Vec<(&str, &[u8])> =
-        vec![("avro.codec", b"deflate"), ("avro.schema", avsc.as_bytes())];
+fn header(avsc: &str, codec: BlockCodec, entries: &[(&str, String)], marker: &[u8; 16]) -> Vec<u8> {
+    let mut all: Vec<(&str, &[u8])> = vec![
+        ("avro.codec", codec.avro_name().as_bytes()),
+        ("avro.schema", avsc.as_bytes()),
+    ];
     all.extend(entries.iter().map(|(k, v)| (*k, v.as_bytes())));
     all.sort_by(|a, b| a.0.cmp(b.0));
     let mut out = Vec::with_capacity(avsc.len() + 1024);
@@ -664,16 +669,26 @@ fn header(avsc: &str, entries: &[(&str, String)], marker: &[u8; 16]) -> Vec<u8> 
 }
 
 /// Writes `events` (which `meta` describes, see [`SegmentMeta::for_events`]) as an Avro object
-/// container: what [`SegmentBuilder`] writes for them, byte for byte. Deterministic: the same
-/// metadata and records give the same bytes.
+/// container with the default codec: what [`SegmentBuilder::new`] writes for them, byte for
+/// byte. Deterministic: the same metadata and records give the same bytes.
 pub fn write_segment(meta: &SegmentMeta, events: &[ChainedEvent]) -> Result<Vec<u8>, SegmentError> {
-    write_segment_with_block_size(meta, events, BLOCK_SIZE)
+    write_segment_with(meta, events, BlockCodec::default())
+}
+
+/// [`write_segment`] with `codec`: what [`SegmentBuilder::with_codec`] writes.
+pub fn write_segment_with(
+    meta: &SegmentMeta,
+    events: &[ChainedEvent],
+    codec: BlockCodec,
+) -> Result<Vec<u8>, SegmentError> {
+    write_segment_with_block_size(meta, events, BLOCK_SIZE, codec)
 }
 
 fn write_segment_with_block_size(
     meta: &SegmentMeta,
     events: &[ChainedEvent],
     block_size: usize,
+    codec: BlockCodec,
 ) -> Result<Vec<u8>, SegmentError> {
     meta.check_events(events)?;
     let entry = avro::current_schema(RecordKind::ChainedEvent)?;
@@ -684,7 +699,7 @@ fn write_segment_with_block_size(
         )));
     }
     let marker = sync_marker(meta);
-    let mut out = header(entry.avsc, &meta.to_entries(), &marker);
+    let mut out = header(entry.avsc, codec, &meta.to_entries(), &marker);
     // Records as given (tests write odd segments through here too), blocks cut as
     // `SegmentBuilder` cuts them.
     let mut raw = Vec::new();
@@ -693,7 +708,7 @@ fn write_segment_with_block_size(
         crate::framing::chained_datum_into(e, &mut raw)?;
         count += 1;
         if raw.len() >= block_size || i + 1 == events.len() {
-            compress_block(&mut raw)?;
+            compress_block(&mut raw, codec)?;
             put_block(&mut out, count, &raw, &marker);
             raw.clear();
             count = 0;
@@ -731,10 +746,10 @@ struct Ends {
 /// Its output is checked against apache-avro's own container writer (tests below): the same
 /// header and sync marker, the same blocks (a block ends after the record that takes it to
 /// [`BLOCK_SIZE`] bytes, as apache-avro's writer flushes) holding the same datum bytes
-/// ([`crate::framing::chained_datum_into`]) once inflated; only the deflate stream differs
-/// (zlib-rs, [`DEFLATE_LEVEL`]). And it is deterministic, whichever blocks were compressed
-/// elsewhere and in which order, so a retry after a crash, or another instance, still finds
-/// "identical bytes".
+/// ([`crate::framing::chained_datum_into`]) once decompressed; only the compressed streams
+/// differ (zlib-rs at [`DEFLATE_LEVEL`], zstd at [`ZSTD_LEVEL`]). And it is deterministic,
+/// whichever blocks were compressed elsewhere and in which order, so a retry after a crash, or
+/// another instance, still finds "identical bytes".
 ///
 /// Compression can run elsewhere (a blocking thread): [`Self::take_full_block`] hands out a
 /// full block and reserves its place, [`Self::put_block`] puts it back compressed.
@@ -748,6 +763,7 @@ pub struct SegmentBuilder {
     blocks: Vec<Option<CompressedBlock>>,
     compressed_len: usize,
     block_size: usize,
+    codec: BlockCodec,
 }
 
 /// Without the bytes (an open segment holds up to megabytes).
@@ -769,6 +785,7 @@ pub struct RawBlock {
     slot: usize,
     count: u64,
     data: Vec<u8>,
+    codec: BlockCodec,
 }
 
 /// A container block after compression.
@@ -780,15 +797,60 @@ pub struct CompressedBlock {
 }
 
 impl RawBlock {
-    /// Compresses the block ([`DEFLATE_LEVEL`]). CPU work: about 2 ms per 256 KiB block.
+    /// Compresses the block with its segment's codec. CPU work per 256 KiB block: about 2 ms
+    /// deflated, 0.5 ms with zstd.
     pub fn compress(self) -> Result<CompressedBlock, SegmentError> {
         let RawBlock {
             slot,
             count,
             mut data,
+            codec,
         } = self;
-        compress_block(&mut data)?;
+        compress_block(&mut data, codec)?;
         Ok(CompressedBlock { slot, count, data })
+    }
+}
+
+/// How a segment's container blocks are compressed: the header's `avro.codec`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockCodec {
+    /// Raw deflate (RFC 1951), a codec every Avro implementation must read.
+    #[default]
+    Deflate,
+    /// Zstandard frames, an optional Avro codec (Avro 1.9+, fastavro, apache-avro with its
+    /// `zstandard` feature): the demo stream's blocks to about the size deflate gives (0.219
+    /// vs 0.214 of the input) for a third to a quarter of deflate's CPU ([`ZSTD_LEVEL`]).
+    Zstandard,
+}
+
+impl BlockCodec {
+    /// The codec's name in the Avro container header.
+    pub fn avro_name(self) -> &'static str {
+        match self {
+            BlockCodec::Deflate => "deflate",
+            BlockCodec::Zstandard => "zstandard",
+        }
+    }
+}
+
+impl fmt::Display for BlockCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.avro_name())
+    }
+}
+
+/// The header's names (what `--segment-codec` takes).
+impl std::str::FromStr for BlockCodec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "deflate" => Ok(BlockCodec::Deflate),
+            "zstandard" => Ok(BlockCodec::Zstandard),
+            other => Err(format!(
+                "unknown segment codec {other:?}: deflate or zstandard"
+            )),
+        }
     }
 }
 
@@ -799,12 +861,65 @@ impl RawBlock {
 /// sink's CPU. Level 1 would be 1.2 µs at 0.280: a third more storage, kept for years.
 pub const DEFLATE_LEVEL: i32 = 6;
 
+/// Zstandard level of segment blocks ([`BlockCodec::Zstandard`]). In process (the same bench)
+/// levels 1 and 3 cost about the same (0.9-1.2 µs per record, output 0.219 and 0.215 of the
+/// input; deflate at 6: 4.1-5.1 µs, 0.214). In the running sink, sharing two cores with the
+/// broker, level 3 took 2.5 µs per record under `perf` and level 1 0.9 µs (likely level 3's
+/// match tables, ~768 KiB, against tens of KiB for level 1, losing the cache to the broker).
+pub const ZSTD_LEVEL: i32 = 1;
+
+/// Replaces `data` by its compressed form under `codec`.
+fn compress_block(data: &mut Vec<u8>, codec: BlockCodec) -> Result<(), SegmentError> {
+    match codec {
+        BlockCodec::Deflate => deflate_block(data),
+        BlockCodec::Zstandard => zstd_block(data),
+    }
+}
+
+/// Replaces `data` by one zstd frame of it at [`ZSTD_LEVEL`], with its content size in the
+/// frame header (what a reader sizes its buffer by) and no checksum (the segment's digest in
+/// its manifest and the chain's hashes cover the bytes). The same zstd version gives the same
+/// bytes; another version may not, which the archive sink reads as "same records, other bytes"
+/// (`Existing::Equivalent`), never as a fork.
+fn zstd_block(data: &mut Vec<u8>) -> Result<(), SegmentError> {
+    // Per thread, as for deflate: the compression context (allocated once) and a scratch
+    // buffer for the worst case; only the compressed bytes are kept.
+    struct Zstd {
+        compressor: zstd::bulk::Compressor<'static>,
+        scratch: Vec<u8>,
+    }
+    thread_local! {
+        static ZSTD: std::cell::RefCell<Option<Zstd>> = const { std::cell::RefCell::new(None) };
+    }
+    let failed = |e: std::io::Error| SegmentError::Compress {
+        codec: "zstandard",
+        detail: e.to_string(),
+    };
+    ZSTD.with_borrow_mut(|slot| {
+        let z = match slot {
+            Some(z) => z,
+            None => slot.insert(Zstd {
+                compressor: zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(failed)?,
+                scratch: Vec::new(),
+            }),
+        };
+        z.scratch.clear();
+        z.scratch
+            .reserve(zstd::zstd_safe::compress_bound(data.len()));
+        z.compressor
+            .compress_to_buffer(data.as_slice(), &mut z.scratch)
+            .map_err(failed)?;
+        *data = z.scratch.as_slice().to_vec();
+        Ok(())
+    })
+}
+
 /// Replaces `data` by its raw deflate stream (RFC 1951, no zlib header or checksum: what
 /// Avro's `deflate` codec holds), as zlib-rs writes it at [`DEFLATE_LEVEL`]. The same zlib-rs
 /// version gives the same bytes on every CPU (its SIMD paths compute the same matches); another
 /// version may not, which the archive sink reads as "same records, other bytes"
 /// (`Existing::Equivalent`), never as a fork.
-fn compress_block(data: &mut Vec<u8>) -> Result<(), SegmentError> {
+fn deflate_block(data: &mut Vec<u8>) -> Result<(), SegmentError> {
     // Per thread: the compressor's state (about 300 KB, zeroed when allocated: page faults on
     // every block when it was allocated per block) and a scratch buffer for the worst case.
     // Only the compressed bytes are kept: an open segment holds its blocks for up to
@@ -834,22 +949,35 @@ fn compress_block(data: &mut Vec<u8>) -> Result<(), SegmentError> {
                 Ok(())
             }
             // Not expected: the output has room for `compress_bound` bytes.
-            other => Err(SegmentError::Deflate(format!("{other:?}"))),
+            other => Err(SegmentError::Compress {
+                codec: "deflate",
+                detail: format!("zlib-rs returned {other:?}"),
+            }),
         }
     })
 }
 
 impl SegmentBuilder {
+    /// A builder with the default codec ([`BlockCodec::Deflate`]).
     pub fn new() -> Self {
-        Self::with_block_size(BLOCK_SIZE)
+        Self::with_codec(BlockCodec::default())
+    }
+
+    pub fn with_codec(codec: BlockCodec) -> Self {
+        Self::with_block_size(BLOCK_SIZE, codec)
     }
 
     /// A builder with another block size (tests: many blocks from few records).
-    fn with_block_size(block_size: usize) -> Self {
+    fn with_block_size(block_size: usize, codec: BlockCodec) -> Self {
         SegmentBuilder {
             block_size,
+            codec,
             ..SegmentBuilder::default()
         }
+    }
+
+    pub fn codec(&self) -> BlockCodec {
+        self.codec
     }
 
     /// Records so far.
@@ -962,7 +1090,12 @@ impl SegmentBuilder {
         self.blocks.push(None);
         let data = std::mem::take(&mut self.raw);
         let count = std::mem::take(&mut self.raw_count);
-        Some(RawBlock { slot, count, data })
+        Some(RawBlock {
+            slot,
+            count,
+            data,
+            codec: self.codec,
+        })
     }
 
     /// Puts back a block taken by [`Self::take_full_block`], compressed.
@@ -998,13 +1131,13 @@ impl SegmentBuilder {
         if self.raw_count > 0 {
             let count = self.raw_count;
             let mut data = std::mem::take(&mut self.raw);
-            compress_block(&mut data)?;
+            compress_block(&mut data, self.codec)?;
             self.compressed_len += data.len();
             let slot = self.blocks.len();
             self.blocks
                 .push(Some(CompressedBlock { slot, count, data }));
         }
-        let mut out = header(entry.avsc, &meta.to_entries(), &marker);
+        let mut out = header(entry.avsc, self.codec, &meta.to_entries(), &marker);
         out.reserve(self.compressed_len + self.blocks.len() * (20 + marker.len()));
         for (i, block) in self.blocks.iter().enumerate() {
             let Some(b) = block else {
@@ -1367,10 +1500,11 @@ mod tests {
     fn built(
         events: &[ChainedEvent],
         block_size: usize,
+        codec: BlockCodec,
         offload: &[bool],
         offset: i64,
     ) -> (SegmentMeta, Vec<u8>) {
-        let mut b = SegmentBuilder::with_block_size(block_size);
+        let mut b = SegmentBuilder::with_block_size(block_size, codec);
         let mut out = Vec::new();
         for (i, e) in events.iter().enumerate() {
             b.push(e).expect("push");
@@ -1399,20 +1533,24 @@ mod tests {
     }
 
     /// apache-avro's own container writer on the same header, marker and block size: the
-    /// independent reference for everything but the deflate stream.
+    /// independent reference for everything but the compressed streams.
     fn reference_segment(
         meta: &SegmentMeta,
         events: &[ChainedEvent],
         block_size: usize,
+        codec: BlockCodec,
     ) -> Vec<u8> {
-        use apache_avro::{Codec, DeflateSettings, Writer};
+        use apache_avro::{Codec, DeflateSettings, Writer, ZstandardSettings};
         let entry = avro::current_schema(RecordKind::ChainedEvent).expect("schema");
         let marker = sync_marker(meta);
-        let buf = header(entry.avsc, &meta.to_entries(), &marker);
+        let buf = header(entry.avsc, codec, &meta.to_entries(), &marker);
         let mut writer = Writer::builder()
             .schema(&entry.schema)
             .writer(buf)
-            .codec(Codec::Deflate(DeflateSettings::default()))
+            .codec(match codec {
+                BlockCodec::Deflate => Codec::Deflate(DeflateSettings::default()),
+                BlockCodec::Zstandard => Codec::Zstandard(ZstandardSettings::default()),
+            })
             .block_size(block_size)
             .marker(marker)
             .has_header(true)
@@ -1425,10 +1563,10 @@ mod tests {
         writer.into_inner().expect("flush")
     }
 
-    /// A container's header bytes and its blocks (record count, inflated bytes), each block
-    /// checked to end with the header's sync marker. Inflated with flate2 (miniz_oxide), not
-    /// the zlib-rs that wrote ours.
-    fn container(bytes: &[u8]) -> (Vec<u8>, Vec<(i64, Vec<u8>)>) {
+    /// A container's header bytes and its blocks (record count, decompressed bytes), each
+    /// block checked to end with the header's sync marker. Inflated with flate2 (miniz_oxide),
+    /// not the zlib-rs that wrote ours; zstd frames with zstd's streaming decoder.
+    fn container(bytes: &[u8], codec: BlockCodec) -> (Vec<u8>, Vec<(i64, Vec<u8>)>) {
         fn long(b: &[u8], at: &mut usize) -> i64 {
             let (mut z, mut shift) = (0u64, 0);
             loop {
@@ -1464,10 +1602,18 @@ mod tests {
         while at < bytes.len() {
             let count = long(bytes, &mut at);
             let len = long(bytes, &mut at) as usize;
-            let mut data = Vec::new();
-            flate2::read::DeflateDecoder::new(&bytes[at..at + len])
-                .read_to_end(&mut data)
-                .expect("inflate");
+            let data = match codec {
+                BlockCodec::Deflate => {
+                    let mut data = Vec::new();
+                    flate2::read::DeflateDecoder::new(&bytes[at..at + len])
+                        .read_to_end(&mut data)
+                        .expect("inflate");
+                    data
+                }
+                BlockCodec::Zstandard => {
+                    zstd::stream::decode_all(&bytes[at..at + len]).expect("zstd frame")
+                }
+            };
             at += len;
             assert_eq!(bytes[at..at + 16], marker[..], "sync marker after a block");
             at += 16;
@@ -1480,8 +1626,9 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
         /// The builder writes apache-avro's container (same header, marker, block boundaries and
-        /// datum bytes; only the deflate stream is zlib-rs's), whatever the block size, and the
-        /// same bytes as [`write_segment`] whichever blocks are compressed elsewhere.
+        /// datum bytes; only the compressed streams are ours), whatever the block size and
+        /// codec, and the same bytes as [`write_segment`] whichever blocks are compressed
+        /// elsewhere.
         #[test]
         fn the_builder_writes_apache_avros_container(
             mut events in proptest::collection::vec(
@@ -1491,17 +1638,20 @@ mod tests {
             day_us in 0i64..100_000_000_000_000,
             block_size in 1usize..3_000,
             offload in proptest::collection::vec(any::<bool>(), 12),
+            zstandard in any::<bool>(),
         ) {
+            let codec = if zstandard { BlockCodec::Zstandard } else { BlockCodec::Deflate };
             as_one_segment(&mut events, partition, start, day_us);
             let n = events.len() as i64;
             let meta = SegmentMeta::for_events(&events, "audit.chained", 7, 7 + n - 1, "test/1")
                 .expect("valid segment");
-            let reference = reference_segment(&meta, &events, block_size);
-            let (meta2, bytes) = built(&events, block_size, &offload, 7);
+            let reference = reference_segment(&meta, &events, block_size, codec);
+            let (meta2, bytes) = built(&events, block_size, codec, &offload, 7);
             prop_assert_eq!(&meta2, &meta);
-            prop_assert_eq!(container(&bytes), container(&reference));
+            prop_assert_eq!(container(&bytes, codec), container(&reference, codec));
             prop_assert!(
-                bytes == write_segment_with_block_size(&meta, &events, block_size).expect("write"),
+                bytes == write_segment_with_block_size(&meta, &events, block_size, codec)
+                    .expect("write"),
                 "builder bytes differ from write_segment's"
             );
             let (_, back) = read_segment(&bytes).expect("read");
@@ -1509,17 +1659,18 @@ mod tests {
             // A record that fills a block exactly ends it, as apache-avro's writer does.
             let exact = avro::encode_datum(&events[0]).expect("datum").len();
             prop_assert_eq!(
-                container(&built(&events, exact, &offload, 7).1),
-                container(&reference_segment(&meta, &events, exact)),
+                container(&built(&events, exact, codec, &offload, 7).1, codec),
+                container(&reference_segment(&meta, &events, exact, codec), codec),
                 "at an exact fill"
             );
         }
     }
 
-    /// A block's bytes do not depend on what the thread compressed before (the compressor is
-    /// kept per thread and reset): each is zlib-rs's one-shot raw deflate of it at the level.
+    /// A block's bytes do not depend on what the thread compressed before (the compressors are
+    /// kept per thread and reset): each is zlib-rs's one-shot raw deflate of it at the level, or
+    /// zstd's one-shot frame at its level.
     #[test]
-    fn a_block_deflates_the_same_whatever_came_before() {
+    fn a_block_compresses_the_same_whatever_came_before() {
         let mut rng = crate::realistic::Rng(11);
         let blocks: Vec<Vec<u8>> = (0..3u64)
             .map(|b| {
@@ -1537,7 +1688,7 @@ mod tests {
             .collect();
         for raw in blocks.iter().chain(blocks.iter().rev()) {
             let mut ours = raw.clone();
-            compress_block(&mut ours).expect("deflate");
+            compress_block(&mut ours, BlockCodec::Deflate).expect("deflate");
             let config = zlib_rs::DeflateConfig {
                 window_bits: -15,
                 ..zlib_rs::DeflateConfig::new(DEFLATE_LEVEL)
@@ -1556,11 +1707,25 @@ mod tests {
                 .read_to_end(&mut back)
                 .expect("inflate");
             assert_eq!(&back, raw);
+
+            let mut ours = raw.clone();
+            compress_block(&mut ours, BlockCodec::Zstandard).expect("zstd");
+            let one_shot = zstd::bulk::compress(raw, ZSTD_LEVEL).expect("zstd one-shot");
+            assert_eq!(ours, one_shot);
+            assert_eq!(ours.capacity(), ours.len(), "only the compressed bytes");
+            assert_eq!(
+                zstd::zstd_safe::get_frame_content_size(&ours).ok(),
+                Some(Some(raw.len() as u64)),
+                "the frame says its size"
+            );
+            assert_eq!(&zstd::stream::decode_all(&ours[..]).expect("zstd"), raw);
         }
     }
 
     /// At the real block size, realistic records over several blocks: apache-avro's container
-    /// too, and about the size its codec gives (zlib-rs and miniz_oxide at the same level).
+    /// too, and about the size its codec gives (zlib-rs and miniz_oxide at the same level; zstd
+    /// at the same level, one frame per block or streamed). Zstandard blocks are no larger
+    /// than deflated ones (what makes it worth offering).
     #[test]
     fn the_builder_matches_at_the_real_block_size() {
         let mut rng = crate::realistic::Rng(7);
@@ -1578,22 +1743,41 @@ mod tests {
         as_one_segment(&mut events, 2, 1, 1_717_200_000_000_000);
         let meta =
             SegmentMeta::for_events(&events, "audit.chained", 0, 699, "test/1").expect("valid");
-        let reference = reference_segment(&meta, &events, BLOCK_SIZE);
-        let (meta2, bytes) = built(&events, BLOCK_SIZE, &[true; 700], 0);
-        assert_eq!(meta2, meta);
-        assert_eq!(bytes, write_segment(&meta, &events).expect("write"));
-        let (head, blocks) = container(&bytes);
-        assert_eq!((head, blocks.clone()), container(&reference));
-        assert!(blocks.len() > 1, "several blocks");
-        let ratio = bytes.len() as f64 / reference.len() as f64;
-        assert!(
-            (0.9..1.1).contains(&ratio),
-            "{} bytes, apache-avro's codec {}",
-            bytes.len(),
-            reference.len()
+        let mut sizes = Vec::new();
+        for codec in [BlockCodec::Deflate, BlockCodec::Zstandard] {
+            let reference = reference_segment(&meta, &events, BLOCK_SIZE, codec);
+            let (meta2, bytes) = built(&events, BLOCK_SIZE, codec, &[true; 700], 0);
+            assert_eq!(meta2, meta);
+            assert_eq!(
+                bytes,
+                write_segment_with(&meta, &events, codec).expect("write")
+            );
+            let (head, blocks) = container(&bytes, codec);
+            assert_eq!((head, blocks.clone()), container(&reference, codec));
+            assert!(blocks.len() > 1, "several blocks");
+            let ratio = bytes.len() as f64 / reference.len() as f64;
+            assert!(
+                (0.9..1.1).contains(&ratio),
+                "{codec}: {} bytes, apache-avro's codec {}",
+                bytes.len(),
+                reference.len()
+            );
+            let (_, records) = stream_segment(&bytes[..]).expect("read");
+            let back = records.collect::<Result<Vec<_>, _>>().expect("records");
+            assert_eq!(back, events, "{codec}: apache-avro's reader");
+            sizes.push(bytes.len());
+        }
+        assert_eq!(
+            write_segment(&meta, &events).expect("write").len(),
+            sizes[0],
+            "deflate is the default"
         );
-        let blocks = stream_segment(&bytes[..]).expect("read");
-        assert_eq!(blocks.1.count(), 700);
+        assert!(
+            sizes[1] <= sizes[0] + sizes[0] / 20,
+            "zstandard {} bytes against deflate's {}",
+            sizes[1],
+            sizes[0]
+        );
         // More than one block, and the open segment was held compressed.
         let mut b = SegmentBuilder::new();
         let mut max_held = 0;
@@ -1639,7 +1823,7 @@ mod tests {
             assert_eq!((meta.first_seq, meta.last_seq, meta.count), (5, 6, 2));
         }
         assert!(SegmentBuilder::new().finish("t", 0, 0, "w").is_err());
-        let mut b = SegmentBuilder::with_block_size(1);
+        let mut b = SegmentBuilder::with_block_size(1, BlockCodec::Zstandard);
         b.push(&events[0]).expect("push");
         let taken = b.take_full_block().expect("full");
         b.push(&events[1]).expect("push");

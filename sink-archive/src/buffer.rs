@@ -17,7 +17,7 @@
 
 use std::time::{Duration, Instant};
 
-use schemas::segment::{day_of, RawBlock, SegmentBuilder, SegmentError, SegmentKey};
+use schemas::segment::{day_of, BlockCodec, RawBlock, SegmentBuilder, SegmentError, SegmentKey};
 use schemas::{ChainedEvent, EventCategory};
 use sha2::{Digest, Sha256};
 
@@ -26,6 +26,8 @@ pub struct Limits {
     pub max_events: usize,
     pub max_bytes: usize,
     pub max_age: Duration,
+    /// How the segment's blocks are compressed.
+    pub codec: BlockCodec,
 }
 
 /// What a held record costs besides its compressed bytes: its hash key and times.
@@ -54,9 +56,9 @@ pub struct Segment {
 }
 
 impl Segment {
-    fn new(offset: i64, now: Instant, date: String) -> Self {
+    fn new(offset: i64, now: Instant, date: String, codec: BlockCodec) -> Self {
         Segment {
-            records: SegmentBuilder::new(),
+            records: SegmentBuilder::with_codec(codec),
             hashes: Vec::new(),
             times: Vec::new(),
             latest: Vec::new(),
@@ -247,7 +249,7 @@ impl PartitionState {
         }
         let open = self
             .open
-            .get_or_insert_with(|| Segment::new(offset, now, date));
+            .get_or_insert_with(|| Segment::new(offset, now, date, limits.codec));
         // Cannot fail for a record that passed the checks above (same partition, a valid
         // seq, the next one, same day and version); if it did, the worker stops and re-reads
         // from the stored offsets, losing nothing.
@@ -373,6 +375,7 @@ mod tests {
             max_events: 3,
             max_bytes: 1_000_000,
             max_age: Duration::from_secs(30),
+            codec: BlockCodec::Deflate,
         }
     }
 
@@ -511,6 +514,7 @@ mod tests {
             max_events: 10_000,
             max_bytes: usize::MAX,
             max_age: Duration::from_secs(30),
+            codec: BlockCodec::Zstandard,
         };
         let mut rng = schemas::realistic::Rng(3);
         let mut events = Vec::new();
@@ -529,6 +533,11 @@ mod tests {
         }
         let held = st.open_bytes();
         let seg = st.take_open().expect("open");
+        assert_eq!(
+            seg.records.codec(),
+            BlockCodec::Zstandard,
+            "the limits' codec"
+        );
         assert_eq!(
             held,
             seg.records.held_bytes() + seg.len() * PER_RECORD_BYTES

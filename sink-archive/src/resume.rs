@@ -131,7 +131,7 @@ pub fn classify_existing(ours: &[u8], existing: &[u8]) -> Existing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use schemas::segment::{write_segment, SegmentMeta};
+    use schemas::segment::{write_segment, write_segment_with, BlockCodec, SegmentMeta};
     use schemas::ChainedEvent;
 
     fn key(p: i32, date: &str, a: i64, b: i64) -> SegmentKey {
@@ -226,6 +226,20 @@ mod tests {
         let other_writer = bytes(&ours, "sink-archive/2");
         assert!(matches!(
             classify_existing(&b, &other_writer),
+            Existing::Equivalent(_)
+        ));
+        // A sink set to the other codec (a retry after `--segment-codec` changed): other
+        // bytes, same records, both ways.
+        let meta =
+            SegmentMeta::for_events(&ours, "audit.chained", 0, 2, "sink-archive/1").expect("meta");
+        let zstd = write_segment_with(&meta, &ours, BlockCodec::Zstandard).expect("write");
+        assert_ne!(zstd, b);
+        assert!(matches!(
+            classify_existing(&zstd, &b),
+            Existing::Equivalent(_)
+        ));
+        assert!(matches!(
+            classify_existing(&b, &zstd),
             Existing::Equivalent(_)
         ));
         // Same range, different content: fork.

@@ -623,3 +623,81 @@ async fn an_s3_outage_at_start_is_named_on_readyz_and_heals() {
     shutdown.trigger();
     handle.await.expect("join").expect("worker result");
 }
+
+/// `--segment-codec zstandard`: a change of codec applies to new segments, and a third party's
+/// Avro reader (fastavro, fetching with boto3) reads both kinds from S3, codec from the header:
+/// the records as chained, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstandard_and_deflate_segments_are_read_by_a_third_party_avro_reader() {
+    let lab = Lab::new(false).await;
+    let enc = |e: &ChainedEvent| encode_single_object_chained(e).expect("encode");
+    let ev = chain(6, now_us(), |_| EventCategory::Other);
+    let topics = lab.kafka.topics();
+    // Seqs 1..=3 with the default codec, then 4..=6 by a sink set to zstandard.
+    produce(
+        &lab.kafka,
+        &topics.chained,
+        ev[..3].iter().map(enc).collect(),
+    )
+    .await;
+    run_until(lab.config(&["--retention-mode", "off"]), || {
+        lab.segments().len() == 2
+    })
+    .await;
+    produce(
+        &lab.kafka,
+        &topics.chained,
+        ev[3..].iter().map(enc).collect(),
+    )
+    .await;
+    run_until(
+        lab.config(&["--retention-mode", "off", "--segment-codec", "zstandard"]),
+        || lab.segments().len() == 4,
+    )
+    .await;
+
+    let read = boto3(
+        r#"
+import io
+try:
+    import fastavro
+    import backports.zstd  # what fastavro's zstandard codec needs before Python 3.14
+except ImportError as e:
+    sys.exit(f"{e}: deploy/local/stack.sh install")
+out = []
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=arg + "/chain="):
+    for o in page.get("Contents", []):
+        if not o["Key"].endswith(".avro"):
+            continue
+        body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        r = fastavro.reader(io.BytesIO(body))
+        recs = list(r)
+        out.append({
+            "codec": r.codec,
+            "seqs": [x["seq"] for x in recs],
+            "hashes": [x["hash"].hex() for x in recs],
+            "event_ids": [x["event"]["event_id"] for x in recs],
+            "last_seq": r.metadata["audit.segment.last_seq"],
+        })
+out.sort(key=lambda s: s["seqs"][0])
+print(json.dumps(out))
+"#,
+        &lab.bucket,
+        &Value::String(PREFIX.into()),
+    );
+    let segs = read.as_array().expect("segments");
+    assert_eq!(segs.len(), 2, "{read:#}");
+    for (seg, (codec, range)) in segs
+        .iter()
+        .zip([("deflate", &ev[..3]), ("zstandard", &ev[3..])])
+    {
+        assert_eq!(seg["codec"], codec, "{seg:#}");
+        let want_seqs: Vec<i64> = range.iter().map(|e| e.seq).collect();
+        let want_hashes: Vec<String> = range.iter().map(|e| hex::encode(&e.hash)).collect();
+        let want_ids: Vec<&str> = range.iter().map(|e| e.event.event_id.as_str()).collect();
+        assert_eq!(seg["seqs"], serde_json::json!(want_seqs), "{seg:#}");
+        assert_eq!(seg["hashes"], serde_json::json!(want_hashes), "{seg:#}");
+        assert_eq!(seg["event_ids"], serde_json::json!(want_ids), "{seg:#}");
+        assert_eq!(seg["last_seq"], want_seqs[2].to_string(), "{seg:#}");
+    }
+}

@@ -22,7 +22,9 @@ use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use schemas::avro::{canonical_bytes, CANONICAL_VERSION};
 use schemas::flat::{AuditRow, CheckpointRow};
-use schemas::segment::{checkpoint_key, day_of, write_segment, Manifest, SegmentMeta};
+use schemas::segment::{
+    checkpoint_key, day_of, write_segment_with, BlockCodec, Manifest, SegmentMeta,
+};
 use schemas::testing::{arb_audit_event, sample_event};
 use schemas::{AuditEvent, ChainedEvent, Checkpoint};
 
@@ -439,6 +441,9 @@ pub async fn put(store: &dyn ObjectStore, prefix: &str, key: &str, bytes: Vec<u8
 
 /// Segment `events` (contiguous, one day each, at most `size` records) as the archive sink
 /// does, and store segments, manifests and checkpoints. Returns the segment object keys.
+/// Segments alternate between the two codecs (deflate first), as an archive written before
+/// and after a change of `--segment-codec` holds both: every reader of the archive in these
+/// tests meets both.
 pub async fn write_archive(
     store: &dyn ObjectStore,
     prefix: &str,
@@ -463,7 +468,12 @@ pub async fn write_archive(
             "auditctl-test/1",
         )
         .expect("segment meta");
-        let bytes = write_segment(&meta, seg).expect("write segment");
+        let codec = if keys.len() % 2 == 0 {
+            BlockCodec::Deflate
+        } else {
+            BlockCodec::Zstandard
+        };
+        let bytes = write_segment_with(&meta, seg, codec).expect("write segment");
         let manifest =
             Manifest::for_segment(&meta, &bytes, "2024-06-01T00:00:00Z").expect("manifest");
         let key = meta.key().expect("key");
