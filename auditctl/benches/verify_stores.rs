@@ -13,7 +13,8 @@
 //!   same checks).
 //!
 //! Knobs: `AUDIT_BENCH_EVENTS` (default 100000), `AUDIT_BENCH_PARTITIONS` (default 4),
-//! `AUDIT_BENCH_REPS` (default 3), `AUDIT_BENCH_KEEP=1` (keep the database too, to profile
+//! `AUDIT_BENCH_REPS` (default 3), `AUDIT_BENCH_SEGMENT_CODEC` (`deflate`, the default, or
+//! `zstandard`: the archive's segments), `AUDIT_BENCH_KEEP=1` (keep the database too, to profile
 //! `auditctl verify` alone against both stores: their names are printed on stderr). Nothing here
 //! asserts a time. The database and prefix are dropped/left as the tests leave theirs.
 
@@ -64,6 +65,12 @@ fn main() {
     let events = knob("AUDIT_BENCH_EVENTS", 100_000);
     let partitions = knob("AUDIT_BENCH_PARTITIONS", 4).max(1) as u32;
     let reps = knob("AUDIT_BENCH_REPS", 3);
+    // The archive's segment codec (`AUDIT_BENCH_SEGMENT_CODEC`: deflate, the sink's default,
+    // or zstandard).
+    let codec: schemas::segment::BlockCodec = std::env::var("AUDIT_BENCH_SEGMENT_CODEC")
+        .unwrap_or_else(|_| "deflate".into())
+        .parse()
+        .expect("AUDIT_BENCH_SEGMENT_CODEC: deflate or zstandard");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -89,7 +96,7 @@ fn main() {
         let store = common::s3_store();
         for c in &chains {
             db.insert_chain(c).await;
-            common::write_archive(store.as_ref(), &prefix, c, 10_000).await;
+            common::write_archive_with(store.as_ref(), &prefix, c, 10_000, &[codec]).await;
         }
         db
     });
@@ -128,7 +135,7 @@ fn main() {
     let ar = run(&ar_args);
 
     println!(
-        "{n} events over {partitions} partitions, {:.1} MB of canonical bytes (mean {} B), v3 checkpoints every 1000, best of {reps}",
+        "{n} events over {partitions} partitions, {:.1} MB of canonical bytes (mean {} B), v3 checkpoints every 1000, segments {codec}, best of {reps}",
         bytes as f64 / 1e6,
         bytes / n.max(1)
     );

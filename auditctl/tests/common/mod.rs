@@ -450,6 +450,25 @@ pub async fn write_archive(
     chain: &Chain,
     size: usize,
 ) -> Vec<String> {
+    write_archive_with(
+        store,
+        prefix,
+        chain,
+        size,
+        &[BlockCodec::Deflate, BlockCodec::Zstandard],
+    )
+    .await
+}
+
+/// [`write_archive`] with the segments' codecs taken in turn from `codecs`.
+#[allow(dead_code)] // the verify_stores bench's
+pub async fn write_archive_with(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    chain: &Chain,
+    size: usize,
+    codecs: &[BlockCodec],
+) -> Vec<String> {
     let mut keys = Vec::new();
     let mut start = 0;
     let evs = &chain.events;
@@ -468,11 +487,7 @@ pub async fn write_archive(
             "auditctl-test/1",
         )
         .expect("segment meta");
-        let codec = if keys.len() % 2 == 0 {
-            BlockCodec::Deflate
-        } else {
-            BlockCodec::Zstandard
-        };
+        let codec = codecs[keys.len() % codecs.len()];
         let bytes = write_segment_with(&meta, seg, codec).expect("write segment");
         let manifest =
             Manifest::for_segment(&meta, &bytes, "2024-06-01T00:00:00Z").expect("manifest");
