@@ -8,7 +8,10 @@
 //! - zlib-rs raw deflate at levels 1, 4 and 6 (the builder's since the twelfth: level 6,
 //!   `schemas::segment::DEFLATE_LEVEL`);
 //! - and the builder again with `BlockCodec::Zstandard` (`--segment-codec zstandard`, zstd at
-//!   `schemas::segment::ZSTD_LEVEL`), its output's size beside deflate's.
+//!   `schemas::segment::ZSTD_LEVEL`), its output's size beside deflate's;
+//! - from the Kafka payloads, as the sink gets them, with either codec: decoded and encoded
+//!   again (up to the fifteenth session), or appended as read (`SegmentBuilder::push_canonical`
+//!   of a `schemas::chained_row::CanonicalDatum`, since the sixteenth).
 //!
 //! The worker-bench profile that led here: 62% of sink-archive's samples were in
 //! `miniz_oxide::deflate::core::compress_inner`.
@@ -23,6 +26,8 @@ use std::time::Duration;
 
 use apache_avro::{Codec, DeflateSettings};
 use integration_tests::bench::inproc::{best_of, chained_demo_events, knob};
+use schemas::avro::RecordKind;
+use schemas::chained_row::CanonicalDatum;
 use schemas::segment::{BlockCodec, SegmentBuilder};
 
 /// Raw deflate (RFC 1951, what Avro's `deflate` codec holds) with zlib-rs at `level`.
@@ -80,6 +85,40 @@ fn main() {
     };
     let build_deflate = build(BlockCodec::Deflate);
     let build_zstd = build(BlockCodec::Zstandard);
+    // From the Kafka payloads, as the sink gets them: decoded and encoded again (up to the
+    // fifteenth session), or appended as read when they are their record's own encoding.
+    let payloads: Vec<Vec<u8>> = events
+        .iter()
+        .map(|e| schemas::framing::encode_single_object_chained(e).expect("encodes"))
+        .collect();
+    let from_payloads = |codec: BlockCodec, as_read: bool| {
+        best_of(reps, || {
+            let mut b = SegmentBuilder::with_codec(codec);
+            for p in &payloads {
+                let p = black_box(p);
+                if as_read {
+                    let datum = schemas::framing::current_datum(p, RecordKind::ChainedEvent, None)
+                        .expect("the current chained schema");
+                    let d = CanonicalDatum::new(datum).expect("the chainer's encoding");
+                    b.push_canonical(&d).expect("push");
+                } else {
+                    let ev = schemas::framing::decode_chained(p, None).expect("decodes");
+                    b.push(&ev).expect("push");
+                }
+            }
+            let (_, bytes) = b
+                .finish("audit.chained", 0, n as i64 - 1, "bench")
+                .expect("finish");
+            bytes.len() as u64
+        })
+    };
+    let decoded_deflate = from_payloads(BlockCodec::Deflate, false);
+    let as_read_deflate = from_payloads(BlockCodec::Deflate, true);
+    let decoded_zstd = from_payloads(BlockCodec::Zstandard, false);
+    let as_read_zstd = from_payloads(BlockCodec::Zstandard, true);
+    // Same segment either way.
+    assert_eq!(decoded_deflate.1, as_read_deflate.1);
+    assert_eq!(decoded_zstd.1, as_read_zstd.1);
     let avro_default = best_of(reps, || {
         blocks
             .iter()
@@ -129,6 +168,22 @@ fn main() {
             schemas::segment::ZSTD_LEVEL
         ),
         build_zstd,
+    );
+    line(
+        "payloads: decode, push, finish (deflate; before)",
+        decoded_deflate,
+    );
+    line(
+        "payloads: as read, push_canonical, finish (deflate; now)",
+        as_read_deflate,
+    );
+    line(
+        "payloads: decode, push, finish (zstandard; before)",
+        decoded_zstd,
+    );
+    line(
+        "payloads: as read, push_canonical, finish (zstandard; now)",
+        as_read_zstd,
     );
     line(
         "deflate blocks: apache-avro default (miniz_oxide 6)",

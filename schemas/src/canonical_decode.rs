@@ -198,20 +198,36 @@ fn err<T>(field: &'static str, problem: Problem) -> Result<T> {
     Err(DecodeError::Field { field, problem })
 }
 
-struct Reader<'a> {
+#[derive(Clone)]
+pub(crate) struct Reader<'a> {
     rest: &'a [u8],
     max_len: usize,
+    /// No varint so far was longer than its value needs (what every Avro encoder writes, and
+    /// what the readers also accept); see [`Self::is_minimal`].
+    minimal: bool,
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
+    pub(crate) fn new(bytes: &'a [u8]) -> Self {
         Reader {
             rest: bytes,
             max_len: *MAX_LEN,
+            minimal: true,
         }
     }
 
-    fn finish(&self) -> Result<()> {
+    /// Whether every varint read so far was the shortest for its value (an encoder's output,
+    /// which an encoding of the decoded value gives back byte for byte).
+    pub(crate) fn is_minimal(&self) -> bool {
+        self.minimal
+    }
+
+    /// Marks the input as not an encoder's own output (an array in several blocks, say).
+    pub(crate) fn not_minimal(&mut self) {
+        self.minimal = false;
+    }
+
+    pub(crate) fn finish(&self) -> Result<()> {
         if self.rest.is_empty() {
             Ok(())
         } else {
@@ -249,6 +265,11 @@ impl<'a> Reader<'a> {
             z |= u64::from(b & 0x7f) << (7 * j);
             if b < 0x80 {
                 self.rest = &self.rest[j + 1..];
+                // The shortest form ends in a byte that adds bits: never 0, and at the 10th
+                // byte exactly 1 (any other bit there is shifted out).
+                if b == 0 || (j == 9 && b != 1) {
+                    self.minimal = false;
+                }
                 return Ok(z);
             }
         }
@@ -257,20 +278,20 @@ impl<'a> Reader<'a> {
 
     /// Avro `long` (zig-zag).
     #[inline]
-    fn long(&mut self, field: &'static str) -> Result<i64> {
+    pub(crate) fn long(&mut self, field: &'static str) -> Result<i64> {
         let z = self.varint(field)?;
         Ok(((z >> 1) as i64) ^ -((z & 1) as i64))
     }
 
     /// Avro `int`: a `long` that must fit `i32`.
     #[inline]
-    fn int(&mut self, field: &'static str) -> Result<i32> {
+    pub(crate) fn int(&mut self, field: &'static str) -> Result<i32> {
         let n = self.long(field)?;
         i32::try_from(n).or_else(|_| err(field, Problem::IntOutOfRange(n)))
     }
 
     #[inline]
-    fn boolean(&mut self, field: &'static str) -> Result<bool> {
+    pub(crate) fn boolean(&mut self, field: &'static str) -> Result<bool> {
         match self.rest.split_first() {
             Some((&b, rest)) if b <= 1 => {
                 self.rest = rest;
@@ -281,7 +302,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn double(&mut self, field: &'static str) -> Result<f64> {
+    pub(crate) fn double(&mut self, field: &'static str) -> Result<f64> {
         match self.rest.split_first_chunk::<8>() {
             Some((b, rest)) => {
                 self.rest = rest;
@@ -299,7 +320,7 @@ impl<'a> Reader<'a> {
 
     /// Avro `bytes`: the length is checked against what is left before anything is copied.
     #[inline]
-    fn bytes(&mut self, field: &'static str) -> Result<&'a [u8]> {
+    pub(crate) fn bytes(&mut self, field: &'static str) -> Result<&'a [u8]> {
         let n = self.long(field)?;
         if n < 0 {
             return err(field, Problem::NegativeLength(n));
@@ -330,22 +351,37 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn string(&mut self, field: &'static str) -> Result<String> {
+    pub(crate) fn string(&mut self, field: &'static str) -> Result<String> {
+        self.str_ref(field).map(str::to_owned)
+    }
+
+    /// A `string` borrowed from the input (UTF-8 checked): what [`Self::string`] copies.
+    #[inline]
+    pub(crate) fn str_ref(&mut self, field: &'static str) -> Result<&'a str> {
         let b = self.bytes(field)?;
-        match std::str::from_utf8(b) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(e) => err(
+        std::str::from_utf8(b).or_else(|e| {
+            err(
                 field,
                 Problem::InvalidUtf8 {
                     valid_up_to: e.valid_up_to(),
                 },
-            ),
-        }
+            )
+        })
+    }
+
+    /// An optional `string`, borrowed.
+    #[inline]
+    pub(crate) fn opt_str_ref(&mut self, field: &'static str) -> Result<Option<&'a str>> {
+        Ok(if self.branch(field)? {
+            Some(self.str_ref(field)?)
+        } else {
+            None
+        })
     }
 
     /// The branch of a `["null", T]` union: `false` for null.
     #[inline]
-    fn branch(&mut self, field: &'static str) -> Result<bool> {
+    pub(crate) fn branch(&mut self, field: &'static str) -> Result<bool> {
         match self.long(field)? {
             0 => Ok(false),
             1 => Ok(true),
@@ -363,7 +399,7 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn opt_long(&mut self, field: &'static str) -> Result<Option<i64>> {
+    pub(crate) fn opt_long(&mut self, field: &'static str) -> Result<Option<i64>> {
         Ok(if self.branch(field)? {
             Some(self.long(field)?)
         } else {
@@ -372,7 +408,7 @@ impl<'a> Reader<'a> {
     }
 
     #[inline]
-    fn opt_int(&mut self, field: &'static str) -> Result<Option<i32>> {
+    pub(crate) fn opt_int(&mut self, field: &'static str) -> Result<Option<i32>> {
         Ok(if self.branch(field)? {
             Some(self.int(field)?)
         } else {
@@ -380,7 +416,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn opt_bool(&mut self, field: &'static str) -> Result<Option<bool>> {
+    pub(crate) fn opt_bool(&mut self, field: &'static str) -> Result<Option<bool>> {
         Ok(if self.branch(field)? {
             Some(self.boolean(field)?)
         } else {
@@ -388,7 +424,7 @@ impl<'a> Reader<'a> {
         })
     }
 
-    fn opt_double(&mut self, field: &'static str) -> Result<Option<f64>> {
+    pub(crate) fn opt_double(&mut self, field: &'static str) -> Result<Option<f64>> {
         Ok(if self.branch(field)? {
             Some(self.double(field)?)
         } else {
@@ -398,7 +434,7 @@ impl<'a> Reader<'a> {
 
     /// An enum symbol's index, which must be below `symbols`.
     #[inline]
-    fn enum_index(&mut self, field: &'static str, symbols: usize) -> Result<usize> {
+    pub(crate) fn enum_index(&mut self, field: &'static str, symbols: usize) -> Result<usize> {
         let i = self.long(field)?;
         match usize::try_from(i) {
             Ok(u) if u < symbols => Ok(u),
@@ -410,7 +446,7 @@ impl<'a> Reader<'a> {
     /// is followed by the block's size in bytes, which is read (it must be a valid varint, as
     /// apache-avro reads it) and ignored.
     #[inline]
-    fn block(&mut self, field: &'static str) -> Result<u64> {
+    pub(crate) fn block(&mut self, field: &'static str) -> Result<u64> {
         let count = self.long(field)?;
         if count < 0 {
             self.long(field)?;
@@ -577,7 +613,7 @@ impl<'a> Reader<'a> {
 // Symbol index → variant, spelled out per symbol in schema order (the inverse of
 // `crate::canonical`'s `*_index`); callers have checked the index against the symbol count.
 
-fn category(i: usize) -> EventCategory {
+pub(crate) fn category(i: usize) -> EventCategory {
     match i {
         0 => EventCategory::UserInteraction,
         1 => EventCategory::SystemProcessing,
@@ -589,7 +625,7 @@ fn category(i: usize) -> EventCategory {
     }
 }
 
-fn severity(i: usize) -> Severity {
+pub(crate) fn severity(i: usize) -> Severity {
     match i {
         0 => Severity::Debug,
         1 => Severity::Info,
@@ -600,7 +636,7 @@ fn severity(i: usize) -> Severity {
     }
 }
 
-fn outcome(i: usize) -> Outcome {
+pub(crate) fn outcome(i: usize) -> Outcome {
     match i {
         0 => Outcome::Success,
         1 => Outcome::Failure,
@@ -610,7 +646,7 @@ fn outcome(i: usize) -> Outcome {
     }
 }
 
-fn channel(i: usize) -> IngressChannel {
+pub(crate) fn channel(i: usize) -> IngressChannel {
     match i {
         0 => IngressChannel::Kafka,
         1 => IngressChannel::Http,
@@ -618,7 +654,7 @@ fn channel(i: usize) -> IngressChannel {
     }
 }
 
-fn actor_type(i: usize) -> ActorType {
+pub(crate) fn actor_type(i: usize) -> ActorType {
     match i {
         0 => ActorType::User,
         1 => ActorType::Service,
@@ -628,7 +664,7 @@ fn actor_type(i: usize) -> ActorType {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::avro::{decode_datum_avro, encode_chained_datum};
     use crate::canonical::tests::arb_stretched_event;
@@ -731,7 +767,7 @@ mod tests {
     }
 
     #[derive(Debug, Clone)]
-    enum Mutation {
+    pub(crate) enum Mutation {
         Set(Index, u8),
         Xor(Index, u8),
         Cut(Index),
@@ -741,7 +777,7 @@ mod tests {
         Append(Vec<u8>),
     }
 
-    fn mutation() -> impl Strategy<Value = Mutation> {
+    pub(crate) fn mutation() -> impl Strategy<Value = Mutation> {
         prop_oneof![
             (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Set(i, b)),
             (any::<Index>(), 1u8..).prop_map(|(i, b)| Mutation::Xor(i, b)),
@@ -754,7 +790,7 @@ mod tests {
         .boxed()
     }
 
-    fn mutate(mut b: Vec<u8>, ms: &[Mutation]) -> Vec<u8> {
+    pub(crate) fn mutate(mut b: Vec<u8>, ms: &[Mutation]) -> Vec<u8> {
         for m in ms {
             if b.is_empty() {
                 break;
@@ -839,7 +875,7 @@ mod tests {
         }
     }
 
-    fn reblock(kind: RecordKind, bytes: &[u8], seed: u64) -> Vec<u8> {
+    pub(crate) fn reblock(kind: RecordKind, bytes: &[u8], seed: u64) -> Vec<u8> {
         let schema = &avro::current_schema(kind).expect("catalog").schema;
         let value = GenericDatumReader::builder(schema)
             .build()

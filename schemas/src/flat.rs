@@ -159,7 +159,7 @@ pub struct AuditRow {
 
 /// Lowercase hex of `bytes` (`hex::encode` builds it a `char` at a time, which was a few
 /// per cent of the ClickHouse sink's CPU for the two hashes of every row).
-fn hex_lower(bytes: &[u8]) -> String {
+pub fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = Vec::with_capacity(bytes.len() * 2);
     for &b in bytes {

@@ -204,6 +204,28 @@ pub fn decode_confluent<T: AvroRecord>(
     })
 }
 
+/// The datum of a record framed under the current schema of `kind`: what a hand decoder reads
+/// as it is, without resolving. `None` for any other schema, an unknown id or fingerprint, or a
+/// header problem; [`decode`] then reads the record (or says what is wrong with it).
+pub fn current_datum<'b>(
+    bytes: &'b [u8],
+    kind: RecordKind,
+    resolver: Option<&dyn SchemaIdResolver>,
+) -> Option<&'b [u8]> {
+    let current = avro::current_schema(kind).ok()?;
+    match detect(bytes) {
+        Framing::SingleObject { fingerprint } if fingerprint == current.fingerprint => {
+            bytes.get(SINGLE_OBJECT_HEADER_LEN..)
+        }
+        Framing::Confluent { schema_id } => {
+            let writer = resolver?.schema_for_id(schema_id).ok()?;
+            (Arc::ptr_eq(&writer, &current.schema) || *writer == *current.schema)
+                .then(|| &bytes[CONFLUENT_HEADER_LEN..])
+        }
+        _ => None,
+    }
+}
+
 /// Decodes either framing. `resolver` is needed only for Confluent-framed input.
 pub fn decode<T: AvroRecord>(
     bytes: &[u8],

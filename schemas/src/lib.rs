@@ -9,6 +9,7 @@
 pub mod avro;
 pub mod canonical;
 pub mod canonical_decode;
+pub mod chained_row;
 pub mod checkpoint_record;
 pub mod context;
 pub mod dedup;

@@ -38,6 +38,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::avro::{self, RecordKind};
+use crate::chained_row::CanonicalDatum;
 use crate::event::ChainedEvent;
 
 /// Format id written into every segment (`audit.segment.format`).
@@ -727,6 +728,16 @@ fn put_block(out: &mut Vec<u8>, count: u64, compressed: &[u8], marker: &[u8; 16]
 
 /// The ends of a run of records that form one segment.
 #[derive(Debug, Clone)]
+/// What appending a record needs of it besides its bytes.
+struct Link<'r> {
+    partition: i32,
+    seq: i64,
+    event_time_us: i64,
+    canonical_version: i32,
+    prev_hash: &'r [u8],
+    hash: &'r [u8],
+}
+
 struct Ends {
     partition: i32,
     date: String,
@@ -1014,10 +1025,47 @@ impl SegmentBuilder {
     /// the next seq (what [`SegmentMeta::for_events`] requires). A block left full by a caller
     /// that did not take it is compressed here, so the bytes stay right either way.
     pub fn push(&mut self, e: &ChainedEvent) -> Result<(), SegmentError> {
-        let date = day_of(e.event.event_time_us);
+        let link = Link {
+            partition: e.chain_partition,
+            seq: e.seq,
+            event_time_us: e.event.event_time_us,
+            canonical_version: e.canonical_version,
+            prev_hash: &e.prev_hash,
+            hash: &e.hash,
+        };
+        self.append(&link, |raw| {
+            crate::framing::chained_datum_into(e, raw).map_err(SegmentError::from)
+        })
+    }
+
+    /// [`Self::push`] of a record given as its own encoding: the same bytes, copied rather
+    /// than encoded again.
+    pub fn push_canonical(&mut self, d: &CanonicalDatum<'_>) -> Result<(), SegmentError> {
+        let k = d.keys();
+        let link = Link {
+            partition: k.chain_partition,
+            seq: k.seq,
+            event_time_us: k.event_time_us,
+            canonical_version: k.canonical_version,
+            prev_hash: k.prev_hash,
+            hash: k.hash,
+        };
+        self.append(&link, |raw| {
+            raw.extend_from_slice(d.bytes());
+            Ok(())
+        })
+    }
+
+    /// Appends the record `link` describes, written by `write`.
+    fn append(
+        &mut self,
+        e: &Link<'_>,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), SegmentError>,
+    ) -> Result<(), SegmentError> {
+        let date = day_of(e.event_time_us);
         match &self.ends {
             None => {
-                SegmentKey::new(e.chain_partition, &date, e.seq, e.seq)?;
+                SegmentKey::new(e.partition, &date, e.seq, e.seq)?;
             }
             Some(ends) => {
                 let invalid = |what: String| Err(SegmentError::Invalid(what));
@@ -1027,10 +1075,10 @@ impl SegmentBuilder {
                         ends.last_seq, e.seq
                     ));
                 }
-                if e.chain_partition != ends.partition {
+                if e.partition != ends.partition {
                     return invalid(format!(
                         "records of partitions {} and {}",
-                        ends.partition, e.chain_partition
+                        ends.partition, e.partition
                     ));
                 }
                 if e.canonical_version != ends.canonical_version {
@@ -1052,21 +1100,21 @@ impl SegmentBuilder {
             self.raw.reserve(self.block_size + 16 * 1024);
         }
         let before = self.raw.len();
-        if let Err(err) = crate::framing::chained_datum_into(e, &mut self.raw) {
+        if let Err(err) = write(&mut self.raw) {
             self.raw.truncate(before);
-            return Err(err.into());
+            return Err(err);
         }
         self.raw_count += 1;
         match &mut self.ends {
             None => {
                 self.ends = Some(Ends {
-                    partition: e.chain_partition,
+                    partition: e.partition,
                     date,
                     first_seq: e.seq,
                     last_seq: e.seq,
                     count: 1,
-                    first_prev_hash: e.prev_hash.clone(),
-                    last_hash: e.hash.clone(),
+                    first_prev_hash: e.prev_hash.to_vec(),
+                    last_hash: e.hash.to_vec(),
                     canonical_version: e.canonical_version,
                 })
             }
@@ -1074,7 +1122,7 @@ impl SegmentBuilder {
                 ends.last_seq = e.seq;
                 ends.count += 1;
                 ends.last_hash.clear();
-                ends.last_hash.extend_from_slice(&e.hash);
+                ends.last_hash.extend_from_slice(e.hash);
             }
         }
         Ok(())
@@ -1507,7 +1555,15 @@ mod tests {
         let mut b = SegmentBuilder::with_block_size(block_size, codec);
         let mut out = Vec::new();
         for (i, e) in events.iter().enumerate() {
-            b.push(e).expect("push");
+            // Every other record as its own encoding (as sink-archive appends what the chainer
+            // wrote), the others encoded here: the same bytes either way.
+            if i % 2 == 1 {
+                let datum = avro::encode_chained_datum(e).expect("datum");
+                let d = CanonicalDatum::new(&datum).expect("an encoder's output");
+                b.push_canonical(&d).expect("push");
+            } else {
+                b.push(e).expect("push");
+            }
             if offload.get(i).copied().unwrap_or(false) {
                 if let Some(raw) = b.take_full_block() {
                     out.push(raw);

@@ -336,7 +336,7 @@ impl Archive {
         let mut latest: Vec<(EventCategory, i64)> = Vec::new();
         for e in events {
             records.push(e)?;
-            crate::buffer::note_latest(&mut latest, e);
+            crate::buffer::note_latest(&mut latest, e.event.category, e.event.event_time_us);
         }
         self.write_segment(records, &latest, chained_topic, first_offset, last_offset)
             .await

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::Offset;
+use schemas::avro::RecordKind;
+use schemas::chained_row::CanonicalDatum;
 use schemas::{framing, SchemaError};
 use worker_runtime::health::Readiness;
 use worker_runtime::kafka::consumer::{
@@ -35,7 +37,7 @@ use worker_runtime::Shutdown;
 
 use crate::anchor::Anchor;
 use crate::archive::Archive;
-use crate::buffer::{Limits, OfferError, PartitionState, Segment};
+use crate::buffer::{Limits, OfferError, PartitionState, Record, Segment};
 use crate::pending::PendingCheckpoints;
 use crate::{Config, Error, STAGE};
 
@@ -276,28 +278,36 @@ impl Worker {
             self.seeks.remove(&p);
         }
         let payload = input.payload.as_deref().unwrap_or_default();
-        let ev = match framing::decode_chained(payload, None) {
-            Ok(ev) if ev.chain_partition == p => ev,
-            Ok(ev) => {
-                let msg = format!(
-                    "chain_partition {} read from partition {p}",
-                    ev.chain_partition
-                );
-                return self.reject(&input, "wrong_partition", &msg).await;
-            }
-            Err(e) if is_config_problem(&e) => {
-                return Err(Error::Schema {
-                    what: format!("{}/{p}@{}", input.topic, input.offset),
-                    source: e,
-                })
-            }
-            Err(e) => return self.reject(&input, e.code(), &e.to_string()).await,
+        // What the chainer wrote is its record's own encoding, appended as it is; anything else
+        // (or any problem with it) is decoded, which says why.
+        let canonical = framing::current_datum(payload, RecordKind::ChainedEvent, None)
+            .and_then(CanonicalDatum::new)
+            .filter(|d| d.keys().chain_partition == p);
+        let record = match canonical {
+            Some(d) => Record::Canonical(d),
+            None => match framing::decode_chained(payload, None) {
+                Ok(ev) if ev.chain_partition == p => Record::from(ev),
+                Ok(ev) => {
+                    let msg = format!(
+                        "chain_partition {} read from partition {p}",
+                        ev.chain_partition
+                    );
+                    return self.reject(&input, "wrong_partition", &msg).await;
+                }
+                Err(e) if is_config_problem(&e) => {
+                    return Err(Error::Schema {
+                        what: format!("{}/{p}@{}", input.topic, input.offset),
+                        source: e,
+                    })
+                }
+                Err(e) => return self.reject(&input, e.code(), &e.to_string()).await,
+            },
         };
         let Some(state) = self.states.get_mut(&p) else {
             return Ok(());
         };
         let offer = match state.offer(
-            ev,
+            record,
             input.offset,
             payload.len(),
             Instant::now(),

@@ -701,3 +701,67 @@ print(json.dumps(out))
         assert_eq!(seg["last_seq"], want_seqs[2].to_string(), "{seg:#}");
     }
 }
+
+/// The sink appends what the chainer wrote as it is, and only because that is the record's own
+/// encoding. A record encoded otherwise (here an over-long varint, which every Avro reader
+/// takes as the same value) is archived as its encoding all the same: each segment, fetched
+/// with boto3, is byte for byte what the segment writer makes of the records it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_encoded_otherwise_are_archived_as_their_own_encoding() {
+    let lab = Lab::new(false).await;
+    let ev = chain(4, now_us(), |_| EventCategory::Other);
+    let payloads: Vec<Vec<u8>> = ev
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let p = encode_single_object_chained(e).expect("encode");
+            if i % 2 == 0 {
+                return p;
+            }
+            // chain_partition's one-byte varint in two bytes: the same value, other bytes.
+            let (header, datum) = p.split_at(schemas::framing::SINGLE_OBJECT_HEADER_LEN);
+            assert!(datum[0] < 0x80, "a one-byte varint");
+            [header, &[datum[0] | 0x80, 0x00], &datum[1..]].concat()
+        })
+        .collect();
+    for (p, e) in payloads.iter().zip(&ev) {
+        let decoded = schemas::framing::decode_chained(p, None).expect("decodes");
+        assert_eq!(&decoded, e, "the padded records read as the chained ones");
+    }
+    produce(&lab.kafka, &lab.kafka.topics().chained, payloads).await;
+    // Two segments (3 records, then 1) and their manifests.
+    run_until(lab.config(&["--retention-mode", "off"]), || {
+        lab.segments().len() == 4
+    })
+    .await;
+
+    let objects = boto3(
+        r#"
+out = []
+for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=arg + "/chain="):
+    for o in page.get("Contents", []):
+        if o["Key"].endswith(".avro"):
+            out.append(s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read().hex())
+print(json.dumps(out))
+"#,
+        &lab.bucket,
+        &Value::String(PREFIX.into()),
+    );
+    let objects = objects.as_array().expect("segments");
+    assert_eq!(objects.len(), 2, "{objects:?}");
+    let mut archived = Vec::new();
+    for o in objects {
+        let bytes = hex::decode(o.as_str().expect("hex")).expect("hex");
+        let (meta, events) = segment::read_segment(&bytes).expect("a segment");
+        let written = segment::write_segment(&meta, &events).expect("write");
+        assert!(
+            written == bytes,
+            "segment {}..={} holds other bytes than its records' encoding",
+            meta.first_seq,
+            meta.last_seq
+        );
+        archived.extend(events);
+    }
+    archived.sort_by_key(|e| e.seq);
+    assert_eq!(archived, ev);
+}

@@ -5,7 +5,9 @@
 //! free them when the batch was flushed (some 35 heap blocks per row, freed long after they
 //! were made). Held as one exact-size buffer per row, each row's decoded fields are freed as
 //! soon as its bytes are written. The `clickhouse` crate's own row serializer is private to
-//! it, so the sink sends these bytes with `insert_formatted`.
+//! it, so the sink sends these bytes with `insert_formatted`. In the common case there is no
+//! decoded row at all: `schemas::chained_row` hands this serializer a chained datum's columns
+//! straight from its bytes (`batch::Entry::from_datum`), the same calls with the same values.
 //!
 //! Every value is checked against its column's type as the server reports it ([`Layout`],
 //! read from `system.columns` after the migrations), which is what the crate's row
@@ -748,6 +750,14 @@ impl<'de> SeqAccess<'de> for Counted<'_, 'de> {
 /// have no server (the sink reads the server's, [`crate::store::Store::row_layout`]). Later
 /// upgrades only make some of them `LowCardinality`, which is written the same way.
 pub fn first_migration_layout() -> Result<Layout, RowBinaryError> {
+    Layout::new(
+        <schemas::flat::AuditRow as clickhouse::Row>::COLUMN_NAMES,
+        first_migration_columns(),
+    )
+}
+
+/// (name, type) of `audit_events`' columns in its first migration's `CREATE TABLE`.
+pub(crate) fn first_migration_columns() -> Vec<(&'static str, &'static str)> {
     let sql = crate::migrations::MIGRATIONS
         .first()
         .map(|m| m.sql)
@@ -757,8 +767,7 @@ pub fn first_migration_layout() -> Result<Layout, RowBinaryError> {
         (Some(a), Some(b)) if a < b => &create[a + 1..b],
         _ => "",
     };
-    let columns: Vec<(&str, &str)> = body
-        .lines()
+    body.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with("--"))
         .filter_map(|l| {
@@ -766,11 +775,7 @@ pub fn first_migration_layout() -> Result<Layout, RowBinaryError> {
             let ty = rest.split(" DEFAULT").next()?.trim_end_matches(',');
             Some((name, ty))
         })
-        .collect();
-    Layout::new(
-        <schemas::flat::AuditRow as clickhouse::Row>::COLUMN_NAMES,
-        columns,
-    )
+        .collect()
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::Offset;
+use schemas::avro::RecordKind;
 use schemas::flat::{AuditRow, CheckpointRow};
 use schemas::framing::{self, CatalogIdResolver};
 use worker_runtime::health::Readiness;
@@ -297,14 +298,29 @@ impl SinkLoop {
         // This record's step of its event's trace; the insert span links to it.
         let span = trace_context::process_span(STAGE, &input);
         span.end();
-        match self.decode_chained(&input) {
-            Ok(row) => {
+        // The common case, a record of the current chained schema on its own partition, is
+        // written from its bytes; anything else (or any problem) is decoded, which says why.
+        let direct = framing::current_datum(
+            input.payload.as_deref().unwrap_or_default(),
+            RecordKind::ChainedEvent,
+            Some(&self.resolver),
+        )
+        .and_then(|datum| Entry::from_datum(datum, input.offset, &self.layout, &mut self.scratch))
+        .filter(|e| e.chain_partition == p);
+        let decoded = match direct {
+            Some(entry) => Ok(Ok(entry)),
+            None => self.decode_chained(&input).map(|row| {
+                // A row that does not fit the table stops the sink (nothing is committed):
+                // the table is not what the migrations made, which no record can fix.
+                Entry::new(row, &self.layout, &mut self.scratch)
+            }),
+        };
+        match decoded {
+            Ok(entry) => {
+                let entry = entry?;
                 if span.context().is_some() {
                     self.trace_links.add(&span);
                 }
-                // A row that does not fit the table stops the sink (nothing is committed):
-                // the table is not what the migrations made, which no record can fix.
-                let entry = Entry::new(row, &self.layout, &mut self.scratch)?;
                 if let Some(b) = self.batches.get_mut(p) {
                     b.push(entry, now);
                 }
