@@ -129,14 +129,12 @@ struct Hex<'a>(&'a [u8]);
 
 impl Serialize for Hex<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut buf = [0u8; 128];
         if self.0.len() * 2 > buf.len() {
             return s.serialize_str(&flat::hex_lower(self.0));
         }
-        for (i, &b) in self.0.iter().enumerate() {
-            buf[2 * i] = DIGITS[usize::from(b >> 4)];
-            buf[2 * i + 1] = DIGITS[usize::from(b & 0x0f)];
+        for (pair, &b) in buf.chunks_exact_mut(2).zip(self.0) {
+            pair.copy_from_slice(&flat::hex_pair(b));
         }
         let hex = std::str::from_utf8(&buf[..self.0.len() * 2]).map_err(S::Error::custom)?;
         s.serialize_str(hex)
