@@ -164,7 +164,17 @@ start_bg() {
   } >>"$LOGS/$name.log"
   # 9>&-: the child must not inherit the lock on $RUN/stack.lock.
   (cd "$dir" && exec setsid nohup "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&-) &
-  echo "$!" >"$(pidfile "$name")"
+  local pid="$!" i
+  echo "$pid" >"$(pidfile "$name")"
+  # Until the subshell has exec'd the command, its cmdline is this script's, which ours_pid
+  # does not take for the service: on a loaded machine wait_healthy then saw a service that
+  # had not yet started as one that "exited during start" (a CI failure, with nothing in
+  # the service's log). Wait for the exec (or the subshell's end) before going on.
+  for ((i = 0; i < 200; i++)); do
+    alive "$pid" || break
+    tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STACK/" && break
+    sleep 0.05
+  done
 }
 
 # alive PID: the process exists and is not a zombie waiting to be reaped.
