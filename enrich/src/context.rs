@@ -251,18 +251,31 @@ impl ContextCaches {
     /// Looks up the actor's user and the event's team (the event's team id, else the user's) and
     /// fills their context into `event` (`schemas::context::apply_context`).
     pub async fn enrich(&self, event: &mut AuditEvent) {
-        let user = match event.actor.id.as_str() {
+        let (user, team) = self
+            .lookup(&event.actor.id, event.tenant.team_id.as_deref())
+            .await;
+        apply_context(event, user.as_deref(), team.as_deref());
+    }
+
+    /// The context of an event whose actor is `actor_id` and which names `team_id`: the user,
+    /// and the event's team, else the user's.
+    pub async fn lookup(
+        &self,
+        actor_id: &str,
+        team_id: Option<&str>,
+    ) -> (Option<Arc<UserContext>>, Option<Arc<TeamContext>>) {
+        let user = match actor_id {
             "" => None,
             id => self.user(id).await,
         };
-        let team_id = non_empty(event.tenant.team_id.as_deref())
+        let team_id = non_empty(team_id)
             .or_else(|| user.as_ref().and_then(|u| non_empty(u.team_id.as_deref())))
             .map(str::to_owned);
         let team = match team_id {
             Some(id) => self.team(&id).await,
             None => None,
         };
-        apply_context(event, user.as_deref(), team.as_deref());
+        (user, team)
     }
 
     /// Approximate number of entries (users, teams).

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use schemas::avro::RecordKind;
+use schemas::enrich_splice::EnrichSplice;
 use schemas::framing::{self, SchemaIdResolver};
 use worker_runtime::kafka::dlq::dead_letter;
 use worker_runtime::kafka::pipeline::Processor;
@@ -70,6 +72,9 @@ impl EnrichProcessor {
     /// unreachable); the event must not leave in the clear, so the worker stops and the input is
     /// read again after the restart.
     pub async fn handle(&self, input: &InputRecord) -> Result<OutputRecord, RuntimeError> {
+        if let Some(payload) = self.spliced(input).await {
+            return Ok(self.enriched(input, payload));
+        }
         let decoded = match input.payload.as_deref() {
             None => Err(("null record value (tombstone)".to_owned(), UNDECODABLE)),
             Some(bytes) => framing::decode_event(bytes, Some(self.resolver.as_ref()))
@@ -95,17 +100,7 @@ impl EnrichProcessor {
             Err(e) => Err(e),
         };
         match encoded {
-            Ok(payload) => {
-                self.enriched.increment(1);
-                let mut out = OutputRecord::new(&self.enriched_topic, input.key.clone(), payload)
-                    .with_partition(input.partition);
-                for name in PROPAGATED_HEADERS {
-                    if let Some(v) = input.header(name) {
-                        out = out.with_header(name, v);
-                    }
-                }
-                Ok(out)
-            }
+            Ok(payload) => Ok(self.enriched(input, payload)),
             Err((message, code)) => {
                 metrics::counter!("audit_enrich_rejected_total", "code" => code).increment(1);
                 tracing::warn!(topic = %input.topic, partition = input.partition,
@@ -119,6 +114,44 @@ impl EnrichProcessor {
                 ))
             }
         }
+    }
+
+    /// The enriched event's payload without decoding the whole event, when the privacy rules
+    /// are off and the input is its event's own encoding under the current schema (what
+    /// ingest writes): `schemas::enrich_splice`, the same bytes as the decoding path's
+    /// (property-tested there). `None` for anything else, which [`Self::handle`] decodes (and
+    /// dead-letters, if need be) as before.
+    pub(crate) async fn spliced(&self, input: &InputRecord) -> Option<Vec<u8>> {
+        if self.privacy.is_some() {
+            // The rules may rewrite any field: they work on the decoded event.
+            return None;
+        }
+        let datum = framing::current_datum(
+            input.payload.as_deref()?,
+            RecordKind::AuditEvent,
+            Some(self.resolver.as_ref()),
+        )?;
+        let mut splice = EnrichSplice::new(datum)?;
+        let (user, team) = self
+            .caches
+            .lookup(splice.actor_id(), splice.team_id())
+            .await;
+        splice.apply_context(user.as_deref(), team.as_deref());
+        Some(splice.encode_single_object())
+    }
+
+    /// The output record of an enriched event: same key, same partition number, the trace
+    /// headers carried.
+    fn enriched(&self, input: &InputRecord, payload: Vec<u8>) -> OutputRecord {
+        self.enriched.increment(1);
+        let mut out = OutputRecord::new(&self.enriched_topic, input.key.clone(), payload)
+            .with_partition(input.partition);
+        for name in PROPAGATED_HEADERS {
+            if let Some(v) = input.header(name) {
+                out = out.with_header(name, v);
+            }
+        }
+        out
     }
 }
 

@@ -200,6 +200,57 @@ async fn enriched_event_keeps_key_and_partition() {
     assert_eq!(out2.payload, out.payload);
 }
 
+/// An event as ingest writes it (its own encoding, which enrich splices:
+/// `schemas::enrich_splice`) and the same event encoded otherwise (decoded and encoded again)
+/// give the same output: what enriching the decoded event writes.
+#[tokio::test]
+async fn an_events_own_encoding_and_any_other_give_the_same_output() {
+    let c = loaded().await;
+    // With a department, the context writes the actor, the tenant and the attributes.
+    let user = br#"{"userId":"user-123","name":"Ada","email":"ada@example.com","roles":["ops","dev","ops"],"teamId":"team-9","department":"Risk"}"#;
+    assert_eq!(
+        c.apply(ContextKind::Users, Some(b"user-123"), Some(user))
+            .await,
+        Applied::Upserted
+    );
+    let mut want = sample_event();
+    c.enrich(&mut want).await;
+    assert!(want
+        .attributes
+        .iter()
+        .any(|kv| kv.key == schemas::context::DEPARTMENT_ATTRIBUTE && kv.value == "Risk"));
+    let want = framing::encode_single_object_event(&want).expect("encode");
+    let p = processor(c);
+
+    let own = framing::encode_single_object_event(&sample_event()).expect("encode");
+    // The datum's first byte is `event_id`'s length; in two bytes it is the same event to any
+    // Avro reader, but not its own encoding.
+    let h = framing::SINGLE_OBJECT_HEADER_LEN;
+    assert!(own[h] < 0x80, "a one-byte length");
+    let mut padded = own[..h].to_vec();
+    padded.extend_from_slice(&[own[h] | 0x80, 0]);
+    padded.extend_from_slice(&own[h + 1..]);
+    assert_eq!(
+        framing::decode_event(&padded, None).expect("decodes"),
+        sample_event()
+    );
+    let confluent = framing::encode_confluent_event(&sample_event(), 1).expect("encode");
+
+    // Which path each takes.
+    assert!(p.spliced(&input(Some(own.clone()))).await.is_some());
+    assert!(p.spliced(&input(Some(confluent.clone()))).await.is_some());
+    assert!(p.spliced(&input(Some(padded.clone()))).await.is_none());
+
+    for payload in [own, padded, confluent] {
+        let out = p.handle(&input(Some(payload))).await.expect("handled");
+        assert_eq!(out.topic, "t.enriched");
+        assert_eq!(out.partition, Some(5));
+        assert_eq!(out.key.as_deref(), Some(&b"team-456"[..]));
+        assert_eq!(header(&out, "traceparent"), Some(&b"00-abc-def-01"[..]));
+        assert_eq!(out.payload.as_deref(), Some(want.as_slice()));
+    }
+}
+
 #[tokio::test]
 async fn undecodable_input_is_dead_lettered() {
     let p = processor(caches());

@@ -58,7 +58,7 @@ pub fn encode_producer_view(event: &AuditEvent, out: &mut Vec<u8>) {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum View {
+pub(crate) enum View {
     Whole,
     /// `identity::producer_view`: receive time 0, no ingress position, no enrich-filled actor
     /// and tenant fields, enrichment status all false, no `audit.enrich.*` attributes.
@@ -88,43 +88,8 @@ fn write_event(e: &AuditEvent, view: View, out: &mut Vec<u8>) {
     }
     string(out, &i.format);
 
-    let a = &e.actor;
-    long(out, actor_type_index(a.actor_type));
-    string(out, &a.id);
-    if producer {
-        out.extend_from_slice(&[0, 0]);
-    } else {
-        opt_string(out, a.name.as_deref());
-        opt_string(out, a.email.as_deref());
-    }
-    opt_string(out, a.ip.as_deref());
-    opt_string(out, a.user_agent.as_deref());
-    opt_string(out, a.session_id.as_deref());
-    if producer {
-        out.push(0);
-    } else {
-        strings(out, &a.roles);
-    }
-
-    let t = &e.tenant;
-    if producer {
-        // Six absent strings, then enriched/user_found/team_found all false.
-        out.extend_from_slice(&[0; 9]);
-    } else {
-        for s in [
-            &t.tenant_id,
-            &t.team_id,
-            &t.team_name,
-            &t.project_id,
-            &t.business_unit,
-            &t.cost_center,
-        ] {
-            opt_string(out, s.as_deref());
-        }
-        boolean(out, t.enrichment.enriched);
-        boolean(out, t.enrichment.user_found);
-        boolean(out, t.enrichment.team_found);
-    }
+    write_actor(&e.actor, view, out);
+    write_tenant(&e.tenant, view, out);
 
     match &e.target {
         None => out.push(0),
@@ -220,15 +185,64 @@ fn write_event(e: &AuditEvent, view: View, out: &mut Vec<u8>) {
         }
     }
 
+    write_attributes(&e.attributes, view, out);
+}
+
+/// The `actor` field (a part of [`write_event`]; also `crate::enrich_splice`'s).
+pub(crate) fn write_actor(a: &Actor, view: View, out: &mut Vec<u8>) {
+    let producer = view == View::Producer;
+    long(out, actor_type_index(a.actor_type));
+    string(out, &a.id);
     if producer {
+        out.extend_from_slice(&[0, 0]);
+    } else {
+        opt_string(out, a.name.as_deref());
+        opt_string(out, a.email.as_deref());
+    }
+    opt_string(out, a.ip.as_deref());
+    opt_string(out, a.user_agent.as_deref());
+    opt_string(out, a.session_id.as_deref());
+    if producer {
+        out.push(0);
+    } else {
+        strings(out, &a.roles);
+    }
+}
+
+/// The `tenant` field (a part of [`write_event`]; also `crate::enrich_splice`'s).
+pub(crate) fn write_tenant(t: &TenantContext, view: View, out: &mut Vec<u8>) {
+    if view == View::Producer {
+        // Six absent strings, then enriched/user_found/team_found all false.
+        out.extend_from_slice(&[0; 9]);
+    } else {
+        for s in [
+            &t.tenant_id,
+            &t.team_id,
+            &t.team_name,
+            &t.project_id,
+            &t.business_unit,
+            &t.cost_center,
+        ] {
+            opt_string(out, s.as_deref());
+        }
+        boolean(out, t.enrichment.enriched);
+        boolean(out, t.enrichment.user_found);
+        boolean(out, t.enrichment.team_found);
+    }
+}
+
+/// The `attributes` field, the event's last (a part of [`write_event`]; also
+/// `crate::enrich_splice`'s).
+pub(crate) fn write_attributes(attributes: &[KeyValue], view: View, out: &mut Vec<u8>) {
+    if view == View::Producer {
         let kept = || {
-            e.attributes
+            attributes
                 .iter()
                 .filter(|kv| !kv.key.starts_with(ENRICH_PREFIX))
         };
         key_values(out, kept().count(), kept());
     } else {
-        key_values(out, e.attributes.len(), e.attributes.iter());
+        key_values(out, attributes.len(), attributes.iter());
     }
 }
 

@@ -227,6 +227,11 @@ impl<'a> Reader<'a> {
         self.minimal = false;
     }
 
+    /// How many bytes are left to read.
+    pub(crate) fn remaining(&self) -> usize {
+        self.rest.len()
+    }
+
     pub(crate) fn finish(&self) -> Result<()> {
         if self.rest.is_empty() {
             Ok(())
@@ -499,29 +504,8 @@ impl<'a> Reader<'a> {
                 offset: self.opt_long("ingress.offset")?,
                 format: self.string("ingress.format")?,
             },
-            actor: Actor {
-                actor_type: actor_type(self.enum_index("actor.actor_type", 4)?),
-                id: self.string("actor.id")?,
-                name: self.opt_string("actor.name")?,
-                email: self.opt_string("actor.email")?,
-                ip: self.opt_string("actor.ip")?,
-                user_agent: self.opt_string("actor.user_agent")?,
-                session_id: self.opt_string("actor.session_id")?,
-                roles: self.strings("actor.roles")?,
-            },
-            tenant: TenantContext {
-                tenant_id: self.opt_string("tenant.tenant_id")?,
-                team_id: self.opt_string("tenant.team_id")?,
-                team_name: self.opt_string("tenant.team_name")?,
-                project_id: self.opt_string("tenant.project_id")?,
-                business_unit: self.opt_string("tenant.business_unit")?,
-                cost_center: self.opt_string("tenant.cost_center")?,
-                enrichment: EnrichmentStatus {
-                    enriched: self.boolean("tenant.enrichment.enriched")?,
-                    user_found: self.boolean("tenant.enrichment.user_found")?,
-                    team_found: self.boolean("tenant.enrichment.team_found")?,
-                },
-            },
+            actor: self.actor()?,
+            tenant: self.tenant()?,
             target: if self.branch("target")? {
                 Some(Target {
                     target_type: self.string("target.target_type")?,
@@ -600,12 +584,48 @@ impl<'a> Reader<'a> {
             } else {
                 None
             },
-            attributes: self.array("attributes", |r| {
-                Ok(KeyValue {
-                    key: r.string("attributes.key")?,
-                    value: r.string("attributes.value")?,
-                })
-            })?,
+            attributes: self.attributes()?,
+        })
+    }
+
+    /// The event's `actor` field.
+    pub(crate) fn actor(&mut self) -> Result<Actor> {
+        Ok(Actor {
+            actor_type: actor_type(self.enum_index("actor.actor_type", 4)?),
+            id: self.string("actor.id")?,
+            name: self.opt_string("actor.name")?,
+            email: self.opt_string("actor.email")?,
+            ip: self.opt_string("actor.ip")?,
+            user_agent: self.opt_string("actor.user_agent")?,
+            session_id: self.opt_string("actor.session_id")?,
+            roles: self.strings("actor.roles")?,
+        })
+    }
+
+    /// The event's `tenant` field.
+    pub(crate) fn tenant(&mut self) -> Result<TenantContext> {
+        Ok(TenantContext {
+            tenant_id: self.opt_string("tenant.tenant_id")?,
+            team_id: self.opt_string("tenant.team_id")?,
+            team_name: self.opt_string("tenant.team_name")?,
+            project_id: self.opt_string("tenant.project_id")?,
+            business_unit: self.opt_string("tenant.business_unit")?,
+            cost_center: self.opt_string("tenant.cost_center")?,
+            enrichment: EnrichmentStatus {
+                enriched: self.boolean("tenant.enrichment.enriched")?,
+                user_found: self.boolean("tenant.enrichment.user_found")?,
+                team_found: self.boolean("tenant.enrichment.team_found")?,
+            },
+        })
+    }
+
+    /// The event's `attributes` field (its last).
+    pub(crate) fn attributes(&mut self) -> Result<Vec<KeyValue>> {
+        self.array("attributes", |r| {
+            Ok(KeyValue {
+                key: r.string("attributes.key")?,
+                value: r.string("attributes.value")?,
+            })
         })
     }
 }

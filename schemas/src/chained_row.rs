@@ -105,7 +105,7 @@ pub fn canonical_keys(datum: &[u8]) -> Option<RowKeys<'_>> {
 }
 
 /// A row nobody writes: [`walk`] for its reads and checks alone.
-struct Skip;
+pub(crate) struct Skip;
 
 impl SerializeStruct for Skip {
     type Ok = ();
@@ -249,7 +249,7 @@ impl Serialize for ChainedRow<'_> {
     }
 }
 
-enum Walk<E> {
+pub(crate) enum Walk<E> {
     Decode(DecodeError),
     Ser(E),
 }
@@ -260,216 +260,303 @@ impl<E> From<DecodeError> for Walk<E> {
     }
 }
 
+/// `st.serialize_field` with the serializer's error kept apart from the decoder's.
+macro_rules! col {
+    ($st:ident, $name:literal, $value:expr) => {
+        $st.serialize_field($name, &$value).map_err(Walk::Ser)?
+    };
+}
+
 fn walk<'a, T: SerializeStruct>(
     r: &mut Reader<'a>,
     st: &mut T,
     chained_offset: i64,
 ) -> Result<RowKeys<'a>, Walk<T::Error>> {
-    // `st.serialize_field` with the serializer's error kept apart from the decoder's.
-    macro_rules! col {
-        ($name:literal, $value:expr) => {
-            st.serialize_field($name, &$value).map_err(Walk::Ser)?
-        };
-    }
     // ---- the chain ----
     let chain_partition = r.int("chain_partition")?;
-    col!("chain_partition", chain_partition);
+    col!(st, "chain_partition", chain_partition);
     let seq = r.long("seq")?;
-    col!("seq", seq);
+    col!(st, "seq", seq);
     let prev_hash = r.bytes("prev_hash")?;
-    col!("prev_hash", Hex(prev_hash));
+    col!(st, "prev_hash", Hex(prev_hash));
     let hash = r.bytes("hash")?;
-    col!("hash", Hex(hash));
+    col!(st, "hash", Hex(hash));
     let canonical_version = r.int("canonical_version")?;
-    col!("canonical_version", canonical_version);
-    col!("source_topic", r.str_ref("source_topic")?);
-    col!("source_partition", r.int("source_partition")?);
-    col!("source_offset", r.long("source_offset")?);
-    col!("chained_offset", chained_offset);
+    col!(st, "canonical_version", canonical_version);
+    col!(st, "source_topic", r.str_ref("source_topic")?);
+    col!(st, "source_partition", r.int("source_partition")?);
+    col!(st, "source_offset", r.long("source_offset")?);
+    col!(st, "chained_offset", chained_offset);
     // ---- the event (`audit_event.v1.avsc`) ----
-    col!("event_id", r.str_ref("event_id")?);
-    col!("event_type", r.str_ref("event_type")?);
+    let head = event_head(r, st)?;
+    actor_and_tenant(r, st)?;
+    event_middle(r, st)?;
+    attributes(r, st)?;
+    Ok(RowKeys {
+        chain_partition,
+        seq,
+        prev_hash,
+        hash,
+        canonical_version,
+        category: head.category,
+        event_time_us: head.event_time_us,
+        event_time: head.event_time,
+        receive_time_us: head.receive_time_us,
+    })
+}
+
+/// The keys [`event_head`] reads.
+pub(crate) struct HeadKeys {
+    category: EventCategory,
+    event_time_us: i64,
+    event_time: u32,
+    receive_time_us: i64,
+}
+
+/// The event's fields before `actor` (`event_id` to `ingress`).
+pub(crate) fn event_head<T: SerializeStruct>(
+    r: &mut Reader<'_>,
+    st: &mut T,
+) -> Result<HeadKeys, Walk<T::Error>> {
+    col!(st, "event_id", r.str_ref("event_id")?);
+    col!(st, "event_type", r.str_ref("event_type")?);
     let category = cd::category(r.enum_index("category", 7)?);
-    col!("category", flat::category_symbol(category));
+    col!(st, "category", flat::category_symbol(category));
     col!(
+        st,
         "severity",
         flat::severity_symbol(cd::severity(r.enum_index("severity", 6)?))
     );
     col!(
+        st,
         "outcome",
         flat::outcome_symbol(cd::outcome(r.enum_index("outcome", 5)?))
     );
     let event_time_us = r.long("event_time_us")?;
-    col!("event_time_us", event_time_us);
+    col!(st, "event_time_us", event_time_us);
     let event_time = flat::event_time_seconds(event_time_us);
-    col!("event_time", event_time);
+    col!(st, "event_time", event_time);
     let receive_time_us = r.long("receive_time_us")?;
-    col!("receive_time_us", receive_time_us);
-    col!("source_component", r.str_ref("source_component")?);
+    col!(st, "receive_time_us", receive_time_us);
+    col!(st, "source_component", r.str_ref("source_component")?);
     col!(
+        st,
         "ingress_channel",
         flat::ingress_channel_symbol(cd::channel(r.enum_index("ingress.channel", 3)?))
     );
-    col!("ingress_topic", r.opt_str_ref("ingress.topic")?);
-    col!("ingress_partition", r.opt_int("ingress.partition")?);
-    col!("ingress_offset", r.opt_long("ingress.offset")?);
-    col!("ingress_format", r.str_ref("ingress.format")?);
+    col!(st, "ingress_topic", r.opt_str_ref("ingress.topic")?);
+    col!(st, "ingress_partition", r.opt_int("ingress.partition")?);
+    col!(st, "ingress_offset", r.opt_long("ingress.offset")?);
+    col!(st, "ingress_format", r.str_ref("ingress.format")?);
+    Ok(HeadKeys {
+        category,
+        event_time_us,
+        event_time,
+        receive_time_us,
+    })
+}
+
+/// The event's `actor` and `tenant` fields.
+fn actor_and_tenant<T: SerializeStruct>(
+    r: &mut Reader<'_>,
+    st: &mut T,
+) -> Result<(), Walk<T::Error>> {
     col!(
+        st,
         "actor_type",
         flat::actor_type_symbol(cd::actor_type(r.enum_index("actor.actor_type", 4)?))
     );
-    col!("actor_id", r.str_ref("actor.id")?);
-    col!("actor_name", r.opt_str_ref("actor.name")?);
-    col!("actor_email", r.opt_str_ref("actor.email")?);
-    col!("actor_ip", r.opt_str_ref("actor.ip")?);
-    col!("actor_user_agent", r.opt_str_ref("actor.user_agent")?);
-    col!("actor_session_id", r.opt_str_ref("actor.session_id")?);
-    col!("actor_roles", Strings::scan(r, "actor.roles", false)?);
-    col!("tenant_id", r.opt_str_ref("tenant.tenant_id")?);
-    col!("team_id", r.opt_str_ref("tenant.team_id")?);
-    col!("team_name", r.opt_str_ref("tenant.team_name")?);
-    col!("project_id", r.opt_str_ref("tenant.project_id")?);
-    col!("business_unit", r.opt_str_ref("tenant.business_unit")?);
-    col!("cost_center", r.opt_str_ref("tenant.cost_center")?);
+    col!(st, "actor_id", r.str_ref("actor.id")?);
+    col!(st, "actor_name", r.opt_str_ref("actor.name")?);
+    col!(st, "actor_email", r.opt_str_ref("actor.email")?);
+    col!(st, "actor_ip", r.opt_str_ref("actor.ip")?);
+    col!(st, "actor_user_agent", r.opt_str_ref("actor.user_agent")?);
+    col!(st, "actor_session_id", r.opt_str_ref("actor.session_id")?);
+    col!(st, "actor_roles", Strings::scan(r, "actor.roles", false)?);
+    col!(st, "tenant_id", r.opt_str_ref("tenant.tenant_id")?);
+    col!(st, "team_id", r.opt_str_ref("tenant.team_id")?);
+    col!(st, "team_name", r.opt_str_ref("tenant.team_name")?);
+    col!(st, "project_id", r.opt_str_ref("tenant.project_id")?);
+    col!(st, "business_unit", r.opt_str_ref("tenant.business_unit")?);
+    col!(st, "cost_center", r.opt_str_ref("tenant.cost_center")?);
     col!(
+        st,
         "enriched",
         u8::from(r.boolean("tenant.enrichment.enriched")?)
     );
     col!(
+        st,
         "user_found",
         u8::from(r.boolean("tenant.enrichment.user_found")?)
     );
     col!(
+        st,
         "team_found",
         u8::from(r.boolean("tenant.enrichment.team_found")?)
     );
+    Ok(())
+}
+
+/// The event's fields from `target` to `performance`: all but the head, the actor and tenant,
+/// and the attributes.
+pub(crate) fn event_middle<T: SerializeStruct>(
+    r: &mut Reader<'_>,
+    st: &mut T,
+) -> Result<(), Walk<T::Error>> {
     if r.branch("target")? {
-        col!("target_type", Some(r.str_ref("target.target_type")?));
-        col!("target_id", Some(r.str_ref("target.id")?));
-        col!("target_name", r.opt_str_ref("target.name")?);
+        col!(st, "target_type", Some(r.str_ref("target.target_type")?));
+        col!(st, "target_id", Some(r.str_ref("target.id")?));
+        col!(st, "target_name", r.opt_str_ref("target.name")?);
     } else {
-        col!("target_type", None::<&str>);
-        col!("target_id", None::<&str>);
-        col!("target_name", None::<&str>);
+        col!(st, "target_type", None::<&str>);
+        col!(st, "target_id", None::<&str>);
+        col!(st, "target_name", None::<&str>);
     }
-    col!("action_verb", r.str_ref("action.verb")?);
-    col!("action_description", r.opt_str_ref("action.description")?);
-    col!("action_status", r.opt_str_ref("action.status")?);
-    col!("action_error", r.opt_str_ref("action.error")?);
-    col!("trace_id", r.opt_str_ref("trace.trace_id")?);
-    col!("span_id", r.opt_str_ref("trace.span_id")?);
-    col!("parent_span_id", r.opt_str_ref("trace.parent_span_id")?);
-    col!("request_id", r.opt_str_ref("request_id")?);
-    col!("parent_event_id", r.opt_str_ref("parent_event_id")?);
-    col!("reason", r.opt_str_ref("reason")?);
-    col!("payload_json", r.opt_str_ref("data.payload_json")?);
-    col!("result_json", r.opt_str_ref("data.result_json")?);
-    col!("metadata_json", r.opt_str_ref("data.metadata_json")?);
-    col!("before_json", r.opt_str_ref("data.before_json")?);
-    col!("after_json", r.opt_str_ref("data.after_json")?);
-    col!("changes", Strings::scan(r, "data.changes", false)?);
+    col!(st, "action_verb", r.str_ref("action.verb")?);
+    col!(
+        st,
+        "action_description",
+        r.opt_str_ref("action.description")?
+    );
+    col!(st, "action_status", r.opt_str_ref("action.status")?);
+    col!(st, "action_error", r.opt_str_ref("action.error")?);
+    col!(st, "trace_id", r.opt_str_ref("trace.trace_id")?);
+    col!(st, "span_id", r.opt_str_ref("trace.span_id")?);
+    col!(st, "parent_span_id", r.opt_str_ref("trace.parent_span_id")?);
+    col!(st, "request_id", r.opt_str_ref("request_id")?);
+    col!(st, "parent_event_id", r.opt_str_ref("parent_event_id")?);
+    col!(st, "reason", r.opt_str_ref("reason")?);
+    col!(st, "payload_json", r.opt_str_ref("data.payload_json")?);
+    col!(st, "result_json", r.opt_str_ref("data.result_json")?);
+    col!(st, "metadata_json", r.opt_str_ref("data.metadata_json")?);
+    col!(st, "before_json", r.opt_str_ref("data.before_json")?);
+    col!(st, "after_json", r.opt_str_ref("data.after_json")?);
+    col!(st, "changes", Strings::scan(r, "data.changes", false)?);
     // An absent sub-record is its `has_*` flag at 0 and its columns null or empty, as
     // `from_chained_owned` writes its `Default`.
     let ai = r.branch("ai")?;
-    col!("has_ai", u8::from(ai));
+    col!(st, "has_ai", u8::from(ai));
     if ai {
-        col!("ai_agent_type", r.opt_str_ref("ai.agent_type")?);
-        col!("ai_model", r.opt_str_ref("ai.model")?);
-        col!("ai_prompt_tokens", r.opt_long("ai.prompt_tokens")?);
-        col!("ai_completion_tokens", r.opt_long("ai.completion_tokens")?);
-        col!("ai_confidence", r.opt_double("ai.confidence")?);
-        col!("ai_reasoning", r.opt_str_ref("ai.reasoning")?);
-        col!("ai_tools", Strings::scan(r, "ai.tools", false)?);
-        col!("ai_execution_time_ms", r.opt_long("ai.execution_time_ms")?);
+        col!(st, "ai_agent_type", r.opt_str_ref("ai.agent_type")?);
+        col!(st, "ai_model", r.opt_str_ref("ai.model")?);
+        col!(st, "ai_prompt_tokens", r.opt_long("ai.prompt_tokens")?);
+        col!(
+            st,
+            "ai_completion_tokens",
+            r.opt_long("ai.completion_tokens")?
+        );
+        col!(st, "ai_confidence", r.opt_double("ai.confidence")?);
+        col!(st, "ai_reasoning", r.opt_str_ref("ai.reasoning")?);
+        col!(st, "ai_tools", Strings::scan(r, "ai.tools", false)?);
+        col!(
+            st,
+            "ai_execution_time_ms",
+            r.opt_long("ai.execution_time_ms")?
+        );
     } else {
-        col!("ai_agent_type", None::<&str>);
-        col!("ai_model", None::<&str>);
-        col!("ai_prompt_tokens", None::<i64>);
-        col!("ai_completion_tokens", None::<i64>);
-        col!("ai_confidence", None::<f64>);
-        col!("ai_reasoning", None::<&str>);
-        col!("ai_tools", NO_STRINGS);
-        col!("ai_execution_time_ms", None::<i64>);
+        col!(st, "ai_agent_type", None::<&str>);
+        col!(st, "ai_model", None::<&str>);
+        col!(st, "ai_prompt_tokens", None::<i64>);
+        col!(st, "ai_completion_tokens", None::<i64>);
+        col!(st, "ai_confidence", None::<f64>);
+        col!(st, "ai_reasoning", None::<&str>);
+        col!(st, "ai_tools", NO_STRINGS);
+        col!(st, "ai_execution_time_ms", None::<i64>);
     }
     let compliance = r.branch("compliance")?;
-    col!("has_compliance", u8::from(compliance));
+    col!(st, "has_compliance", u8::from(compliance));
     if compliance {
         col!(
+            st,
             "compliance_regulations",
             Strings::scan(r, "compliance.regulations", false)?
         );
         col!(
+            st,
             "compliance_traffic_light",
             r.opt_str_ref("compliance.traffic_light")?
         );
         col!(
+            st,
             "compliance_issues_found",
             r.opt_int("compliance.issues_found")?
         );
         col!(
+            st,
             "compliance_critical_issues",
             r.opt_int("compliance.critical_issues")?
         );
         col!(
+            st,
             "compliance_findings_json",
             r.opt_str_ref("compliance.findings_json")?
         );
     } else {
-        col!("compliance_regulations", NO_STRINGS);
-        col!("compliance_traffic_light", None::<&str>);
-        col!("compliance_issues_found", None::<i32>);
-        col!("compliance_critical_issues", None::<i32>);
-        col!("compliance_findings_json", None::<&str>);
+        col!(st, "compliance_regulations", NO_STRINGS);
+        col!(st, "compliance_traffic_light", None::<&str>);
+        col!(st, "compliance_issues_found", None::<i32>);
+        col!(st, "compliance_critical_issues", None::<i32>);
+        col!(st, "compliance_findings_json", None::<&str>);
     }
     let security = r.branch("security")?;
-    col!("has_security", u8::from(security));
+    col!(st, "has_security", u8::from(security));
     if security {
         col!(
+            st,
             "security_data_classification",
             r.opt_str_ref("security.data_classification")?
         );
         col!(
+            st,
             "security_encryption_used",
             r.opt_bool("security.encryption_used")?.map(u8::from)
         );
         col!(
+            st,
             "security_pii_detected",
             r.opt_bool("security.pii_detected")?.map(u8::from)
         );
         col!(
+            st,
             "security_retention_days",
             r.opt_int("security.retention_days")?
         );
     } else {
-        col!("security_data_classification", None::<&str>);
-        col!("security_encryption_used", None::<u8>);
-        col!("security_pii_detected", None::<u8>);
-        col!("security_retention_days", None::<i32>);
+        col!(st, "security_data_classification", None::<&str>);
+        col!(st, "security_encryption_used", None::<u8>);
+        col!(st, "security_pii_detected", None::<u8>);
+        col!(st, "security_retention_days", None::<i32>);
     }
     let performance = r.branch("performance")?;
-    col!("has_performance", u8::from(performance));
+    col!(st, "has_performance", u8::from(performance));
     if performance {
         col!(
+            st,
             "perf_processing_time_ms",
             r.opt_long("performance.processing_time_ms")?
         );
         col!(
+            st,
             "perf_response_time_ms",
             r.opt_long("performance.response_time_ms")?
         );
         col!(
+            st,
             "perf_db_query_time_ms",
             r.opt_long("performance.db_query_time_ms")?
         );
         col!(
+            st,
             "perf_external_api_time_ms",
             r.opt_long("performance.external_api_time_ms")?
         );
         col!(
+            st,
             "perf_memory_used_mb",
             r.opt_long("performance.memory_used_mb")?
         );
         col!(
+            st,
             "perf_resource_count",
             r.opt_long("performance.resource_count")?
         );
@@ -485,20 +572,15 @@ fn walk<'a, T: SerializeStruct>(
             st.serialize_field(name, &None::<i64>).map_err(Walk::Ser)?;
         }
     }
+    Ok(())
+}
+
+/// The event's `attributes` (its last field), as two columns.
+fn attributes<T: SerializeStruct>(r: &mut Reader<'_>, st: &mut T) -> Result<(), Walk<T::Error>> {
     let attributes = Strings::scan(r, "attributes", true)?;
-    col!("attribute_keys", attributes);
-    col!("attribute_values", attributes.values());
-    Ok(RowKeys {
-        chain_partition,
-        seq,
-        prev_hash,
-        hash,
-        canonical_version,
-        category,
-        event_time_us,
-        event_time,
-        receive_time_us,
-    })
+    col!(st, "attribute_keys", attributes);
+    col!(st, "attribute_values", attributes.values());
+    Ok(())
 }
 
 /// An empty `Vec<String>` column, as an absent sub-record's `Default` serializes it.

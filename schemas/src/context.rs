@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::SchemaError;
-use crate::event::{AuditEvent, KeyValue};
+use crate::event::{Actor, AuditEvent, KeyValue, TenantContext};
 
 /// Attribute in which enrich records the user's department. The event model has no department
 /// field; an attribute keeps the Avro schema (and so every canonical encoding) unchanged, and
@@ -127,31 +127,47 @@ pub fn apply_context(
     user: Option<&UserContext>,
     team: Option<&TeamContext>,
 ) {
+    apply_to_parts(
+        &mut event.actor,
+        &mut event.tenant,
+        &mut event.attributes,
+        user,
+        team,
+    );
+}
+
+/// [`apply_context`] on the only fields it writes (`crate::enrich_splice` holds just those).
+pub(crate) fn apply_to_parts(
+    actor: &mut Actor,
+    tenant: &mut TenantContext,
+    attributes: &mut Vec<KeyValue>,
+    user: Option<&UserContext>,
+    team: Option<&TeamContext>,
+) {
     if let Some(u) = user {
-        fill(&mut event.actor.name, Some(&u.name));
-        event.actor.email = Some(u.email.clone());
+        fill(&mut actor.name, Some(&u.name));
+        actor.email = Some(u.email.clone());
         let mut roles = u.roles.clone();
         roles.sort_unstable();
         roles.dedup();
-        event.actor.roles = roles;
+        actor.roles = roles;
         // The user's team is a fallback for events that name no team.
-        fill(&mut event.tenant.team_id, u.team_id.as_ref());
+        fill(&mut tenant.team_id, u.team_id.as_ref());
         // Identity-owned like email: the directory's value wins over a producer's attribute.
         if let Some(d) = &u.department {
-            set_attribute(&mut event.attributes, DEPARTMENT_ATTRIBUTE, d);
+            set_attribute(attributes, DEPARTMENT_ATTRIBUTE, d);
         }
     }
     if let Some(t) = team {
-        let t_ = &mut event.tenant;
-        fill(&mut t_.team_name, Some(&t.name));
-        fill(&mut t_.tenant_id, t.tenant_id.as_ref());
-        fill(&mut t_.project_id, t.project_id.as_ref());
-        fill(&mut t_.business_unit, t.business_unit.as_ref());
-        fill(&mut t_.cost_center, t.cost_center.as_ref());
+        fill(&mut tenant.team_name, Some(&t.name));
+        fill(&mut tenant.tenant_id, t.tenant_id.as_ref());
+        fill(&mut tenant.project_id, t.project_id.as_ref());
+        fill(&mut tenant.business_unit, t.business_unit.as_ref());
+        fill(&mut tenant.cost_center, t.cost_center.as_ref());
     }
-    event.tenant.enrichment.enriched = true;
-    event.tenant.enrichment.user_found = user.is_some();
-    event.tenant.enrichment.team_found = team.is_some();
+    tenant.enrichment.enriched = true;
+    tenant.enrichment.user_found = user.is_some();
+    tenant.enrichment.team_found = team.is_some();
 }
 
 #[cfg(test)]

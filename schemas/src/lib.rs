@@ -13,6 +13,7 @@ pub mod chained_row;
 pub mod checkpoint_record;
 pub mod context;
 pub mod dedup;
+pub mod enrich_splice;
 pub mod error;
 pub mod event;
 pub mod flat;
