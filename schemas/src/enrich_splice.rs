@@ -256,7 +256,7 @@ mod tests {
         /// Arrays in any blocks (negative counts with byte sizes included): the decoding path's
         /// bytes whenever the datum is taken. A copied array in several blocks is not taken.
         #[test]
-        fn reblocked_events_are_spliced_only_when_unchanged(
+        fn reblocked_events_give_the_decoding_paths_bytes_when_spliced(
             e in arb_audit_event().boxed(),
             seed in any::<u64>(),
             user in arb_user(),
@@ -269,7 +269,7 @@ mod tests {
         /// Corrupted bytes (cuts, inserts, flipped bytes, hostile varints): a splice only of
         /// bytes that decode, and then the decoding path's output.
         #[test]
-        fn corrupted_events_are_spliced_only_when_they_are_an_encoding(
+        fn corrupted_events_are_spliced_only_when_they_decode(
             e in arb_audit_event().boxed(),
             ms in vec(mutation(), 1..4),
             user in arb_user(),
