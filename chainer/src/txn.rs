@@ -40,8 +40,9 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use rdkafka::{Offset, TopicPartitionList};
+use worker_runtime::kafka::ack_producer::{AckFuture, AckProducer};
 use worker_runtime::kafka::{AuditConsumer, KafkaArgs};
 
 use crate::error::Error;
@@ -311,7 +312,7 @@ pub trait Transactional: Send + Sync + 'static {
 /// The real thing: librdkafka's transactional producer and the group consumer.
 #[derive(Clone)]
 pub struct KafkaTransactions {
-    producer: FutureProducer,
+    producer: AckProducer,
     consumer: Arc<AuditConsumer>,
 }
 
@@ -322,7 +323,7 @@ impl std::fmt::Debug for KafkaTransactions {
 }
 
 impl KafkaTransactions {
-    pub fn new(producer: FutureProducer, consumer: Arc<AuditConsumer>) -> Self {
+    pub fn new(producer: AckProducer, consumer: Arc<AuditConsumer>) -> Self {
         KafkaTransactions { producer, consumer }
     }
 }
@@ -333,7 +334,7 @@ fn classify(r: Result<(), KafkaError>) -> Result<(), TxnError> {
 
 impl Transactional for KafkaTransactions {
     type Group = ConsumerGroupMetadata;
-    type Delivery = DeliveryFuture;
+    type Delivery = AckFuture;
 
     fn init_transactions(&self, timeout: Duration) -> Result<(), TxnError> {
         classify(self.producer.init_transactions(timeout))
@@ -343,7 +344,7 @@ impl Transactional for KafkaTransactions {
         classify(self.producer.begin_transaction())
     }
 
-    fn produce(&self, r: &Outgoing<'_>) -> Result<DeliveryFuture, KafkaError> {
+    fn produce(&self, r: &Outgoing<'_>) -> Result<AckFuture, KafkaError> {
         let mut fr: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(r.topic);
         if let Some(p) = r.partition {
             fr = fr.partition(p);

@@ -43,6 +43,8 @@ pub struct Options {
     /// perf's call-graph mode: `fp` (small files; librdkafka's C frames) or `dwarf` (Rust's
     /// inlined frames too, at megabytes per second).
     pub perf_call_graph: String,
+    /// perf's sampling frequency, Hz.
+    pub perf_freq: u32,
     /// The broker's pid file (its CPU is reported beside each process's).
     pub broker_pid_file: PathBuf,
     /// librdkafka properties (`key=value`) given to every worker and raw path on top of the
@@ -294,7 +296,7 @@ async fn measure(
                 perf = Some(
                     tokio::process::Command::new("perf")
                         .args(["record", "--call-graph", &opts.perf_call_graph])
-                        .args(["-F", "999", "-o"])
+                        .args(["-F", &opts.perf_freq.to_string(), "-o"])
                         .arg(file)
                         .args(["-p", &child.pid])
                         .stdin(Stdio::null())

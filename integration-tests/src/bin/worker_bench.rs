@@ -103,6 +103,10 @@ struct Args {
     /// or `dwarf` (Rust's inlined frames too, at megabytes of samples per second).
     #[arg(long, default_value = "fp")]
     perf_call_graph: String,
+    /// perf's sampling frequency for `--perf`, Hz (more samples for a short run; dwarf
+    /// call graphs at 5000 Hz write tens of megabytes a second).
+    #[arg(long, default_value_t = 999)]
+    perf_freq: u32,
     /// An extra librdkafka property `key=value` for every worker and raw path (repeatable).
     #[arg(long = "kafka-property")]
     kafka_property: Vec<String>,
@@ -325,6 +329,7 @@ fn child(args: &Args) -> ExitCode {
         log_dir: stack_dir.join("worker-bench-logs"),
         perf,
         perf_call_graph: args.perf_call_graph.clone(),
+        perf_freq: args.perf_freq,
         broker_pid_file: stack_dir.join("run/kafka.pid"),
         kafka_properties: args.kafka_property.clone(),
     };

@@ -21,22 +21,27 @@ pub type AuditConsumer = StreamConsumer<TrackingContext>;
 #[derive(Debug, Default)]
 pub struct RebalanceState {
     next_epoch: AtomicU64,
-    /// (topic, partition) → epoch of its current assignment; absent = not assigned.
-    assigned: Mutex<HashMap<(String, i32), u64>>,
+    /// topic → partition → epoch of its current assignment; absent = not assigned. Keyed by
+    /// topic first so that the per-record lookup ([`Self::epoch`]) borrows the topic instead of
+    /// building a `(String, i32)` key.
+    assigned: Mutex<HashMap<String, HashMap<i32, u64>>>,
 }
 
 impl RebalanceState {
     /// The epoch of `tp`'s current assignment, or `None` if it is not assigned to us.
     pub fn epoch(&self, topic: &str, partition: i32) -> Option<u64> {
-        self.lock().get(&(topic.to_owned(), partition)).copied()
+        self.lock().get(topic)?.get(&partition).copied()
     }
 
     /// Currently assigned partitions with their epochs.
     pub fn assigned(&self) -> Vec<((String, i32), u64)> {
-        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.lock()
+            .iter()
+            .flat_map(|(t, ps)| ps.iter().map(move |(p, e)| ((t.clone(), *p), *e)))
+            .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<i32, u64>>> {
         // A poisoned lock only means a callback panicked mid-update; the map is still usable.
         self.assigned.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -45,14 +50,21 @@ impl RebalanceState {
         let mut map = self.lock();
         for e in tpl.elements() {
             let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed) + 1;
-            map.insert((e.topic().to_owned(), e.partition()), epoch);
+            map.entry(e.topic().to_owned())
+                .or_default()
+                .insert(e.partition(), epoch);
         }
     }
 
     fn on_revoke(&self, tpl: &TopicPartitionList) {
         let mut map = self.lock();
         for e in tpl.elements() {
-            map.remove(&(e.topic().to_owned(), e.partition()));
+            if let Some(ps) = map.get_mut(e.topic()) {
+                ps.remove(&e.partition());
+                if ps.is_empty() {
+                    map.remove(e.topic());
+                }
+            }
         }
     }
 }
@@ -418,5 +430,52 @@ mod memory_caps_tests {
         assert_eq!(cfg.get("fetch.wait.max.ms"), Some("7"));
         assert_eq!(args.property("fetch.max.bytes"), Some("9000000"));
         assert_eq!(args.property("nope"), None);
+    }
+}
+
+#[cfg(test)]
+mod rebalance_state_tests {
+    use super::*;
+
+    fn tpl(parts: &[(&str, i32)]) -> TopicPartitionList {
+        let mut l = TopicPartitionList::new();
+        for (t, p) in parts {
+            l.add_partition(t, *p);
+        }
+        l
+    }
+
+    #[test]
+    fn every_assignment_gets_a_new_epoch_and_a_revoke_forgets_only_its_partitions() {
+        let s = RebalanceState::default();
+        assert_eq!(s.epoch("a", 0), None);
+        s.on_assign(&tpl(&[("a", 0), ("a", 1), ("b", 0)]));
+        let (a0, a1, b0) = (s.epoch("a", 0), s.epoch("a", 1), s.epoch("b", 0));
+        assert!(a0.is_some() && a1.is_some() && b0.is_some());
+        assert_ne!(a0, a1);
+        assert_ne!(a1, b0);
+        assert_eq!(s.epoch("a", 2), None, "partition not assigned");
+        assert_eq!(s.epoch("c", 0), None, "topic not assigned");
+
+        s.on_revoke(&tpl(&[("a", 0)]));
+        assert_eq!(s.epoch("a", 0), None);
+        assert_eq!(s.epoch("a", 1), a1, "the other partitions keep their epoch");
+        assert_eq!(s.epoch("b", 0), b0);
+
+        // Revoke-then-assign of the same partition is a new epoch, above every earlier one.
+        s.on_assign(&tpl(&[("a", 0)]));
+        let again = s.epoch("a", 0).expect("assigned again");
+        assert!(again > a0.max(a1).max(b0).expect("epochs"));
+
+        s.on_revoke(&tpl(&[("b", 0)]));
+        let mut assigned = s.assigned();
+        assigned.sort();
+        assert_eq!(
+            assigned,
+            vec![
+                (("a".to_owned(), 0), again),
+                (("a".to_owned(), 1), a1.expect("a1"))
+            ]
+        );
     }
 }

@@ -27,13 +27,13 @@
 //! Not used with transactions: a transaction's commit flushes librdkafka's queue, and records
 //! held here would miss it (`Producer` bypasses the gate when `transactional.id` is set).
 
+use super::ack_producer::AckProducer;
 use futures::channel::oneshot;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -159,7 +159,7 @@ pub(crate) struct Closed;
 impl Gate {
     /// Starts the gate's task on the current runtime.
     pub fn start(
-        producer: FutureProducer,
+        producer: AckProducer,
         limits: WaveLimits,
         handle: &tokio::runtime::Handle,
     ) -> Gate {
@@ -211,7 +211,7 @@ struct LaneState {
 }
 
 struct State {
-    producer: FutureProducer,
+    producer: AckProducer,
     stats: Arc<Counters>,
     limits: WaveLimits,
     lanes: HashMap<Lane, LaneState>,
@@ -219,7 +219,7 @@ struct State {
 }
 
 async fn run(
-    producer: FutureProducer,
+    producer: AckProducer,
     limits: WaveLimits,
     mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<Counters>,

@@ -1,6 +1,7 @@
 //! Kafka plumbing: client settings, topics, producer, consumer with rebalance tracking, offset
 //! bookkeeping, the at-least-once pipeline loop, dead-letter records, admin and tail reads.
 
+pub mod ack_producer;
 pub mod admin;
 pub mod consumer;
 pub mod dlq;

@@ -12,9 +12,11 @@
 //! processed elsewhere, and their offsets would be stale).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
-/// (topic, partition)
-pub type TopicPartition = (String, i32);
+/// (topic, partition). The topic's name is shared: a record's completion carries it, and a
+/// clone per record must not copy the name.
+pub type TopicPartition = (Arc<str>, i32);
 
 #[derive(Debug, Default)]
 struct PartitionOffsets {
@@ -39,6 +41,7 @@ impl OffsetTracker {
     /// Marks `offset` as in flight. Offsets of a partition must be begun in increasing order
     /// (the order the consumer delivers them). A new `epoch` resets the partition.
     pub fn begin(&mut self, tp: &TopicPartition, offset: i64, epoch: u64) {
+        // A clone of `tp` shares the topic's name (no copy per record).
         let p = self
             .partitions
             .entry(tp.clone())
@@ -95,7 +98,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn tp() -> TopicPartition {
-        ("t".to_string(), 0)
+        (Arc::from("t"), 0)
     }
 
     #[test]

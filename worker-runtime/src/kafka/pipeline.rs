@@ -204,6 +204,24 @@ struct Loop {
     backoff: Duration,
     /// A delivery failed and no delivery has succeeded since.
     degraded: bool,
+    /// The names of the topics read so far, shared by the records' [`TopicPartition`]s.
+    topics: Vec<Arc<str>>,
+}
+
+impl Loop {
+    /// `input`'s partition, its topic's name shared rather than copied (a worker reads one or
+    /// two topics; a linear search beats hashing the name).
+    fn topic_partition(&mut self, input: &InputRecord) -> TopicPartition {
+        let topic = match self.topics.iter().find(|t| ***t == *input.topic) {
+            Some(t) => t.clone(),
+            None => {
+                let t: Arc<str> = Arc::from(input.topic.as_str());
+                self.topics.push(t.clone());
+                t
+            }
+        };
+        (topic, input.partition)
+    }
 }
 
 /// [`run`] with explicit watchdog settings: `LivenessSettings::for_consumer(&config.kafka,
@@ -243,6 +261,7 @@ pub async fn run_with_liveness<P: Processor>(
         },
         backoff: Duration::from_secs(1),
         degraded: false,
+        topics: Vec::new(),
     };
     let restart = Arc::new(Notify::new());
     let watchdog_stop = shutdown.child();
@@ -379,7 +398,7 @@ async fn handle<P: Processor>(
     input: InputRecord,
 ) -> Result<(), Fault> {
     let stage = settings.stage;
-    let tp = (input.topic.clone(), input.partition);
+    let tp = st.topic_partition(&input);
     let Some(epoch) = rebalance.epoch(&input.topic, input.partition) else {
         // A record of a partition revoked since it was fetched: its new owner will read it
         // again.
@@ -470,7 +489,7 @@ async fn dead_letter_seen(
     input: &InputRecord,
     epoch: u64,
 ) -> Result<bool, Fault> {
-    let tp = (input.topic.clone(), input.partition);
+    let tp = st.topic_partition(input);
     let fresh = st
         .dead_letters
         .known

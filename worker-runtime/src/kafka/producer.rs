@@ -15,6 +15,7 @@
 //! librdkafka's queue, where waiting made its broker thread spin. With the gate doing the
 //! batching under load, `linger.ms` is 5 ms (50 without it).
 
+use super::ack_producer::{AckFuture, AckProducer};
 use super::gate::{empty_message, Gate, GatedRecord, WaveLimits};
 pub use super::gate::{GateStats, HELD_METRIC};
 use super::record::OutputRecord;
@@ -23,7 +24,7 @@ use crate::error::RuntimeError;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::producer::{FutureRecord, Producer as _};
 use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
@@ -54,7 +55,7 @@ pub struct Delivered {
 
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: AckProducer,
     /// The settings it was made with, to make a fresh one after a fatal error ([`Self::recreate`]).
     /// Shared: a clone of the producer must not copy the settings' map (the chainer takes a
     /// clone per record from its `ProducerSlot`; copying ~20 strings each time was 3.5% of its
@@ -82,8 +83,7 @@ impl Producer {
         config: rdkafka::ClientConfig,
         delivery_timeout: Duration,
     ) -> Result<Self, RuntimeError> {
-        let inner: FutureProducer = config
-            .create()
+        let inner = AckProducer::from_config(&config)
             .map_err(|e| RuntimeError::kafka("creating producer", e))?;
         let gate = match tokio::runtime::Handle::try_current() {
             Ok(handle) if gated(&config) => Some(Gate::start(
@@ -112,7 +112,7 @@ impl Producer {
     }
 
     /// Puts this producer's delivery deadline on a future from [`Self::inner`]'s `send_result`.
-    pub fn track(&self, delivery: DeliveryFuture) -> PendingDelivery {
+    pub fn track(&self, delivery: AckFuture) -> PendingDelivery {
         PendingDelivery::new(delivery, self.delivery_timeout)
     }
 
@@ -300,13 +300,13 @@ impl Producer {
             .map_err(|e| RuntimeError::kafka("flushing producer", e))
     }
 
-    pub fn inner(&self) -> &FutureProducer {
+    pub fn inner(&self) -> &AckProducer {
         &self.inner
     }
 }
 
 /// A record's acknowledgement, failed with `MessageTimedOut` once the producer's delivery
-/// deadline passed. Resolves like rdkafka's [`DeliveryFuture`].
+/// deadline passed. Resolves like rdkafka's `DeliveryFuture`.
 #[must_use = "a delivery does nothing unless awaited"]
 pub struct PendingDelivery {
     inner: Ack,
@@ -326,12 +326,12 @@ impl std::fmt::Debug for PendingDelivery {
 
 /// Where the acknowledgement comes from: librdkafka, or the send gate that forwards it.
 enum Ack {
-    Direct(DeliveryFuture),
+    Direct(AckFuture),
     Gated(futures::channel::oneshot::Receiver<OwnedDeliveryResult>),
 }
 
 impl PendingDelivery {
-    pub fn new(inner: DeliveryFuture, timeout: Duration) -> Self {
+    pub fn new(inner: AckFuture, timeout: Duration) -> Self {
         PendingDelivery {
             inner: Ack::Direct(inner),
             deadline: Instant::now() + timeout,
@@ -394,7 +394,7 @@ pub struct SendParts<'a> {
 }
 
 impl Future for PendingDelivery {
-    type Output = <DeliveryFuture as Future>::Output;
+    type Output = <AckFuture as Future>::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -421,7 +421,7 @@ impl Future for PendingDelivery {
 
 /// Resolves a delivery future into where the record landed, or the broker's error.
 pub async fn await_delivery(
-    delivery: impl Future<Output = <DeliveryFuture as Future>::Output>,
+    delivery: impl Future<Output = <AckFuture as Future>::Output>,
     topic: &str,
 ) -> Result<Delivered, RuntimeError> {
     match delivery.await {
