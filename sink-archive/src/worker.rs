@@ -520,13 +520,9 @@ impl Worker {
         metrics::histogram!("audit_sink_batch_records", "stage" => STAGE)
             .record(seg.times.len() as f64);
         let now = worker_runtime::telemetry::now_us();
+        let latency = worker_runtime::telemetry::StoredLatency::new("archive");
         for (event_time, receive_time) in seg.times {
-            worker_runtime::telemetry::record_stored_latency(
-                "archive",
-                event_time,
-                receive_time,
-                now,
-            );
+            latency.record(event_time, receive_time, now);
         }
         if let Some(state) = self.states.get_mut(&p) {
             state.stored(stored.key.last_seq, stored.meta.map(|m| m.last_hash));

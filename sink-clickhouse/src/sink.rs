@@ -450,14 +450,10 @@ impl SinkLoop {
             .record(took.as_secs_f64());
         metrics::histogram!("audit_sink_batch_records", "stage" => STAGE).record(rows as f64);
         let now = telemetry::now_us();
+        let latency = telemetry::StoredLatency::new("clickhouse");
         for ((p, full), outcome) in held.iter().zip(outcomes) {
             for e in &full.entries {
-                telemetry::record_stored_latency(
-                    "clickhouse",
-                    e.event_time_us,
-                    e.receive_time_us,
-                    now,
-                );
+                latency.record(e.event_time_us, e.receive_time_us, now);
             }
             if let Some(seq) = outcome.max_seq {
                 let high = self.stored_high.entry(*p).or_insert(seq);

@@ -179,19 +179,36 @@ fn prometheus_builder() -> PrometheusBuilder {
 /// time, to stored (labels `sink`, `from`).
 pub const END_TO_END_LATENCY: &str = "audit_end_to_end_latency_seconds";
 
-/// Records one stored event's end-to-end latency ([`END_TO_END_LATENCY`]) at `now_us`. Times
-/// in microseconds since the epoch; a time in the future (clock skew) counts as zero.
-pub fn record_stored_latency(
-    sink: &'static str,
-    event_time_us: i64,
-    receive_time_us: i64,
-    now_us: i64,
-) {
-    let secs = |from: i64| (now_us.saturating_sub(from)).max(0) as f64 / 1e6;
-    metrics::histogram!(END_TO_END_LATENCY, "sink" => sink, "from" => "event_time")
-        .record(secs(event_time_us));
-    metrics::histogram!(END_TO_END_LATENCY, "sink" => sink, "from" => "receive_time")
-        .record(secs(receive_time_us));
+/// The end-to-end latency histograms ([`END_TO_END_LATENCY`]) of one sink, looked up once: a
+/// sink records every stored event, and a `histogram!` per event built its labels and searched
+/// the registry for them (4% of sink-clickhouse's samples under `perf`).
+#[derive(Clone)]
+pub struct StoredLatency {
+    from_event_time: metrics::Histogram,
+    from_receive_time: metrics::Histogram,
+}
+
+impl StoredLatency {
+    pub fn new(sink: &'static str) -> Self {
+        StoredLatency {
+            from_event_time: metrics::histogram!(END_TO_END_LATENCY, "sink" => sink, "from" => "event_time"),
+            from_receive_time: metrics::histogram!(END_TO_END_LATENCY, "sink" => sink, "from" => "receive_time"),
+        }
+    }
+
+    /// Records one stored event's latency at `now_us`. Times in microseconds since the epoch; a
+    /// time in the future (clock skew) counts as zero.
+    pub fn record(&self, event_time_us: i64, receive_time_us: i64, now_us: i64) {
+        let secs = |from: i64| (now_us.saturating_sub(from)).max(0) as f64 / 1e6;
+        self.from_event_time.record(secs(event_time_us));
+        self.from_receive_time.record(secs(receive_time_us));
+    }
+}
+
+impl std::fmt::Debug for StoredLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredLatency").finish_non_exhaustive()
+    }
 }
 
 /// Microseconds since the Unix epoch, by the wall clock (0 before 1970).
@@ -199,4 +216,36 @@ pub fn now_us() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod stored_latency_tests {
+    use super::*;
+
+    #[test]
+    fn each_stored_event_is_counted_once_per_clock_with_skew_as_zero() {
+        let recorder = prometheus_builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let latency = StoredLatency::new("test_sink");
+            let now = 10_000_000;
+            // 2 s since the event, 0.5 s since it was received.
+            latency.record(now - 2_000_000, now - 500_000, now);
+            // Both in the future: zero.
+            latency.record(now + 5_000_000, now + 1, now);
+        });
+        let text = handle.render();
+        let series = |from: &str, suffix: &str| {
+            let key =
+                format!("{END_TO_END_LATENCY}_{suffix}{{sink=\"test_sink\",from=\"{from}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+                .to_owned()
+        };
+        assert_eq!(series("event_time", "count"), "2");
+        assert_eq!(series("event_time", "sum"), "2");
+        assert_eq!(series("receive_time", "count"), "2");
+        assert_eq!(series("receive_time", "sum"), "0.5");
+    }
 }

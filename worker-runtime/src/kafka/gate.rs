@@ -260,10 +260,10 @@ async fn run(
         }
     }
     // Every handle is gone: what is held or in flight fails (`Canceled`) for its caller, as
-    // a dropped producer's queue does. librdkafka's destructor waits: not on the runtime.
+    // a dropped producer's queue does. Dropping the producer does not block (`AckProducer`:
+    // its polling thread destroys the client).
     drop(inflight);
-    let producer = st.producer;
-    tokio::task::spawn_blocking(move || drop(producer));
+    drop(st.producer);
 }
 
 type Inflight = FuturesUnordered<
