@@ -462,8 +462,8 @@ pub async fn run_with_status(
                 t,
             );
             if let Err(e) = transactor.init().await {
-                // A transactional producer left mid-call may block in its destructor: let it
-                // go on a thread of its own rather than on the runtime.
+                // The consumer's close waits for its group coordinator: let the clients go on
+                // a thread of its own rather than on the runtime.
                 std::thread::spawn(move || drop((transactor, producer)));
                 shutdown.trigger();
                 let _ = tasks.join(drain).await;
