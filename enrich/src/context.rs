@@ -269,10 +269,9 @@ impl ContextCaches {
             id => self.user(id).await,
         };
         let team_id = non_empty(team_id)
-            .or_else(|| user.as_ref().and_then(|u| non_empty(u.team_id.as_deref())))
-            .map(str::to_owned);
+            .or_else(|| user.as_ref().and_then(|u| non_empty(u.team_id.as_deref())));
         let team = match team_id {
-            Some(id) => self.team(&id).await,
+            Some(id) => self.team(id).await,
             None => None,
         };
         (user, team)

@@ -46,8 +46,64 @@ pub struct AckContext;
 
 impl ClientContext for AckContext {}
 
+/// Where a record's acknowledgement goes: the oneshot its sender waits on and, for a record of
+/// the send gate, the gate's notice that the record's lane has one record fewer in flight.
+#[derive(Debug)]
+pub struct AckReply {
+    tx: oneshot::Sender<OwnedDeliveryResult>,
+    notice: Option<AckNotice>,
+}
+
+/// Tells the send gate that a record of lane `lane` left librdkafka (acknowledged, failed or
+/// dropped unreported), exactly once: when it is dropped. The delivery callback answers the
+/// record's sender directly and then drops this, so an acknowledgement takes one hop to its
+/// sender, not two through the gate's task.
+#[derive(Debug)]
+pub(crate) struct AckNotice {
+    lane: usize,
+    tx: Option<tokio::sync::mpsc::UnboundedSender<usize>>,
+}
+
+impl AckNotice {
+    pub(crate) fn new(lane: usize, tx: tokio::sync::mpsc::UnboundedSender<usize>) -> Self {
+        AckNotice { lane, tx: Some(tx) }
+    }
+}
+
+impl AckReply {
+    /// A reply that answers `tx` and then gives the gate its `notice`.
+    pub(crate) fn noticed(
+        tx: oneshot::Sender<OwnedDeliveryResult>,
+        notice: AckNotice,
+    ) -> Box<AckReply> {
+        Box::new(AckReply {
+            tx,
+            notice: Some(notice),
+        })
+    }
+
+    /// For a record librdkafka refused: its sender gets `error`, and the gate no notice (the
+    /// record was never in flight).
+    pub(crate) fn refuse(self, error: OwnedDeliveryResult) {
+        let AckReply { tx, notice } = self;
+        if let Some(mut notice) = notice {
+            notice.tx = None;
+        }
+        let _ = tx.send(error);
+    }
+}
+
+impl Drop for AckNotice {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            // The gate is gone when its producer is being dropped: nobody counts any more.
+            let _ = tx.send(self.lane);
+        }
+    }
+}
+
 impl ProducerContext for AckContext {
-    type DeliveryOpaque = Box<oneshot::Sender<OwnedDeliveryResult>>;
+    type DeliveryOpaque = Box<AckReply>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, reply: Self::DeliveryOpaque) {
         let owned = match result {
@@ -58,8 +114,11 @@ impl ProducerContext for AckContext {
             }),
             Err((e, m)) => Err((e.clone(), m.detach())),
         };
+        let AckReply { tx, notice } = *reply;
         // The receiver is gone when nobody waits for this record any more (a purge at drop).
-        let _ = reply.send(owned);
+        let _ = tx.send(owned);
+        // Only after the sender has its answer: the gate's flush (`idle`) then implies it.
+        drop(notice);
     }
 }
 
@@ -122,6 +181,26 @@ impl AckProducer {
         P: rdkafka::message::ToBytes + ?Sized,
     {
         let (tx, rx) = oneshot::channel();
+        let reply = Box::new(AckReply { tx, notice: None });
+        match self.send_with(record, reply) {
+            Ok(()) => Ok(AckFuture { rx }),
+            Err((e, back, _)) => Err((e, back)),
+        }
+    }
+
+    /// Enqueues `record`, its acknowledgement going to `reply` (the send gate's records: see
+    /// [`AckReply::noticed`]). A refused record hands `reply` back with it, for another try or
+    /// for [`AckReply::refuse`].
+    #[allow(clippy::result_large_err, clippy::type_complexity)]
+    pub(crate) fn send_with<'a, K, P>(
+        &self,
+        record: FutureRecord<'a, K, P>,
+        reply: Box<AckReply>,
+    ) -> Result<(), (KafkaError, FutureRecord<'a, K, P>, Box<AckReply>)>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
         let base = BaseRecord {
             topic: record.topic,
             partition: record.partition,
@@ -129,10 +208,10 @@ impl AckProducer {
             key: record.key,
             timestamp: record.timestamp,
             headers: record.headers,
-            delivery_opaque: Box::new(tx),
+            delivery_opaque: reply,
         };
         match self.shared.base.send(base) {
-            Ok(()) => Ok(AckFuture { rx }),
+            Ok(()) => Ok(()),
             Err((e, back)) => Err((
                 e,
                 FutureRecord {
@@ -143,6 +222,7 @@ impl AckProducer {
                     timestamp: back.timestamp,
                     headers: back.headers,
                 },
+                back.delivery_opaque,
             )),
         }
     }
@@ -279,5 +359,51 @@ mod tests {
             }
             other => panic!("expected QueueFull with the record, got {:?}", other.err()),
         }
+    }
+
+    #[tokio::test]
+    async fn a_gated_record_notices_its_lane_once_and_a_refused_one_never() {
+        let mut cfg = unreachable_broker();
+        cfg.set("queue.buffering.max.messages", "1");
+        let producer = AckProducer::from_config(&cfg).expect("producer");
+        let (notices, mut noticed) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, first) = oneshot::channel();
+        let reply = AckReply::noticed(tx, AckNotice::new(7, notices.clone()));
+        producer
+            .send_with(
+                FutureRecord::<[u8], [u8]>::to("t").payload(b"1".as_slice()),
+                reply,
+            )
+            .expect("room for one");
+        // The queue is full: the second comes back with its reply, which is refused.
+        let (tx, second) = oneshot::channel();
+        let reply = AckReply::noticed(tx, AckNotice::new(8, notices.clone()));
+        let back = match producer.send_with(
+            FutureRecord::<[u8], [u8]>::to("t").payload(b"2".as_slice()),
+            reply,
+        ) {
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _, back)) => back,
+            other => panic!("expected QueueFull, got {:?}", other.err().map(|e| e.0)),
+        };
+        back.refuse(Err((
+            KafkaError::Canceled,
+            crate::kafka::gate::empty_message(),
+        )));
+        assert!(matches!(second.await, Ok(Err((KafkaError::Canceled, _)))));
+        assert!(
+            noticed.try_recv().is_err(),
+            "a refused record is never in flight"
+        );
+        // The first is purged when the producer goes: its sender hears first, then the gate.
+        drop(producer);
+        match first.await {
+            Ok(Err((KafkaError::MessageProduction(code), _))) => {
+                assert_eq!(code, RDKafkaErrorCode::PurgeQueue)
+            }
+            other => panic!("expected the purge's failure, got {other:?}"),
+        }
+        assert_eq!(noticed.recv().await, Some(7));
+        drop(notices);
+        assert_eq!(noticed.recv().await, None, "one notice per record");
     }
 }

@@ -24,18 +24,21 @@
 //! records (the partitioner picks their partition later): a topic written both ways (no worker
 //! does) keeps no order between its keyed and its explicitly partitioned records.
 //!
+//! An acknowledgement goes from librdkafka's delivery callback straight to the record's sender;
+//! the gate hears of it by a notice carrying the lane's index ([`AckNotice`], sent when the
+//! callback drops it), so its task only does the counting. (Before, each acknowledgement went
+//! through a future of the gate's own and a second oneshot: two allocations, a task wake-up and
+//! a poll per record, for nothing the sender needed.)
+//!
 //! Not used with transactions: a transaction's commit flushes librdkafka's queue, and records
 //! held here would miss it (`Producer` bypasses the gate when `transactional.id` is set).
 
-use super::ack_producer::AckProducer;
+use super::ack_producer::{AckNotice, AckProducer, AckReply};
 use futures::channel::oneshot;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers as _, OwnedHeaders, OwnedMessage, Timestamp};
 use rdkafka::producer::future_producer::OwnedDeliveryResult;
-use std::collections::{HashMap, VecDeque};
-use std::future::Future;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,7 +60,7 @@ const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
 /// A record the gate owns until it submits it.
 #[derive(Debug)]
 pub(crate) struct GatedRecord {
-    pub topic: Arc<str>,
+    pub topic: String,
     pub partition: Option<i32>,
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
@@ -66,10 +69,6 @@ pub(crate) struct GatedRecord {
 }
 
 impl GatedRecord {
-    fn lane(&self) -> Lane {
-        (self.topic.clone(), self.partition)
-    }
-
     /// What librdkafka counts against `batch.size` for it, about: key, value, headers and the
     /// record's framing (varints, attributes, offsets and timestamps deltas: under 40 bytes).
     fn batch_bytes(&self) -> usize {
@@ -117,10 +116,6 @@ impl WaveLimits {
     }
 }
 
-/// Records of one topic partition; `None`: the records of that topic whose partition
-/// librdkafka's partitioner chooses (one lane for all of them).
-type Lane = (Arc<str>, Option<i32>);
-
 enum Cmd {
     Send(GatedRecord, oneshot::Sender<OwnedDeliveryResult>),
     /// Answered once nothing is held or unacknowledged.
@@ -156,6 +151,10 @@ struct Counters {
 #[derive(Debug)]
 pub(crate) struct Closed;
 
+/// A record the gate could not take (its task is gone): the record's topic.
+#[derive(Debug)]
+pub(crate) struct Refused(pub String);
+
 impl Gate {
     /// Starts the gate's task on the current runtime.
     pub fn start(
@@ -181,13 +180,13 @@ impl Gate {
     pub async fn send(
         &self,
         record: GatedRecord,
-    ) -> Result<oneshot::Receiver<OwnedDeliveryResult>, Closed> {
+    ) -> Result<oneshot::Receiver<OwnedDeliveryResult>, Refused> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Cmd::Send(record, reply))
-            .await
-            .map_err(|_| Closed)?;
-        Ok(rx)
+        match self.tx.send(Cmd::Send(record, reply)).await {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::SendError(Cmd::Send(record, _))) => Err(Refused(record.topic)),
+            Err(mpsc::error::SendError(Cmd::Idle(_))) => Err(Refused(String::new())),
+        }
     }
 
     /// Resolves once every record handed over so far is acknowledged (or failed).
@@ -198,8 +197,11 @@ impl Gate {
     }
 }
 
-#[derive(Default)]
+/// The records of one topic partition; `partition: None`: the records of that topic whose
+/// partition librdkafka's partitioner chooses (one lane for all of them).
 struct LaneState {
+    topic: String,
+    partition: Option<i32>,
     /// Submitted to librdkafka, not yet acknowledged.
     unacked: usize,
     /// When the wave in librdkafka began (its first record's submission).
@@ -210,11 +212,23 @@ struct LaneState {
     held: VecDeque<(GatedRecord, oneshot::Sender<OwnedDeliveryResult>)>,
 }
 
+impl LaneState {
+    fn idle(&self) -> bool {
+        self.unacked == 0 && self.held.is_empty()
+    }
+}
+
 struct State {
     producer: AckProducer,
     stats: Arc<Counters>,
     limits: WaveLimits,
-    lanes: HashMap<Lane, LaneState>,
+    /// Every lane written so far, found by its index in the acknowledgements' notices. A
+    /// worker writes a few topics' partitions, so a lane is found by a linear search on
+    /// arrival, which needs no key made per record, and kept once made.
+    lanes: Vec<LaneState>,
+    /// Each submitted record's reply notifies this of its lane when librdkafka is done with
+    /// the record ([`AckNotice`]); the reply itself goes straight to the record's sender.
+    notices: mpsc::UnboundedSender<usize>,
     idle_waiters: Vec<oneshot::Sender<()>>,
 }
 
@@ -224,22 +238,26 @@ async fn run(
     mut rx: mpsc::Receiver<Cmd>,
     stats: Arc<Counters>,
 ) {
+    let (notices, mut done) = mpsc::unbounded_channel();
     let mut st = State {
         producer,
         stats,
         limits,
-        lanes: HashMap::new(),
+        lanes: Vec::new(),
+        notices,
         idle_waiters: Vec::new(),
     };
-    let mut inflight: Inflight = FuturesUnordered::new();
     let mut cmds = Vec::with_capacity(RECV_BATCH);
+    let mut acked = Vec::with_capacity(RECV_BATCH);
     loop {
         tokio::select! {
             // Acks first: they release held records, which keeps waves large and order simple.
             biased;
-            Some((lane, result, reply)) = inflight.next(), if !inflight.is_empty() => {
-                let _ = reply.send(result);
-                st.acked(&lane, &mut inflight).await;
+            // Never 0: `st` holds a sender.
+            _ = done.recv_many(&mut acked, RECV_BATCH) => {
+                for lane in acked.drain(..) {
+                    st.acked(lane).await;
+                }
             }
             n = rx.recv_many(&mut cmds, RECV_BATCH) => {
                 if n == 0 {
@@ -247,54 +265,54 @@ async fn run(
                 }
                 for cmd in cmds.drain(..) {
                     match cmd {
-                        Cmd::Send(rec, reply) => st.arrive(rec, reply, &mut inflight).await,
+                        Cmd::Send(rec, reply) => st.arrive(rec, reply).await,
                         Cmd::Idle(reply) => st.idle_waiters.push(reply),
                     }
                 }
             }
         }
-        if st.lanes.is_empty() {
+        if !st.idle_waiters.is_empty() && st.lanes.iter().all(LaneState::idle) {
             for w in st.idle_waiters.drain(..) {
                 let _ = w.send(());
             }
         }
     }
-    // Every handle is gone: what is held or in flight fails (`Canceled`) for its caller, as
-    // a dropped producer's queue does. Dropping the producer does not block (`AckProducer`:
-    // its polling thread destroys the client).
-    drop(inflight);
+    // Every handle is gone: what is held fails (`Canceled`) for its caller, as a dropped
+    // producer's queue does, and dropping the producer purges what is in librdkafka (failing
+    // it for its sender). The drop does not block (`AckProducer`: its polling thread destroys
+    // the client).
+    drop(st.lanes);
     drop(st.producer);
 }
 
-type Inflight = FuturesUnordered<
-    std::pin::Pin<
-        Box<
-            dyn Future<
-                    Output = (
-                        Lane,
-                        OwnedDeliveryResult,
-                        oneshot::Sender<OwnedDeliveryResult>,
-                    ),
-                > + Send,
-        >,
-    >,
->;
-
 impl State {
-    async fn arrive(
-        &mut self,
-        rec: GatedRecord,
-        reply: oneshot::Sender<OwnedDeliveryResult>,
-        inflight: &mut Inflight,
-    ) {
-        let lane = rec.lane();
+    async fn arrive(&mut self, rec: GatedRecord, reply: oneshot::Sender<OwnedDeliveryResult>) {
+        let id = match self
+            .lanes
+            .iter()
+            .position(|l| l.partition == rec.partition && l.topic == rec.topic)
+        {
+            Some(id) => id,
+            None => {
+                self.lanes.push(LaneState {
+                    topic: rec.topic.clone(),
+                    partition: rec.partition,
+                    unacked: 0,
+                    wave_start: None,
+                    wave_records: 0,
+                    wave_bytes: 0,
+                    held: VecDeque::new(),
+                });
+                self.lanes.len() - 1
+            }
+        };
         let now = Instant::now();
         let bytes = rec.batch_bytes();
         let limits = self.limits;
-        let ls = self.lanes.entry(lane.clone()).or_default();
+        let ls = &mut self.lanes[id];
         // Starts a wave, or joins the one librdkafka has not sent yet while it has room;
         // otherwise waits for the wave in flight to be acknowledged.
-        let starts = ls.unacked == 0 && ls.held.is_empty();
+        let starts = ls.idle();
         let joins = !starts
             && ls.held.is_empty()
             && ls.wave_start.is_some_and(|s| now < s + limits.window)
@@ -309,7 +327,7 @@ impl State {
         if starts || joins {
             ls.wave_records += 1;
             ls.wave_bytes += bytes;
-            self.submit(lane, rec, reply, inflight).await;
+            self.submit(id, rec, reply).await;
         } else {
             ls.held.push_back((rec, reply));
             self.stats.held.fetch_add(1, Ordering::Relaxed);
@@ -317,8 +335,9 @@ impl State {
         }
     }
 
-    async fn acked(&mut self, lane: &Lane, inflight: &mut Inflight) {
-        let Some(ls) = self.lanes.get_mut(lane) else {
+    /// librdkafka is done with a record of lane `id`.
+    async fn acked(&mut self, id: usize) {
+        let Some(ls) = self.lanes.get_mut(id) else {
             return;
         };
         ls.unacked = ls.unacked.saturating_sub(1);
@@ -328,15 +347,15 @@ impl State {
         // A wave's round trip and what waited behind it: a hop's share of end-to-end latency
         // that is the broker's acknowledgement, not ours.
         tracing::debug!(
-            topic = %lane.0,
-            partition = ?lane.1,
+            topic = %ls.topic,
+            partition = ?ls.partition,
             records = ls.wave_records,
             ack_ms = ls.wave_start.map_or(0, |s| s.elapsed().as_millis() as u64),
             held = ls.held.len(),
             "wave acknowledged"
         );
         if ls.held.is_empty() {
-            self.lanes.remove(lane);
+            ls.wave_start = None;
             return;
         }
         // The next wave: as many held records as one request takes (at least one), in order.
@@ -359,19 +378,19 @@ impl State {
         ls.wave_records = records;
         ls.wave_bytes = bytes;
         for (rec, reply) in wave {
-            self.submit(lane.clone(), rec, reply, inflight).await;
+            self.submit(id, rec, reply).await;
         }
     }
 
-    /// Into librdkafka's queue; a lane that ends up with nothing unacknowledged (every record
-    /// refused at once) is removed.
+    /// Into librdkafka's queue, the acknowledgement going straight to `reply` and a notice to
+    /// the gate; a record librdkafka refuses gets its error at once.
     async fn submit(
         &mut self,
-        lane: Lane,
+        id: usize,
         rec: GatedRecord,
         reply: oneshot::Sender<OwnedDeliveryResult>,
-        inflight: &mut Inflight,
     ) {
+        let mut reply = AckReply::noticed(reply, AckNotice::new(id, self.notices.clone()));
         loop {
             let fr = future_record(
                 &rec.topic,
@@ -381,33 +400,20 @@ impl State {
                 rec.headers.as_ref(),
                 rec.timestamp_ms,
             );
-            match self.producer.send_result(fr) {
-                Ok(delivery) => {
-                    let ls = self.lanes.entry(lane.clone()).or_default();
+            match self.producer.send_with(fr, reply) {
+                Ok(()) => {
+                    let ls = &mut self.lanes[id];
                     ls.unacked += 1;
                     ls.wave_start.get_or_insert_with(Instant::now);
                     self.stats.submitted.fetch_add(1, Ordering::Relaxed);
-                    inflight.push(Box::pin(async move {
-                        let result = match delivery.await {
-                            Ok(r) => r,
-                            Err(_) => Err(canceled()),
-                        };
-                        (lane, result, reply)
-                    }));
                     return;
                 }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _, back)) => {
+                    reply = back;
                     tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
                 }
-                Err((e, _)) => {
-                    let _ = reply.send(Err((e, empty_message())));
-                    if self
-                        .lanes
-                        .get(&lane)
-                        .is_some_and(|ls| ls.unacked == 0 && ls.held.is_empty())
-                    {
-                        self.lanes.remove(&lane);
-                    }
+                Err((e, _, back)) => {
+                    (*back).refuse(Err((e, empty_message())));
                     return;
                 }
             }
@@ -427,10 +433,6 @@ pub(crate) fn empty_message() -> OwnedMessage {
         -1,
         None,
     )
-}
-
-fn canceled() -> (KafkaError, OwnedMessage) {
-    (KafkaError::Canceled, empty_message())
 }
 
 #[cfg(test)]
@@ -467,7 +469,7 @@ mod tests {
     #[test]
     fn a_records_batch_bytes_count_key_value_and_headers() {
         let r = GatedRecord {
-            topic: Arc::from("t"),
+            topic: "t".to_owned(),
             partition: Some(0),
             key: Some(vec![0; 10]),
             payload: Some(vec![0; 1000]),

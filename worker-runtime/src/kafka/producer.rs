@@ -16,7 +16,7 @@
 //! batching under load, `linger.ms` is 5 ms (50 without it).
 
 use super::ack_producer::{AckFuture, AckProducer};
-use super::gate::{empty_message, Gate, GatedRecord, WaveLimits};
+use super::gate::{empty_message, Gate, GatedRecord, Refused, WaveLimits};
 pub use super::gate::{GateStats, HELD_METRIC};
 use super::record::OutputRecord;
 use super::KafkaArgs;
@@ -198,13 +198,25 @@ impl Producer {
         .await
     }
 
-    /// [`Self::enqueue`] of a record the caller is done with: its value moves into the send
-    /// gate instead of being copied there (a gated record must outlive the caller's borrow).
+    /// [`Self::enqueue`] of a record the caller is done with: its topic's name and value move
+    /// into the send gate instead of being copied there (a gated record must outlive the
+    /// caller's borrow).
     pub async fn enqueue_record(
         &self,
         record: OutputRecord,
     ) -> Result<PendingDelivery, RuntimeError> {
         let headers = record.owned_headers();
+        if let Some(gate) = &self.gate {
+            let rec = GatedRecord {
+                topic: record.topic,
+                partition: record.partition,
+                key: record.key,
+                payload: record.payload,
+                headers,
+                timestamp_ms: None,
+            };
+            return self.send_gated(gate, rec).await;
+        }
         self.enqueue_parts(SendParts {
             topic: &record.topic,
             partition: record.partition,
@@ -216,6 +228,20 @@ impl Producer {
         .await
     }
 
+    async fn send_gated(
+        &self,
+        gate: &Gate,
+        rec: GatedRecord,
+    ) -> Result<PendingDelivery, RuntimeError> {
+        match gate.send(rec).await {
+            Ok(rx) => Ok(PendingDelivery::gated(rx, self.delivery_timeout)),
+            Err(Refused(topic)) => Err(RuntimeError::kafka(
+                format!("enqueueing a record for {topic}"),
+                KafkaError::Canceled,
+            )),
+        }
+    }
+
     /// [`Self::enqueue`] from borrowed parts, with librdkafka headers and a timestamp.
     pub async fn enqueue_parts(
         &self,
@@ -223,20 +249,14 @@ impl Producer {
     ) -> Result<PendingDelivery, RuntimeError> {
         if let Some(gate) = &self.gate {
             let rec = GatedRecord {
-                topic: Arc::from(parts.topic),
+                topic: parts.topic.to_owned(),
                 partition: parts.partition,
                 key: parts.key.map(<[u8]>::to_vec),
                 payload: parts.payload.map(Cow::into_owned),
                 headers: parts.headers,
                 timestamp_ms: parts.timestamp_ms,
             };
-            return match gate.send(rec).await {
-                Ok(rx) => Ok(PendingDelivery::gated(rx, self.delivery_timeout)),
-                Err(_) => Err(RuntimeError::kafka(
-                    format!("enqueueing a record for {}", parts.topic),
-                    KafkaError::Canceled,
-                )),
-            };
+            return self.send_gated(gate, rec).await;
         }
         loop {
             // Headers are cloned per attempt: a full queue hands the record back.
@@ -324,7 +344,8 @@ impl std::fmt::Debug for PendingDelivery {
     }
 }
 
-/// Where the acknowledgement comes from: librdkafka, or the send gate that forwards it.
+/// Where the acknowledgement comes from: librdkafka's delivery callback either way, for a gated
+/// record on the oneshot its sender handed the gate.
 enum Ack {
     Direct(AckFuture),
     Gated(futures::channel::oneshot::Receiver<OwnedDeliveryResult>),
