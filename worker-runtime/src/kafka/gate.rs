@@ -221,6 +221,8 @@ impl LaneState {
 struct State {
     producer: AckProducer,
     stats: Arc<Counters>,
+    /// [`HELD_METRIC`], registered once (a `counter!` per held record looked it up each time).
+    held_metric: metrics::Counter,
     limits: WaveLimits,
     /// Every lane written so far, found by its index in the acknowledgements' notices. A
     /// worker writes a few topics' partitions, so a lane is found by a linear search on
@@ -242,6 +244,7 @@ async fn run(
     let mut st = State {
         producer,
         stats,
+        held_metric: metrics::counter!(HELD_METRIC),
         limits,
         lanes: Vec::new(),
         notices,
@@ -331,7 +334,7 @@ impl State {
         } else {
             ls.held.push_back((rec, reply));
             self.stats.held.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(HELD_METRIC).increment(1);
+            self.held_metric.increment(1);
         }
     }
 
