@@ -50,7 +50,8 @@ pub const READY: &str = "audit_chainer_ready";
 /// Consumers recreated because the worker held no partition, or received nothing, while its
 /// input had lag for longer than `--consumer-stall-timeout-secs`.
 pub const CONSUMER_RESTARTS: &str = "audit_chainer_consumer_restarts_total";
-/// Times a partition was paused because its task's queue was full (labelled by partition).
+/// Times a partition was paused because its task's queue had been full for a second
+/// (`router::PAUSE_AFTER`; labelled by partition).
 pub const PAUSES: &str = "audit_chainer_partition_pauses_total";
 /// Delivery failures (of a chained record, dead letter or checkpoint) after which the partition
 /// stopped and was recovered again from the chained tail (labelled by partition).

@@ -19,6 +19,8 @@ struct Inner {
     ready: AtomicBool,
     consumer_restarts: AtomicU64,
     rerecoveries: AtomicU64,
+    holds: AtomicU64,
+    pauses: AtomicU64,
     partitions: Mutex<BTreeMap<i32, PartitionView>>,
     reason: Mutex<String>,
 }
@@ -44,6 +46,14 @@ impl WorkerStatus {
     pub fn rerecoveries(&self) -> u64 {
         self.0.rerecoveries.load(Ordering::Acquire)
     }
+    /// Times a partition task's full queue held the router, which then stopped receiving.
+    pub fn holds(&self) -> u64 {
+        self.0.holds.load(Ordering::Acquire)
+    }
+    /// Times a partition was paused in the consumer: its queue had been full for a second.
+    pub fn pauses(&self) -> u64 {
+        self.0.pauses.load(Ordering::Acquire)
+    }
     /// Held partitions.
     pub fn partitions(&self) -> BTreeMap<i32, PartitionView> {
         lock(&self.0.partitions).clone()
@@ -61,6 +71,12 @@ impl WorkerStatus {
     }
     pub(crate) fn rerecovered(&self) {
         self.0.rerecoveries.fetch_add(1, Ordering::AcqRel);
+    }
+    pub(crate) fn held(&self) {
+        self.0.holds.fetch_add(1, Ordering::AcqRel);
+    }
+    pub(crate) fn paused(&self) {
+        self.0.pauses.fetch_add(1, Ordering::AcqRel);
     }
     pub(crate) fn restarted(&self) {
         self.0.consumer_restarts.fetch_add(1, Ordering::AcqRel);

@@ -7,8 +7,8 @@
 //!
 //! ```text
 //!   wait for the previous task of the partition (its writes must land before we read the tail)
-//!     → recover from the chained tail (records queue up meanwhile; the router pauses the
-//!       partition when the queue is full)
+//!     → recover from the chained tail (records queue up meanwhile; once the queue has
+//!       been full for a second the router pauses the partition)
 //!     → take records in order: chain / dead-letter / drop duplicate / skip / seek back
 //!     → on acknowledgement: store the next offset, feed links to the checkpoint range,
 //!       publish count- and time-triggered checkpoints

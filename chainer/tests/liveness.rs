@@ -129,8 +129,10 @@ async fn a_slow_recovery_does_not_hold_up_the_other_partitions() {
         })
         .collect();
     produce(&producer, &topics.chained, 0, &chained).await;
-    // New input on both partitions.
-    let more0: Vec<Vec<u8>> = (N..N + 10).map(|i| ev(&format!("a{i}"))).collect();
+    // New input on both partitions: more for partition 0 than its task's queue takes, so the
+    // router, held by that full queue, pauses it and goes on with partition 1.
+    const MORE: i64 = 40;
+    let more0: Vec<Vec<u8>> = (N..N + MORE).map(|i| ev(&format!("a{i}"))).collect();
     produce(&producer, &topics.enriched, 0, &more0).await;
     let p1: Vec<Vec<u8>> = (0..50).map(|i| ev(&format!("b{i}"))).collect();
     produce(&producer, &topics.enriched, 1, &p1).await;
@@ -181,11 +183,21 @@ async fn a_slow_recovery_does_not_hold_up_the_other_partitions() {
         "partition 0 finished recovering before partition 1 was chained: the test proves nothing"
     );
     assert_eq!(high(&args, &topics.chained, 0).await, N);
+    // Partition 0's full queue held the router for a second at most, then it was paused.
+    until("partition 0 paused", Duration::from_secs(15), || {
+        let s = status.clone();
+        async move { s.pauses() >= 1 }
+    })
+    .await;
+    assert!(
+        status.recovering(0),
+        "partition 0 finished recovering before it was paused: the test proves nothing"
+    );
     // Then partition 0 continues its chain.
     let t = Instant::now();
     until("partition 0 continued", Duration::from_secs(180), || {
         let (a, t) = (args.clone(), topics.chained.clone());
-        async move { high(&a, &t, 0).await == N + 10 }
+        async move { high(&a, &t, 0).await == N + MORE }
     })
     .await;
     eprintln!("partition 0 continued after {:?}", t.elapsed());
@@ -207,8 +219,58 @@ async fn a_slow_recovery_does_not_hold_up_the_other_partitions() {
     shutdown.trigger();
     task.await.unwrap().unwrap();
 
-    assert_exactly_once(&args, 0, N + 10).await;
+    assert_exactly_once(&args, 0, N + MORE).await;
     assert_exactly_once(&args, 1, 50).await;
+}
+
+/// A task busy chaining holds the router when its queue is full, and the router waits for it
+/// instead of pausing the partition: a pause drops what librdkafka prefetched, which the broker
+/// then serves again (pausing at every full queue made it serve the input about five times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_partition_holds_the_router_without_pausing() {
+    let Some((prefix, args, producer)) = setup("busyqueue").await else {
+        return;
+    };
+    let topics = args.topics();
+    const N: i64 = 1_500;
+    for (p, tag) in [(0, "a"), (1, "b")] {
+        let inputs: Vec<Vec<u8>> = (0..N).map(|i| ev(&format!("{tag}{i}"))).collect();
+        produce(&producer, &topics.enriched, p, &inputs).await;
+    }
+    let group = format!("{prefix}chainer");
+    let config = chainer_config(
+        &args.brokers,
+        &prefix,
+        &group,
+        &["--partition-queue", "16", "--shutdown-timeout-secs", "20"],
+    );
+    let common::RunningChainer {
+        status,
+        shutdown,
+        task,
+    } = common::spawn_chainer(config);
+    until("both partitions chained", Duration::from_secs(120), || {
+        let (a, t) = (args.clone(), topics.chained.clone());
+        async move { high(&a, &t, 0).await == N && high(&a, &t, 1).await == N }
+    })
+    .await;
+    let (holds, pauses) = (status.holds(), status.pauses());
+    eprintln!("{holds} holds, {pauses} pauses");
+    shutdown.trigger();
+    task.await.unwrap().unwrap();
+    // 3,000 records through queues of 16: the queues filled over and over.
+    assert!(
+        holds >= 20,
+        "only {holds} holds: the queues never filled, the test proves nothing"
+    );
+    // A pause only after a second without room: none here, unless this machine stalled a task
+    // that long now and then.
+    assert!(
+        pauses * 20 <= holds,
+        "{pauses} pauses for {holds} holds: full queues pause their partitions"
+    );
+    assert_exactly_once(&args, 0, N).await;
+    assert_exactly_once(&args, 1, N).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
