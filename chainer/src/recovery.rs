@@ -113,7 +113,8 @@ pub struct TailReader {
     rule: Option<ChainRule>,
 }
 
-/// Default for [`TailReader::max_burst`]: the chainer's default `max_in_flight`.
+/// Default for [`TailReader::max_burst`]: the chainer's default `max_in_flight` up to the
+/// twentieth session (2,000 since), so a tail written by an older chainer reads the same.
 pub const DEFAULT_MAX_BURST: u64 = 10_000;
 
 impl TailReader {
