@@ -107,8 +107,9 @@ pub struct Config {
     /// took the chainer to 82 MB on a backlog, for no more throughput.
     #[arg(long, env = "AUDIT_CHAINER_MAX_IN_FLIGHT", default_value_t = 2_000)]
     pub max_in_flight: usize,
-    /// Records queued for one partition's task (while it recovers, for instance); when full the
-    /// partition is paused in the consumer, which keeps polling the others.
+    /// Records queued for one partition's task (while it recovers, for instance). When full,
+    /// the consumer waits for room; a partition without room for a second is paused in the
+    /// consumer, which goes on with the others.
     #[arg(long, env = "AUDIT_CHAINER_PARTITION_QUEUE", default_value_t = 2_000)]
     pub partition_queue: usize,
     /// Checkpoint a partition every N chained events (0: only by time).
