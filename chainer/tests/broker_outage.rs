@@ -17,18 +17,21 @@ use worker_runtime::testing::proxy;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use common::{ev, produce_pipelined as produce, TestKey};
 use integrity::verify::{verify_partition, OwnedRecord, VerifyOptions};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use schemas::framing::{decode_chained, decode_checkpoint};
 use worker_runtime::kafka::admin::{ensure_topics, pipeline_topic_specs};
 use worker_runtime::kafka::{KafkaArgs, Producer};
 
 const PARTITIONS: i32 = 2;
-/// Events per partition.
-const N: i64 = 4000;
+/// Events per partition: many in-flight windows' worth (the chained topic's high watermark
+/// moves a window at a time), so that the cut finds partition 0 part way.
+const N: i64 = 10_000;
 /// The chainer's `message.timeout.ms`: the outage lasts several times this.
 const MESSAGE_TIMEOUT_MS: u64 = 3000;
 
@@ -117,11 +120,6 @@ async fn read_all(args: &KafkaArgs, topic: &str, p: i32) -> Vec<Vec<u8>> {
     common::read_all(args, topic, p, SCAN_IDLE).await
 }
 
-/// High watermark of `topic`/`p`; -1 when the broker does not answer in time.
-async fn high(args: &KafkaArgs, topic: &str, p: i32) -> i64 {
-    common::high(args, "outage-watermarks", topic, p, Duration::from_secs(5)).await
-}
-
 /// Polls `f` every 200 ms until it holds (see [`common::until`]).
 async fn until<F, Fut>(what: &str, limit: Duration, f: F)
 where
@@ -183,9 +181,9 @@ async fn an_outage_longer_than_the_message_timeout_is_ridden_out_without_exiting
         "all",
         "--dedup-window",
         "100000",
-        // Few records per request, so that the cut finds many of them in flight.
+        // A window of a few produce requests, so that the cut finds many records in flight.
         "--max-in-flight",
-        "2000",
+        "1000",
         "--checkpoint-key-file",
         key.path.to_str().unwrap(),
         "--checkpoint-key-id",
@@ -204,17 +202,46 @@ async fn an_outage_longer_than_the_message_timeout_is_ridden_out_without_exiting
     } = common::spawn_chainer(config);
 
     // Cut while the chainer chains: part of partition 0 is in the log, the rest in flight.
-    until("chaining under way", Duration::from_secs(120), || {
-        let (a, t) = (args.clone(), topics.chained.clone());
-        async move { high(&a, &t, 0).await >= 200 }
-    })
-    .await;
-    let at_cut = high(&args, &topics.chained, 0).await;
+    // The watermark is read with one client, every few milliseconds, and the cut follows the
+    // reading that saw chaining under way at once: a fresh client per reading (a connection
+    // and a metadata round trip each) once let the chainer finish partition 0 in between.
+    let watermarks: Arc<BaseConsumer> = Arc::new(
+        args.client_config("outage-watermarks")
+            .set("group.id", "outage-watermarks-unused")
+            .create()
+            .unwrap(),
+    );
+    let chained_high = |p: i32| {
+        let (c, t) = (watermarks.clone(), topics.chained.clone());
+        async move {
+            tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, p, Duration::from_secs(5)))
+                .await
+                .unwrap()
+                .map_or(-1, |(_, h)| h)
+        }
+    };
+    let started = Instant::now();
+    let at_cut = loop {
+        let h = chained_high(0).await;
+        if h >= 200 {
+            proxy.cut();
+            break h;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "chaining did not start: partition 0's chained high watermark is {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    // Gone before the outage's refusals are counted (they are the chainer's), and off the
+    // runtime: a client's destruction waits for its threads.
+    tokio::task::spawn_blocking(move || drop(watermarks))
+        .await
+        .unwrap();
     assert!(
         at_cut < N,
-        "partition 0 was chained before the cut: the test proves nothing"
+        "partition 0 was chained ({at_cut} records) before the cut: the test proves nothing"
     );
-    proxy.cut();
     let cut_at = Instant::now();
     // Several times the message timeout, and until the chainer saw a delivery fail and kept
     // trying to reach the broker (its recovery, with back-off) while it is away.
