@@ -5,6 +5,7 @@
 //! the sinks) notice every re-assignment — even revoke-then-assign between two messages — and
 //! rebuild their per-partition state from durable storage instead of trusting memory.
 
+use super::offsets::TopicPartition;
 use super::KafkaArgs;
 use crate::error::RuntimeError;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
@@ -250,6 +251,26 @@ pub fn store_next_offset(consumer: &AuditConsumer, topic: &str, partition: i32, 
     }
     if let Err(e) = consumer.store_offsets(&tpl) {
         tracing::debug!(%topic, partition, next_offset, error = %e, "offset not stored (partition no longer assigned?)");
+    }
+}
+
+/// Stores the next offset of each of `stores`' partitions, in one call (see
+/// [`store_next_offset`]).
+pub fn store_next_offsets(consumer: &AuditConsumer, stores: &[(TopicPartition, i64)]) {
+    let mut tpl = TopicPartitionList::with_capacity(stores.len());
+    for ((topic, partition), next_offset) in stores {
+        if let Err(e) =
+            tpl.add_partition_offset(topic, *partition, rdkafka::Offset::Offset(*next_offset))
+        {
+            tracing::warn!(%topic, partition, next_offset, error = %e, "cannot build offset list");
+            return;
+        }
+    }
+    if tpl.count() == 0 {
+        return;
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::debug!(?stores, error = %e, "offsets not stored (a partition no longer assigned?)");
     }
 }
 

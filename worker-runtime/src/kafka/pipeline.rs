@@ -28,7 +28,7 @@
 
 use super::admin;
 use super::consumer::{
-    close, commit_stored, store_next_offset, AuditConsumer, RebalanceState, CLOSE_BOUND,
+    close, commit_stored, store_next_offsets, AuditConsumer, RebalanceState, CLOSE_BOUND,
 };
 use super::dlq;
 use super::liveness::{self, ConsumerProbe, LivenessSettings};
@@ -287,9 +287,8 @@ pub async fn run_with_liveness<P: Processor>(
         let step: Result<(), Fault> = tokio::select! {
             biased;
             Some(done) = st.in_flight.next(), if !st.in_flight.is_empty() => {
-                let delivered = done.3.is_ok();
-                let r = complete(&consumer, &mut st.tracker, done, &st.counters)
-                    .map_err(Fault::from);
+                let (delivered, r) = complete_ready(&consumer, &mut st, done);
+                let r = r.map_err(Fault::from);
                 if delivered && st.degraded {
                     st.degraded = false;
                     st.backoff = Duration::from_secs(1);
@@ -671,13 +670,67 @@ async fn drain<F: Future<Output = Completion>>(
 fn complete(
     consumer: &AuditConsumer,
     tracker: &mut OffsetTracker,
+    done: Completion,
+    counters: &Counters,
+) -> Result<(), RuntimeError> {
+    let mut stores = Vec::new();
+    let r = complete_deferred(tracker, done, counters, &mut stores);
+    store_next_offsets(consumer, &stores);
+    r
+}
+
+/// Most completions taken in one go by [`complete_ready`] before the loop looks at its other
+/// branches again.
+const COMPLETIONS_PER_STORE: usize = 256;
+
+/// `first` and every other completion ready now (up to [`COMPLETIONS_PER_STORE`]), with one
+/// offset store per partition for all of them: a store builds a partition list and takes
+/// librdkafka's partition lock, 3% of enrich's CPU when done for every record. Stops at the
+/// first failed delivery (what completed before it is stored, as one by one). Returns whether
+/// any was delivered, and the first failure.
+fn complete_ready(
+    consumer: &AuditConsumer,
+    st: &mut Loop,
+    first: Completion,
+) -> (bool, Result<(), RuntimeError>) {
+    use futures::FutureExt as _;
+    let mut stores = Vec::new();
+    let mut delivered = false;
+    let mut result = Ok(());
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(done) = next.take() {
+        delivered |= done.3.is_ok();
+        if let Err(e) = complete_deferred(&mut st.tracker, done, &st.counters, &mut stores) {
+            result = Err(e);
+            break;
+        }
+        taken += 1;
+        if taken < COMPLETIONS_PER_STORE {
+            // Polled without a waker of this task's: the loop's `select!` polls the set again
+            // (with its own) before it waits.
+            next = st.in_flight.next().now_or_never().flatten();
+        }
+    }
+    store_next_offsets(consumer, &stores);
+    (delivered, result)
+}
+
+/// Marks one completion done in `tracker`; where its partition's commit point advanced, notes
+/// the offset to store in `stores` (one entry per partition, the latest).
+fn complete_deferred(
+    tracker: &mut OffsetTracker,
     (tp, offset, epoch, result): Completion,
     counters: &Counters,
+    stores: &mut Vec<(TopicPartition, i64)>,
 ) -> Result<(), RuntimeError> {
     result?;
     counters.records_done.increment(1);
     if let Some(next) = tracker.complete(&tp, offset, epoch) {
-        store_next_offset(consumer, &tp.0, tp.1, next);
+        match stores.iter_mut().find(|(t, _)| *t == tp) {
+            Some(entry) => entry.1 = next,
+            None => stores.push((tp, next)),
+        }
     }
     Ok(())
 }
@@ -695,5 +748,49 @@ pub fn is_fatal(e: &rdkafka::error::KafkaError) -> bool {
                 | rdkafka::types::RDKafkaErrorCode::GroupAuthorizationFailed
         ),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn done(tp: &TopicPartition, offset: i64, ok: bool) -> Completion {
+        let result = if ok {
+            Ok(())
+        } else {
+            Err(RuntimeError::Task {
+                task: "delivery".into(),
+                message: "refused".into(),
+            })
+        };
+        (tp.clone(), offset, 1, result)
+    }
+
+    #[test]
+    fn completions_taken_together_store_each_partitions_latest_prefix_once() {
+        let (a, b): (TopicPartition, TopicPartition) = ((Arc::from("t"), 0), (Arc::from("t"), 1));
+        let mut tracker = OffsetTracker::new();
+        for o in 10..15 {
+            tracker.begin(&a, o, 1);
+            tracker.begin(&b, o, 1);
+        }
+        let counters = Counters::new("test");
+        let mut stores = Vec::new();
+        // Out of order: 11 completes before 10, so a's prefix moves only with 10.
+        for (tp, o) in [(&a, 11), (&b, 10), (&a, 10), (&b, 11), (&a, 12), (&b, 13)] {
+            complete_deferred(&mut tracker, done(tp, o, true), &counters, &mut stores).unwrap();
+        }
+        // In the order the partitions first advanced: b with its 10, a with its 10 after 11.
+        assert_eq!(stores, vec![(b.clone(), 12), (a.clone(), 13)]);
+
+        // A failed delivery is returned and stores nothing for its partition.
+        let mut stores = Vec::new();
+        let r = complete_deferred(&mut tracker, done(&b, 12, false), &counters, &mut stores);
+        assert!(r.is_err());
+        assert!(stores.is_empty());
+        // What completes after it is not stored past the failed offset.
+        complete_deferred(&mut tracker, done(&b, 14, true), &counters, &mut stores).unwrap();
+        assert!(stores.is_empty(), "{stores:?}");
     }
 }
