@@ -75,7 +75,11 @@ fn is_keyed(payload: &[u8]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gated_records_land_once_in_order_where_their_deliveries_say() {
-    let args = args();
+    // Waves of at most 100 records: a lane's 101st record arrives while the wave before it is
+    // unacknowledged, and waits. (With the default cap of 10,000, a machine that enqueued all
+    // 3,000 within the linger window once sent every lane's records in one wave, held none.)
+    let mut args = args();
+    args.properties.push("batch.num.messages=100".into());
     let partitions = 3;
     let t = topic(&args, "order", partitions).await;
     let producer = Producer::new(&args, "t-gate").expect("producer");
@@ -100,6 +104,7 @@ async fn gated_records_land_once_in_order_where_their_deliveries_say() {
         delivered.insert(format!("r{i:05}").into_bytes(), at);
     }
     let stats = producer.gate_stats().expect("gated");
+    eprintln!("{stats:?}");
     assert_eq!(stats.submitted, n as u64, "{stats:?}");
     assert!(
         stats.held > 0 && stats.waves > 1,
