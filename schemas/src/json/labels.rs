@@ -382,6 +382,17 @@ struct Vocab<T: 'static> {
 
 impl<T: Copy + PartialEq + 'static> Vocab<T> {
     fn classify(&self, text: &str) -> (LabelMatch, T) {
+        // The usual text first: a name as the schema spells it, in any ASCII case, compared
+        // byte for byte (the squashed comparison below, char by char, was 2.4% of ingest's
+        // samples). No two names squash alike (tested), so this finds the name the squashed
+        // search would.
+        if let Some((_, v)) = self
+            .names
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(text))
+        {
+            return (LabelMatch::Name, *v);
+        }
         // Compared char by char, nothing allocated: every event has four labels, and each is
         // classified when mapped and again when the event is validated.
         if let Some((_, v)) = self
@@ -509,11 +520,88 @@ const ACTOR_TYPE: Vocab<ActorType> = Vocab {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn kv(k: &str, v: &str) -> KeyValue {
         KeyValue {
             key: k.into(),
             value: v.into(),
+        }
+    }
+
+    /// What `classify` answered before its byte-for-byte first step: the squashed search only.
+    fn classify_squashed<T: Copy + PartialEq>(v: &Vocab<T>, text: &str) -> (LabelMatch, T) {
+        if let Some((_, x)) = v.names.iter().find(|(n, _)| squashed(n).eq(squashed(text))) {
+            return (LabelMatch::Name, *x);
+        }
+        if let Some((_, x)) = v
+            .synonyms
+            .iter()
+            .find(|(n, _)| n.chars().eq(squashed(text)))
+        {
+            return (LabelMatch::Synonym, *x);
+        }
+        (LabelMatch::Unknown, v.fallback)
+    }
+
+    fn distinct_squashed<T>(v: &Vocab<T>) -> bool {
+        let all: Vec<String> = v.names.iter().map(|(n, _)| squashed(n).collect()).collect();
+        let set: std::collections::HashSet<&String> = all.iter().collect();
+        set.len() == all.len()
+    }
+
+    #[test]
+    fn no_two_names_squash_alike() {
+        assert!(distinct_squashed(&CATEGORY));
+        assert!(distinct_squashed(&SEVERITY));
+        assert!(distinct_squashed(&OUTCOME));
+        assert!(distinct_squashed(&ACTOR_TYPE));
+    }
+
+    /// Every vocabulary word, as named and as synonym, respelled: case flipped per letter and
+    /// separators added, removed or changed.
+    fn respelled() -> impl Strategy<Value = String> {
+        let words: Vec<&'static str> = [
+            CATEGORY.names.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            CATEGORY.synonyms.iter().map(|(n, _)| *n).collect(),
+            SEVERITY.names.iter().map(|(n, _)| *n).collect(),
+            SEVERITY.synonyms.iter().map(|(n, _)| *n).collect(),
+            OUTCOME.names.iter().map(|(n, _)| *n).collect(),
+            OUTCOME.synonyms.iter().map(|(n, _)| *n).collect(),
+            ACTOR_TYPE.names.iter().map(|(n, _)| *n).collect(),
+            ACTOR_TYPE.synonyms.iter().map(|(n, _)| *n).collect(),
+        ]
+        .concat();
+        (
+            proptest::sample::select(words),
+            proptest::collection::vec(0u8..8, 32),
+        )
+            .prop_map(|(w, dice)| {
+                let mut out = String::new();
+                for (c, d) in w.chars().zip(dice.iter().cycle()) {
+                    match (c, d) {
+                        ('_', 0) => {}
+                        ('_', 1) => out.push('-'),
+                        ('_', 2) => out.push(' '),
+                        (c, 3 | 4) => out.push(c.to_ascii_uppercase()),
+                        (c, 5) => {
+                            out.push(c);
+                            out.push('_');
+                        }
+                        (c, _) => out.push(c),
+                    }
+                }
+                out
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn classify_answers_as_the_squashed_search(text in prop_oneof![respelled(), ".{0,12}"]) {
+            prop_assert_eq!(CATEGORY.classify(&text), classify_squashed(&CATEGORY, &text));
+            prop_assert_eq!(SEVERITY.classify(&text), classify_squashed(&SEVERITY, &text));
+            prop_assert_eq!(OUTCOME.classify(&text), classify_squashed(&OUTCOME, &text));
+            prop_assert_eq!(ACTOR_TYPE.classify(&text), classify_squashed(&ACTOR_TYPE, &text));
         }
     }
 
