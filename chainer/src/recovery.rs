@@ -103,6 +103,9 @@ pub struct TailReader {
     partition: i32,
     window: usize,
     keep_hashes: usize,
+    /// Seq of the latest signed checkpoint (0: none): hashes are kept back to it as far as the
+    /// scan read, whatever `keep_hashes` says.
+    checkpointed_through: u64,
     max_burst: u64,
     entries: BTreeMap<u64, TailEntry>,
     repeats: u64,
@@ -125,6 +128,7 @@ impl TailReader {
             partition,
             window,
             keep_hashes,
+            checkpointed_through: 0,
             max_burst: DEFAULT_MAX_BURST,
             entries: BTreeMap::new(),
             repeats: 0,
@@ -140,6 +144,17 @@ impl TailReader {
     /// the current chain (it is before the region read, or an old anomaly the verifier reports).
     pub fn max_burst(mut self, n: u64) -> Self {
         self.max_burst = n.max(1);
+        self
+    }
+
+    /// The latest signed checkpoint's seq: [`TailSummary::hashes`] then reach back to the seq
+    /// after it when the scan read that far, so that the next checkpoint range covers every seq
+    /// since. `keep_hashes` (a checkpoint interval plus the in-flight limit) is what an
+    /// unacknowledged tail spans, but checkpoints in flight when the broker went away add to
+    /// it: a broker-outage test saw 1,600 seqs after the last landed checkpoint with 1,066 kept,
+    /// and the range restarted after the head, leaving those seqs under no checkpoint's root.
+    pub fn checkpointed_through(mut self, seq: u64) -> Self {
+        self.checkpointed_through = seq;
         self
     }
 
@@ -345,9 +360,11 @@ impl TailReader {
                 dedup.record(k, c);
             }
             if self.keep_hashes > 0 {
-                let from = self
-                    .run_start(h)
-                    .max(h.saturating_sub(self.keep_hashes as u64 - 1));
+                let mut keep_from = h.saturating_sub(self.keep_hashes as u64 - 1);
+                if self.checkpointed_through > 0 {
+                    keep_from = keep_from.min(self.checkpointed_through + 1);
+                }
+                let from = self.run_start(h).max(keep_from);
                 hashes = self
                     .entries
                     .range(from..=h)
@@ -811,7 +828,11 @@ pub async fn recover_partition(a: RecoverArgs<'_>) -> Result<Recovered, Error> {
     // At least the default: the previous owner may have run with a larger in-flight limit, and
     // a larger bound only costs reading further back when the tail is ambiguous.
     let max_burst = (a.max_in_flight as u64).max(DEFAULT_MAX_BURST);
-    let new_reader = || TailReader::new(p, a.window, keep_hashes).max_burst(max_burst);
+    let new_reader = || {
+        TailReader::new(p, a.window, keep_hashes)
+            .max_burst(max_burst)
+            .checkpointed_through(how.durable_through)
+    };
     let mut read = read_tail(a.kafka, &a.topics.chained, p, new_reader(), how).await?;
     let behind = |r: &Resolution| match (r, checkpoint) {
         (Resolution::Head(h), Some((cp, _))) => h.unwrap_or(0) < cp,
@@ -1170,6 +1191,52 @@ mod tests {
             r.push(first_offset + i as i64, Some(rec));
         }
         r
+    }
+
+    #[test]
+    fn hashes_reach_back_to_the_latest_checkpoint_when_the_scan_read_that_far() {
+        let (chained, _) = chain_of(40, 100);
+        let all: Vec<&Vec<u8>> = chained.iter().collect();
+        let hash_of =
+            |t: &TailSummary, seq: u64| t.hashes.iter().find(|(s, _)| *s == seq).map(|x| x.1);
+        // 8 trailing hashes, the latest checkpoint at seq 20: 21..=40 are kept all the same,
+        // and the next range starts right after the checkpoint.
+        let t = reader(100, &all, 0)
+            .checkpointed_through(20)
+            .finish()
+            .unwrap();
+        assert_eq!(t.hashes.first().map(|(s, _)| *s), Some(21));
+        assert_eq!(t.hashes.last().map(|(s, _)| *s), Some(40));
+        let cp_hash = {
+            let whole = reader(100, &all, 0).finish().unwrap();
+            let r = reader(100, &all[..20], 0).finish().unwrap();
+            assert!(
+                hash_of(&whole, 20).is_none(),
+                "8 kept without the checkpoint"
+            );
+            r.head.unwrap().hash
+        };
+        let start = range_start(40, &t.hashes, Some((20, cp_hash))).unwrap();
+        assert_eq!((start.first_seq, start.uncovered), (21, None));
+        assert_eq!(start.preload.len(), 20);
+        // Without the checkpoint's seq the reader keeps 8, and the range would restart after
+        // the head with 21..=32 uncovered.
+        let t = reader(100, &all, 0).finish().unwrap();
+        assert_eq!(t.hashes.len(), 8);
+        let start = range_start(40, &t.hashes, Some((20, cp_hash))).unwrap();
+        assert_eq!(start.uncovered, Some((21, 40)));
+        // A checkpoint closer than the 8 changes nothing; one before what was read keeps what
+        // was read (here from seq 11, the first read).
+        let t = reader(100, &all, 0)
+            .checkpointed_through(38)
+            .finish()
+            .unwrap();
+        assert_eq!(t.hashes.first().map(|(s, _)| *s), Some(33));
+        let t = reader(100, &all[10..], 10)
+            .checkpointed_through(5)
+            .finish()
+            .unwrap();
+        assert_eq!(t.hashes.first().map(|(s, _)| *s), Some(11));
     }
 
     #[test]
