@@ -7,6 +7,13 @@
 //! prefix on the local SeaweedFS, exactly as the auditctl tests do, then times, best of R:
 //!
 //! - the baseline: SHA-256 over the events' canonical bytes (one digest per event);
+//! - each store's floor, for scale: what only reading the stored bytes costs, with nothing
+//!   decoded or checked. For the archive, listing the prefix and GETting every object (four at
+//!   a time) with one SHA-256 over each body; for ClickHouse, the verifier's select list (every
+//!   column) of each partition, all partitions at once, as `RowBinary`, with SHA-256 over the
+//!   body. Nothing reading from that store can be faster on the same machine, so `verify ÷
+//!   floor` is the share of the reachable speed the verifier gets, and `floor ÷ baseline` the
+//!   most any verifier could get against raw SHA-256;
 //! - `auditctl verify --source clickhouse --keys …` (SQL reads over HTTP, row decode, canonical
 //!   re-encoding, links, whole-tree roots, signatures, freshness);
 //! - `auditctl verify --source archive --keys …` (S3 GETs, segment digests, Avro decode, the
@@ -24,6 +31,8 @@ mod common;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
+use object_store::{path::Path as ObjPath, ObjectStore};
 use sha2::{Digest, Sha256};
 
 fn knob(name: &str, default: usize) -> usize {
@@ -59,6 +68,53 @@ fn best<F: FnMut()>(reps: usize, mut f: F) -> (Duration, Duration) {
         })
         .min()
         .unwrap_or_default()
+}
+
+/// The archive's floor: every object under `prefix`, four GETs at a time, one SHA-256 over each
+/// body. Returns the bytes read.
+async fn read_archive(store: &dyn ObjectStore, prefix: &str) -> usize {
+    let objects: Vec<_> = store
+        .list(Some(&ObjPath::from(prefix)))
+        .try_collect()
+        .await
+        .expect("list the archive prefix");
+    assert!(!objects.is_empty(), "nothing under {prefix}");
+    futures::stream::iter(objects)
+        .map(|meta| async move {
+            let body = store
+                .get(&meta.location)
+                .await
+                .expect("GET")
+                .bytes()
+                .await
+                .expect("body");
+            black_box(Sha256::digest(&body));
+            body.len()
+        })
+        .buffer_unordered(4)
+        .fold(0, |sum, n| async move { sum + n })
+        .await
+}
+
+/// ClickHouse's floor: the verifier's select list over each partition, all at once, as
+/// `RowBinary`, SHA-256 over each body. Returns the bytes read.
+async fn read_clickhouse(client: &clickhouse::Client, partitions: u32) -> usize {
+    let reads = (0..partitions).map(|p| async move {
+        let sql = format!(
+            "{} WHERE chain_partition = {p}",
+            schemas::flat::AuditRow::select_sql("audit_events")
+        );
+        let mut cursor = client.query(&sql).fetch_bytes("RowBinary").expect("query");
+        let mut hasher = Sha256::new();
+        let mut n = 0;
+        while let Some(chunk) = cursor.next().await.expect("read rows") {
+            n += chunk.len();
+            hasher.update(&chunk);
+        }
+        black_box(hasher.finalize());
+        n
+    });
+    futures::future::join_all(reads).await.into_iter().sum()
 }
 
 fn main() {
@@ -133,6 +189,14 @@ fn main() {
     };
     let ch = run(&ch_args);
     let ar = run(&ar_args);
+    let store = common::s3_store();
+    let (mut ch_bytes, mut ar_bytes) = (0, 0);
+    let ch_floor = best(reps, || {
+        ch_bytes = rt.block_on(read_clickhouse(&db.client, partitions));
+    });
+    let ar_floor = best(reps, || {
+        ar_bytes = rt.block_on(read_archive(store.as_ref(), &prefix));
+    });
 
     println!(
         "{n} events over {partitions} partitions, {:.1} MB of canonical bytes (mean {} B), v3 checkpoints every 1000, segments {codec}, best of {reps}",
@@ -154,9 +218,18 @@ fn main() {
         );
     };
     line("sha256 of canonical bytes (baseline)", (sha, sha));
+    line("clickhouse floor: SELECT + sha256", ch_floor);
     line("auditctl verify --source clickhouse", ch);
+    line("archive floor: GET + sha256", ar_floor);
     line("auditctl verify --source archive", ar);
     println!("(MB/s counts canonical bytes on every line; 'vs sha256' = throughput ÷ baseline throughput)");
+    println!(
+        "floors read {:.1} MB of RowBinary and {:.1} MB of archive objects; verify ÷ its store's floor: clickhouse {:.3}x, archive {:.3}x",
+        ch_bytes as f64 / 1e6,
+        ar_bytes as f64 / 1e6,
+        ch_floor.0.as_secs_f64() / ch.0.as_secs_f64().max(1e-9),
+        ar_floor.0.as_secs_f64() / ar.0.as_secs_f64().max(1e-9),
+    );
     if std::env::var("AUDIT_BENCH_KEEP").as_deref() == Ok("1") {
         // To profile one store alone, e.g. `perf record target/release/auditctl <these>`.
         let kept = dir.keep();
