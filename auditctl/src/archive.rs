@@ -16,7 +16,7 @@ use integrity::checkpoint::{CheckpointJson, SignedCheckpoint};
 use integrity::verify::{Finding, FindingKind};
 use object_store::path::Path as ObjPath;
 use object_store::ObjectStore;
-use schemas::raw_segment::{self, RawBlock, RawChained};
+use schemas::raw_segment::{self, BlockBuffers, RawBlock, RawChained};
 use schemas::segment::{
     self, parse_key, read_segment, verify_segment_digest, verify_segment_digest_of, Manifest,
     ObjectDigest, ObjectKind, SegmentKey, SegmentMeta, CHECKPOINTS_DIR,
@@ -36,6 +36,9 @@ pub struct ArchiveStore {
     prefix: String,
     describe: String,
     reads: Reads,
+    /// Block buffers the verifier is done with, decompressed into again by later blocks of any
+    /// segment of the run (`raw_segment::BlockBuffers`).
+    buffers: BlockBuffers,
 }
 
 /// A segment as listed: its object and its manifest, either of which may be missing.
@@ -74,6 +77,7 @@ impl ArchiveStore {
             prefix: String::new(),
             describe: args.describe(Access::Read),
             reads,
+            buffers: BlockBuffers::new(BLOCK_BUFFERS),
         })
     }
 
@@ -84,6 +88,7 @@ impl ArchiveStore {
             prefix: prefix.trim_matches('/').to_owned(),
             describe: describe.to_owned(),
             reads: Reads::default(),
+            buffers: BlockBuffers::new(BLOCK_BUFFERS),
         }
     }
 
@@ -387,6 +392,7 @@ impl ArchiveStore {
             Ok::<_, Error>(digest.finish())
         });
         let (rec_tx, rec_rx) = mpsc::channel::<Decoded>(STREAM_BLOCKS);
+        let buffers = self.buffers.clone();
         let decode = tokio::task::spawn_blocking(move || {
             let reader = ChunkReader {
                 rx: chunk_rx,
@@ -396,7 +402,7 @@ impl ArchiveStore {
             // Records as stored bytes (no decode and re-encode of each event where the
             // segment's schema allows it), handed over a container block at a time (the
             // records borrowed from it: nothing is allocated per record).
-            match raw_segment::stream_blocks(reader) {
+            match raw_segment::stream_blocks_recycling(reader, buffers) {
                 Err(e) => {
                     let _ = rec_tx.blocking_send(Decoded::Meta(Err(e.to_string())));
                 }
@@ -590,6 +596,9 @@ impl ArchiveStore {
                         kept.insert(ev.seq, (ev.to_owned_record(), name.clone()));
                     }
                 }
+                // Its records are taken: the next block is decompressed into its buffer (a
+                // full or closed return channel just drops it).
+                self.buffers.give(block.into_buffer());
             }
             let (sha, size) = seg.finish().await?;
             if let Some(m) = &manifest {
@@ -804,6 +813,9 @@ const CHECKPOINT_READS: usize = 16;
 /// Decoded container blocks in flight to the verifier, per segment (the writer's blocks are
 /// 256 KiB; one is refused past `raw_segment::MAX_BLOCK`).
 const STREAM_BLOCKS: usize = 4;
+/// Block buffers kept for reuse: as many as the segments read ahead hold at once (each
+/// decoder runs up to `STREAM_BLOCKS` + 1 blocks ahead), ~0.4 MB each.
+const BLOCK_BUFFERS: usize = (READ_AHEAD + 1) * (STREAM_BLOCKS + 2);
 
 /// What the decoding task hands over: the segment's metadata first, then its records.
 enum Decoded {

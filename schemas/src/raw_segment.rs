@@ -598,6 +598,12 @@ impl RawBlock {
         self.spans.is_empty()
     }
 
+    /// The block's buffer, once its records are done with: give it back
+    /// ([`BlockBuffers::give`]) and a later block is decompressed into it.
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     /// The records, in stored order.
     pub fn iter(&self) -> impl Iterator<Item = RawRef<'_>> + '_ {
         self.spans.iter().map(|s| Self::view(&self.buf, s))
@@ -680,46 +686,60 @@ fn read_len<R: Read>(r: &mut R, what: &str) -> Result<usize, SegmentError> {
         .ok_or_else(|| bad(format!("{what}: negative or larger than {MAX_BLOCK} bytes")))
 }
 
-/// Inflates a raw deflate block (RFC 1951, the Avro `deflate` codec) into `out`, with zlib-rs:
-/// 1.4-1.6x as fast as flate2's default backend (miniz_oxide) on 256 KiB blocks of events, and
-/// inflating is the largest cost of reading a segment after hashing. (Since the twelfth session
-/// the writer deflates with zlib-rs too, `segment::DEFLATE_LEVEL`; older segments were written
-/// by apache-avro's codec, miniz_oxide: any raw deflate stream reads.) The output buffer starts at
-/// `hint` (the largest block of the segment so far: blocks are alike) or [`FIRST_GUESS`]; a
-/// larger block is inflated again into twice the room, up to [`MAX_BLOCK`].
+/// Inflates a raw deflate block (RFC 1951, the Avro `deflate` codec) into `out`, with zlib-rs
+/// (through flate2's `zlib-rs` backend): 1.4-1.6x as fast as flate2's default backend
+/// (miniz_oxide) on 256 KiB blocks of events, and inflating is the largest cost of reading a
+/// segment after hashing. (Since the twelfth session the writer deflates with zlib-rs too,
+/// `segment::DEFLATE_LEVEL`; older segments were written by apache-avro's codec, miniz_oxide:
+/// any raw deflate stream reads.)
+///
+/// The output goes into `out`'s spare capacity, which is never zeroed first: zeroing a fresh
+/// buffer for every block (and faulting its pages in to do so) was 8% of `auditctl verify
+/// --source archive`'s samples, more than the inflating it made room for. The room starts at
+/// `hint` (the largest block of the segment so far: blocks are alike) or [`FIRST_GUESS`] and
+/// doubles while the block goes on, the stream carrying on where it stopped, up to
+/// [`MAX_BLOCK`].
 fn inflate(data: &[u8], out: &mut Vec<u8>, hint: usize) -> Result<(), SegmentError> {
-    use zlib_rs::{decompress_slice, InflateConfig, ReturnCode};
-    // Negative window bits: a raw stream, no zlib header or trailer.
-    let config = InflateConfig { window_bits: -15 };
-    let mut cap = hint
+    use flate2::{Decompress, FlushDecompress, Status};
+    // `false`: a raw stream, no zlib header or trailer.
+    let mut z = Decompress::new(false);
+    out.clear();
+    let first = hint
         .max(data.len().saturating_mul(4))
         .clamp(FIRST_GUESS, MAX_BLOCK + 1);
-    loop {
-        out.clear();
-        out.resize(cap, 0);
-        let (n, rc) = {
-            let (done, rc) = decompress_slice(&mut out[..], data, config);
-            (done.len(), rc)
-        };
-        match rc {
-            ReturnCode::Ok => {
-                out.truncate(n);
-                return Ok(());
-            }
-            // The output is full: the block is larger than `cap`.
-            ReturnCode::BufError if cap <= MAX_BLOCK => {
-                cap = cap.saturating_mul(2).min(MAX_BLOCK + 1);
-            }
-            ReturnCode::BufError => {
-                out.clear();
-                return Err(bad(format!("block inflates past {MAX_BLOCK} bytes")));
-            }
-            other => {
-                out.clear();
-                return Err(bad(format!("block does not inflate: {other:?}")));
-            }
+    out.reserve_exact(first);
+    let result = loop {
+        let read = usize::try_from(z.total_in())
+            .unwrap_or(data.len())
+            .min(data.len());
+        let before = out.len();
+        let status = z.decompress_vec(&data[read..], out, FlushDecompress::Finish);
+        if out.len() > MAX_BLOCK {
+            break Err(bad(format!("block inflates past {MAX_BLOCK} bytes")));
         }
+        match status {
+            Ok(Status::StreamEnd) => break Ok(()),
+            Err(e) => break Err(bad(format!("block does not inflate: {e}"))),
+            Ok(Status::Ok | Status::BufError) => {}
+        }
+        if out.len() < out.capacity() {
+            // Room was left: the stream wants input it has not got.
+            if out.len() == before && usize::try_from(z.total_in()).ok() == Some(read) {
+                break Err(bad(
+                    "block does not inflate: the deflate stream is cut short",
+                ));
+            }
+            continue;
+        }
+        // Full: twice the room, never past one byte over the limit (which tells a block of
+        // exactly MAX_BLOCK bytes from a larger one).
+        let room = out.capacity().min(MAX_BLOCK + 1 - out.len()).max(1);
+        out.reserve_exact(room);
+    };
+    if result.is_err() {
+        out.clear();
     }
+    result
 }
 
 /// Decompresses a block of the Avro `zstandard` codec (one or more zstd frames) into `out`,
@@ -770,6 +790,9 @@ pub struct RawRecords<R> {
     failed: Option<SegmentError>,
     /// The largest block inflated so far (the first guess of the next one's size).
     hint: usize,
+    /// Buffers of blocks the reader is done with ([`RawBlock::into_buffer`]), to decompress
+    /// the next blocks into: memory already faulted in, instead of fresh pages for each block.
+    spares: Option<BlockBuffers>,
 }
 
 impl<R> std::fmt::Debug for RawRecords<R> {
@@ -798,6 +821,11 @@ impl<R: Read> RawRecords<R> {
         let sync = read_n(&mut chained, 16, "a sync marker")?;
         if sync[..] != self.marker[..] {
             return Err(bad("block sync marker does not match the header's"));
+        }
+        if self.block.capacity() == 0 && self.codec.is_some() {
+            if let Some(spare) = self.spares.as_ref().and_then(BlockBuffers::take) {
+                self.block = spare;
+            }
         }
         match self.codec {
             Some(BlockCodec::Deflate) => {
@@ -978,6 +1006,7 @@ pub fn open<R: Read>(
                 done: false,
                 failed: None,
                 hint: 0,
+                spares: None,
             }),
         )),
         None => Ok((seg, Err((header, reader)))),
@@ -1047,25 +1076,91 @@ const DECODED_PER_BLOCK: usize = 256;
 pub fn stream_blocks<'r, R: Read + Send + 'r>(
     reader: R,
 ) -> Result<(SegmentMeta, RawBlockStream<'r>), SegmentError> {
+    stream_blocks_with(reader, None)
+}
+
+/// Buffers of blocks whose records are done with ([`RawBlock::into_buffer`]), for later blocks
+/// to be decompressed into ([`stream_blocks_recycling`]): memory already faulted in. A block
+/// takes ~0.4 MB, and reading every block into fresh pages (faulted in, then given back to the
+/// kernel when freed) was 5-8% of `auditctl verify --source archive`'s samples. Shared by all
+/// the segments of a run (a segment is often decoded whole, ahead of the verifier, before any
+/// of its own blocks come back); cheap to clone; holds at most `max` buffers.
+#[derive(Debug, Clone)]
+pub struct BlockBuffers {
+    free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    max: usize,
+}
+
+impl BlockBuffers {
+    pub fn new(max: usize) -> Self {
+        BlockBuffers {
+            free: Arc::default(),
+            max,
+        }
+    }
+
+    fn free(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // A panic elsewhere cannot leave a list of buffers inconsistent.
+        self.free
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A buffer given back, if there is one.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        self.free().pop()
+    }
+
+    /// Gives a buffer back (kept if fewer than `max` are held, else freed).
+    pub fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut free = self.free();
+        if buf.capacity() > 0 && free.len() < self.max {
+            free.push(buf);
+        }
+    }
+
+    /// Buffers held now.
+    pub fn held(&self) -> usize {
+        self.free().len()
+    }
+}
+
+/// [`stream_blocks`], decompressing blocks into the buffers given back to `spares` when
+/// there are any.
+pub fn stream_blocks_recycling<'r, R: Read + Send + 'r>(
+    reader: R,
+    spares: BlockBuffers,
+) -> Result<(SegmentMeta, RawBlockStream<'r>), SegmentError> {
+    stream_blocks_with(reader, Some(spares))
+}
+
+fn stream_blocks_with<'r, R: Read + Send + 'r>(
+    reader: R,
+    spares: Option<BlockBuffers>,
+) -> Result<(SegmentMeta, RawBlockStream<'r>), SegmentError> {
     let (meta, records) = open(reader)?;
     match records {
-        Ok(mut raw) => Ok((
-            meta,
-            Box::new(std::iter::from_fn(move || {
-                let block = match raw.next_raw_block()? {
-                    Ok(b) => b,
-                    Err(e) => return Some(Err(e)),
-                };
-                let block = reencode_block(block, &mut raw.failed);
-                if raw.failed.is_some() {
-                    raw.done = true;
-                }
-                if block.is_empty() {
-                    return raw.failed.take().map(Err);
-                }
-                Some(Ok(block))
-            })),
-        )),
+        Ok(mut raw) => {
+            raw.spares = spares;
+            Ok((
+                meta,
+                Box::new(std::iter::from_fn(move || {
+                    let block = match raw.next_raw_block()? {
+                        Ok(b) => b,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    let block = reencode_block(block, &mut raw.failed);
+                    if raw.failed.is_some() {
+                        raw.done = true;
+                    }
+                    if block.is_empty() {
+                        return raw.failed.take().map(Err);
+                    }
+                    Some(Ok(block))
+                })),
+            ))
+        }
         Err((header, rest)) => {
             let (meta, decoded) = crate::segment::stream_segment(std::io::Read::chain(
                 std::io::Cursor::new(header),
@@ -1282,11 +1377,31 @@ mod tests {
         Some((out, false))
     }
 
+    /// [`by_blocks`], each block's buffer given back (dirty) once its records are copied out,
+    /// for the next block to be decompressed into.
+    fn by_blocks_recycling(bytes: &[u8]) -> Option<(Vec<RawChained>, bool)> {
+        let spares = BlockBuffers::new(4);
+        // Dirty, as a block of another segment leaves it.
+        spares.give(b"a block of another segment".repeat(100));
+        let (_, blocks) = stream_blocks_recycling(bytes, spares.clone()).ok()?;
+        let mut out = Vec::new();
+        for b in blocks.take(10_000) {
+            match b {
+                Ok(b) => {
+                    out.extend(b.iter().map(|r| r.to_owned_record()));
+                    spares.give(b.into_buffer());
+                }
+                Err(_) => return Some((out, true)),
+            }
+        }
+        Some((out, false))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         /// Block by block, the same records as one by one, in order, and the same end: a
         /// record of an unknown canonical version or a corrupted byte stops both at the same
-        /// record.
+        /// record. Blocks decompressed into recycled buffers too.
         #[test]
         fn blocks_hold_the_records_the_record_reader_reads(
             events in proptest::collection::vec(arb_chained_event(), 1..60),
@@ -1309,6 +1424,7 @@ mod tests {
             }
             let want = by_records(&bytes);
             prop_assert_eq!(by_blocks(&bytes), want.clone());
+            prop_assert_eq!(by_blocks_recycling(&bytes), want.clone());
             if corrupt.is_none() {
                 let (recs, failed) = want.expect("opens");
                 prop_assert_eq!(failed, unknown.is_some());
@@ -1341,7 +1457,27 @@ mod tests {
             let (recs, failed) = by_records(&bytes).expect("open");
             assert!(!failed);
             assert_eq!(recs.len(), events.len());
-            assert_eq!(by_blocks(&bytes), Some((recs, false)));
+            assert_eq!(by_blocks(&bytes), Some((recs.clone(), false)));
+            assert_eq!(by_blocks_recycling(&bytes), Some((recs, false)));
+            // A buffer given back is the one the next block is decompressed into.
+            let spares = BlockBuffers::new(1);
+            let (_, mut blocks) =
+                stream_blocks_recycling(&bytes[..], spares.clone()).expect("open");
+            let first = blocks.next().expect("a block").expect("reads");
+            let (at, room) = (first.buf.as_ptr(), first.buf.capacity());
+            spares.give(first.into_buffer());
+            spares.give(vec![0; 10]);
+            assert_eq!(spares.held(), 1, "at most max buffers are held");
+            let second = blocks.next().expect("a second block").expect("reads");
+            assert_eq!(spares.held(), 0, "taken");
+            // Unless the second block needs more room than the first had (zstd sizes the
+            // buffer to the frame's content size, exactly).
+            assert!(
+                second.buf.as_ptr() == at
+                    || (codec == BlockCodec::Zstandard && second.buf.len() > room),
+                "{codec}: the buffer is reused ({} bytes into {room})",
+                second.buf.len()
+            );
         }
     }
 
@@ -1376,25 +1512,57 @@ mod tests {
         );
     }
 
-    /// Blocks larger than the first guess of the inflated size are inflated whole (the output
-    /// buffer grows), and a block that is not deflate is an error.
-    #[test]
-    fn inflate_grows_its_buffer_and_refuses_garbage() {
+    fn deflated(plain: &[u8]) -> Vec<u8> {
         use std::io::Write;
-        let plain: Vec<u8> = (0..1_000_000u32).map(|i| (i % 7) as u8).collect();
         let mut enc =
             flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
-        enc.write_all(&plain).expect("deflate");
-        let packed = enc.finish().expect("deflate");
-        let mut out = Vec::new();
+        enc.write_all(plain).expect("deflate");
+        enc.finish().expect("deflate")
+    }
+
+    /// Blocks larger than the first guess of the inflated size are inflated whole (the output
+    /// buffer grows, the stream carrying on), whatever was in the buffer before; a block that
+    /// is not deflate, or is cut short, is an error and leaves the buffer empty.
+    #[test]
+    fn inflate_grows_its_buffer_and_refuses_garbage() {
+        let plain: Vec<u8> = (0..1_000_000u32).map(|i| (i % 7) as u8).collect();
+        let packed = deflated(&plain);
+        let mut out = b"left over from the block before".to_vec();
         inflate(&packed, &mut out, 0).expect("inflates");
         assert_eq!(out, plain);
         inflate(&packed, &mut out, plain.len()).expect("inflates into exactly its size");
         assert_eq!(out, plain);
+        inflate(&packed, &mut out, plain.len() - 1).expect("one byte short of room grows");
+        assert_eq!(out, plain);
         assert!(inflate(&[0xff; 64], &mut out, 0).is_err());
+        assert!(out.is_empty());
+        for cut in [1, packed.len() / 2, packed.len() - 1] {
+            assert!(
+                inflate(&packed[..cut], &mut out, 0).is_err(),
+                "truncated at {cut}"
+            );
+            assert!(out.is_empty());
+        }
+        inflate(&deflated(&[]), &mut out, 0).expect("an empty block");
+        assert!(out.is_empty());
+    }
+
+    /// A deflate bomb stops at [`MAX_BLOCK`]: a block of exactly that size reads, one byte more
+    /// is an error (the output is never allowed past one byte over).
+    #[test]
+    fn inflate_stops_at_max_block() {
+        let mut plain = vec![0u8; MAX_BLOCK];
+        let mut out = Vec::new();
+        inflate(&deflated(&plain), &mut out, 0).expect("exactly MAX_BLOCK");
+        assert_eq!(out.len(), MAX_BLOCK);
+        plain.push(0);
+        let err = inflate(&deflated(&plain), &mut out, 0).expect_err("past MAX_BLOCK");
+        assert!(err.to_string().contains("past"), "{err}");
+        assert!(out.is_empty());
         assert!(
-            inflate(&packed[..packed.len() / 2], &mut out, 0).is_err(),
-            "truncated"
+            out.capacity() <= MAX_BLOCK + 1 + FIRST_GUESS,
+            "{}",
+            out.capacity()
         );
     }
 
