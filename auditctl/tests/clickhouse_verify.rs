@@ -80,6 +80,55 @@ async fn intact_chain_verifies_and_a_modified_row_is_named() {
     db.drop().await;
 }
 
+/// A window is rebuilt 1,024 rows at a time as it is read: 2,600 rows in one window (three
+/// chunks, the last one partial) verify, and a row changed in a later chunk, or one deleted
+/// right at a chunk's edge, is named at its seq.
+#[tokio::test]
+async fn a_window_of_several_chunks_verifies_row_by_row() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, keyset) = test_key(dir.path(), "k1");
+    let db = TestDb::new("chunks").await;
+    db.insert_chain(&build_chain(0, 2600, &key, 500, BASE_US))
+        .await;
+    let mut args = s(&["verify", "--source", "clickhouse", "--keys"]);
+    args.push(keyset.display().to_string());
+    args.extend(db.args());
+    let (code, out) = auditctl(&args).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("partition 0: seq 1..=2600, 2600 records"),
+        "{out}"
+    );
+
+    db.mutate("ALTER TABLE audit_events UPDATE actor_id = 'mallory' WHERE chain_partition = 0 AND seq = 2100")
+        .await;
+    db.mutate("ALTER TABLE audit_events DELETE WHERE chain_partition = 0 AND seq = 1025")
+        .await;
+    let (code, out) = auditctl(&json_args(&args)).await;
+    assert_eq!(code, 1, "{out}");
+    let v: Value = serde_json::from_str(&out).expect("json report");
+    let findings: Vec<(String, i64)> = v["partitions"][0]["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or("").to_owned(),
+                f["seq"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert!(
+        findings.contains(&("missing_seq".to_owned(), 1025)),
+        "{findings:?}"
+    );
+    assert!(
+        findings.contains(&("modified_event".to_owned(), 2100)),
+        "{findings:?}"
+    );
+    db.drop().await;
+}
+
 #[tokio::test]
 async fn a_deleted_row_is_a_gap_at_its_seq() {
     let (db, _dir, args) = setup("gap").await;
