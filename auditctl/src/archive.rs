@@ -77,7 +77,7 @@ impl ArchiveStore {
             prefix: String::new(),
             describe: args.describe(Access::Read),
             reads,
-            buffers: BlockBuffers::new(BLOCK_BUFFERS),
+            buffers: BlockBuffers::new(BLOCK_BUFFERS, KEPT_BUFFER_BYTES),
         })
     }
 
@@ -88,7 +88,7 @@ impl ArchiveStore {
             prefix: prefix.trim_matches('/').to_owned(),
             describe: describe.to_owned(),
             reads: Reads::default(),
-            buffers: BlockBuffers::new(BLOCK_BUFFERS),
+            buffers: BlockBuffers::new(BLOCK_BUFFERS, KEPT_BUFFER_BYTES),
         }
     }
 
@@ -816,6 +816,10 @@ const STREAM_BLOCKS: usize = 4;
 /// Block buffers kept for reuse: as many as the segments read ahead hold at once (each
 /// decoder runs up to `STREAM_BLOCKS` + 1 blocks ahead), ~0.4 MB each.
 const BLOCK_BUFFERS: usize = (READ_AHEAD + 1) * (STREAM_BLOCKS + 2);
+/// The largest block buffer kept: the sink's blocks (256 KiB of records) inflate into 384 or
+/// 768 KiB; a block of another writer's up to `raw_segment::MAX_BLOCK` is freed after use, so
+/// what the reuse keeps is at most ~30 × 4 MiB whatever the archive holds.
+const KEPT_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
 /// What the decoding task hands over: the segment's metadata first, then its records.
 enum Decoded {

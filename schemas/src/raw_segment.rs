@@ -1084,18 +1084,21 @@ pub fn stream_blocks<'r, R: Read + Send + 'r>(
 /// takes ~0.4 MB, and reading every block into fresh pages (faulted in, then given back to the
 /// kernel when freed) was 5-8% of `auditctl verify --source archive`'s samples. Shared by all
 /// the segments of a run (a segment is often decoded whole, ahead of the verifier, before any
-/// of its own blocks come back); cheap to clone; holds at most `max` buffers.
+/// of its own blocks come back); cheap to clone; holds at most `max` buffers, none larger
+/// than `largest` bytes (a hostile segment's huge blocks are freed, not kept for the run).
 #[derive(Debug, Clone)]
 pub struct BlockBuffers {
     free: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     max: usize,
+    largest: usize,
 }
 
 impl BlockBuffers {
-    pub fn new(max: usize) -> Self {
+    pub fn new(max: usize, largest: usize) -> Self {
         BlockBuffers {
             free: Arc::default(),
             max,
+            largest,
         }
     }
 
@@ -1111,11 +1114,15 @@ impl BlockBuffers {
         self.free().pop()
     }
 
-    /// Gives a buffer back (kept if fewer than `max` are held, else freed).
+    /// Gives a buffer back (kept if fewer than `max` are held and it is no larger than
+    /// `largest`, else freed).
     pub fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 || buf.capacity() > self.largest {
+            return;
+        }
         buf.clear();
         let mut free = self.free();
-        if buf.capacity() > 0 && free.len() < self.max {
+        if free.len() < self.max {
             free.push(buf);
         }
     }
@@ -1380,7 +1387,7 @@ mod tests {
     /// [`by_blocks`], each block's buffer given back (dirty) once its records are copied out,
     /// for the next block to be decompressed into.
     fn by_blocks_recycling(bytes: &[u8]) -> Option<(Vec<RawChained>, bool)> {
-        let spares = BlockBuffers::new(4);
+        let spares = BlockBuffers::new(4, 1 << 20);
         // Dirty, as a block of another segment leaves it.
         spares.give(b"a block of another segment".repeat(100));
         let (_, blocks) = stream_blocks_recycling(bytes, spares.clone()).ok()?;
@@ -1460,7 +1467,7 @@ mod tests {
             assert_eq!(by_blocks(&bytes), Some((recs.clone(), false)));
             assert_eq!(by_blocks_recycling(&bytes), Some((recs, false)));
             // A buffer given back is the one the next block is decompressed into.
-            let spares = BlockBuffers::new(1);
+            let spares = BlockBuffers::new(1, 1 << 20);
             let (_, mut blocks) =
                 stream_blocks_recycling(&bytes[..], spares.clone()).expect("open");
             let first = blocks.next().expect("a block").expect("reads");
@@ -1468,6 +1475,10 @@ mod tests {
             spares.give(first.into_buffer());
             spares.give(vec![0; 10]);
             assert_eq!(spares.held(), 1, "at most max buffers are held");
+            let other = BlockBuffers::new(4, 1 << 20);
+            other.give(Vec::with_capacity((1 << 20) + 1));
+            other.give(Vec::new());
+            assert_eq!(other.held(), 0, "too large, or no buffer at all: freed");
             let second = blocks.next().expect("a second block").expect("reads");
             assert_eq!(spares.held(), 0, "taken");
             // Unless the second block needs more room than the first had (zstd sizes the
