@@ -596,8 +596,8 @@ impl ArchiveStore {
                         kept.insert(ev.seq, (ev.to_owned_record(), name.clone()));
                     }
                 }
-                // Its records are taken: the next block is decompressed into its buffer (a
-                // full or closed return channel just drops it).
+                // Its records are taken: a later block of the run is decompressed into its
+                // buffer (one the pool does not keep is freed).
                 self.buffers.give(block.into_buffer());
             }
             let (sha, size) = seg.finish().await?;
